@@ -1,0 +1,16 @@
+"""gatekit: the LSTM memory cell taken apart into its four gates.
+
+Learn (combine + ignore), Forget, Remember and Use are each a pluggable component; any
+composition runs on one compiled time loop and is checked against the NumPy reference
+equations in :mod:`gatekit.reference`.
+"""
+from gatekit import reference
+from gatekit._gate import Gate, PythonGate, StepArrays
+from gatekit.cell import Cell
+from gatekit.hookspecs import hookimpl
+from gatekit.plugins import gates, register_plugin, unregister_plugin, variants
+
+__version__ = "0.1.0"
+
+__all__ = ["Cell", "Gate", "PythonGate", "StepArrays", "gates", "hookimpl", "reference",
+           "register_plugin", "unregister_plugin", "variants", "__version__"]

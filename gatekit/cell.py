@@ -1,0 +1,205 @@
+"""The memory cell: four gates composed, parameters named after the equations, and the checks
+that stand between a caller and the compiled time loop."""
+import inspect
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from gatekit import _loop, plugins
+from gatekit._gate import ROLES
+
+INPUTS = ("E_t", "STM_prev", "LTM_prev")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Parameters(Mapping):
+    """The cell's parameters by symbol (``W_f``, ``b_f``, ``p_f``, ...), as NumPy arrays.
+
+    The arrays are views on the buffers the compiled core reads, so writing into them
+    (``params["W_f"][...] = value``, or ``params["W_f"] = value``, which copies) changes what the
+    cell computes. Shapes and dtypes are fixed.
+    """
+
+    def __init__(self, arrays):
+        self._arrays = arrays
+
+    def __getitem__(self, name):
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"this cell has no parameter {name!r}; its parameters are "
+                           f"{', '.join(self._arrays)}") from None
+
+    def __setitem__(self, name, value):
+        target = self[name]
+        value = np.asarray(value)
+        if value.shape != target.shape:
+            raise ValueError(f"parameter {name!r} has shape {target.shape}; got {value.shape}")
+        target[...] = value
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __repr__(self):
+        shapes = ", ".join(f"{name}: {array.shape}" for name, array in self._arrays.items())
+        return f"Parameters({shapes})"
+
+
+def _size(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64; got {dtype}")
+    return dtype
+
+
+def as_float_array(name, value, dtype, shape):
+    """``value`` as a C-contiguous array of ``dtype``, checked against ``shape`` (None = any)."""
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must hold floating-point numbers; got dtype {array.dtype}")
+    if array.ndim != len(shape) or any(want is not None and got != want
+                                       for got, want in zip(array.shape, shape)):
+        expected = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
+        raise ValueError(f"{name} must have shape {expected}; got {array.shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+class Cell:
+    """An LSTM memory cell made of four gates: learn, forget, remember and use.
+
+    ``variant`` names a preset (``gatekit.variants()``); ``forget=``, ``learn=``, ``remember=``
+    and ``use=`` swap the preset's gate of that role for another registered gate
+    (``gatekit.gates()``). Parameters are drawn uniformly from ±1/sqrt(hidden_size), as PyTorch
+    does, from ``numpy.random.default_rng(seed)``.
+
+    Calling the cell runs it over a sequence: ``y, (stm, ltm) = cell(x, state=None)`` with
+    ``x`` of shape (T, B, input_size); ``y`` (T, B, hidden_size) holds the short-term memory of
+    every step and ``(stm, ltm)`` the final short- and long-term memories.
+    """
+
+    def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
+                 remember=None, use=None, dtype=np.float32, seed=None):
+        self.input_size = D = _size("input_size", input_size)
+        self.hidden_size = H = _size("hidden_size", hidden_size)
+        self.dtype = _float_dtype(dtype)
+        self.variant = variant
+        registry = plugins.registry()
+        classes = registry.compose(variant, {"forget": forget, "learn": learn,
+                                             "remember": remember, "use": use})
+        self._check_composition(classes)
+
+        blocks = [(cls, block) for cls in classes for block in cls.blocks]
+        self._weights = np.empty((len(blocks) * H, H + D), self.dtype)
+        self._bias = np.empty(len(blocks) * H, self.dtype)
+        arrays, offsets = {}, {}
+        for k, (cls, block) in enumerate(blocks):
+            offsets.setdefault(cls, k * H)
+            self._add(arrays, f"W_{block}", self._weights[k * H:(k + 1) * H], cls)
+            self._add(arrays, f"b_{block}", self._bias[k * H:(k + 1) * H], cls)
+        for cls in classes:
+            for name, shape in cls.params.items():
+                dims = tuple(H if dim == "H" else D for dim in shape)
+                self._add(arrays, name, np.empty(dims, self.dtype), cls)
+        self.params = Parameters(arrays)
+        self.reset_parameters(seed)
+
+        self.gates = tuple(cls(D, H, offsets.get(cls, 0)) for cls in classes)
+        for gate in self.gates:
+            gate.bind(arrays)
+        forget_gate = classes[0]
+        self._forget_preactivation = offsets[forget_gate] if (
+            "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
+
+    @staticmethod
+    def _add(arrays, name, array, cls):
+        if name in arrays:
+            raise ValueError(f"{cls.role} gate {cls.name!r} declares parameter {name!r}, which "
+                             "an earlier gate of this cell already has")
+        arrays[name] = array
+
+    @staticmethod
+    def _check_composition(classes):
+        known = set(INPUTS)
+        for cls in classes:
+            known |= {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"}
+            known |= set(cls.params)
+        for cls in classes:
+            reads = inspect.signature(cls.definition).parameters
+            missing = [name for name in reads if name not in known]
+            if missing:
+                raise ValueError(f"{cls.role} gate {cls.name!r} reads {', '.join(missing)}, which "
+                                 "no earlier gate of this composition provides")
+            known |= set(cls.provides())
+
+    def reset_parameters(self, seed=None):
+        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``."""
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        for array in self.params.values():
+            array[...] = rng.uniform(-bound, bound, array.shape)
+
+    @property
+    def gate_names(self):
+        """The name of the gate in each role."""
+        return {role: type(gate).name for role, gate in zip(ROLES, self.gates)}
+
+    def __repr__(self):
+        gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
+
+    def __call__(self, x, state=None):
+        return self.forward(x, state)
+
+    def forward(self, x, state=None):
+        """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
+        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``."""
+        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
+        T, B, _ = x.shape
+        if B == 0:
+            raise ValueError("x must hold at least one sequence; got batch size 0")
+        stm0, ltm0 = self._initial_state(state, B)
+        H, KH = self.hidden_size, self._weights.shape[0]
+        y = np.empty((T, B, H), self.dtype)
+        if T == 0:
+            return y, (stm0.copy(), ltm0.copy())
+        z = np.empty((T, B, KH), self.dtype)
+        acts = np.empty((2, 5, B, H), self.dtype)
+        ltm = np.empty((2, B, H), self.dtype)
+        work = np.empty((B, H), self.dtype)
+        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, ltm0, z, acts,
+                               ltm, y, work, self._forget_preactivation)
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        return y, (y[-1].copy(), ltm[(T - 1) % 2].copy())
+
+    def _initial_state(self, state, B):
+        shape = (B, self.hidden_size)
+        if state is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
+                            f"(B, hidden_size) = {shape}; got {type(state).__name__}")
+        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
+                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+
+    def _raise_gate_error(self, step):
+        for role, gate in zip(ROLES, self.gates):
+            error = gate.take_error()
+            if error is not None:
+                error.add_note(f"raised by {role} gate {type(gate).name!r} at time step {step}")
+                raise error
+        raise RuntimeError(f"a compiled gate failed at time step {step} without saying why")

@@ -1,0 +1,218 @@
+"""The reference equations in plain NumPy: the executable specification of gatekit.
+
+One function per gate, written after the equations of the LSTM memory cell. Every function
+takes arguments named after the quantities it reads and returns a dict of what it produces:
+
+==============  ==============================================================
+``E_t``         the event (input) at step t, shape (B, D)
+``STM_prev``    short-term memory STM_{t-1} (the hidden state h), shape (B, H)
+``LTM_prev``    long-term memory LTM_{t-1} (the cell state c), shape (B, H)
+``f_t``         forget factor;  ``s_t`` its pre-activation
+``i_t``         ignore factor (the input gate);  ``N_t`` the combined new information
+``LTM_t``       the new long-term memory
+``U_t, V_t``    the two factors of the Use gate;  ``STM_t = U_t ⊙ V_t`` the new STM and output
+``W_k, b_k``    weights (H, H + D), acting on [STM_{t-1}, E_t] with STM columns first, and bias
+``p_k``         peephole weights (H,), a per-unit weight on the memory
+==============  ==============================================================
+
+:func:`forward` runs any cell one step at a time by calling its gates' definitions in role
+order (forget, learn, remember, use), passing each the quantities its argument names ask for.
+This module never imports the compiled core; it only reads ``cell.gates`` and ``cell.params``.
+"""
+import inspect
+
+import numpy as np
+
+#: JANET's shift of the learn gate against the forget gate: i_t = 1 - σ(s_t - β).
+JANET_BETA = 1.0
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def linear(W, STM_prev, E_t, b):
+    """W [STM_{t-1}, E_t] + b, for a batch: rows are sequences."""
+    return np.concatenate([STM_prev, E_t], axis=-1) @ W.T + b
+
+
+# --- Forget gate: what to keep of the long-term memory -----------------------------------------
+
+def forget(STM_prev, E_t, W_f, b_f):
+    """f_t = σ(W_f [STM_{t-1}, E_t] + b_f)"""
+    s_t = linear(W_f, STM_prev, E_t, b_f)
+    return {"s_t": s_t, "f_t": sigmoid(s_t)}
+
+
+def forget_peephole(STM_prev, E_t, LTM_prev, W_f, b_f, p_f):
+    """f_t = σ(W_f [STM_{t-1}, E_t] + p_f ⊙ LTM_{t-1} + b_f)   (Gers & Schmidhuber 2000)"""
+    s_t = linear(W_f, STM_prev, E_t, b_f) + p_f * LTM_prev
+    return {"s_t": s_t, "f_t": sigmoid(s_t)}
+
+
+def forget_none(LTM_prev):
+    """f_t = 1: nothing is ever forgotten (NFG, the LSTM of 1997)."""
+    return {"f_t": np.ones_like(LTM_prev)}
+
+
+# --- Learn gate: combine, then ignore ----------------------------------------------------------
+
+def learn(STM_prev, E_t, W_n, b_n, W_i, b_i):
+    """Combine: N_t = tanh(W_n [STM_{t-1}, E_t] + b_n)
+    Ignore:  i_t = σ(W_i [STM_{t-1}, E_t] + b_i)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i))
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_peephole(STM_prev, E_t, LTM_prev, W_n, b_n, W_i, b_i, p_i):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n)
+    i_t = σ(W_i [STM_{t-1}, E_t] + p_i ⊙ LTM_{t-1} + b_i)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i) + p_i * LTM_prev)
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_no_ignore(STM_prev, E_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1   (NIG: no input gate)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": np.ones_like(N_t), "N_t": N_t}
+
+
+def learn_linear(STM_prev, E_t, W_n, b_n, W_i, b_i):
+    """N_t = W_n [STM_{t-1}, E_t] + b_n  (no activation), i_t = σ(W_i [STM_{t-1}, E_t] + b_i)"""
+    N_t = linear(W_n, STM_prev, E_t, b_n)
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i))
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_linear_peephole(STM_prev, E_t, LTM_prev, W_n, b_n, W_i, b_i, p_i):
+    """N_t = W_n [STM_{t-1}, E_t] + b_n, i_t = σ(W_i [STM_{t-1}, E_t] + p_i ⊙ LTM_{t-1} + b_i)
+    (NIAF: no input activation)"""
+    N_t = linear(W_n, STM_prev, E_t, b_n)
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i) + p_i * LTM_prev)
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_coupled(STM_prev, E_t, f_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1 - f_t   (CIFG: learn what is forgotten)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": 1.0 - f_t, "N_t": N_t}
+
+
+def learn_janet(STM_prev, E_t, s_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1 - σ(s_t - β)
+    where s_t is the forget gate's pre-activation (JANET, van der Westhuizen & Lasenby 2018)."""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": 1.0 - sigmoid(s_t - JANET_BETA), "N_t": N_t}
+
+
+# --- Remember gate: the new long-term memory ---------------------------------------------------
+
+def remember(LTM_prev, f_t, N_t, i_t):
+    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    return {"LTM_t": LTM_prev * f_t + N_t * i_t}
+
+
+# --- Use gate: the new short-term memory, which is also the output -----------------------------
+
+def use_course(STM_prev, E_t, LTM_prev, f_t, W_u, b_u, W_v, b_v):
+    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), with W_u of shape (H, H)
+    V_t = σ(W_v [STM_{t-1}, E_t] + b_v)
+    STM_t = U_t ⊙ V_t
+    The seed's prose: tanh of the forget gate's output, times a sigmoid of the STM and the event.
+    """
+    U_t = np.tanh((LTM_prev * f_t) @ W_u.T + b_u)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_literal(STM_prev, E_t, W_u, b_u, W_v, b_v):
+    """U_t = tanh(W_u [STM_{t-1}, E_t] + b_u), V_t = σ(W_v [STM_{t-1}, E_t] + b_v),
+    STM_t = U_t ⊙ V_t
+    The seed's printed formula, taken literally: the output never reads the long-term memory."""
+    U_t = np.tanh(linear(W_u, STM_prev, E_t, b_u))
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use(STM_prev, E_t, LTM_t, W_v, b_v):
+    """U_t = tanh(LTM_t), V_t = σ(W_v [STM_{t-1}, E_t] + b_v), STM_t = U_t ⊙ V_t
+    (the standard LSTM: h_t = o_t ⊙ tanh(c_t))"""
+    U_t = np.tanh(LTM_t)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_peephole(STM_prev, E_t, LTM_t, W_v, b_v, p_v):
+    """U_t = tanh(LTM_t), V_t = σ(W_v [STM_{t-1}, E_t] + p_v ⊙ LTM_t + b_v), STM_t = U_t ⊙ V_t"""
+    U_t = np.tanh(LTM_t)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v) + p_v * LTM_t)
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_no_output_gate(LTM_t):
+    """U_t = tanh(LTM_t), V_t = 1, STM_t = U_t   (NOG: no output gate)"""
+    U_t = np.tanh(LTM_t)
+    return {"U_t": U_t, "V_t": np.ones_like(U_t), "STM_t": U_t}
+
+
+def use_linear(STM_prev, E_t, LTM_t, W_v, b_v):
+    """U_t = LTM_t  (no output activation), V_t = σ(W_v [STM_{t-1}, E_t] + b_v), STM_t = U_t ⊙ V_t"""
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": LTM_t, "V_t": V_t, "STM_t": LTM_t * V_t}
+
+
+def use_linear_peephole(STM_prev, E_t, LTM_t, W_v, b_v, p_v):
+    """U_t = LTM_t, V_t = σ(W_v [STM_{t-1}, E_t] + p_v ⊙ LTM_t + b_v), STM_t = U_t ⊙ V_t
+    (NOAF: no output activation)"""
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v) + p_v * LTM_t)
+    return {"U_t": LTM_t, "V_t": V_t, "STM_t": LTM_t * V_t}
+
+
+def use_memory(LTM_t):
+    """STM_t = LTM_t   (JANET: the output is the memory itself; U_t = LTM_t, V_t = 1)"""
+    return {"U_t": LTM_t, "V_t": np.ones_like(LTM_t), "STM_t": LTM_t}
+
+
+# --- The cell ---------------------------------------------------------------------------------
+
+def call_definition(definition, known):
+    """Call a gate's definition with the quantities its argument names ask for."""
+    names = inspect.signature(definition).parameters
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise KeyError(f"{definition.__qualname__} reads {missing}, which nothing before it provides")
+    return definition(**{name: known[name] for name in names})
+
+
+def step(cell, E_t, STM_prev, LTM_prev, dtype=None):
+    """One time step of ``cell``: every quantity its gates compute, by name."""
+    known = {name: np.asarray(value, dtype=dtype) for name, value in cell.params.items()}
+    known.update(E_t=E_t, STM_prev=STM_prev, LTM_prev=LTM_prev)
+    for gate in cell.gates:                      # forget, learn, remember, use
+        known.update(call_definition(type(gate).definition, known))
+    return known
+
+
+def forward(cell, x, state=None, dtype=None):
+    """Run ``cell`` over ``x`` (T, B, D), one step at a time.
+
+    Computes in ``dtype`` (the cell's own by default; pass ``np.float64`` to check a float32
+    cell against exact arithmetic). Returns ``y`` (T, B, H), the STM of every step, and the final
+    ``(STM, LTM)``, like ``cell(x)``.
+    """
+    dtype = np.dtype(cell.dtype if dtype is None else dtype)
+    x = np.asarray(x, dtype=dtype)
+    T, B, _ = x.shape
+    H = cell.hidden_size
+    if state is None:
+        STM, LTM = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+    else:
+        STM, LTM = (np.asarray(a, dtype=dtype) for a in state)
+    y = np.empty((T, B, H), dtype)
+    for t in range(T):
+        quantities = step(cell, x[t], STM, LTM, dtype)
+        STM, LTM = quantities["STM_t"], quantities["LTM_t"]
+        y[t] = STM
+    return y, (STM, LTM)
