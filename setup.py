@@ -40,7 +40,8 @@ directives = {
 extensions = [
     Extension(f"gatekit.{name}", [f"gatekit/{name}.pyx"],
               include_dirs=[numpy.get_include()],
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
+                             ("GATEKIT_DEBUG", "1" if DEBUG else "0")],
               extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"])
     for name in ("_gate", "_builtin", "_loop")
 ]

@@ -36,6 +36,17 @@ from gatekit._blas_int cimport blas_int
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #ifndef GATEKIT_DEBUG
+    #define GATEKIT_DEBUG 0
+    #endif
+    """
+    int GATEKIT_DEBUG
+
+#: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
+DEBUG_BUILD = bool(GATEKIT_DEBUG)
+
 ROLES = ("forget", "learn", "remember", "use")
 ROLE_OUTPUTS = {
     "forget": ("f_t",),

@@ -1,0 +1,43 @@
+# `make demo` and `make test` are all a fresh clone needs: each builds what it uses in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+SOURCES := pyproject.toml setup.py $(wildcard gatekit/*.py gatekit/*/*.py gatekit/*.pyx gatekit/*.pxd) \
+	$(wildcard plugins/*/pyproject.toml plugins/*/setup.py plugins/*/src/*/*)
+DEBUG_DIR := build/debug-install
+
+.PHONY: demo test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The build requirements go in first so gatekit and its plugins build without isolation,
+# against the same NumPy, SciPy and Cython they run with.
+$(VENV)/.installed: $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "setuptools>=68" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
+		pluggy pytest hypothesis pytest-benchmark threadpoolctl
+	$(BIN)/python -m pip install --quiet --no-build-isolation ".[test,bench]"
+	$(foreach p,$(PLUGINS),$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps ./$(dir $(p)) &&) true
+	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed"; fi
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/gatekit presets
+
+# The suite runs twice: on the optimised build users get, and on a build with bounds checks.
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider tests plugins
+	rm -rf $(DEBUG_DIR)
+	GATEKIT_DEBUG=1 $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
+		--target $(DEBUG_DIR) .
+	PYTHONPATH=$(DEBUG_DIR) GATEKIT_EXPECT_DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests plugins
+
+bench: install
+	$(BIN)/pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c gatekit/_blas_int.pxd
