@@ -3,10 +3,12 @@ same hook a third-party plugin uses; each names its NumPy definition in ``gateki
 which the tests hold it to.
 
 The kernels work row by row on units [u0, u1), in plain loops over contiguous memory that the
-compiler can vectorise. A gate's two methods (float, double) call the same fused kernel.
+compiler can vectorise. A gate's two methods of each kind (float, double) call the same fused
+kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 - σ),
+tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
-                            gemm_nt)
+                            gemm)
 from gatekit import reference
 
 cdef double JANET_BETA = reference.JANET_BETA
@@ -97,7 +99,7 @@ cdef inline void course_use(floating* U_t, floating* V_t, floating* STM_t, float
         for j in range(H):
             U_t[b * H + j] = b_u[j]
     # U_t += work @ W_u.T
-    gemm_nt(e.B, H, H, work, H, W_u, H, 1, U_t, H)
+    gemm(False, True, e.B, H, H, work, H, W_u, H, 1, U_t, H)
     tanh_rows(U_t, U_t, H, e)
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
     product_rows(STM_t, U_t, V_t, e)
@@ -115,12 +117,136 @@ cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, flo
     product_rows(STM_t, U_t, V_t, e)
 
 
-# --- Forget -----------------------------------------------------------------------------------
+# --- Backward kernels: they add (+=) into gradients, using the forward outputs ---------------
+
+cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const floating* dout,
+                                       const floating* peephole, const floating* memory,
+                                       floating* dpeephole, floating* dmemory,
+                                       Extent* e) noexcept nogil:
+    """out = σ(z + peephole ⊙ memory): dz += dout ⊙ out(1 - out), then from the whole dz
+    (other gates may have added to it) dpeephole += Σ_b dz ⊙ memory, dmemory += dz ⊙ peephole."""
+    cdef Py_ssize_t b, j, k
+    cdef floating* dzb
+    for b in range(e.B):
+        dzb = dz + b * e.ldz
+        for j in range(e.u0, e.u1):
+            k = b * e.H + j
+            dzb[j] += dout[k] * out[k] * (1 - out[k])
+        if peephole != NULL:
+            for j in range(e.u0, e.u1):
+                k = b * e.H + j
+                dpeephole[j] += dzb[j] * memory[k]
+                dmemory[k] += dzb[j] * peephole[j]
+
+
+cdef inline void tanh_backward_rows(floating* dz, Py_ssize_t ldz, const floating* out,
+                                    const floating* dout, Extent* e) noexcept nogil:
+    """out = tanh(z): dz += dout ⊙ (1 - out²)"""
+    cdef Py_ssize_t b, j, k
+    for b in range(e.B):
+        for j in range(e.u0, e.u1):
+            k = b * e.H + j
+            dz[b * ldz + j] += dout[k] * (1 - out[k] * out[k])
+
+
+cdef inline void add_rows(floating* out, Py_ssize_t ldo, const floating* a, floating sign,
+                          Extent* e) noexcept nogil:
+    """out += sign * a"""
+    cdef Py_ssize_t b, j
+    for b in range(e.B):
+        for j in range(e.u0, e.u1):
+            out[b * ldo + j] += sign * a[b * e.H + j]
+
+
+cdef inline void product_backward_rows(floating* da, floating* dc, const floating* a,
+                                       const floating* c, const floating* dout,
+                                       Extent* e) noexcept nogil:
+    """out = a ⊙ c: da += dout ⊙ c, dc += dout ⊙ a"""
+    cdef Py_ssize_t b, j, k
+    for b in range(e.B):
+        for j in range(e.u0, e.u1):
+            k = b * e.H + j
+            da[k] += dout[k] * c[k]
+            dc[k] += dout[k] * a[k]
+
+
+cdef inline void janet_ignore_backward_rows(floating* ds_t, const floating* i_t,
+                                            const floating* di_t, Extent* e) noexcept nogil:
+    """i_t = 1 - σ(s_t - β): ds_t += -di_t ⊙ i_t(1 - i_t)"""
+    cdef Py_ssize_t b, j, k
+    for b in range(e.B):
+        for j in range(e.u0, e.u1):
+            k = b * e.H + j
+            ds_t[b * e.ldz + j] -= di_t[k] * i_t[k] * (1 - i_t[k])
+
+
+cdef inline void remember_backward_rows(floating* dLTM_prev, floating* df_t, floating* dN_t,
+                                        floating* di_t, const floating* dLTM_t,
+                                        const floating* LTM_prev, const floating* f_t,
+                                        const floating* N_t, const floating* i_t,
+                                        Extent* e) noexcept nogil:
+    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    cdef Py_ssize_t b, j, k
+    for b in range(e.B):
+        for j in range(e.u0, e.u1):
+            k = b * e.H + j
+            dLTM_prev[k] += dLTM_t[k] * f_t[k]
+            df_t[k] += dLTM_t[k] * LTM_prev[k]
+            dN_t[k] += dLTM_t[k] * i_t[k]
+            di_t[k] += dLTM_t[k] * N_t[k]
+
+
+cdef inline void gated_output_backward(floating* dz_v, floating* dLTM_t, floating* dU_t,
+                                       floating* dV_t, const floating* U_t, const floating* V_t,
+                                       const floating* LTM_t, const floating* dSTM_t,
+                                       const floating* p_v, floating* dp_v, bint squash,
+                                       Extent* e) noexcept nogil:
+    product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
+    if squash:
+        tanh_backward_rows(dLTM_t, e.H, U_t, dU_t, e)
+    else:
+        add_rows(dLTM_t, e.H, dU_t, 1, e)
+    sigmoid_backward_rows(dz_v, V_t, dV_t, p_v, LTM_t, dp_v, dLTM_t, e)
+
+
+cdef inline void course_use_backward(floating* dz_v, floating* dU_t, floating* dV_t,
+                                     floating* dLTM_prev, floating* df_t, const floating* U_t,
+                                     const floating* V_t, const floating* LTM_prev,
+                                     const floating* f_t, const floating* dSTM_t,
+                                     const floating* W_u, floating* work,
+                                     Extent* e) noexcept nogil:
+    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish."""
+    cdef Py_ssize_t b, j, k, H = e.H
+    product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
+    for k in range(e.B * H):
+        dU_t[k] *= 1 - U_t[k] * U_t[k]
+    # work = dU_pre @ W_u: the gradient of LTM_{t-1} ⊙ f_t
+    gemm(False, False, e.B, H, H, dU_t, H, W_u, H, 0, work, H)
+    product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
+    sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
+                          <floating*> NULL, <floating*> NULL, e)
+
+
+cdef inline void course_use_finish(floating* dW_u, floating* db_u, const floating* dU_pre,
+                                   const floating* LTM_prev, const floating* f_t,
+                                   floating* work, Extent* e) noexcept nogil:
+    """Over all T * B rows at once: dW_u += dU_pre.T @ (LTM_{t-1} ⊙ f_t), db_u += Σ dU_pre."""
+    cdef Py_ssize_t r, j, H = e.H
+    product_rows(work, LTM_prev, f_t, e)
+    gemm(True, False, H, H, e.B, dU_pre, H, work, H, 1, dW_u, H)
+    for r in range(e.B):
+        for j in range(H):
+            db_u[j] += dU_pre[r * H + j]
+
+
+# --- Forget ---------------------------------------------------------------------------------------
 
 cdef class ForgetStandard(Gate):
     role, name, blocks = "forget", "standard", ("f",)
     outputs = ("s_t", "f_t")
     definition = staticmethod(reference.forget)
+    backward_definition = staticmethod(reference.forget_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         sigmoid_rows(s.f_t, s.z + self.offset, <float*> NULL, s.LTM_prev, &s.e)
@@ -128,12 +254,22 @@ cdef class ForgetStandard(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         sigmoid_rows(s.f_t, s.z + self.offset, <double*> NULL, s.LTM_prev, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
+
 
 cdef class ForgetPeephole(Gate):
     role, name, blocks = "forget", "peephole", ("f",)
     params = {"p_f": ("H",)}
     outputs = ("s_t", "f_t")
     definition = staticmethod(reference.forget_peephole)
+    backward_definition = staticmethod(reference.forget_peephole_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         sigmoid_rows(s.f_t, s.z + self.offset, <float*> self.param[0], s.LTM_prev, &s.e)
@@ -141,10 +277,20 @@ cdef class ForgetPeephole(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         sigmoid_rows(s.f_t, s.z + self.offset, <double*> self.param[0], s.LTM_prev, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> self.param[0], s.LTM_prev,
+                              s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> self.param[0], s.LTM_prev,
+                              s.dparam[0], s.dLTM_prev, &s.e)
+
 
 cdef class ForgetNone(Gate):
     role, name = "forget", "none"
     definition = staticmethod(reference.forget_none)
+    backward_definition = staticmethod(reference.forget_none_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         fill_rows(s.f_t, 1, &s.e)
@@ -152,12 +298,20 @@ cdef class ForgetNone(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         fill_rows(s.f_t, 1, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        pass
 
-# --- Learn (blocks: n combines, i ignores) ----------------------------------------------------
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        pass
+
+
+# --- Learn (blocks: n combines, i ignores) --------------------------------------------------------
 
 cdef class LearnStandard(Gate):
     role, name, blocks = "learn", "standard", ("n", "i")
     definition = staticmethod(reference.learn)
+    backward_definition = staticmethod(reference.learn_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -166,12 +320,24 @@ cdef class LearnStandard(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
 
 
 cdef class LearnPeephole(Gate):
     role, name, blocks = "learn", "peephole", ("n", "i")
     params = {"p_i": ("H",)}
     definition = staticmethod(reference.learn_peephole)
+    backward_definition = staticmethod(reference.learn_peephole_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -181,10 +347,22 @@ cdef class LearnPeephole(Gate):
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
 
 cdef class LearnNoIgnore(Gate):
     role, name, blocks = "learn", "no_ignore", ("n",)
     definition = staticmethod(reference.learn_no_ignore)
+    backward_definition = staticmethod(reference.learn_no_ignore_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -194,10 +372,18 @@ cdef class LearnNoIgnore(Gate):
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         fill_rows(s.i_t, 1, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
 
 cdef class LearnLinear(Gate):
     role, name, blocks = "learn", "linear", ("n", "i")
     definition = staticmethod(reference.learn_linear)
+    backward_definition = staticmethod(reference.learn_linear_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -207,11 +393,23 @@ cdef class LearnLinear(Gate):
         copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
+
 
 cdef class LearnLinearPeephole(Gate):
     role, name, blocks = "learn", "linear_peephole", ("n", "i")
     params = {"p_i": ("H",)}
     definition = staticmethod(reference.learn_linear_peephole)
+    backward_definition = staticmethod(reference.learn_linear_peephole_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -221,10 +419,22 @@ cdef class LearnLinearPeephole(Gate):
         copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
 
 cdef class LearnCoupled(Gate):
     role, name, blocks = "learn", "coupled", ("n",)
     definition = staticmethod(reference.learn_coupled)
+    backward_definition = staticmethod(reference.learn_coupled_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -233,11 +443,21 @@ cdef class LearnCoupled(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
 
 
 cdef class LearnJanet(Gate):
     role, name, blocks = "learn", "janet", ("n",)
     definition = staticmethod(reference.learn_janet)
+    backward_definition = staticmethod(reference.learn_janet_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -247,12 +467,22 @@ cdef class LearnJanet(Gate):
         tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
         janet_ignore_rows(s.i_t, s.s_t, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
 
-# --- Remember ---------------------------------------------------------------------------------
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
+
+
+# --- Remember -------------------------------------------------------------------------------------
 
 cdef class RememberStandard(Gate):
     role, name = "remember", "standard"
     definition = staticmethod(reference.remember)
+    backward_definition = staticmethod(reference.remember_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
@@ -260,62 +490,112 @@ cdef class RememberStandard(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
+                               s.N_t, s.i_t, &s.e)
 
-# --- Use (block v: the sigmoid factor V_t) ----------------------------------------------------
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
+                               s.N_t, s.i_t, &s.e)
+
+
+# --- Use (block v: the sigmoid factor V_t) --------------------------------------------------------
 
 cdef class UseStandard(Gate):
     role, name, blocks = "use", "standard", ("v",)
     definition = staticmethod(reference.use)
+    backward_definition = staticmethod(reference.use_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, NULL, True, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, True, &s.e)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, NULL, True, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, True, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> NULL, <float*> NULL, True, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> NULL, <double*> NULL, True, &s.e)
 
 
 cdef class UsePeephole(Gate):
     role, name, blocks = "use", "peephole", ("v",)
     params = {"p_v": ("H",)}
     definition = staticmethod(reference.use_peephole)
+    backward_definition = staticmethod(reference.use_peephole_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t,
-                     <float*> self.param[0], True, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], True,
+                     &s.e)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t,
-                     <double*> self.param[0], True, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], True,
+                     &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> self.param[0], s.dparam[0], True, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> self.param[0], s.dparam[0], True, &s.e)
 
 
 cdef class UseLinear(Gate):
     role, name, blocks = "use", "linear", ("v",)
     definition = staticmethod(reference.use_linear)
+    backward_definition = staticmethod(reference.use_linear_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, NULL, False, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, False, &s.e)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, NULL, False, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, False, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> NULL, <float*> NULL, False, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> NULL, <double*> NULL, False, &s.e)
 
 
 cdef class UseLinearPeephole(Gate):
     role, name, blocks = "use", "linear_peephole", ("v",)
     params = {"p_v": ("H",)}
     definition = staticmethod(reference.use_linear_peephole)
+    backward_definition = staticmethod(reference.use_linear_peephole_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t,
-                     <float*> self.param[0], False, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], False,
+                     &s.e)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t,
-                     <double*> self.param[0], False, &s.e)
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], False,
+                     &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> self.param[0], s.dparam[0], False, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> self.param[0], s.dparam[0], False, &s.e)
 
 
 cdef class UseNoOutputGate(Gate):
     role, name = "use", "no_output_gate"
     definition = staticmethod(reference.use_no_output_gate)
+    backward_definition = staticmethod(reference.use_no_output_gate_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
@@ -326,11 +606,19 @@ cdef class UseNoOutputGate(Gate):
         tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
         fill_rows(s.V_t, 1, &s.e)
         copy_rows(s.STM_t, s.U_t, s.e.H, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
 
 
 cdef class UseMemory(Gate):
     role, name = "use", "memory"
     definition = staticmethod(reference.use_memory)
+    backward_definition = staticmethod(reference.use_memory_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         copy_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
@@ -342,10 +630,18 @@ cdef class UseMemory(Gate):
         fill_rows(s.V_t, 1, &s.e)
         copy_rows(s.STM_t, s.LTM_t, s.e.H, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
+
 
 cdef class UseLiteral(Gate):
     role, name, blocks = "use", "literal", ("u", "v")
     definition = staticmethod(reference.use_literal)
+    backward_definition = staticmethod(reference.use_literal_backward)
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         tanh_rows(s.U_t, s.z + self.offset, s.e.ldz, &s.e)
@@ -357,12 +653,26 @@ cdef class UseLiteral(Gate):
         sigmoid_rows(s.V_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_t, &s.e)
         product_rows(s.STM_t, s.U_t, s.V_t, &s.e)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <float*> NULL, s.LTM_t,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <double*> NULL, s.LTM_t,
+                              <double*> NULL, <double*> NULL, &s.e)
+
 
 cdef class UseCourse(Gate):
     role, name, blocks = "use", "course", ("v",)
     params = {"W_u": ("H", "H"), "b_u": ("H",)}
     definition = staticmethod(reference.use_course)
+    backward_definition = staticmethod(reference.use_course_backward)
     mixes_units = True
+    differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
@@ -371,6 +681,20 @@ cdef class UseCourse(Gate):
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
                    <double*> self.param[0], <double*> self.param[1], s.work, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t, s.V_t,
+                            s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0], s.work, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t, s.V_t,
+                            s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0], s.work, &s.e)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work, &s.e)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work, &s.e)
 
 
 BUILTIN_GATES = (

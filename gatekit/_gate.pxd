@@ -18,6 +18,7 @@ ctypedef struct Extent:
 
 ctypedef struct StepFloat:
     Extent e
+    # Forward: the step's quantities (in backward: what the forward pass kept of the step).
     float* z                 # pre-activations W_k [STM_{t-1}, E_t] + b_k of every block k
     const float* s_t         # the forget gate's full pre-activation (in z), or NULL if none
     const float* STM_prev
@@ -30,8 +31,22 @@ ctypedef struct StepFloat:
     float* V_t
     float* STM_t
     float* work              # scratch, (B, H)
+    # Backward: gradients of the loss. Gates add (+=) into them; each starts the step at zero,
+    # except dLTM_t (holding what step t + 1 sent back) and dSTM_t (complete, read-only).
+    float* dz                # d/dz, the layout of z
+    float* ds_t              # the forget gate's block of dz, or NULL
+    const float* dSTM_t
+    float* df_t
+    float* di_t
+    float* dN_t
+    float* dU_t
+    float* dV_t
+    float* dLTM_t
+    float* dLTM_prev
+    float** dparam           # gradients of this gate's extra parameters, in declared order
     int error                # set non-zero by a gate that failed; the loop then stops
 
+# The same fields, in double precision.
 ctypedef struct StepDouble:
     Extent e
     double* z
@@ -46,6 +61,17 @@ ctypedef struct StepDouble:
     double* V_t
     double* STM_t
     double* work
+    double* dz
+    double* ds_t
+    const double* dSTM_t
+    double* df_t
+    double* di_t
+    double* dN_t
+    double* dU_t
+    double* dV_t
+    double* dLTM_t
+    double* dLTM_prev
+    double** dparam
     int error
 
 ctypedef fused floating:
@@ -62,6 +88,14 @@ cdef class Gate:
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil
     cdef void forward_double(self, StepDouble* s) noexcept nogil
+    # Backward, one step, called in reverse role order (use, remember, learn, forget).
+    cdef void backward_float(self, StepFloat* s) noexcept nogil
+    cdef void backward_double(self, StepDouble* s) noexcept nogil
+    # Once after the last backward step, with every array spanning all T * B rows (e.B = T * B,
+    # e.t = -1, STM_prev = NULL, work of T * B rows): the place for a weight gradient that is
+    # one large matrix product over the whole sequence. Optional.
+    cdef void finish_float(self, StepFloat* s) noexcept nogil
+    cdef void finish_double(self, StepDouble* s) noexcept nogil
 
 
 cdef extern from "<math.h>" nogil:
@@ -86,6 +120,6 @@ cdef inline floating tanh_(floating x) noexcept nogil:
         return tanh(x)
 
 
-cdef void gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                  const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-                  floating beta, floating* C, Py_ssize_t ldc) noexcept nogil
+cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+               const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+               floating beta, floating* C, Py_ssize_t ldc) noexcept nogil

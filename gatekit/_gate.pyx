@@ -67,6 +67,7 @@ cdef class Gate:
     definition = None
     outputs = None
     mixes_units = False
+    differentiable = False
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0):
         self.input_size = input_size
@@ -101,6 +102,18 @@ cdef class Gate:
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         _no_forward(self, &s.error)
 
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        _no_backward(self, &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        _no_backward(self, &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        pass
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        pass
+
     def take_error(self):
         """What the gate raised during the last call, or None; and forget it."""
         error, self._error = self._error, None
@@ -113,6 +126,17 @@ cdef void _no_forward(Gate gate, int* error) noexcept nogil:
             f"gate {type(gate).__name__} computes nothing: a Cython gate overrides "
             "forward_float and forward_double, a Python gate derives from gatekit.PythonGate")
     error[0] = 1
+
+
+cdef void _no_backward(Gate gate, int* error) noexcept nogil:
+    with gil:
+        gate._error = NotImplementedError(no_backward_message(type(gate)))
+    error[0] = 1
+
+
+def no_backward_message(cls):
+    return (f"{cls.role} gate {cls.name!r} ({cls.__qualname__}) defines no backward pass, so "
+            "this cell cannot compute gradients; give the gate a backward (see gatekit.Gate)")
 
 
 cdef class PythonGate(Gate):
@@ -141,45 +165,83 @@ cdef class PythonGate(Gate):
         """
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
+    def backward(self, step):
+        """Add this gate's share of the gradients for one step, in place (``+=``).
+
+        Besides the forward arrays of the step, ``step`` has ``dz(block)``, ``ds_t``, ``dSTM_t``
+        (read it, don't write it), ``df_t``, ``di_t``, ``dN_t``, ``dU_t``, ``dV_t``, ``dLTM_t``,
+        ``dLTM_prev`` and ``dparams[name]``. A gate that does not override this cannot be
+        trained: asking for gradients raises NotImplementedError before any work is done.
+        """
+        raise NotImplementedError(no_backward_message(type(self)))
+
+    def finish(self, step):
+        """Optional: called once after the last backward step, with every array spanning all
+        T * B rows. The place for a weight gradient that is one matrix product over the
+        whole sequence."""
+
+    @classmethod
+    def is_differentiable(cls):
+        return cls.backward is not PythonGate.backward
+
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         with gil:
-            self._call(_step_arrays(s, self))
-            if self._error is not None:
-                s.error = 1
+            self._call(self.forward, _step_arrays(s, self), &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         with gil:
-            self._call(_step_arrays(s, self))
-            if self._error is not None:
-                s.error = 1
+            self._call(self.forward, _step_arrays(s, self), &s.error)
 
-    cdef _call(self, step):
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        with gil:
+            self._call(self.backward, _step_arrays(s, self), &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        with gil:
+            self._call(self.backward, _step_arrays(s, self), &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        with gil:
+            self._call(self.finish, _step_arrays(s, self), &s.error)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        with gil:
+            self._call(self.finish, _step_arrays(s, self), &s.error)
+
+    cdef void _call(self, method, step, int* error):
         try:
-            self.forward(step)
-        except BaseException as error:    # re-raised by the cell once the loop has stopped
-            self._error = error
+            method(step)
+        except BaseException as exception:    # re-raised by the cell once the loop has stopped
+            self._error = exception
+            error[0] = 1
 
 
 class StepArrays:
-    """One time step as NumPy arrays, for :class:`PythonGate` (views on the loop's buffers)."""
+    """One time step as NumPy arrays, for :class:`PythonGate`: views on the loop's buffers,
+    named like the fields of the compiled step (gradients are None outside backward)."""
 
-    def __init__(self, t, z, offset, hidden_size, blocks, s_t, STM_prev, LTM_prev, f_t, i_t,
-                 N_t, U_t, V_t, LTM_t, STM_t):
+    def __init__(self, t, hidden_size, offset, blocks, z, dz, dparams, **arrays):
         self.t = t
-        self._z, self._offset, self._hidden_size, self._blocks = z, offset, hidden_size, blocks
-        self.s_t = s_t
-        self.STM_prev, self.LTM_prev = STM_prev, LTM_prev
-        self.f_t, self.i_t, self.N_t = f_t, i_t, N_t
-        self.U_t, self.V_t, self.LTM_t, self.STM_t = U_t, V_t, LTM_t, STM_t
+        self._hidden_size, self._offset, self._blocks = hidden_size, offset, blocks
+        self._z, self._dz = z, dz
+        self.dparams = dparams
+        self.__dict__.update(arrays)
 
-    def z(self, block):
-        """The pre-activation ``W_block [STM_{t-1}, E_t] + b_block`` of one of the gate's blocks."""
+    def _block(self, buffer, block):
         try:
             k = self._blocks.index(block)
         except ValueError:
             raise KeyError(f"this gate has no block {block!r}; its blocks are {self._blocks}") from None
         start = self._offset + k * self._hidden_size
-        return self._z[:, start:start + self._hidden_size]
+        return buffer[:, start:start + self._hidden_size]
+
+    def z(self, block):
+        """The pre-activation ``W_block [STM_{t-1}, E_t] + b_block`` of one of the gate's blocks."""
+        return self._block(self._z, block)
+
+    def dz(self, block):
+        """The gradient of the loss with respect to :meth:`z` (backward only; add into it)."""
+        return self._block(self._dz, block)
 
 
 cdef _view(const floating* data, Py_ssize_t rows, Py_ssize_t cols, bint writeable=True):
@@ -197,39 +259,56 @@ ctypedef fused step_t:
     StepDouble
 
 
-cdef _step_arrays(step_t* s, Gate gate):
-    cdef Py_ssize_t B = s.e.B, H = s.e.H, ldz = s.e.ldz
+cdef _step_arrays(step_t* s, PythonGate gate):
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, ldz = s.e.ldz, k = 0
+    dparams = None
+    if s.dparam != NULL:
+        dparams = {}
+        for name, array in gate.params_arrays.items():
+            dparams[name] = _view(s.dparam[k], 1, <Py_ssize_t> array.size).reshape(array.shape)
+            k += 1
     return StepArrays(
-        s.e.t, _view(s.z, B, ldz), gate.offset, H, tuple(type(gate).blocks),
-        None if s.s_t == NULL else _view(s.s_t, B, ldz, False)[:, :H],
-        _view(s.STM_prev, B, H, False), _view(s.LTM_prev, B, H, False),
-        _view(s.f_t, B, H), _view(s.i_t, B, H), _view(s.N_t, B, H),
-        _view(s.U_t, B, H), _view(s.V_t, B, H), _view(s.LTM_t, B, H), _view(s.STM_t, B, H))
+        s.e.t, H, gate.offset, tuple(type(gate).blocks),
+        _view(s.z, B, ldz), _view(s.dz, B, ldz), dparams,
+        s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, False)[:, :H],
+        ds_t=None if s.ds_t == NULL else _view(s.ds_t, B, ldz)[:, :H],
+        STM_prev=_view(s.STM_prev, B, H, False), LTM_prev=_view(s.LTM_prev, B, H, False),
+        f_t=_view(s.f_t, B, H), i_t=_view(s.i_t, B, H), N_t=_view(s.N_t, B, H),
+        U_t=_view(s.U_t, B, H), V_t=_view(s.V_t, B, H), LTM_t=_view(s.LTM_t, B, H),
+        STM_t=_view(s.STM_t, B, H), dSTM_t=_view(s.dSTM_t, B, H, False),
+        df_t=_view(s.df_t, B, H), di_t=_view(s.di_t, B, H), dN_t=_view(s.dN_t, B, H),
+        dU_t=_view(s.dU_t, B, H), dV_t=_view(s.dV_t, B, H), dLTM_t=_view(s.dLTM_t, B, H),
+        dLTM_prev=_view(s.dLTM_prev, B, H))
 
 
-cdef void gemm_nt(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                  const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-                  floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
-    """C = A @ B.T + beta * C, all row-major: A (m, k), B (n, k), C (m, n).
+cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+               const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+               floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C = op(A) @ op(B) + beta * C, all row-major: op(A) (m, k), op(B) (k, n), C (m, n);
+    op(X) is X.T where trans_x is set.
 
     BLAS is column-major, where a row-major matrix reads as its transpose, so this asks for
-    C.T = B @ A.T: op(B as stored) = 'T', op(A as stored) = 'N'.
+    C.T = op(B).T @ op(A).T, with the stored B first.
     """
-    cdef char transa = b'T', transb = b'N'
-    cdef blas_int M = n, N = m, K = k, LDA = ldb, LDB = lda, LDC = ldc, one = 1
+    cdef char op_b = b'T' if trans_b else b'N'
+    cdef char op_a = b'T' if trans_a else b'N'
+    cdef char op_y = b'T' if trans_b else b'N'
+    cdef blas_int M = n, N = m, K = k, LDB = ldb, LDA = lda, LDC = ldc, one = 1, rows, cols
     cdef floating alpha = 1
     if m == 0 or n == 0:
         return
-    if m == 1:
-        # One row: C.T (n) = B @ a is a matrix-vector product, much cheaper than a GEMM with N = 1.
+    if m == 1 and not trans_a:
+        # One row: C.T (n) = op(B).T @ a, a matrix-vector product, much cheaper than a GEMM
+        # with N = 1; the stored B reads column-major as B.T, of shape (rows, cols).
+        rows, cols = (k, n) if trans_b else (n, k)
         if floating is float:
-            sgemv(&transa, &K, &M, &alpha, <float*> B, &LDA, <float*> A, &one, &beta, C, &one)
+            sgemv(&op_y, &rows, &cols, &alpha, <float*> B, &LDB, <float*> A, &one, &beta, C, &one)
         else:
-            dgemv(&transa, &K, &M, &alpha, <double*> B, &LDA, <double*> A, &one, &beta, C, &one)
+            dgemv(&op_y, &rows, &cols, &alpha, <double*> B, &LDB, <double*> A, &one, &beta, C, &one)
         return
     if floating is float:
-        sgemm(&transa, &transb, &M, &N, &K, &alpha, <float*> B, &LDA, <float*> A, &LDB,
+        sgemm(&op_b, &op_a, &M, &N, &K, &alpha, <float*> B, &LDB, <float*> A, &LDA,
               &beta, C, &LDC)
     else:
-        dgemm(&transa, &transb, &M, &N, &K, &alpha, <double*> B, &LDA, <double*> A, &LDB,
+        dgemm(&op_b, &op_a, &M, &N, &K, &alpha, <double*> B, &LDB, <double*> A, &LDA,
               &beta, C, &LDC)

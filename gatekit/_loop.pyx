@@ -1,10 +1,18 @@
-"""The memory cell's time loop: one compiled loop for every composition of gates.
+"""The memory cell's time loop, forward and backward: one compiled loop for every composition
+of gates.
 
 The wrapper in ``gatekit.cell`` has checked shapes, dtypes and contiguity and allocated every
-buffer before it calls :func:`forward`; nothing here touches a Python object between the first
-and the last step unless a gate is written in Python (it takes the GIL back for itself).
+buffer before it calls in here; nothing here touches a Python object between the first and the
+last step unless a gate is written in Python (it takes the GIL back for itself).
+
+Buffers, for T steps of B sequences, D inputs, H units and K blocks (KH = K * H columns):
+W (KH, H + D) with the STM columns first, bias (KH,), x (T, B, D), z (T, B, KH) the
+pre-activations; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
+ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
+ltm[0] = the initial LTM; y (T, B, H) receives STM_t. S is T when the forward pass keeps a tape
+for backward, 1 otherwise.
 """
-from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm_nt
+from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
 
 
 # StepFloat and StepDouble differ only in the type their data pointers point to. The loop is
@@ -24,6 +32,17 @@ cdef struct StepAny:
     void* V_t
     void* STM_t
     void* work
+    void* dz
+    void* ds_t
+    const void* dSTM_t
+    void* df_t
+    void* di_t
+    void* dN_t
+    void* dU_t
+    void* dV_t
+    void* dLTM_t
+    void* dLTM_prev
+    void** dparam
     int error
 
 
@@ -34,40 +53,68 @@ def _check_layout():
 
 _check_layout()
 
+DEF FORWARD = 0
+DEF BACKWARD = 1
+DEF FINISH = 2
 
-cdef inline bint run_gate(Gate gate, StepAny* s, bint single) noexcept nogil:
-    """Let ``gate`` compute its part of the step; False if it failed."""
-    if single:
-        gate.forward_float(<StepFloat*> s)
+
+cdef inline bint run_gate(Gate gate, int phase, StepAny* s, bint single,
+                          size_t* dparam) noexcept nogil:
+    """Let ``gate`` do its part of a step (its parameter gradients at ``dparam``); False if it
+    failed."""
+    s.dparam = <void**> dparam
+    if phase == FORWARD:
+        if single:
+            gate.forward_float(<StepFloat*> s)
+        else:
+            gate.forward_double(<StepDouble*> s)
+    elif phase == BACKWARD:
+        if single:
+            gate.backward_float(<StepFloat*> s)
+        else:
+            gate.backward_double(<StepDouble*> s)
     else:
-        gate.forward_double(<StepDouble*> s)
+        if single:
+            gate.finish_float(<StepFloat*> s)
+        else:
+            gate.finish_double(<StepDouble*> s)
     return s.error == 0
 
 
-def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
-            floating[:, ::1] stm0, floating[:, ::1] ltm0, floating[:, :, ::1] z,
-            floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm, floating[:, :, ::1] y,
-            floating[:, ::1] work, Py_ssize_t forget_preactivation):
-    """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
+cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
+                               floating[:, :, ::1] ltm, floating[:, :, ::1] y,
+                               floating[:, ::1] stm0, Py_ssize_t forget_preactivation) noexcept nogil:
+    """Point the step's forward fields at step t of the buffers (see the module docstring)."""
+    cdef Py_ssize_t k = t % acts.shape[1], n = ltm.shape[0]
+    s.e.t = t
+    s.z = z
+    s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
+    s.STM_prev = &stm0[0, 0] if t == 0 else &y[t - 1, 0, 0]
+    s.LTM_prev, s.LTM_t = &ltm[t % n, 0, 0], &ltm[(t + 1) % n, 0, 0]
+    s.f_t, s.i_t, s.N_t = &acts[0, k, 0, 0], &acts[1, k, 0, 0], &acts[2, k, 0, 0]
+    s.U_t, s.V_t = &acts[3, k, 0, 0], &acts[4, k, 0, 0]
+    s.STM_t = &y[t, 0, 0]
 
-    Shapes (checked by the caller): W (K*H, H + D) with the STM columns first, bias (K*H,),
-    x (T, B, D), stm0 and ltm0 (B, H), z (T, B, K*H) receives the pre-activations, acts (S, 5,
-    B, H) receives f_t, i_t, N_t, U_t, V_t, ltm (S, B, H) receives LTM_t, y (T, B, H) receives
-    STM_t, work (B, H); S is T to keep every step or 2 to keep only the last.
-    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none.
-    """
-    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
+
+def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
+            floating[:, ::1] stm0, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
+            floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] work,
+            Py_ssize_t forget_preactivation):
+    """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
+    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0], S = acts.shape[0]
-    cdef Py_ssize_t t, r, j, k, failed = -1
+    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
+    cdef Py_ssize_t t, r, j, failed = -1
     cdef bint single = floating is float
     cdef StepAny s
-    cdef floating* zt
+    cdef floating* zt = NULL
+    cdef Gate gate
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
     s.work = &work[0, 0]
-    if T == 0:
-        return -1
+    s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
+    s.dLTM_t = s.dLTM_prev = NULL
+    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
     with nogil:
         if KH > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
@@ -75,25 +122,116 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
             for r in range(T * B):
                 for j in range(KH):
                     zt[r * KH + j] = bias[j]
-            gemm_nt(T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, &z[0, 0, 0], KH)
+            gemm(False, True, T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, zt, KH)
         for t in range(T):
-            k = t % S
-            s.e.t = t
-            s.STM_prev = &stm0[0, 0] if t == 0 else &y[t - 1, 0, 0]
-            s.LTM_prev = &ltm0[0, 0] if t == 0 else &ltm[(t - 1) % S, 0, 0]
-            s.f_t, s.i_t, s.N_t = &acts[k, 0, 0, 0], &acts[k, 1, 0, 0], &acts[k, 2, 0, 0]
-            s.U_t, s.V_t = &acts[k, 3, 0, 0], &acts[k, 4, 0, 0]
-            s.LTM_t, s.STM_t = &ltm[k, 0, 0], &y[t, 0, 0]
             if KH > 0:
                 zt = &z[t, 0, 0]
-                s.z = zt
-                s.s_t = NULL if forget_preactivation < 0 else zt + forget_preactivation
-                # z[t] += STM_{t-1} @ W[:, :H].T: every gate's recurrent product at once.
-                gemm_nt(B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D, 1, zt, KH)
-            else:
-                s.z, s.s_t = NULL, NULL
-            if not (run_gate(forget, &s, single) and run_gate(learn, &s, single)
-                    and run_gate(remember, &s, single) and run_gate(use, &s, single)):
+            point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
+            if KH > 0:
+                # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
+                gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
+                     1, zt, KH)
+            if not (run_gate(forget, FORWARD, &s, single, NULL)
+                    and run_gate(learn, FORWARD, &s, single, NULL)
+                    and run_gate(remember, FORWARD, &s, single, NULL)
+                    and run_gate(use, FORWARD, &s, single, NULL)):
                 failed = t
                 break
     return failed
+
+
+def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:, ::1] stm0,
+             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
+             floating[:, :, ::1] y, floating[:, :, ::1] dy, floating[:, :, ::1] dstm,
+             floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
+             floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
+             size_t[:, ::1] dparams, floating[:, ::1] work, Py_ssize_t forget_preactivation):
+    """Backpropagation through time over a tape the forward pass kept (S = T).
+
+    In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
+    dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (zeroed by the caller), dW, dbias,
+    dx (zeroed by the caller) and the gates' extra parameter gradients, whose addresses
+    ``dparams[g]`` lists for gate g (zeroed by the caller). work holds T * B rows.
+    Returns -1, or the step at which a gate failed (T for a failure in finish).
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
+    cdef Py_ssize_t t, r, j, failed = -1
+    cdef bint single = floating is float
+    cdef StepAny s
+    cdef floating* zt = NULL
+    cdef floating* dzt = NULL
+    cdef floating* dyt
+    cdef floating* carry = &dstm[0, 0, 0]          # dL/dSTM_t sent back from step t + 1
+    cdef floating* dSTM_t = &dstm[1, 0, 0]
+    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
+    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
+    s.error = 0
+    s.work = &work[0, 0]
+    s.dSTM_t = dSTM_t
+    with nogil:
+        for t in range(T - 1, -1, -1):
+            if KH > 0:
+                zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
+            point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
+            s.dz = dzt
+            s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
+            s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
+            s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
+            s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
+            dyt = &dy[t, 0, 0]
+            for r in range(B * H):
+                dSTM_t[r] = dyt[r] + carry[r]
+                (<floating*> s.dLTM_prev)[r] = 0
+            if not (run_gate(use, BACKWARD, &s, single, &dparams[3, 0])
+                    and run_gate(remember, BACKWARD, &s, single, &dparams[2, 0])
+                    and run_gate(learn, BACKWARD, &s, single, &dparams[1, 0])
+                    and run_gate(forget, BACKWARD, &s, single, &dparams[0, 0])):
+                failed = t
+                break
+            # dL/dSTM_{t-1} = dz[t] @ W[:, :H]
+            if KH > 0:
+                gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 0, carry, H)
+            else:
+                for r in range(B * H):
+                    carry[r] = 0
+        if failed < 0:
+            point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
+            if not (run_gate(use, FINISH, &s, single, &dparams[3, 0])
+                    and run_gate(remember, FINISH, &s, single, &dparams[2, 0])
+                    and run_gate(learn, FINISH, &s, single, &dparams[1, 0])
+                    and run_gate(forget, FINISH, &s, single, &dparams[0, 0])):
+                failed = T
+        if failed < 0 and KH > 0:
+            # The weight gradients, each one product over all T * B rows.
+            # dW[:, :H] = Σ_t dz[t].T @ STM_{t-1}
+            gemm(True, False, KH, H, B, &dz[0, 0, 0], KH, &stm0[0, 0], H, 1, &dW[0, 0], H + D)
+            if T > 1:
+                gemm(True, False, KH, H, (T - 1) * B, &dz[1, 0, 0], KH, &y[0, 0, 0], H, 1,
+                     &dW[0, 0], H + D)
+            # dW[:, H:] = Σ_t dz[t].T @ x[t];  dx = dz @ W[:, H:];  dbias = Σ dz
+            gemm(True, False, KH, D, T * B, &dz[0, 0, 0], KH, &x[0, 0, 0], D, 1, &dW[0, H], H + D)
+            gemm(False, False, T * B, D, KH, &dz[0, 0, 0], KH, &W[0, H], H + D, 0, &dx[0, 0, 0], D)
+            dzt = &dz[0, 0, 0]
+            for r in range(T * B):
+                for j in range(KH):
+                    dbias[j] += dzt[r * KH + j]
+    return failed
+
+
+cdef void point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
+                            floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] stm0,
+                            floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
+                            Py_ssize_t forget_preactivation) noexcept nogil:
+    """Point the step at all T * B rows of the tape at once, for the gates' finish."""
+    cdef bint has_blocks = z.shape[2] > 0
+    point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, acts, ltm, y, stm0,
+                  forget_preactivation)
+    s.e.t, s.e.B = -1, y.shape[0] * y.shape[1]
+    s.STM_prev = NULL
+    s.dz = &dz[0, 0, 0] if has_blocks else NULL
+    s.ds_t = NULL if forget_preactivation < 0 or not has_blocks else (
+        <floating*> s.dz + forget_preactivation)
+    s.dSTM_t = s.dLTM_t = s.dLTM_prev = NULL
+    s.df_t, s.di_t, s.dN_t = &dacts[0, 0, 0, 0], &dacts[1, 0, 0, 0], &dacts[2, 0, 0, 0]
+    s.dU_t, s.dV_t = &dacts[3, 0, 0, 0], &dacts[4, 0, 0, 0]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gatekit import _loop, plugins
-from gatekit._gate import ROLES
+from gatekit._gate import MAX_PARAMS, ROLES, PythonGate, no_backward_message
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -75,6 +75,28 @@ def as_float_array(name, value, dtype, shape):
         expected = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
         raise ValueError(f"{name} must have shape {expected}; got {array.shape}")
     return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _differentiable(cls):
+    if issubclass(cls, PythonGate):
+        return cls.is_differentiable()
+    return bool(cls.differentiable)
+
+
+class Tape:
+    """What a forward pass kept for the backward pass: the input, the initial STM and every
+    step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
+    backward pass reads it and does not change it, so it can be used more than once."""
+
+    def __init__(self, cell, x, stm0, z, acts, ltm, y):
+        self.cell, self.x, self.stm0 = cell, x, stm0
+        self.z, self.acts, self.ltm = z, acts, ltm
+        # The caller may change the y it was given; the tape keeps its own.
+        self.y = y.copy()
+
+    def __repr__(self):
+        T, B, _ = self.x.shape
+        return f"Tape(T={T}, B={B}, cell={self.cell!r})"
 
 
 class Cell:
@@ -151,6 +173,15 @@ class Cell:
         for array in self.params.values():
             array[...] = rng.uniform(-bound, bound, array.shape)
 
+    def copy(self, dtype=None):
+        """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
+        this cell's)."""
+        other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
+                     dtype=self.dtype if dtype is None else dtype)
+        for name, array in self.params.items():
+            other.params[name] = array
+        return other
+
     @property
     def gate_names(self):
         """The name of the gate in each role."""
@@ -162,29 +193,92 @@ class Cell:
                 f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
 
     def __call__(self, x, state=None):
-        return self.forward(x, state)
+        y, state = self.forward(x, state)
+        return y, state
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, keep=False):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
-        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``."""
+        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
+        the :class:`Tape` that :meth:`backward` needs."""
         x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
         T, B, _ = x.shape
         if B == 0:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
         H, KH = self.hidden_size, self._weights.shape[0]
+        steps_kept = T if keep else 1
         y = np.empty((T, B, H), self.dtype)
-        if T == 0:
-            return y, (stm0.copy(), ltm0.copy())
         z = np.empty((T, B, KH), self.dtype)
-        acts = np.empty((2, 5, B, H), self.dtype)
-        ltm = np.empty((2, B, H), self.dtype)
+        acts = np.empty((5, steps_kept, B, H), self.dtype)
+        ltm = np.empty((steps_kept + 1, B, H), self.dtype)
+        ltm[0] = ltm0
         work = np.empty((B, H), self.dtype)
-        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, ltm0, z, acts,
-                               ltm, y, work, self._forget_preactivation)
+        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
+                               work, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
-        return y, (y[-1].copy(), ltm[(T - 1) % 2].copy())
+        final = (y[-1].copy() if T else stm0, ltm[T % (steps_kept + 1)].copy())
+        if not keep:
+            return y, final
+        return y, final, Tape(self, x, stm0, z, acts, ltm, y)
+
+    def backward(self, tape, dy, dstm=None, dltm=None):
+        """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
+
+        ``dy`` (T, B, H) is the gradient of the loss with respect to the outputs ``y``; ``dstm``
+        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None). Returns a dict
+        with one gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"``, each
+        of the shape and dtype of what it is the gradient of.
+        """
+        if not isinstance(tape, Tape):
+            raise TypeError(f"tape must be the Tape from cell.forward(x, keep=True); got "
+                            f"{type(tape).__name__}")
+        if tape.cell is not self:
+            raise ValueError(f"tape was recorded by another cell ({tape.cell!r}); pass the tape "
+                             "this cell's forward(..., keep=True) returned")
+        for gate in self.gates:
+            if not _differentiable(type(gate)):
+                raise NotImplementedError(no_backward_message(type(gate)))
+        T, B, D = tape.x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        dy = as_float_array("dy", dy, self.dtype, (T, B, H))
+        dstm_carry = np.empty((2, B, H), self.dtype)
+        dstm_carry[0] = 0 if dstm is None else as_float_array("dstm", dstm, self.dtype, (B, H))
+        dltm_carry = np.empty((2, B, H), self.dtype)
+        dltm_carry[T % 2] = 0 if dltm is None else as_float_array("dltm", dltm, self.dtype, (B, H))
+
+        dweights = np.zeros_like(self._weights)
+        dbias = np.zeros_like(self._bias)
+        grads = self._gradient_views(dweights, dbias)
+        dparams = np.zeros((4, MAX_PARAMS), np.uintp)
+        for g, gate in enumerate(self.gates):
+            for k, name in enumerate(type(gate).params):
+                dparams[g, k] = grads[name].ctypes.data
+        dx = np.zeros((T, B, D), self.dtype)
+        failed = _loop.backward(
+            self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm, tape.y,
+            dy, dstm_carry, dltm_carry, np.zeros((T, B, KH), self.dtype),
+            np.zeros((5, T, B, H), self.dtype), dweights, dbias, dx, dparams,
+            np.empty((max(T * B, B), H), self.dtype), self._forget_preactivation)
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
+        return grads
+
+    def _gradient_views(self, dweights, dbias):
+        """Gradient arrays named like ``params``: block gradients are views on the packed
+        ``dweights`` and ``dbias``, the others fresh zeros."""
+        H = self.hidden_size
+        grads = {}
+        k = 0
+        for gate in self.gates:
+            for block in type(gate).blocks:
+                grads[f"W_{block}"] = dweights[k * H:(k + 1) * H]
+                grads[f"b_{block}"] = dbias[k * H:(k + 1) * H]
+                k += 1
+        for name, array in self.params.items():
+            grads.setdefault(name, np.zeros_like(array))
+        return {name: grads[name] for name in self.params}
 
     def _initial_state(self, state, B):
         shape = (B, self.hidden_size)

@@ -175,15 +175,162 @@ def use_memory(LTM_t):
     return {"U_t": LTM_t, "V_t": np.ones_like(LTM_t), "STM_t": LTM_t}
 
 
+# --- Backward: the gradients, gate by gate ------------------------------------------------
+#
+# Each ``*_backward`` function pairs with the forward function of the same name. It reads the
+# step's quantities and the gradients of the loss with respect to what the gate produced
+# (``df_t``, ``dSTM_t``, ...), and returns its contributions to the gradients of what the gate
+# read (``dLTM_prev``, ``dSTM_prev``, ``dE_t``, ``ds_t``...) and of its parameters (``dW_f``...).
+# Contributions are summed: a quantity read by several gates collects a gradient from each.
+# Derivatives use the outputs: σ'(s) = σ(s)(1 - σ(s)) and tanh'(a) = 1 - tanh(a)².
+
+def linear_backward(dz, W, STM_prev, E_t, name):
+    """Gradients of z = W_k [STM_{t-1}, E_t] + b_k given dz, for block ``name`` = k."""
+    H = STM_prev.shape[-1]
+    d_stm_event = dz @ W
+    return {f"dW_{name}": dz.T @ np.concatenate([STM_prev, E_t], axis=-1),
+            f"db_{name}": dz.sum(axis=0),
+            "dSTM_prev": d_stm_event[:, :H], "dE_t": d_stm_event[:, H:]}
+
+
+def merge(*contributions):
+    """Sum gradient contributions that share a name."""
+    total = {}
+    for contribution in contributions:
+        for name, value in contribution.items():
+            total[name] = total[name] + value if name in total else value
+    return total
+
+
+def forget_backward(STM_prev, E_t, f_t, df_t, ds_t, W_f):
+    # s_t collects df_t through σ, plus whatever later gates sent to s_t directly (JANET).
+    ds = ds_t + df_t * f_t * (1 - f_t)
+    return linear_backward(ds, W_f, STM_prev, E_t, "f")
+
+
+def forget_peephole_backward(STM_prev, E_t, LTM_prev, f_t, df_t, ds_t, W_f, p_f):
+    ds = ds_t + df_t * f_t * (1 - f_t)
+    return merge(linear_backward(ds, W_f, STM_prev, E_t, "f"),
+                 {"dp_f": (ds * LTM_prev).sum(axis=0), "dLTM_prev": ds * p_f})
+
+
+def forget_none_backward():
+    return {}
+
+
+def learn_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n, W_i):
+    dz_n = dN_t * (1 - N_t ** 2)
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dz_n, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"))
+
+
+def learn_peephole_backward(STM_prev, E_t, LTM_prev, N_t, i_t, dN_t, di_t, W_n, W_i, p_i):
+    dz_n = dN_t * (1 - N_t ** 2)
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dz_n, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"),
+                 {"dp_i": (dz_i * LTM_prev).sum(axis=0), "dLTM_prev": dz_i * p_i})
+
+
+def learn_no_ignore_backward(STM_prev, E_t, N_t, dN_t, W_n):
+    return linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n")
+
+
+def learn_linear_backward(STM_prev, E_t, i_t, dN_t, di_t, W_n, W_i):
+    return merge(linear_backward(dN_t, W_n, STM_prev, E_t, "n"),
+                 linear_backward(di_t * i_t * (1 - i_t), W_i, STM_prev, E_t, "i"))
+
+
+def learn_linear_peephole_backward(STM_prev, E_t, LTM_prev, i_t, dN_t, di_t, W_n, W_i, p_i):
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dN_t, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"),
+                 {"dp_i": (dz_i * LTM_prev).sum(axis=0), "dLTM_prev": dz_i * p_i})
+
+
+def learn_coupled_backward(STM_prev, E_t, N_t, dN_t, di_t, W_n):
+    # i_t = 1 - f_t
+    return merge(linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n"),
+                 {"df_t": -di_t})
+
+
+def learn_janet_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n):
+    # i_t = 1 - σ(s_t - β), so di_t/ds_t = -σ(s_t - β)(1 - σ(s_t - β)) = -(1 - i_t) i_t
+    return merge(linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n"),
+                 {"ds_t": -di_t * i_t * (1 - i_t)})
+
+
+def remember_backward(LTM_prev, f_t, N_t, i_t, dLTM_t):
+    return {"dLTM_prev": dLTM_t * f_t, "df_t": dLTM_t * LTM_prev,
+            "dN_t": dLTM_t * i_t, "di_t": dLTM_t * N_t}
+
+
+def use_course_backward(STM_prev, E_t, LTM_prev, f_t, U_t, V_t, dSTM_t, W_u, W_v):
+    dU_pre = dSTM_t * V_t * (1 - U_t ** 2)          # through tanh
+    remembered = LTM_prev * f_t                      # what W_u reads
+    d_remembered = dU_pre @ W_u
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dW_u": dU_pre.T @ remembered, "db_u": dU_pre.sum(axis=0),
+                  "dLTM_prev": d_remembered * f_t, "df_t": d_remembered * LTM_prev})
+
+
+def use_literal_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_u, W_v):
+    dz_u = dSTM_t * V_t * (1 - U_t ** 2)
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_u, W_u, STM_prev, E_t, "u"),
+                 linear_backward(dz_v, W_v, STM_prev, E_t, "v"))
+
+
+def use_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t * (1 - U_t ** 2)})
+
+
+def use_peephole_backward(STM_prev, E_t, LTM_t, U_t, V_t, dSTM_t, W_v, p_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t * (1 - U_t ** 2) + dz_v * p_v,
+                  "dp_v": (dz_v * LTM_t).sum(axis=0)})
+
+
+def use_no_output_gate_backward(U_t, dSTM_t):
+    return {"dLTM_t": dSTM_t * (1 - U_t ** 2)}
+
+
+def use_linear_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"), {"dLTM_t": dSTM_t * V_t})
+
+
+def use_linear_peephole_backward(STM_prev, E_t, LTM_t, U_t, V_t, dSTM_t, W_v, p_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t + dz_v * p_v, "dp_v": (dz_v * LTM_t).sum(axis=0)})
+
+
+def use_memory_backward(dSTM_t):
+    return {"dLTM_t": dSTM_t}
+
+
 # --- The cell ---------------------------------------------------------------------------------
 
-def call_definition(definition, known):
-    """Call a gate's definition with the quantities its argument names ask for."""
+def call_definition(definition, known, zero=None):
+    """Call a gate's definition with the quantities its argument names ask for. In backward,
+    a gradient nothing has contributed to yet (a name ``d...`` not in ``known``) is ``zero``."""
     names = inspect.signature(definition).parameters
-    missing = [name for name in names if name not in known]
-    if missing:
-        raise KeyError(f"{definition.__qualname__} reads {missing}, which nothing before it provides")
-    return definition(**{name: known[name] for name in names})
+    arguments = {}
+    for name in names:
+        if name in known:
+            arguments[name] = known[name]
+        elif zero is not None and name.startswith("d"):
+            arguments[name] = zero
+        else:
+            raise KeyError(f"{definition.__qualname__} reads {name!r}, which nothing before it "
+                           "provides")
+    return definition(**arguments)
 
 
 def step(cell, E_t, STM_prev, LTM_prev, dtype=None):
@@ -216,3 +363,42 @@ def forward(cell, x, state=None, dtype=None):
         STM, LTM = quantities["STM_t"], quantities["LTM_t"]
         y[t] = STM
     return y, (STM, LTM)
+
+
+def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None):
+    """Backpropagation through time, one step and one gate at a time.
+
+    ``dy`` (T, B, H) is the gradient of the loss with respect to every output, ``dstm`` and
+    ``dltm`` (B, H) with respect to the final STM and LTM (zero if None). Returns a dict with
+    the gradient of every parameter of ``cell.params``, and ``"x"``, ``"stm0"``, ``"ltm0"``.
+    """
+    dtype = np.dtype(cell.dtype if dtype is None else dtype)
+    x = np.asarray(x, dtype=dtype)
+    T, B, _ = x.shape
+    H = cell.hidden_size
+    zero = np.zeros((B, H), dtype)
+    STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state)
+    steps = []
+    for t in range(T):
+        steps.append(step(cell, x[t], STM, LTM, dtype))
+        STM, LTM = steps[-1]["STM_t"], steps[-1]["LTM_t"]
+
+    grads = {name: np.zeros(value.shape, dtype) for name, value in cell.params.items()}
+    grads["x"] = np.zeros_like(x)
+    dSTM_next = zero if dstm is None else np.asarray(dstm, dtype=dtype)
+    dLTM_next = zero if dltm is None else np.asarray(dltm, dtype=dtype)
+    dy = np.asarray(dy, dtype=dtype)
+    for t in reversed(range(T)):
+        known = dict(steps[t])
+        known.update(dSTM_t=dy[t] + dSTM_next, dLTM_t=dLTM_next)
+        for gate in reversed(cell.gates):            # use, remember, learn, forget
+            contributions = call_definition(type(gate).backward_definition, known, zero)
+            known.update(merge({name: known[name] for name in contributions if name in known},
+                               contributions))
+        for name in cell.params:
+            if "d" + name in known:
+                grads[name] += known["d" + name]
+        grads["x"][t] = known.get("dE_t", 0)
+        dSTM_next, dLTM_next = known.get("dSTM_prev", zero), known.get("dLTM_prev", zero)
+    grads["stm0"], grads["ltm0"] = dSTM_next, dLTM_next
+    return grads
