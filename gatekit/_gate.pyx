@@ -16,11 +16,20 @@ A gate class declares, as class attributes:
     Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
     example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
     and a Python gate as ``self.params[name]``.
+``init``
+    Initial values of some of its parameters, ``{name: number}``; the others are drawn from
+    U(-1/sqrt(H), 1/sqrt(H)).
 ``definition``
     The gate's NumPy definition after the equations: a function whose arguments are named after
     the quantities it reads (``STM_prev``, ``LTM_prev``, ``E_t``, outputs of earlier gates such as
     ``f_t``, and parameters such as ``W_f``), returning a dict of what it produces.
     ``gatekit.reference`` runs it, one step at a time; the tests hold the fast path to it.
+``backward_definition``
+    Optional: the NumPy gradients of ``definition`` (see ``gatekit.reference``), for
+    ``gatekit.reference.backward``.
+``differentiable``
+    True for a Cython gate that implements ``backward_float`` and ``backward_double``. (A
+    Python gate is differentiable when it overrides ``backward``.)
 ``outputs``
     The quantities it produces; by default those of its role (``f_t``; ``i_t``, ``N_t``;
     ``LTM_t``; ``U_t``, ``V_t``, ``STM_t``). A forget gate that also provides its pre-activation
@@ -64,7 +73,9 @@ cdef class Gate:
     name = None
     blocks = ()
     params = {}
+    init = {}
     definition = None
+    backward_definition = None
     outputs = None
     mixes_units = False
     differentiable = False

@@ -122,6 +122,7 @@ class Cell:
         classes = registry.compose(variant, {"forget": forget, "learn": learn,
                                              "remember": remember, "use": use})
         self._check_composition(classes)
+        self._classes = classes
 
         blocks = [(cls, block) for cls in classes for block in cls.blocks]
         self._weights = np.empty((len(blocks) * H, H + D), self.dtype)
@@ -167,11 +168,15 @@ class Cell:
             known |= set(cls.provides())
 
     def reset_parameters(self, seed=None):
-        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``."""
+        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``,
+        except those a gate gives an initial value (its ``init``)."""
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.hidden_size)
-        for array in self.params.values():
+        fixed = {name: value for cls in self._classes for name, value in cls.init.items()}
+        for name, array in self.params.items():
             array[...] = rng.uniform(-bound, bound, array.shape)
+            if name in fixed:
+                array[...] = fixed[name]
 
     def copy(self, dtype=None):
         """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default

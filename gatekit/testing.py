@@ -83,3 +83,69 @@ def gradcheck(cell, x, state=None, *, eps=1e-6, tolerance=1e-6, max_entries=40, 
                              f"centred finite differences; tolerance {tolerance:.0e}; all: "
                              + ", ".join(f"{k}: {v:.1e}" for k, v in errors.items()))
     return result
+
+
+def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6, batch=2,
+               seed=0):
+    """Conformance check for a new gate class: run it in place of its role's gate in
+    ``variant`` and check, in float32 and float64,
+
+    - output shapes and dtypes;
+    - the forward pass against the gate's NumPy ``definition`` (through
+      ``gatekit.reference.forward``): 1e-10 absolute in float64, 1e-4 relative in float32;
+    - if the gate is differentiable: its backward pass against centred finite differences
+      (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
+      (1e-9 relative).
+
+    The gate need not be registered: it is registered for the duration of the check. Raises
+    :class:`GradcheckError` (an AssertionError) on the first failure; returns None.
+    """
+    from gatekit import plugins
+    from gatekit.cell import _differentiable
+    from gatekit.hookspecs import hookimpl
+
+    class _Plugin:
+        @hookimpl
+        def register_gates(self, register):
+            register(gate)
+
+    registered = gate.name in plugins.registry().gates.get(gate.role, {}) and (
+        plugins.registry().gates[gate.role][gate.name].cls is gate)
+    name = None if registered else plugins.register_plugin(_Plugin(), name=f"check:{gate.__qualname__}")
+    try:
+        rng = np.random.default_rng(seed)
+        D, H, T, B = input_size, hidden_size, steps, batch
+        x = rng.standard_normal((T, B, D))
+        state = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
+        for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)),
+                           (np.float32, dict(rtol=1e-4, atol=1e-5))):
+            cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed)
+            y, (stm, ltm) = cell(x, state)
+            for what, array, shape in (("y", y, (T, B, H)), ("stm", stm, (B, H)), ("ltm", ltm, (B, H))):
+                if array.shape != shape or array.dtype != np.dtype(dtype):
+                    raise GradcheckError(f"{what}: expected {shape} {np.dtype(dtype)}, got "
+                                         f"{array.shape} {array.dtype}")
+            y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64)
+            for what, got, want in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref)):
+                try:
+                    np.testing.assert_allclose(got, want, **tol)
+                except AssertionError as error:
+                    raise GradcheckError(f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}: "
+                                         f"forward {what} differs from its definition\n{error}") from None
+        if not _differentiable(gate):
+            return
+        cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=np.float64, seed=seed)
+        gradcheck(cell, x, state)
+        if any(type(g).backward_definition is None for g in cell.gates):
+            return
+        dy = rng.standard_normal((T, B, H))
+        _, _, tape = cell.forward(x, state, keep=True)
+        got = cell.backward(tape, dy)
+        want = reference.backward(cell, x, dy, state)
+        for key in want:
+            if _relative_error(got[key], want[key]) > 1e-9:
+                raise GradcheckError(f"{gate.role} gate {gate.name!r}: gradient of {key!r} "
+                                     "differs from the reference backward")
+    finally:
+        if name is not None:
+            plugins.unregister_plugin(name)
