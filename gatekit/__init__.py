@@ -12,5 +12,6 @@ from gatekit.plugins import gates, register_plugin, unregister_plugin, variants
 
 __version__ = "0.1.0"
 
+
 __all__ = ["Cell", "Gate", "PythonGate", "StepArrays", "gates", "hookimpl", "reference",
            "register_plugin", "unregister_plugin", "variants", "__version__"]

@@ -323,3 +323,17 @@ cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_
     else:
         dgemm(&op_b, &op_a, &M, &N, &K, &alpha, <double*> B, &LDB, <double*> A, &LDA,
               &beta, C, &LDC)
+
+
+def elementwise(str function, floating[::1] x):
+    """``sigmoid`` or ``tanh`` of every entry of a 1-D array, by the compiled gates' own
+    approximations (for testing their accuracy)."""
+    out = np.empty(x.shape[0], np.float32 if floating is float else np.float64)
+    cdef floating[::1] result = out
+    cdef Py_ssize_t j
+    cdef bint is_sigmoid = function == "sigmoid"
+    if not is_sigmoid and function != "tanh":
+        raise ValueError(f"function must be 'sigmoid' or 'tanh'; got {function!r}")
+    for j in range(x.shape[0]):
+        result[j] = sigmoid(x[j]) if is_sigmoid else tanh_(x[j])
+    return out
