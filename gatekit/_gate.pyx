@@ -15,7 +15,7 @@ A gate class declares, as class attributes:
 ``params``
     Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
     example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
-    and a Python gate as ``self.params[name]``.
+    and a Python gate as ``self.arrays[name]``.
 ``init``
     Initial values of some of its parameters, ``{name: number}``; the others are drawn from
     U(-1/sqrt(H), 1/sqrt(H)).
@@ -154,8 +154,8 @@ cdef class PythonGate(Gate):
     """Base class of a gate written in Python/NumPy. Override :meth:`forward`.
 
     It runs inside the compiled time loop, which takes the GIL back for each call, so it is
-    slower than a Cython gate but sees the same step. ``self.params`` maps the names of its
-    extra parameters to NumPy arrays (write them in place only).
+    slower than a Cython gate but sees the same step. ``self.arrays`` maps the names of its
+    extra parameters (those declared in ``params``) to NumPy arrays.
     """
     cdef dict params_arrays
 
@@ -163,7 +163,8 @@ cdef class PythonGate(Gate):
         self.params_arrays = {name: arrays[name] for name in type(self).params}
 
     @property
-    def params(self):
+    def arrays(self):
+        """The arrays of this gate's extra parameters, by name (write them in place only)."""
         return self.params_arrays
 
     def forward(self, step):

@@ -10,7 +10,9 @@ def clip_grad_norm(grads, max_norm):
     """Scale every gradient by the same factor so that their joint L2 norm is at most
     ``max_norm``. Returns the norm before clipping (inf or NaN if a gradient is not finite, in
     which case nothing is scaled)."""
-    norm = float(np.sqrt(sum(float(np.sum(np.square(g))) for g in grads.values())))
+    # In float64: squares of large float32 gradients would overflow to inf.
+    norm = float(np.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
+                             for g in grads.values())))
     if np.isfinite(norm) and norm > max_norm:
         scale = max_norm / norm
         for g in grads.values():

@@ -52,7 +52,8 @@ class Model:
         value, d_outputs = loss(outputs, target)
         T, B, O = d_outputs.shape
         flat_d = d_outputs.reshape(T * B, O)
-        grads = self.cell.backward(tape, d_outputs @ self.readout["W_y"])
+        cell_grads = self.cell.backward(tape, d_outputs @ self.readout["W_y"])
+        grads = {name: cell_grads[name] for name in self.cell.params}
         grads["W_y"] = flat_d.T @ y.reshape(T * B, -1)
         grads["b_y"] = flat_d.sum(axis=0)
         return value, grads
@@ -189,10 +190,13 @@ def load_checkpoint(path, model, optimizer, rng):
             raise ValueError(f"{path} has checkpoint format {meta['format']}, newer than this "
                              f"gatekit ({gatekit.__version__}) reads ({CHECKPOINT_FORMAT})")
         cell = model.cell
-        if meta["gates"] != cell.gate_names or meta["optimizer"] != type(optimizer).__name__:
+        written = (meta["gates"], meta["optimizer"], meta["dtype"])
+        running = (cell.gate_names, type(optimizer).__name__, cell.dtype.name)
+        if written != running:
             raise ValueError(f"{path} was written for gates {meta['gates']} with "
-                             f"{meta['optimizer']}; this run has {cell.gate_names} with "
-                             f"{type(optimizer).__name__}")
+                             f"{meta['optimizer']} in {meta['dtype']}; this run has "
+                             f"{cell.gate_names} with {type(optimizer).__name__} in "
+                             f"{cell.dtype.name}")
         for name, array in model.params.items():
             key = f"param/{name}"
             if key not in stored:

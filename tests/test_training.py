@@ -279,9 +279,6 @@ def test_clip_grad_norm_with_non_finite_gradient_touches_nothing(bad):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="clip_grad_norm squares float32 gradients in float32: "
-                   "finite gradients above ~1.8e19 give an infinite norm, so they are not "
-                   "clipped and train() stops with 'non-finite gradient'")
 def test_clip_grad_norm_clips_huge_but_finite_float32_gradients():
     grads = {"a": np.array([3e20, -4e20], np.float32)}
     assert np.all(np.isfinite(grads["a"]))
@@ -568,9 +565,6 @@ def test_non_finite_input_stops_training_and_keeps_last_good_state(tmp_path, bad
             assert stored["losses"].tolist() == reference_history.losses
 
 
-@pytest.mark.xfail(strict=True, reason="Model.loss_and_grads also returns the gradients of the "
-                   "input x and the initial state (stm0, ltm0), and train() clips the joint norm "
-                   "of all of them, so clip= scales parameter gradients by the wrong factor")
 def test_train_clips_the_norm_of_the_parameter_gradients():
     batches, loss, clip = regression_batches(), losses.MeanSquaredError(), 1e-3
     model = small_model(dtype=np.float64)
