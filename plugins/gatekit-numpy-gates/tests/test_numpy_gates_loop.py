@@ -32,7 +32,6 @@ def forget_half(LTM_prev):
 class ForgetHalfNoBackward(gatekit.PythonGate):
     """A forget gate with a forward pass only."""
     role, name = "forget", "test_half_no_backward"
-    params = {}
     definition = staticmethod(forget_half)
 
     def forward(self, step):

@@ -22,7 +22,6 @@ class ForgetHardSigmoid(gatekit.PythonGate):
     """f_t = clip(0.2 s_t + 0.5, 0, 1). Its pre-activation s_t stays in its block of z, so it
     provides ``s_t`` to later gates, like the standard forget gate."""
     role, name, blocks = "forget", "hard_sigmoid", ("f",)
-    params = {}     # declared explicitly: see the note on UseSoftsign
     outputs = ("s_t", "f_t")
     definition = staticmethod(definitions.forget_hard_sigmoid)
     backward_definition = staticmethod(definitions.forget_hard_sigmoid_backward)
@@ -41,10 +40,6 @@ class ForgetHardSigmoid(gatekit.PythonGate):
 class UseSoftsign(gatekit.PythonGate):
     """U_t = LTM_t / (1 + |LTM_t|), V_t = σ(W_v [STM_{t-1}, E_t] + b_v), STM_t = U_t ⊙ V_t."""
     role, name, blocks = "use", "softsign", ("v",)
-    # No extra parameters. Declared explicitly because gatekit.PythonGate's `params` property
-    # (the bound arrays, per instance) hides gatekit.Gate's class attribute `params = {}`, and
-    # gatekit reads the declaration from the class (GateClass.params.items()).
-    params = {}
     definition = staticmethod(definitions.use_softsign)
     backward_definition = staticmethod(definitions.use_softsign_backward)
 
