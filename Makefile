@@ -16,7 +16,7 @@ $(BIN)/python:
 # The build requirements go in first so gatekit and its plugins build without isolation,
 # against the same NumPy, SciPy and Cython they run with.
 $(VENV)/.installed: $(SOURCES) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet "setuptools>=68" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
+	$(BIN)/python -m pip install --quiet "setuptools>=77" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
 		pluggy pytest hypothesis pytest-benchmark threadpoolctl
 	$(BIN)/python -m pip install --quiet --no-build-isolation ".[test,bench]"
 	$(foreach p,$(PLUGINS),$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps ./$(dir $(p)) &&) true

@@ -46,5 +46,7 @@ extensions = [
     for name in ("_gate", "_builtin", "_loop")
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives,
-                            build_dir="build/debug" if DEBUG else "build/release"))
+# Separate build folders, so switching GATEKIT_DEBUG never reuses the other build's objects.
+BUILD = "build/debug" if DEBUG else "build/release"
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, build_dir=f"{BUILD}/cython"),
+      options={"build": {"build_base": BUILD}})

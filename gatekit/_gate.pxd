@@ -111,10 +111,12 @@ cdef extern from * nogil:
      * (double) approximations of Cephes (S. L. Moshier) for e^r; 2^n is built in the exponent bits.
      * tanh: the Cephes odd approximations below |x| = 0.625, 1 - 2 / (e^{2|x|} + 1) above.
      * Accuracy against extended-precision NumPy over [-200, 200] (tests/test_fastmath.py): at most
-     * 2.4 units in the last place (float32 sigmoid; float64 sigmoid 2.0, tanh 1.1 and 1.3); NaN
-     * propagates, ±inf give the limits (σ: 1 and below the smallest normal number; tanh: ±1).
+     * 2.4 units in the last place (float32 sigmoid; float64 sigmoid 2.0, tanh 1.1 and 1.3). Below
+     * the smallest normal number e^x is 0 (so σ is 0 for x below about -87 in float32, -708 in
+     * float64, where the C library returns subnormal numbers); NaN and ±inf give what NumPy gives.
      */
 
+    #include <math.h>
     #include <stdint.h>
     #include <string.h>
 
@@ -133,7 +135,10 @@ cdef extern from * nogil:
     }
 
     static inline float gk_expf(float x) {
-        /* Clamped so 2^n stays a normal number; comparisons with NaN are false, so NaN passes. */
+        /* Clamped so 2^n stays a normal number, then overflow and underflow restored as NumPy
+         * has them (inf, 0); comparisons with NaN are false, so NaN passes through. */
+        float overflow = x > 88.7228391f ? INFINITY : 0.0f;
+        int underflow = x < -87.3365447504f;
         x = x > 88.3762626647949f ? 88.3762626647949f : x;
         x = x < -87.3365447504f ? -87.3365447504f : x;
         /* round(x / ln 2) by adding and subtracting 1.5 * 2^23 (no rounding instruction needed) */
@@ -147,10 +152,14 @@ cdef extern from * nogil:
         p = p * r + 1.6666665459e-1f;
         p = p * r + 5.0000001201e-1f;
         p = p * r2 + r + 1.0f;
-        return p * gk_pow2f(n);
+        p = p * gk_pow2f(n);
+        p = overflow != 0.0f ? overflow : p;
+        return underflow ? 0.0f : p;
     }
 
     static inline double gk_exp(double x) {
+        double overflow = x > 709.782712893384 ? INFINITY : 0.0;
+        int underflow = x < -708.0;
         x = x > 709.0 ? 709.0 : x;
         x = x < -708.0 ? -708.0 : x;
         double n = (x * 1.4426950408889634073599 + 6755399441055744.0) - 6755399441055744.0;
@@ -160,7 +169,9 @@ cdef extern from * nogil:
                     + 9.99999999999999999910e-1) * r;
         double q = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2
                     + 2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
-        return (1.0 + 2.0 * p / (q - p)) * gk_pow2(n);
+        p = (1.0 + 2.0 * p / (q - p)) * gk_pow2(n);
+        p = overflow != 0.0 ? overflow : p;
+        return underflow ? 0.0 : p;
     }
 
     static inline float gk_sigmoidf(float x) { return 1.0f / (1.0f + gk_expf(-x)); }

@@ -210,6 +210,10 @@ class Cell:
         if B == 0:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
+        if keep:
+            # The tape must not share memory with arrays the caller may change before backward.
+            x = x.copy()
+            stm0 = stm0.copy() if state is not None else stm0
         H, KH = self.hidden_size, self._weights.shape[0]
         steps_kept = T if keep else 1
         y = np.empty((T, B, H), self.dtype)

@@ -203,12 +203,9 @@ def test_tiny_cell_matches_richardson_differences(case, seed):
     assert_gradients_match(cell, got, numeric, 1e-6, x.shape)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "oracle limitation, not a core bug: gradcheck's centred differences (eps=1e-6) carry ~1e-10 "
-    "of the loss in rounding error; W_u's gradient here is 6.6e-6 of a loss of 0.25, so it is "
-    "measured to 1.3e-6 relative > 1e-6. Core == reference to 1e-15 and == Richardson "
-    "differences to 1.3e-9 for the same case (test_tiny_cell_matches_richardson_differences)"))
-def test_gradcheck_noise_floor_on_a_tiny_gradient():
+def test_gradcheck_resolves_a_tiny_gradient():
+    # W_u's gradient here is 6.6e-6 of a loss of 0.25: plain centred differences with a tiny
+    # step measured it only to 1.3e-6 relative; gradcheck's extrapolated differences must not.
     cell, x, state, _, _, _ = make_case("course", 1, 1, 2, 1, seed=2,
                                         overrides={"learn": "coupled"})
     gradcheck(cell, x, state, tolerance=1e-6)
@@ -531,19 +528,8 @@ def test_tape_is_unaffected_by_caller_changing_returned_outputs(variant, dtype):
     assert_gradients_match(cell, after, want, tol, x.shape)
 
 
-ALIASING = ("the tape keeps a reference to the caller's {what} array (as_float_array returns "
-            "it unchanged when it already has the cell's dtype and is C-contiguous; Tape copies "
-            "only y), so changing that array between forward and backward changes the weight "
-            "gradients (W_* off by ~100% against the reference)")
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("changed", [
-    pytest.param("x", marks=pytest.mark.xfail(strict=True, reason=ALIASING.format(what="x"))),
-    pytest.param("stm0", marks=pytest.mark.xfail(strict=True,
-                                                 reason=ALIASING.format(what="initial STM"))),
-    "ltm0",
-])
+@pytest.mark.parametrize("changed", ["x", "stm0", "ltm0"])
 def test_tape_is_unaffected_by_caller_changing_its_inputs(changed, dtype):
     # The caller reuses its input buffers (say, for the next batch) between forward and
     # backward; the gradients must still be those of the forward pass that was recorded.
