@@ -1,0 +1,22 @@
+"""Fixtures for gatekit's forward-pass tests (helpers are in forward_support.py)."""
+import pytest
+
+import gatekit
+from gatekit import plugins
+
+
+@pytest.fixture
+def register():
+    """Register plugins for one test; every one still registered is removed at teardown, so the
+    global registry is left as the test found it."""
+    names = []
+
+    def _register(plugin, name=None):
+        registered = gatekit.register_plugin(plugin, name=name)
+        names.append(registered)
+        return registered
+
+    yield _register
+    for name in reversed(names):
+        if plugins.plugin_manager().get_plugin(name) is not None:
+            gatekit.unregister_plugin(name)

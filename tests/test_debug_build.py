@@ -1,0 +1,85 @@
+"""The bounds-checked build (``GATEKIT_DEBUG=1``; ``make test`` runs the suite on it a second
+time with ``GATEKIT_EXPECT_DEBUG=1``).
+
+The raw kernel ``gatekit._loop.forward`` trusts its buffers; only the debug build checks the
+indices it uses, so the undersized-buffer calls below run there and nowhere else (in a release
+build they would write past the end of an array)."""
+import os
+
+import numpy as np
+import pytest
+
+import gatekit
+from gatekit import _loop
+from gatekit._gate import DEBUG_BUILD
+
+from forward_support import random_inputs
+
+T, B, D, H = 5, 2, 3, 4
+
+debug_only = pytest.mark.skipif(not DEBUG_BUILD, reason="release build: no bounds checks, an "
+                                "undersized buffer would corrupt memory")
+
+
+@pytest.mark.skipif(os.environ.get("GATEKIT_EXPECT_DEBUG") != "1",
+                    reason="GATEKIT_EXPECT_DEBUG=1 not set (not the debug run of make test)")
+def test_debug_build_is_the_one_imported():
+    assert DEBUG_BUILD is True
+
+
+def _buffers(cell, x, **undersized):
+    """The buffers Cell.forward hands the kernel (see the docstring of gatekit/_loop.pyx), with
+    some replaced by smaller ones."""
+    T, B, _ = x.shape
+    H, KH = cell.hidden_size, cell._weights.shape[0]
+    buffers = dict(
+        W=cell._weights, bias=cell._bias, x=x, stm0=np.zeros((B, H), cell.dtype),
+        z=np.empty((T, B, KH), cell.dtype), acts=np.empty((5, 1, B, H), cell.dtype),
+        ltm=np.zeros((2, B, H), cell.dtype), y=np.empty((T, B, H), cell.dtype),
+        work=np.empty((B, H), cell.dtype))
+    buffers.update(undersized)
+    return buffers
+
+
+def _call_kernel(cell, b):
+    return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["z"], b["acts"],
+                         b["ltm"], b["y"], b["work"], cell._forget_preactivation)
+
+
+@pytest.fixture
+def cell():
+    return gatekit.Cell(D, H, variant="peephole", dtype=np.float64, seed=0)
+
+
+def test_kernel_with_right_buffers_matches_cell(cell):
+    # Checks the harness the undersized calls use (safe in any build).
+    x, _ = random_inputs(cell, T, B, state=False)
+    buffers = _buffers(cell, x)
+    assert _call_kernel(cell, buffers) == -1
+    np.testing.assert_array_equal(buffers["y"], cell(x)[0])
+
+
+@debug_only
+def test_kernel_with_undersized_bias_raises_index_error(cell):
+    # The bias is read by index in the kernel's own body: the first row of z it fills reaches
+    # the missing entry before anything is written outside z.
+    x, _ = random_inputs(cell, T, B, state=False)
+    buffers = _buffers(cell, x, bias=np.zeros(cell._bias.shape[0] - 1))
+    with pytest.raises(IndexError):
+        _call_kernel(cell, buffers)
+
+
+@debug_only
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.xfail(strict=True, reason="core bug: the out-of-bounds y[t] is indexed in "
+                   "_loop.point_at_step, a `noexcept nogil` function, so the debug build's "
+                   "IndexError is printed as 'Exception ignored in: gatekit._loop.point_at_step' "
+                   "and swallowed; the loop goes on with the previous step's STM_t pointer "
+                   "(overwriting y[T-2] with step T-1) and returns -1 (success)")
+def test_kernel_with_undersized_output_raises_index_error(cell):
+    # y has T - 1 steps. In the debug build this writes nothing out of bounds even now (the
+    # failed pointer update leaves STM_t on the last valid step), so it is safe to run.
+    x, _ = random_inputs(cell, T, B, state=False)
+    buffers = _buffers(cell, x, y=np.empty((T - 1, B, H)))
+    with pytest.raises(IndexError):
+        _call_kernel(cell, buffers)
