@@ -15,76 +15,87 @@ cdef double JANET_BETA = reference.JANET_BETA
 
 
 # --- Kernels ----------------------------------------------------------------------------------
+# Each kernel first copies the extent it needs into locals: Python extensions are compiled with
+# -fno-strict-aliasing, so read through `e`, every store into an array could change the extent
+# and the compiler would not vectorise the loop.
 
 cdef inline void sigmoid_rows(floating* out, floating* z, const floating* peephole,
                               const floating* memory, Extent* e) noexcept nogil:
     """out = σ(z + peephole ⊙ memory); the sum is left in z, the gate's full pre-activation.
     `peephole` may be NULL (no peephole)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j
     cdef floating* zb
-    for b in range(e.B):
-        zb = z + b * e.ldz
+    for b in range(B):
+        zb = z + b * ldz
         if peephole != NULL:
-            for j in range(e.u0, e.u1):
-                zb[j] += peephole[j] * memory[b * e.H + j]
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = sigmoid(zb[j])
+            for j in range(u0, u1):
+                zb[j] += peephole[j] * memory[b * H + j]
+        for j in range(u0, u1):
+            out[b * H + j] = sigmoid(zb[j])
 
 
 cdef inline void tanh_rows(floating* out, const floating* z, Py_ssize_t ldz,
                            Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = tanh_(z[b * ldz + j])
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = tanh_(z[b * ldz + j])
 
 
 cdef inline void copy_rows(floating* out, const floating* a, Py_ssize_t lda,
                            Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = a[b * lda + j]
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = a[b * lda + j]
 
 
 cdef inline void fill_rows(floating* out, floating value, Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = value
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = value
 
 
 cdef inline void one_minus_rows(floating* out, const floating* a, Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = 1 - a[b * e.H + j]
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = 1 - a[b * H + j]
 
 
 cdef inline void janet_ignore_rows(floating* i_t, const floating* s_t, Extent* e) noexcept nogil:
     """i_t = 1 - σ(s_t - β)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j
     cdef floating beta = <floating> JANET_BETA
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            i_t[b * e.H + j] = 1 - sigmoid(s_t[b * e.ldz + j] - beta)
+    for b in range(B):
+        for j in range(u0, u1):
+            i_t[b * H + j] = 1 - sigmoid(s_t[b * ldz + j] - beta)
 
 
 cdef inline void product_rows(floating* out, const floating* a, const floating* c,
                               Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * e.H + j] = a[b * e.H + j] * c[b * e.H + j]
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = a[b * H + j] * c[b * H + j]
 
 
 cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const floating* f_t,
                                const floating* N_t, const floating* i_t, Extent* e) noexcept nogil:
     """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
             LTM_t[k] = LTM_prev[k] * f_t[k] + N_t[k] * i_t[k]
 
 
@@ -93,13 +104,14 @@ cdef inline void course_use(floating* U_t, floating* V_t, floating* STM_t, float
                             const floating* W_u, const floating* b_u, floating* work,
                             Extent* e) noexcept nogil:
     """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t; all units."""
-    cdef Py_ssize_t b, j, H = e.H
+    cdef Py_ssize_t B = e.B, H = e.H
+    cdef Py_ssize_t b, j
     product_rows(work, LTM_prev, f_t, e)
-    for b in range(e.B):
+    for b in range(B):
         for j in range(H):
             U_t[b * H + j] = b_u[j]
     # U_t += work @ W_u.T
-    gemm(False, True, e.B, H, H, work, H, W_u, H, 1, U_t, H)
+    gemm(False, True, B, H, H, work, H, W_u, H, 1, U_t, H)
     tanh_rows(U_t, U_t, H, e)
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
     product_rows(STM_t, U_t, V_t, e)
@@ -109,10 +121,11 @@ cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, flo
                               const floating* LTM_t, const floating* p_v, bint squash,
                               Extent* e) noexcept nogil:
     """U_t = tanh(LTM_t) (or LTM_t), V_t = σ(z_v + p_v ⊙ LTM_t), STM_t = U_t ⊙ V_t"""
+    cdef Py_ssize_t H = e.H
     if squash:
-        tanh_rows(U_t, LTM_t, e.H, e)
+        tanh_rows(U_t, LTM_t, H, e)
     else:
-        copy_rows(U_t, LTM_t, e.H, e)
+        copy_rows(U_t, LTM_t, H, e)
     sigmoid_rows(V_t, z_v, p_v, LTM_t, e)
     product_rows(STM_t, U_t, V_t, e)
 
@@ -125,16 +138,17 @@ cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const 
                                        Extent* e) noexcept nogil:
     """out = σ(z + peephole ⊙ memory): dz += dout ⊙ out(1 - out), then from the whole dz
     (other gates may have added to it) dpeephole += Σ_b dz ⊙ memory, dmemory += dz ⊙ peephole."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
     cdef floating* dzb
-    for b in range(e.B):
-        dzb = dz + b * e.ldz
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        dzb = dz + b * ldz
+        for j in range(u0, u1):
+            k = b * H + j
             dzb[j] += dout[k] * out[k] * (1 - out[k])
         if peephole != NULL:
-            for j in range(e.u0, e.u1):
-                k = b * e.H + j
+            for j in range(u0, u1):
+                k = b * H + j
                 dpeephole[j] += dzb[j] * memory[k]
                 dmemory[k] += dzb[j] * peephole[j]
 
@@ -142,30 +156,33 @@ cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const 
 cdef inline void tanh_backward_rows(floating* dz, Py_ssize_t ldz, const floating* out,
                                     const floating* dout, Extent* e) noexcept nogil:
     """out = tanh(z): dz += dout ⊙ (1 - out²)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
             dz[b * ldz + j] += dout[k] * (1 - out[k] * out[k])
 
 
 cdef inline void add_rows(floating* out, Py_ssize_t ldo, const floating* a, floating sign,
                           Extent* e) noexcept nogil:
     """out += sign * a"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            out[b * ldo + j] += sign * a[b * e.H + j]
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * ldo + j] += sign * a[b * H + j]
 
 
 cdef inline void product_backward_rows(floating* da, floating* dc, const floating* a,
                                        const floating* c, const floating* dout,
                                        Extent* e) noexcept nogil:
     """out = a ⊙ c: da += dout ⊙ c, dc += dout ⊙ a"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
             da[k] += dout[k] * c[k]
             dc[k] += dout[k] * a[k]
 
@@ -173,11 +190,12 @@ cdef inline void product_backward_rows(floating* da, floating* dc, const floatin
 cdef inline void janet_ignore_backward_rows(floating* ds_t, const floating* i_t,
                                             const floating* di_t, Extent* e) noexcept nogil:
     """i_t = 1 - σ(s_t - β): ds_t += -di_t ⊙ i_t(1 - i_t)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
-            ds_t[b * e.ldz + j] -= di_t[k] * i_t[k] * (1 - i_t[k])
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            ds_t[b * ldz + j] -= di_t[k] * i_t[k] * (1 - i_t[k])
 
 
 cdef inline void remember_backward_rows(floating* dLTM_prev, floating* df_t, floating* dN_t,
@@ -186,10 +204,11 @@ cdef inline void remember_backward_rows(floating* dLTM_prev, floating* df_t, flo
                                         const floating* N_t, const floating* i_t,
                                         Extent* e) noexcept nogil:
     """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
             dLTM_prev[k] += dLTM_t[k] * f_t[k]
             df_t[k] += dLTM_t[k] * LTM_prev[k]
             dN_t[k] += dLTM_t[k] * i_t[k]
@@ -201,11 +220,12 @@ cdef inline void gated_output_backward(floating* dz_v, floating* dLTM_t, floatin
                                        const floating* LTM_t, const floating* dSTM_t,
                                        const floating* p_v, floating* dp_v, bint squash,
                                        Extent* e) noexcept nogil:
+    cdef Py_ssize_t H = e.H
     product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
     if squash:
-        tanh_backward_rows(dLTM_t, e.H, U_t, dU_t, e)
+        tanh_backward_rows(dLTM_t, H, U_t, dU_t, e)
     else:
-        add_rows(dLTM_t, e.H, dU_t, 1, e)
+        add_rows(dLTM_t, H, dU_t, 1, e)
     sigmoid_backward_rows(dz_v, V_t, dV_t, p_v, LTM_t, dp_v, dLTM_t, e)
 
 
@@ -216,12 +236,13 @@ cdef inline void course_use_backward(floating* dz_v, floating* dU_t, floating* d
                                      const floating* W_u, floating* work,
                                      Extent* e) noexcept nogil:
     """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish."""
-    cdef Py_ssize_t b, j, k, H = e.H
+    cdef Py_ssize_t B = e.B, H = e.H
+    cdef Py_ssize_t b, j, k
     product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
-    for k in range(e.B * H):
+    for k in range(B * H):
         dU_t[k] *= 1 - U_t[k] * U_t[k]
     # work = dU_pre @ W_u: the gradient of LTM_{t-1} ⊙ f_t
-    gemm(False, False, e.B, H, H, dU_t, H, W_u, H, 0, work, H)
+    gemm(False, False, B, H, H, dU_t, H, W_u, H, 0, work, H)
     product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
     sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
                           <floating*> NULL, <floating*> NULL, e)
@@ -231,10 +252,11 @@ cdef inline void course_use_finish(floating* dW_u, floating* db_u, const floatin
                                    const floating* LTM_prev, const floating* f_t,
                                    floating* work, Extent* e) noexcept nogil:
     """Over all T * B rows at once: dW_u += dU_pre.T @ (LTM_{t-1} ⊙ f_t), db_u += Σ dU_pre."""
-    cdef Py_ssize_t r, j, H = e.H
+    cdef Py_ssize_t B = e.B, H = e.H
+    cdef Py_ssize_t r, j
     product_rows(work, LTM_prev, f_t, e)
-    gemm(True, False, H, H, e.B, dU_pre, H, work, H, 1, dW_u, H)
-    for r in range(e.B):
+    gemm(True, False, H, H, B, dU_pre, H, work, H, 1, dW_u, H)
+    for r in range(B):
         for j in range(H):
             db_u[j] += dU_pre[r * H + j]
 

@@ -81,10 +81,11 @@ cdef inline bint run_gate(Gate gate, int phase, StepAny* s, bint single,
     return s.error == 0
 
 
-cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
-                               floating[:, :, ::1] ltm, floating[:, :, ::1] y,
-                               floating[:, ::1] stm0, Py_ssize_t forget_preactivation) noexcept nogil:
-    """Point the step's forward fields at step t of the buffers (see the module docstring)."""
+cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
+                              floating[:, :, ::1] ltm, floating[:, :, ::1] y,
+                              floating[:, ::1] stm0, Py_ssize_t forget_preactivation) except -1 nogil:
+    """Point the step's forward fields at step t of the buffers (see the module docstring).
+    (``except -1``: in a bounds-checked build an index error here reaches the caller.)"""
     cdef Py_ssize_t k = t % acts.shape[1], n = ltm.shape[0]
     s.e.t = t
     s.z = z
@@ -94,6 +95,7 @@ cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:
     s.f_t, s.i_t, s.N_t = &acts[0, k, 0, 0], &acts[1, k, 0, 0], &acts[2, k, 0, 0]
     s.U_t, s.V_t = &acts[3, k, 0, 0], &acts[4, k, 0, 0]
     s.STM_t = &y[t, 0, 0]
+    return 0
 
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
@@ -116,7 +118,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     s.dLTM_t = s.dLTM_prev = NULL
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
     with nogil:
-        if KH > 0:
+        if KH > 0 and T > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
             zt = &z[0, 0, 0]
             for r in range(T * B):
@@ -195,14 +197,14 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
             else:
                 for r in range(B * H):
                     carry[r] = 0
-        if failed < 0:
+        if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
             if not (run_gate(use, FINISH, &s, single, &dparams[3, 0])
                     and run_gate(remember, FINISH, &s, single, &dparams[2, 0])
                     and run_gate(learn, FINISH, &s, single, &dparams[1, 0])
                     and run_gate(forget, FINISH, &s, single, &dparams[0, 0])):
                 failed = T
-        if failed < 0 and KH > 0:
+        if failed < 0 and KH > 0 and T > 0:
             # The weight gradients, each one product over all T * B rows.
             # dW[:, :H] = Σ_t dz[t].T @ STM_{t-1}
             gemm(True, False, KH, H, B, &dz[0, 0, 0], KH, &stm0[0, 0], H, 1, &dW[0, 0], H + D)
@@ -219,10 +221,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     return failed
 
 
-cdef void point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
-                            floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] stm0,
-                            floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
-                            Py_ssize_t forget_preactivation) noexcept nogil:
+cdef int point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
+                           floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] stm0,
+                           floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
+                           Py_ssize_t forget_preactivation) except -1 nogil:
     """Point the step at all T * B rows of the tape at once, for the gates' finish."""
     cdef bint has_blocks = z.shape[2] > 0
     point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, acts, ltm, y, stm0,
@@ -235,3 +237,4 @@ cdef void point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :,
     s.dSTM_t = s.dLTM_t = s.dLTM_prev = NULL
     s.df_t, s.di_t, s.dN_t = &dacts[0, 0, 0, 0], &dacts[1, 0, 0, 0], &dacts[2, 0, 0, 0]
     s.dU_t, s.dV_t = &dacts[3, 0, 0, 0], &dacts[4, 0, 0, 0]
+    return 0

@@ -56,6 +56,8 @@ def _size(name, value):
 
 
 def _float_dtype(dtype):
+    if dtype is None:        # np.dtype(None) would quietly mean float64
+        raise TypeError("dtype must be float32 or float64; got None")
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -217,6 +219,8 @@ class Cell:
         H, KH = self.hidden_size, self._weights.shape[0]
         steps_kept = T if keep else 1
         y = np.empty((T, B, H), self.dtype)
+        if T == 0 and not keep:
+            return y, (stm0.copy(), ltm0.copy())
         z = np.empty((T, B, KH), self.dtype)
         acts = np.empty((5, steps_kept, B, H), self.dtype)
         ltm = np.empty((steps_kept + 1, B, H), self.dtype)
@@ -226,7 +230,7 @@ class Cell:
                                work, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
-        final = (y[-1].copy() if T else stm0, ltm[T % (steps_kept + 1)].copy())
+        final = (y[-1].copy(), ltm[T % (steps_kept + 1)].copy())
         if not keep:
             return y, final
         return y, final, Tape(self, x, stm0, z, acts, ltm, y)

@@ -70,15 +70,9 @@ def test_kernel_with_undersized_bias_raises_index_error(cell):
 
 
 @debug_only
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.xfail(strict=True, reason="core bug: the out-of-bounds y[t] is indexed in "
-                   "_loop.point_at_step, a `noexcept nogil` function, so the debug build's "
-                   "IndexError is printed as 'Exception ignored in: gatekit._loop.point_at_step' "
-                   "and swallowed; the loop goes on with the previous step's STM_t pointer "
-                   "(overwriting y[T-2] with step T-1) and returns -1 (success)")
 def test_kernel_with_undersized_output_raises_index_error(cell):
-    # y has T - 1 steps. In the debug build this writes nothing out of bounds even now (the
-    # failed pointer update leaves STM_t on the last valid step), so it is safe to run.
+    # y has T - 1 steps: the pointer update for the last step is checked and fails before the
+    # step runs, so nothing is written out of bounds.
     x, _ = random_inputs(cell, T, B, state=False)
     buffers = _buffers(cell, x, y=np.empty((T - 1, B, H)))
     with pytest.raises(IndexError):

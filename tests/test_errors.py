@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit._gate import DEBUG_BUILD
 
 from forward_support import BUILTIN_GATES, BUILTIN_PRESETS, assert_matches_reference, random_inputs
 
@@ -206,10 +205,6 @@ def test_float32_input_into_float64_cell_is_cast():
     assert_matches_reference(cell, x)
 
 
-@pytest.mark.xfail(DEBUG_BUILD, strict=True, raises=IndexError,
-                   reason="core bug: in the bounds-checked build, _loop.forward evaluates "
-                          "&z[0, 0, 0] and &x[0, 0, 0] before its time loop even when T = 0, "
-                          "so an empty sequence raises IndexError")
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_empty_sequence_returns_empty_y_and_initial_state(with_state, dtype):

@@ -23,8 +23,10 @@ extensions = [
     Extension("gatekit_floored_forget._floored", ["src/gatekit_floored_forget/_floored.pyx"],
               include_dirs=[numpy.get_include()],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-              extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"])
+              # -fno-trapping-math, as gatekit's: lets the gate maths vectorise.
+              extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math"])
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives,
-                            build_dir="build/debug" if DEBUG else "build/release"))
+BUILD = "build/debug" if DEBUG else "build/release"
+setup(ext_modules=cythonize(extensions, compiler_directives=directives, build_dir=f"{BUILD}/cython"),
+      options={"build": {"build_base": BUILD}})
