@@ -34,10 +34,21 @@ test: install
 	rm -rf $(DEBUG_DIR)
 	GATEKIT_DEBUG=1 $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps \
 		--target $(DEBUG_DIR) .
-	PYTHONPATH=$(DEBUG_DIR) GATEKIT_EXPECT_DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests plugins
+	PYTHONPATH=$(CURDIR)/$(DEBUG_DIR) GATEKIT_EXPECT_DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests plugins
 
+# The benchmark suite (benchmarks/, docs/benchmarks.md): correctness guards, then gatekit, PyTorch
+# and JAX each timed in its own process, merged into one markdown report. PyTorch and JAX are
+# optional: installed here if possible, their benchmarks skipped without them.
+# Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit --budget 3".
+SHAPES ?= S1,S2,S3,S4,S5,fixed
+REPORT ?= .benchmarks/report.md
+BENCH_FLAGS ?=
 bench: install
-	$(BIN)/pytest -q benchmarks --benchmark-only
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0 \
+		|| echo "bench: PyTorch could not be installed; its benchmarks will be skipped"
+	@$(BIN)/python -c "import jax" 2>/dev/null || $(BIN)/python -m pip install --quiet jax jaxlib \
+		|| echo "bench: JAX could not be installed; its benchmarks will be skipped"
+	$(BIN)/python -m gatekit.bench run --shapes $(SHAPES) --out $(REPORT) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c gatekit/_blas_int.pxd

@@ -370,8 +370,9 @@ def fake_entry_points(tmp_path):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(tmp_path)]))
         env["GATEKIT_BLOCK_PLUGINS"] = block.replace("{installed}", ",".join(installed))
+        # cwd away from the source tree, so the child imports the installed gatekit.
         return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, cwd=tmp_path)
 
     return run
 
