@@ -101,16 +101,18 @@ cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:,
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
             floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] work,
-            Py_ssize_t forget_preactivation):
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation):
     """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
-    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none."""
+
+    Sequence b lasts ``lengths[b]`` steps: from then on its memories stay as they were (its
+    rows of y repeat its last STM; the caller blanks them). ``forget_preactivation`` is the
+    column of s_t in z, or -1 if the forget gate has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
-    cdef Py_ssize_t t, r, j, failed = -1
+    cdef Py_ssize_t t, r, j, b, failed = -1
     cdef bint single = floating is float
     cdef StepAny s
     cdef floating* zt = NULL
-    cdef Gate gate
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
     s.work = &work[0, 0]
@@ -139,6 +141,12 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                     and run_gate(use, FORWARD, &s, single, NULL)):
                 failed = t
                 break
+            # Sequences that have ended keep their memories.
+            for b in range(B):
+                if t >= lengths[b]:
+                    for j in range(H):
+                        (<floating*> s.STM_t)[b * H + j] = (<const floating*> s.STM_prev)[b * H + j]
+                        (<floating*> s.LTM_t)[b * H + j] = (<const floating*> s.LTM_prev)[b * H + j]
     return failed
 
 
@@ -147,18 +155,22 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] y, floating[:, :, ::1] dy, floating[:, :, ::1] dstm,
              floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
-             size_t[:, ::1] dparams, floating[:, ::1] work, Py_ssize_t forget_preactivation):
+             size_t[:, ::1] dparams, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
+             Py_ssize_t forget_preactivation):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
     dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (zeroed by the caller), dW, dbias,
     dx (zeroed by the caller) and the gates' extra parameter gradients, whose addresses
     ``dparams[g]`` lists for gate g (zeroed by the caller). work holds T * B rows.
+    Steps after a sequence's length pass its gradients through untouched and ignore its dy.
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
-    cdef Py_ssize_t t, r, j, failed = -1
+    cdef Py_ssize_t t, r, j, b, k, failed = -1
+    cdef floating* dLTM_t
+    cdef floating* dLTM_prev
     cdef bint single = floating is float
     cdef StepAny s
     cdef floating* zt = NULL
@@ -181,22 +193,31 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
             s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
             s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
             s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
-            dyt = &dy[t, 0, 0]
-            for r in range(B * H):
-                dSTM_t[r] = dyt[r] + carry[r]
-                (<floating*> s.dLTM_prev)[r] = 0
+            dyt, dLTM_t, dLTM_prev = &dy[t, 0, 0], <floating*> s.dLTM_t, <floating*> s.dLTM_prev
+            for b in range(B):
+                if t < lengths[b]:
+                    for j in range(H):
+                        k = b * H + j
+                        dSTM_t[k] = dyt[k] + carry[k]
+                        carry[k] = 0
+                        dLTM_prev[k] = 0
+                else:
+                    # Past its end, a sequence's gradients skip the step: carry stays as it is,
+                    # dLTM goes straight to the step before, and its gates see zero.
+                    for j in range(H):
+                        k = b * H + j
+                        dSTM_t[k] = 0
+                        dLTM_prev[k] = dLTM_t[k]
+                        dLTM_t[k] = 0
             if not (run_gate(use, BACKWARD, &s, single, &dparams[3, 0])
                     and run_gate(remember, BACKWARD, &s, single, &dparams[2, 0])
                     and run_gate(learn, BACKWARD, &s, single, &dparams[1, 0])
                     and run_gate(forget, BACKWARD, &s, single, &dparams[0, 0])):
                 failed = t
                 break
-            # dL/dSTM_{t-1} = dz[t] @ W[:, :H]
+            # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
             if KH > 0:
-                gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 0, carry, H)
-            else:
-                for r in range(B * H):
-                    carry[r] = 0
+                gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
             if not (run_gate(use, FINISH, &s, single, &dparams[3, 0])

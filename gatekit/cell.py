@@ -79,6 +79,20 @@ def as_float_array(name, value, dtype, shape):
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _check_lengths(lengths, T, B):
+    """``lengths`` as B integers in [1, T] (every sequence T steps long if None)."""
+    if lengths is None:
+        return np.full(B, T, np.intp)
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu" or array.shape != (B,):
+        raise ValueError(f"lengths must be {B} integers, one per sequence of x; got "
+                         f"{array.dtype} array of shape {array.shape}")
+    if B and (array.min() < 1 or array.max() > T):
+        raise ValueError(f"lengths must lie in [1, T] = [1, {T}]; got values from "
+                         f"{array.min()} to {array.max()}")
+    return np.ascontiguousarray(array, dtype=np.intp)
+
+
 def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
@@ -90,8 +104,8 @@ class Tape:
     step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
     backward pass reads it and does not change it, so it can be used more than once."""
 
-    def __init__(self, cell, x, stm0, z, acts, ltm, y):
-        self.cell, self.x, self.stm0 = cell, x, stm0
+    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths):
+        self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
         self.z, self.acts, self.ltm = z, acts, ltm
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
@@ -203,15 +217,21 @@ class Cell:
         y, state = self.forward(x, state)
         return y, state
 
-    def forward(self, x, state=None, keep=False):
+    def forward(self, x, state=None, keep=False, lengths=None):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
         or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
-        the :class:`Tape` that :meth:`backward` needs."""
+        the :class:`Tape` that :meth:`backward` needs.
+
+        ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
+        after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
+        its last step, and its padded steps take no part in the gradients.
+        """
         x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
         T, B, _ = x.shape
         if B == 0:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
+        lengths = _check_lengths(lengths, T, B)
         if keep:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()
@@ -227,13 +247,15 @@ class Cell:
         ltm[0] = ltm0
         work = np.empty((B, H), self.dtype)
         failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
-                               work, self._forget_preactivation)
+                               work, lengths, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
         final = (y[-1].copy(), ltm[T % (steps_kept + 1)].copy())
-        if not keep:
-            return y, final
-        return y, final, Tape(self, x, stm0, z, acts, ltm, y)
+        tape = Tape(self, x, stm0, z, acts, ltm, y, lengths) if keep else None
+        padded = np.arange(T)[:, None] >= lengths[None, :]
+        if padded.any():
+            y[padded] = 0
+        return (y, final) if not keep else (y, final, tape)
 
     def backward(self, tape, dy, dstm=None, dltm=None):
         """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
@@ -272,7 +294,7 @@ class Cell:
             self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm, tape.y,
             dy, dstm_carry, dltm_carry, np.zeros((T, B, KH), self.dtype),
             np.zeros((5, T, B, H), self.dtype), dweights, dbias, dx, dparams,
-            np.empty((max(T * B, B), H), self.dtype), self._forget_preactivation)
+            np.empty((max(T * B, B), H), self.dtype), tape.lengths, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from gatekit import report
+from gatekit import bench, report
 
 
 def _shape(text):
@@ -25,9 +25,13 @@ def main(argv=None):
                                                 "reference equations")
     table.add_argument("--shape", type=_shape, default=(200, 16, 32, 64), metavar="T,B,D,H")
     table.set_defaults(run=presets)
+    suite = commands.add_parser("bench", help="the benchmark suite against PyTorch and JAX "
+                                              "(`gatekit bench run --shapes S1,fixed`)")
+    bench.add_arguments(suite.add_subparsers(dest="bench_command", required=True))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.run(args)
-    return 0
+    args.argv, args.prog = argv, "gatekit"
+    return args.run(args) or 0
 
 
 if __name__ == "__main__":

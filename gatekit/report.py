@@ -1,30 +1,9 @@
 """The presets side by side: time per step on the compiled loop, and the largest deviation from
 the reference equations. The main job (`gatekit presets`) prints this table."""
-import time
-
 import numpy as np
 
-from gatekit import plugins, reference
-from gatekit.cell import Cell
-
-
-def median_seconds(function, repeats=7, min_time=0.02):
-    """Median wall time of one call of ``function``, each sample long enough to be measurable."""
-    function()                                   # warm up: first-touch of buffers, BLAS threads
-    calls, start = 1, time.perf_counter()
-    function()
-    while time.perf_counter() - start < min_time:
-        calls *= 2
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        samples.append((time.perf_counter() - start) / calls)
-    return float(np.median(samples))
+from gatekit import bench, plugins, reference
+from gatekit.bench import median_seconds
 
 
 def deviation(cell, x):
@@ -37,19 +16,20 @@ def deviation(cell, x):
 def preset_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0):
     """One row per registered preset: name, parameter count, µs per step in float32 and
     float64 at ``shape`` (T, B, D, H), and the deviation from the reference at ``check_shape``."""
-    T, B, D, H = shape
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, D))
-    x_check = rng.standard_normal(check_shape[:3])
+    T = shape[0]
+    x_check = np.random.default_rng(seed).standard_normal(check_shape[:3])
     rows = []
     for name in plugins.variants():
         row = {"variant": name}
-        for dtype in (np.float32, np.float64):
-            cell = Cell(D, H, variant=name, dtype=dtype, seed=seed)
-            xd = x.astype(dtype)
-            row[f"us_per_step_{np.dtype(dtype).name}"] = median_seconds(lambda: cell(xd)) / T * 1e6
-            check = Cell(check_shape[2], check_shape[3], variant=name, dtype=dtype, seed=seed)
-            row[f"deviation_{np.dtype(dtype).name}"] = deviation(check, x_check.astype(dtype))
+        for dtype in ("float32", "float64"):
+            # Timed through gatekit.bench, as in the benchmark suite: the same callable.
+            case = bench.Case.custom(shape, dtype, "forward")
+            cell = bench.gatekit_cell(case, name, seed=seed)
+            x, dy = bench.inputs(case, seed)
+            call = bench.gatekit_callable(cell, x, dy, case.mode)
+            row[f"us_per_step_{dtype}"] = median_seconds(call) / T * 1e6
+            check = bench.gatekit_cell(bench.Case.custom(check_shape, dtype), name, seed=seed)
+            row[f"deviation_{dtype}"] = deviation(check, x_check.astype(dtype))
         row["parameters"] = sum(a.size for a in cell.params.values())
         rows.append(row)
     return rows
