@@ -43,7 +43,8 @@ def _buffers(cell, x, **undersized):
 
 def _call_kernel(cell, b):
     return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["z"], b["acts"],
-                         b["ltm"], b["y"], b["work"], cell._forget_preactivation)
+                         b["ltm"], b["y"], b["work"], np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
+                         cell._forget_preactivation)
 
 
 @pytest.fixture
