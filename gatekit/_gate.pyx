@@ -27,6 +27,10 @@ A gate class declares, as class attributes:
 ``backward_definition``
     Optional: the NumPy gradients of ``definition`` (see ``gatekit.reference``), for
     ``gatekit.reference.backward``.
+``trace``
+    Optional: what else the gate wants shown when a cell is traced, as a function whose
+    arguments name traced quantities (``f_t``, ``LTM_t``... each (T, B, H)) or parameters,
+    returning ``{name: array}`` broadcastable to (T, B, H). ``Cell.trace`` calls it.
 ``differentiable``
     True for a Cython gate that implements ``backward_float`` and ``backward_double``. (A
     Python gate is differentiable when it overrides ``backward``.)
@@ -76,6 +80,7 @@ cdef class Gate:
     init = {}
     definition = None
     backward_definition = None
+    trace = None
     outputs = None
     mixes_units = False
     differentiable = False

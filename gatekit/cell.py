@@ -257,6 +257,36 @@ class Cell:
             y[padded] = 0
         return (y, final) if not keep else (y, final, tape)
 
+    def trace(self, x, state=None, lengths=None):
+        """Every quantity the gates compute at every step, by the symbols of the equations:
+        ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
+        the forget gate provides it, and what each gate's ``trace`` adds; each (T, B, ...).
+        The values are those of :meth:`forward` (the same compiled run). Padded steps of a
+        ragged batch are NaN."""
+        y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
+        T, B, _ = tape.x.shape
+        quantities = {"E_t": tape.x, "f_t": tape.acts[0], "i_t": tape.acts[1],
+                      "N_t": tape.acts[2], "LTM_t": tape.ltm[1:], "U_t": tape.acts[3],
+                      "V_t": tape.acts[4], "STM_t": tape.y}
+        if self._forget_preactivation >= 0:
+            start = self._forget_preactivation
+            quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
+        known = {**self.params, **quantities}
+        for gate in self.gates:
+            extra = type(gate).trace
+            if extra is not None:
+                arguments = inspect.signature(extra).parameters
+                for name, value in extra(**{a: known[a] for a in arguments}).items():
+                    quantities[name] = np.broadcast_to(value, (T, B, self.hidden_size))
+        padded = np.arange(T)[:, None] >= tape.lengths[None, :]
+        traced = {}
+        for name, value in quantities.items():
+            value = np.array(value, dtype=self.dtype)
+            if padded.any():
+                value[padded] = np.nan
+            traced[name] = value
+        return traced
+
     def backward(self, tape, dy, dstm=None, dltm=None):
         """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
 
