@@ -4,6 +4,7 @@ GATEKIT_DEBUG=1 builds with bounds checks, wraparound checks and initialisation 
 the test suite to run against at least once.
 """
 import os
+import platform
 from pathlib import Path
 
 import numpy
@@ -41,14 +42,32 @@ directives = {
     "cdivision": True,
     "embedsignature": True,
 }
-extensions = [
-    Extension(f"gatekit.{name}", [f"gatekit/{name}.pyx"],
-              include_dirs=[numpy.get_include()],
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
-                             ("GATEKIT_DEBUG", "1" if DEBUG else "0")],
-              extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE)
-    for name in ("_gate", "_builtin", "_loop")
-]
+
+
+def extension(name, source=None, extra=()):
+    return Extension(f"gatekit.{name}", [source or f"gatekit/{name}.pyx"],
+                     include_dirs=[numpy.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
+                                    ("GATEKIT_DEBUG", "1" if DEBUG else "0")],
+                     extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE + list(extra))
+
+
+extensions = [extension(name) for name in ("_gate", "_builtin", "_loop")]
+
+
+def write_avx2_source():
+    """The built-in gates once more, compiled for AVX2 and FMA: twice the vector width for the
+    gate maths. gatekit picks this module at run time on a CPU that has both (never
+    -march=native, so what is installed runs on any x86-64)."""
+    target = HERE / "gatekit" / "_builtin_avx2.pyx"
+    text = '# Written by setup.py: _builtin.pyx, compiled for AVX2 and FMA.\ninclude "_builtin.pyx"\n'
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
+    write_avx2_source()
+    extensions.append(extension("_builtin_avx2", extra=["-mavx2", "-mfma"]))
 
 # Separate build folders, so switching GATEKIT_DEBUG never reuses the other build's objects.
 BUILD = "build/debug" if DEBUG else "build/release"

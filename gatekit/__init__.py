@@ -4,15 +4,17 @@ Learn (combine + ignore), Forget, Remember and Use are each a pluggable componen
 composition runs on one compiled time loop and is checked against the NumPy reference
 equations in :mod:`gatekit.reference`.
 """
-from gatekit import init, losses, optim, reference, tasks, testing, training
+from gatekit import init, interop, losses, optim, reference, tasks, testing, training
 from gatekit._gate import Gate, PythonGate, StepArrays
 from gatekit.cell import Cell
 from gatekit.hookspecs import hookimpl
+from gatekit.io import load, save
+from gatekit.layers import LSTM
 from gatekit.plugins import gates, register_plugin, unregister_plugin, variants
 
 __version__ = "0.1.0"
 
 
-__all__ = ["Cell", "Gate", "PythonGate", "StepArrays", "gates", "hookimpl", "init", "losses",
-           "optim", "reference", "register_plugin", "tasks", "testing", "training",
-           "unregister_plugin", "variants", "__version__"]
+__all__ = ["Cell", "Gate", "LSTM", "PythonGate", "StepArrays", "gates", "hookimpl", "init",
+           "interop", "load", "losses", "optim", "reference", "register_plugin", "save", "tasks",
+           "testing", "training", "unregister_plugin", "variants", "__version__"]

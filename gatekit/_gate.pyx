@@ -60,6 +60,24 @@ cdef extern from *:
 #: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
 DEBUG_BUILD = bool(GATEKIT_DEBUG)
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int gk_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static int gk_has_avx2_fma(void) { return 0; }
+    #endif
+    """
+    int gk_has_avx2_fma()
+
+
+def has_avx2_fma():
+    """Whether this CPU runs AVX2 and FMA instructions."""
+    return bool(gk_has_avx2_fma())
+
 ROLES = ("forget", "learn", "remember", "use")
 ROLE_OUTPUTS = {
     "forget": ("f_t",),

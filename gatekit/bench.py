@@ -25,15 +25,18 @@ Parameters are copied from a gatekit cell of the same preset (:func:`torch_loop_
 numbers; ``benchmarks/test_correctness.py`` checks that they compute the same outputs and
 gradients as gatekit.
 
-``python -m gatekit.bench run --shapes S1,fixed --out report.md`` runs the guards, then each
-family in its own ``pytest benchmarks`` process with ``--benchmark-json``, merges the JSON files
-and writes a markdown report (machine, library versions, BLAS thread pools, one table per group).
-``python -m gatekit.bench report DIR --out report.md`` renders the report again from a run's
-JSON files.
+``make bench`` (``SHAPES=S1,fixed`` for a quick run, ``REPORT=path.md``) runs
+``gatekit bench run --shapes S1,fixed --out report.md`` (also ``python -m gatekit.bench run``
+outside the source tree): the correctness guards, then each family in its own
+``pytest benchmarks`` process with ``--benchmark-json``; it merges the JSON files and writes a
+markdown report: the machine (CPU, cores, how much CPU time other processes took meanwhile),
+library versions, the BLAS and OpenMP thread pools of each process (threadpoolctl), a summary of
+gatekit ``standard`` against ``torch.nn.LSTM``, one table per group with the median, the ratios to
+gatekit ``standard`` and to ``torch.nn.LSTM`` of the same group, and what was skipped and why.
+``gatekit bench report DIR --out report.md`` renders the report again from a run's JSON files.
 """
 import argparse
 import datetime
-import importlib
 import importlib.metadata
 import json
 import math
@@ -278,10 +281,18 @@ def _reference_builder(case, settings):
     cell = gatekit_cell(case)
     x, _ = inputs(case)
     reference.forward(cell, x[:1])
+    # Time the first steps, more of them until the probe lasts long enough to extrapolate.
     probe = min(case.T, 4)
-    start = time.perf_counter()
-    reference.forward(cell, x[:probe])
-    estimate = (time.perf_counter() - start) * case.T / probe
+    while True:
+        elapsed = math.inf
+        for _ in range(2):                       # the faster of two: a noisy machine is slower
+            start = time.perf_counter()
+            reference.forward(cell, x[:probe])
+            elapsed = min(elapsed, time.perf_counter() - start)
+        estimate = elapsed * case.T / probe
+        if elapsed >= 0.05 or probe == case.T or estimate > 4 * settings.reference_limit:
+            break
+        probe = min(case.T, probe * 4)
     if estimate > settings.reference_limit:
         raise Unavailable(f"one reference call would take ~{estimate:.1f} s here (estimated from "
                           f"{probe} steps), over the {settings.reference_limit:g} s limit")
@@ -594,6 +605,8 @@ def contenders(families=FAMILIES):
 
 
 BASELINE = "gatekit-standard"
+#: Above this share of the machine's CPU time taken by other processes, a run is marked noisy.
+NOISY_SHARE = 0.05
 TORCH_BASELINE = "torch-nn-LSTM"
 
 
@@ -632,6 +645,7 @@ def environment(family=None):
             else os.cpu_count(),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "platform": platform.platform(), "versions": versions(), "family": family,
+            "gatekit_path": str(Path(sys.modules["gatekit"].__file__).parent),
             "env": {k: v for k, v in os.environ.items()
                     if k.endswith("_NUM_THREADS") or k in ("XLA_FLAGS", "GATEKIT_BLOCK_PLUGINS")}}
     try:
@@ -668,7 +682,11 @@ def format_seconds(seconds):
 
 
 def _ratio(value, base):
-    return "—" if value is None or not base else f"{value / base:.2f}"
+    if value is None or not base:
+        return "—"
+    ratio = value / base
+    return f"{ratio:.0f}" if ratio >= 100 else f"{ratio:.1f}" if ratio >= 10 else (
+        f"{ratio:.2f}" if ratio >= 0.01 else f"{ratio:.1g}")
 
 
 def load_run(directory):
@@ -705,9 +723,14 @@ def render(benchmarks, skips, environments, meta=None):
     if meta:
         lines.append(f"Run {meta.get('started', '?')} with `{meta.get('command', '?')}`; "
                      f"wall time {meta.get('seconds', 0) / 60:.1f} min.")
+        shares = {f: m.get("others_cpu_share") for f, m in meta.get("families", {}).items()}
+        noisy = [f for f, share in shares.items() if share is not None and share > NOISY_SHARE]
+        if noisy:
+            lines.append(f"**Noisy:** other processes ran while {', '.join(noisy)} was timed "
+                         "(see Machine); do not publish these numbers.")
         if meta.get("guards") is not None:
-            lines.append(f"Correctness guards (torch/JAX variants against gatekit, float64, "
-                         f"1e-10): {meta['guards']}.")
+            lines.append(f"Correctness guards (the PyTorch and JAX versions against gatekit: "
+                         f"outputs and gradients, float64, to 1e-10): {meta['guards']}.")
         lines.append("")
     env = next(iter(environments.values()), None) or environment()
     lines += ["## Machine", "",
@@ -719,6 +742,8 @@ def render(benchmarks, skips, environments, meta=None):
     absent = [name for name, version in env["versions"].items() if not version]
     lines.append(f"- Versions: {version_line}" + (f" (not installed: {', '.join(absent)})"
                                                     if absent else ""))
+    if env.get("gatekit_path"):
+        lines.append(f"- gatekit imported from {env['gatekit_path']}")
     for family, family_env in environments.items():
         extra = []
         if "torch_threads" in family_env:
@@ -732,6 +757,10 @@ def render(benchmarks, skips, environments, meta=None):
         if loads.get("load_before"):
             extra.append(f"load average (1 min) {loads['load_before'][0]:.2f} before, "
                          f"{loads['load_after'][0]:.2f} after")
+        share = loads.get("others_cpu_share")
+        if share is not None:
+            extra.append(f"other processes took {100 * share:.0f}% of the CPU time while it ran"
+                         + (" (**noisy**)" if share > NOISY_SHARE else ""))
         lines.append(f"- Process `{family}`: " + ("; ".join(extra) if extra else "—"))
     lines += ["", "### BLAS and thread pools (threadpoolctl, in each benchmark process)", "",
               "| process | user API | internal API | version | threads | architecture | "
@@ -799,6 +828,12 @@ def render(benchmarks, skips, environments, meta=None):
                 notes.append(f"{extra['torch_threads']} threads")
             if stats.get("rounds", 0) < 3:
                 notes.append("few rounds")
+            spread = stats.get("iqr", 0) / stats["median"] if stats["median"] else 0
+            estimate = extra.get("estimate_s")
+            if spread > 0.1:
+                notes.append(f"noisy: IQR {100 * spread:.0f}% of median")
+            if estimate and not 0.5 <= stats["median"] / estimate <= 2:
+                notes.append(f"noisy: warm-up call took {format_seconds(estimate)}")
             lines.append(
                 f"| {extra.get('contender', row['name'])} | {format_seconds(stats['median'])} | "
                 f"{format_seconds(stats['median'] / T)} | {_ratio(stats['median'], base)} | "
@@ -831,6 +866,57 @@ def _pytest(args):
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
 
 
+def _environ():
+    # `python -m pytest` would put the working directory first on sys.path, and from the repo
+    # root import the source tree's gatekit instead of the installed one (Python >= 3.11).
+    return dict(os.environ, PYTHONSAFEPATH="1")
+
+
+def _cpu_times():
+    """(busy, steal, total) CPU seconds of the whole machine so far (/proc/stat), and the CPU
+    seconds of this process's finished children; None where unknown."""
+    import resource
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = children.ru_utime + children.ru_stime
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None, None, None, ours
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq
+    return busy / tick, steal / tick, (busy + idle + iowait + steal) / tick, ours
+
+
+def _others_share(before, after):
+    """The share of the machine's CPU time that went to other processes (and, in a VM, to
+    steal) between two :func:`_cpu_times`."""
+    if before[0] is None:
+        return None
+    total = after[2] - before[2]
+    others = (after[0] - before[0]) - (after[3] - before[3]) + (after[1] - before[1])
+    return max(0.0, others / total) if total > 0 else None
+
+
+def _junit_summary(path):
+    """'N passed, M skipped' from a pytest JUnit XML file."""
+    import xml.etree.ElementTree as ElementTree
+    try:
+        suite = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError):
+        return "unknown"
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+    failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    text = f"{total - skipped - failed} passed"
+    if skipped:
+        text += f", {skipped} skipped (see Skipped)"
+    if failed:
+        text += f", {failed} failed"
+    return text
+
+
 def run(args):
     """Run the guards, then each family in its own pytest process; write the merged report."""
     started = time.time()
@@ -841,9 +927,15 @@ def run(args):
         return 2
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.json_dir or Path(".benchmarks") / f"run-{stamp}")
+    try:
+        families = parse_list(args.families, FAMILIES, "families")
+        shapes = parse_list(args.shapes, SHAPES, "shapes")
+        parse_list(args.dtypes, ("float32", "float64"), "dtypes")
+        parse_list(args.modes, ("forward", "fwdbwd"), "modes")
+    except ValueError as error:
+        print(f"gatekit bench: {error}", file=sys.stderr)
+        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
-    families = parse_list(args.families, FAMILIES, "families")
-    shapes = parse_list(args.shapes, SHAPES, "shapes")
     settings = Settings(args.max_time, args.min_rounds, args.budget,
                         reference_limit=args.reference_limit)
     options = ["--gk-shapes", ",".join(shapes), "--gk-dtypes", args.dtypes, "--gk-modes",
@@ -859,13 +951,16 @@ def run(args):
 
     if not args.no_guards:
         print("== correctness guards (pytest -m correctness --benchmark-disable)", flush=True)
+        junit = out_dir / "guards.xml"
         code = subprocess.call(_pytest([str(bench_dir), "-q", "-m", "correctness",
-                                        "--benchmark-disable", "-rs"]))
+                                        "--benchmark-disable", "-rs", f"--junitxml={junit}",
+                                        "--gk-skips", str(out_dir / "guards-skips.json")]),
+                               env=_environ())
         if code not in (0, 5):
             print("gatekit bench: a correctness guard failed; not timing implementations that "
                   "compute something else", file=sys.stderr)
             return code
-        meta["guards"] = "passed" if code == 0 else "none collected"
+        meta["guards"] = _junit_summary(junit)
 
     failures = []
     for family in families:
@@ -881,11 +976,12 @@ def run(args):
                            *extra])
         print(f"== {family}: {' '.join(command)}", flush=True)
         load_before = list(os.getloadavg())
-        start = time.time()
-        code = subprocess.call(command)
+        start, cpu_before = time.time(), _cpu_times()
+        code = subprocess.call(command, env=_environ())
         meta["families"][family] = {"exit": code, "seconds": time.time() - start,
                                     "load_before": load_before,
-                                    "load_after": list(os.getloadavg())}
+                                    "load_after": list(os.getloadavg()),
+                                    "others_cpu_share": _others_share(cpu_before, _cpu_times())}
         if code not in (0, 5):
             failures.append(family)
     meta["seconds"] = time.time() - started

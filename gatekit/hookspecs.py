@@ -34,3 +34,15 @@ def register_variants(register: Callable[..., None]) -> None:
         a role left out takes its ``"standard"`` gate. Names are unique across plugins.
     """
 
+
+@hookspec
+def register_tasks(register: Callable[[type], None]) -> None:
+    """Register sequence tasks (what ``gatekit compare`` trains on).
+
+    :param register: call ``register(TaskClass)`` once per task. ``TaskClass`` derives from
+        :class:`gatekit.tasks.Task`, has a ``name`` (an identifier) and is built as
+        ``TaskClass(length=None, **options)``; an instance has ``sample``, ``input_size``,
+        ``output_size``, ``loss``, ``baseline_loss`` and ``solved`` (see :mod:`gatekit.tasks`).
+        Names are unique across plugins; registering a name that another plugin already
+        registered is an error naming both.
+    """

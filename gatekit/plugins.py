@@ -19,7 +19,7 @@ from gatekit._gate import ROLE_OUTPUTS, ROLES, Gate
 
 ENTRY_POINT_GROUP = "gatekit"
 BLOCK_ENV = "GATEKIT_BLOCK_PLUGINS"
-DEFAULT_PLUGINS = ("gatekit.default_plugins.builtin",)
+DEFAULT_PLUGINS = ("gatekit.default_plugins.builtin", "gatekit.default_plugins.tasks")
 
 _lock = threading.RLock()
 _manager = None
@@ -43,11 +43,19 @@ class VariantEntry:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class TaskEntry:
+    cls: type
+    plugin: str
+
+
 @dataclass
 class Registry:
-    """What the plugins registered: ``gates[role][name]`` and ``variants[name]``."""
+    """What the plugins registered: ``gates[role][name]``, ``variants[name]`` and
+    ``tasks[name]``."""
     gates: dict = field(default_factory=lambda: {role: {} for role in ROLES})
     variants: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
     plugin_versions: dict = field(default_factory=dict)
 
     def add_gate(self, cls, plugin):
@@ -71,6 +79,13 @@ class Registry:
                               f"{sorted(unknown_roles)}; roles are {list(ROLES)}")
         self.variants[name] = VariantEntry({role: gates.get(role, "standard") for role in ROLES},
                                            plugin, description)
+
+    def add_task(self, cls, plugin):
+        _check_task_class(cls, plugin)
+        if cls.name in self.tasks:
+            raise PluginError(f"task {cls.name!r} is registered twice: by plugin "
+                              f"{self.tasks[cls.name].plugin!r} and by plugin {plugin!r}")
+        self.tasks[cls.name] = TaskEntry(cls, plugin)
 
     def compose(self, variant, overrides):
         """The gate class of each role: the variant's, with ``overrides`` (role -> name) applied."""
@@ -108,6 +123,18 @@ def _check_gate_class(cls, plugin):
     missing = set(ROLE_OUTPUTS[cls.role]) - set(cls.provides())
     if missing:
         raise PluginError(f"{where}: a {cls.role} gate must provide {sorted(missing)}")
+
+
+def _check_task_class(cls, plugin):
+    from gatekit.tasks import Task
+    where = f"task {cls!r} of plugin {plugin!r}"
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise PluginError(f"{where}: expected a subclass of gatekit.tasks.Task")
+    if not (isinstance(cls.name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cls.name)):
+        raise PluginError(f"{where}: name {cls.name!r} is not an identifier")
+    for method in ("sample", "solved"):
+        if getattr(cls, method) is getattr(Task, method):
+            raise PluginError(f"{where}: no `{method}` method")
 
 
 def _blocked_entry_points():
@@ -158,7 +185,8 @@ def registry():
             built = Registry(plugin_versions=dict(manager.gatekit_versions))
             # Each plugin's hooks are called on their own so a registration names its plugin.
             for hook, add in ((manager.hook.register_gates, built.add_gate),
-                              (manager.hook.register_variants, built.add_variant)):
+                              (manager.hook.register_variants, built.add_variant),
+                              (manager.hook.register_tasks, built.add_task)):
                 for impl in hook.get_hookimpls():
                     impl.function(register=_register_for(add, impl.plugin_name))
             _registry = built
@@ -204,6 +232,11 @@ def unregister_plugin(name):
 def variants():
     """The names of the registered presets."""
     return list(registry().variants)
+
+
+def tasks():
+    """The names of the registered tasks."""
+    return list(registry().tasks)
 
 
 def gates():

@@ -37,13 +37,14 @@ def preset_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0):
 
 def format_table(rows, shape):
     T, B, D, H = shape
-    header = (f"{'variant':<10} {'params':>8} {'f32 µs/step':>12} {'f64 µs/step':>12} "
+    width = max([len("variant"), *(len(row["variant"]) for row in rows)])
+    header = (f"{'variant':<{width}} {'params':>8} {'f32 µs/step':>12} {'f64 µs/step':>12} "
               f"{'f32 vs ref':>11} {'f64 vs ref':>11}")
     lines = [f"Every registered preset at T={T}, B={B}, D={D}, H={H}; deviation = largest "
              "|cell - reference| over outputs and final LTM, against the float64 reference.",
              header, "-" * len(header)]
     for row in rows:
-        lines.append(f"{row['variant']:<10} {row['parameters']:>8} "
+        lines.append(f"{row['variant']:<{width}} {row['parameters']:>8} "
                      f"{row['us_per_step_float32']:>12.2f} {row['us_per_step_float64']:>12.2f} "
                      f"{row['deviation_float32']:>11.1e} {row['deviation_float64']:>11.1e}")
     return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""The built-in gates exist twice, compiled for any x86-64 and for AVX2 + FMA; both must match
+the reference, whichever this CPU picks by default."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gatekit.default_plugins.builtin import KERNELS_ENV, kernel_module
+
+PROBE = """
+import numpy as np, gatekit
+from gatekit.default_plugins.builtin import kernel_module
+rng = np.random.default_rng(0)
+worst = 0.0
+for variant in gatekit.variants():
+    for dtype, scale in ((np.float64, 1.0), (np.float32, 1e6)):
+        cell = gatekit.Cell(5, 6, variant, dtype=dtype, seed=1)
+        x = rng.standard_normal((7, 3, 5)) * 2
+        y, _ = cell(x)
+        want, _ = gatekit.reference.forward(cell, x, dtype=np.float64)
+        worst = max(worst, float(np.abs(y - want).max()) * scale)
+print(kernel_module().__name__, worst)
+"""
+
+
+@pytest.mark.parametrize("kernels", ["baseline", "default"])
+def test_both_kernel_builds_match_the_reference(kernels, tmp_path):
+    env = dict(os.environ)
+    env[KERNELS_ENV] = kernels
+    # cwd away from the source tree, so the child imports the installed gatekit.
+    run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    module, worst = run.stdout.split()
+    if kernels == "baseline":
+        assert module == "gatekit._builtin"
+    # float64 to 1e-10, float32 to 1e-4 (scaled by 1e6 above, so both under 1e-10 * 1e6).
+    assert float(worst) < 1e2
+
+
+def test_this_process_uses_a_compiled_kernel_module():
+    assert kernel_module().__name__ in ("gatekit._builtin", "gatekit._builtin_avx2")
