@@ -40,6 +40,7 @@ test: install
 # and JAX each timed in its own process, merged into one markdown report. PyTorch and JAX are
 # optional: installed here if possible, their benchmarks skipped without them.
 # Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit --budget 3".
+# (`gatekit bench run`, not `python -m`: from the repo root that would import the source tree.)
 SHAPES ?= S1,S2,S3,S4,S5,fixed
 REPORT ?= .benchmarks/report.md
 BENCH_FLAGS ?=
@@ -48,7 +49,7 @@ bench: install
 		|| echo "bench: PyTorch could not be installed; its benchmarks will be skipped"
 	@$(BIN)/python -c "import jax" 2>/dev/null || $(BIN)/python -m pip install --quiet jax jaxlib \
 		|| echo "bench: JAX could not be installed; its benchmarks will be skipped"
-	$(BIN)/python -m gatekit.bench run --shapes $(SHAPES) --out $(REPORT) $(BENCH_FLAGS)
+	$(BIN)/gatekit bench run --shapes $(SHAPES) --out $(REPORT) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c gatekit/_blas_int.pxd

@@ -647,7 +647,13 @@ def environment(family=None):
             "platform": platform.platform(), "versions": versions(), "family": family,
             "gatekit_path": str(Path(sys.modules["gatekit"].__file__).parent),
             "env": {k: v for k, v in os.environ.items()
-                    if k.endswith("_NUM_THREADS") or k in ("XLA_FLAGS", "GATEKIT_BLOCK_PLUGINS")}}
+                    if k.endswith("_NUM_THREADS") or k in ("XLA_FLAGS", "GATEKIT_BLOCK_PLUGINS",
+                                                           "GATEKIT_KERNELS")}}
+    try:
+        from gatekit.default_plugins import builtin
+        info["gatekit_kernels"] = builtin.kernel_module().__name__
+    except (ImportError, AttributeError):
+        pass
     try:
         import threadpoolctl
         info["threadpools"] = threadpoolctl.threadpool_info()
@@ -743,7 +749,9 @@ def render(benchmarks, skips, environments, meta=None):
     lines.append(f"- Versions: {version_line}" + (f" (not installed: {', '.join(absent)})"
                                                     if absent else ""))
     if env.get("gatekit_path"):
-        lines.append(f"- gatekit imported from {env['gatekit_path']}")
+        lines.append(f"- gatekit imported from {env['gatekit_path']}"
+                     + (f"; built-in gate kernels {env['gatekit_kernels']}"
+                        if env.get("gatekit_kernels") else ""))
     for family, family_env in environments.items():
         extra = []
         if "torch_threads" in family_env:

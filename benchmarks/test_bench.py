@@ -1,0 +1,29 @@
+"""The timed benchmarks: every (case, contender) pair of ``gatekit.bench``, one group per case.
+
+Each test builds its contender's callable outside the timing (inputs, parameters, JAX's
+compilation), warms it up with a call that also estimates its duration, then times it in
+pytest-benchmark's pedantic mode with rounds planned from that estimate (``gatekit.bench.
+plan_rounds``): short calls get many rounds, the long ones at the big shapes as few as one, so the
+whole suite stays within minutes.
+"""
+import pytest
+
+from gatekit import bench
+
+
+def test_bench(benchmark, case, contender, settings):
+    try:
+        prepared = contender.build(case, settings)
+    except bench.Unavailable as reason:
+        pytest.skip(str(reason))
+    benchmark.group = case.group
+    benchmark.extra_info.update(case.fields, contender=contender.label,
+                                contender_id=contender.id, family=contender.family,
+                                **prepared.info)
+    if benchmark.disabled:
+        benchmark(prepared.fn)
+        return
+    estimate = bench.estimate_seconds(prepared.fn)          # also the warm-up
+    rounds, iterations = bench.plan_rounds(estimate, settings)
+    benchmark.extra_info["estimate_s"] = estimate
+    benchmark.pedantic(prepared.fn, rounds=rounds, iterations=iterations, warmup_rounds=0)
