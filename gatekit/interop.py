@@ -275,6 +275,11 @@ def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_f
                          "proj_size > 0, which is not supported (a gatekit cell has no "
                          "projection of its STM)")
     found = max(layers) + 1
+    gaps = [layer for layer in range(found) if layer not in layers]
+    if gaps:
+        raise ValueError(f"the state dict has keys of layer l{found - 1} but none of layer "
+                         f"{', '.join(f'l{layer}' for layer in gaps)} (no weight_ih_l{gaps[0]}, "
+                         f"weight_hh_l{gaps[0]}, ...); torch.nn.LSTM numbers its layers from l0")
     if num_layers is not None and num_layers != found:
         raise ValueError(f"num_layers={num_layers!r}, but the state dict holds layers up to "
                          f"l{found - 1} ({found} layer{'s' if found > 1 else ''})")
