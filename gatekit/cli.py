@@ -3,6 +3,7 @@ import argparse
 import sys
 
 from gatekit import bench, report
+from gatekit import compare as comparison
 
 
 def _shape(text):
@@ -18,6 +19,10 @@ def presets(args):
     print(report.format_table(rows, args.shape))
 
 
+def compare(args):
+    return comparison.main(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="gatekit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +33,12 @@ def main(argv=None):
     suite = commands.add_parser("bench", help="the benchmark suite against PyTorch and JAX "
                                               "(`gatekit bench run --shapes S1,fixed`)")
     bench.add_arguments(suite.add_subparsers(dest="bench_command", required=True))
+    trials = commands.add_parser(
+        "compare", help="train presets or gate compositions on the classic tasks, several "
+                        "seeds each, and compare them (table, CSV/JSON, plots)",
+        epilog=comparison.EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    comparison.add_arguments(trials)
+    trials.set_defaults(run=compare)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv, args.prog = argv, "gatekit"

@@ -399,7 +399,8 @@ def test_blocked_entry_point_plugin_is_not_loaded(fake_entry_points, block):
     # The built-in gates are not entry points and are never blocked.
     assert set(BUILTIN_PRESETS) <= set(out["variants"])
     if "*" in block:
-        assert out["loaded"] == ["gatekit.default_plugins.builtin"]
+        assert out["loaded"] == ["gatekit.default_plugins.builtin",
+                                 "gatekit.default_plugins.tasks"]
 
 
 def test_broken_entry_point_plugin_error_names_it_and_the_block_variable(fake_entry_points):
