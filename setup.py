@@ -55,19 +55,20 @@ def extension(name, source=None, extra=()):
 extensions = [extension(name) for name in ("_gate", "_builtin", "_loop")]
 
 
-def write_avx2_source():
-    """The built-in gates once more, compiled for AVX2 and FMA: twice the vector width for the
-    gate maths. gatekit picks this module at run time on a CPU that has both (never
-    -march=native, so what is installed runs on any x86-64)."""
-    target = HERE / "gatekit" / "_builtin_avx2.pyx"
-    text = '# Written by setup.py: _builtin.pyx, compiled for AVX2 and FMA.\ninclude "_builtin.pyx"\n'
+def write_avx2_source(name):
+    """``name`` once more, compiled for AVX2 and FMA: twice the vector width for the gate maths.
+    gatekit.kernels picks it at run time on a CPU that has both (never -march=native, so what
+    is installed runs on any x86-64)."""
+    target = HERE / "gatekit" / f"{name}_avx2.pyx"
+    text = f'# Written by setup.py: {name}.pyx, compiled for AVX2 and FMA.\ninclude "{name}.pyx"\n'
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
 
 
 if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
-    write_avx2_source()
-    extensions.append(extension("_builtin_avx2", extra=["-mavx2", "-mfma"]))
+    for name in ("_builtin", "_loop"):
+        write_avx2_source(name)
+        extensions.append(extension(f"{name}_avx2", extra=["-mavx2", "-mfma"]))
 
 # Separate build folders, so switching GATEKIT_DEBUG never reuses the other build's objects.
 BUILD = "build/debug" if DEBUG else "build/release"

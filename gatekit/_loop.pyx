@@ -81,6 +81,27 @@ cdef inline bint run_gate(Gate gate, int phase, StepAny* s, bint single,
     return s.error == 0
 
 
+# At a few sequences per batch, the recurrent product of a step is a matrix-vector product per
+# sequence, too small for BLAS: OpenBLAS would wake its threads for every call and wait for
+# them (and the sum of a few hundred products costs less than the call). Written as sums of
+# rows, it vectorises without reordering any addition.
+DEF FEW_SEQUENCES = 4
+
+
+cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating* rows,
+                                     Py_ssize_t ldr, const floating* coefficients,
+                                     Py_ssize_t k) noexcept nogil:
+    """out[:n] += Σ_i coefficients[i] * rows[i, :n], row i starting at rows + i * ldr."""
+    cdef Py_ssize_t i, j
+    cdef floating c
+    cdef const floating* row
+    for i in range(k):
+        c = coefficients[i]
+        row = rows + i * ldr
+        for j in range(n):
+            out[j] += c * row[j]
+
+
 cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
                               floating[:, :, ::1] ltm, floating[:, :, ::1] y,
                               floating[:, ::1] stm0, Py_ssize_t forget_preactivation) except -1 nogil:
@@ -101,11 +122,13 @@ cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:,
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
             floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] work,
-            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation):
+            floating[:, ::1] recurrent_t, const Py_ssize_t[::1] lengths,
+            Py_ssize_t forget_preactivation):
     """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
 
     Sequence b lasts ``lengths[b]`` steps: from then on its memories stay as they were (its
-    rows of y repeat its last STM; the caller blanks them). ``forget_preactivation`` is the
+    rows of y repeat its last STM; the caller blanks them). ``recurrent_t`` (H, KH) receives
+    W[:, :H].T when B <= FEW_SEQUENCES (else it may be empty). ``forget_preactivation`` is the
     column of s_t in z, or -1 if the forget gate has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
@@ -127,14 +150,23 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                 for j in range(KH):
                     zt[r * KH + j] = bias[j]
             gemm(False, True, T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, zt, KH)
+        if KH > 0 and B <= FEW_SEQUENCES:
+            for r in range(KH):
+                for j in range(H):
+                    recurrent_t[j, r] = W[r, j]
         for t in range(T):
             if KH > 0:
                 zt = &z[t, 0, 0]
             point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
             if KH > 0:
                 # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
-                gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
-                     1, zt, KH)
+                if B <= FEW_SEQUENCES:
+                    for b in range(B):
+                        add_row_combination(zt + b * KH, KH, &recurrent_t[0, 0], KH,
+                                            <const floating*> s.STM_prev + b * H, H)
+                else:
+                    gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
+                         1, zt, KH)
             if not (run_gate(forget, FORWARD, &s, single, NULL)
                     and run_gate(learn, FORWARD, &s, single, NULL)
                     and run_gate(remember, FORWARD, &s, single, NULL)
@@ -216,7 +248,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                 failed = t
                 break
             # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
-            if KH > 0:
+            if KH > 0 and B <= FEW_SEQUENCES:
+                for b in range(B):
+                    add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
+            elif KH > 0:
                 gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)

@@ -649,11 +649,8 @@ def environment(family=None):
             "env": {k: v for k, v in os.environ.items()
                     if k.endswith("_NUM_THREADS") or k in ("XLA_FLAGS", "GATEKIT_BLOCK_PLUGINS",
                                                            "GATEKIT_KERNELS")}}
-    try:
-        from gatekit.default_plugins import builtin
-        info["gatekit_kernels"] = builtin.kernel_module().__name__
-    except (ImportError, AttributeError):
-        pass
+    from gatekit import kernels
+    info["gatekit_kernels"] = [kernels.load(name).__name__ for name in ("_builtin", "_loop")]
     try:
         import threadpoolctl
         info["threadpools"] = threadpoolctl.threadpool_info()

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gatekit import _loop, plugins
+from gatekit import kernels, plugins
 from gatekit._gate import MAX_PARAMS, ROLES, PythonGate, no_backward_message
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
+_loop = kernels.load("_loop")
+FEW_SEQUENCES = 4                    # as in _loop.pyx: up to this batch size, no BLAS per step
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -246,8 +248,9 @@ class Cell:
         ltm = np.empty((steps_kept + 1, B, H), self.dtype)
         ltm[0] = ltm0
         work = np.empty((B, H), self.dtype)
+        recurrent_t = np.empty((H, KH) if B <= FEW_SEQUENCES else (0, 0), self.dtype)
         failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
-                               work, lengths, self._forget_preactivation)
+                               work, recurrent_t, lengths, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
         final = (y[-1].copy(), ltm[T % (steps_kept + 1)].copy())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import _loop
+from gatekit.cell import _loop          # the build of the loop the cell runs
 from gatekit._gate import DEBUG_BUILD
 
 from forward_support import random_inputs
@@ -36,14 +36,15 @@ def _buffers(cell, x, **undersized):
         W=cell._weights, bias=cell._bias, x=x, stm0=np.zeros((B, H), cell.dtype),
         z=np.empty((T, B, KH), cell.dtype), acts=np.empty((5, 1, B, H), cell.dtype),
         ltm=np.zeros((2, B, H), cell.dtype), y=np.empty((T, B, H), cell.dtype),
-        work=np.empty((B, H), cell.dtype))
+        work=np.empty((B, H), cell.dtype), recurrent_t=np.empty((H, KH), cell.dtype))
     buffers.update(undersized)
     return buffers
 
 
 def _call_kernel(cell, b):
     return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["z"], b["acts"],
-                         b["ltm"], b["y"], b["work"], np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
+                         b["ltm"], b["y"], b["work"], b["recurrent_t"],
+                         np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
                          cell._forget_preactivation)
 
 

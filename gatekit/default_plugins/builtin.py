@@ -1,23 +1,6 @@
 """The built-in gates and presets, registered through the same hooks as any plugin."""
-import importlib
-import os
-
-from gatekit._gate import has_avx2_fma
+from gatekit import kernels
 from gatekit.hookspecs import hookimpl
-
-KERNELS_ENV = "GATEKIT_KERNELS"
-
-
-def kernel_module():
-    """The compiled built-in gates for this CPU: ``gatekit._builtin_avx2`` where AVX2 and FMA
-    run and it was built, else ``gatekit._builtin``. ``GATEKIT_KERNELS=baseline`` forces the
-    latter (to compare them, or to rule them out)."""
-    if os.environ.get(KERNELS_ENV, "") != "baseline" and has_avx2_fma():
-        try:
-            return importlib.import_module("gatekit._builtin_avx2")
-        except ImportError:
-            pass
-    return importlib.import_module("gatekit._builtin")
 
 PEEPHOLES = {"forget": "peephole", "learn": "peephole", "use": "peephole"}
 
@@ -45,7 +28,7 @@ PRESETS = {
 
 @hookimpl
 def register_gates(register):
-    for gate in kernel_module().BUILTIN_GATES:
+    for gate in kernels.load("_builtin").BUILTIN_GATES:
         register(gate)
 
 
