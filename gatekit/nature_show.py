@@ -21,6 +21,9 @@ the next scene's dog/wolf wrongly. Everything is generated exactly from a seed.
 """
 import numpy as np
 
+from gatekit.losses import MeanSquaredError
+from gatekit.tasks import Task
+
 #: The input tokens, in the order of the input's one-hot columns.
 VOCABULARY = ("squirrel", "elephant", "dog/wolf", "tree", "fern", "rose", "hedge", "cut", "·")
 #: What the target flags, in the order of its columns.
@@ -34,33 +37,49 @@ _GARDEN = {_INDEX[p] for p in HABITATS["garden"]}
 _CANINE, _CUT = _INDEX["dog/wolf"], _INDEX["cut"]
 
 
-class NatureShow:
+class NatureShow(Task):
     """Streams of ``length`` tokens; scenes last ``scene_length`` = (shortest, longest) steps
     (the ``cut`` included). Within a scene each step is a plant of its habitat with probability
     ``p_plant``, a ``dog/wolf`` with ``p_canine``, a squirrel or an elephant with ``p_animal``
     each, an empty frame otherwise.
 
     ``sample(B, rng)`` gives one-hot inputs ``x`` (T, B, 9) and targets (T, B, 4) of 0 and 1,
-    scored at every step (``gatekit.losses.MeanSquaredError()``).
+    scored at every step by the mean squared error. A stream is solved when every flag, read as
+    output > 0.5, is right at every step.
     """
 
+    name = "nature_show"
+    description = "the seed's nature show: flag the animals seen so far in a stream of " \
+                  "animals, plants and scene cuts"
+    default_length = 40
+    min_length = 2
     input_size = len(VOCABULARY)
     output_size = len(ANIMALS)
     vocabulary = VOCABULARY
     animals = ANIMALS
+    loss = MeanSquaredError()
 
-    def __init__(self, length=40, scene_length=(6, 14), p_plant=0.25, p_canine=0.15,
+    def __init__(self, length=None, scene_length=(6, 14), p_plant=0.25, p_canine=0.15,
                  p_animal=0.06):
-        if length < 2:
-            raise ValueError(f"length must be at least 2; got {length}")
+        super().__init__(length)
         shortest, longest = scene_length
         if not 2 <= shortest <= longest:
             raise ValueError(f"scene_length must be (shortest, longest) with 2 <= shortest <= "
                              f"longest; got {scene_length}")
-        if p_plant + p_canine + 2 * p_animal > 1:
-            raise ValueError("p_plant + p_canine + 2 p_animal must be at most 1")
-        self.length, self.scene_length = length, (shortest, longest)
-        self.p = (p_plant, p_canine, p_animal)
+        if min(p_plant, p_canine, p_animal) < 0 or p_plant + p_canine + 2 * p_animal > 1:
+            raise ValueError("the probabilities must be non-negative, with p_plant + p_canine "
+                             "+ 2 p_animal at most 1")
+        self.scene_length = (int(shortest), int(longest))
+        self.p = (float(p_plant), float(p_canine), float(p_animal))
+
+    def options(self):
+        p_plant, p_canine, p_animal = self.p
+        return {**super().options(), "scene_length": self.scene_length, "p_plant": p_plant,
+                "p_canine": p_canine, "p_animal": p_animal}
+
+    def solved(self, outputs, target):
+        right = (np.asarray(outputs) > 0.5) == (np.asarray(target) > 0.5)
+        return right.all(axis=(0, 2))
 
     @property
     def baseline_loss(self):
@@ -168,7 +187,7 @@ def train(variant="course", steps=2000, hidden_size=8, batch_size=32, lr=1e-2, s
     with a linear readout, trained with Adam on :class:`NatureShow` streams to flag the
     animals seen (mean squared error at every step). The forget bias starts at 1. Returns the
     :class:`gatekit.training.Model` and the training history."""
-    from gatekit import init, losses, optim, training
+    from gatekit import init, optim, training
     from gatekit.cell import Cell
 
     task = NatureShow() if task is None else task
@@ -176,7 +195,46 @@ def train(variant="course", steps=2000, hidden_size=8, batch_size=32, lr=1e-2, s
     if "b_f" in cell.params:
         init.forget_bias(cell, 1.0)
     model = training.Model(cell, task.output_size, seed=seed)
-    history = training.train(model, lambda rng: task.sample(batch_size, rng),
-                             losses.MeanSquaredError(), optim.Adam(model.params, lr=lr), steps,
-                             clip=1.0, progress=progress, seed=seed)
+    history = training.train(model, lambda rng: task.sample(batch_size, rng), task.loss,
+                             optim.Adam(model.params, lr=lr), steps, clip=1.0,
+                             progress=progress, seed=seed)
     return model, history
+
+
+def cuts(tokens):
+    """Where the scenes end: a boolean mask (T, B) for token indices (T, B), or the list of
+    steps for a list of token names."""
+    if isinstance(tokens, (list, tuple)) and tokens and isinstance(tokens[0], str):
+        return [t for t, name in enumerate(tokens) if name == "cut"]
+    return _indices(tokens) == _CUT
+
+
+def forget_held_open(cell, x, hold, state=None):
+    """Run ``cell`` over ``x`` (T, B, D) with the reference equations (float64), except that
+    its forget factor is forced to ``f_t = 1`` wherever ``hold`` (T, B) or (T,) is true: what
+    the cell would do if its forget gate dropped nothing at those steps. Returns every
+    quantity of every step like :meth:`gatekit.Cell.trace` (``E_t``, ``f_t``, ..., ``STM_t``).
+    """
+    from gatekit import reference
+
+    x = np.asarray(x, dtype=np.float64)
+    T, B, _ = x.shape
+    hold = np.broadcast_to(np.asarray(hold, bool).reshape(T, -1), (T, B))
+    H = cell.hidden_size
+    STM, LTM = (np.zeros((B, H)), np.zeros((B, H))) if state is None else \
+        (np.asarray(s, np.float64) for s in state)
+    params = {name: np.asarray(value, np.float64) for name, value in cell.params.items()}
+    steps = []
+    for t in range(T):
+        known = dict(params, E_t=x[t], STM_prev=STM, LTM_prev=LTM)
+        for gate in cell.gates:                       # forget, learn, remember, use
+            produced = reference.call_definition(type(gate).definition, known)
+            if type(gate).role == "forget":
+                produced["f_t"] = np.where(hold[t][:, None], 1.0, produced["f_t"])
+            known.update(produced)
+        STM, LTM = known["STM_t"], known["LTM_t"]
+        steps.append(known)
+    names = ["E_t"] + [n for n in ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t", "STM_t")
+                       if n in steps[0]]
+    return {name: np.stack([np.broadcast_to(s[name], steps[0][name].shape) for s in steps])
+            for name in names}

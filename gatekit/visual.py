@@ -56,6 +56,52 @@ def _figure(size, dpi):
     return figure
 
 
+# --- Tracing a layer --------------------------------------------------------------------------
+
+def trace_layer(layer, x, state=None, lengths=None):
+    """:meth:`gatekit.Cell.trace` for every cell of a :class:`gatekit.LSTM`: a dict from cell
+    name (``"l0"``, ``"l0_reverse"``, ``"l1"``, ... as in ``layer.cells``) to that cell's trace.
+
+    Every trace is in the time order of ``x`` and (T, B, ...) whatever ``batch_first``: the
+    reverse direction's quantities are put back in forward time, so step t of every trace is
+    step t of ``x``. ``E_t`` of a layer above the first is what that cell reads: the layer
+    below's outputs. Dropout is not applied (the values are those of the layer in
+    :meth:`~gatekit.LSTM.eval` mode). ``state`` and ``lengths`` are as for ``layer.forward``;
+    padded steps of a ragged batch are NaN.
+    """
+    from gatekit.cell import as_float_array
+    from gatekit.layers import check_lengths, reversal_index
+
+    x = as_float_array("x", x, layer.dtype, (None, None, layer.input_size))
+    if layer.batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    T, B, _ = x.shape
+    if B == 0:
+        raise ValueError("x must hold at least one sequence; got batch size 0")
+    lengths = check_lengths(lengths, T, B)
+    stm0, ltm0 = layer._initial_state(state, B)
+    index = reversal_index(lengths, T, B)
+    columns = np.arange(B)[None, :]
+    traces = {}
+    layer_input = x
+    k = 0
+    for _ in range(layer.num_layers):
+        outputs = []
+        for direction in range(layer.directions):
+            name = layer.cell_names[k]
+            seen = layer_input if direction == 0 else layer_input[index, columns]
+            trace = layer.cells[name].trace(seen, (stm0[k], ltm0[k]), lengths=lengths)
+            if direction == 1:
+                trace = {key: value[index, columns] for key, value in trace.items()}
+            traces[name] = trace
+            # The next layer reads the outputs, zero (not NaN) on padded steps.
+            outputs.append(np.nan_to_num(trace["STM_t"], nan=0.0))
+            k += 1
+        layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+        layer_input = np.ascontiguousarray(layer_input, dtype=layer.dtype)
+    return traces
+
+
 # --- Numbers the pictures show ---------------------------------------------------------------
 
 def saturation_fractions(trace, gate, low=0.1, high=0.9):
@@ -102,11 +148,12 @@ def heatmaps(trace, quantities=None, *, batch=0, units=None, unit_labels=None, e
     _draw_input(figure, axes[0], E, events, event_names)
     for k, (ax, name) in enumerate(zip(axes[1:], names), start=1):
         data = values[name]
-        vmin, vmax, cmap = _colour_scale(data)
+        vmin, vmax, cmap, clipped = _colour_scale(data)
         image = ax.imshow(data.T, aspect="auto", interpolation="nearest", origin="upper",
                           cmap=cmap, vmin=vmin, vmax=vmax, extent=(-0.5, T - 0.5, len(rows) - 0.5,
                                                                    -0.5))
-        figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
+        figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03,
+                        extend="both" if clipped else "neither")
         _unit_axis(ax, labels)
         ax.set_title(_panel_title(name), fontsize=9, loc="left")
         ax.set_gid(f"panel-{k}")
@@ -126,20 +173,20 @@ def lines(trace, units, quantities=("LTM_t", "f_t"), *, batch=0, unit_labels=Non
     figure = _figure(size or _default_size(T, heights), dpi)
     axes = figure.subplots(len(heights), 1, sharex=True, squeeze=False,
                            gridspec_kw={"height_ratios": heights})[:, 0]
-    _draw_input(figure, axes[0], E, events, event_names)
+    _draw_input(figure, axes[0], E, events, event_names, colorbar=False)
     steps = np.arange(T)
     for k, (ax, name) in enumerate(zip(axes[1:], names), start=1):
         for row, label in enumerate(labels):
             ax.plot(steps, values[name][:, row], marker=".", markersize=4, linewidth=1.2,
                     label=label)
-        low, high, _ = _colour_scale(values[name])
-        if (low, high) == (0.0, 1.0):
+        if _colour_scale(values[name])[:2] == (0.0, 1.0):
             ax.set_ylim(-0.05, 1.05)
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.set_title(_panel_title(name), fontsize=9, loc="left")
         ax.grid(True, axis="y", linewidth=0.3)
         ax.set_gid(f"panel-{k}")
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    figure.legend(*axes[1].get_legend_handles_labels(), loc="outside right upper", fontsize=8,
+                  frameon=False)
     _finish(figure, axes, T, marks, title)
     return _written(figure, path)
 
@@ -161,7 +208,7 @@ def saturation(traces, gates=SATURATION_GATES, *, low=0.1, high=0.9, title=None,
         raise TypeError("traces must be a non-empty mapping of label to trace, e.g. "
                         "{'course': cell.trace(x)}")
     panels = len(traces)
-    figure = _figure(size or (3.6 * panels + 1.4, 3.9), dpi)
+    figure = _figure(size or (3.4 * panels + 0.6, 4.0), dpi)
     axes = figure.subplots(1, panels, sharex=True, sharey=True, squeeze=False)[0]
     for k, (ax, (label, trace)) in enumerate(zip(axes, traces.items()), start=1):
         shown = [gate for gate in gates if gate in trace]
@@ -196,10 +243,13 @@ def save(figure, path):
     fmt = FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise ValueError(f"cannot tell the image format of {path!r}: name it .png or .svg")
+    from matplotlib import rc_context
+
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + fmt)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        # A fixed salt for the SVG's element ids, so that the same picture is the same file.
+        with os.fdopen(handle, "wb") as stream, rc_context({"svg.hashsalt": "gatekit"}):
             figure.savefig(stream, format=fmt, metadata=_metadata(fmt))
             stream.flush()
             os.fsync(stream.fileno())
@@ -216,7 +266,7 @@ def save(figure, path):
 
 def _metadata(fmt):
     # No creation date in the files, so that a picture drawn twice is the same file.
-    return {"Software": "gatekit", "Date": None} if fmt == "svg" else {"Software": "gatekit"}
+    return {"Creator": "gatekit", "Date": None} if fmt == "svg" else {"Software": "gatekit"}
 
 
 def _written(figure, path):
@@ -282,14 +332,18 @@ def _default_size(T, heights):
 
 
 def _colour_scale(values):
-    """(vmin, vmax, colour map): gates in [0, 1] on a sequential scale; signed quantities on a
-    diverging one centred on 0, [-1, 1] for what a tanh bounds."""
+    """(vmin, vmax, colour map, clipped): gates in [0, 1] on a sequential scale; signed
+    quantities on a diverging one centred on 0: [-1, 1] for what a tanh bounds, else up to the
+    95th percentile of the magnitudes (clipped is then True: larger values get the end
+    colours)."""
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if low >= 0 and high <= 1:
-        return 0.0, 1.0, "viridis"
-    bound = 1.0 if (low >= -1 and high <= 1) else max(abs(low), abs(high))
-    return -bound, bound, "RdBu_r"
+        return 0.0, 1.0, "viridis", False
+    if low >= -1 and high <= 1:
+        return -1.0, 1.0, "RdBu_r", False
+    bound = float(np.percentile(np.abs(finite), 95)) or max(abs(low), abs(high))
+    return -bound, bound, "RdBu_r", bound < max(abs(low), abs(high))
 
 
 def _panel_title(name):
@@ -304,13 +358,15 @@ def _unit_axis(ax, labels):
     ax.set_ylabel("unit", fontsize=8)
 
 
-def _draw_input(figure, ax, E, events, event_names):
+def _draw_input(figure, ax, E, events, event_names, colorbar=True):
     T, D = E.shape
-    vmin, vmax, cmap = _colour_scale(E)
+    vmin, vmax, cmap, clipped = _colour_scale(E)
     image = ax.imshow(E.T, aspect="auto", interpolation="nearest", origin="upper", cmap=(
         "Greys" if (vmin, vmax) == (0.0, 1.0) else cmap), vmin=vmin, vmax=vmax,
         extent=(-0.5, T - 0.5, D - 0.5, -0.5))
-    figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
+    if colorbar:
+        figure.colorbar(image, ax=ax, pad=0.01, fraction=0.03,
+                        extend="both" if clipped else "neither")
     if event_names is not None:
         if len(event_names) != D:
             raise ValueError(f"event_names has {len(event_names)} names for {D} input features")

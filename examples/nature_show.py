@@ -1,0 +1,124 @@
+"""The seed's nature show, worked: train two small cells to say which animals a nature show has
+shown, trace them, and draw where the forget gate drops the plants. Writes the pictures of
+docs/nature_show.md and prints the numbers it quotes.
+
+    python examples/nature_show.py --out docs/
+
+The task (gatekit/nature_show.py): a stream of animals, plants, empty frames and scene cuts;
+the target at every step is which animals have been seen so far (squirrel, elephant, dog,
+wolf). A dog/wolf is a wolf when a forest plant (tree, fern) has been seen earlier in its
+scene, a dog after a garden plant (rose, hedge), neither before any plant of its scene: the
+cell must keep the flora of the current scene, and drop it at the next cut.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+from gatekit import nature_show as ns
+from gatekit import visual
+
+PRESETS = ("course", "standard")
+
+
+def error_rates(outputs, target):
+    """The fraction of steps where each flag, read as output > 0.5, is wrong."""
+    return ((outputs > 0.5) != (target > 0.5)).mean(axis=(0, 1))
+
+
+def readout(model, stm):
+    return stm @ model.readout["W_y"].T + model.readout["b_y"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="docs", help="folder for the pictures (default docs)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps per preset")
+    parser.add_argument("--hidden-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--formats", nargs="+", default=["png", "svg"])
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+
+    def paths(stem):
+        return [os.path.join(args.out, f"nature_show_{stem}.{fmt}") for fmt in args.formats]
+
+    task = ns.NatureShow()
+    models = {}
+    print(f"training {', '.join(PRESETS)}: H = {args.hidden_size}, {args.steps} steps of 32 "
+          f"streams of {task.length} tokens (baseline loss {task.baseline_loss:.3f})")
+    for variant in PRESETS:
+        start = time.perf_counter()
+        models[variant], history = ns.train(variant, args.steps, args.hidden_size,
+                                            seed=args.seed)
+        print(f"  {variant:<9} loss {np.mean(history.losses[-50:]):.4f} over the last 50 steps, "
+              f"{time.perf_counter() - start:.1f} s")
+
+    # Held-out streams: how each cell does, and what happens if its forget gate keeps
+    # everything at the cuts.
+    tokens = task.tokens(1000, np.random.default_rng(args.seed + 1000))
+    x, target = ns.encode(tokens), ns.targets(tokens)
+    at_cut = ns.cuts(tokens)
+    traces, summary = {}, {}
+    print("\non 1000 new streams: error rate of each flag (squirrel, elephant, dog, wolf)")
+    for variant, model in models.items():
+        traces[variant] = trace = model.cell.trace(x)
+        normal = error_rates(readout(model, trace["STM_t"]), target)
+        held = ns.forget_held_open(model.cell, x, at_cut)
+        opened = error_rates(readout(model, held["STM_t"]), target)
+        f = trace["f_t"]
+        f_cut, f_else = f[at_cut].mean(axis=0), f[~at_cut].mean(axis=0)
+        summary[variant] = np.argsort(f_cut)
+        print(f"  {variant:<9} as trained:                       {np.round(normal, 4)}")
+        print(f"  {variant:<9} forget gate held open at the cuts: {np.round(opened, 4)}")
+        order = summary[variant]
+        print(f"  {variant:<9} mean f_t at cuts, by unit:  "
+              + " ".join(f"{j}:{f_cut[j]:.2f}" for j in order))
+        print(f"  {'':<9} mean f_t elsewhere:          "
+              + " ".join(f"{j}:{f_else[j]:.2f}" for j in order))
+
+    # The pictures, on the scripted episode.
+    episode = list(ns.EPISODE)
+    marks = ns.cuts(episode)
+    ex = ns.encode(episode)
+    common = dict(events=episode, event_names=ns.VOCABULARY, marks=marks)
+    cell = models["course"].cell
+    order = summary["course"]
+    labels = [f"unit {j}" for j in order]
+    written = []
+    visual.heatmaps(cell.trace(ex), units=order, unit_labels=labels, path=paths("heatmaps"),
+                    title="course cell on the scripted episode (units ordered by their mean "
+                          "f_t at cuts, lowest first; dashed: cuts)", **common)
+    written += paths("heatmaps")
+    dropping = list(order[:2])
+    keeping = int(np.argmax(traces["course"]["f_t"][~at_cut].mean(axis=0)
+                            * (np.abs(traces["course"]["LTM_t"]).mean(axis=(0, 1)))))
+    chosen = dropping + ([keeping] if keeping not in dropping else [])
+    visual.lines(cell.trace(ex), units=chosen, quantities=("LTM_t", "f_t", "i_t"),
+                 unit_labels=[f"unit {j}" + (" (f_t lowest at cuts)" if j in dropping else
+                                             " (a memory kept)") for j in chosen],
+                 path=paths("units"), title="course cell: the units its forget gate empties at "
+                 "the cuts, and one it keeps", **common)
+    written += paths("units")
+    model = models["course"]
+    flags = {"E_t": ex,
+             "flags": readout(model, cell.trace(ex)["STM_t"]),
+             "flags, forget gate held open at the cuts":
+                 readout(model, ns.forget_held_open(cell, ex, [m in marks for m in
+                                                              range(len(episode))])["STM_t"]),
+             "target": ns.targets(episode)}
+    visual.lines(flags, units=range(len(ns.ANIMALS)), quantities=list(flags)[1:],
+                 unit_labels=list(ns.ANIMALS), path=paths("forget_held_open"),
+                 title="course cell: what it says it has seen, as trained and with its forget "
+                       "gate held open at the cuts", **common)
+    written += paths("forget_held_open")
+    visual.saturation(traces, path=paths("saturation"),
+                      title="gate saturation on 1000 new streams (Karpathy et al. 2015)")
+    written += paths("saturation")
+    print("\nwrote " + ", ".join(written))
+
+
+if __name__ == "__main__":
+    main()
