@@ -199,8 +199,8 @@ def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch
                              "batch_first and dropout apply to torch.nn.LSTM state dicts")
         return _cell_from_torch(arrays, dtype)
     raise ValueError("the state dict has none of the keys of torch.nn.LSTM (weight_ih_l0, "
-                     "weight_hh_l0, ...) or torch.nn.LSTMCell (weight_ih, weight_hh, ...); its keys "
-                     f"are {', '.join(arrays) or 'none'}")
+                     "weight_hh_l0, ...) or torch.nn.LSTMCell (weight_ih, weight_hh, ...); its "
+                     f"keys are {', '.join(arrays) or 'none'}")
 
 
 def _check_keys(arrays, expected, what):

@@ -236,6 +236,13 @@ class LSTM:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         lengths = check_lengths(lengths, T, B)
         stm0, ltm0 = self._initial_state(state, B)
+        if T == 0:          # no step: the state passes through unchanged
+            y = np.zeros((B, 0, self.directions * self.hidden_size) if self.batch_first else
+                         (0, B, self.directions * self.hidden_size), self.dtype)
+            final = (stm0.copy(), ltm0.copy())
+            if not keep:
+                return y, final
+            return y, final, LayerTape(self, [], [None] * self.num_layers, None, None, T, B)
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
         stm, ltm = np.empty_like(stm0), np.empty_like(ltm0)
@@ -289,6 +296,14 @@ class LSTM:
         if self.batch_first:
             dy = dy.transpose(1, 0, 2)
         dstm, dltm = self._final_gradient(dstate, B)
+        if T == 0:
+            grads = {name: np.zeros_like(array) for name, array in self.params.items()}
+            x_shape = (B, 0, self.input_size) if self.batch_first else (0, B, self.input_size)
+            zeros = np.zeros((D * self.num_layers, B, H), self.dtype)
+            grads.update(x=np.zeros(x_shape, self.dtype),
+                         stm0=zeros.copy() if dstm is None else dstm.copy(),
+                         ltm0=zeros.copy() if dltm is None else dltm.copy())
+            return grads
         columns = np.arange(B)[None, :]
         grads = {}
         dstm0 = np.empty((D * self.num_layers, B, H), self.dtype)

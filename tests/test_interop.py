@@ -87,7 +87,7 @@ def run_layered(step_fn, x, lengths, weights_per_direction, state=None):
     return np.concatenate(ys, axis=2), np.stack(hs), np.stack(cs)
 
 
-# --- PyTorch: its equations on hand-built state dicts (no torch needed) ----------------------------
+# --- PyTorch: its equations on hand-built state dicts (no torch needed) --------------------------
 
 def torch_step(w, x, h, c):
     """PyTorch's LSTM step from its documentation: gates i, f, g, o; two biases."""
@@ -243,7 +243,7 @@ def test_only_the_standard_cell_goes_to_torch_and_keras():
             interop.to_keras(model)
 
 
-# --- PyTorch itself --------------------------------------------------------------------------------
+# --- PyTorch itself ------------------------------------------------------------------------------
 
 def torch_grads_by_gatekit_name(module, prefix_of):
     """The gradients of a torch module under gatekit's names: the layout written out here,
@@ -506,7 +506,7 @@ def test_bad_keras_weights_are_refused_by_name(weights, message):
         interop.from_keras(weights(w))
 
 
-# --- Keras itself ------------------------------------------------------------------------------------
+# --- Keras itself --------------------------------------------------------------------------------
 
 def keras_numpy(outputs):
     return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
@@ -662,7 +662,8 @@ def test_from_onnx_runs_the_operators_equations(peepholes, input_forget, variant
 def test_from_onnx_stacks_layers_and_reads_layout():
     rng = np.random.default_rng(13)
     D, H, T, B = 3, 4, 5, 2
-    layers = [random_onnx_layer(rng, D, H, 2, True, 0), random_onnx_layer(rng, 2 * H, H, 2, True, 0)]
+    layers = [random_onnx_layer(rng, D, H, 2, True, 0),
+              random_onnx_layer(rng, 2 * H, H, 2, True, 0)]
     for layer in layers:
         layer["layout"] = 1
     lstm = interop.from_onnx(layers)
@@ -752,7 +753,7 @@ def test_onnx_default_activations_are_accepted():
     assert interop.from_onnx(layer).bidirectional
 
 
-# --- onnxruntime -------------------------------------------------------------------------------------
+# --- onnxruntime ---------------------------------------------------------------------------------
 
 def ort_run(layers, x, lengths=None):
     """Run a stack of ONNX LSTM nodes (from to_onnx) in onnxruntime, float32, (T, B, D) in,

@@ -33,8 +33,7 @@ def reverse_each(x, lengths):
 def reference_lstm(lstm, x, state=None):
     """The layer from the NumPy reference equations: every layer and direction, full-length
     sequences, (T, B, D) input. Returns y and the final (stm, ltm) in PyTorch's layout."""
-    T, B, _ = x.shape
-    H, D = lstm.hidden_size, lstm.directions
+    D = lstm.directions
     stm, ltm = [], []
     inputs = x
     for layer in range(lstm.num_layers):
@@ -272,7 +271,7 @@ def test_gradients_match_finite_differences(variant, batch_first, dropout):
     assert not bad, bad
 
 
-# --- dropout ---------------------------------------------------------------------------------------
+# --- dropout -------------------------------------------------------------------------------------
 
 def test_dropout_only_in_training_and_only_between_layers():
     rng = np.random.default_rng(10)
@@ -421,3 +420,19 @@ def test_other_bad_input_is_refused_clearly():
         gatekit.LSTM(2, 3, variant="nope")
     with pytest.raises(KeyError, match="no cell 'l2'"):
         lstm.cell(2)
+
+
+def test_empty_sequences_pass_the_state_through():
+    lstm = gatekit.LSTM(2, 3, 2, bidirectional=True, dtype=np.float64, seed=14)
+    rng = np.random.default_rng(14)
+    state = draw_state(rng, lstm, 2)
+    y, (stm, ltm), tape = lstm.forward(np.zeros((0, 2, 2)), state, keep=True)
+    assert y.shape == (0, 2, 6)
+    np.testing.assert_array_equal(stm, state[0])
+    np.testing.assert_array_equal(ltm, state[1])
+    dstate = draw_state(rng, lstm, 2)
+    grads = lstm.backward(tape, np.zeros((0, 2, 6)), dstate)
+    assert grads["x"].shape == (0, 2, 2)
+    np.testing.assert_array_equal(grads["stm0"], dstate[0])
+    np.testing.assert_array_equal(grads["ltm0"], dstate[1])
+    assert all(np.all(grads[name] == 0) for name in lstm.params)
