@@ -392,6 +392,8 @@ def _keras_layer_weights(layer, where):
             raise ValueError(f"{where} has {attribute}={got!r}; gatekit's standard cell uses "
                              f"{want!r}")
     weights = [_to_numpy(w, f"{where} weight {k}") for k, w in enumerate(layer.get_weights())]
+    if not weights:
+        raise ValueError(f"{where} has no weights yet: build it (or call it once) first")
     return weights, bool(getattr(layer, "go_backwards", False))
 
 

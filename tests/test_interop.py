@@ -585,6 +585,8 @@ def test_keras_layers_gatekit_cannot_run_are_refused():
     with pytest.raises(TypeError, match="Keras GRU"):
         interop.from_keras(gru)
     cell = keras.layers.LSTMCell(4)
+    with pytest.raises(ValueError, match="has no weights yet"):
+        interop.from_keras(cell)
     cell.build((None, 3))
     assert isinstance(interop.from_keras(cell), gatekit.Cell)
 
