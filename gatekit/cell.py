@@ -196,6 +196,11 @@ class Cell:
             if name in fixed:
                 array[...] = fixed[name]
 
+    def save(self, path):
+        """Write the cell to ``path`` (.npz, atomically, no pickle); ``gatekit.load`` reads it."""
+        from gatekit import io
+        io.save(self, path)
+
     def copy(self, dtype=None):
         """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
         this cell's)."""
@@ -253,7 +258,7 @@ class Cell:
                                work, recurrent_t, lengths, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
-        final = (y[-1].copy(), ltm[T % (steps_kept + 1)].copy())
+        final = (y[-1].copy() if T else stm0.copy(), ltm[T % (steps_kept + 1)].copy())
         tape = Tape(self, x, stm0, z, acts, ltm, y, lengths) if keep else None
         padded = np.arange(T)[:, None] >= lengths[None, :]
         if padded.any():
