@@ -87,13 +87,18 @@ def make_spec(variant, task, seed, **settings):
     if unknown:
         raise TypeError(f"unknown run settings {sorted(unknown)}; known: "
                         f"{', '.join(SPEC_DEFAULTS)}")
-    if isinstance(task, str):
-        task = {"name": task}
-    built = tasks.make(**task)          # validates, and fills in the defaults
     parse_variant(variant)
-    spec = {"variant": variant, "task": built.options(), "seed": int(seed),
-            **SPEC_DEFAULTS, **settings}
+    spec = normalize({"variant": variant, "task": task, "seed": int(seed), **settings})
     json.dumps(spec)                    # a spec is plain JSON values
+    return spec
+
+
+def normalize(spec):
+    """``spec`` with every setting of :data:`SPEC_DEFAULTS` filled in and its task's options
+    complete (a task given by name gets its defaults), so that equal runs get equal keys."""
+    spec = {**SPEC_DEFAULTS, **spec}
+    task = {"name": spec["task"]} if isinstance(spec["task"], str) else spec["task"]
+    spec["task"] = tasks.make(**task).options()      # validates, and fills in the defaults
     return spec
 
 
@@ -114,7 +119,7 @@ def run_one(spec):
     model is evaluated on the held-out batch: its loss and the share of sequences solved. The
     run solves the task at the first evaluation where that share reaches ``solve_rate``;
     ``sequences_to_solve`` is the number of training sequences seen by then."""
-    spec = {**SPEC_DEFAULTS, **spec}
+    spec = normalize(spec)
     started = time.perf_counter()
     task = tasks.make(**spec["task"])
     seed = spec["seed"]
@@ -436,7 +441,7 @@ def run_sweep(specs, results, *, executor=None, workers=None, scheduler=None, pr
     ``tcp://host:8786``) to connect to a Dask cluster. A failed run is reported and left out
     of the file, so the next sweep runs it again; Ctrl-C stops the sweep, cancelling the runs
     in flight, and keeps every record written."""
-    specs = list({spec_key(spec): spec for spec in specs}.values())
+    specs = list({spec_key(spec): spec for spec in map(normalize, specs)}.values())
     keys = [spec_key(spec) for spec in specs]
     with ResultsFile(results) as stream:
         done = read_results(results)

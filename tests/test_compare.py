@@ -433,3 +433,19 @@ def test_command_line_compare_writes_table_files_plots_and_resumes(tmp_path, cap
 def test_command_line_refuses_a_bad_variant(tmp_path):
     with pytest.raises(ValueError, match="unknown role"):
         cli.main(["compare", "standard+gate=x", "--out", str(tmp_path), "--workers", "0"])
+
+
+def test_partial_specs_get_the_keys_of_complete_ones(tmp_path, monkeypatch):
+    partial = {"variant": "standard", "task": "temporal_order", "seed": 0, "steps": 4,
+               "eval_every": 2, "eval_size": 8, "hidden_size": 4}
+    complete = sweep.make_spec("standard", {"name": "temporal_order", "length": 100}, 0,
+                               steps=4, eval_every=2, eval_size=8, hidden_size=4)
+    path = tmp_path / "runs.jsonl"
+    first = Counting()
+    monkeypatch.setattr(sweep, "run_one", first)
+    [record] = sweep.run_sweep([partial], path, workers=0, progress=False)
+    assert len(first.calls) == 1 and record["key"] == sweep.spec_key(complete)
+    again = Counting()
+    monkeypatch.setattr(sweep, "run_one", again)
+    sweep.run_sweep([complete], path, workers=0, progress=False)
+    assert again.calls == []
