@@ -61,23 +61,39 @@ def main(argv=None):
     tokens = task.tokens(1000, np.random.default_rng(args.seed + 1000))
     x, target = ns.encode(tokens), ns.targets(tokens)
     at_cut = ns.cuts(tokens)
-    traces, summary = {}, {}
-    print("\non 1000 new streams: error rate of each flag (squirrel, elephant, dog, wolf)")
+    # Cuts where the flora still matters: a dog or a wolf is yet to be seen.
+    matters = at_cut & ((target[..., 2] == 0) | (target[..., 3] == 0))
+    late = at_cut & ~matters
+    traces, order_of, rows = {}, {}, []
     for variant, model in models.items():
         traces[variant] = trace = model.cell.trace(x)
-        normal = error_rates(readout(model, trace["STM_t"]), target)
-        held = ns.forget_held_open(model.cell, x, at_cut)
-        opened = error_rates(readout(model, held["STM_t"]), target)
+        outputs = readout(model, trace["STM_t"])
+        held = readout(model, ns.forget_held_open(model.cell, x, at_cut)["STM_t"])
         f = trace["f_t"]
-        f_cut, f_else = f[at_cut].mean(axis=0), f[~at_cut].mean(axis=0)
-        summary[variant] = np.argsort(f_cut)
-        print(f"  {variant:<9} as trained:                       {np.round(normal, 4)}")
-        print(f"  {variant:<9} forget gate held open at the cuts: {np.round(opened, 4)}")
-        order = summary[variant]
-        print(f"  {variant:<9} mean f_t at cuts, by unit:  "
-              + " ".join(f"{j}:{f_cut[j]:.2f}" for j in order))
-        print(f"  {'':<9} mean f_t elsewhere:          "
-              + " ".join(f"{j}:{f_else[j]:.2f}" for j in order))
+        order_of[variant] = order = np.argsort(f[matters].mean(axis=0))
+        j = order[0]
+        rows.append((variant, task.solved(outputs, target).mean(),
+                     task.solved(held, target).mean(), error_rates(outputs, target),
+                     error_rates(held, target), j, f[matters][:, j].mean(),
+                     f[late][:, j].mean(), f[~at_cut][:, j].mean()))
+    print(f"\non 1000 new streams ({matters.sum()} cuts before both a dog and a wolf have been "
+          f"seen, {late.sum()} after):")
+    table = [("", *[row[0] for row in rows]),
+             ("streams with every flag right, as trained", *[f"{r[1]:.1%}" for r in rows]),
+             ("... with the forget gate held open at the cuts", *[f"{r[2]:.1%}" for r in rows]),
+             ("steps with the dog flag wrong, as trained / held open",
+              *[f"{r[3][2]:.2%} / {r[4][2]:.2%}" for r in rows]),
+             ("steps with the wolf flag wrong, as trained / held open",
+              *[f"{r[3][3]:.2%} / {r[4][3]:.2%}" for r in rows]),
+             ("unit whose f_t is lowest at the cuts", *[f"unit {r[5]}" for r in rows]),
+             ("  its mean f_t at cuts while a dog or wolf is unseen",
+              *[f"{r[6]:.2f}" for r in rows]),
+             ("  its mean f_t at cuts after both are seen", *[f"{r[7]:.2f}" for r in rows]),
+             ("  its mean f_t at the other steps", *[f"{r[8]:.2f}" for r in rows])]
+    widths = [max(len(str(line[k])) for line in table) for k in range(len(table[0]))]
+    for line in table:
+        print("  " + "  ".join(str(cell).ljust(w) if k == 0 else str(cell).rjust(w)
+                               for k, (cell, w) in enumerate(zip(line, widths))))
 
     # The pictures, on the scripted episode.
     episode = list(ns.EPISODE)
@@ -85,27 +101,31 @@ def main(argv=None):
     ex = ns.encode(episode)
     common = dict(events=episode, event_names=ns.VOCABULARY, marks=marks)
     cell = models["course"].cell
-    order = summary["course"]
+    order = order_of["course"]
     labels = [f"unit {j}" for j in order]
     written = []
-    visual.heatmaps(cell.trace(ex), units=order, unit_labels=labels, path=paths("heatmaps"),
-                    title="course cell on the scripted episode (units ordered by their mean "
-                          "f_t at cuts, lowest first; dashed: cuts)", **common)
+    visual.heatmaps(cell.trace(ex), ("f_t", "i_t", "N_t", "LTM_t", "STM_t"), units=order,
+                    unit_labels=labels, path=paths("heatmaps"),
+                    title="course cell on the scripted episode (dashed: cuts; units ordered "
+                          "by their mean f_t at cuts, lowest first)", **common)
     written += paths("heatmaps")
-    dropping = list(order[:2])
-    keeping = int(np.argmax(traces["course"]["f_t"][~at_cut].mean(axis=0)
-                            * (np.abs(traces["course"]["LTM_t"]).mean(axis=(0, 1)))))
-    chosen = dropping + ([keeping] if keeping not in dropping else [])
+    dropping = [int(j) for j in order[:2]]
+    # The unit whose long-term memory carries "squirrel seen" best, for contrast.
+    squirrel = int(np.argmax([abs(np.corrcoef(traces["course"]["LTM_t"][..., j].ravel(),
+                                              target[..., 0].ravel())[0, 1])
+                              for j in range(cell.hidden_size)]))
+    chosen = dropping + ([squirrel] if squirrel not in dropping else [])
     visual.lines(cell.trace(ex), units=chosen, quantities=("LTM_t", "f_t", "i_t"),
-                 unit_labels=[f"unit {j}" + (" (f_t lowest at cuts)" if j in dropping else
-                                             " (a memory kept)") for j in chosen],
+                 unit_labels=[f"unit {j}" + (" (f_t lowest at the cuts)" if j in dropping else
+                                             " (carries 'squirrel seen')") for j in chosen],
                  path=paths("units"), title="course cell: the units its forget gate empties at "
-                 "the cuts, and one it keeps", **common)
+                 "the cuts, and the one that keeps the squirrel", **common)
     written += paths("units")
     model = models["course"]
     flags = {"E_t": ex,
-             "flags": readout(model, cell.trace(ex)["STM_t"]),
-             "flags, forget gate held open at the cuts":
+             "flags as trained (the readout W_y STM_t + b_y)":
+                 readout(model, cell.trace(ex)["STM_t"]),
+             "flags with the forget gate held open at the cuts":
                  readout(model, ns.forget_held_open(cell, ex, [m in marks for m in
                                                               range(len(episode))])["STM_t"]),
              "target": ns.targets(episode)}

@@ -185,8 +185,8 @@ def lines(trace, units, quantities=("LTM_t", "f_t"), *, batch=0, unit_labels=Non
         ax.set_title(_panel_title(name), fontsize=9, loc="left")
         ax.grid(True, axis="y", linewidth=0.3)
         ax.set_gid(f"panel-{k}")
-    figure.legend(*axes[1].get_legend_handles_labels(), loc="outside right upper", fontsize=8,
-                  frameon=False)
+    figure.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+                  frameon=False, ncol=min(len(labels), 4))
     _finish(figure, axes, T, marks, title)
     return _written(figure, path)
 
