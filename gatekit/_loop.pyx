@@ -84,8 +84,10 @@ cdef inline bint run_gate(Gate gate, int phase, StepAny* s, bint single,
 # At a few sequences per batch, the recurrent product of a step is a matrix-vector product per
 # sequence, too small for BLAS: OpenBLAS would wake its threads for every call and wait for
 # them (and the sum of a few hundred products costs less than the call). Written as sums of
-# rows, it vectorises without reordering any addition.
+# rows of W[:, :H].T, it vectorises without reordering any addition; for a handful of steps
+# that transposed copy is not worth making, and plain dot products do.
 DEF FEW_SEQUENCES = 4
+DEF FEW_STEPS = 8
 
 
 cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating* rows,
@@ -100,6 +102,21 @@ cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating
         row = rows + i * ldr
         for j in range(n):
             out[j] += c * row[j]
+
+
+cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, Py_ssize_t lda,
+                              const floating* rows, Py_ssize_t ldr, Py_ssize_t m, Py_ssize_t n,
+                              Py_ssize_t k) noexcept nogil:
+    """out[i, j] += Σ_l a[i, l] * rows[j, l] for i < m, j < n: a matrix product too small to be
+    worth a BLAS call (or the transposed copy that add_row_combination wants)."""
+    cdef Py_ssize_t i, j, l
+    cdef floating total
+    for i in range(m):
+        for j in range(n):
+            total = 0
+            for l in range(k):
+                total = total + a[i * lda + l] * rows[j * ldr + l]
+            out[i * ldo + j] += total
 
 
 cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
@@ -128,7 +145,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
 
     Sequence b lasts ``lengths[b]`` steps: from then on its memories stay as they were (its
     rows of y repeat its last STM; the caller blanks them). ``recurrent_t`` (H, KH) receives
-    W[:, :H].T when B <= FEW_SEQUENCES (else it may be empty). ``forget_preactivation`` is the
+    W[:, :H].T when B <= FEW_SEQUENCES and T >= FEW_STEPS (else it may be empty). ``forget_preactivation`` is the
     column of s_t in z, or -1 if the forget gate has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
@@ -142,6 +159,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
+    cdef bint few = B <= FEW_SEQUENCES, packed = few and T >= FEW_STEPS
     with nogil:
         if KH > 0 and T > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
@@ -149,8 +167,11 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
             for r in range(T * B):
                 for j in range(KH):
                     zt[r * KH + j] = bias[j]
-            gemm(False, True, T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, zt, KH)
-        if KH > 0 and B <= FEW_SEQUENCES:
+            if T * B <= FEW_STEPS:
+                add_products(zt, KH, &x[0, 0, 0], D, &W[0, H], H + D, T * B, KH, D)
+            else:
+                gemm(False, True, T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, zt, KH)
+        if KH > 0 and packed:
             for r in range(KH):
                 for j in range(H):
                     recurrent_t[j, r] = W[r, j]
@@ -160,10 +181,12 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
             point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
             if KH > 0:
                 # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
-                if B <= FEW_SEQUENCES:
+                if packed:
                     for b in range(B):
                         add_row_combination(zt + b * KH, KH, &recurrent_t[0, 0], KH,
                                             <const floating*> s.STM_prev + b * H, H)
+                elif few:
+                    add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
                 else:
                     gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
                          1, zt, KH)

@@ -11,7 +11,7 @@ from gatekit._gate import MAX_PARAMS, ROLES, PythonGate, no_backward_message
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 _loop = kernels.load("_loop")
-FEW_SEQUENCES = 4                    # as in _loop.pyx: up to this batch size, no BLAS per step
+FEW_SEQUENCES, FEW_STEPS = 4, 8      # as in _loop.pyx: when the loop skips BLAS
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -253,7 +253,8 @@ class Cell:
         ltm = np.empty((steps_kept + 1, B, H), self.dtype)
         ltm[0] = ltm0
         work = np.empty((B, H), self.dtype)
-        recurrent_t = np.empty((H, KH) if B <= FEW_SEQUENCES else (0, 0), self.dtype)
+        packed = B <= FEW_SEQUENCES and T >= FEW_STEPS
+        recurrent_t = np.empty((H, KH) if packed else (0, 0), self.dtype)
         failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
                                work, recurrent_t, lengths, self._forget_preactivation)
         if failed >= 0:
