@@ -116,7 +116,7 @@ def floored_trace(floor_f, f_t, LTM_t):
 
 
 class TracedFloor(gatekit.PythonGate):
-    """f_t = φ + (1 - φ) σ(W_f [STM_{t-1}, E_t] + b_f), declaring φ (and φ / f_t) for traces."""
+    """f_t = φ + (1 - φ) σ(W_f [STM_{t-1}, E_t] + b_f); declares φ and φ / f_t for traces."""
     role, name, blocks = "forget", "traced_floor", ("f",)
     params = {"floor_f": ("H",)}
     init = {"floor_f": 0.3}
@@ -181,7 +181,8 @@ def test_trace_of_a_plugin_gate_pads_its_quantities_too(traced_floor):
     cell = gatekit.Cell(D, H, "standard", forget="traced_floor", dtype=np.float64, seed=0)
     x, _ = random_inputs(cell, T, B, seed=8, state=False)
     traced = cell.trace(x, lengths=np.array([3, T, 1]))
-    assert np.isnan(traced["phi_f"][3:, 0]).all() and not np.isnan(traced["phi_f"][:3, 0]).any()
+    assert np.isnan(traced["phi_f"][3:, 0]).all()
+    assert not np.isnan(traced["phi_f"][:3, 0]).any()
     assert not np.isnan(traced["phi_f"][:, 1]).any()
 
 
