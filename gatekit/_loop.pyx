@@ -90,6 +90,11 @@ DEF FEW_SEQUENCES = 4
 DEF FEW_STEPS = 8
 
 
+def packs_recurrent_weights(Py_ssize_t T, Py_ssize_t B):
+    """Whether ``forward`` wants ``recurrent_t``, the transposed recurrent weights (H, KH)."""
+    return B <= FEW_SEQUENCES and T >= FEW_STEPS
+
+
 cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating* rows,
                                      Py_ssize_t ldr, const floating* coefficients,
                                      Py_ssize_t k) noexcept nogil:

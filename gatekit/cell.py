@@ -11,7 +11,6 @@ from gatekit._gate import MAX_PARAMS, ROLES, PythonGate, no_backward_message
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 _loop = kernels.load("_loop")
-FEW_SEQUENCES, FEW_STEPS = 4, 8      # as in _loop.pyx: when the loop skips BLAS
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -253,7 +252,7 @@ class Cell:
         ltm = np.empty((steps_kept + 1, B, H), self.dtype)
         ltm[0] = ltm0
         work = np.empty((B, H), self.dtype)
-        packed = B <= FEW_SEQUENCES and T >= FEW_STEPS
+        packed = _loop.packs_recurrent_weights(T, B)
         recurrent_t = np.empty((H, KH) if packed else (0, 0), self.dtype)
         failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
                                work, recurrent_t, lengths, self._forget_preactivation)
