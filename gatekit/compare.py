@@ -229,6 +229,9 @@ def _atomic_write(path, write, binary=False):
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)      # mkstemp's 0600 is not what a user expects
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

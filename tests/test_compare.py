@@ -423,6 +423,10 @@ def test_command_line_compare_writes_table_files_plots_and_resumes(tmp_path, cap
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("summary.csv", "summary.json", "curves-temporal_order-10.png"):
+        assert os.stat(out / name).st_mode & 0o777 == 0o666 & ~mask
 
     assert cli.main(argv + ["--no-progress"]) == 0
     captured = capsys.readouterr()
