@@ -218,6 +218,46 @@ class LSTM:
         keep = self.dropout_rng.random(shape) >= self.dropout
         return keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
 
+    def trace(self, x, state=None, lengths=None):
+        """:meth:`gatekit.Cell.trace` for every cell of the layer: a dict from cell
+        name (``"l0"``, ``"l0_reverse"``, ``"l1"``, ... as in ``self.cells``) to that cell's trace.
+
+        Every trace is in the time order of ``x`` and (T, B, ...) whatever ``batch_first``: the
+        reverse direction's quantities are put back in forward time, so step t of every trace is
+        step t of ``x``. ``E_t`` of a layer above the first is what that cell reads: the layer
+        below's outputs. Dropout is not applied (the values are those of the layer in
+        :meth:`eval` mode). ``state`` and ``lengths`` are as for ``forward``;
+        padded steps of a ragged batch are NaN.
+        """
+        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
+        if self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        T, B, _ = x.shape
+        if B == 0:
+            raise ValueError("x must hold at least one sequence; got batch size 0")
+        lengths = check_lengths(lengths, T, B)
+        stm0, ltm0 = self._initial_state(state, B)
+        index = reversal_index(lengths, T, B)
+        columns = np.arange(B)[None, :]
+        traces = {}
+        layer_input = x
+        k = 0
+        for _ in range(self.num_layers):
+            outputs = []
+            for direction in range(self.directions):
+                name = self.cell_names[k]
+                seen = layer_input if direction == 0 else layer_input[index, columns]
+                trace = self.cells[name].trace(seen, (stm0[k], ltm0[k]), lengths=lengths)
+                if direction == 1:
+                    trace = {key: value[index, columns] for key, value in trace.items()}
+                traces[name] = trace
+                # The next layer reads the outputs, zero (not NaN) on padded steps.
+                outputs.append(np.nan_to_num(trace["STM_t"], nan=0.0))
+                k += 1
+            layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+            layer_input = np.ascontiguousarray(layer_input, dtype=self.dtype)
+        return traces
+
     def forward(self, x, state=None, lengths=None, keep=False):
         """Run every layer and direction over ``x``.
 

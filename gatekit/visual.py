@@ -59,47 +59,8 @@ def _figure(size, dpi):
 # --- Tracing a layer --------------------------------------------------------------------------
 
 def trace_layer(layer, x, state=None, lengths=None):
-    """:meth:`gatekit.Cell.trace` for every cell of a :class:`gatekit.LSTM`: a dict from cell
-    name (``"l0"``, ``"l0_reverse"``, ``"l1"``, ... as in ``layer.cells``) to that cell's trace.
-
-    Every trace is in the time order of ``x`` and (T, B, ...) whatever ``batch_first``: the
-    reverse direction's quantities are put back in forward time, so step t of every trace is
-    step t of ``x``. ``E_t`` of a layer above the first is what that cell reads: the layer
-    below's outputs. Dropout is not applied (the values are those of the layer in
-    :meth:`~gatekit.LSTM.eval` mode). ``state`` and ``lengths`` are as for ``layer.forward``;
-    padded steps of a ragged batch are NaN.
-    """
-    from gatekit.cell import as_float_array
-    from gatekit.layers import check_lengths, reversal_index
-
-    x = as_float_array("x", x, layer.dtype, (None, None, layer.input_size))
-    if layer.batch_first:
-        x = np.ascontiguousarray(x.transpose(1, 0, 2))
-    T, B, _ = x.shape
-    if B == 0:
-        raise ValueError("x must hold at least one sequence; got batch size 0")
-    lengths = check_lengths(lengths, T, B)
-    stm0, ltm0 = layer._initial_state(state, B)
-    index = reversal_index(lengths, T, B)
-    columns = np.arange(B)[None, :]
-    traces = {}
-    layer_input = x
-    k = 0
-    for _ in range(layer.num_layers):
-        outputs = []
-        for direction in range(layer.directions):
-            name = layer.cell_names[k]
-            seen = layer_input if direction == 0 else layer_input[index, columns]
-            trace = layer.cells[name].trace(seen, (stm0[k], ltm0[k]), lengths=lengths)
-            if direction == 1:
-                trace = {key: value[index, columns] for key, value in trace.items()}
-            traces[name] = trace
-            # The next layer reads the outputs, zero (not NaN) on padded steps.
-            outputs.append(np.nan_to_num(trace["STM_t"], nan=0.0))
-            k += 1
-        layer_input = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
-        layer_input = np.ascontiguousarray(layer_input, dtype=layer.dtype)
-    return traces
+    """The traces of every cell of a :class:`gatekit.LSTM`: :meth:`gatekit.LSTM.trace`."""
+    return layer.trace(x, state, lengths)
 
 
 # --- Numbers the pictures show ---------------------------------------------------------------

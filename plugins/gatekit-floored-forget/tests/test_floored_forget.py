@@ -208,6 +208,15 @@ def test_floor_is_learnt_by_gradient_descent():
     np.testing.assert_allclose(floor, target_kept ** (1 / steps), rtol=0, atol=1e-9)
 
 
+def test_trace_shows_the_floor_of_each_unit():
+    cell = gatekit.Cell(3, 4, "floored", dtype=np.float64, seed=0)
+    cell.params["q_f"][...] = [-3.0, 0.0, 1.0, 5.0]
+    traced = cell.trace(np.zeros((5, 2, 3)))
+    floor = 1 / (1 + np.exp(-np.array([-3.0, 0.0, 1.0, 5.0])))
+    np.testing.assert_allclose(traced["phi_f"], np.broadcast_to(floor, (5, 2, 4)), rtol=1e-15)
+    assert np.all(traced["f_t"] >= traced["phi_f"])
+
+
 def test_janet_learn_gate_is_refused():
     """JANET's learn gate reads the forget gate's pre-activation s_t, with f_t = σ(s_t); this
     gate's f_t is not σ of anything it could publish, so the composition is rejected."""

@@ -53,6 +53,7 @@ cdef class ForgetFloored(Gate):
     init = {"q_f": -2.0}
     definition = staticmethod(definitions.forget_floored)
     backward_definition = staticmethod(definitions.forget_floored_backward)
+    trace = staticmethod(definitions.forget_floored_trace)
     differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:

@@ -23,3 +23,8 @@ def forget_floored_backward(STM_prev, E_t, df_t, W_f, b_f, q_f):
     ds = df_t * (1 - floor) * g * (1 - g)
     return merge(linear_backward(ds, W_f, STM_prev, E_t, "f"),
                  {"dq_f": (df_t * (1 - g)).sum(axis=0) * floor * (1 - floor)})
+
+
+def forget_floored_trace(q_f):
+    """What a trace shows besides f_t: the floor φ_f = σ(q_f) of each unit."""
+    return {"phi_f": sigmoid(q_f)}
