@@ -167,8 +167,9 @@ def test_drawing_is_headless(tmp_path):
               "assert 'matplotlib.pyplot' not in sys.modules\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND",
                                                             "WAYLAND_DISPLAY")}
+    # cwd away from the source tree, so the child imports the installed gatekit.
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert png_size(tmp_path / "h.png")[0] > 0
 
