@@ -9,6 +9,9 @@
 #
 # Write the maths once as a function over the `floating` fused type taking pointers and the
 # Extent, and call it from both methods (forward_float, forward_double): see gatekit/_builtin.pyx.
+# Copy the Extent's fields into locals before the loops: Python extensions build with
+# -fno-strict-aliasing, so read through the pointer they could change with every store, and
+# the compiler would not vectorise the loop.
 
 ctypedef struct Extent:
     Py_ssize_t t             # the time step

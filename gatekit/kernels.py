@@ -13,11 +13,13 @@ from gatekit._gate import has_avx2_fma
 ENV = "GATEKIT_KERNELS"
 
 
-def load(name):
-    """The module ``gatekit.<name>`` in the build for this CPU."""
+def load(name, package="gatekit"):
+    """The module ``<package>.<name>`` in the build for this CPU: ``<name>_avx2`` if it was
+    built and the CPU runs it. A Cython gate plugin that builds both can pick its own with
+    this (see plugins/gatekit-floored-forget)."""
     if os.environ.get(ENV, "") != "baseline" and has_avx2_fma():
         try:
-            return importlib.import_module(f"gatekit.{name}_avx2")
+            return importlib.import_module(f"{package}.{name}_avx2")
         except ImportError:
             pass
-    return importlib.import_module(f"gatekit.{name}")
+    return importlib.import_module(f"{package}.{name}")

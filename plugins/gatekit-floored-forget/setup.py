@@ -4,6 +4,8 @@ The compiler directives are gatekit's own (see gatekit's setup.py): bounds, wrap
 initialisation checks are off unless GATEKIT_DEBUG=1.
 """
 import os
+import platform
+from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
@@ -19,13 +21,25 @@ directives = {
     "cdivision": True,
     "embedsignature": True,
 }
-extensions = [
-    Extension("gatekit_floored_forget._floored", ["src/gatekit_floored_forget/_floored.pyx"],
-              include_dirs=[numpy.get_include()],
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-              # -fno-trapping-math, as gatekit's: lets the gate maths vectorise.
-              extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3", "-fno-trapping-math"])
-]
+SOURCE = Path(__file__).parent / "src" / "gatekit_floored_forget"
+
+
+def extension(name, extra=()):
+    return Extension(f"gatekit_floored_forget.{name}", [f"src/gatekit_floored_forget/{name}.pyx"],
+                     include_dirs=[numpy.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+                     # -fno-trapping-math, as gatekit's: lets the gate maths vectorise.
+                     extra_compile_args=["-O0", "-g"] if DEBUG
+                     else ["-O3", "-fno-trapping-math", *extra])
+
+
+extensions = [extension("_floored")]
+# As gatekit does for its own gates: a second build for AVX2 + FMA, picked at run time
+# (gatekit.kernels.load), so the plugin's gate maths has the built-in gates' vector width.
+if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
+    (SOURCE / "_floored_avx2.pyx").write_text(
+        '# Written by setup.py: _floored.pyx, compiled for AVX2 and FMA.\ninclude "_floored.pyx"\n')
+    extensions.append(extension("_floored_avx2", ["-mavx2", "-mfma"]))
 
 BUILD = "build/debug" if DEBUG else "build/release"
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, build_dir=f"{BUILD}/cython"),

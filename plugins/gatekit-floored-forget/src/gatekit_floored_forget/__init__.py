@@ -7,8 +7,11 @@ Registers the forget gate ``"floored"`` (``gatekit.Cell(..., forget="floored")``
 entry point ``floored_forget`` in the ``gatekit`` group.
 """
 import gatekit
+from gatekit import kernels
 
-from gatekit_floored_forget._floored import ForgetFloored
+# The gate compiled for AVX2 + FMA where the CPU has them, as gatekit's own built-in gates.
+ForgetFloored = kernels.load("_floored", package="gatekit_floored_forget").ForgetFloored
+
 from gatekit_floored_forget.definitions import forget_floored, forget_floored_backward
 
 __all__ = ["ForgetFloored", "forget_floored", "forget_floored_backward"]

@@ -20,12 +20,15 @@ from gatekit_floored_forget import definitions
 cdef inline void floored_sigmoid_rows(floating* f_t, const floating* z, const floating* q,
                                       Extent* e) noexcept nogil:
     """f_t = φ + (1 - φ) σ(z), φ = σ(q)"""
+    # The extent in locals, as in gatekit's kernels: read through `e`, it could change with
+    # every store, and the loop would not vectorise.
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j
     cdef floating floor
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
+    for b in range(B):
+        for j in range(u0, u1):
             floor = sigmoid(q[j])
-            f_t[b * e.H + j] = floor + (1 - floor) * sigmoid(z[b * e.ldz + j])
+            f_t[b * H + j] = floor + (1 - floor) * sigmoid(z[b * ldz + j])
 
 
 cdef inline void floored_sigmoid_backward_rows(floating* dz, floating* dq, const floating* z,
@@ -33,14 +36,15 @@ cdef inline void floored_sigmoid_backward_rows(floating* dz, floating* dq, const
                                                Extent* e) noexcept nogil:
     """f_t = φ + (1 - φ) g, g = σ(z), φ = σ(q):
     dz += df_t ⊙ (1 - φ) g (1 - g),  dq += Σ_b df_t ⊙ (1 - g) · φ (1 - φ)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
     cdef floating floor, g
-    for b in range(e.B):
-        for j in range(e.u0, e.u1):
-            k = b * e.H + j
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
             floor = sigmoid(q[j])
-            g = sigmoid(z[b * e.ldz + j])
-            dz[b * e.ldz + j] += df_t[k] * (1 - floor) * g * (1 - g)
+            g = sigmoid(z[b * ldz + j])
+            dz[b * ldz + j] += df_t[k] * (1 - floor) * g * (1 - g)
             dq[j] += df_t[k] * (1 - g) * floor * (1 - floor)
 
 
