@@ -218,6 +218,16 @@ class LSTM:
         keep = self.dropout_rng.random(shape) >= self.dropout
         return keep.astype(self.dtype) / self.dtype.type(1 - self.dropout)
 
+    def _inputs(self, x, state, lengths):
+        """``x`` checked and time-major (T, B, input_size), the lengths, the initial state."""
+        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
+        if self.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        T, B, _ = x.shape
+        if B == 0:
+            raise ValueError("x must hold at least one sequence; got batch size 0")
+        return x, check_lengths(lengths, T, B), self._initial_state(state, B)
+
     def trace(self, x, state=None, lengths=None):
         """:meth:`gatekit.Cell.trace` for every cell of the layer: a dict from cell
         name (``"l0"``, ``"l0_reverse"``, ``"l1"``, ... as in ``self.cells``) to that cell's trace.
@@ -229,14 +239,8 @@ class LSTM:
         :meth:`eval` mode). ``state`` and ``lengths`` are as for ``forward``;
         padded steps of a ragged batch are NaN.
         """
-        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
-        if self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
         T, B, _ = x.shape
-        if B == 0:
-            raise ValueError("x must hold at least one sequence; got batch size 0")
-        lengths = check_lengths(lengths, T, B)
-        stm0, ltm0 = self._initial_state(state, B)
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
         traces = {}
@@ -268,14 +272,8 @@ class LSTM:
         starts at its last step. Returns ``y`` and the final ``(stm, ltm)``; with ``keep=True``
         also the :class:`LayerTape` that :meth:`backward` needs.
         """
-        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
-        if self.batch_first:
-            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
         T, B, _ = x.shape
-        if B == 0:
-            raise ValueError("x must hold at least one sequence; got batch size 0")
-        lengths = check_lengths(lengths, T, B)
-        stm0, ltm0 = self._initial_state(state, B)
         if T == 0:          # no step: the state passes through unchanged
             y = np.zeros((B, 0, self.directions * self.hidden_size) if self.batch_first else
                          (0, B, self.directions * self.hidden_size), self.dtype)
