@@ -148,8 +148,8 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
             Py_ssize_t forget_preactivation):
     """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
 
-    Sequence b lasts ``lengths[b]`` steps: from then on its memories stay as they were (its
-    rows of y repeat its last STM; the caller blanks them). ``recurrent_t`` (H, KH) receives
+    Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories
+    stay as they were (its rows of y repeat its last STM; the caller blanks them). ``recurrent_t`` (H, KH) receives
     W[:, :H].T when B <= FEW_SEQUENCES and T >= FEW_STEPS (else it may be empty). ``forget_preactivation`` is the
     column of s_t in z, or -1 if the forget gate has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -165,6 +165,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     s.dLTM_t = s.dLTM_prev = NULL
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
     cdef bint few = B <= FEW_SEQUENCES, packed = few and T >= FEW_STEPS
+    cdef bint ragged = lengths is not None
     with nogil:
         if KH > 0 and T > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
@@ -202,7 +203,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                 failed = t
                 break
             # Sequences that have ended keep their memories.
-            for b in range(B):
+            for b in range(B if ragged else 0):
                 if t >= lengths[b]:
                     for j in range(H):
                         (<floating*> s.STM_t)[b * H + j] = (<const floating*> s.STM_prev)[b * H + j]
@@ -223,7 +224,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (zeroed by the caller), dW, dbias,
     dx (zeroed by the caller) and the gates' extra parameter gradients, whose addresses
     ``dparams[g]`` lists for gate g (zeroed by the caller). work holds T * B rows.
-    Steps after a sequence's length pass its gradients through untouched and ignore its dy.
+    Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
+    untouched and ignore its dy.
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -231,6 +233,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     cdef Py_ssize_t t, r, j, b, k, failed = -1
     cdef floating* dLTM_t
     cdef floating* dLTM_prev
+    cdef bint ragged = lengths is not None
     cdef bint single = floating is float
     cdef StepAny s
     cdef floating* zt = NULL
@@ -255,7 +258,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
             s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
             dyt, dLTM_t, dLTM_prev = &dy[t, 0, 0], <floating*> s.dLTM_t, <floating*> s.dLTM_prev
             for b in range(B):
-                if t < lengths[b]:
+                if not ragged or t < lengths[b]:
                     for j in range(H):
                         k = b * H + j
                         dSTM_t[k] = dyt[k] + carry[k]

@@ -81,9 +81,9 @@ def as_float_array(name, value, dtype, shape):
 
 
 def _check_lengths(lengths, T, B):
-    """``lengths`` as B integers in [1, T] (every sequence T steps long if None)."""
+    """``lengths`` as B integers in [1, T], or None (every sequence T steps long)."""
     if lengths is None:
-        return np.full(B, T, np.intp)
+        return None
     array = np.asarray(lengths)
     if array.dtype.kind not in "iu" or array.shape != (B,):
         raise ValueError(f"lengths must be {B} integers, one per sequence of x; got "
@@ -260,9 +260,8 @@ class Cell:
             self._raise_gate_error(failed)
         final = (y[-1].copy() if T else stm0.copy(), ltm[T % (steps_kept + 1)].copy())
         tape = Tape(self, x, stm0, z, acts, ltm, y, lengths) if keep else None
-        padded = np.arange(T)[:, None] >= lengths[None, :]
-        if padded.any():
-            y[padded] = 0
+        if lengths is not None:
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
 
     def trace(self, x, state=None, lengths=None):
@@ -286,12 +285,11 @@ class Cell:
                 arguments = inspect.signature(extra).parameters
                 for name, value in extra(**{a: known[a] for a in arguments}).items():
                     quantities[name] = np.broadcast_to(value, (T, B, self.hidden_size))
-        padded = np.arange(T)[:, None] >= tape.lengths[None, :]
         traced = {}
         for name, value in quantities.items():
             value = np.array(value, dtype=self.dtype)
-            if padded.any():
-                value[padded] = np.nan
+            if tape.lengths is not None:
+                value[np.arange(T)[:, None] >= tape.lengths[None, :]] = np.nan
             traced[name] = value
         return traced
 
