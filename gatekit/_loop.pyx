@@ -10,7 +10,8 @@ W (KH, H + D) with the STM columns first, bias (KH,), x (T, B, D), z (T, B, KH) 
 pre-activations; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
 ltm[0] = the initial LTM; y (T, B, H) receives STM_t. S is T when the forward pass keeps a tape
-for backward, 1 otherwise.
+for backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
+(``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
 """
 from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
 
@@ -90,11 +91,6 @@ DEF FEW_SEQUENCES = 4
 DEF FEW_STEPS = 8
 
 
-def packs_recurrent_weights(Py_ssize_t T, Py_ssize_t B):
-    """Whether ``forward`` wants ``recurrent_t``, the transposed recurrent weights (H, KH)."""
-    return B <= FEW_SEQUENCES and T >= FEW_STEPS
-
-
 cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating* rows,
                                      Py_ssize_t ldr, const floating* coefficients,
                                      Py_ssize_t k) noexcept nogil:
@@ -113,54 +109,103 @@ cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, 
                               const floating* rows, Py_ssize_t ldr, Py_ssize_t m, Py_ssize_t n,
                               Py_ssize_t k) noexcept nogil:
     """out[i, j] += Σ_l a[i, l] * rows[j, l] for i < m, j < n: a matrix product too small to be
-    worth a BLAS call (or the transposed copy that add_row_combination wants)."""
-    cdef Py_ssize_t i, j, l
+    worth a BLAS call (or the transposed copy that add_row_combination wants). Each dot product
+    runs in 8 interleaved partial sums, which the compiler turns into one vector."""
+    cdef Py_ssize_t i, j, l, u, whole = k - k % 8
+    cdef floating partial[8]
     cdef floating total
+    cdef const floating* ai
+    cdef const floating* rj
     for i in range(m):
+        ai = a + i * lda
         for j in range(n):
+            rj = rows + j * ldr
+            for u in range(8):
+                partial[u] = 0
+            for l in range(0, whole, 8):
+                for u in range(8):
+                    partial[u] += ai[l + u] * rj[l + u]
             total = 0
-            for l in range(k):
-                total = total + a[i * lda + l] * rows[j * ldr + l]
+            for u in range(8):
+                total += partial[u]
+            for l in range(whole, k):
+                total += ai[l] * rj[l]
             out[i * ldo + j] += total
 
 
-cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating[:, :, :, ::1] acts,
-                              floating[:, :, ::1] ltm, floating[:, :, ::1] y,
+cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
+                              Py_ssize_t kept, floating* ltm, floating[:, :, ::1] y,
                               floating[:, ::1] stm0, Py_ssize_t forget_preactivation) except -1 nogil:
-    """Point the step's forward fields at step t of the buffers (see the module docstring).
-    (``except -1``: in a bounds-checked build an index error here reaches the caller.)"""
-    cdef Py_ssize_t k = t % acts.shape[1], n = ltm.shape[0]
+    """Point the step's forward fields at step t of the buffers (see the module docstring):
+    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, each B * H.
+    (``except -1``: in a bounds-checked build an index error on y reaches the caller.)"""
+    cdef Py_ssize_t BH = s.e.B * s.e.H, k = t % kept
     s.e.t = t
     s.z = z
     s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
     s.STM_prev = &stm0[0, 0] if t == 0 else &y[t - 1, 0, 0]
-    s.LTM_prev, s.LTM_t = &ltm[t % n, 0, 0], &ltm[(t + 1) % n, 0, 0]
-    s.f_t, s.i_t, s.N_t = &acts[0, k, 0, 0], &acts[1, k, 0, 0], &acts[2, k, 0, 0]
-    s.U_t, s.V_t = &acts[3, k, 0, 0], &acts[4, k, 0, 0]
+    s.LTM_prev, s.LTM_t = ltm + (t % (kept + 1)) * BH, ltm + ((t + 1) % (kept + 1)) * BH
+    s.f_t, s.i_t, s.N_t = acts + k * BH, acts + (kept + k) * BH, acts + (2 * kept + k) * BH
+    s.U_t, s.V_t = acts + (3 * kept + k) * BH, acts + (4 * kept + k) * BH
     s.STM_t = &y[t, 0, 0]
     return 0
 
 
+cdef struct Layout:
+    Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
+    Py_ssize_t z, acts, ltm, work, recurrent_t, size    # offsets in the workspace, its size
+
+
+cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep) noexcept nogil:
+    cdef Layout L
+    L.kept = T if keep else 1
+    L.z = 0
+    L.acts = L.z + T * B * KH
+    L.ltm = L.acts + 5 * L.kept * B * H
+    L.work = L.ltm + (L.kept + 1) * B * H
+    L.recurrent_t = L.work + B * H
+    L.size = L.recurrent_t + (H * KH if B <= FEW_SEQUENCES and T >= FEW_STEPS else 0)
+    return L
+
+
+def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep):
+    """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
+    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
+    cdef Layout L = layout(T, B, H, KH, keep)
+    return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
+                    "ltm": (L.ltm, (L.kept + 1, B, H))}
+
+
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
-            floating[:, ::1] stm0, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
-            floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] work,
-            floating[:, ::1] recurrent_t, const Py_ssize_t[::1] lengths,
-            Py_ssize_t forget_preactivation):
+            floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation):
     """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
 
-    Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories
-    stay as they were (its rows of y repeat its last STM; the caller blanks them). ``recurrent_t`` (H, KH) receives
-    W[:, :H].T when B <= FEW_SEQUENCES and T >= FEW_STEPS (else it may be empty). ``forget_preactivation`` is the
-    column of s_t in z, or -1 if the forget gate has none."""
+    ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
+    pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
+    W[:, :H].T when B <= FEW_SEQUENCES and T >= FEW_STEPS; the caller puts the initial LTM in
+    ltm[0]. (One buffer, not five: each typed buffer an argument costs the call a fraction of a
+    microsecond to acquire.) Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None):
+    from then on its memories stay as they were (its rows of y repeat its last STM; the caller
+    blanks them). ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate
+    has none."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
     cdef Py_ssize_t t, r, j, b, failed = -1
     cdef bint single = floating is float
     cdef StepAny s
+    cdef Layout L = layout(T, B, H, KH, keep)
+    if workspace.shape[0] < L.size:
+        raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
+    cdef floating* base = &workspace[0]
+    cdef floating* z = base + L.z
+    cdef floating* acts = base + L.acts
+    cdef floating* ltm = base + L.ltm
+    cdef floating* recurrent_t = base + L.recurrent_t
     cdef floating* zt = NULL
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
-    s.work = &work[0, 0]
+    s.work = base + L.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
@@ -169,7 +214,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     with nogil:
         if KH > 0 and T > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
-            zt = &z[0, 0, 0]
+            zt = z
             for r in range(T * B):
                 for j in range(KH):
                     zt[r * KH + j] = bias[j]
@@ -180,16 +225,16 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         if KH > 0 and packed:
             for r in range(KH):
                 for j in range(H):
-                    recurrent_t[j, r] = W[r, j]
+                    recurrent_t[j * KH + r] = W[r, j]
         for t in range(T):
             if KH > 0:
-                zt = &z[t, 0, 0]
-            point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
+                zt = z + t * B * KH
+            point_at_step(&s, t, zt, acts, L.kept, ltm, y, stm0, forget_preactivation)
             if KH > 0:
                 # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
                 if packed:
                     for b in range(B):
-                        add_row_combination(zt + b * KH, KH, &recurrent_t[0, 0], KH,
+                        add_row_combination(zt + b * KH, KH, recurrent_t, KH,
                                             <const floating*> s.STM_prev + b * H, H)
                 elif few:
                     add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
@@ -250,7 +295,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         for t in range(T - 1, -1, -1):
             if KH > 0:
                 zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
-            point_at_step(&s, t, zt, acts, ltm, y, stm0, forget_preactivation)
+            point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], y, stm0,
+                          forget_preactivation)
             s.dz = dzt
             s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
             s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
@@ -314,7 +360,8 @@ cdef int point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, 
                            Py_ssize_t forget_preactivation) except -1 nogil:
     """Point the step at all T * B rows of the tape at once, for the gates' finish."""
     cdef bint has_blocks = z.shape[2] > 0
-    point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, acts, ltm, y, stm0,
+    point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, &acts[0, 0, 0, 0], acts.shape[1],
+                  &ltm[0, 0, 0], y, stm0,
                   forget_preactivation)
     s.e.t, s.e.B = -1, y.shape[0] * y.shape[1]
     s.STM_prev = NULL

@@ -1,6 +1,7 @@
 """The memory cell: four gates composed, parameters named after the equations, and the checks
 that stand between a caller and the compiled time loop."""
 import inspect
+import math
 import numbers
 from collections.abc import Mapping
 
@@ -243,23 +244,24 @@ class Cell:
             x = x.copy()
             stm0 = stm0.copy() if state is not None else stm0
         H, KH = self.hidden_size, self._weights.shape[0]
-        steps_kept = T if keep else 1
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
             return y, (stm0.copy(), ltm0.copy())
-        z = np.empty((T, B, KH), self.dtype)
-        acts = np.empty((5, steps_kept, B, H), self.dtype)
-        ltm = np.empty((steps_kept + 1, B, H), self.dtype)
+        size, layout = _loop.workspace_layout(T, B, H, KH, keep)
+        workspace = np.empty(size, self.dtype)
+
+        def buffer(name):
+            offset, shape = layout[name]
+            return workspace[offset:offset + math.prod(shape)].reshape(shape)
+
+        ltm = buffer("ltm")
         ltm[0] = ltm0
-        work = np.empty((B, H), self.dtype)
-        packed = _loop.packs_recurrent_weights(T, B)
-        recurrent_t = np.empty((H, KH) if packed else (0, 0), self.dtype)
-        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, z, acts, ltm, y,
-                               work, recurrent_t, lengths, self._forget_preactivation)
+        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace, keep,
+                               lengths, self._forget_preactivation)
         if failed >= 0:
             self._raise_gate_error(failed)
-        final = (y[-1].copy() if T else stm0.copy(), ltm[T % (steps_kept + 1)].copy())
-        tape = Tape(self, x, stm0, z, acts, ltm, y, lengths) if keep else None
+        final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)

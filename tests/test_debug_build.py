@@ -32,20 +32,29 @@ def _buffers(cell, x, **undersized):
     some replaced by smaller ones."""
     T, B, _ = x.shape
     H, KH = cell.hidden_size, cell._weights.shape[0]
-    buffers = dict(
-        W=cell._weights, bias=cell._bias, x=x, stm0=np.zeros((B, H), cell.dtype),
-        z=np.empty((T, B, KH), cell.dtype), acts=np.empty((5, 1, B, H), cell.dtype),
-        ltm=np.zeros((2, B, H), cell.dtype), y=np.empty((T, B, H), cell.dtype),
-        work=np.empty((B, H), cell.dtype), recurrent_t=np.empty((H, KH), cell.dtype))
+    size, layout = _loop.workspace_layout(T, B, H, KH, False)
+    workspace = np.empty(size, cell.dtype)
+    offset, _ = layout["ltm"]
+    workspace[offset:offset + B * H] = 0          # the initial LTM
+    buffers = dict(W=cell._weights, bias=cell._bias, x=x, stm0=np.zeros((B, H), cell.dtype),
+                   y=np.empty((T, B, H), cell.dtype), workspace=workspace)
     buffers.update(undersized)
     return buffers
 
 
 def _call_kernel(cell, b):
-    return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["z"], b["acts"],
-                         b["ltm"], b["y"], b["work"], b["recurrent_t"],
-                         np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
+    return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["y"],
+                         b["workspace"], False, np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
                          cell._forget_preactivation)
+
+
+def test_kernel_refuses_a_small_workspace(cell):
+    # Checked in every build, before any step: the kernel computes the pointers into it itself.
+    x, _ = random_inputs(cell, T, B, state=False)
+    buffers = _buffers(cell, x)
+    buffers["workspace"] = buffers["workspace"][:-1]
+    with pytest.raises(ValueError, match="workspace"):
+        _call_kernel(cell, buffers)
 
 
 @pytest.fixture
