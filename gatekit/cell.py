@@ -81,17 +81,22 @@ def as_float_array(name, value, dtype, shape):
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-def _check_lengths(lengths, T, B):
-    """``lengths`` as B integers in [1, T], or None (every sequence T steps long)."""
+def check_lengths(lengths, T, B):
+    """``lengths`` as B integers in [1, T], in any order, or None (every sequence T steps)."""
     if lengths is None:
         return None
     array = np.asarray(lengths)
-    if array.dtype.kind not in "iu" or array.shape != (B,):
-        raise ValueError(f"lengths must be {B} integers, one per sequence of x; got "
-                         f"{array.dtype} array of shape {array.shape}")
-    if B and (array.min() < 1 or array.max() > T):
-        raise ValueError(f"lengths must lie in [1, T] = [1, {T}]; got values from "
-                         f"{array.min()} to {array.max()}")
+    if array.dtype.kind not in "iu" or array.dtype == np.bool_:
+        raise TypeError(f"lengths must be integers, one per sequence; got dtype {array.dtype}")
+    if array.shape != (B,):
+        raise ValueError(f"lengths must hold one length per sequence of x, shape ({B},); got "
+                         f"shape {array.shape}")
+    for bad, what in ((np.flatnonzero(array < 1), "below 1"),
+                      (np.flatnonzero(array > T), f"longer than the T = {T} steps of x")):
+        if bad.size:
+            b = int(bad[0])
+            raise ValueError(f"lengths[{b}] = {int(array[b])} is {what}; every length must lie "
+                             f"in [1, {T}]")
     return np.ascontiguousarray(array, dtype=np.intp)
 
 
@@ -238,7 +243,7 @@ class Cell:
         if B == 0:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
-        lengths = _check_lengths(lengths, T, B)
+        lengths = check_lengths(lengths, T, B)
         if keep:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from gatekit.cell import Cell, Parameters, _float_dtype, _size, as_float_array
+from gatekit.cell import Cell, Parameters, _float_dtype, _size, as_float_array, check_lengths
 
 
 def cell_names(num_layers, bidirectional):
@@ -22,25 +22,6 @@ def cell_names(num_layers, bidirectional):
     the order of the first axis of the states."""
     return [f"l{layer}{suffix}" for layer in range(num_layers)
             for suffix in (("", "_reverse") if bidirectional else ("",))]
-
-
-def check_lengths(lengths, T, B):
-    """``lengths`` as B integers in [1, T], in any order, or None."""
-    if lengths is None:
-        return None
-    array = np.asarray(lengths)
-    if array.dtype.kind not in "iu" or array.dtype == np.bool_:
-        raise TypeError(f"lengths must be integers, one per sequence; got dtype {array.dtype}")
-    if array.shape != (B,):
-        raise ValueError(f"lengths must hold one length per sequence of x, shape ({B},); got "
-                         f"shape {array.shape}")
-    for bad, what in ((np.flatnonzero(array < 1), "below 1"),
-                      (np.flatnonzero(array > T), f"longer than the T = {T} steps of x")):
-        if bad.size:
-            b = int(bad[0])
-            raise ValueError(f"lengths[{b}] = {int(array[b])} is {what}; every length must lie "
-                             f"in [1, {T}]")
-    return np.ascontiguousarray(array, dtype=np.intp)
 
 
 def reversal_index(lengths, T, B):
