@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
-SOURCES := pyproject.toml setup.py $(wildcard gatekit/*.py gatekit/*/*.py gatekit/*.pyx gatekit/*.pxd) \
+SOURCES := pyproject.toml setup.py $(wildcard gatekit/*.py gatekit/*/*.py gatekit/*.pyx gatekit/*.pxd gatekit/*.h) \
 	$(wildcard plugins/*/pyproject.toml plugins/*/setup.py plugins/*/src/*/*)
 DEBUG_DIR := build/debug-install
 

@@ -46,7 +46,7 @@ directives = {
 
 def extension(name, source=None, extra=()):
     return Extension(f"gatekit.{name}", [source or f"gatekit/{name}.pyx"],
-                     include_dirs=[numpy.get_include()],
+                     include_dirs=[numpy.get_include(), str(HERE / "gatekit")],
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
                                     ("GATEKIT_DEBUG", "1" if DEBUG else "0")],
                      extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE + list(extra))

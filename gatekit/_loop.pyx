@@ -14,6 +14,7 @@ for backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one
 (``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
 """
 from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
+from gatekit._gate import PythonGate
 
 
 # StepFloat and StepDouble differ only in the type their data pointers point to. The loop is
@@ -59,26 +60,26 @@ DEF BACKWARD = 1
 DEF FINISH = 2
 
 
-cdef inline bint run_gate(Gate gate, int phase, StepAny* s, bint single,
+cdef inline bint run_gate(void* gate, int phase, StepAny* s, bint single,
                           size_t* dparam) noexcept nogil:
-    """Let ``gate`` do its part of a step (its parameter gradients at ``dparam``); False if it
-    failed."""
+    """Let ``gate`` (a Gate, borrowed: threads of the loop hold no references) do its part of
+    a step (its parameter gradients at ``dparam``); False if it failed."""
     s.dparam = <void**> dparam
     if phase == FORWARD:
         if single:
-            gate.forward_float(<StepFloat*> s)
+            (<Gate> gate).forward_float(<StepFloat*> s)
         else:
-            gate.forward_double(<StepDouble*> s)
+            (<Gate> gate).forward_double(<StepDouble*> s)
     elif phase == BACKWARD:
         if single:
-            gate.backward_float(<StepFloat*> s)
+            (<Gate> gate).backward_float(<StepFloat*> s)
         else:
-            gate.backward_double(<StepDouble*> s)
+            (<Gate> gate).backward_double(<StepDouble*> s)
     else:
         if single:
-            gate.finish_float(<StepFloat*> s)
+            (<Gate> gate).finish_float(<StepFloat*> s)
         else:
-            gate.finish_double(<StepDouble*> s)
+            (<Gate> gate).finish_double(<StepDouble*> s)
     return s.error == 0
 
 
@@ -133,30 +134,289 @@ cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, 
             out[i * ldo + j] += total
 
 
-cdef inline int point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
-                              Py_ssize_t kept, floating* ltm, floating[:, :, ::1] y,
-                              floating[:, ::1] stm0, Py_ssize_t forget_preactivation) except -1 nogil:
+cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
+                               Py_ssize_t kept, floating* ltm, floating* y, const floating* stm0,
+                               Py_ssize_t forget_preactivation) noexcept nogil:
     """Point the step's forward fields at step t of the buffers (see the module docstring):
-    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, each B * H.
-    (``except -1``: in a bounds-checked build an index error on y reaches the caller.)"""
+    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, y T steps, each B * H."""
     cdef Py_ssize_t BH = s.e.B * s.e.H, k = t % kept
     s.e.t = t
     s.z = z
     s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
-    s.STM_prev = &stm0[0, 0] if t == 0 else &y[t - 1, 0, 0]
+    s.STM_prev = stm0 if t == 0 else y + (t - 1) * BH
     s.LTM_prev, s.LTM_t = ltm + (t % (kept + 1)) * BH, ltm + ((t + 1) % (kept + 1)) * BH
     s.f_t, s.i_t, s.N_t = acts + k * BH, acts + (kept + k) * BH, acts + (2 * kept + k) * BH
     s.U_t, s.V_t = acts + (3 * kept + k) * BH, acts + (4 * kept + k) * BH
-    s.STM_t = &y[t, 0, 0]
-    return 0
+    s.STM_t = y + t * BH
+
+
+# The tiled loop (gatekit/_tiles.h): weights packed once per call, the product of each step
+# done in register tiles, the units split between the threads of the call. For steps of a
+# few sequences with little work the plain loop above is faster: no packing, no barrier.
+cdef extern from "_tiles.h" nogil:
+    ctypedef struct gk_barrier:
+        pass
+    void gk_barrier_init(gk_barrier* barrier, int size)
+    void gk_barrier_wait(gk_barrier* barrier)
+    int gk_wait_for_start(int* start)
+    void gk_set_start(int* start, int value)
+    void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
+                       Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
+    void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
+                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
+    void gk_product_float(Py_ssize_t rows, const float* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                          const float* a2, Py_ssize_t lda2, Py_ssize_t k2, const float* panel,
+                          const float* bias, float* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_double(Py_ssize_t rows, const double* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                           const double* a2, Py_ssize_t lda2, Py_ssize_t k2, const double* panel,
+                           const double* bias, double* c, Py_ssize_t ldc, Py_ssize_t n)
+    enum:
+        GK_PANEL_FLOAT
+        GK_PANEL_DOUBLE
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
+                       void* (*run)(void*) noexcept nogil, void* argument)
+    int pthread_join(pthread_t thread, void** result)
+
+
+DEF MAX_TEAM = 16
+# Multiply-adds per step below which a batch of few sequences keeps the plain loop, and per
+# call below which a second thread costs more (starting it, a barrier per step) than it saves.
+DEF TILED_STEP_WORK = 65536
+DEF THREADED_CALL_WORK = 4194304
+DEF INPUT_ROWS = 192
+
+
+cdef inline Py_ssize_t panel_width(bint single) noexcept nogil:
+    return GK_PANEL_FLOAT if single else GK_PANEL_DOUBLE
+
+
+cdef struct Plan:
+    int team                 # threads of the tiled loop, or 0 for the plain loop
+    Py_ssize_t units         # units per thread, a multiple of the panel width (but for the last)
+    Py_ssize_t panels        # numbers in the packed weights of the forward pass
+
+
+cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                    int threads, bint single) noexcept nogil:
+    cdef Plan P
+    cdef Py_ssize_t nr = panel_width(single), step_work = B * KH * (H + D), shares
+    P.team, P.units, P.panels = 0, H, 0
+    if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and step_work < TILED_STEP_WORK):
+        return P
+    P.team = max(1, min(threads, MAX_TEAM))
+    if T * step_work < THREADED_CALL_WORK * P.team:
+        P.team = 1
+    # Whole panels per thread; fewer threads if there are not that many panels to share.
+    shares = (H + nr - 1) // nr
+    P.units = ((shares + P.team - 1) // P.team) * nr
+    P.team = <int> ((H + P.units - 1) // P.units)
+    # Every thread's share of every block, in whole (zero-padded) panels of H + D numbers.
+    P.panels = (KH // H) * (H + D) * nr * (
+        (P.team - 1) * (P.units // nr) + (H - (P.team - 1) * P.units + nr - 1) // nr)
+    return P
+
+
+def plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, int threads,
+         bint single):
+    """Which loop a forward call of these sizes runs: ``(threads, units)``, the threads of the
+    tiled loop and the units each computes (the last may have fewer), or ``(0, H)`` for the
+    plain loop. (A call with a gate written in Python runs on one thread.)"""
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    return P.team, P.units
+
+
+cdef struct Team:
+    int size
+    int start                # 1 once every thread exists; -1 if one could not be started
+    gk_barrier barrier
+    Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
+    void* gates[4]           # borrowed Gate objects, in role order
+    bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
+    bint single
+    Py_ssize_t T, B, D, H, KH, kept, units, forget_preactivation
+    const void* W
+    const void* bias
+    const void* x
+    const void* stm0
+    void* y
+    void* z
+    void* acts
+    void* ltm
+    void* work
+    void* panels
+    const Py_ssize_t* lengths
+
+
+cdef struct Member:
+    Team* team
+    int index
+
+
+cdef inline void pack(floating* panel, const floating* w, Py_ssize_t column_stride,
+                      Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        gk_pack_float(panel, w, column_stride, l_stride, k, n)
+    else:
+        gk_pack_double(panel, w, column_stride, l_stride, k, n)
+
+
+cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                         const floating* a2, Py_ssize_t lda2, Py_ssize_t k2,
+                         const floating* panel, const floating* bias, floating* c,
+                         Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        gk_product_float(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+    else:
+        gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+
+
+cdef void forward_member(Team* team, int index, floating* precision) noexcept nogil:
+    """Thread ``index``'s part of the forward pass: units [u0, u1) of every block and every gate
+    (all units of a gate that mixes them, on thread 0), one barrier per step."""
+    cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
+    cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
+    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
+    cdef Py_ssize_t t, k, u, b, j, g, m, r, rows, column, blocks = KH // H
+    cdef const floating* W = <const floating*> team.W
+    cdef const floating* bias = <const floating*> team.bias
+    cdef const floating* x = <const floating*> team.x
+    cdef floating* z = <floating*> team.z
+    cdef floating* zt
+    cdef floating* own = <floating*> team.panels + index * (KH // H) * team.units * kdim
+    cdef floating* panel = own
+    cdef floating* recurrent
+    cdef floating* STM_t
+    cdef floating* LTM_t
+    cdef const floating* STM_prev
+    cdef const floating* LTM_prev
+    cdef bint failed = False, stop = False
+    cdef StepAny s
+    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
+    s.error = 0
+    s.work = team.work
+    s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
+    s.dLTM_t = s.dLTM_prev = NULL
+    # Each thread packs its own share, so it starts out in the cache that reads it: the
+    # panels of W[:, H:] (input columns), then those of W[:, :H] (recurrent), D and H long.
+    for k in range(blocks):
+        for u from u0 <= u < u1 by nr:
+            pack(panel, W + (k * H + u) * kdim + H, kdim, 1, D, min(nr, u1 - u))
+            panel += D * nr
+    recurrent = panel
+    for k in range(blocks):
+        for u from u0 <= u < u1 by nr:
+            pack(panel, W + (k * H + u) * kdim, kdim, 1, H, min(nr, u1 - u))
+            panel += H * nr
+    # The input projection of every step first, z = bias + E @ W[:, H:].T (its own columns),
+    # as products of INPUT_ROWS rows: they stay in cache while every panel passes over them.
+    # Per step, only the recurrent weights are read again.
+    for r in range(0, T * B, INPUT_ROWS):
+        rows = min(INPUT_ROWS, T * B - r)
+        panel = own
+        for k in range(blocks):
+            for u from u0 <= u < u1 by nr:
+                column = k * H + u
+                product(rows, x + r * D, D, D, NULL, 0, 0, panel, bias + column,
+                        z + r * KH + column, KH, min(nr, u1 - u))
+                panel += D * nr
+    for t in range(T):
+        zt = z + t * B * KH
+        point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
+                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
+        # z[t][:, own columns] += STM_{t-1} @ W[those rows, :H].T
+        STM_prev = <const floating*> s.STM_prev
+        panel = recurrent
+        for k in range(blocks):
+            for u from u0 <= u < u1 by nr:
+                column = k * H + u
+                product(B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + column, KH,
+                        min(nr, u1 - u))
+                panel += H * nr
+        for g in range(4):
+            if team.mixes[g]:
+                gk_barrier_wait(&team.barrier)
+                if index == 0 and not failed:
+                    s.e.u0, s.e.u1 = 0, H
+                    failed = not run_gate(team.gates[g], FORWARD, &s, team.single, NULL)
+                    s.e.u0, s.e.u1 = u0, u1
+                gk_barrier_wait(&team.barrier)
+            elif not failed:
+                failed = not run_gate(team.gates[g], FORWARD, &s, team.single, NULL)
+        if team.lengths != NULL:
+            # Sequences that have ended keep their memories.
+            STM_t, LTM_t, LTM_prev = <floating*> s.STM_t, <floating*> s.LTM_t, <const floating*> s.LTM_prev
+            for b in range(B):
+                if t >= team.lengths[b]:
+                    for j in range(b * H + u0, b * H + u1):
+                        STM_t[j] = STM_prev[j]
+                        LTM_t[j] = LTM_prev[j]
+        if failed and team.failed[index] < 0:
+            team.failed[index] = t
+        gk_barrier_wait(&team.barrier)
+        for m in range(team.size):
+            stop = stop or team.failed[m] >= 0
+        if stop:
+            break
+
+
+cdef void* member_main(void* argument) noexcept nogil:
+    cdef Member* member = <Member*> argument
+    if gk_wait_for_start(&member.team.start) > 0:
+        if member.team.single:
+            forward_member(member.team, member.index, <float*> NULL)
+        else:
+            forward_member(member.team, member.index, <double*> NULL)
+    return NULL
+
+
+cdef Py_ssize_t run_team(Team* team) noexcept nogil:
+    """Run the forward pass on ``team.size`` threads, this one included (on this one alone if
+    the system will not start another). Returns -1, or the first step at which a gate failed."""
+    cdef pthread_t threads[MAX_TEAM]
+    cdef Member members[MAX_TEAM]
+    cdef int m, started = 1
+    cdef Py_ssize_t failed = -1
+    team.start = 0
+    gk_barrier_init(&team.barrier, team.size)
+    for m in range(team.size):
+        team.failed[m] = -1
+    for m in range(1, team.size):
+        members[m].team, members[m].index = team, m
+        if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
+            break
+        started += 1
+    if started < team.size:
+        gk_set_start(&team.start, -1)
+        for m in range(1, started):
+            pthread_join(threads[m], NULL)
+        team.size, team.units = 1, team.H
+        gk_barrier_init(&team.barrier, 1)
+    else:
+        gk_set_start(&team.start, 1)
+    if team.single:
+        forward_member(team, 0, <float*> NULL)
+    else:
+        forward_member(team, 0, <double*> NULL)
+    for m in range(1, team.size):
+        pthread_join(threads[m], NULL)
+    for m in range(team.size):
+        if team.failed[m] >= 0 and (failed < 0 or team.failed[m] < failed):
+            failed = team.failed[m]
+    return failed
 
 
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
-    Py_ssize_t z, acts, ltm, work, recurrent_t, size    # offsets in the workspace, its size
+    Py_ssize_t z, acts, ltm, work, recurrent_t, panels, size  # offsets in the workspace, its size
 
 
-cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep) noexcept nogil:
+cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
+                   Plan* P) noexcept nogil:
     cdef Layout L
     L.kept = T if keep else 1
     L.z = 0
@@ -164,37 +424,48 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
     L.ltm = L.acts + 5 * L.kept * B * H
     L.work = L.ltm + (L.kept + 1) * B * H
     L.recurrent_t = L.work + B * H
-    L.size = L.recurrent_t + (H * KH if B <= FEW_SEQUENCES and T >= FEW_STEPS else 0)
+    L.panels = L.recurrent_t + (
+        H * KH if P.team == 0 and B <= FEW_SEQUENCES and T >= FEW_STEPS else 0)
+    L.size = L.panels + P.panels
     return L
 
 
-def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep):
+def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                     bint keep, int threads, bint single):
     """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
     reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
-    cdef Layout L = layout(T, B, H, KH, keep)
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    cdef Layout L = layout(T, B, H, KH, keep, &P)
     return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
                     "ltm": (L.ltm, (L.kept + 1, B, H))}
 
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
-            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation):
-    """Run the cell over every step of ``x``. Returns -1, or the step at which a gate failed.
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads):
+    """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
+    step at which a gate failed.
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
-    W[:, :H].T when B <= FEW_SEQUENCES and T >= FEW_STEPS; the caller puts the initial LTM in
-    ltm[0]. (One buffer, not five: each typed buffer an argument costs the call a fraction of a
-    microsecond to acquire.) Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None):
-    from then on its memories stay as they were (its rows of y repeat its last STM; the caller
-    blanks them). ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate
-    has none."""
+    W[:, :H].T (plain loop, B <= FEW_SEQUENCES, T >= FEW_STEPS) or the packed weights (tiled
+    loop); the caller puts the initial LTM in ltm[0]. (One buffer, not five: each typed buffer
+    an argument costs the call a fraction of a microsecond to acquire.) Sequence b lasts
+    ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories stay as they
+    were (its rows of y repeat its last STM; the caller blanks them). ``forget_preactivation``
+    is the column of s_t in z, or -1 if the forget gate has none. Gates written in Python run
+    on this thread only."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
     cdef Py_ssize_t t, r, j, b, failed = -1
     cdef bint single = floating is float
     cdef StepAny s
-    cdef Layout L = layout(T, B, H, KH, keep)
+    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
+    if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
+            or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
+        threads = 1
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    cdef Layout L = layout(T, B, H, KH, keep, &P)
     if workspace.shape[0] < L.size:
         raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
     cdef floating* base = &workspace[0]
@@ -203,12 +474,25 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     cdef floating* ltm = base + L.ltm
     cdef floating* recurrent_t = base + L.recurrent_t
     cdef floating* zt = NULL
+    cdef floating* y0 = &y[0, 0, 0] if T > 0 else NULL
+    cdef Team team
+    if P.team > 0:
+        team.size, team.units, team.single = P.team, P.units, single
+        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, L.kept
+        team.forget_preactivation = forget_preactivation
+        team.W, team.bias, team.x, team.stm0, team.y = &W[0, 0], &bias[0], &x[0, 0, 0], &stm0[0, 0], y0
+        team.z, team.acts, team.ltm, team.work, team.panels = z, acts, ltm, base + L.work, base + L.panels
+        team.lengths = &lengths[0] if lengths is not None else NULL
+        for j, gate in enumerate(gates):
+            team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
+        with nogil:
+            failed = run_team(&team)
+        return failed
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
     s.work = base + L.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
-    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
     cdef bint few = B <= FEW_SEQUENCES, packed = few and T >= FEW_STEPS
     cdef bint ragged = lengths is not None
     with nogil:
@@ -229,7 +513,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         for t in range(T):
             if KH > 0:
                 zt = z + t * B * KH
-            point_at_step(&s, t, zt, acts, L.kept, ltm, y, stm0, forget_preactivation)
+            point_at_step(&s, t, zt, acts, L.kept, ltm, y0, &stm0[0, 0], forget_preactivation)
             if KH > 0:
                 # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
                 if packed:
@@ -241,10 +525,10 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                 else:
                     gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
                          1, zt, KH)
-            if not (run_gate(forget, FORWARD, &s, single, NULL)
-                    and run_gate(learn, FORWARD, &s, single, NULL)
-                    and run_gate(remember, FORWARD, &s, single, NULL)
-                    and run_gate(use, FORWARD, &s, single, NULL)):
+            if not (run_gate(<void*> forget, FORWARD, &s, single, NULL)
+                    and run_gate(<void*> learn, FORWARD, &s, single, NULL)
+                    and run_gate(<void*> remember, FORWARD, &s, single, NULL)
+                    and run_gate(<void*> use, FORWARD, &s, single, NULL)):
                 failed = t
                 break
             # Sequences that have ended keep their memories.
@@ -295,8 +579,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         for t in range(T - 1, -1, -1):
             if KH > 0:
                 zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
-            point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], y, stm0,
-                          forget_preactivation)
+            point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], &y[0, 0, 0],
+                          &stm0[0, 0], forget_preactivation)
             s.dz = dzt
             s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
             s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
@@ -318,10 +602,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                         dSTM_t[k] = 0
                         dLTM_prev[k] = dLTM_t[k]
                         dLTM_t[k] = 0
-            if not (run_gate(use, BACKWARD, &s, single, &dparams[3, 0])
-                    and run_gate(remember, BACKWARD, &s, single, &dparams[2, 0])
-                    and run_gate(learn, BACKWARD, &s, single, &dparams[1, 0])
-                    and run_gate(forget, BACKWARD, &s, single, &dparams[0, 0])):
+            if not (run_gate(<void*> use, BACKWARD, &s, single, &dparams[3, 0])
+                    and run_gate(<void*> remember, BACKWARD, &s, single, &dparams[2, 0])
+                    and run_gate(<void*> learn, BACKWARD, &s, single, &dparams[1, 0])
+                    and run_gate(<void*> forget, BACKWARD, &s, single, &dparams[0, 0])):
                 failed = t
                 break
             # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
@@ -332,10 +616,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                 gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
-            if not (run_gate(use, FINISH, &s, single, &dparams[3, 0])
-                    and run_gate(remember, FINISH, &s, single, &dparams[2, 0])
-                    and run_gate(learn, FINISH, &s, single, &dparams[1, 0])
-                    and run_gate(forget, FINISH, &s, single, &dparams[0, 0])):
+            if not (run_gate(<void*> use, FINISH, &s, single, &dparams[3, 0])
+                    and run_gate(<void*> remember, FINISH, &s, single, &dparams[2, 0])
+                    and run_gate(<void*> learn, FINISH, &s, single, &dparams[1, 0])
+                    and run_gate(<void*> forget, FINISH, &s, single, &dparams[0, 0])):
                 failed = T
         if failed < 0 and KH > 0 and T > 0:
             # The weight gradients, each one product over all T * B rows.
@@ -361,8 +645,7 @@ cdef int point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, 
     """Point the step at all T * B rows of the tape at once, for the gates' finish."""
     cdef bint has_blocks = z.shape[2] > 0
     point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, &acts[0, 0, 0, 0], acts.shape[1],
-                  &ltm[0, 0, 0], y, stm0,
-                  forget_preactivation)
+                  &ltm[0, 0, 0], &y[0, 0, 0], &stm0[0, 0], forget_preactivation)
     s.e.t, s.e.B = -1, y.shape[0] * y.shape[1]
     s.STM_prev = NULL
     s.dz = &dz[0, 0, 0] if has_blocks else NULL

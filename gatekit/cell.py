@@ -3,6 +3,7 @@ that stand between a caller and the compiled time loop."""
 import inspect
 import math
 import numbers
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -13,6 +14,32 @@ from gatekit._gate import MAX_PARAMS, ROLES, PythonGate, no_backward_message
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 _loop = kernels.load("_loop")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _default_threads():
+    """GATEKIT_NUM_THREADS if set, else the CPUs this process may run on."""
+    value = os.environ.get("GATEKIT_NUM_THREADS", "")
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"GATEKIT_NUM_THREADS must be a whole number of threads, at least "
+                             f"1; got {value!r}") from None
+        return _threads("GATEKIT_NUM_THREADS", threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # no affinity masks (macOS)
+        return os.cpu_count() or 1
+
+
+def _threads(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of threads, at least 1; got {value!r}")
+    return int(value)
+
+
+# Read once, at import: a call must not pay for a system call to find it.
+THREADS = _default_threads()
 
 
 class Parameters(Mapping):
@@ -133,13 +160,18 @@ class Cell:
     Calling the cell runs it over a sequence: ``y, (stm, ltm) = cell(x, state=None)`` with
     ``x`` of shape (T, B, input_size); ``y`` (T, B, hidden_size) holds the short-term memory of
     every step and ``(stm, ltm)`` the final short- and long-term memories.
+
+    ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
+    environment variable at import, else the CPUs the process may run on). A call splits the
+    units between threads only when its steps are large enough to gain from it.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
-                 remember=None, use=None, dtype=np.float32, seed=None):
+                 remember=None, use=None, dtype=np.float32, seed=None, threads=None):
         self.input_size = D = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.dtype = _float_dtype(dtype)
+        self.threads = None if threads is None else _threads("threads", threads)
         self.variant = variant
         registry = plugins.registry()
         classes = registry.compose(variant, {"forget": forget, "learn": learn,
@@ -210,7 +242,7 @@ class Cell:
         """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
         this cell's)."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
-                     dtype=self.dtype if dtype is None else dtype)
+                     dtype=self.dtype if dtype is None else dtype, threads=self.threads)
         for name, array in self.params.items():
             other.params[name] = array
         return other
@@ -252,7 +284,9 @@ class Cell:
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
             return y, (stm0.copy(), ltm0.copy())
-        size, layout = _loop.workspace_layout(T, B, H, KH, keep)
+        threads = THREADS if self.threads is None else self.threads
+        single = self.dtype == np.float32
+        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
         workspace = np.empty(size, self.dtype)
 
         def buffer(name):
@@ -262,7 +296,7 @@ class Cell:
         ltm = buffer("ltm")
         ltm[0] = ltm0
         failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace, keep,
-                               lengths, self._forget_preactivation)
+                               lengths, self._forget_preactivation, threads)
         if failed >= 0:
             self._raise_gate_error(failed)
         final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())

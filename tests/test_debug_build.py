@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.cell import _loop          # the build of the loop the cell runs
+from gatekit.cell import THREADS, _loop          # the build of the loop the cell runs
 from gatekit._gate import DEBUG_BUILD
 
 from forward_support import random_inputs
@@ -30,9 +30,10 @@ def test_debug_build_is_the_one_imported():
 def _buffers(cell, x, **undersized):
     """The buffers Cell.forward hands the kernel (see the docstring of gatekit/_loop.pyx), with
     some replaced by smaller ones."""
-    T, B, _ = x.shape
+    T, B, D = x.shape
     H, KH = cell.hidden_size, cell._weights.shape[0]
-    size, layout = _loop.workspace_layout(T, B, H, KH, False)
+    size, layout = _loop.workspace_layout(T, B, D, H, KH, False, THREADS,
+                                          cell.dtype == np.float32)
     workspace = np.empty(size, cell.dtype)
     offset, _ = layout["ltm"]
     workspace[offset:offset + B * H] = 0          # the initial LTM
@@ -45,7 +46,7 @@ def _buffers(cell, x, **undersized):
 def _call_kernel(cell, b):
     return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["y"],
                          b["workspace"], False, np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
-                         cell._forget_preactivation)
+                         cell._forget_preactivation, THREADS)
 
 
 def test_kernel_refuses_a_small_workspace(cell):
