@@ -55,20 +55,29 @@ def extension(name, source=None, extra=()):
 extensions = [extension(name) for name in ("_gate", "_builtin", "_loop")]
 
 
-def write_avx2_source(name):
-    """``name`` once more, compiled for AVX2 and FMA: twice the vector width for the gate maths.
-    gatekit.kernels picks it at run time on a CPU that has both (never -march=native, so what
-    is installed runs on any x86-64)."""
-    target = HERE / "gatekit" / f"{name}_avx2.pyx"
-    text = f'# Written by setup.py: {name}.pyx, compiled for AVX2 and FMA.\ninclude "{name}.pyx"\n'
+# Each module once more per instruction set, picked at run time by gatekit.kernels on a CPU
+# that has it (never -march=native, so what is installed runs on any x86-64).
+VECTOR_BUILDS = {
+    "avx2": ("AVX2 and FMA", ["-mavx2", "-mfma"]),
+    "avx512": ("AVX-512", ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2",
+                           "-mfma", "-mprefer-vector-width=512"]),
+}
+
+
+def write_vector_source(name, build):
+    """``name``.pyx included by ``name``_``build``.pyx, to compile it with other flags."""
+    target = HERE / "gatekit" / f"{name}_{build}.pyx"
+    text = (f"# Written by setup.py: {name}.pyx, compiled for {VECTOR_BUILDS[build][0]}.\n"
+            f'include "{name}.pyx"\n')
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
 
 
 if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
     for name in ("_builtin", "_loop"):
-        write_avx2_source(name)
-        extensions.append(extension(f"{name}_avx2", extra=["-mavx2", "-mfma"]))
+        for build, (_, flags) in VECTOR_BUILDS.items():
+            write_vector_source(name, build)
+            extensions.append(extension(f"{name}_{build}", extra=flags))
 
 # Separate build folders, so switching GATEKIT_DEBUG never reuses the other build's objects.
 BUILD = "build/debug" if DEBUG else "build/release"

@@ -4,8 +4,10 @@
 # after the quantities of gatekit.reference, all (B, H) with row stride H except the
 # pre-activations `z` (row stride `e.ldz`). Gates run in role order forget -> learn -> remember ->
 # use, so a gate may read what the earlier ones wrote. A gate computes rows [0, B) and units
-# [u0, u1) only; a gate whose maths mixes units (a matrix product over H, like the course Use
-# gate) sets `mixes_units` and is always handed all units.
+# [u0, u1) only, and writes nothing outside them (parameter gradients included): the loop may
+# call it from several threads at once, each with its own units. A gate whose maths mixes units
+# (a matrix product over H, like the course Use gate) sets `mixes_units`; it is always handed
+# all units, by one thread while the others wait.
 #
 # Write the maths once as a function over the `floating` fused type taking pointers and the
 # Extent, and call it from both methods (forward_float, forward_double): see gatekit/_builtin.pyx.

@@ -67,16 +67,30 @@ cdef extern from *:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
+    static int gk_has_avx512(void) {
+        __builtin_cpu_init();
+        return gk_has_avx2_fma() && __builtin_cpu_supports("avx512f")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+               && __builtin_cpu_supports("avx512bw");
+    }
     #else
     static int gk_has_avx2_fma(void) { return 0; }
+    static int gk_has_avx512(void) { return 0; }
     #endif
     """
     int gk_has_avx2_fma()
+    int gk_has_avx512()
 
 
 def has_avx2_fma():
     """Whether this CPU runs AVX2 and FMA instructions."""
     return bool(gk_has_avx2_fma())
+
+
+def has_avx512():
+    """Whether this CPU runs the AVX-512 instructions of gatekit's AVX-512 build (F, VL, DQ,
+    BW), as well as AVX2 and FMA."""
+    return bool(gk_has_avx512())
 
 ROLES = ("forget", "learn", "remember", "use")
 ROLE_OUTPUTS = {

@@ -14,6 +14,8 @@ for backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one
 (``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
 """
 from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
+import numpy as np
+
 from gatekit._gate import PythonGate
 
 
@@ -58,6 +60,7 @@ _check_layout()
 DEF FORWARD = 0
 DEF BACKWARD = 1
 DEF FINISH = 2
+DEF WEIGHTS = 3
 
 
 cdef inline bint run_gate(void* gate, int phase, StepAny* s, bint single,
@@ -250,6 +253,17 @@ cdef struct Team:
     void* work
     void* panels
     const Py_ssize_t* lengths
+    int phase                # what the threads run: FORWARD, BACKWARD or WEIGHTS
+    const void* dy
+    void* dstm
+    void* dltm
+    void* dz
+    void* dacts
+    size_t* dparams          # (4, dparams_stride): each gate's parameter gradient addresses
+    Py_ssize_t dparams_stride
+    void* dW
+    void* dbias
+    void* dx
 
 
 cdef struct Member:
@@ -364,18 +378,195 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             break
 
 
+cdef void backward_member(Team* team, int index, floating* precision) noexcept nogil:
+    """Thread ``index``'s part of backpropagation through time: units [u0, u1) of every gate
+    (all units of a gate that mixes them, on thread 0) and of dL/dSTM_{t-1}, one barrier per
+    step (dz[t] must be complete before dL/dSTM_{t-1} = dz[t] @ W[:, :H] reads it)."""
+    cdef Py_ssize_t T = team.T, B = team.B, H = team.H, KH = team.KH, BH = team.B * team.H
+    cdef Py_ssize_t nr = panel_width(floating is float)
+    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
+    cdef Py_ssize_t t, u, b, j, k, g, m
+    cdef const floating* W = <const floating*> team.W
+    cdef const floating* dy = <const floating*> team.dy
+    cdef floating* dz = <floating*> team.dz
+    cdef floating* dacts = <floating*> team.dacts
+    cdef floating* dltm = <floating*> team.dltm
+    cdef floating* carry = <floating*> team.dstm             # dL/dSTM_t sent back from step t + 1
+    cdef floating* dSTM_t = <floating*> team.dstm + BH
+    cdef floating* own = <floating*> team.panels + index * team.units * KH
+    cdef floating* panel = own
+    cdef floating* dLTM_t
+    cdef floating* dLTM_prev
+    cdef floating* dzt
+    cdef bint failed = False, stop = False
+    cdef StepAny s
+    cdef int order[4]
+    order[0], order[1], order[2], order[3] = 3, 2, 1, 0     # use, remember, learn, forget
+    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
+    s.error = 0
+    s.work = team.work
+    s.dSTM_t = dSTM_t
+    # Panels of W[:, u:u + nr] over all KH rows: dL/dSTM_{t-1} for this thread's units.
+    for u from u0 <= u < u1 by nr:
+        pack(panel, W + u, 1, H + team.D, KH, min(nr, u1 - u))
+        panel += KH * nr
+    for t in range(T - 1, -1, -1):
+        dzt = dz + t * B * KH
+        point_at_step(&s, t, <floating*> team.z + t * B * KH, <floating*> team.acts, team.kept,
+                      <floating*> team.ltm, <floating*> team.y, <const floating*> team.stm0,
+                      team.forget_preactivation)
+        s.dz = dzt
+        s.ds_t = NULL if team.forget_preactivation < 0 else dzt + team.forget_preactivation
+        s.df_t, s.di_t, s.dN_t = dacts + t * BH, dacts + (T + t) * BH, dacts + (2 * T + t) * BH
+        s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
+        s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
+        dLTM_t, dLTM_prev = <floating*> s.dLTM_t, <floating*> s.dLTM_prev
+        for b in range(B):
+            if team.lengths == NULL or t < team.lengths[b]:
+                for j in range(b * H + u0, b * H + u1):
+                    dSTM_t[j] = dy[t * BH + j] + carry[j]
+                    carry[j] = 0
+                    dLTM_prev[j] = 0
+            else:
+                # Past its end, a sequence's gradients skip the step (see backward below).
+                for j in range(b * H + u0, b * H + u1):
+                    dSTM_t[j] = 0
+                    dLTM_prev[j] = dLTM_t[j]
+                    dLTM_t[j] = 0
+        for k in range(4):
+            g = order[k]
+            if team.mixes[g]:
+                gk_barrier_wait(&team.barrier)
+                if index == 0 and not failed:
+                    s.e.u0, s.e.u1 = 0, H
+                    failed = not run_gate(team.gates[g], BACKWARD, &s, team.single,
+                                          team.dparams + g * team.dparams_stride)
+                    s.e.u0, s.e.u1 = u0, u1
+                gk_barrier_wait(&team.barrier)
+            elif not failed:
+                failed = not run_gate(team.gates[g], BACKWARD, &s, team.single,
+                                      team.dparams + g * team.dparams_stride)
+        if failed and team.failed[index] < 0:
+            team.failed[index] = t
+        gk_barrier_wait(&team.barrier)
+        for m in range(team.size):
+            stop = stop or team.failed[m] >= 0
+        if stop:
+            break
+        # carry[:, u0:u1] += dz[t] @ W[:, u0:u1] (finished sequences' dz is 0: carry stays)
+        panel = own
+        for u from u0 <= u < u1 by nr:
+            product(B, dzt, KH, KH, NULL, 0, 0, panel, NULL, carry + u, H, min(nr, u1 - u))
+            panel += KH * nr
+
+
 cdef void* member_main(void* argument) noexcept nogil:
     cdef Member* member = <Member*> argument
     if gk_wait_for_start(&member.team.start) > 0:
-        if member.team.single:
-            forward_member(member.team, member.index, <float*> NULL)
-        else:
-            forward_member(member.team, member.index, <double*> NULL)
+        run_member(member.team, member.index)
     return NULL
 
 
+cdef inline void run_member(Team* team, int index) noexcept nogil:
+    if team.phase == WEIGHTS:
+        if team.single:
+            weights_member(team, index, <float*> NULL)
+        else:
+            weights_member(team, index, <double*> NULL)
+    elif team.phase == BACKWARD:
+        if team.single:
+            backward_member(team, index, <float*> NULL)
+        else:
+            backward_member(team, index, <double*> NULL)
+    elif team.single:
+        forward_member(team, index, <float*> NULL)
+    else:
+        forward_member(team, index, <double*> NULL)
+
+
+# Rows of the whole sequence (T * B) that one pass of the weight gradients takes at a time:
+# their dz and [STM_{t-1}, E_t] stay in cache while every panel passes over them.
+DEF GRADIENT_ROWS = 256
+DEF INPUT_GRADIENT_ROWS = 48
+
+
+cdef Py_ssize_t weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, Py_ssize_t units,
+                                bint single) noexcept nogil:
+    """Numbers of scratch one thread of the weight gradients needs (see weights_member)."""
+    cdef Py_ssize_t nr = panel_width(single)
+    return ((KH // H) * units * GRADIENT_ROWS + ((H + D + nr - 1) // nr) * nr * GRADIENT_ROWS
+            + ((D + nr - 1) // nr) * nr * KH)
+
+
+cdef void weights_member(Team* team, int index, floating* precision) noexcept nogil:
+    """Thread ``index``'s part of the weight gradients, after the last backward step:
+    dW and dbias for the rows of its units in every block, each a sum over all T * B rows
+    (dW[c] += Σ_r dz[r, c] [STM_{r-B} | E_r], STM_{-B..-1} = stm0), and its share of the
+    rows of dx = dz @ W[:, H:]. No barrier: every thread writes its own rows."""
+    cdef Py_ssize_t B = team.B, D = team.D, H = team.H, KH = team.KH, kdim = team.H + team.D
+    cdef Py_ssize_t TB = team.T * team.B, nr = panel_width(floating is float)
+    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units), own = u1 - u0
+    cdef Py_ssize_t blocks = KH // H, r, rc, l, j, k, u, c, column, i, n, r0, r1
+    cdef const floating* dz = <const floating*> team.dz
+    cdef const floating* x = <const floating*> team.x
+    cdef const floating* W = <const floating*> team.W
+    cdef const floating* source
+    cdef floating* dW = <floating*> team.dW
+    cdef floating* dbias = <floating*> team.dbias
+    cdef floating* dx = <floating*> team.dx
+    cdef floating* dz_t = <floating*> team.panels + index * weights_scratch(D, H, KH, team.units,
+                                                                             floating is float)
+    cdef floating* rows = dz_t + blocks * team.units * GRADIENT_ROWS
+    cdef floating* input_panels = rows + ((kdim + nr - 1) // nr) * nr * GRADIENT_ROWS
+    cdef floating* panel
+    cdef floating total
+    for r in range(0, TB, GRADIENT_ROWS):
+        rc = min(GRADIENT_ROWS, TB - r)
+        # dz[r:r + rc, own columns].T, one row per column (block by block), summed into dbias
+        i = 0
+        for k in range(blocks):
+            for u in range(u0, u1):
+                c = k * H + u
+                total = 0
+                for l in range(rc):
+                    dz_t[i * rc + l] = dz[(r + l) * KH + c]
+                    total = total + dz_t[i * rc + l]
+                dbias[c] += total
+                i += 1
+        # [STM_{t-1}, E_t] of those rows, in panels of nr columns
+        for j from 0 <= j < kdim by nr:
+            panel = rows + (j // nr) * nr * rc
+            n = min(nr, kdim - j)
+            for l in range(rc):
+                if j < H:
+                    source = (<const floating*> team.stm0 + (r + l) * H if r + l < B
+                              else <const floating*> team.y + (r + l - B) * H)
+                for column in range(nr):
+                    if column >= n:
+                        panel[l * nr + column] = 0
+                    elif j + column < H:
+                        panel[l * nr + column] = source[j + column]
+                    else:
+                        panel[l * nr + column] = x[(r + l) * D + j + column - H]
+        for j from 0 <= j < kdim by nr:
+            panel = rows + (j // nr) * nr * rc
+            for k in range(blocks):
+                product(own, dz_t + k * own * rc, rc, rc, NULL, 0, 0, panel, NULL,
+                        dW + (k * H + u0) * kdim + j, kdim, min(nr, kdim - j))
+    # dx[r0:r1] = dz[r0:r1] @ W[:, H:], over panels of W[:, H:] (all KH rows)
+    for j from 0 <= j < D by nr:
+        pack(input_panels + (j // nr) * nr * KH, W + H + j, 1, kdim, KH, min(nr, D - j))
+    r0 = min(TB, index * ((TB + team.size - 1) // team.size))
+    r1 = min(TB, r0 + (TB + team.size - 1) // team.size)
+    for r in range(r0, r1, INPUT_GRADIENT_ROWS):
+        rc = min(INPUT_GRADIENT_ROWS, r1 - r)
+        for j from 0 <= j < D by nr:
+            product(rc, dz + r * KH, KH, KH, NULL, 0, 0, input_panels + (j // nr) * nr * KH,
+                    NULL, dx + r * D + j, D, min(nr, D - j))
+
+
 cdef Py_ssize_t run_team(Team* team) noexcept nogil:
-    """Run the forward pass on ``team.size`` threads, this one included (on this one alone if
+    """Run the pass on ``team.size`` threads, this one included (on this one alone if
     the system will not start another). Returns -1, or the first step at which a gate failed."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
@@ -398,10 +589,7 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
         gk_barrier_init(&team.barrier, 1)
     else:
         gk_set_start(&team.start, 1)
-    if team.single:
-        forward_member(team, 0, <float*> NULL)
-    else:
-        forward_member(team, 0, <double*> NULL)
+    run_member(team, 0)
     for m in range(1, team.size):
         pthread_join(threads[m], NULL)
     for m in range(team.size):
@@ -483,6 +671,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         team.W, team.bias, team.x, team.stm0, team.y = &W[0, 0], &bias[0], &x[0, 0, 0], &stm0[0, 0], y0
         team.z, team.acts, team.ltm, team.work, team.panels = z, acts, ltm, base + L.work, base + L.panels
         team.lengths = &lengths[0] if lengths is not None else NULL
+        team.phase = FORWARD
         for j, gate in enumerate(gates):
             team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
         with nogil:
@@ -546,7 +735,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation):
+             Py_ssize_t forget_preactivation, int threads):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
@@ -555,6 +744,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     ``dparams[g]`` lists for gate g (zeroed by the caller). work holds T * B rows.
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
+    Runs on up to ``threads`` threads, as :func:`forward` does.
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -575,45 +765,75 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     s.error = 0
     s.work = &work[0, 0]
     s.dSTM_t = dSTM_t
+    if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
+            or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
+        threads = 1
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    cdef Py_ssize_t nr = panel_width(single)
+    cdef floating[::1] panels, weights_panels
+    cdef Team team
+    if P.team > 0:
+        # Each thread's units of W[:, :H], in panels over all KH rows.
+        panels = np.empty(KH * nr * ((P.team - 1) * (P.units // nr)
+                                     + (H - (P.team - 1) * P.units + nr - 1) // nr),
+                          np.float32 if single else np.float64)
+        team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
+        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
+        team.forget_preactivation = forget_preactivation
+        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
+        team.z, team.acts, team.ltm, team.work = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0], &work[0, 0]
+        team.panels = &panels[0]
+        team.lengths = &lengths[0] if lengths is not None else NULL
+        team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
+        team.dz, team.dacts = &dz[0, 0, 0], &dacts[0, 0, 0, 0]
+        team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
+        team.dW, team.dbias, team.dx = &dW[0, 0], &dbias[0], &dx[0, 0, 0]
+        weights_panels = np.empty(P.team * weights_scratch(D, H, KH, P.units, single),
+                                  np.float32 if single else np.float64)
+        for j, gate in enumerate(gates):
+            team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
     with nogil:
-        for t in range(T - 1, -1, -1):
-            if KH > 0:
-                zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
-            point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], &y[0, 0, 0],
-                          &stm0[0, 0], forget_preactivation)
-            s.dz = dzt
-            s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
-            s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
-            s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
-            s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
-            dyt, dLTM_t, dLTM_prev = &dy[t, 0, 0], <floating*> s.dLTM_t, <floating*> s.dLTM_prev
-            for b in range(B):
-                if not ragged or t < lengths[b]:
-                    for j in range(H):
-                        k = b * H + j
-                        dSTM_t[k] = dyt[k] + carry[k]
-                        carry[k] = 0
-                        dLTM_prev[k] = 0
-                else:
-                    # Past its end, a sequence's gradients skip the step: carry stays as it is,
-                    # dLTM goes straight to the step before, and its gates see zero.
-                    for j in range(H):
-                        k = b * H + j
-                        dSTM_t[k] = 0
-                        dLTM_prev[k] = dLTM_t[k]
-                        dLTM_t[k] = 0
-            if not (run_gate(<void*> use, BACKWARD, &s, single, &dparams[3, 0])
-                    and run_gate(<void*> remember, BACKWARD, &s, single, &dparams[2, 0])
-                    and run_gate(<void*> learn, BACKWARD, &s, single, &dparams[1, 0])
-                    and run_gate(<void*> forget, BACKWARD, &s, single, &dparams[0, 0])):
-                failed = t
-                break
-            # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
-            if KH > 0 and B <= FEW_SEQUENCES:
+        if P.team > 0:
+            failed = run_team(&team)
+        else:
+            for t in range(T - 1, -1, -1):
+                if KH > 0:
+                    zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
+                point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], &y[0, 0, 0],
+                              &stm0[0, 0], forget_preactivation)
+                s.dz = dzt
+                s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
+                s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
+                s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
+                s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
+                dyt, dLTM_t, dLTM_prev = &dy[t, 0, 0], <floating*> s.dLTM_t, <floating*> s.dLTM_prev
                 for b in range(B):
-                    add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
-            elif KH > 0:
-                gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
+                    if not ragged or t < lengths[b]:
+                        for j in range(H):
+                            k = b * H + j
+                            dSTM_t[k] = dyt[k] + carry[k]
+                            carry[k] = 0
+                            dLTM_prev[k] = 0
+                    else:
+                        # Past its end, a sequence's gradients skip the step: carry stays as it is,
+                        # dLTM goes straight to the step before, and its gates see zero.
+                        for j in range(H):
+                            k = b * H + j
+                            dSTM_t[k] = 0
+                            dLTM_prev[k] = dLTM_t[k]
+                            dLTM_t[k] = 0
+                if not (run_gate(<void*> use, BACKWARD, &s, single, &dparams[3, 0])
+                        and run_gate(<void*> remember, BACKWARD, &s, single, &dparams[2, 0])
+                        and run_gate(<void*> learn, BACKWARD, &s, single, &dparams[1, 0])
+                        and run_gate(<void*> forget, BACKWARD, &s, single, &dparams[0, 0])):
+                    failed = t
+                    break
+                # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
+                if KH > 0 and B <= FEW_SEQUENCES:
+                    for b in range(B):
+                        add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
+                elif KH > 0:
+                    gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
             if not (run_gate(<void*> use, FINISH, &s, single, &dparams[3, 0])
@@ -621,7 +841,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                     and run_gate(<void*> learn, FINISH, &s, single, &dparams[1, 0])
                     and run_gate(<void*> forget, FINISH, &s, single, &dparams[0, 0])):
                 failed = T
-        if failed < 0 and KH > 0 and T > 0:
+        if failed < 0 and P.team > 0:
+            team.phase, team.panels = WEIGHTS, &weights_panels[0]
+            run_team(&team)
+        elif failed < 0 and KH > 0 and T > 0:
             # The weight gradients, each one product over all T * B rows.
             # dW[:, :H] = Σ_t dz[t].T @ STM_{t-1}
             gemm(True, False, KH, H, B, &dz[0, 0, 0], KH, &stm0[0, 0], H, 1, &dW[0, 0], H + D)

@@ -7,12 +7,13 @@
  * its own cache for the whole sequence, and the gate maths runs on the product while it is still
  * in that cache.
  *
- * Packed layout: a panel holds GK_PANEL output columns (16 in float, 8 in double: two vectors of
- * 32 bytes) for every l of the reduction, panel[l * GK_PANEL + j], zero-padded past the last
- * column. The product of GK_ROWS rows by one panel keeps its 2 * GK_ROWS accumulators in
- * registers (12 of the 16 of AVX2), reading one broadcast number of A and two vectors of the
- * panel per l. Written with GCC's vector extensions: the AVX2 + FMA build turns them into fused
- * multiply-adds, the baseline build into pairs of SSE2 instructions.
+ * Packed layout: a panel holds GK_PANEL output columns (two vectors: 16 floats or 8 doubles
+ * with AVX2, twice that with AVX-512) for every l of the reduction, panel[l * GK_PANEL + j],
+ * zero-padded past the last column. The product of GK_ROWS rows by one panel keeps its
+ * 2 * GK_ROWS accumulators in registers (12 of the 16 of AVX2, 24 of the 32 of AVX-512),
+ * reading one broadcast number of A and two vectors of the panel per l. Written with GCC's
+ * vector extensions: the AVX2 + FMA and AVX-512 builds turn them into fused multiply-adds, the
+ * baseline build into SSE2 instructions.
  */
 #ifndef GATEKIT_TILES_H
 #define GATEKIT_TILES_H
@@ -21,10 +22,18 @@
 #include <string.h>
 #include <sched.h>
 
+/* 64-byte vectors and 32 registers in the AVX-512 build, 32-byte vectors and 16 registers
+ * otherwise. */
+#if defined(__AVX512F__)
+#define GK_VECTOR_BYTES 64
+#define GK_ROWS 12
+#else
+#define GK_VECTOR_BYTES 32
 #define GK_ROWS 6
+#endif
 
-typedef float gk_vf __attribute__((vector_size(32)));
-typedef double gk_vd __attribute__((vector_size(32)));
+typedef float gk_vf __attribute__((vector_size(GK_VECTOR_BYTES)));
+typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
 
 /* Pack n <= GK_PANEL columns j of w, element (j, l) at w[j * column_stride + l * l_stride], for
  * l < k, into one panel. */
@@ -118,6 +127,26 @@ typedef double gk_vd __attribute__((vector_size(32)));
         }                                                                                    \
     }
 
+/* The last m < GK_ROWS rows: one copy of the tile per m, so that m is a constant in each. */
+#define GK_REST_CASE(S, M)                                                                   \
+        case M: gk_tile_##S(M, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n); break;
+#define GK_DEFINE_REST(S, T)                                                                 \
+    static void gk_rest_##S(int m, const T* a1, ptrdiff_t lda1, ptrdiff_t k1, const T* a2,   \
+                            ptrdiff_t lda2, ptrdiff_t k2, const T* panel, const T* bias,     \
+                            T* c, ptrdiff_t ldc, ptrdiff_t n) {                              \
+        switch (m) {                                                                         \
+        GK_REST_CASE(S, 1) GK_REST_CASE(S, 2) GK_REST_CASE(S, 3) GK_REST_CASE(S, 4)          \
+        GK_REST_CASE(S, 5) GK_REST_MORE(S)                                                   \
+        default: break;                                                                      \
+        }                                                                                    \
+    }
+#if GK_ROWS > 6
+#define GK_REST_MORE(S) GK_REST_CASE(S, 6) GK_REST_CASE(S, 7) GK_REST_CASE(S, 8)             \
+                        GK_REST_CASE(S, 9) GK_REST_CASE(S, 10) GK_REST_CASE(S, 11)
+#else
+#define GK_REST_MORE(S)
+#endif
+
 /* gk_tile over all `rows` rows, GK_ROWS at a time, the panel staying in cache between them. */
 #define GK_DEFINE_PRODUCT(S, T)                                                              \
     static void gk_product_##S(ptrdiff_t rows, const T* a1, ptrdiff_t lda1, ptrdiff_t k1,    \
@@ -127,23 +156,13 @@ typedef double gk_vd __attribute__((vector_size(32)));
         for (; r + GK_ROWS <= rows; r += GK_ROWS)                                            \
             gk_tile_##S(GK_ROWS, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,    \
                         bias, c + r * ldc, ldc, n);                                          \
-        switch (rows - r) {                                                                  \
-        case 5: gk_tile_##S(5, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,      \
-                            bias, c + r * ldc, ldc, n); break;                               \
-        case 4: gk_tile_##S(4, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,      \
-                            bias, c + r * ldc, ldc, n); break;                               \
-        case 3: gk_tile_##S(3, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,      \
-                            bias, c + r * ldc, ldc, n); break;                               \
-        case 2: gk_tile_##S(2, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,      \
-                            bias, c + r * ldc, ldc, n); break;                               \
-        case 1: gk_tile_##S(1, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,      \
-                            bias, c + r * ldc, ldc, n); break;                               \
-        default: break;                                                                      \
-        }                                                                                    \
+        if (rows > r)                                                                        \
+            gk_rest_##S(rows - r, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,  \
+                        bias, c + r * ldc, ldc, n);                                          \
     }
 
-#define GK_PANEL_FLOAT 16
-#define GK_PANEL_DOUBLE 8
+#define GK_PANEL_FLOAT (2 * GK_VECTOR_BYTES / 4)
+#define GK_PANEL_DOUBLE (2 * GK_VECTOR_BYTES / 8)
 
 GK_DEFINE_PACK(float, float, GK_PANEL_FLOAT)
 GK_DEFINE_PACK(double, double, GK_PANEL_DOUBLE)
@@ -151,6 +170,8 @@ GK_DEFINE_ACCUMULATE(float, float, gk_vf)
 GK_DEFINE_ACCUMULATE(double, double, gk_vd)
 GK_DEFINE_TILE(float, float, gk_vf)
 GK_DEFINE_TILE(double, double, gk_vd)
+GK_DEFINE_REST(float, float)
+GK_DEFINE_REST(double, double)
 GK_DEFINE_PRODUCT(float, float)
 GK_DEFINE_PRODUCT(double, double)
 

@@ -371,7 +371,8 @@ class Cell:
             self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm, tape.y,
             dy, dstm_carry, dltm_carry, np.zeros((T, B, KH), self.dtype),
             np.zeros((5, T, B, H), self.dtype), dweights, dbias, dx, dparams,
-            np.empty((max(T * B, B), H), self.dtype), tape.lengths, self._forget_preactivation)
+            np.empty((max(T * B, B), H), self.dtype), tape.lengths, self._forget_preactivation,
+            THREADS if self.threads is None else self.threads)
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])

@@ -91,7 +91,7 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, 
 
 
 def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6, batch=2,
-               seed=0):
+               seed=0, threaded_steps=200):
     """Conformance check for a new gate class: run it in place of its role's gate in
     ``variant`` and check, in float32 and float64,
 
@@ -100,7 +100,10 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
       ``gatekit.reference.forward``): 1e-10 absolute in float64, 1e-4 relative in float32;
     - if the gate is differentiable: its backward pass against centred finite differences
       (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
-      (1e-9 relative).
+      (1e-9 relative);
+    - the same forward (and backward) on a batch large enough for the time loop to split the
+      units between two threads (``threaded_steps`` steps of 7 sequences, 40 units): a gate
+      that writes outside its units [u0, u1) without setting ``mixes_units`` fails here.
 
     The gate need not be registered: it is registered for the duration of the check. Raises
     :class:`GradcheckError` (an AssertionError) on the first failure; returns None.
@@ -137,6 +140,7 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
                 except AssertionError as error:
                     raise GradcheckError(f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}: "
                                          f"forward {what} differs from its definition\n{error}") from None
+        _check_threaded(gate, variant, D, threaded_steps, rng, seed)
         if not _differentiable(gate):
             return
         cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=np.float64, seed=seed)
@@ -154,3 +158,40 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
     finally:
         if name is not None:
             plugins.unregister_plugin(name)
+
+
+def _check_threaded(gate, variant, D, T, rng, seed):
+    """The gate on two threads that each compute a share of the units, against its definition
+    (and its backward against one thread's: each unit's gradient must not depend on how the
+    units were shared)."""
+    from gatekit.cell import _differentiable, _loop
+    B, H = 7, 40
+    for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)),
+                       (np.float32, dict(rtol=1e-4, atol=1e-5))):
+        cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed, threads=2)
+        KH = cell._weights.shape[0]
+        if KH == 0:
+            return                          # no blocks: no product, the loop never splits
+        steps = T
+        while _loop.plan(steps, B, D, H, KH, 2, dtype == np.float32)[0] < 2:
+            steps *= 2                      # a call must be long enough to start a thread
+        x = rng.standard_normal((steps, B, D))
+        dy = rng.standard_normal((steps, B, H))
+        y, _ = cell(x)
+        y_ref, _ = reference.forward(cell, x, dtype=np.float64)
+        try:
+            np.testing.assert_allclose(y, y_ref, **tol)
+        except AssertionError as error:
+            raise GradcheckError(f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}, on two "
+                                 f"threads: forward y differs from its definition (does it "
+                                 f"write outside units [u0, u1)?)\n{error}") from None
+        if not _differentiable(gate) or dtype != np.float64:
+            continue
+        one = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed, threads=1)
+        got = cell.backward(cell.forward(x, keep=True)[2], dy)
+        want = one.backward(one.forward(x, keep=True)[2], dy)
+        for key in want:
+            if _relative_error(got[key], want[key]) > 1e-12:
+                raise GradcheckError(f"{gate.role} gate {gate.name!r}: on two threads, the "
+                                     f"gradient of {key!r} differs from one thread's (does it "
+                                     "write outside units [u0, u1)?)")

@@ -1,5 +1,5 @@
-"""The built-in gates exist twice, compiled for any x86-64 and for AVX2 + FMA; both must match
-the reference, whichever this CPU picks by default."""
+"""The built-in gates exist up to three times, compiled for any x86-64, for AVX2 + FMA and for
+AVX-512; each build this CPU runs must match the reference."""
 import os
 import subprocess
 import sys
@@ -9,14 +9,16 @@ import pytest
 from gatekit import kernels
 
 PROBE = """
+import itertools
 import numpy as np, gatekit
 from gatekit import kernels
 rng = np.random.default_rng(0)
 worst = {np.float64: 0.0, np.float32: 0.0}
-for variant in gatekit.variants():
+# (7, 3, 5, 6) runs the plain loop, (9, 7, 5, 37) the tiled one (gatekit._loop.plan).
+for (T, B, D, H), variant in itertools.product([(7, 3, 5, 6), (9, 7, 5, 37)], gatekit.variants()):
     for dtype in worst:
-        cell = gatekit.Cell(5, 6, variant, dtype=dtype, seed=1)
-        x = rng.standard_normal((7, 3, 5)) * 2
+        cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=1)
+        x = rng.standard_normal((T, B, D)) * 2
         y, _ = cell(x)
         want, _ = gatekit.reference.forward(cell, x, dtype=np.float64)
         worst[dtype] = max(worst[dtype], float(np.abs(y - want).max()))
@@ -24,10 +26,12 @@ print(kernels.load("_builtin").__name__, worst[np.float64], worst[np.float32])
 """
 
 
-@pytest.mark.parametrize("build", ["baseline", "default"])
+@pytest.mark.parametrize("build", ["baseline", "avx2", "default"])
 def test_both_kernel_builds_match_the_reference(build, tmp_path):
     env = dict(os.environ)
-    env[kernels.ENV] = build
+    env.pop(kernels.ENV, None)
+    if build != "default":
+        env[kernels.ENV] = build
     # cwd away from the source tree, so the child imports the installed gatekit.
     run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
@@ -35,11 +39,27 @@ def test_both_kernel_builds_match_the_reference(build, tmp_path):
     module, worst64, worst32 = run.stdout.split()
     if build == "baseline":
         assert module == "gatekit._builtin"
+    if build == "avx2":
+        assert module in ("gatekit._builtin", "gatekit._builtin_avx2")
     # Outputs lie in (-1, 1) (most presets) or are sums of a few such steps: absolute bounds.
     assert float(worst64) < 1e-10
     assert float(worst32) < 1e-5
 
 
 def test_this_process_uses_a_compiled_kernel_module():
-    assert kernels.load("_builtin").__name__ in ("gatekit._builtin", "gatekit._builtin_avx2")
-    assert kernels.load("_loop").__name__ in ("gatekit._loop", "gatekit._loop_avx2")
+    for name in ("_builtin", "_loop"):
+        assert kernels.load(name).__name__ in (f"gatekit.{name}", f"gatekit.{name}_avx2",
+                                                f"gatekit.{name}_avx512")
+
+
+def test_an_unknown_build_name_is_refused(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "avx1024")
+    with pytest.raises(ValueError, match="GATEKIT_KERNELS must be one of avx512, avx2"):
+        kernels.load("_loop")
+
+
+def test_builds_are_capped_by_the_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "avx2")
+    assert "avx512" not in kernels.builds()
+    monkeypatch.setenv(kernels.ENV, "baseline")
+    assert kernels.builds() == []
