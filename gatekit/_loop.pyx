@@ -13,7 +13,7 @@ ltm[0] = the initial LTM; y (T, B, H) receives STM_t. S is T when the forward pa
 for backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
 (``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
 """
-from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
+from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating
 import numpy as np
 
 from gatekit._gate import PythonGate
@@ -210,6 +210,8 @@ cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_s
     cdef Py_ssize_t nr = panel_width(single), step_work = B * KH * (H + D), shares
     P.team, P.units, P.panels = 0, H, 0
     if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and step_work < TILED_STEP_WORK):
+        # The plain loop packs only W[:, H:], for the input projection of all steps.
+        P.panels = ((KH + nr - 1) // nr) * nr * D if T * B > FEW_STEPS else 0
         return P
     P.team = max(1, min(threads, MAX_TEAM))
     if T * step_work < THREADED_CALL_WORK * P.team:
@@ -598,6 +600,20 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     return failed
 
 
+cdef void input_projection(floating* z, const floating* W, const floating* bias,
+                           const floating* x, Py_ssize_t rows, Py_ssize_t D, Py_ssize_t H,
+                           Py_ssize_t KH, floating* panels) noexcept nogil:
+    """z[r] = bias + x[r] @ W[:, H:].T for every row r, on this thread: the plain loop's input
+    projection."""
+    cdef Py_ssize_t nr = panel_width(floating is float), j, r
+    for j from 0 <= j < KH by nr:
+        pack(panels + j * D, W + j * (H + D) + H, H + D, 1, D, min(nr, KH - j))
+    for r in range(0, rows, INPUT_ROWS):
+        for j from 0 <= j < KH by nr:
+            product(min(INPUT_ROWS, rows - r), x + r * D, D, D, NULL, 0, 0, panels + j * D,
+                    bias + j, z + r * KH + j, KH, min(nr, KH - j))
+
+
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
     Py_ssize_t z, acts, ltm, work, recurrent_t, panels, size  # offsets in the workspace, its size
@@ -682,19 +698,22 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     s.work = base + L.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
-    cdef bint few = B <= FEW_SEQUENCES, packed = few and T >= FEW_STEPS
+    cdef bint packed = T >= FEW_STEPS           # (the plain loop has B <= FEW_SEQUENCES)
     cdef bint ragged = lengths is not None
     with nogil:
         if KH > 0 and T > 0:
             # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
             zt = z
-            for r in range(T * B):
+            for r in range(T * B if T * B <= FEW_STEPS else 0):
                 for j in range(KH):
                     zt[r * KH + j] = bias[j]
             if T * B <= FEW_STEPS:
                 add_products(zt, KH, &x[0, 0, 0], D, &W[0, H], H + D, T * B, KH, D)
             else:
-                gemm(False, True, T * B, KH, D, &x[0, 0, 0], D, &W[0, H], H + D, 1, zt, KH)
+                # In register tiles rather than BLAS, whose threads would go on spinning after
+                # the call, slowing whatever runs next on the other CPU.
+                input_projection(z, &W[0, 0], &bias[0], &x[0, 0, 0], T * B, D, H, KH,
+                                 base + L.panels)
         if KH > 0 and packed:
             for r in range(KH):
                 for j in range(H):
@@ -709,11 +728,8 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                     for b in range(B):
                         add_row_combination(zt + b * KH, KH, recurrent_t, KH,
                                             <const floating*> s.STM_prev + b * H, H)
-                elif few:
-                    add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
                 else:
-                    gemm(False, True, B, KH, H, <const floating*> s.STM_prev, H, &W[0, 0], H + D,
-                         1, zt, KH)
+                    add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
             if not (run_gate(<void*> forget, FORWARD, &s, single, NULL)
                     and run_gate(<void*> learn, FORWARD, &s, single, NULL)
                     and run_gate(<void*> remember, FORWARD, &s, single, NULL)
@@ -772,24 +788,29 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     cdef Py_ssize_t nr = panel_width(single)
     cdef floating[::1] panels, weights_panels
     cdef Team team
+    if KH > 0 and T > 0:
+        # What the weight gradients need (on one thread after the plain loop: the register
+        # tiles, not BLAS, whose threads would go on spinning after the call).
+        team.size = P.team if P.team > 0 else 1
+        team.units = P.units if P.team > 0 else H
+        team.single, team.T, team.B, team.D, team.H, team.KH = single, T, B, D, H, KH
+        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
+        team.dz, team.dW, team.dbias, team.dx = &dz[0, 0, 0], &dW[0, 0], &dbias[0], &dx[0, 0, 0]
+        weights_panels = np.empty(team.size * weights_scratch(D, H, KH, team.units, single),
+                                  np.float32 if single else np.float64)
     if P.team > 0:
         # Each thread's units of W[:, :H], in panels over all KH rows.
         panels = np.empty(KH * nr * ((P.team - 1) * (P.units // nr)
                                      + (H - (P.team - 1) * P.units + nr - 1) // nr),
                           np.float32 if single else np.float64)
-        team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
-        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
+        team.phase, team.kept = BACKWARD, acts.shape[1]
         team.forget_preactivation = forget_preactivation
-        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
         team.z, team.acts, team.ltm, team.work = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0], &work[0, 0]
         team.panels = &panels[0]
         team.lengths = &lengths[0] if lengths is not None else NULL
         team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
-        team.dz, team.dacts = &dz[0, 0, 0], &dacts[0, 0, 0, 0]
+        team.dacts = &dacts[0, 0, 0, 0]
         team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
-        team.dW, team.dbias, team.dx = &dW[0, 0], &dbias[0], &dx[0, 0, 0]
-        weights_panels = np.empty(P.team * weights_scratch(D, H, KH, P.units, single),
-                                  np.float32 if single else np.float64)
         for j, gate in enumerate(gates):
             team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
     with nogil:
@@ -829,11 +850,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                     failed = t
                     break
                 # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
-                if KH > 0 and B <= FEW_SEQUENCES:
-                    for b in range(B):
-                        add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
-                elif KH > 0:
-                    gemm(False, False, B, H, KH, dzt, KH, &W[0, 0], H + D, 1, carry, H)
+                for b in range(B if KH > 0 else 0):
+                    add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
             if not (run_gate(<void*> use, FINISH, &s, single, &dparams[3, 0])
@@ -841,23 +859,11 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                     and run_gate(<void*> learn, FINISH, &s, single, &dparams[1, 0])
                     and run_gate(<void*> forget, FINISH, &s, single, &dparams[0, 0])):
                 failed = T
-        if failed < 0 and P.team > 0:
+        if failed < 0 and KH > 0 and T > 0:
+            # The weight gradients, sums over all T * B rows: dW[:, :H] = Σ_t dz[t].T @ STM_{t-1},
+            # dW[:, H:] = Σ_t dz[t].T @ E_t, dbias = Σ_t dz[t]; and dx = dz @ W[:, H:].
             team.phase, team.panels = WEIGHTS, &weights_panels[0]
             run_team(&team)
-        elif failed < 0 and KH > 0 and T > 0:
-            # The weight gradients, each one product over all T * B rows.
-            # dW[:, :H] = Σ_t dz[t].T @ STM_{t-1}
-            gemm(True, False, KH, H, B, &dz[0, 0, 0], KH, &stm0[0, 0], H, 1, &dW[0, 0], H + D)
-            if T > 1:
-                gemm(True, False, KH, H, (T - 1) * B, &dz[1, 0, 0], KH, &y[0, 0, 0], H, 1,
-                     &dW[0, 0], H + D)
-            # dW[:, H:] = Σ_t dz[t].T @ x[t];  dx = dz @ W[:, H:];  dbias = Σ dz
-            gemm(True, False, KH, D, T * B, &dz[0, 0, 0], KH, &x[0, 0, 0], D, 1, &dW[0, H], H + D)
-            gemm(False, False, T * B, D, KH, &dz[0, 0, 0], KH, &W[0, H], H + D, 0, &dx[0, 0, 0], D)
-            dzt = &dz[0, 0, 0]
-            for r in range(T * B):
-                for j in range(KH):
-                    dbias[j] += dzt[r * KH + j]
     return failed
 
 
