@@ -86,35 +86,19 @@ cdef inline bint run_gate(void* gate, int phase, StepAny* s, bint single,
     return s.error == 0
 
 
-# At a few sequences per batch, the recurrent product of a step is a matrix-vector product per
-# sequence, too small for BLAS: OpenBLAS would wake its threads for every call and wait for
-# them (and the sum of a few hundred products costs less than the call). Written as sums of
-# rows of W[:, :H].T, it vectorises without reordering any addition; for a handful of steps
-# that transposed copy is not worth making, and plain dot products do.
+# A call of a few steps of a few sequences (the fixed cost of a call) takes the plain loop:
+# its products are too small to be worth packing the weights, so they are plain dot products.
+# Every other call, and every backward pass, takes the tiled loop below.
 DEF FEW_SEQUENCES = 4
 DEF FEW_STEPS = 8
-
-
-cdef inline void add_row_combination(floating* out, Py_ssize_t n, const floating* rows,
-                                     Py_ssize_t ldr, const floating* coefficients,
-                                     Py_ssize_t k) noexcept nogil:
-    """out[:n] += Σ_i coefficients[i] * rows[i, :n], row i starting at rows + i * ldr."""
-    cdef Py_ssize_t i, j
-    cdef floating c
-    cdef const floating* row
-    for i in range(k):
-        c = coefficients[i]
-        row = rows + i * ldr
-        for j in range(n):
-            out[j] += c * row[j]
 
 
 cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, Py_ssize_t lda,
                               const floating* rows, Py_ssize_t ldr, Py_ssize_t m, Py_ssize_t n,
                               Py_ssize_t k) noexcept nogil:
     """out[i, j] += Σ_l a[i, l] * rows[j, l] for i < m, j < n: a matrix product too small to be
-    worth a BLAS call (or the transposed copy that add_row_combination wants). Each dot product
-    runs in 8 interleaved partial sums, which the compiler turns into one vector."""
+    worth packing. Each dot product runs in 8 interleaved partial sums, which the compiler turns
+    into one vector."""
     cdef Py_ssize_t i, j, l, u, whole = k - k % 8
     cdef floating partial[8]
     cdef floating total
@@ -154,8 +138,7 @@ cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* 
 
 
 # The tiled loop (gatekit/_tiles.h): weights packed once per call, the product of each step
-# done in register tiles, the units split between the threads of the call. For steps of a
-# few sequences with little work the plain loop above is faster: no packing, no barrier.
+# done in register tiles, the units split between the threads of the call.
 cdef extern from "_tiles.h" nogil:
     ctypedef struct gk_barrier:
         pass
@@ -187,9 +170,8 @@ cdef extern from "<pthread.h>" nogil:
 
 
 DEF MAX_TEAM = 16
-# Multiply-adds per step below which a batch of few sequences keeps the plain loop, and per
-# call below which a second thread costs more (starting it, a barrier per step) than it saves.
-DEF TILED_STEP_WORK = 65536
+# Multiply-adds per call below which a second thread costs more (starting it, a barrier per
+# step) than it saves.
 DEF THREADED_CALL_WORK = 4194304
 DEF INPUT_ROWS = 192
 
@@ -209,9 +191,7 @@ cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_s
     cdef Plan P
     cdef Py_ssize_t nr = panel_width(single), step_work = B * KH * (H + D), shares
     P.team, P.units, P.panels = 0, H, 0
-    if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and step_work < TILED_STEP_WORK):
-        # The plain loop packs only W[:, H:], for the input projection of all steps.
-        P.panels = ((KH + nr - 1) // nr) * nr * D if T * B > FEW_STEPS else 0
+    if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and T < FEW_STEPS):
         return P
     P.team = max(1, min(threads, MAX_TEAM))
     if T * step_work < THREADED_CALL_WORK * P.team:
@@ -600,23 +580,9 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     return failed
 
 
-cdef void input_projection(floating* z, const floating* W, const floating* bias,
-                           const floating* x, Py_ssize_t rows, Py_ssize_t D, Py_ssize_t H,
-                           Py_ssize_t KH, floating* panels) noexcept nogil:
-    """z[r] = bias + x[r] @ W[:, H:].T for every row r, on this thread: the plain loop's input
-    projection."""
-    cdef Py_ssize_t nr = panel_width(floating is float), j, r
-    for j from 0 <= j < KH by nr:
-        pack(panels + j * D, W + j * (H + D) + H, H + D, 1, D, min(nr, KH - j))
-    for r in range(0, rows, INPUT_ROWS):
-        for j from 0 <= j < KH by nr:
-            product(min(INPUT_ROWS, rows - r), x + r * D, D, D, NULL, 0, 0, panels + j * D,
-                    bias + j, z + r * KH + j, KH, min(nr, KH - j))
-
-
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
-    Py_ssize_t z, acts, ltm, work, recurrent_t, panels, size  # offsets in the workspace, its size
+    Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
 
 
 cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
@@ -627,9 +593,7 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
     L.acts = L.z + T * B * KH
     L.ltm = L.acts + 5 * L.kept * B * H
     L.work = L.ltm + (L.kept + 1) * B * H
-    L.recurrent_t = L.work + B * H
-    L.panels = L.recurrent_t + (
-        H * KH if P.team == 0 and B <= FEW_SEQUENCES and T >= FEW_STEPS else 0)
+    L.panels = L.work + B * H
     L.size = L.panels + P.panels
     return L
 
@@ -652,8 +616,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
-    W[:, :H].T (plain loop, B <= FEW_SEQUENCES, T >= FEW_STEPS) or the packed weights (tiled
-    loop); the caller puts the initial LTM in ltm[0]. (One buffer, not five: each typed buffer
+    the packed weights (tiled loop); the caller puts the initial LTM in ltm[0]. (One buffer, not five: each typed buffer
     an argument costs the call a fraction of a microsecond to acquire.) Sequence b lasts
     ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories stay as they
     were (its rows of y repeat its last STM; the caller blanks them). ``forget_preactivation``
@@ -676,7 +639,6 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     cdef floating* z = base + L.z
     cdef floating* acts = base + L.acts
     cdef floating* ltm = base + L.ltm
-    cdef floating* recurrent_t = base + L.recurrent_t
     cdef floating* zt = NULL
     cdef floating* y0 = &y[0, 0, 0] if T > 0 else NULL
     cdef Team team
@@ -698,38 +660,21 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     s.work = base + L.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
-    cdef bint packed = T >= FEW_STEPS           # (the plain loop has B <= FEW_SEQUENCES)
     cdef bint ragged = lengths is not None
     with nogil:
-        if KH > 0 and T > 0:
-            # z[t, b] = W[:, H:] @ x[t, b] + bias for all steps at once: the input projection.
-            zt = z
-            for r in range(T * B if T * B <= FEW_STEPS else 0):
+        if KH > 0:
+            # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
+            for r in range(T * B):
                 for j in range(KH):
-                    zt[r * KH + j] = bias[j]
-            if T * B <= FEW_STEPS:
-                add_products(zt, KH, &x[0, 0, 0], D, &W[0, H], H + D, T * B, KH, D)
-            else:
-                # In register tiles rather than BLAS, whose threads would go on spinning after
-                # the call, slowing whatever runs next on the other CPU.
-                input_projection(z, &W[0, 0], &bias[0], &x[0, 0, 0], T * B, D, H, KH,
-                                 base + L.panels)
-        if KH > 0 and packed:
-            for r in range(KH):
-                for j in range(H):
-                    recurrent_t[j * KH + r] = W[r, j]
+                    z[r * KH + j] = bias[j]
+            add_products(z, KH, &x[0, 0, 0], D, &W[0, H], H + D, T * B, KH, D)
         for t in range(T):
             if KH > 0:
                 zt = z + t * B * KH
             point_at_step(&s, t, zt, acts, L.kept, ltm, y0, &stm0[0, 0], forget_preactivation)
             if KH > 0:
                 # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
-                if packed:
-                    for b in range(B):
-                        add_row_combination(zt + b * KH, KH, recurrent_t, KH,
-                                            <const floating*> s.STM_prev + b * H, H)
-                else:
-                    add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
+                add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
             if not (run_gate(<void*> forget, FORWARD, &s, single, NULL)
                     and run_gate(<void*> learn, FORWARD, &s, single, NULL)
                     and run_gate(<void*> remember, FORWARD, &s, single, NULL)
@@ -785,41 +730,40 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
             or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
         threads = 1
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    if P.team == 0 and KH > 0 and T > 0:
+        # Backward takes the tiled loop even where forward takes the plain one (the plain loop
+        # is for the fixed cost of a call; backward's products are worth packing).
+        P.team, P.units = 1, H
     cdef Py_ssize_t nr = panel_width(single)
     cdef floating[::1] panels, weights_panels
     cdef Team team
-    if KH > 0 and T > 0:
-        # What the weight gradients need (on one thread after the plain loop: the register
-        # tiles, not BLAS, whose threads would go on spinning after the call).
-        team.size = P.team if P.team > 0 else 1
-        team.units = P.units if P.team > 0 else H
-        team.single, team.T, team.B, team.D, team.H, team.KH = single, T, B, D, H, KH
-        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
-        team.dz, team.dW, team.dbias, team.dx = &dz[0, 0, 0], &dW[0, 0], &dbias[0], &dx[0, 0, 0]
-        weights_panels = np.empty(team.size * weights_scratch(D, H, KH, team.units, single),
-                                  np.float32 if single else np.float64)
     if P.team > 0:
-        # Each thread's units of W[:, :H], in panels over all KH rows.
+        # Each thread's units of W[:, :H], in panels over all KH rows; the scratch of the
+        # weight gradients.
         panels = np.empty(KH * nr * ((P.team - 1) * (P.units // nr)
                                      + (H - (P.team - 1) * P.units + nr - 1) // nr),
                           np.float32 if single else np.float64)
-        team.phase, team.kept = BACKWARD, acts.shape[1]
+        weights_panels = np.empty(P.team * weights_scratch(D, H, KH, P.units, single),
+                                  np.float32 if single else np.float64)
+        team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
+        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
         team.forget_preactivation = forget_preactivation
+        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
         team.z, team.acts, team.ltm, team.work = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0], &work[0, 0]
         team.panels = &panels[0]
         team.lengths = &lengths[0] if lengths is not None else NULL
         team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
-        team.dacts = &dacts[0, 0, 0, 0]
+        team.dz, team.dacts = &dz[0, 0, 0], &dacts[0, 0, 0, 0]
         team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
+        team.dW, team.dbias, team.dx = &dW[0, 0], &dbias[0], &dx[0, 0, 0]
         for j, gate in enumerate(gates):
             team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
     with nogil:
         if P.team > 0:
             failed = run_team(&team)
         else:
+            # No blocks (KH = 0): no products, only the gates.
             for t in range(T - 1, -1, -1):
-                if KH > 0:
-                    zt, dzt = &z[t, 0, 0], &dz[t, 0, 0]
                 point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], &y[0, 0, 0],
                               &stm0[0, 0], forget_preactivation)
                 s.dz = dzt
@@ -849,9 +793,6 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                         and run_gate(<void*> forget, BACKWARD, &s, single, &dparams[0, 0])):
                     failed = t
                     break
-                # dL/dSTM_{t-1} = dz[t] @ W[:, :H] (+ the carry of finished sequences, whose dz is 0)
-                for b in range(B if KH > 0 else 0):
-                    add_row_combination(carry + b * H, H, &W[0, 0], H + D, dzt + b * KH, KH)
         if failed < 0 and T > 0:
             point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
             if not (run_gate(<void*> use, FINISH, &s, single, &dparams[3, 0])
@@ -859,7 +800,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                     and run_gate(<void*> learn, FINISH, &s, single, &dparams[1, 0])
                     and run_gate(<void*> forget, FINISH, &s, single, &dparams[0, 0])):
                 failed = T
-        if failed < 0 and KH > 0 and T > 0:
+        if failed < 0 and P.team > 0:
             # The weight gradients, sums over all T * B rows: dW[:, :H] = Σ_t dz[t].T @ STM_{t-1},
             # dW[:, H:] = Σ_t dz[t].T @ E_t, dbias = Σ_t dz[t]; and dx = dz @ W[:, H:].
             team.phase, team.panels = WEIGHTS, &weights_panels[0]

@@ -9,8 +9,8 @@ that the number of threads changes not a single bit (see test_threads_change_no_
 
 Every test asserts with ``_loop.plan`` that its call takes the tiled loop on the number of
 threads it means to test, so that none silently runs the plain loop. The shapes are chosen
-from the rules of ``make_plan``: the tiled loop when B > 4 or B * KH * (H + D) >= 65536; more
-than one thread only when T * B * KH * (H + D) >= 4194304 * threads; whole panels of units
+from the rules of ``make_plan``: the tiled loop when B > 4 or T >= 8 (the plain loop is for the
+fixed cost of a call of a few steps of a few sequences); more than one thread only when T * B * KH * (H + D) >= 4194304 * threads; whole panels of units
 per thread. The panel width depends on the build this CPU runs (16 float32 / 8 float64 units for
 the baseline and AVX2 builds, 32 / 16 for AVX-512): it is read from the plan of the loaded
 build, and the shapes below are chosen from it, so the tests take the same paths whichever
@@ -33,7 +33,7 @@ from forward_support import (BUILTIN_PRESETS, F32_ATOL, F32_RTOL, F64_ATOL,
                              assert_matches_reference, make_plugin, random_inputs)
 
 DTYPES = [np.float64, np.float32]
-TILED_STEP_WORK = 65536          # B * KH * (H + D) from which a batch of <= 4 sequences is tiled
+FEW_STEPS = 8                    # from T = 8 on, a batch of <= 4 sequences is tiled
 THREADED_CALL_WORK = 4194304     # T * B * KH * (H + D) per thread from which a call is threaded
 MAX_TEAM = 16
 TIMEOUT = 60                     # only so that a hung call fails instead of hanging the suite
@@ -116,7 +116,7 @@ def test_builtin_presets_are_there():
 def documented_plan(T, B, D, H, KH, threads, nr):
     """The rules of the tiled loop's plan as documented, written out in Python."""
     step_work = B * KH * (H + D)
-    if KH == 0 or T == 0 or (B <= 4 and step_work < TILED_STEP_WORK):
+    if KH == 0 or T == 0 or (B <= 4 and T < FEW_STEPS):
         return 0, H
     team = max(1, min(threads, MAX_TEAM))
     if T * step_work < THREADED_CALL_WORK * team:
@@ -133,17 +133,13 @@ def test_panel_width_of_the_build():
 @pytest.mark.parametrize("single", [True, False], ids=["float32", "float64"])
 def test_plan_follows_the_documented_rules(single):
     nr = PANEL[np.dtype(np.float32 if single else np.float64)]
-    # A few sequences with a small step: the plain loop; more than 4: tiled, on one thread
-    # while the call is small, with all H units in whole panels.
-    assert _loop.plan(100, 4, 3, 8, 32, 2, single) == (0, 8)
-    assert _loop.plan(100, 1, 3, 8, 32, 2, single) == (0, 8)
+    # A few steps of a few sequences: the plain loop; more than 4 sequences or 8 steps: tiled,
+    # on one thread while the call is small, with all H units in whole panels.
+    assert _loop.plan(7, 4, 3, 8, 32, 2, single) == (0, 8)
+    assert _loop.plan(1, 1, 128, 128, 256, 2, single) == (0, 128)
+    assert _loop.plan(8, 4, 3, 8, 32, 2, single) == (1, nr)
+    assert _loop.plan(100, 1, 3, 8, 32, 2, single) == (1, nr)
     assert _loop.plan(1, 5, 3, 8, 32, 2, single) == (1, nr)
-    # 4 sequences or fewer: tiled from B * KH * (H + D) = 65536 on.
-    assert 2 * 256 * (64 + 64) == TILED_STEP_WORK
-    assert _loop.plan(1, 2, 64, 64, 256, 2, single) == (1, 64)
-    assert _loop.plan(1, 2, 63, 64, 256, 2, single) == (0, 64)           # 2 * 256 * 127
-    assert _loop.plan(1, 1, 128, 128, 256, 2, single) == (1, 128)        # 256 * 256
-    assert _loop.plan(1, 1, 127, 128, 256, 2, single) == (0, 128)        # 256 * 255
     # Threads: from T * B * KH * (H + D) = 4194304 * threads on.
     H, D = 4 * nr, 256 - 4 * nr
     assert 32 * 8 * 128 * (H + D) == 2 * THREADED_CALL_WORK
@@ -241,7 +237,7 @@ def test_more_threads_than_a_team_holds():
 
 # --- Tile remainders: B rows 6 at a time (1 or 2 rows apart), H not a multiple of the panel ----
 
-# (B, H) with D = 1: B <= 4 needs B * KH * (H + 1) >= 65536 to be tiled, so a larger H there.
+# (B, H) with D = 1: B <= 4 is tiled from T = 8 on (T = 9 below).
 # Rows: 1 and 2 take their own path; 5, 7, 13, 14, 25 leave 5, 1, 1, 2, 1 rows after tiles of 6
 # (and 5, 7, 1, 2, 1 after tiles of 12). Units: 20 and 37 are no multiple of any panel width.
 REMAINDER_SHAPES = [(1, 131), (2, 93), (4, 67)] + [(B, H) for B in (5, 6, 7, 8, 13, 14, 25)
