@@ -403,6 +403,15 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
         s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
         s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
         dLTM_t, dLTM_prev = <floating*> s.dLTM_t, <floating*> s.dLTM_prev
+        # The gates add into dz and dacts: each thread zeroes its columns of step t first (the
+        # caller hands over buffers it reuses, not zeros).
+        for b in range(B):
+            for k in range(KH // H):
+                for j in range(b * KH + k * H + u0, b * KH + k * H + u1):
+                    dzt[j] = 0
+            for k in range(5):
+                for j in range((k * T + t) * BH + b * H + u0, (k * T + t) * BH + b * H + u1):
+                    dacts[j] = 0
         for b in range(B):
             if team.lengths == NULL or t < team.lengths[b]:
                 for j in range(b * H + u0, b * H + u1):
@@ -690,19 +699,47 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     return failed
 
 
+cdef Plan backward_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                       int threads, bint single) noexcept nogil:
+    """The forward pass's plan, but tiled where forward is plain (the plain loop is for the
+    fixed cost of a call; backward's products are worth packing): 0 threads only without
+    blocks or steps."""
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    if P.team == 0 and KH > 0 and T > 0:
+        P.team, P.units = 1, H
+    return P
+
+
+cdef Py_ssize_t backward_panels(Py_ssize_t KH, Py_ssize_t H, Plan* P, bint single) noexcept nogil:
+    """Numbers in every thread's panels of W[:, :H] (its units, over all KH rows)."""
+    cdef Py_ssize_t nr = panel_width(single)
+    if P.team == 0:
+        return 0
+    return KH * nr * ((P.team - 1) * (P.units // nr) + (H - (P.team - 1) * P.units + nr - 1) // nr)
+
+
+def backward_scratch(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                     int threads, bint single):
+    """The numbers of scratch :func:`backward` wants for a call of these sizes."""
+    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
+    return backward_panels(KH, H, &P, single) + P.team * weights_scratch(D, H, KH, P.units, single)
+
+
 def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:, ::1] stm0,
              floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
              floating[:, :, ::1] y, floating[:, :, ::1] dy, floating[:, :, ::1] dstm,
              floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
-             size_t[:, ::1] dparams, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation, int threads):
+             size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
+             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
-    dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (zeroed by the caller), dW, dbias,
-    dx (zeroed by the caller) and the gates' extra parameter gradients, whose addresses
-    ``dparams[g]`` lists for gate g (zeroed by the caller). work holds T * B rows.
+    dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (any content when KH > 0: each
+    step zeroes its own; zeroed by the caller when KH = 0), dW, dbias, dx (zeroed by the
+    caller) and the gates' extra parameter gradients, whose addresses ``dparams[g]`` lists for
+    gate g (zeroed by the caller). work holds T * B rows; ``scratch`` at least
+    :func:`backward_scratch` numbers.
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
     Runs on up to ``threads`` threads, as :func:`forward` does.
@@ -729,28 +766,19 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
             or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
         threads = 1
-    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    if P.team == 0 and KH > 0 and T > 0:
-        # Backward takes the tiled loop even where forward takes the plain one (the plain loop
-        # is for the fixed cost of a call; backward's products are worth packing).
-        P.team, P.units = 1, H
-    cdef Py_ssize_t nr = panel_width(single)
-    cdef floating[::1] panels, weights_panels
+    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
+    cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
     cdef Team team
+    if scratch.shape[0] < panels + P.team * weights_scratch(D, H, KH, P.units, single):
+        raise ValueError(f"scratch holds {scratch.shape[0]} numbers; this call needs "
+                         f"{panels + P.team * weights_scratch(D, H, KH, P.units, single)}")
     if P.team > 0:
-        # Each thread's units of W[:, :H], in panels over all KH rows; the scratch of the
-        # weight gradients.
-        panels = np.empty(KH * nr * ((P.team - 1) * (P.units // nr)
-                                     + (H - (P.team - 1) * P.units + nr - 1) // nr),
-                          np.float32 if single else np.float64)
-        weights_panels = np.empty(P.team * weights_scratch(D, H, KH, P.units, single),
-                                  np.float32 if single else np.float64)
         team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
         team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
         team.forget_preactivation = forget_preactivation
         team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
         team.z, team.acts, team.ltm, team.work = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0], &work[0, 0]
-        team.panels = &panels[0]
+        team.panels = &scratch[0]         # the panels, then the scratch of the weight gradients
         team.lengths = &lengths[0] if lengths is not None else NULL
         team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
         team.dz, team.dacts = &dz[0, 0, 0], &dacts[0, 0, 0, 0]
@@ -803,7 +831,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         if failed < 0 and P.team > 0:
             # The weight gradients, sums over all T * B rows: dW[:, :H] = Σ_t dz[t].T @ STM_{t-1},
             # dW[:, H:] = Σ_t dz[t].T @ E_t, dbias = Σ_t dz[t]; and dx = dz @ W[:, H:].
-            team.phase, team.panels = WEIGHTS, &weights_panels[0]
+            team.phase, team.panels = WEIGHTS, &scratch[panels]
             run_team(&team)
     return failed
 

@@ -133,6 +133,29 @@ def _differentiable(cls):
     return bool(cls.differentiable)
 
 
+class _Spares:
+    """Scratch arrays a cell reuses from one call to the next. Freeing megabytes after each call
+    and asking for them again at the next costs a page fault per 4 KiB (the C library hands large
+    blocks back to the system): at T = 1000, B = 1, H = 64 that took six times as long as the
+    computation. A call takes a buffer out and puts it back when done, so two threads calling
+    one cell at once never share one (the second allocates its own)."""
+
+    LIMIT = 64 << 20        # bytes; larger ones are not kept: their faults are a small share
+
+    def __init__(self):
+        self._free = {}
+
+    def take(self, name, size, dtype):
+        buffer = self._free.pop(name, None)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = np.empty(max(size, 1), dtype)
+        return buffer
+
+    def give(self, name, buffer):
+        if buffer.nbytes <= self.LIMIT:
+            self._free[name] = buffer
+
+
 class Tape:
     """What a forward pass kept for the backward pass: the input, the initial STM and every
     step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
@@ -172,6 +195,7 @@ class Cell:
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.dtype = _float_dtype(dtype)
         self.threads = None if threads is None else _threads("threads", threads)
+        self._spares = _Spares()
         self.variant = variant
         registry = plugins.registry()
         classes = registry.compose(variant, {"forget": forget, "learn": learn,
@@ -284,10 +308,12 @@ class Cell:
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
             return y, (stm0.copy(), ltm0.copy())
-        threads = THREADS if self.threads is None else self.threads
+        threads = self._call_threads()
         single = self.dtype == np.float32
         size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
-        workspace = np.empty(size, self.dtype)
+        # Without a tape the workspace is scratch, reused; a tape keeps its own.
+        workspace = np.empty(size, self.dtype) if keep else self._spares.take(
+            "workspace", size, self.dtype)
 
         def buffer(name):
             offset, shape = layout[name]
@@ -295,11 +321,15 @@ class Cell:
 
         ltm = buffer("ltm")
         ltm[0] = ltm0
-        failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace, keep,
-                               lengths, self._forget_preactivation, threads)
-        if failed >= 0:
-            self._raise_gate_error(failed)
-        final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        try:
+            failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
+                                   keep, lengths, self._forget_preactivation, threads)
+            if failed >= 0:
+                self._raise_gate_error(failed)
+            final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        finally:
+            if not keep:
+                self._spares.give("workspace", workspace)
         tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
@@ -367,16 +397,34 @@ class Cell:
             for k, name in enumerate(type(gate).params):
                 dparams[g, k] = grads[name].ctypes.data
         dx = np.zeros((T, B, D), self.dtype)
-        failed = _loop.backward(
-            self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm, tape.y,
-            dy, dstm_carry, dltm_carry, np.zeros((T, B, KH), self.dtype),
-            np.zeros((5, T, B, H), self.dtype), dweights, dbias, dx, dparams,
-            np.empty((max(T * B, B), H), self.dtype), tape.lengths, self._forget_preactivation,
-            THREADS if self.threads is None else self.threads)
+        threads = self._call_threads()
+        sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
+                 "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
+                                                   self.dtype == np.float32)}
+        spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        try:
+            dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
+            dacts = spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H)
+            if KH == 0:
+                dacts[...] = 0          # without blocks the gates run alone; they add into it
+            failed = _loop.backward(
+                self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
+                tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
+                spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
+                self._forget_preactivation, threads)
+        finally:
+            for name, buffer in spares.items():
+                self._spares.give(name, buffer)
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
         return grads
+
+    def _call_threads(self):
+        """The threads a call may use: gates written in Python run on the calling thread."""
+        if any(isinstance(gate, PythonGate) for gate in self.gates):
+            return 1
+        return THREADS if self.threads is None else self.threads
 
     def _gradient_views(self, dweights, dbias):
         """Gradient arrays named like ``params``: block gradients are views on the packed
