@@ -54,4 +54,4 @@ bench: install
 	$(BIN)/gatekit bench run --shapes $(SHAPES) --out $(REPORT) $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c gatekit/_blas_int.pxd
+	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c

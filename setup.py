@@ -8,27 +8,12 @@ import platform
 from pathlib import Path
 
 import numpy
-import scipy.linalg
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("GATEKIT_DEBUG", "") not in ("", "0")
 HERE = Path(__file__).parent
 
-
-def write_blas_int_pxd():
-    """SciPy 1.18 declares `blas_int` in cython_blas; older SciPy takes plain `int`."""
-    scipy_pxd = Path(scipy.linalg.__file__).parent / "cython_blas.pxd"
-    has_blas_int = "blas_int" in scipy_pxd.read_text()
-    line = ("from scipy.linalg.cython_blas cimport blas_int" if has_blas_int
-            else "ctypedef int blas_int")
-    target = HERE / "gatekit" / "_blas_int.pxd"
-    text = f"# Written by setup.py for the SciPy it builds against.\n{line}\n"
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
-
-
-write_blas_int_pxd()
 
 # -fno-trapping-math lets the compiler turn the selects of the gate maths into vector blends
 # (nothing here reads floating-point exception flags); without it no gate loop vectorises.

@@ -15,6 +15,13 @@ from gatekit.plugins import gates, register_plugin, unregister_plugin, variants
 __version__ = "0.1.0"
 
 
-__all__ = ["Cell", "Gate", "LSTM", "PythonGate", "StepArrays", "gates", "hookimpl", "init",
+def get_include():
+    """The folder of gatekit's C headers (``_tiles.h``, which ``_gate.pxd`` includes): a Cython
+    gate plugin adds it to its extensions' ``include_dirs``."""
+    import os
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+__all__ = ["Cell", "Gate", "LSTM", "PythonGate", "StepArrays", "gates", "get_include", "hookimpl", "init",
            "interop", "load", "losses", "optim", "reference", "register_plugin", "save", "tasks",
            "testing", "training", "unregister_plugin", "variants", "__version__"]

@@ -8,7 +8,7 @@ kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 -
 tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
-                            gemm)
+                            gemm, out_of_memory)
 from gatekit import reference
 
 cdef double JANET_BETA = reference.JANET_BETA
@@ -99,11 +99,12 @@ cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const 
             LTM_t[k] = LTM_prev[k] * f_t[k] + N_t[k] * i_t[k]
 
 
-cdef inline void course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
-                            const floating* LTM_prev, const floating* f_t,
-                            const floating* W_u, const floating* b_u, floating* work,
-                            Extent* e) noexcept nogil:
-    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t; all units."""
+cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
+                           const floating* LTM_prev, const floating* f_t,
+                           const floating* W_u, const floating* b_u, floating* work,
+                           Extent* e) noexcept nogil:
+    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t; all units.
+    -1 if out of memory."""
     cdef Py_ssize_t B = e.B, H = e.H
     cdef Py_ssize_t b, j
     product_rows(work, LTM_prev, f_t, e)
@@ -111,10 +112,12 @@ cdef inline void course_use(floating* U_t, floating* V_t, floating* STM_t, float
         for j in range(H):
             U_t[b * H + j] = b_u[j]
     # U_t += work @ W_u.T
-    gemm(False, True, B, H, H, work, H, W_u, H, 1, U_t, H)
+    if gemm(False, True, B, H, H, work, H, W_u, H, 1, U_t, H) < 0:
+        return -1
     tanh_rows(U_t, U_t, H, e)
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
     product_rows(STM_t, U_t, V_t, e)
+    return 0
 
 
 cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
@@ -229,36 +232,42 @@ cdef inline void gated_output_backward(floating* dz_v, floating* dLTM_t, floatin
     sigmoid_backward_rows(dz_v, V_t, dV_t, p_v, LTM_t, dp_v, dLTM_t, e)
 
 
-cdef inline void course_use_backward(floating* dz_v, floating* dU_t, floating* dV_t,
-                                     floating* dLTM_prev, floating* df_t, const floating* U_t,
-                                     const floating* V_t, const floating* LTM_prev,
-                                     const floating* f_t, const floating* dSTM_t,
-                                     const floating* W_u, floating* work,
-                                     Extent* e) noexcept nogil:
-    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish."""
+cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV_t,
+                                    floating* dLTM_prev, floating* df_t, const floating* U_t,
+                                    const floating* V_t, const floating* LTM_prev,
+                                    const floating* f_t, const floating* dSTM_t,
+                                    const floating* W_u, floating* work,
+                                    Extent* e) noexcept nogil:
+    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish. -1 if out of
+    memory."""
     cdef Py_ssize_t B = e.B, H = e.H
     cdef Py_ssize_t b, j, k
     product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
     for k in range(B * H):
         dU_t[k] *= 1 - U_t[k] * U_t[k]
     # work = dU_pre @ W_u: the gradient of LTM_{t-1} ⊙ f_t
-    gemm(False, False, B, H, H, dU_t, H, W_u, H, 0, work, H)
+    if gemm(False, False, B, H, H, dU_t, H, W_u, H, 0, work, H) < 0:
+        return -1
     product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
     sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
                           <floating*> NULL, <floating*> NULL, e)
+    return 0
 
 
-cdef inline void course_use_finish(floating* dW_u, floating* db_u, const floating* dU_pre,
-                                   const floating* LTM_prev, const floating* f_t,
-                                   floating* work, Extent* e) noexcept nogil:
-    """Over all T * B rows at once: dW_u += dU_pre.T @ (LTM_{t-1} ⊙ f_t), db_u += Σ dU_pre."""
+cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating* dU_pre,
+                                  const floating* LTM_prev, const floating* f_t,
+                                  floating* work, Extent* e) noexcept nogil:
+    """Over all T * B rows at once: dW_u += dU_pre.T @ (LTM_{t-1} ⊙ f_t), db_u += Σ dU_pre.
+    -1 if out of memory."""
     cdef Py_ssize_t B = e.B, H = e.H
     cdef Py_ssize_t r, j
     product_rows(work, LTM_prev, f_t, e)
-    gemm(True, False, H, H, B, dU_pre, H, work, H, 1, dW_u, H)
+    if gemm(True, False, H, H, B, dU_pre, H, work, H, 1, dW_u, H) < 0:
+        return -1
     for r in range(B):
         for j in range(H):
             db_u[j] += dU_pre[r * H + j]
+    return 0
 
 
 # --- Forget ---------------------------------------------------------------------------------------
@@ -697,26 +706,36 @@ cdef class UseCourse(Gate):
     differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
-                   <float*> self.param[0], <float*> self.param[1], s.work, &s.e)
+        if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
+                      <float*> self.param[0], <float*> self.param[1], s.work, &s.e) < 0:
+            out_of_memory(self, &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
-                   <double*> self.param[0], <double*> self.param[1], s.work, &s.e)
+        if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
+                      <double*> self.param[0], <double*> self.param[1], s.work, &s.e) < 0:
+            out_of_memory(self, &s.error)
 
     cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t, s.V_t,
-                            s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0], s.work, &s.e)
+        if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
+                               s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0],
+                               s.work, &s.e) < 0:
+            out_of_memory(self, &s.error)
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t, s.V_t,
-                            s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0], s.work, &s.e)
+        if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
+                               s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0],
+                               s.work, &s.e) < 0:
+            out_of_memory(self, &s.error)
 
     cdef void finish_float(self, StepFloat* s) noexcept nogil:
-        course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work, &s.e)
+        if course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work,
+                             &s.e) < 0:
+            out_of_memory(self, &s.error)
 
     cdef void finish_double(self, StepDouble* s) noexcept nogil:
-        course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work, &s.e)
+        if course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work,
+                             &s.e) < 0:
+            out_of_memory(self, &s.error)
 
 
 BUILTIN_GATES = (

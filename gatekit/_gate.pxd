@@ -227,6 +227,30 @@ cdef inline floating tanh_(floating x) noexcept nogil:
         return gk_tanh(x)
 
 
-cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-               const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-               floating beta, floating* C, Py_ssize_t ldc) noexcept nogil
+# The matrix products of gatekit's time loop (gatekit/_tiles.h), compiled into each module that
+# cimports this file, with that module's instruction set. (A Cython gate plugin adds
+# gatekit.get_include() to its include_dirs.)
+cdef extern from "_tiles.h" nogil:
+    int gk_gemm_float(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb,
+                      float beta, float* C, Py_ssize_t ldc)
+    int gk_gemm_double(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const double* A, Py_ssize_t lda, const double* B, Py_ssize_t ldb,
+                       double beta, double* C, Py_ssize_t ldc)
+
+
+cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                     const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                     floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C = op(A) @ op(B) + beta * C, all row-major: op(A) (m, k), op(B) (k, n), C (m, n);
+    op(X) is X.T where trans_x is set; beta = 0 overwrites C. On the calling thread only, in
+    register tiles (no BLAS: its threads would go on spinning after the call and slow the
+    loop's). Returns -1 if it could not allocate a panel's copy (see gatekit/_tiles.h), else 0:
+    a gate then reports it with ``out_of_memory``."""
+    if floating is float:
+        return gk_gemm_float(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+    else:
+        return gk_gemm_double(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef void out_of_memory(Gate gate, int* error) noexcept nogil

@@ -44,9 +44,6 @@ A gate class declares, as class attributes:
 import numpy as np
 cimport numpy as cnp
 
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
-from gatekit._blas_int cimport blas_int
-
 cnp.import_array()
 
 cdef extern from *:
@@ -330,37 +327,12 @@ cdef _step_arrays(step_t* s, PythonGate gate):
         dLTM_prev=_view(s.dLTM_prev, B, H))
 
 
-cdef void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-               const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
-               floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
-    """C = op(A) @ op(B) + beta * C, all row-major: op(A) (m, k), op(B) (k, n), C (m, n);
-    op(X) is X.T where trans_x is set.
-
-    BLAS is column-major, where a row-major matrix reads as its transpose, so this asks for
-    C.T = op(B).T @ op(A).T, with the stored B first.
-    """
-    cdef char op_b = b'T' if trans_b else b'N'
-    cdef char op_a = b'T' if trans_a else b'N'
-    cdef char op_y = b'T' if trans_b else b'N'
-    cdef blas_int M = n, N = m, K = k, LDB = ldb, LDA = lda, LDC = ldc, one = 1, rows, cols
-    cdef floating alpha = 1
-    if m == 0 or n == 0:
-        return
-    if m == 1 and not trans_a:
-        # One row: C.T (n) = op(B).T @ a, a matrix-vector product, much cheaper than a GEMM
-        # with N = 1; the stored B reads column-major as B.T, of shape (rows, cols).
-        rows, cols = (k, n) if trans_b else (n, k)
-        if floating is float:
-            sgemv(&op_y, &rows, &cols, &alpha, <float*> B, &LDB, <float*> A, &one, &beta, C, &one)
-        else:
-            dgemv(&op_y, &rows, &cols, &alpha, <double*> B, &LDB, <double*> A, &one, &beta, C, &one)
-        return
-    if floating is float:
-        sgemm(&op_b, &op_a, &M, &N, &K, &alpha, <float*> B, &LDB, <float*> A, &LDA,
-              &beta, C, &LDC)
-    else:
-        dgemm(&op_b, &op_a, &M, &N, &K, &alpha, <double*> B, &LDB, <double*> A, &LDA,
-              &beta, C, &LDC)
+cdef void out_of_memory(Gate gate, int* error) noexcept nogil:
+    """Make the step fail with a MemoryError (a gemm could not allocate its copy)."""
+    with gil:
+        gate._error = MemoryError(f"{gate.role} gate {gate.name!r}: out of memory in a matrix "
+                                  "product")
+    error[0] = 1
 
 
 def elementwise(str function, floating[::1] x):

@@ -19,6 +19,7 @@
 #define GATEKIT_TILES_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sched.h>
 
@@ -45,12 +46,13 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
                 panel[l * PANEL + j] = j < n ? w[j * column_stride + l * l_stride] : 0;      \
     }
 
-/* acc[i] += Σ_l a[i, l] * panel[l, :] for i < m (a constant after inlining: the accumulators
- * stay in registers). */
+/* acc[i] += Σ_l a[i * rsa + l * csa] * panel[l * ldp + :] for i < m (m is a constant after
+ * inlining: the accumulators stay in registers). Packed panels have ldp = GK_PANEL; the rows of
+ * a row-major matrix can serve as a panel as they are (ldp = its row stride). */
 #define GK_DEFINE_ACCUMULATE(S, T, V)                                                        \
     static inline __attribute__((always_inline)) void gk_accumulate_##S(                     \
-            V acc[GK_ROWS][2], const int m, const T* a, ptrdiff_t lda, ptrdiff_t k,          \
-            const T* panel) {                                                                \
+            V acc[GK_ROWS][2], const int m, const T* a, ptrdiff_t rsa, ptrdiff_t csa,        \
+            ptrdiff_t k, const T* panel, ptrdiff_t ldp) {                                    \
         enum { width = sizeof(V) / sizeof(T) };                                              \
         ptrdiff_t l = 0;                                                                     \
         if (m <= 2) {                                                                        \
@@ -61,10 +63,10 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
             for (; l + 4 <= k; l += 4) {                                                     \
                 for (int q = 0; q < 4; q++) {                                                \
                     V w0, w1;                                                                \
-                    memcpy(&w0, panel + (l + q) * 2 * width, sizeof w0);                     \
-                    memcpy(&w1, panel + (l + q) * 2 * width + width, sizeof w1);             \
+                    memcpy(&w0, panel + (l + q) * ldp, sizeof w0);                           \
+                    memcpy(&w1, panel + (l + q) * ldp + width, sizeof w1);                   \
                     for (int i = 0; i < m; i++) {                                            \
-                        T ai = a[i * lda + l + q];                                           \
+                        T ai = a[i * rsa + (l + q) * csa];                                   \
                         part[q][i][0] += ai * w0;                                            \
                         part[q][i][1] += ai * w1;                                            \
                     }                                                                        \
@@ -77,10 +79,10 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
         }                                                                                    \
         for (; l < k; l++) {                                                                 \
             V w0, w1;                                                                        \
-            memcpy(&w0, panel + l * 2 * width, sizeof w0);                                   \
-            memcpy(&w1, panel + l * 2 * width + width, sizeof w1);                           \
+            memcpy(&w0, panel + l * ldp, sizeof w0);                                         \
+            memcpy(&w1, panel + l * ldp + width, sizeof w1);                                 \
             for (int i = 0; i < m; i++) {                                                    \
-                T ai = a[i * lda + l];                                                       \
+                T ai = a[i * rsa + l * csa];                                                 \
                 acc[i][0] += ai * w0;                                                        \
                 acc[i][1] += ai * w1;                                                        \
             }                                                                                \
@@ -88,20 +90,21 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
     }
 
 /* The rows i < m of one panel's columns j < n:
- *   c[i, j] = bias[j] + Σ_l a1[i, l] p[l, j] + Σ_l a2[i, l] p[k1 + l, j]   (bias given), or
- *   c[i, j] += Σ_l a1[i, l] p[l, j] + Σ_l a2[i, l] p[k1 + l, j]            (bias NULL).
- * Two sources of A so that [STM_{t-1}, E_t] needs no copy into one row. */
+ *   c[i, j] = bias[j] + Σ_l a1(i, l) p[l, j] + Σ_l a2[i, l] p[k1 + l, j]   (bias given), or
+ *   c[i, j] += Σ_l a1(i, l) p[l, j] + Σ_l a2[i, l] p[k1 + l, j]            (bias NULL),
+ * a1(i, l) = a1[i * rsa1 + l * csa1], p[l, j] = panel[l * ldp + j]. Two sources of A so that
+ * [STM_{t-1}, E_t] needs no copy into one row. */
 #define GK_DEFINE_TILE(S, T, V)                                                              \
     static inline __attribute__((always_inline)) void gk_tile_##S(                           \
-            const int m, const T* a1, ptrdiff_t lda1, ptrdiff_t k1, const T* a2,             \
-            ptrdiff_t lda2, ptrdiff_t k2, const T* panel, const T* bias, T* c,               \
-            ptrdiff_t ldc, ptrdiff_t n) {                                                    \
+            const int m, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1,          \
+            const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel, ptrdiff_t ldp,        \
+            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {                               \
         enum { width = sizeof(V) / sizeof(T) };                                              \
         V acc[GK_ROWS][2];                                                                   \
         for (int i = 0; i < m; i++)                                                          \
             acc[i][0] = acc[i][1] = (V) {0};                                                 \
-        gk_accumulate_##S(acc, m, a1, lda1, k1, panel);                                      \
-        gk_accumulate_##S(acc, m, a2, lda2, k2, panel + k1 * 2 * width);                     \
+        gk_accumulate_##S(acc, m, a1, rsa1, csa1, k1, panel, ldp);                           \
+        gk_accumulate_##S(acc, m, a2, lda2, 1, k2, panel + k1 * ldp, ldp);                   \
         for (int i = 0; i < m; i++) {                                                        \
             T* row = c + i * ldc;                                                            \
             if (n == 2 * width) {                                                            \
@@ -129,11 +132,12 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
 
 /* The last m < GK_ROWS rows: one copy of the tile per m, so that m is a constant in each. */
 #define GK_REST_CASE(S, M)                                                                   \
-        case M: gk_tile_##S(M, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n); break;
+        case M: gk_tile_##S(M, a1, rsa1, csa1, k1, a2, lda2, k2, panel, ldp, bias, c, ldc,   \
+                            n); break;
 #define GK_DEFINE_REST(S, T)                                                                 \
-    static void gk_rest_##S(int m, const T* a1, ptrdiff_t lda1, ptrdiff_t k1, const T* a2,   \
-                            ptrdiff_t lda2, ptrdiff_t k2, const T* panel, const T* bias,     \
-                            T* c, ptrdiff_t ldc, ptrdiff_t n) {                              \
+    static void gk_rest_##S(int m, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1, \
+                            const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel,       \
+                            ptrdiff_t ldp, const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) { \
         switch (m) {                                                                         \
         GK_REST_CASE(S, 1) GK_REST_CASE(S, 2) GK_REST_CASE(S, 3) GK_REST_CASE(S, 4)          \
         GK_REST_CASE(S, 5) GK_REST_MORE(S)                                                   \
@@ -147,18 +151,32 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
 #define GK_REST_MORE(S)
 #endif
 
-/* gk_tile over all `rows` rows, GK_ROWS at a time, the panel staying in cache between them. */
+/* gk_tile over `rows` rows, GK_ROWS at a time, the panel staying in cache between them:
+ * gk_product over a packed panel and A in rows (the time loop), gk_product_strided over any
+ * panel rows and any A, accumulating into c (gk_gemm). */
 #define GK_DEFINE_PRODUCT(S, T)                                                              \
+    static inline __attribute__((always_inline)) void gk_rows_##S(                           \
+            ptrdiff_t rows, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1,       \
+            const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel, ptrdiff_t ldp,        \
+            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {                               \
+        ptrdiff_t r = 0;                                                                     \
+        for (; r + GK_ROWS <= rows; r += GK_ROWS)                                            \
+            gk_tile_##S(GK_ROWS, a1 + r * rsa1, rsa1, csa1, k1, a2 + r * lda2, lda2, k2,     \
+                        panel, ldp, bias, c + r * ldc, ldc, n);                              \
+        if (rows > r)                                                                        \
+            gk_rest_##S(rows - r, a1 + r * rsa1, rsa1, csa1, k1, a2 + r * lda2, lda2, k2,    \
+                        panel, ldp, bias, c + r * ldc, ldc, n);                              \
+    }                                                                                        \
     static void gk_product_##S(ptrdiff_t rows, const T* a1, ptrdiff_t lda1, ptrdiff_t k1,    \
                                const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel,    \
                                const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {            \
-        ptrdiff_t r = 0;                                                                     \
-        for (; r + GK_ROWS <= rows; r += GK_ROWS)                                            \
-            gk_tile_##S(GK_ROWS, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,    \
-                        bias, c + r * ldc, ldc, n);                                          \
-        if (rows > r)                                                                        \
-            gk_rest_##S(rows - r, a1 + r * lda1, lda1, k1, a2 + r * lda2, lda2, k2, panel,  \
-                        bias, c + r * ldc, ldc, n);                                          \
+        gk_rows_##S(rows, a1, lda1, 1, k1, a2, lda2, k2, panel,                              \
+                    2 * GK_VECTOR_BYTES / (ptrdiff_t) sizeof(T), bias, c, ldc, n);           \
+    }                                                                                        \
+    static void gk_product_strided_##S(ptrdiff_t rows, const T* a, ptrdiff_t rsa,            \
+                                       ptrdiff_t csa, ptrdiff_t k, const T* panel,           \
+                                       ptrdiff_t ldp, T* c, ptrdiff_t ldc, ptrdiff_t n) {    \
+        gk_rows_##S(rows, a, rsa, csa, k, NULL, 0, 0, panel, ldp, NULL, c, ldc, n);          \
     }
 
 #define GK_PANEL_FLOAT (2 * GK_VECTOR_BYTES / 4)
@@ -174,6 +192,132 @@ GK_DEFINE_REST(float, float)
 GK_DEFINE_REST(double, double)
 GK_DEFINE_PRODUCT(float, float)
 GK_DEFINE_PRODUCT(double, double)
+
+
+/* c[i, j] += Σ_l a[i, l] b[j, l] (A B^T, both row-major): dot products of rows, GK_DOTS rows
+ * of each at a time, vectorised along l, so B needs no packing (the course Use gate's
+ * W_u (LTM_{t-1} ⊙ f_t), one small product per step). Tiles at the edges repeat the last row
+ * and drop what it computed. */
+#if GK_VECTOR_BYTES == 64
+#define GK_DOTS 4
+#else
+#define GK_DOTS 3
+#endif
+#define GK_DEFINE_DOTS(S, T, V)                                                              \
+    static void gk_dots_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T* a, ptrdiff_t lda, \
+                            const T* b, ptrdiff_t ldb, T* c, ptrdiff_t ldc) {                \
+        enum { width = sizeof(V) / sizeof(T) };                                              \
+        ptrdiff_t whole = k - k % width, i0 = 0;                                             \
+        for (; i0 + GK_DOTS <= m; i0 += GK_DOTS)                                             \
+            for (ptrdiff_t j0 = 0; j0 < n; j0 += GK_DOTS) {                                  \
+                const T* ai[GK_DOTS];                                                        \
+                const T* bj[GK_DOTS];                                                        \
+                V acc[GK_DOTS][GK_DOTS];                                                     \
+                for (int q = 0; q < GK_DOTS; q++) {                                          \
+                    ai[q] = a + (i0 + q < m ? i0 + q : m - 1) * lda;                         \
+                    bj[q] = b + (j0 + q < n ? j0 + q : n - 1) * ldb;                         \
+                    for (int r = 0; r < GK_DOTS; r++)                                        \
+                        acc[q][r] = (V) {0};                                                 \
+                }                                                                            \
+                for (ptrdiff_t l = 0; l < whole; l += width) {                               \
+                    V av[GK_DOTS], bv[GK_DOTS];                                              \
+                    for (int q = 0; q < GK_DOTS; q++) {                                      \
+                        memcpy(&av[q], ai[q] + l, sizeof av[q]);                             \
+                        memcpy(&bv[q], bj[q] + l, sizeof bv[q]);                             \
+                    }                                                                        \
+                    for (int q = 0; q < GK_DOTS; q++)                                        \
+                        for (int r = 0; r < GK_DOTS; r++)                                    \
+                            acc[q][r] += av[q] * bv[r];                                      \
+                }                                                                            \
+                for (int q = 0; q < GK_DOTS && i0 + q < m; q++)                              \
+                    for (int r = 0; r < GK_DOTS && j0 + r < n; r++) {                        \
+                        T lanes[width], sum = 0;                                             \
+                        memcpy(lanes, &acc[q][r], sizeof lanes);                             \
+                        for (int u = 0; u < width; u++)                                      \
+                            sum += lanes[u];                                                 \
+                        for (ptrdiff_t l = whole; l < k; l++)                                \
+                            sum += ai[q][l] * bj[r][l];                                      \
+                        c[(i0 + q) * ldc + j0 + r] += sum;                                   \
+                    }                                                                        \
+            }                                                                                \
+        /* The last rows one at a time, against 2 * GK_DOTS rows of B (one sequence: the     \
+         * whole product is this). */                                                        \
+        for (; i0 < m; i0++)                                                                 \
+            for (ptrdiff_t j0 = 0; j0 < n; j0 += 2 * GK_DOTS) {                              \
+                const T* ai = a + i0 * lda;                                                  \
+                const T* bj[2 * GK_DOTS];                                                    \
+                V acc[2 * GK_DOTS];                                                          \
+                for (int r = 0; r < 2 * GK_DOTS; r++) {                                      \
+                    bj[r] = b + (j0 + r < n ? j0 + r : n - 1) * ldb;                         \
+                    acc[r] = (V) {0};                                                        \
+                }                                                                            \
+                for (ptrdiff_t l = 0; l < whole; l += width) {                               \
+                    V av;                                                                    \
+                    memcpy(&av, ai + l, sizeof av);                                          \
+                    for (int r = 0; r < 2 * GK_DOTS; r++) {                                  \
+                        V bv;                                                                \
+                        memcpy(&bv, bj[r] + l, sizeof bv);                                   \
+                        acc[r] += av * bv;                                                   \
+                    }                                                                        \
+                }                                                                            \
+                for (int r = 0; r < 2 * GK_DOTS && j0 + r < n; r++) {                        \
+                    T lanes[width], sum = 0;                                                 \
+                    memcpy(lanes, &acc[r], sizeof lanes);                                    \
+                    for (int u = 0; u < width; u++)                                          \
+                        sum += lanes[u];                                                     \
+                    for (ptrdiff_t l = whole; l < k; l++)                                    \
+                        sum += ai[l] * bj[r][l];                                             \
+                    c[i0 * ldc + j0 + r] += sum;                                             \
+                }                                                                            \
+            }                                                                                \
+    }
+
+/* C = op(A) op(B) + beta C, all row-major, op(X) = X or X^T: op(A) (m, k), op(B) (k, n),
+ * C (m, n); beta = 0 sets C whatever it held. The rows of B serve as panels where op(B) = B
+ * (a last, partial panel is copied, so that no load passes the end of B); op(B) = B^T with
+ * op(A) = A is gk_dots; with both transposed, each panel of op(B) is copied. Returns -1 if it
+ * could not allocate that copy (C then holds beta C), else 0. */
+#define GK_DEFINE_GEMM(S, T)                                                                 \
+    static int gk_gemm_##S(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,  \
+                           const T* a, ptrdiff_t lda, const T* b, ptrdiff_t ldb, T beta,     \
+                           T* c, ptrdiff_t ldc) {                                            \
+        enum { panel = 2 * GK_VECTOR_BYTES / sizeof(T) };                                    \
+        ptrdiff_t rsa = trans_a ? 1 : lda, csa = trans_a ? lda : 1;                          \
+        T* copy = NULL;                                                                      \
+        if (m <= 0 || n <= 0)                                                                \
+            return 0;                                                                        \
+        if (beta != 1)                                                                       \
+            for (ptrdiff_t i = 0; i < m; i++)                                                \
+                for (ptrdiff_t j = 0; j < n; j++)                                            \
+                    c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];                  \
+        if (k <= 0)                                                                          \
+            return 0;                                                                        \
+        if (trans_b && !trans_a) {                                                           \
+            gk_dots_##S(m, n, k, a, lda, b, ldb, c, ldc);                                    \
+            return 0;                                                                        \
+        }                                                                                    \
+        for (ptrdiff_t j = 0; j < n; j += panel) {                                           \
+            ptrdiff_t width = n - j < panel ? n - j : panel;                                 \
+            if (!trans_b && width == panel) {                                                \
+                gk_product_strided_##S(m, a, rsa, csa, k, b + j, ldb, c + j, ldc, panel);    \
+                continue;                                                                    \
+            }                                                                                \
+            if (copy == NULL && (copy = (T*) malloc(sizeof(T) * panel * k)) == NULL)         \
+                return -1;                                                                   \
+            if (trans_b)                                                                     \
+                gk_pack_##S(copy, b + j * ldb, ldb, 1, k, width);                            \
+            else                                                                             \
+                gk_pack_##S(copy, b + j, 1, ldb, k, width);                                  \
+            gk_product_strided_##S(m, a, rsa, csa, k, copy, panel, c + j, ldc, width);       \
+        }                                                                                    \
+        free(copy);                                                                          \
+        return 0;                                                                            \
+    }
+
+GK_DEFINE_DOTS(float, float, gk_vf)
+GK_DEFINE_DOTS(double, double, gk_vd)
+GK_DEFINE_GEMM(float, float)
+GK_DEFINE_GEMM(double, double)
 
 
 /* A barrier for the `size` threads of one call: each step's product needs all of STM_{t-1},

@@ -102,7 +102,7 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
       (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
       (1e-9 relative);
     - the same forward (and backward) on a batch large enough for the time loop to split the
-      units between two threads (``threaded_steps`` steps of 7 sequences, 40 units): a gate
+      units between two threads (``threaded_steps`` steps of 16 sequences, 64 units): a gate
       that writes outside its units [u0, u1) without setting ``mixes_units`` fails here.
 
     The gate need not be registered: it is registered for the duration of the check. Raises
@@ -165,7 +165,7 @@ def _check_threaded(gate, variant, D, T, rng, seed):
     (and its backward against one thread's: each unit's gradient must not depend on how the
     units were shared)."""
     from gatekit.cell import _differentiable, _loop
-    B, H = 7, 40
+    B, H = 16, 64
     for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)),
                        (np.float32, dict(rtol=1e-4, atol=1e-5))):
         cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed, threads=2)
@@ -175,6 +175,8 @@ def _check_threaded(gate, variant, D, T, rng, seed):
         steps = T
         while _loop.plan(steps, B, D, H, KH, 2, dtype == np.float32)[0] < 2:
             steps *= 2                      # a call must be long enough to start a thread
+            if steps > 1 << 16:
+                raise ValueError(f"no call of {B} sequences of {H} units uses two threads")
         x = rng.standard_normal((steps, B, D))
         dy = rng.standard_normal((steps, B, H))
         y, _ = cell(x)

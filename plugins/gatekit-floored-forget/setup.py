@@ -7,6 +7,7 @@ import os
 import platform
 from pathlib import Path
 
+import gatekit
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -26,7 +27,7 @@ SOURCE = Path(__file__).parent / "src" / "gatekit_floored_forget"
 
 def extension(name, extra=()):
     return Extension(f"gatekit_floored_forget.{name}", [f"src/gatekit_floored_forget/{name}.pyx"],
-                     include_dirs=[numpy.get_include()],
+                     include_dirs=[numpy.get_include(), gatekit.get_include()],
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
                      # -fno-trapping-math, as gatekit's: lets the gate maths vectorise.
                      extra_compile_args=["-O0", "-g"] if DEBUG
