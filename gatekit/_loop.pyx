@@ -206,6 +206,13 @@ cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_s
     return P
 
 
+cdef check_shape(str name, tuple shape, tuple expected):
+    """The kernels index their buffers through raw pointers, so a buffer of the wrong size would
+    be read or written out of bounds in any build: refuse it first."""
+    if shape != expected:
+        raise ValueError(f"{name} must have shape {expected}; got {shape}")
+
+
 def plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, int threads,
          bint single):
     """Which loop a forward call of these sizes runs: ``(threads, units)``, the threads of the
@@ -640,6 +647,12 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
             or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
         threads = 1
+    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
+    check_shape("bias", (bias.shape[0],), (KH,))
+    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
+    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
+    if lengths is not None:
+        check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
     cdef Layout L = layout(T, B, H, KH, keep, &P)
     if workspace.shape[0] < L.size:
@@ -766,6 +779,25 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
             or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
         threads = 1
+    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
+    check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
+    check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
+                (5, T, B, H))
+    check_shape("ltm", (ltm.shape[0], ltm.shape[1], ltm.shape[2]), (T + 1, B, H))
+    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
+    check_shape("dy", (dy.shape[0], dy.shape[1], dy.shape[2]), (T, B, H))
+    check_shape("dstm", (dstm.shape[0], dstm.shape[1], dstm.shape[2]), (2, B, H))
+    check_shape("dltm", (dltm.shape[0], dltm.shape[1], dltm.shape[2]), (2, B, H))
+    check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (T, B, KH))
+    check_shape("dacts", (dacts.shape[0], dacts.shape[1], dacts.shape[2], dacts.shape[3]),
+                (5, T, B, H))
+    check_shape("dW", (dW.shape[0], dW.shape[1]), (KH, H + D))
+    check_shape("dbias", (dbias.shape[0],), (KH,))
+    check_shape("dx", (dx.shape[0], dx.shape[1], dx.shape[2]), (T, B, D))
+    check_shape("dparams", (dparams.shape[0],), (4,))
+    check_shape("work", (min(work.shape[0], max(T * B, B)), work.shape[1]), (max(T * B, B), H))
+    if lengths is not None:
+        check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
     cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
     cdef Team team
