@@ -8,7 +8,7 @@ kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 -
 tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
-                            gemm, out_of_memory)
+                            gemm, out_of_memory, sync)
 from gatekit import reference
 
 cdef double JANET_BETA = reference.JANET_BETA
@@ -102,17 +102,19 @@ cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const 
 cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
                            const floating* LTM_prev, const floating* f_t,
                            const floating* W_u, const floating* b_u, floating* work,
-                           Extent* e) noexcept nogil:
-    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t; all units.
-    -1 if out of memory."""
-    cdef Py_ssize_t B = e.B, H = e.H
+                           void* barrier, Extent* e) noexcept nogil:
+    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t. Each thread
+    forms its units of LTM_{t-1} ⊙ f_t, then (after sync) its units of the product, from all
+    of them. -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
     product_rows(work, LTM_prev, f_t, e)
+    sync(barrier)
     for b in range(B):
-        for j in range(H):
+        for j in range(u0, u1):
             U_t[b * H + j] = b_u[j]
-    # U_t += work @ W_u.T
-    if gemm(False, True, B, H, H, work, H, W_u, H, 1, U_t, H) < 0:
+    # U_t[:, u0:u1] += work @ W_u[u0:u1].T
+    if gemm(False, True, B, u1 - u0, H, work, H, W_u + u0 * H, H, 1, U_t + u0, H) < 0:
         return -1
     tanh_rows(U_t, U_t, H, e)
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
@@ -236,17 +238,21 @@ cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV
                                     floating* dLTM_prev, floating* df_t, const floating* U_t,
                                     const floating* V_t, const floating* LTM_prev,
                                     const floating* f_t, const floating* dSTM_t,
-                                    const floating* W_u, floating* work,
+                                    const floating* W_u, floating* work, void* barrier,
                                     Extent* e) noexcept nogil:
-    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish. -1 if out of
-    memory."""
-    cdef Py_ssize_t B = e.B, H = e.H
+    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish. Each thread
+    forms its units of it, then (after sync) its units of dU_pre @ W_u, from all of them. -1 if
+    out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
     product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
-    for k in range(B * H):
-        dU_t[k] *= 1 - U_t[k] * U_t[k]
-    # work = dU_pre @ W_u: the gradient of LTM_{t-1} ⊙ f_t
-    if gemm(False, False, B, H, H, dU_t, H, W_u, H, 0, work, H) < 0:
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dU_t[k] *= 1 - U_t[k] * U_t[k]
+    sync(barrier)
+    # work[:, u0:u1] = dU_pre @ W_u[:, u0:u1]: the gradient of LTM_{t-1} ⊙ f_t
+    if gemm(False, False, B, u1 - u0, H, dU_t, H, W_u + u0, H, 0, work + u0, H) < 0:
         return -1
     product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
     sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
@@ -702,29 +708,31 @@ cdef class UseCourse(Gate):
     params = {"W_u": ("H", "H"), "b_u": ("H",)}
     definition = staticmethod(reference.use_course)
     backward_definition = staticmethod(reference.use_course_backward)
-    mixes_units = True
+    syncs = 1
     differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
-                      <float*> self.param[0], <float*> self.param[1], s.work, &s.e) < 0:
+                      <float*> self.param[0], <float*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
-                      <double*> self.param[0], <double*> self.param[1], s.work, &s.e) < 0:
+                      <double*> self.param[0], <double*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_float(self, StepFloat* s) noexcept nogil:
         if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
                                s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0],
-                               s.work, &s.e) < 0:
+                               s.work, s.barrier, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
                                s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0],
-                               s.work, &s.e) < 0:
+                               s.work, s.barrier, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void finish_float(self, StepFloat* s) noexcept nogil:

@@ -6,8 +6,11 @@
 # use, so a gate may read what the earlier ones wrote. A gate computes rows [0, B) and units
 # [u0, u1) only, and writes nothing outside them (parameter gradients included): the loop may
 # call it from several threads at once, each with its own units. A gate whose maths mixes units
-# (a matrix product over H, like the course Use gate) sets `mixes_units`; it is always handed
-# all units, by one thread while the others wait.
+# (a matrix product over H) either sets `mixes_units`, and is then handed all units by one
+# thread while the others wait, or sets `syncs` = n and calls sync(s.barrier) exactly n times in
+# each forward and each backward step: every thread then writes its own units, and after a
+# sync may read what all threads wrote before it (the course Use gate: LTM_{t-1} ⊙ f_t of its
+# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
 #
 # Write the maths once as a function over the `floating` fused type taking pointers and the
 # Extent, and call it from both methods (forward_float, forward_double): see gatekit/_builtin.pyx.
@@ -49,6 +52,7 @@ ctypedef struct StepFloat:
     float* dLTM_t
     float* dLTM_prev
     float** dparam           # gradients of this gate's extra parameters, in declared order
+    void* barrier            # the threads of the call, for sync() (gates that set `syncs`)
     int error                # set non-zero by a gate that failed; the loop then stops
 
 # The same fields, in double precision.
@@ -77,6 +81,7 @@ ctypedef struct StepDouble:
     double* dLTM_t
     double* dLTM_prev
     double** dparam
+    void* barrier
     int error
 
 ctypedef fused floating:
@@ -237,6 +242,19 @@ cdef extern from "_tiles.h" nogil:
     int gk_gemm_double(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        const double* A, Py_ssize_t lda, const double* B, Py_ssize_t ldb,
                        double beta, double* C, Py_ssize_t ldc)
+
+
+cdef extern from "_tiles.h" nogil:
+    ctypedef struct gk_barrier:
+        pass
+    void gk_barrier_wait(gk_barrier* barrier)
+
+
+cdef inline void sync(void* barrier) noexcept nogil:
+    """Wait until every thread of the call has reached this point (see `syncs` above); on one
+    thread (barrier NULL) nothing to wait for."""
+    if barrier != NULL:
+        gk_barrier_wait(<gk_barrier*> barrier)
 
 
 cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,

@@ -39,7 +39,11 @@ A gate class declares, as class attributes:
     ``LTM_t``; ``U_t``, ``V_t``, ``STM_t``). A forget gate that also provides its pre-activation
     to later gates lists ``"s_t"`` and leaves the full pre-activation in its block of ``z``.
 ``mixes_units``
-    True when unit ``j`` of its output depends on other units (a matrix product over ``H``).
+    True when unit ``j`` of its output depends on other units (a matrix product over ``H``):
+    one thread runs it, with all units, while the others wait.
+``syncs``
+    Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
+    many times each of its forward and backward steps calls ``sync(s.barrier)`` (gatekit/_gate.pxd).
 """
 import numpy as np
 cimport numpy as cnp
@@ -112,6 +116,7 @@ cdef class Gate:
     trace = None
     outputs = None
     mixes_units = False
+    syncs = 0
     differentiable = False
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0):

@@ -1,9 +1,10 @@
 """The memory cell's time loop, forward and backward: one compiled loop for every composition
 of gates.
 
-The wrapper in ``gatekit.cell`` has checked shapes, dtypes and contiguity and allocated every
-buffer before it calls in here; nothing here touches a Python object between the first and the
-last step unless a gate is written in Python (it takes the GIL back for itself).
+The wrapper in ``gatekit.cell`` has checked the caller's arrays and allocated every buffer
+before it calls in here (the entry points check the buffers' shapes once more: the loops index
+them through raw pointers); nothing here touches a Python object between the first and the last
+step unless a gate is written in Python (it takes the GIL back for itself).
 
 Buffers, for T steps of B sequences, D inputs, H units and K blocks (KH = K * H columns):
 W (KH, H + D) with the STM columns first, bias (KH,), x (T, B, D), z (T, B, KH) the
@@ -47,6 +48,7 @@ cdef struct StepAny:
     void* dLTM_t
     void* dLTM_prev
     void** dparam
+    void* barrier
     int error
 
 
@@ -229,6 +231,7 @@ cdef struct Team:
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
+    int syncs[4]             # barriers the gate waits at itself, per step (gates that share work)
     bint single
     Py_ssize_t T, B, D, H, KH, kept, units, forget_preactivation
     const void* W
@@ -301,6 +304,7 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef StepAny s
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
     s.error = 0
+    s.barrier = &team.barrier if team.size > 1 else NULL
     s.work = team.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
@@ -350,9 +354,13 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
                 gk_barrier_wait(&team.barrier)
             elif not failed:
                 failed = not run_gate(team.gates[g], FORWARD, &s, team.single, NULL)
+            else:
+                for m in range(team.syncs[g]):      # the others wait for this thread there
+                    gk_barrier_wait(&team.barrier)
         if team.lengths != NULL:
             # Sequences that have ended keep their memories.
-            STM_t, LTM_t, LTM_prev = <floating*> s.STM_t, <floating*> s.LTM_t, <const floating*> s.LTM_prev
+            STM_t, LTM_t = <floating*> s.STM_t, <floating*> s.LTM_t
+            LTM_prev = <const floating*> s.LTM_prev
             for b in range(B):
                 if t >= team.lengths[b]:
                     for j in range(b * H + u0, b * H + u1):
@@ -393,6 +401,7 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     order[0], order[1], order[2], order[3] = 3, 2, 1, 0     # use, remember, learn, forget
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
     s.error = 0
+    s.barrier = &team.barrier if team.size > 1 else NULL
     s.work = team.work
     s.dSTM_t = dSTM_t
     # Panels of W[:, u:u + nr] over all KH rows: dL/dSTM_{t-1} for this thread's units.
@@ -444,6 +453,9 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             elif not failed:
                 failed = not run_gate(team.gates[g], BACKWARD, &s, team.single,
                                       team.dparams + g * team.dparams_stride)
+            else:
+                for m in range(team.syncs[g]):
+                    gk_barrier_wait(&team.barrier)
         if failed and team.failed[index] < 0:
             team.failed[index] = t
         gk_barrier_wait(&team.barrier)
@@ -632,8 +644,9 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
-    the packed weights (tiled loop); the caller puts the initial LTM in ltm[0]. (One buffer, not five: each typed buffer
-    an argument costs the call a fraction of a microsecond to acquire.) Sequence b lasts
+    the packed weights (tiled loop); the caller puts the initial LTM in ltm[0]. (One buffer,
+    not five: each typed buffer an argument costs the call a fraction of a microsecond to
+    acquire.) Sequence b lasts
     ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories stay as they
     were (its rows of y repeat its last STM; the caller blanks them). ``forget_preactivation``
     is the column of s_t in z, or -1 if the forget gate has none. Gates written in Python run
@@ -668,23 +681,26 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         team.size, team.units, team.single = P.team, P.units, single
         team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, L.kept
         team.forget_preactivation = forget_preactivation
-        team.W, team.bias, team.x, team.stm0, team.y = &W[0, 0], &bias[0], &x[0, 0, 0], &stm0[0, 0], y0
-        team.z, team.acts, team.ltm, team.work, team.panels = z, acts, ltm, base + L.work, base + L.panels
+        team.W, team.bias, team.x = &W[0, 0], &bias[0], &x[0, 0, 0]
+        team.stm0, team.y = &stm0[0, 0], y0
+        team.z, team.acts, team.ltm = z, acts, ltm
+        team.work, team.panels = base + L.work, base + L.panels
         team.lengths = &lengths[0] if lengths is not None else NULL
         team.phase = FORWARD
         for j, gate in enumerate(gates):
-            team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
+            team.gates[j], team.mixes[j], team.syncs[j] = <void*> gate, gate.mixes_units, gate.syncs
         with nogil:
             failed = run_team(&team)
         return failed
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
+    s.barrier = NULL
     s.work = base + L.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = NULL
     cdef bint ragged = lengths is not None
     with nogil:
-        if KH > 0:
+        if KH > 0 and T > 0:
             # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
             for r in range(T * B):
                 for j in range(KH):
@@ -774,6 +790,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
     s.error = 0
+    s.barrier = NULL                # one thread here, and in the gates' finish
     s.work = &work[0, 0]
     s.dSTM_t = dSTM_t
     if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
@@ -809,7 +826,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
         team.forget_preactivation = forget_preactivation
         team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
-        team.z, team.acts, team.ltm, team.work = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0], &work[0, 0]
+        team.z, team.acts, team.ltm = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0]
+        team.work = &work[0, 0]
         team.panels = &scratch[0]         # the panels, then the scratch of the weight gradients
         team.lengths = &lengths[0] if lengths is not None else NULL
         team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
@@ -817,17 +835,17 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
         team.dW, team.dbias, team.dx = &dW[0, 0], &dbias[0], &dx[0, 0, 0]
         for j, gate in enumerate(gates):
-            team.gates[j], team.mixes[j] = <void*> gate, gate.mixes_units
+            team.gates[j], team.mixes[j], team.syncs[j] = <void*> gate, gate.mixes_units, gate.syncs
     with nogil:
         if P.team > 0:
             failed = run_team(&team)
         else:
             # No blocks (KH = 0): no products, only the gates.
             for t in range(T - 1, -1, -1):
-                point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0], &y[0, 0, 0],
-                              &stm0[0, 0], forget_preactivation)
+                point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0],
+                              &y[0, 0, 0], &stm0[0, 0], forget_preactivation)
                 s.dz = dzt
-                s.ds_t = NULL if forget_preactivation < 0 or dzt == NULL else dzt + forget_preactivation
+                s.ds_t = NULL               # no blocks: no pre-activations
                 s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
                 s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
                 s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]

@@ -35,12 +35,19 @@ def extension(name, extra=()):
 
 
 extensions = [extension("_floored")]
-# As gatekit does for its own gates: a second build for AVX2 + FMA, picked at run time
+# As gatekit does for its own gates: builds for AVX2 + FMA and for AVX-512, picked at run time
 # (gatekit.kernels.load), so the plugin's gate maths has the built-in gates' vector width.
+VECTOR_BUILDS = {
+    "avx2": ("AVX2 and FMA", ["-mavx2", "-mfma"]),
+    "avx512": ("AVX-512", ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2",
+                           "-mfma", "-mprefer-vector-width=512"]),
+}
 if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
-    (SOURCE / "_floored_avx2.pyx").write_text(
-        '# Written by setup.py: _floored.pyx, compiled for AVX2 and FMA.\ninclude "_floored.pyx"\n')
-    extensions.append(extension("_floored_avx2", ["-mavx2", "-mfma"]))
+    for build, (instructions, flags) in VECTOR_BUILDS.items():
+        (SOURCE / f"_floored_{build}.pyx").write_text(
+            f"# Written by setup.py: _floored.pyx, compiled for {instructions}.\n"
+            'include "_floored.pyx"\n')
+        extensions.append(extension(f"_floored_{build}", flags))
 
 BUILD = "build/debug" if DEBUG else "build/release"
 setup(ext_modules=cythonize(extensions, compiler_directives=directives, build_dir=f"{BUILD}/cython"),
