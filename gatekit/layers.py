@@ -64,6 +64,8 @@ class LSTM:
     :meth:`eval`). The masks come from :attr:`dropout_rng`, a ``numpy.random.Generator`` seeded
     from ``seed``; the backward pass applies the masks the forward pass drew.
 
+    ``threads`` caps the threads of each cell's calls (see :class:`gatekit.Cell`).
+
     ``seed`` also draws every cell's parameters (each its own stream). ``params`` maps
     ``"l0.W_f"``, ``"l0_reverse.W_f"``, ... to views on the cells' parameters (writing into
     them changes the layer); ``cells`` maps ``"l0"``, ``"l0_reverse"``, ... to the cells.
@@ -71,7 +73,7 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  variant="standard", forget=None, learn=None, remember=None, use=None,
-                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None):
+                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None):
         self.input_size = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.num_layers = _size("num_layers", num_layers)
@@ -98,7 +100,7 @@ class LSTM:
             layer = k // directions
             size = self.input_size if layer == 0 else directions * H
             self.cells[name] = Cell(size, H, variant, **gates, dtype=self.dtype,
-                                    seed=streams[k])
+                                    seed=streams[k], threads=threads)
         self.dropout_rng = np.random.default_rng(streams[-1])
         self.params = Parameters({f"{name}.{symbol}": array
                                   for name, cell in self.cells.items()
@@ -151,7 +153,8 @@ class LSTM:
         other = LSTM(self.input_size, self.hidden_size, self.num_layers,
                      bidirectional=self.bidirectional, variant=self.variant, **self.gate_names,
                      dropout=0.0, batch_first=self.batch_first,
-                     dtype=self.dtype if dtype is None else dtype)
+                     dtype=self.dtype if dtype is None else dtype,
+                     threads=self.cells[next(iter(self.cells))].threads)
         other.dropout = self.dropout
         other.training = self.training
         for name, array in self.params.items():

@@ -678,3 +678,11 @@ def test_num_threads_environment_variable(tmp_path):
         assert not where.startswith(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                     + os.sep + "gatekit"), where     # not the source tree
         assert int(threads) == (int(cpus) if expected is None else expected)
+
+
+def test_layer_passes_threads_to_its_cells():
+    layer = gatekit.LSTM(3, 40, num_layers=2, bidirectional=True, threads=1, seed=0)
+    assert {cell.threads for cell in layer.cells.values()} == {1}
+    assert {cell.threads for cell in layer.copy().cells.values()} == {1}
+    with pytest.raises(ValueError, match="threads"):
+        gatekit.LSTM(3, 4, threads=0)
