@@ -274,9 +274,10 @@ GK_DEFINE_PRODUCT(double, double)
 
 /* C = op(A) op(B) + beta C, all row-major, op(X) = X or X^T: op(A) (m, k), op(B) (k, n),
  * C (m, n); beta = 0 sets C whatever it held. The rows of B serve as panels where op(B) = B
- * (a last, partial panel is copied, so that no load passes the end of B); op(B) = B^T with
- * op(A) = A is gk_dots; with both transposed, each panel of op(B) is copied. Returns -1 if it
- * could not allocate that copy (C then holds beta C), else 0. */
+ * (a last, partial panel is copied, so that no load passes the end of B). Where op(B) = B^T,
+ * each panel of it is copied, except for fewer than GK_ROWS rows of A = op(A): there the copy
+ * would cost as much as the product, and gk_dots needs none. Returns -1 if it could not
+ * allocate a panel's copy (C then holds beta C), else 0. */
 #define GK_DEFINE_GEMM(S, T)                                                                 \
     static int gk_gemm_##S(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,  \
                            const T* a, ptrdiff_t lda, const T* b, ptrdiff_t ldb, T beta,     \
@@ -292,7 +293,7 @@ GK_DEFINE_PRODUCT(double, double)
                     c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];                  \
         if (k <= 0)                                                                          \
             return 0;                                                                        \
-        if (trans_b && !trans_a) {                                                           \
+        if (trans_b && !trans_a && m < GK_ROWS) {                                             \
             gk_dots_##S(m, n, k, a, lda, b, ldb, c, ldc);                                    \
             return 0;                                                                        \
         }                                                                                    \
