@@ -754,3 +754,26 @@ BUILTIN_GATES = (
     UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
     UseLiteral, UseCourse,
 )
+
+
+def matmul(bint trans_a, bint trans_b, floating[:, ::1] A, floating[:, ::1] B, floating beta,
+           floating[:, ::1] C):
+    """C = op(A) @ op(B) + beta * C through ``gemm``, as this build of the gates compiles it
+    (for testing it against NumPy; op(X) is X.T where trans_x is set)."""
+    cdef Py_ssize_t m = C.shape[0], n = C.shape[1]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef int failed = 0
+    if ((A.shape[1] if trans_a else A.shape[0]) != m or (B.shape[1] if trans_b else B.shape[0]) != k
+            or (B.shape[0] if trans_b else B.shape[1]) != n):
+        raise ValueError(f"op(A) must be ({m}, k) and op(B) (k, {n}); got A "
+                         f"{(A.shape[0], A.shape[1])}, B {(B.shape[0], B.shape[1])} with "
+                         f"trans_a={trans_a}, trans_b={trans_b}")
+    if m == 0 or n == 0:
+        return
+    cdef const floating* a = &A[0, 0] if A.shape[0] * A.shape[1] else NULL
+    cdef const floating* b = &B[0, 0] if B.shape[0] * B.shape[1] else NULL
+    with nogil:
+        failed = gemm(trans_a, trans_b, m, n, k, a, max(A.shape[1], 1), b, max(B.shape[1], 1),
+                      beta, &C[0, 0], C.shape[1])
+    if failed:
+        raise MemoryError("gemm could not allocate a panel's copy")
