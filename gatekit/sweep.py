@@ -72,9 +72,11 @@ def parse_variant(text):
 
 
 def make_cell(variant, input_size, hidden_size, dtype="float32", seed=None):
+    # One thread per run: a sweep runs many at once (processes, Dask workers), and a run's own
+    # threads would compete with the other runs' for the CPUs and wait at every step's barrier.
     preset, overrides = parse_variant(variant)
     return gatekit.Cell(input_size, hidden_size, preset, dtype=np.dtype(dtype), seed=seed,
-                        **overrides)
+                        threads=1, **overrides)
 
 
 # --- Specs and their keys --------------------------------------------------------------------
@@ -268,7 +270,8 @@ def _lock(stream, path):
 # --- Executors -------------------------------------------------------------------------------
 
 def _limit_threads():
-    """Worker initializer: one BLAS thread per worker process (the pool is the parallelism)."""
+    """Worker initializer: one BLAS thread per worker process (the pool is the parallelism;
+    gatekit's own cells run on one thread in a sweep, see make_cell)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

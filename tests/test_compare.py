@@ -69,6 +69,8 @@ def test_composition_builds_the_named_gates():
     assert set(cell.params) == set(same.params)
     for name in cell.params:
         np.testing.assert_array_equal(cell.params[name], same.params[name])
+    # A sweep runs many runs at once: each run's cell stays on one thread.
+    assert cell.threads == 1
 
 
 @pytest.mark.parametrize("text,expected", [
