@@ -208,6 +208,15 @@ cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_s
     return P
 
 
+def threads_for(tuple gates, int threads):
+    """The threads a call of these gates may use: a gate written in Python runs on the calling
+    thread only."""
+    for gate in gates:
+        if isinstance(gate, PythonGate):
+            return 1
+    return threads
+
+
 cdef check_shape(str name, tuple shape, tuple expected):
     """The kernels index their buffers through raw pointers, so a buffer of the wrong size would
     be read or written out of bounds in any build: refuse it first."""
@@ -281,13 +290,53 @@ cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, P
         gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
 
 
+cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s,
+                           bint failed) noexcept nogil:
+    """Thread ``index``'s part of one step of the four gates, in role order (FORWARD) or in
+    reverse (BACKWARD), on its units s.e.u0..u1; returns whether a gate has failed on this
+    thread. A gate that mixes units runs on thread 0 with all of them, between two barriers; a
+    thread that has failed still meets the others at every barrier they wait at."""
+    cdef int k, g, m
+    cdef Py_ssize_t u0 = s.e.u0, u1 = s.e.u1
+    cdef size_t* dparam
+    for k in range(4):
+        g = k if phase == FORWARD else 3 - k
+        dparam = NULL if phase == FORWARD else team.dparams + g * team.dparams_stride
+        if team.mixes[g]:
+            gk_barrier_wait(&team.barrier)
+            if index == 0 and not failed:
+                s.e.u0, s.e.u1 = 0, team.H
+                failed = not run_gate(team.gates[g], phase, s, team.single, dparam)
+                s.e.u0, s.e.u1 = u0, u1
+            gk_barrier_wait(&team.barrier)
+        elif not failed:
+            failed = not run_gate(team.gates[g], phase, s, team.single, dparam)
+        else:
+            for m in range(team.syncs[g]):
+                gk_barrier_wait(&team.barrier)
+    return failed
+
+
+cdef bint end_of_step(Team* team, int index, Py_ssize_t t, bint failed) noexcept nogil:
+    """Record this thread's failure at step t, meet the others at the step's barrier, and say
+    whether any thread has failed (then every thread stops at this same step)."""
+    cdef int m
+    if failed and team.failed[index] < 0:
+        team.failed[index] = t
+    gk_barrier_wait(&team.barrier)
+    for m in range(team.size):
+        if team.failed[m] >= 0:
+            return True
+    return False
+
+
 cdef void forward_member(Team* team, int index, floating* precision) noexcept nogil:
     """Thread ``index``'s part of the forward pass: units [u0, u1) of every block and every gate
     (all units of a gate that mixes them, on thread 0), one barrier per step."""
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
     cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
-    cdef Py_ssize_t t, k, u, b, j, g, m, r, rows, column, blocks = KH // H
+    cdef Py_ssize_t t, k, u, r, rows, column, blocks = KH // H
     cdef const floating* W = <const floating*> team.W
     cdef const floating* bias = <const floating*> team.bias
     cdef const floating* x = <const floating*> team.x
@@ -296,11 +345,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef floating* own = <floating*> team.panels + index * (KH // H) * team.units * kdim
     cdef floating* panel = own
     cdef floating* recurrent
-    cdef floating* STM_t
-    cdef floating* LTM_t
     cdef const floating* STM_prev
-    cdef const floating* LTM_prev
-    cdef bint failed = False, stop = False
+    cdef bint failed = False
     cdef StepAny s
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
     s.error = 0
@@ -344,34 +390,10 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
                 product(B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + column, KH,
                         min(nr, u1 - u))
                 panel += H * nr
-        for g in range(4):
-            if team.mixes[g]:
-                gk_barrier_wait(&team.barrier)
-                if index == 0 and not failed:
-                    s.e.u0, s.e.u1 = 0, H
-                    failed = not run_gate(team.gates[g], FORWARD, &s, team.single, NULL)
-                    s.e.u0, s.e.u1 = u0, u1
-                gk_barrier_wait(&team.barrier)
-            elif not failed:
-                failed = not run_gate(team.gates[g], FORWARD, &s, team.single, NULL)
-            else:
-                for m in range(team.syncs[g]):      # the others wait for this thread there
-                    gk_barrier_wait(&team.barrier)
+        failed = run_shared_gates(team, index, FORWARD, &s, failed)
         if team.lengths != NULL:
-            # Sequences that have ended keep their memories.
-            STM_t, LTM_t = <floating*> s.STM_t, <floating*> s.LTM_t
-            LTM_prev = <const floating*> s.LTM_prev
-            for b in range(B):
-                if t >= team.lengths[b]:
-                    for j in range(b * H + u0, b * H + u1):
-                        STM_t[j] = STM_prev[j]
-                        LTM_t[j] = LTM_prev[j]
-        if failed and team.failed[index] < 0:
-            team.failed[index] = t
-        gk_barrier_wait(&team.barrier)
-        for m in range(team.size):
-            stop = stop or team.failed[m] >= 0
-        if stop:
+            hold_finished(&s, team.lengths, <floating*> NULL)
+        if end_of_step(team, index, t, failed):
             break
 
 
@@ -382,7 +404,7 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef Py_ssize_t T = team.T, B = team.B, H = team.H, KH = team.KH, BH = team.B * team.H
     cdef Py_ssize_t nr = panel_width(floating is float)
     cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
-    cdef Py_ssize_t t, u, b, j, k, g, m
+    cdef Py_ssize_t t, u, b, j, k
     cdef const floating* W = <const floating*> team.W
     cdef const floating* dy = <const floating*> team.dy
     cdef floating* dz = <floating*> team.dz
@@ -395,10 +417,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef floating* dLTM_t
     cdef floating* dLTM_prev
     cdef floating* dzt
-    cdef bint failed = False, stop = False
+    cdef bint failed = False
     cdef StepAny s
-    cdef int order[4]
-    order[0], order[1], order[2], order[3] = 3, 2, 1, 0     # use, remember, learn, forget
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
     s.error = 0
     s.barrier = &team.barrier if team.size > 1 else NULL
@@ -440,28 +460,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
                     dSTM_t[j] = 0
                     dLTM_prev[j] = dLTM_t[j]
                     dLTM_t[j] = 0
-        for k in range(4):
-            g = order[k]
-            if team.mixes[g]:
-                gk_barrier_wait(&team.barrier)
-                if index == 0 and not failed:
-                    s.e.u0, s.e.u1 = 0, H
-                    failed = not run_gate(team.gates[g], BACKWARD, &s, team.single,
-                                          team.dparams + g * team.dparams_stride)
-                    s.e.u0, s.e.u1 = u0, u1
-                gk_barrier_wait(&team.barrier)
-            elif not failed:
-                failed = not run_gate(team.gates[g], BACKWARD, &s, team.single,
-                                      team.dparams + g * team.dparams_stride)
-            else:
-                for m in range(team.syncs[g]):
-                    gk_barrier_wait(&team.barrier)
-        if failed and team.failed[index] < 0:
-            team.failed[index] = t
-        gk_barrier_wait(&team.barrier)
-        for m in range(team.size):
-            stop = stop or team.failed[m] >= 0
-        if stop:
+        failed = run_shared_gates(team, index, BACKWARD, &s, failed)
+        if end_of_step(team, index, t, failed):
             break
         # carry[:, u0:u1] += dz[t] @ W[:, u0:u1] (finished sequences' dz is 0: carry stays)
         panel = own
@@ -608,6 +608,22 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     return failed
 
 
+cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
+                               floating* precision) noexcept nogil:
+    """Sequences that have ended (t >= lengths[b]) keep their memories: STM_t and LTM_t of
+    units s.e.u0..u1 repeat those of the step before."""
+    cdef Py_ssize_t b, j, H = s.e.H
+    cdef floating* STM_t = <floating*> s.STM_t
+    cdef floating* LTM_t = <floating*> s.LTM_t
+    cdef const floating* STM_prev = <const floating*> s.STM_prev
+    cdef const floating* LTM_prev = <const floating*> s.LTM_prev
+    for b in range(s.e.B):
+        if s.e.t >= lengths[b]:
+            for j in range(b * H + s.e.u0, b * H + s.e.u1):
+                STM_t[j] = STM_prev[j]
+                LTM_t[j] = LTM_prev[j]
+
+
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
     Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
@@ -657,9 +673,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     cdef bint single = floating is float
     cdef StepAny s
     cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
-    if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
-            or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
-        threads = 1
+    threads = threads_for(gates, threads)
     check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
     check_shape("bias", (bias.shape[0],), (KH,))
     check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
@@ -719,12 +733,8 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
                     and run_gate(<void*> use, FORWARD, &s, single, NULL)):
                 failed = t
                 break
-            # Sequences that have ended keep their memories.
-            for b in range(B if ragged else 0):
-                if t >= lengths[b]:
-                    for j in range(H):
-                        (<floating*> s.STM_t)[b * H + j] = (<const floating*> s.STM_prev)[b * H + j]
-                        (<floating*> s.LTM_t)[b * H + j] = (<const floating*> s.LTM_prev)[b * H + j]
+            if ragged:
+                hold_finished(&s, &lengths[0], <floating*> NULL)
     return failed
 
 
@@ -793,9 +803,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     s.barrier = NULL                # one thread here, and in the gates' finish
     s.work = &work[0, 0]
     s.dSTM_t = dSTM_t
-    if (isinstance(forget, PythonGate) or isinstance(learn, PythonGate)
-            or isinstance(remember, PythonGate) or isinstance(use, PythonGate)):
-        threads = 1
+    threads = threads_for(gates, threads)
     check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
     check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
     check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
@@ -812,7 +820,9 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     check_shape("dbias", (dbias.shape[0],), (KH,))
     check_shape("dx", (dx.shape[0], dx.shape[1], dx.shape[2]), (T, B, D))
     check_shape("dparams", (dparams.shape[0],), (4,))
-    check_shape("work", (min(work.shape[0], max(T * B, B)), work.shape[1]), (max(T * B, B), H))
+    if work.shape[0] < max(T * B, B) or work.shape[1] != H:
+        raise ValueError(f"work must have at least {max(T * B, B)} rows of {H}; got "
+                         f"{(work.shape[0], work.shape[1])}")
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)

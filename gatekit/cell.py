@@ -421,10 +421,7 @@ class Cell:
         return grads
 
     def _call_threads(self):
-        """The threads a call may use: gates written in Python run on the calling thread."""
-        if any(isinstance(gate, PythonGate) for gate in self.gates):
-            return 1
-        return THREADS if self.threads is None else self.threads
+        return _loop.threads_for(self.gates, THREADS if self.threads is None else self.threads)
 
     def _gradient_views(self, dweights, dbias):
         """Gradient arrays named like ``params``: block gradients are views on the packed
