@@ -290,6 +290,19 @@ cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, P
         gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
 
 
+cdef StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """A thread's step: units u0..u1 of every row, the call's scratch and barrier, no gradients
+    yet (backward points them at each step)."""
+    cdef StepAny s
+    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = team.B, team.H, u0, u1, team.KH
+    s.error = 0
+    s.barrier = &team.barrier if team.size > 1 else NULL
+    s.work = team.work
+    s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
+    s.dLTM_t = s.dLTM_prev = NULL
+    return s
+
+
 cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s,
                            bint failed) noexcept nogil:
     """Thread ``index``'s part of one step of the four gates, in role order (FORWARD) or in
@@ -347,13 +360,7 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef floating* recurrent
     cdef const floating* STM_prev
     cdef bint failed = False
-    cdef StepAny s
-    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
-    s.error = 0
-    s.barrier = &team.barrier if team.size > 1 else NULL
-    s.work = team.work
-    s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
-    s.dLTM_t = s.dLTM_prev = NULL
+    cdef StepAny s = member_step(team, u0, u1)
     # Each thread packs its own share, so it starts out in the cache that reads it: the
     # panels of W[:, H:] (input columns), then those of W[:, :H] (recurrent), D and H long.
     for k in range(blocks):
@@ -418,11 +425,7 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef floating* dLTM_prev
     cdef floating* dzt
     cdef bint failed = False
-    cdef StepAny s
-    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, u0, u1, KH
-    s.error = 0
-    s.barrier = &team.barrier if team.size > 1 else NULL
-    s.work = team.work
+    cdef StepAny s = member_step(team, u0, u1)
     s.dSTM_t = dSTM_t
     # Panels of W[:, u:u + nr] over all KH rows: dL/dSTM_{t-1} for this thread's units.
     for u from u0 <= u < u1 by nr:
