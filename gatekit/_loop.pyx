@@ -144,10 +144,15 @@ cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* 
 cdef extern from "_tiles.h" nogil:
     ctypedef struct gk_barrier:
         pass
+    ctypedef struct gk_start:
+        pass
     void gk_barrier_init(gk_barrier* barrier, int size)
     void gk_barrier_wait(gk_barrier* barrier)
-    int gk_wait_for_start(int* start)
-    void gk_set_start(int* start, int value)
+    long long gk_barrier_waited(gk_barrier* barrier)
+    long long gk_now_ns()
+    void gk_start_init(gk_start* start)
+    int gk_wait_for_start(gk_start* start)
+    void gk_set_start(gk_start* start, int value)
     void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
     void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
@@ -175,6 +180,13 @@ DEF MAX_TEAM = 16
 # Multiply-adds per call below which a second thread costs more (starting it, a barrier per
 # step) than it saves.
 DEF THREADED_CALL_WORK = 4194304
+# Multiply-adds per step that each thread of a call must have: a barrier costs about a
+# microsecond when the other thread is running, and a scheduler's wake-up (tens of
+# microseconds) when the machine is busy and it is not.
+DEF THREAD_STEP_WORK = 32768
+# How long a call runs as a team before thread 0 judges, from the time the team has waited at
+# its barriers, whether one thread would be faster (see go_alone).
+DEF JUDGE_AFTER_NS = 1000000
 DEF INPUT_ROWS = 192
 
 
@@ -198,6 +210,7 @@ cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_s
     P.team = max(1, min(threads, MAX_TEAM))
     if T * step_work < THREADED_CALL_WORK * P.team:
         P.team = 1
+    P.team = <int> max(1, min(P.team, step_work // THREAD_STEP_WORK))
     # Whole panels per thread; fewer threads if there are not that many panels to share.
     shares = (H + nr - 1) // nr
     P.units = ((shares + P.team - 1) // P.team) * nr
@@ -235,8 +248,10 @@ def plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, 
 
 cdef struct Team:
     int size
-    int start                # 1 once every thread exists; -1 if one could not be started
+    gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
+    long long started        # gk_now_ns() when the pass began
+    Py_ssize_t alone_after   # the step after whose barrier thread 0 carries on alone, or -1
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
@@ -303,19 +318,20 @@ cdef StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogi
     return s
 
 
-cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s,
-                           bint failed) noexcept nogil:
+cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s, bint failed,
+                           bint alone) noexcept nogil:
     """Thread ``index``'s part of one step of the four gates, in role order (FORWARD) or in
     reverse (BACKWARD), on its units s.e.u0..u1; returns whether a gate has failed on this
     thread. A gate that mixes units runs on thread 0 with all of them, between two barriers; a
-    thread that has failed still meets the others at every barrier they wait at."""
+    thread that has failed still meets the others at every barrier they wait at. Thread 0
+    ``alone`` (all units, no barrier) runs each gate as a call on one thread would."""
     cdef int k, g, m
     cdef Py_ssize_t u0 = s.e.u0, u1 = s.e.u1
     cdef size_t* dparam
     for k in range(4):
         g = k if phase == FORWARD else 3 - k
         dparam = NULL if phase == FORWARD else team.dparams + g * team.dparams_stride
-        if team.mixes[g]:
+        if team.mixes[g] and not alone:
             gk_barrier_wait(&team.barrier)
             if index == 0 and not failed:
                 s.e.u0, s.e.u1 = 0, team.H
@@ -324,42 +340,89 @@ cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s,
             gk_barrier_wait(&team.barrier)
         elif not failed:
             failed = not run_gate(team.gates[g], phase, s, team.single, dparam)
-        else:
+        elif not alone:
             for m in range(team.syncs[g]):
                 gk_barrier_wait(&team.barrier)
     return failed
 
 
-cdef bint end_of_step(Team* team, int index, Py_ssize_t t, bint failed) noexcept nogil:
-    """Record this thread's failure at step t, meet the others at the step's barrier, and say
-    whether any thread has failed (then every thread stops at this same step)."""
+cdef enum StepEnd:
+    GO_ON
+    STOP            # a gate has failed on some thread: every thread stops at this step
+    GO_ALONE        # from here on thread 0 runs every unit and the others leave
+
+
+cdef StepEnd end_of_step(Team* team, int index, Py_ssize_t t, bint failed,
+                         bint alone) noexcept nogil:
+    """Record this thread's failure at step t and meet the others at the step's barrier (unless
+    thread 0 is alone); say how the pass goes on."""
     cdef int m
     if failed and team.failed[index] < 0:
         team.failed[index] = t
+    if alone:
+        return STOP if failed else GO_ON
+    if index == 0 and not failed and team.alone_after < 0 and go_alone(team):
+        team.alone_after = t        # the barrier publishes it: every thread reads it after
     gk_barrier_wait(&team.barrier)
     for m in range(team.size):
         if team.failed[m] >= 0:
-            return True
-    return False
+            return STOP
+    return GO_ALONE if team.alone_after == t else GO_ON
+
+
+cdef bint go_alone(Team* team) noexcept nogil:
+    """Whether the rest of the pass would be faster on thread 0 alone. The threads have been
+    busy for about size * elapsed - waited nanoseconds together, which is what one thread would
+    have needed for the same steps; a team that spends more than half of the time one thread
+    would have taken waiting at its barriers (other threads were descheduled: the machine is
+    busy) gains less than it risks, since threads that wait for a CPU at every step's barrier
+    can make a call many times slower than one thread that has a CPU of its own."""
+    cdef long long elapsed = gk_now_ns() - team.started
+    if elapsed < JUDGE_AFTER_NS:
+        return False
+    return 2 * gk_barrier_waited(&team.barrier) > (team.size - 1) * elapsed
+
+
+cdef inline void unit_range(Team* team, int member, Py_ssize_t* u0, Py_ssize_t* u1) noexcept nogil:
+    u0[0] = member * team.units
+    u1[0] = min(team.H, u0[0] + team.units)
+
+
+cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
+                        floating* zt) noexcept nogil:
+    """zt[:, columns of thread ``member``'s units] += STM_{t-1} @ W[those rows, :H].T, over the
+    recurrent panels ``member`` packed (after its input panels, see forward_member)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, D = team.D, KH = team.KH
+    cdef Py_ssize_t u0, u1, u, k, blocks = KH // H
+    unit_range(team, member, &u0, &u1)
+    cdef floating* panel = (<floating*> team.panels + member * blocks * team.units * (H + D)
+                            + blocks * ((u1 - u0 + nr - 1) // nr) * nr * D)
+    for k in range(blocks):
+        for u from u0 <= u < u1 by nr:
+            product(team.B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + k * H + u, KH,
+                    min(nr, u1 - u))
+            panel += H * nr
 
 
 cdef void forward_member(Team* team, int index, floating* precision) noexcept nogil:
     """Thread ``index``'s part of the forward pass: units [u0, u1) of every block and every gate
-    (all units of a gate that mixes them, on thread 0), one barrier per step."""
+    (all units of a gate that mixes them, on thread 0), one barrier per step; from the step at
+    which thread 0 goes alone, thread 0 runs every unit over every thread's panels."""
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
-    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
+    cdef Py_ssize_t u0, u1
     cdef Py_ssize_t t, k, u, r, rows, column, blocks = KH // H
+    unit_range(team, index, &u0, &u1)
     cdef const floating* W = <const floating*> team.W
     cdef const floating* bias = <const floating*> team.bias
     cdef const floating* x = <const floating*> team.x
     cdef floating* z = <floating*> team.z
     cdef floating* zt
-    cdef floating* own = <floating*> team.panels + index * (KH // H) * team.units * kdim
+    cdef floating* own = <floating*> team.panels + index * blocks * team.units * kdim
     cdef floating* panel = own
-    cdef floating* recurrent
-    cdef const floating* STM_prev
-    cdef bint failed = False
+    cdef bint failed = False, alone = False
+    cdef int m
+    cdef StepEnd end
     cdef StepAny s = member_step(team, u0, u1)
     # Each thread packs its own share, so it starts out in the cache that reads it: the
     # panels of W[:, H:] (input columns), then those of W[:, :H] (recurrent), D and H long.
@@ -367,7 +430,6 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         for u from u0 <= u < u1 by nr:
             pack(panel, W + (k * H + u) * kdim + H, kdim, 1, D, min(nr, u1 - u))
             panel += D * nr
-    recurrent = panel
     for k in range(blocks):
         for u from u0 <= u < u1 by nr:
             pack(panel, W + (k * H + u) * kdim, kdim, 1, H, min(nr, u1 - u))
@@ -389,29 +451,44 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
         # z[t][:, own columns] += STM_{t-1} @ W[those rows, :H].T
-        STM_prev = <const floating*> s.STM_prev
-        panel = recurrent
-        for k in range(blocks):
-            for u from u0 <= u < u1 by nr:
-                column = k * H + u
-                product(B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + column, KH,
-                        min(nr, u1 - u))
-                panel += H * nr
-        failed = run_shared_gates(team, index, FORWARD, &s, failed)
+        if alone:
+            for m in range(team.size):
+                add_recurrent(team, m, <const floating*> s.STM_prev, zt)
+        else:
+            add_recurrent(team, index, <const floating*> s.STM_prev, zt)
+        failed = run_shared_gates(team, index, FORWARD, &s, failed, alone)
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
-        if end_of_step(team, index, t, failed):
+        end = end_of_step(team, index, t, failed, alone)
+        if end == STOP or (end == GO_ALONE and index > 0):
             break
+        if end == GO_ALONE:
+            alone = True
+            s.e.u0, s.e.u1, s.barrier = 0, H, NULL
+
+
+cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
+    """carry[:, thread ``member``'s units] += dz[t] @ W[:, those units], over the panels of
+    W[:, units] ``member`` packed (all KH rows)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), u0, u1, u
+    unit_range(team, member, &u0, &u1)
+    cdef floating* panel = <floating*> team.panels + member * team.units * team.KH
+    for u from u0 <= u < u1 by nr:
+        product(team.B, dzt, team.KH, team.KH, NULL, 0, 0, panel, NULL, carry + u, team.H,
+                min(nr, u1 - u))
+        panel += team.KH * nr
 
 
 cdef void backward_member(Team* team, int index, floating* precision) noexcept nogil:
     """Thread ``index``'s part of backpropagation through time: units [u0, u1) of every gate
     (all units of a gate that mixes them, on thread 0) and of dL/dSTM_{t-1}, one barrier per
-    step (dz[t] must be complete before dL/dSTM_{t-1} = dz[t] @ W[:, :H] reads it)."""
+    step (dz[t] must be complete before dL/dSTM_{t-1} = dz[t] @ W[:, :H] reads it); from the
+    step at which thread 0 goes alone, thread 0 runs every unit."""
     cdef Py_ssize_t T = team.T, B = team.B, H = team.H, KH = team.KH, BH = team.B * team.H
     cdef Py_ssize_t nr = panel_width(floating is float)
-    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units)
+    cdef Py_ssize_t u0, u1
     cdef Py_ssize_t t, u, b, j, k
+    unit_range(team, index, &u0, &u1)
     cdef const floating* W = <const floating*> team.W
     cdef const floating* dy = <const floating*> team.dy
     cdef floating* dz = <floating*> team.dz
@@ -419,12 +496,13 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef floating* dltm = <floating*> team.dltm
     cdef floating* carry = <floating*> team.dstm             # dL/dSTM_t sent back from step t + 1
     cdef floating* dSTM_t = <floating*> team.dstm + BH
-    cdef floating* own = <floating*> team.panels + index * team.units * KH
-    cdef floating* panel = own
+    cdef floating* panel = <floating*> team.panels + index * team.units * KH
     cdef floating* dLTM_t
     cdef floating* dLTM_prev
     cdef floating* dzt
-    cdef bint failed = False
+    cdef bint failed = False, alone = False
+    cdef int m
+    cdef StepEnd end
     cdef StepAny s = member_step(team, u0, u1)
     s.dSTM_t = dSTM_t
     # Panels of W[:, u:u + nr] over all KH rows: dL/dSTM_{t-1} for this thread's units.
@@ -463,14 +541,20 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
                     dSTM_t[j] = 0
                     dLTM_prev[j] = dLTM_t[j]
                     dLTM_t[j] = 0
-        failed = run_shared_gates(team, index, BACKWARD, &s, failed)
-        if end_of_step(team, index, t, failed):
+        failed = run_shared_gates(team, index, BACKWARD, &s, failed, alone)
+        end = end_of_step(team, index, t, failed, alone)
+        if end == STOP or (end == GO_ALONE and index > 0):
             break
+        if end == GO_ALONE:
+            alone = True
+            u0, u1 = 0, H
+            s.e.u0, s.e.u1, s.barrier = 0, H, NULL
         # carry[:, u0:u1] += dz[t] @ W[:, u0:u1] (finished sequences' dz is 0: carry stays)
-        panel = own
-        for u from u0 <= u < u1 by nr:
-            product(B, dzt, KH, KH, NULL, 0, 0, panel, NULL, carry + u, H, min(nr, u1 - u))
-            panel += KH * nr
+        if alone:
+            for m in range(team.size):
+                add_carry(team, m, dzt, carry)
+        else:
+            add_carry(team, index, dzt, carry)
 
 
 cdef void* member_main(void* argument) noexcept nogil:
@@ -580,15 +664,23 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
 
 cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     """Run the pass on ``team.size`` threads, this one included (on this one alone if
-    the system will not start another). Returns -1, or the first step at which a gate failed."""
+    the system will not start another). Returns -1, or the first step at which a gate failed.
+    The weight gradients after a backward pass that went alone run on this thread too: each
+    thread's part is its own rows, so this thread runs them one after another."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
     cdef int m, started = 1
     cdef Py_ssize_t failed = -1
-    team.start = 0
+    if team.phase == WEIGHTS and team.alone_after >= 0:
+        for m in range(team.size):
+            run_member(team, m)
+        return -1
+    team.alone_after = -1
+    gk_start_init(&team.start)
     gk_barrier_init(&team.barrier, team.size)
     for m in range(team.size):
         team.failed[m] = -1
+    team.started = gk_now_ns()
     for m in range(1, team.size):
         members[m].team, members[m].index = team, m
         if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
@@ -808,6 +900,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     s.dSTM_t = dSTM_t
     threads = threads_for(gates, threads)
     check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
+    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
     check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
     check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
                 (5, T, B, H))

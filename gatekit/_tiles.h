@@ -22,6 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <limits.h>
+#include <time.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 /* 64-byte vectors and 32 registers in the AVX-512 build, 32-byte vectors and 16 registers
  * otherwise. */
@@ -322,15 +329,20 @@ GK_DEFINE_GEMM(double, double)
 
 
 /* A barrier for the `size` threads of one call: each step's product needs all of STM_{t-1},
- * which every thread wrote a share of. Spinning answers in well under a microsecond; after
- * GK_SPINS rounds a waiter yields its CPU, so a thread that the machine has descheduled (other
- * work on a shared machine) gets to run and arrive. */
-#define GK_SPINS 20000
+ * which every thread wrote a share of. A waiter spins for up to GK_SPIN_NS (on an idle machine
+ * the others arrive within microseconds, and a sleeping thread takes longer than that to wake),
+ * then sleeps on a futex, so that on a busy machine it gives its CPU to the thread it is waiting
+ * for rather than spinning (or yielding) while that thread waits for a CPU. Each waiter adds the
+ * time it waited to `waited` (ns): the loop reads it to tell whether the call would be faster on
+ * one thread (see the loop's `go_alone`). */
+#define GK_SPIN_NS 50000
 
 typedef struct {
     int size;
     int arrived;
     int generation;
+    int sleepers;
+    long long waited;
 } gk_barrier;
 
 static inline void gk_pause(void) {
@@ -339,10 +351,56 @@ static inline void gk_pause(void) {
 #endif
 }
 
+static inline long long gk_now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long) now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+/* Sleep while *address == value (or not at all if it has changed already); wake every sleeper
+ * on address. Without futexes, a waiter yields its CPU instead. */
+static inline void gk_sleep_while(int* address, int value) {
+#if defined(__linux__)
+    syscall(SYS_futex, address, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+#else
+    (void) address; (void) value;
+    sched_yield();
+#endif
+}
+
+static inline void gk_wake_all(int* address) {
+#if defined(__linux__)
+    syscall(SYS_futex, address, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void) address;
+#endif
+}
+
+/* Wait until *address != value: spin, then sleep (counted in *sleepers, so that whoever
+ * changes *address knows to wake it). Returns the time waited, in ns. */
+static long long gk_wait_while(int* address, int value, int* sleepers) {
+    long long start = gk_now_ns();
+    for (int spins = 1; __atomic_load_n(address, __ATOMIC_ACQUIRE) == value; spins++) {
+        if (spins % 32 == 0 && gk_now_ns() - start > GK_SPIN_NS) {
+            /* Sequentially consistent with the waker's store and its read of *sleepers: either
+             * it sees this sleeper, or this sleeper sees the new value. */
+            __atomic_add_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(address, __ATOMIC_SEQ_CST) == value)
+                gk_sleep_while(address, value);
+            __atomic_sub_fetch(sleepers, 1, __ATOMIC_SEQ_CST);
+            break;
+        }
+        gk_pause();
+    }
+    return gk_now_ns() - start;
+}
+
 static void gk_barrier_init(gk_barrier* barrier, int size) {
     barrier->size = size;
     barrier->arrived = 0;
     barrier->generation = 0;
+    barrier->sleepers = 0;
+    barrier->waited = 0;
 }
 
 static void gk_barrier_wait(gk_barrier* barrier) {
@@ -350,33 +408,41 @@ static void gk_barrier_wait(gk_barrier* barrier) {
     if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == barrier->size) {
         /* Reset before releasing: nobody passes (and arrives again) until generation moves. */
         __atomic_store_n(&barrier->arrived, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&barrier->generation, generation + 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&barrier->sleepers, __ATOMIC_SEQ_CST) > 0)
+            gk_wake_all(&barrier->generation);
         return;
     }
-    for (long spins = 0; __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE) == generation;
-         spins++) {
-        if (spins < GK_SPINS)
-            gk_pause();
-        else
-            sched_yield();
-    }
+    long long waited = gk_wait_while(&barrier->generation, generation, &barrier->sleepers);
+    __atomic_add_fetch(&barrier->waited, waited, __ATOMIC_RELAXED);
+}
+
+/* Nanoseconds the threads have waited at the barrier so far, all together. */
+static inline long long gk_barrier_waited(gk_barrier* barrier) {
+    return __atomic_load_n(&barrier->waited, __ATOMIC_RELAXED);
 }
 
 /* The threads of a call wait until the caller has started them all (1), or could not (-1:
  * they leave, and the caller runs the loop alone). */
-static int gk_wait_for_start(int* start) {
+typedef struct {
     int value;
-    for (long spins = 0; (value = __atomic_load_n(start, __ATOMIC_ACQUIRE)) == 0; spins++) {
-        if (spins < GK_SPINS)
-            gk_pause();
-        else
-            sched_yield();
-    }
-    return value;
+    int sleepers;
+} gk_start;
+
+static void gk_start_init(gk_start* start) {
+    start->value = 0;
+    start->sleepers = 0;
 }
 
-static void gk_set_start(int* start, int value) {
-    __atomic_store_n(start, value, __ATOMIC_RELEASE);
+static int gk_wait_for_start(gk_start* start) {
+    gk_wait_while(&start->value, 0, &start->sleepers);
+    return __atomic_load_n(&start->value, __ATOMIC_ACQUIRE);
+}
+
+static void gk_set_start(gk_start* start, int value) {
+    __atomic_store_n(&start->value, value, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&start->sleepers, __ATOMIC_SEQ_CST) > 0)
+        gk_wake_all(&start->value);
 }
 
 #endif

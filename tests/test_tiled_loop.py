@@ -35,6 +35,7 @@ from forward_support import (BUILTIN_PRESETS, F32_ATOL, F32_RTOL, F64_ATOL,
 DTYPES = [np.float64, np.float32]
 FEW_STEPS = 8                    # from T = 8 on, a batch of <= 4 sequences is tiled
 THREADED_CALL_WORK = 4194304     # T * B * KH * (H + D) per thread from which a call is threaded
+THREAD_STEP_WORK = 32768         # B * KH * (H + D) per thread and step from which a call is threaded
 MAX_TEAM = 16
 TIMEOUT = 60                     # only so that a hung call fails instead of hanging the suite
 # Units per panel in the loaded build: a tiled call of one unit on one thread computes one
@@ -121,6 +122,7 @@ def documented_plan(T, B, D, H, KH, threads, nr):
     team = max(1, min(threads, MAX_TEAM))
     if T * step_work < THREADED_CALL_WORK * team:
         team = 1
+    team = max(1, min(team, step_work // THREAD_STEP_WORK))
     units = math.ceil(math.ceil(H / nr) / team) * nr     # whole panels per thread
     return math.ceil(H / units), units
 
@@ -147,7 +149,12 @@ def test_plan_follows_the_documented_rules(single):
     assert _loop.plan(31, 8, D, H, 128, 2, single) == (1, 4 * nr)
     # Never more threads than panels, nor than MAX_TEAM; nothing to tile without steps or blocks.
     assert _loop.plan(10_000, 8, 32, nr, 4 * nr, 8, single) == (1, nr)
-    assert _loop.plan(10_000, 8, 32, 2 * nr, 8 * nr, 3, single) == (2, nr)
+    assert _loop.plan(10_000, 32, 32, 2 * nr, 8 * nr, 3, single) == (2, nr)
+    # Nor more threads than steps of THREAD_STEP_WORK: S1 (B = 1, D = 32, H = 64) has one.
+    assert 1 * 256 * (64 + 32) < THREAD_STEP_WORK
+    assert _loop.plan(1000, 1, 32, 64, 256, 2, single) == (1, math.ceil(64 / nr) * nr)
+    assert _loop.plan(1000, 1, 64, 64, 256, 8, single)[0] == 1         # one step's work
+    assert _loop.plan(1000, 2, 64, 64, 256, 8, single)[0] == 2         # two
     assert _loop.plan(10_000, 8, 32, 64 * nr, 256 * nr, 1000, single) == (MAX_TEAM, 4 * nr)
     assert _loop.plan(0, 8, 3, 8, 32, 2, single) == (0, 8)
     assert _loop.plan(10, 8, 3, 8, 0, 2, single) == (0, 8)
@@ -246,7 +253,8 @@ THREADED_REMAINDER_SHAPES = [(1, 131), (2, 93), (7, 37), (13, 20), (25, 37)]
 
 
 def check_remainders(B, H, dtype, threads):
-    D = 1
+    # Few inputs, but enough for each thread's THREAD_STEP_WORK in the threaded shapes.
+    D = 1 if threads == 1 else 48
     cell = gatekit.Cell(D, H, "peephole", dtype=dtype, seed=B * 100 + H, threads=threads)
     # On 2 threads when the units make 2 panels or more.
     team = threads if -(-H // PANEL[cell.dtype]) >= threads else 1
@@ -299,7 +307,7 @@ def test_few_steps_of_many_sequences_on_two_threads(T, dtype):
 def test_long_sequence_on_two_threads():
     # Many barriers in a row, a course cell: three per step.
     cell = gatekit.Cell(8, 40, "course", dtype=np.float64, seed=15, threads=2)
-    T, B = 400, 6
+    T, B = 400, 9
     assert_tiled(cell, T, B, team=2)
     x, state = random_inputs(cell, T, B, seed=8)
     assert_matches_reference(cell, x, state)
