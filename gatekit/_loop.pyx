@@ -252,6 +252,7 @@ cdef struct Team:
     gk_barrier barrier
     long long started        # gk_now_ns() when the pass began
     Py_ssize_t alone_after   # the step after whose barrier thread 0 carries on alone, or -1
+    Py_ssize_t alone_at      # a step at which thread 0 goes alone whatever it measures (tests)
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
@@ -361,7 +362,8 @@ cdef StepEnd end_of_step(Team* team, int index, Py_ssize_t t, bint failed,
         team.failed[index] = t
     if alone:
         return STOP if failed else GO_ON
-    if index == 0 and not failed and team.alone_after < 0 and go_alone(team):
+    if (index == 0 and not failed and team.alone_after < 0
+            and (t == team.alone_at or go_alone(team))):
         team.alone_after = t        # the barrier publishes it: every thread reads it after
     gk_barrier_wait(&team.barrier)
     for m in range(team.size):
@@ -749,9 +751,11 @@ def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
-            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads):
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
+            Py_ssize_t alone_at=-1):
     """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
-    step at which a gate failed.
+    step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
+    whatever it measures, so that the tests can reach that path.)
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
@@ -795,7 +799,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         team.z, team.acts, team.ltm = z, acts, ltm
         team.work, team.panels = base + L.work, base + L.panels
         team.lengths = &lengths[0] if lengths is not None else NULL
-        team.phase = FORWARD
+        team.phase, team.alone_at = FORWARD, alone_at
         for j, gate in enumerate(gates):
             team.gates[j], team.mixes[j], team.syncs[j] = <void*> gate, gate.mixes_units, gate.syncs
         with nogil:
@@ -865,7 +869,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
-             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads):
+             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
+             Py_ssize_t alone_at=-1):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
@@ -876,7 +881,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     :func:`backward_scratch` numbers.
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
-    Runs on up to ``threads`` threads, as :func:`forward` does.
+    Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -929,6 +934,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                          f"{panels + P.team * weights_scratch(D, H, KH, P.units, single)}")
     if P.team > 0:
         team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
+        team.alone_at = alone_at
         team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
         team.forget_preactivation = forget_preactivation
         team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]

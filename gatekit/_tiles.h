@@ -7,13 +7,13 @@
  * its own cache for the whole sequence, and the gate maths runs on the product while it is still
  * in that cache.
  *
- * Packed layout: a panel holds GK_PANEL output columns (two vectors: 16 floats or 8 doubles
- * with AVX2, twice that with AVX-512) for every l of the reduction, panel[l * GK_PANEL + j],
+ * Packed layout: a panel holds GK_PANEL output columns (two vectors: 8 floats or 4 doubles in
+ * the portable build, twice that with AVX2, four times with AVX-512) for every l of the reduction, panel[l * GK_PANEL + j],
  * zero-padded past the last column. The product of GK_ROWS rows by one panel keeps its
  * 2 * GK_ROWS accumulators in registers (12 of the 16 of AVX2, 24 of the 32 of AVX-512),
  * reading one broadcast number of A and two vectors of the panel per l. Written with GCC's
  * vector extensions: the AVX2 + FMA and AVX-512 builds turn them into fused multiply-adds, the
- * baseline build into SSE2 instructions.
+ * baseline build into SSE2 multiplies and adds.
  */
 #ifndef GATEKIT_TILES_H
 #define GATEKIT_TILES_H
@@ -30,13 +30,18 @@
 #include <unistd.h>
 #endif
 
-/* 64-byte vectors and 32 registers in the AVX-512 build, 32-byte vectors and 16 registers
- * otherwise. */
+/* Vectors as wide as the build's instruction set: 64 bytes and 32 registers with AVX-512,
+ * 32 bytes and 16 registers with AVX2, 16 bytes and 16 registers in the portable build (SSE2,
+ * which every x86-64 has; wider vectors there would be split in two and spilled to memory at
+ * every multiply-add). */
 #if defined(__AVX512F__)
 #define GK_VECTOR_BYTES 64
 #define GK_ROWS 12
-#else
+#elif defined(__AVX2__) || !(defined(__x86_64__) || defined(__i386__))
 #define GK_VECTOR_BYTES 32
+#define GK_ROWS 6
+#else
+#define GK_VECTOR_BYTES 16
 #define GK_ROWS 6
 #endif
 

@@ -9,6 +9,7 @@ out).
 """
 import importlib
 import os
+import warnings
 
 from gatekit._gate import has_avx2_fma, has_avx512
 
@@ -35,8 +36,19 @@ def load(name, package="gatekit"):
     ``<name>_avx2``, else ``<name>``), among those that were built. A Cython gate plugin that
     builds more than one can pick its own with this (see plugins/gatekit-floored-forget)."""
     for build in builds():
+        module = f"{package}.{name}_{build}"
         try:
-            return importlib.import_module(f"{package}.{name}_{build}")
-        except ImportError:
-            pass
+            return importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:        # it was built, but needs something that is missing
+                _warn_unusable(module, error)
+        except ImportError as error:
+            _warn_unusable(module, error)
     return importlib.import_module(f"{package}.{name}")
+
+
+def _warn_unusable(module, error):
+    # A build that exists but does not load would otherwise be replaced, silently, by a
+    # narrower and slower one.
+    warnings.warn(f"{module} was built for this CPU but does not load ({error}); using a "
+                  f"narrower build of it instead", RuntimeWarning, stacklevel=3)

@@ -63,3 +63,44 @@ def test_builds_are_capped_by_the_environment(monkeypatch):
     assert "avx512" not in kernels.builds()
     monkeypatch.setenv(kernels.ENV, "baseline")
     assert kernels.builds() == []
+
+
+@pytest.fixture
+def package_with_builds(tmp_path, monkeypatch):
+    """A package ``builds_probe`` holding ``_thing`` (portable) and what a test adds of
+    ``_thing_avx2``, importable from here; this CPU runs AVX2 or the tests skip."""
+    if not kernels.has_avx2_fma():
+        pytest.skip("this CPU has no AVX2 + FMA")
+    package = tmp_path / "builds_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_thing.py").write_text("BUILD = 'portable'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(kernels.ENV, "avx2")
+    yield package
+    for name in [m for m in sys.modules if m.startswith("builds_probe")]:
+        del sys.modules[name]
+
+
+def test_a_wider_build_that_fails_to_load_is_reported_by_name(package_with_builds):
+    (package_with_builds / "_thing_avx2.py").write_text("raise ImportError('undefined symbol')\n")
+    with pytest.warns(RuntimeWarning, match=r"builds_probe\._thing_avx2 .*undefined symbol"):
+        module = kernels.load("_thing", package="builds_probe")
+    assert module.BUILD == "portable"
+
+
+def test_a_wider_build_that_needs_a_missing_module_is_reported(package_with_builds):
+    (package_with_builds / "_thing_avx2.py").write_text("import no_such_dependency_here\n")
+    with pytest.warns(RuntimeWarning, match=r"builds_probe\._thing_avx2 .*no_such_dependency"):
+        kernels.load("_thing", package="builds_probe")
+
+
+def test_a_wider_build_that_was_never_built_is_skipped_quietly(package_with_builds, recwarn):
+    module = kernels.load("_thing", package="builds_probe")
+    assert module.BUILD == "portable"
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_the_wider_build_loads_when_it_works(package_with_builds):
+    (package_with_builds / "_thing_avx2.py").write_text("BUILD = 'avx2'\n")
+    assert kernels.load("_thing", package="builds_probe").BUILD == "avx2"
