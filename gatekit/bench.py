@@ -10,9 +10,12 @@ and ``gatekit presets`` (:mod:`gatekit.report`) time these same callables.
 Families (each runs in its own process under ``run``, so that one library's idle BLAS or OpenMP
 threads spinning after a call do not slow the next library's threads):
 
-- ``gatekit``: every built-in preset; the NumPy reference (forward only, where one call takes
-  less than ``Settings.reference_limit`` seconds); the example plugins' Cython forget gate
-  (preset ``floored``) and Python Use gate (``standard`` with ``use="softsign"``).
+- ``gatekit``: every built-in preset; ``standard`` again with ``threads=1``; the NumPy reference
+  (forward only, where one call takes less than ``Settings.reference_limit`` seconds); the
+  example plugins' Cython forget gate (preset ``floored``) and Python Use gate (``standard`` with
+  ``use="softsign"``).
+- ``gatekit-avx2``, ``gatekit-baseline``: ``standard`` on the kernels ``GATEKIT_KERNELS=avx2``
+  and ``=baseline`` choose (read when gatekit is imported, so one process each).
 - ``torch``: ``torch.nn.LSTM`` (the fused kernel; forward under ``torch.no_grad()``, forward and
   backward with autograd), and ``course``, ``peephole`` and ``cifg`` written the way a PyTorch user
   writes a custom cell: a Python loop over time steps of torch ops, one ``Linear`` on
@@ -25,14 +28,17 @@ Parameters are copied from a gatekit cell of the same preset (:func:`torch_loop_
 numbers; ``benchmarks/test_correctness.py`` checks that they compute the same outputs and
 gradients as gatekit.
 
-``make bench`` (``SHAPES=S1,fixed`` for a quick run, ``REPORT=path.md``) runs
-``gatekit bench run --shapes S1,fixed --out report.md`` (also ``python -m gatekit.bench run``
-outside the source tree): the correctness guards, then each family in its own
-``pytest benchmarks`` process with ``--benchmark-json``; it merges the JSON files and writes a
-markdown report: the machine (CPU, cores, how much CPU time other processes took meanwhile),
-library versions, the BLAS and OpenMP thread pools of each process (threadpoolctl), a summary of
-gatekit ``standard`` against ``torch.nn.LSTM``, one table per group with the median, the ratios to
-gatekit ``standard`` and to ``torch.nn.LSTM`` of the same group, and what was skipped and why.
+``make bench`` (``SHAPES=S1,fixed`` for a quick run, ``REPORT=path.md``, ``LOAD=idle,busy``) runs
+``gatekit bench run --shapes S1,fixed --load idle --out report.md`` (also ``python -m
+gatekit.bench run`` outside the source tree): the correctness guards, then each family in its own
+``pytest benchmarks`` process with ``--benchmark-json``, once per load: ``idle``, and ``busy``,
+with one CPU-bound process (:func:`cpu_load`) running beside the family's process from before it
+starts until it ends. It merges the JSON files and writes a markdown report: the machine (CPU,
+cores, how much CPU time other processes took meanwhile), library versions, the BLAS and OpenMP
+thread pools of each process (threadpoolctl), the issue's target ratios (:func:`target_rows`),
+a summary of gatekit ``standard`` against ``torch.nn.LSTM``, one table per group (a case under one
+load) with the median, the ratios to gatekit ``standard`` and to ``torch.nn.LSTM`` of the same
+group, and what was skipped and why.
 ``gatekit bench report DIR --out report.md`` renders the report again from a run's JSON files.
 """
 import argparse
