@@ -13,8 +13,13 @@ def pytest_addoption(parser):
     group.addoption("--gk-shapes", default=",".join(bench.DEFAULT_SHAPES),
                     help=f"comma-separated shapes of {', '.join(bench.SHAPES)} (default: all)")
     group.addoption("--gk-families", default=",".join(bench.FAMILIES),
-                    help="comma-separated families of gatekit, torch, jax (default: all; "
-                         "`make bench` runs each in its own process)")
+                    help=f"comma-separated families of {', '.join(bench.FAMILIES)} (default: "
+                         "all; `make bench` runs each in its own process, as the kernel "
+                         "families need: GATEKIT_KERNELS is read when gatekit is imported)")
+    group.addoption("--gk-load", default="idle", choices=bench.LOADS,
+                    help="the load this process is timed under, for the report's groups: "
+                         "`gatekit bench run --load busy` starts a CPU-bound process beside it "
+                         "and passes busy (this option starts nothing)")
     group.addoption("--gk-dtypes", default="float32,float64")
     group.addoption("--gk-modes", default="forward,fwdbwd")
     defaults = bench.Settings()
@@ -70,6 +75,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def load(pytestconfig):
+    return pytestconfig.getoption("--gk-load")
+
+
+@pytest.fixture(scope="session")
 def settings(pytestconfig):
     option = pytestconfig.getoption
     return bench.Settings(max_time=option("--gk-max-time"), min_rounds=option("--gk-min-rounds"),
@@ -88,7 +98,7 @@ def pytest_runtest_makereport(item, call):
     reason = reason.removeprefix("Skipped: ")
     if isinstance(params.get("case"), bench.Case):
         item.config.stash[SKIPS].append({
-            "group": params["case"].group, "contender": params["contender"].label,
+            "group": bench.group_name(params["case"], item.config.getoption("--gk-load")), "contender": params["contender"].label,
             "contender_id": params["contender"].id, "family": params["contender"].family,
             "reason": reason})
     elif item.get_closest_marker("correctness") and not item.config.getoption(
@@ -106,4 +116,5 @@ def pytest_sessionfinish(session):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     # After the session's benchmarks: the thread pools of the libraries this process loaded.
-    machine_info["gatekit_bench"] = bench.environment(config.getoption("--gk-families"))
+    machine_info["gatekit_bench"] = bench.environment(config.getoption("--gk-families"),
+                                                      config.getoption("--gk-load"))

@@ -11,13 +11,13 @@ import pytest
 from gatekit import bench
 
 
-def test_bench(benchmark, case, contender, settings):
+def test_bench(benchmark, case, contender, settings, load):
     try:
         prepared = contender.build(case, settings)
     except bench.Unavailable as reason:
         pytest.skip(str(reason))
-    benchmark.group = case.group
-    benchmark.extra_info.update(case.fields, contender=contender.label,
+    benchmark.group = bench.group_name(case, load)
+    benchmark.extra_info.update(case.fields, load=load, contender=contender.label,
                                 contender_id=contender.id, family=contender.family,
                                 **prepared.info)
     if benchmark.disabled:

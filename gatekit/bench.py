@@ -10,9 +10,12 @@ and ``gatekit presets`` (:mod:`gatekit.report`) time these same callables.
 Families (each runs in its own process under ``run``, so that one library's idle BLAS or OpenMP
 threads spinning after a call do not slow the next library's threads):
 
-- ``gatekit``: every built-in preset; the NumPy reference (forward only, where one call takes
-  less than ``Settings.reference_limit`` seconds); the example plugins' Cython forget gate
-  (preset ``floored``) and Python Use gate (``standard`` with ``use="softsign"``).
+- ``gatekit``: every built-in preset; ``standard`` again with ``threads=1``; the NumPy reference
+  (forward only, where one call takes less than ``Settings.reference_limit`` seconds); the
+  example plugins' Cython forget gate (preset ``floored``) and Python Use gate (``standard`` with
+  ``use="softsign"``).
+- ``gatekit-avx2``, ``gatekit-baseline``: ``standard`` on the kernels ``GATEKIT_KERNELS=avx2``
+  and ``=baseline`` choose (read when gatekit is imported, so one process each).
 - ``torch``: ``torch.nn.LSTM`` (the fused kernel; forward under ``torch.no_grad()``, forward and
   backward with autograd), and ``course``, ``peephole`` and ``cifg`` written the way a PyTorch user
   writes a custom cell: a Python loop over time steps of torch ops, one ``Linear`` on
@@ -25,17 +28,21 @@ Parameters are copied from a gatekit cell of the same preset (:func:`torch_loop_
 numbers; ``benchmarks/test_correctness.py`` checks that they compute the same outputs and
 gradients as gatekit.
 
-``make bench`` (``SHAPES=S1,fixed`` for a quick run, ``REPORT=path.md``) runs
-``gatekit bench run --shapes S1,fixed --out report.md`` (also ``python -m gatekit.bench run``
-outside the source tree): the correctness guards, then each family in its own
-``pytest benchmarks`` process with ``--benchmark-json``; it merges the JSON files and writes a
-markdown report: the machine (CPU, cores, how much CPU time other processes took meanwhile),
-library versions, the BLAS and OpenMP thread pools of each process (threadpoolctl), a summary of
-gatekit ``standard`` against ``torch.nn.LSTM``, one table per group with the median, the ratios to
-gatekit ``standard`` and to ``torch.nn.LSTM`` of the same group, and what was skipped and why.
+``make bench`` (``SHAPES=S1,fixed`` for a quick run, ``REPORT=path.md``, ``LOAD=idle,busy``) runs
+``gatekit bench run --shapes S1,fixed --load idle --out report.md`` (also ``python -m
+gatekit.bench run`` outside the source tree): the correctness guards, then each family in its own
+``pytest benchmarks`` process with ``--benchmark-json``, once per load: ``idle``, and ``busy``,
+with one CPU-bound process (:func:`cpu_load`) running beside the family's process from before it
+starts until it ends. It merges the JSON files and writes a markdown report: the machine (CPU,
+cores, how much CPU time other processes took meanwhile), library versions, the BLAS and OpenMP
+thread pools of each process (threadpoolctl), the issue's target ratios (:func:`target_rows`),
+a summary of gatekit ``standard`` against ``torch.nn.LSTM``, one table per group (a case under one
+load) with the median, the ratios to gatekit ``standard`` and to ``torch.nn.LSTM`` of the same
+group, and what was skipped and why.
 ``gatekit bench report DIR --out report.md`` renders the report again from a run's JSON files.
 """
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -43,8 +50,10 @@ import math
 import os
 import platform
 import shlex
+import site
 import subprocess
 import sys
+import sysconfig
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,7 +79,12 @@ DTYPES = {name: ("float32", "float64") if name in ("S1", "S2") else ("float32",)
 MODES = {name: ("forward",) if name == "fixed" else ("forward", "fwdbwd") for name in SHAPES}
 DEFAULT_SHAPES = tuple(SHAPES)
 MODE_LABELS = {"forward": "forward", "fwdbwd": "forward+backward"}
-FAMILIES = ("gatekit", "torch", "jax")
+FAMILIES = ("gatekit", "gatekit-avx2", "gatekit-baseline", "torch", "jax")
+#: The kernel build (``GATEKIT_KERNELS``) of the families that time one build each: the build is
+#: chosen when gatekit is imported, so each needs its own process.
+KERNEL_FAMILIES = {"gatekit-avx2": "avx2", "gatekit-baseline": "baseline"}
+#: ``idle``: nothing of ours runs beside the timed process; ``busy``: one CPU-bound process does.
+LOADS = ("idle", "busy")
 SEED = 0
 
 
@@ -110,6 +124,17 @@ class Case:
     @property
     def fields(self):
         return asdict(self)
+
+
+def group_name(case, load="idle"):
+    """The benchmark group of ``case`` timed under ``load``: its own group, with the load after
+    it when busy (ratios are taken within a group, so always between runs under one load)."""
+    return case.group if load == "idle" else f"{case.group}, {load}"
+
+
+def process_name(family, load="idle"):
+    """How the report names the process that timed ``family`` under ``load``."""
+    return family if load == "idle" else f"{family}, {load}"
 
 
 def parse_list(text, known, what):
@@ -235,8 +260,8 @@ def builtin_presets():
     return list(PRESETS)
 
 
-def gatekit_cell(case, variant="standard", seed=SEED, **gates):
-    return Cell(case.D, case.H, variant, dtype=case.dtype, seed=seed, **gates)
+def gatekit_cell(case, variant="standard", seed=SEED, **options):
+    return Cell(case.D, case.H, variant, dtype=case.dtype, seed=seed, **options)
 
 
 def gatekit_callable(cell, x, dy, mode):
@@ -251,14 +276,39 @@ def gatekit_callable(cell, x, dy, mode):
     return forward_backward
 
 
-def prepare_gatekit(case, variant="standard", seed=SEED, **gates):
-    cell = gatekit_cell(case, variant, seed, **gates)
+def prepare_gatekit(case, variant="standard", seed=SEED, **options):
+    """``options``: more arguments of :class:`Cell` (gates by role, ``threads``)."""
+    cell = gatekit_cell(case, variant, seed, **options)
     x, dy = inputs(case, seed)
     return Prepared(gatekit_callable(cell, x, dy, case.mode), {"gates": cell.gate_names})
 
 
 def _gatekit_builder(variant):
     return lambda case, settings: prepare_gatekit(case, variant)
+
+
+def _one_thread_builder(case, settings):
+    return prepare_gatekit(case, "standard", threads=1)
+
+
+def _kernel_builder(build):
+    """``standard`` in a process that must run the ``build`` kernels (avx2 or baseline)."""
+    def prepare(case, settings):
+        from gatekit import kernels
+        asked = os.environ.get(kernels.ENV, "")
+        if asked != build:
+            raise Unavailable(f"the {build} kernels are timed in a process started with "
+                              f"{kernels.ENV}={build} (gatekit bench run starts it so); this one "
+                              f"has {kernels.ENV}={asked!r}")
+        suffix = "" if build == "baseline" else f"_{build}"
+        loaded = [kernels.load(name).__name__ for name in ("_builtin", "_loop")]
+        if loaded != [f"gatekit.{name}{suffix}" for name in ("_builtin", "_loop")]:
+            raise Unavailable(f"no {build} build runs here: {kernels.ENV}={build} loaded "
+                              f"{', '.join(loaded)} (the CPU lacks it, or it was not built)")
+        prepared = prepare_gatekit(case, "standard")
+        prepared.info["kernels"] = loaded
+        return prepared
+    return prepare
 
 
 def _plugin_builder(variant=None, need_gate=None, **gates):
@@ -584,6 +634,9 @@ def contenders(families=FAMILIES):
             found.append(Contender(
                 f"gatekit-{name}", f"gatekit {name}", "gatekit", _gatekit_builder(name),
                 (lambda case: True) if name == "standard" else None))
+            if name == "standard":
+                found.append(Contender(ONE_THREAD, "gatekit standard, threads=1", "gatekit",
+                                       _one_thread_builder))
         found.append(Contender("reference-standard", "gatekit.reference standard (NumPy)",
                                "gatekit", _reference_builder,
                                lambda case: case.mode == "forward" and case.shape != "fixed"))
@@ -591,6 +644,10 @@ def contenders(families=FAMILIES):
                                "gatekit", _plugin_builder("floored")))
         found.append(Contender("plugin-softsign-use", "plugin standard+use=softsign (Python gate)",
                                "gatekit", _plugin_builder(use="softsign")))
+    for family, build in KERNEL_FAMILIES.items():
+        if family in families:
+            found.append(Contender(kernel_contender(build), f"gatekit standard, {build} kernels",
+                                   family, _kernel_builder(build)))
     if "torch" in families:
         found.append(Contender("torch-nn-LSTM", "torch.nn.LSTM", "torch", _torch_lstm_builder,
                                lambda case: True))
@@ -604,9 +661,16 @@ def contenders(families=FAMILIES):
     return found
 
 
+def kernel_contender(build):
+    """The id of ``standard`` timed with the ``build`` kernels."""
+    return f"gatekit-standard-{build}"
+
+
 BASELINE = "gatekit-standard"
+ONE_THREAD = "gatekit-standard-1thread"
 #: Above this share of the machine's CPU time taken by other processes, a run is marked noisy.
 NOISY_SHARE = 0.05
+LOAD_TITLES = {"busy": "one CPU-bound process beside"}
 TORCH_BASELINE = "torch-nn-LSTM"
 
 
@@ -637,14 +701,16 @@ def versions():
     return found
 
 
-def environment(family=None):
+def environment(family=None, load="idle"):
     """What a benchmark process ran on: CPU, cores, load, library versions, and the thread pools
-    (threadpoolctl) of the libraries it has loaded; for ``torch`` and ``jax``, their threads."""
+    (threadpoolctl) of the libraries it has loaded; for ``torch`` and ``jax``, their threads.
+    ``load``: whether the harness ran a CPU-bound process beside it (``busy``)."""
     info = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
             "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
             "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "platform": platform.platform(), "versions": versions(), "family": family,
+            "load": load,
             "gatekit_path": str(Path(sys.modules["gatekit"].__file__).parent),
             "env": {k: v for k, v in os.environ.items()
                     if k.endswith("_NUM_THREADS") or k in ("XLA_FLAGS", "GATEKIT_BLOCK_PLUGINS",
@@ -693,23 +759,99 @@ def _ratio(value, base):
 
 
 def load_run(directory):
-    """The benchmarks, skips, environments and metadata of a run's JSON files in ``directory``."""
+    """The benchmarks, skips, environments and metadata of a run's JSON files in ``directory``.
+    Raises FileNotFoundError if there is no such folder, ValueError if it is a file or holds a
+    JSON file that is not one of a run's."""
     directory = Path(directory)
+    if not directory.is_dir():
+        if directory.exists():
+            raise ValueError(f"benchmark results: expected the folder of a run's JSON files, got "
+                             f"the file {directory}")
+        raise FileNotFoundError(f"benchmark results: no such folder {directory}")
     benchmarks, skips, environments = [], [], {}
     meta = {}
     if (directory / "meta.json").exists():
-        meta = json.loads((directory / "meta.json").read_text())
+        meta = _read_json(directory / "meta.json", dict)
     for path in sorted(directory.glob("*.json")):
         if path.name == "meta.json" or path.name.endswith("-skips.json"):
             continue
-        data = json.loads(path.read_text())
+        data = _read_json(path, dict)
         env = data.get("machine_info", {}).get("gatekit_bench")
         if env:
-            environments[env.get("family") or path.stem] = env
+            name = process_name(env.get("family") or path.stem, env.get("load", "idle"))
+            environments[name] = env
         benchmarks.extend(data.get("benchmarks", []))
     for path in sorted(directory.glob("*-skips.json")):
-        skips.extend(json.loads(path.read_text()))
+        skips.extend(_read_json(path, list))
+    known = [process_name(family, load) for family in FAMILIES for load in LOADS]
+    environments = dict(sorted(environments.items(), key=lambda item: (
+        known.index(item[0]) if item[0] in known else len(known), item[0])))
     return benchmarks, skips, environments, meta
+
+
+def _read_json(path, kind):
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"benchmark results: {path} is not JSON ({error})") from None
+    if not isinstance(data, kind):
+        raise ValueError(f"benchmark results: {path} should hold a JSON "
+                         f"{'object' if kind is dict else 'array'}; got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio the robustness issue asks for: median of ``numerator`` / median of ``denominator``
+    (contender ids) in the group of ``case`` under ``load`` (None: under each load that ran), at
+    most ``limit``."""
+    what: str
+    numerator: str
+    denominator: str
+    case: Case
+    load: object
+    limit: float
+
+
+def issue_targets():
+    """The robustness issue's targets, float32."""
+    both_modes = ("forward", "fwdbwd")
+    found = [Target("default threads / `threads=1`, one CPU-bound process beside", BASELINE,
+                    ONE_THREAD, Case.named(shape, mode=mode), "busy", 1.2)
+             for shape in ("S1", "S3") for mode in both_modes]
+    found += [Target("default threads / `threads=1`, idle", BASELINE, ONE_THREAD,
+                     Case.named("S3", mode=mode), "idle", 0.7) for mode in both_modes]
+    found += [Target("gatekit `standard` / `torch.nn.LSTM`, same load", BASELINE,
+                     TORCH_BASELINE, Case.named("S1", mode=mode), None, 0.5)
+              for mode in both_modes]
+    found += [Target("`GATEKIT_KERNELS=baseline` / `avx2` (`standard`)",
+                     kernel_contender("baseline"), kernel_contender("avx2"),
+                     Case.named(shape, mode=mode), None, 2.0)
+              for shape in ("S1", "S3") for mode in both_modes]
+    return found
+
+
+def target_rows(benchmarks, targets=None):
+    """One dict per target and load: ``what``, ``group``, ``load``, the two medians (None where
+    the contender did not run), ``ratio``, ``limit`` and ``verdict`` (``met``, ``not met`` or
+    ``not measured``). A target without a load of its own gets a row for each load that ran."""
+    medians = {(row["group"], row["extra_info"].get("contender_id")): row["stats"]["median"]
+               for row in benchmarks}
+    ran = [load for load in LOADS
+           if any(row["extra_info"].get("load", "idle") == load for row in benchmarks)]
+    rows = []
+    for target in issue_targets() if targets is None else targets:
+        for load in [target.load] if target.load else ran or ["idle"]:
+            group = group_name(target.case, load)
+            top = medians.get((group, target.numerator))
+            bottom = medians.get((group, target.denominator))
+            ratio = top / bottom if top is not None and bottom else None
+            verdict = ("not measured" if ratio is None else
+                       "met" if ratio <= target.limit else "not met")
+            rows.append({"what": target.what, "group": group, "load": load,
+                         "numerator_s": top, "denominator_s": bottom, "ratio": ratio,
+                         "limit": target.limit, "verdict": verdict})
+    return rows
 
 
 def _order(families=FAMILIES):
@@ -721,7 +863,8 @@ def render(benchmarks, skips, environments, meta=None):
     standard against torch.nn.LSTM, one table per group, and what was skipped and why."""
     meta = meta or {}
     order = _order()
-    group_order = {c.group: k for k, c in enumerate(cases())}
+    group_order = {group_name(c, load): k
+                   for k, (c, load) in enumerate((c, load) for c in cases() for load in LOADS)}
     lines = ["# gatekit benchmarks", ""]
     if meta:
         lines.append(f"Run {meta.get('started', '?')} with `{meta.get('command', '?')}`; "
@@ -729,13 +872,14 @@ def render(benchmarks, skips, environments, meta=None):
         shares = {f: m.get("others_cpu_share") for f, m in meta.get("families", {}).items()}
         noisy = [f for f, share in shares.items() if share is not None and share > NOISY_SHARE]
         if noisy:
-            lines.append(f"**Noisy:** other processes ran while {', '.join(noisy)} was timed "
+            lines.append(f"**Noisy:** other processes ran while "
+                         f"{', '.join(f'`{name}`' for name in noisy)} was timed "
                          "(see Machine); do not publish these numbers.")
         if meta.get("guards") is not None:
             lines.append(f"Correctness guards (the PyTorch and JAX versions against gatekit: "
                          f"outputs and gradients, float64, to 1e-10): {meta['guards']}.")
         lines.append("")
-    env = next(iter(environments.values()), None) or environment()
+    env = environments.get("gatekit") or next(iter(environments.values()), None) or environment()
     lines += ["## Machine", "",
               f"- CPU: {env['cpu']}; {env['logical_cpus']} logical CPUs, "
               f"{env['usable_cpus']} usable by this process",
@@ -746,11 +890,15 @@ def render(benchmarks, skips, environments, meta=None):
     lines.append(f"- Versions: {version_line}" + (f" (not installed: {', '.join(absent)})"
                                                     if absent else ""))
     if env.get("gatekit_path"):
-        lines.append(f"- gatekit imported from {env['gatekit_path']}"
-                     + (f"; built-in gate kernels {env['gatekit_kernels']}"
-                        if env.get("gatekit_kernels") else ""))
+        lines.append(f"- gatekit imported from {env['gatekit_path']}")
+    places = {e["gatekit_path"] for e in environments.values() if e.get("gatekit_path")}
+    if len(places) > 1:
+        lines.append(f"- **Mixed:** the processes imported different gatekits: "
+                     f"{', '.join(sorted(places))}; their ratios compare different code")
     for family, family_env in environments.items():
         extra = []
+        if family_env.get("gatekit_kernels"):
+            extra.append(f"gatekit kernels {', '.join(family_env['gatekit_kernels'])}")
         if "torch_threads" in family_env:
             extra.append(f"torch threads {family_env['torch_threads']} "
                          f"(interop {family_env.get('torch_interop_threads')})")
@@ -785,8 +933,10 @@ def render(benchmarks, skips, environments, meta=None):
               "and parameters built beforehand; JAX's compile time is excluded and shown apart); "
               "*per step* is median / T. *× standard* is median / median of gatekit `standard` in "
               "the same group, *× nn.LSTM* median / median of `torch.nn.LSTM` (above 1: slower). "
-              "gatekit with the NumPy reference and the plugins, PyTorch, and JAX each ran in "
-              "their own process."]
+              "gatekit with the NumPy reference and the plugins, gatekit with each capped kernel "
+              "build (`GATEKIT_KERNELS`), PyTorch, and JAX each ran in their own process. Groups "
+              "marked *busy* were timed with one CPU-bound process of the harness running "
+              "beside the timed process, started before it and stopped after it."]
     if settings:
         lines.append(f"Timing settings: {settings}.")
     lines.append("")
@@ -803,6 +953,17 @@ def render(benchmarks, skips, environments, meta=None):
 
     ordered = sorted(groups, key=lambda g: (group_order.get(g, len(group_order)), g))
     if ordered:
+        lines += ["## Issue targets", "",
+                  "Ratios of medians within one group, so between contenders timed under the "
+                  "same load (float32).", "",
+                  "| what | group | ratio | target | verdict |", "|---|---|---:|---:|---|"]
+        for row in target_rows(benchmarks):
+            measured = (f"{row['ratio']:.2f} ({format_seconds(row['numerator_s'])} / "
+                        f"{format_seconds(row['denominator_s'])})" if row["ratio"] is not None
+                        else "—")
+            lines.append(f"| {row['what']} | {row['group']} | {measured} | "
+                         f"≤ {row['limit']:g} | {row['verdict']} |")
+        lines.append("")
         lines += ["## Summary: gatekit standard against torch.nn.LSTM", "",
                   "| group | gatekit standard | torch.nn.LSTM | gatekit / nn.LSTM | "
                   "fastest |", "|---|---:|---:|---:|---|"]
@@ -820,6 +981,8 @@ def render(benchmarks, skips, environments, meta=None):
         T = info.get("T") or 1
         title = Case(info["shape"], info["T"], info["B"], info["D"], info["H"], info["dtype"],
                      info["mode"]).title if "shape" in info else group
+        if "shape" in info and info.get("load", "idle") != "idle":
+            title += f" ({info['load']}: {LOAD_TITLES[info['load']]})"
         base, torch_base = median(rows, BASELINE), median(rows, TORCH_BASELINE)
         lines += [f"## {title}", "",
                   "| contender | median | per step | × standard | × nn.LSTM | rounds × iter | "
@@ -871,10 +1034,59 @@ def _pytest(args):
     return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
 
 
-def _environ():
+def _environ(family=None):
+    """The environment of a pytest process that times ``family``: ours, importing the gatekit
+    this process imported, and for a kernel family its ``GATEKIT_KERNELS``."""
     # `python -m pytest` would put the working directory first on sys.path, and from the repo
     # root import the source tree's gatekit instead of the installed one (Python >= 3.11).
-    return dict(os.environ, PYTHONSAFEPATH="1")
+    env = dict(os.environ, PYTHONSAFEPATH="1")
+    root = str(Path(__file__).resolve().parent.parent)
+    installed = {str(Path(path).resolve()) for path in
+                 (*site.getsitepackages(), site.getusersitepackages(),
+                  sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+    if root not in installed:
+        # A source tree (PYTHONPATH or the working directory): its children must time it too.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    if family in KERNEL_FAMILIES:
+        from gatekit import kernels
+        env[kernels.ENV] = KERNEL_FAMILIES[family]
+    return env
+
+
+#: The CPU-bound process of the busy load. It stops by itself once its parent is gone (a parent
+#: killed with SIGKILL cannot stop it), checking every few milliseconds.
+_BUSY_LOOP = """\
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(200_000):
+        pass
+"""
+
+
+@contextlib.contextmanager
+def cpu_load(load):
+    """Run ``load`` beside the body: for ``busy`` one CPU-bound child process (a plain Python
+    loop, one process whatever the number of cores), started on entry and stopped and reaped on
+    exit, also when the body raises (KeyboardInterrupt included); for ``idle`` nothing. Yields
+    the process (None when idle)."""
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {', '.join(LOADS)}; got {load!r}")
+    if load == "idle":
+        yield None
+        return
+    process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _BUSY_LOOP, str(os.getpid())],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _cpu_times():
@@ -934,6 +1146,7 @@ def run(args):
     out_dir = Path(args.json_dir or Path(".benchmarks") / f"run-{stamp}")
     try:
         families = parse_list(args.families, FAMILIES, "families")
+        loads = parse_list(args.load, LOADS, "loads")
         shapes = parse_list(args.shapes, SHAPES, "shapes")
         parse_list(args.dtypes, ("float32", "float64"), "dtypes")
         parse_list(args.modes, ("forward", "fwdbwd"), "modes")
@@ -952,7 +1165,7 @@ def run(args):
                 "%Y-%m-%d %H:%M UTC"),
             "command": " ".join([getattr(args, "prog", "python -m gatekit.bench"),
                                  shlex.join(getattr(args, "argv", None) or [])]),
-            "settings": asdict(settings), "families": {}, "guards": None}
+            "settings": asdict(settings), "loads": loads, "families": {}, "guards": None}
 
     if not args.no_guards:
         print("== correctness guards (pytest -m correctness --benchmark-disable)", flush=True)
@@ -960,7 +1173,7 @@ def run(args):
         code = subprocess.call(_pytest([str(bench_dir), "-q", "-m", "correctness",
                                         "--benchmark-disable", "-rs", f"--junitxml={junit}",
                                         "--gk-skips", str(out_dir / "guards-skips.json")]),
-                               env=_environ())
+                               env=_environ("gatekit"))
         if code not in (0, 5):
             print("gatekit bench: a correctness guard failed; not timing implementations that "
                   "compute something else", file=sys.stderr)
@@ -968,32 +1181,37 @@ def run(args):
         meta["guards"] = _junit_summary(junit)
 
     failures = []
-    for family in families:
-        json_path = out_dir / f"{family}.json"
-        skips_path = out_dir / f"{family}-skips.json"
+    for family, load in ((family, load) for family in families for load in loads):
+        process = process_name(family, load)
+        stem = family if load == "idle" else f"{family}-{load}"
+        json_path = out_dir / f"{stem}.json"
+        skips_path = out_dir / f"{stem}-skips.json"
         for path in (json_path, skips_path):
             path.unlink(missing_ok=True)
         command = _pytest([str(bench_dir), "-q", "--benchmark-only", "-m", "not correctness",
                            f"--benchmark-json={json_path}", "--benchmark-group-by=group",
                            "--benchmark-sort=name",
                            "--benchmark-columns=min,median,max,rounds,iterations",
-                           "--gk-families", family, "--gk-skips", str(skips_path), *options,
-                           *extra])
-        print(f"== {family}: {' '.join(command)}", flush=True)
+                           "--gk-families", family, "--gk-load", load, "--gk-skips",
+                           str(skips_path), *options, *extra])
+        print(f"== {process}: {' '.join(command)}", flush=True)
         load_before = list(os.getloadavg())
+        # Measured around the load too: once reaped, its CPU time counts as ours, not others'.
         start, cpu_before = time.time(), _cpu_times()
-        code = subprocess.call(command, env=_environ())
-        meta["families"][family] = {"exit": code, "seconds": time.time() - start,
-                                    "load_before": load_before,
-                                    "load_after": list(os.getloadavg()),
-                                    "others_cpu_share": _others_share(cpu_before, _cpu_times())}
+        with cpu_load(load):
+            code = subprocess.call(command, env=_environ(family))
+        meta["families"][process] = {"exit": code, "seconds": time.time() - start,
+                                     "load": load, "load_before": load_before,
+                                     "load_after": list(os.getloadavg()),
+                                     "others_cpu_share": _others_share(cpu_before, _cpu_times())}
         if code not in (0, 5):
-            failures.append(family)
+            failures.append(process)
     meta["seconds"] = time.time() - started
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     text = render(*load_run(out_dir)[:3], meta)
     if failures:
-        text += f"\n**Failed:** the {', '.join(failures)} process(es) exited with an error.\n"
+        text += (f"\n**Failed:** the process(es) {', '.join(f'`{name}`' for name in failures)} "
+                 "exited with an error.\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -1003,7 +1221,12 @@ def run(args):
 
 
 def report(args):
+    """Render a run's report again. Raises FileNotFoundError or ValueError (naming the path)
+    where ``args.directory`` is not the folder of a run with results."""
     benchmarks, skips, environments, meta = load_run(args.directory)
+    if not benchmarks and not skips:
+        raise ValueError(f"benchmark results: no results in {args.directory} (expected the "
+                         f"<family>.json files of gatekit bench run --json-dir)")
     text = render(benchmarks, skips, environments, meta)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -1020,7 +1243,10 @@ def add_arguments(commands):
     runner.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                         help=f"comma-separated, of {', '.join(SHAPES)} (default: all)")
     runner.add_argument("--families", default=",".join(FAMILIES),
-                        help="comma-separated, of gatekit, torch, jax (default: all)")
+                        help=f"comma-separated, of {', '.join(FAMILIES)} (default: all)")
+    runner.add_argument("--load", default="idle",
+                        help="comma-separated, of idle, busy (default idle): busy times each "
+                             "family again with one CPU-bound process beside it")
     runner.add_argument("--dtypes", default="float32,float64")
     runner.add_argument("--modes", default="forward,fwdbwd")
     runner.add_argument("--out", default=".benchmarks/report.md", help="the markdown report")
@@ -1053,6 +1279,12 @@ def main(argv=None):
     add_arguments(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     args.argv, args.prog = argv, "python -m gatekit.bench"
+    if args.run is report:
+        try:
+            return report(args)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"python -m gatekit.bench: {error}", file=sys.stderr)
+            return 2
     return args.run(args)
 
 

@@ -1,0 +1,296 @@
+"""The benchmark harness where it times nothing: the issue-target ratios computed from a fixed,
+hand-written set of results, the report of a folder without results, the CPU-bound process of the
+busy load (started, stopped whatever happens, never left behind) and the environment of the
+processes it starts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import gatekit
+from gatekit import bench
+
+
+DIMS = {"S1": (1000, 1, 32, 64), "S3": (200, 32, 128, 256)}
+
+
+def result(group, contender_id, median, load="idle"):
+    """One benchmark as pytest-benchmark writes it, with what the suite's test adds."""
+    shape, dtype, mode = group.split(",")[0].split()
+    T, B, D, H = DIMS[shape]
+    return {"group": group, "name": f"test_bench[{contender_id}]",
+            "stats": {"median": median, "iqr": 0.0, "rounds": 10, "iterations": 1},
+            "extra_info": {"contender_id": contender_id, "contender": contender_id, "load": load,
+                           "shape": shape, "T": T, "B": B, "D": D, "H": H, "dtype": dtype,
+                           "mode": mode}}
+
+
+# Medians in seconds, chosen so that each ratio is easy to check by hand.
+RESULTS = [
+    result("S1 float32 forward, busy", "gatekit-standard", 1.1e-3, "busy"),
+    result("S1 float32 forward, busy", "gatekit-standard-1thread", 1.0e-3, "busy"),
+    result("S1 float32 forward, busy", "torch-nn-LSTM", 4.0e-3, "busy"),
+    result("S1 float32 fwdbwd, busy", "gatekit-standard", 3.0e-3, "busy"),
+    result("S1 float32 fwdbwd, busy", "gatekit-standard-1thread", 2.0e-3, "busy"),
+    result("S3 float32 forward", "gatekit-standard", 6.0e-3),
+    result("S3 float32 forward", "gatekit-standard-1thread", 10.0e-3),
+    result("S3 float32 fwdbwd", "gatekit-standard", 8.0e-3),
+    result("S3 float32 fwdbwd", "gatekit-standard-1thread", 10.0e-3),
+    result("S1 float32 forward", "gatekit-standard", 1.0e-3),
+    result("S1 float32 forward", "torch-nn-LSTM", 2.5e-3),
+    result("S1 float32 forward", "gatekit-standard-baseline", 3.0e-3),
+    result("S1 float32 forward", "gatekit-standard-avx2", 2.0e-3),
+    result("S3 float32 forward", "gatekit-standard-baseline", 50.0e-3),
+    result("S3 float32 forward", "gatekit-standard-avx2", 20.0e-3),
+]
+
+
+def rows_by(rows):
+    return {(row["what"].split(",")[0].split(" /")[0], row["group"]): row for row in rows}
+
+
+def test_issue_targets_are_ratios_within_one_group_and_load():
+    rows = rows_by(bench.target_rows(RESULTS))
+    threads_busy = rows[("default threads", "S1 float32 forward, busy")]
+    assert threads_busy["ratio"] == pytest.approx(1.1) and threads_busy["verdict"] == "met"
+    assert threads_busy["limit"] == 1.2
+    fwdbwd_busy = rows[("default threads", "S1 float32 fwdbwd, busy")]
+    assert fwdbwd_busy["ratio"] == pytest.approx(1.5) and fwdbwd_busy["verdict"] == "not met"
+    # The idle S3 target (<= 0.7) reads the idle group, never the busy one.
+    assert rows[("default threads", "S3 float32 forward")]["ratio"] == pytest.approx(0.6)
+    assert rows[("default threads", "S3 float32 forward")]["verdict"] == "met"
+    assert rows[("default threads", "S3 float32 fwdbwd")]["ratio"] == pytest.approx(0.8)
+    assert rows[("default threads", "S3 float32 fwdbwd")]["verdict"] == "not met"
+    # Against torch.nn.LSTM under each load that ran: 1.0 / 2.5 idle, 1.1 / 4.0 busy.
+    assert rows[("gatekit `standard`", "S1 float32 forward")]["ratio"] == pytest.approx(0.4)
+    assert rows[("gatekit `standard`", "S1 float32 forward, busy")]["ratio"] == \
+        pytest.approx(0.275)
+    assert rows[("gatekit `standard`", "S1 float32 forward, busy")]["verdict"] == "met"
+    kernels_s1 = rows[("`GATEKIT_KERNELS=baseline`", "S1 float32 forward")]
+    assert kernels_s1["ratio"] == pytest.approx(1.5) and kernels_s1["verdict"] == "met"
+    kernels_s3 = rows[("`GATEKIT_KERNELS=baseline`", "S3 float32 forward")]
+    assert kernels_s3["ratio"] == pytest.approx(2.5) and kernels_s3["verdict"] == "not met"
+
+
+def test_a_target_with_a_contender_missing_is_not_measured():
+    rows = rows_by(bench.target_rows(RESULTS))
+    missing_torch = rows[("gatekit `standard`", "S1 float32 fwdbwd, busy")]
+    assert missing_torch["ratio"] is None and missing_torch["verdict"] == "not measured"
+    assert missing_torch["numerator_s"] == 3.0e-3 and missing_torch["denominator_s"] is None
+    # No busy run of S3 at all: the busy S3 threads target is still listed, unmeasured.
+    assert rows[("default threads", "S3 float32 forward, busy")]["verdict"] == "not measured"
+
+
+def test_report_shows_busy_groups_apart_and_the_targets_table():
+    text = bench.render(RESULTS, [], {}, {})
+    assert "## Issue targets" in text
+    target_lines = [line for line in text.splitlines() if line.startswith("| default threads")]
+    assert any("S1 float32 forward, busy" in line and "| 1.10 (1.100 ms / 1.000 ms) |" in line
+               and line.endswith("| ≤ 1.2 | met |") for line in target_lines)
+    titles = [line for line in text.splitlines() if line.startswith("## S1 float32 forward:")]
+    # The busy table of a case right after its idle one, labelled.
+    assert titles == ["## S1 float32 forward: T=1000, B=1, D=32, H=64",
+                      "## S1 float32 forward: T=1000, B=1, D=32, H=64 "
+                      "(busy: one CPU-bound process beside)"]
+    busy_table = text.split(titles[1])[1].split("\n## ")[0]
+    # Ratios in the busy table are to the busy standard: torch.nn.LSTM 4.0 ms / 1.1 ms.
+    assert "| torch-nn-LSTM | 4.000 ms | 4.0 µs | 3.64 | 1.00 |" in busy_table
+
+
+def test_report_of_a_missing_folder_names_it(tmp_path):
+    missing = tmp_path / "no-such-run"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        bench.report(bench_args("report", str(missing)))
+
+
+@pytest.mark.parametrize("contents", [{}, {"meta.json": {"started": "then", "families": {}}}])
+def test_report_of_a_folder_without_results_names_it(tmp_path, contents):
+    for name, data in contents.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"no results in {tmp_path}"):
+        bench.report(bench_args("report", str(tmp_path)))
+
+
+def test_report_of_a_file_that_is_not_a_run_names_it(tmp_path):
+    (tmp_path / "gatekit.json").write_text("not json")
+    with pytest.raises(ValueError, match=str(tmp_path / "gatekit.json")):
+        bench.report(bench_args("report", str(tmp_path)))
+    with pytest.raises(ValueError, match=str(tmp_path / "gatekit.json")):
+        bench.report(bench_args("report", str(tmp_path / "gatekit.json")))
+
+
+def bench_args(*argv):
+    import argparse
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.argv, args.prog = list(argv), "test"
+    return args
+
+
+# --- The busy load ----------------------------------------------------------------------------
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid`` (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_children(parent=None):
+    """The running busy-loop processes whose parent is ``parent`` (default: any)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields[0] != "Z" and b"getppid" in command and (
+                parent is None or int(fields[1]) == parent):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def gone(pid, timeout=10.0):
+    """Whether process ``pid`` has ended (reaped, or a zombie) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+@linux_only
+def test_busy_load_is_one_cpu_bound_process_stopped_on_exit():
+    with bench.cpu_load("busy") as process:
+        assert busy_children(os.getpid()) == [process.pid]
+        start = cpu_seconds(process.pid)
+        time.sleep(0.5)
+        used = cpu_seconds(process.pid) - start
+        assert process.poll() is None
+    # A CPU-bound process takes a core; on a shared machine it gets at least a fifth of one.
+    assert used >= 0.1
+    assert process.returncode is not None
+    assert busy_children(os.getpid()) == []
+
+
+@linux_only
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_busy_load_is_stopped_when_the_timed_body_fails(error):
+    with pytest.raises(error):
+        with bench.cpu_load("busy") as process:
+            raise error("the timed process failed")
+    assert process.returncode is not None
+    assert busy_children(os.getpid()) == []
+
+
+def test_idle_load_starts_nothing_and_unknown_loads_are_refused():
+    with bench.cpu_load("idle") as process:
+        assert process is None
+    with pytest.raises(ValueError, match="load must be one of idle, busy; got 'heavy'"):
+        with bench.cpu_load("heavy"):
+            pass
+
+
+@linux_only
+def test_busy_load_ends_when_its_parent_is_killed(tmp_path):
+    # A parent killed with SIGKILL runs no finally: the load must notice by itself.
+    script = textwrap.dedent("""
+        import sys, time
+        from gatekit import bench
+        with bench.cpu_load("busy") as process:
+            print(process.pid, flush=True)
+            time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        load_pid = int(parent.stdout.readline())
+        assert not gone(load_pid, timeout=0.2)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        parent.stdout.close()
+    assert gone(load_pid)
+
+
+@linux_only
+@pytest.mark.parametrize("outcome", [0, KeyboardInterrupt])
+def test_run_times_each_family_under_each_load_and_leaves_no_load_behind(tmp_path, monkeypatch,
+                                                                          outcome):
+    calls = []
+
+    def fake_call(command, env):
+        if "--benchmark-only" not in command:
+            return 0
+        family = command[command.index("--gk-families") + 1]
+        load = command[command.index("--gk-load") + 1]
+        calls.append((family, load, len(busy_children(os.getpid())),
+                      env.get("GATEKIT_KERNELS")))
+        if outcome is KeyboardInterrupt and load == "busy":
+            raise KeyboardInterrupt
+        return outcome
+
+    monkeypatch.setattr(bench.subprocess, "call", fake_call)
+    monkeypatch.delenv("GATEKIT_KERNELS", raising=False)
+    args = bench_args("run", "--no-guards", "--shapes", "S1", "--families",
+                      "gatekit,gatekit-avx2,gatekit-baseline", "--load", "idle,busy",
+                      "--bench-dir", str(tmp_path), "--json-dir", str(tmp_path / "json"),
+                      "--out", str(tmp_path / "report.md"))
+    if outcome is KeyboardInterrupt:
+        with pytest.raises(KeyboardInterrupt):
+            bench.run(args)
+        assert calls == [("gatekit", "idle", 0, None), ("gatekit", "busy", 1, None)]
+    else:
+        assert bench.run(args) == 0
+        assert calls == [("gatekit", "idle", 0, None), ("gatekit", "busy", 1, None),
+                         ("gatekit-avx2", "idle", 0, "avx2"), ("gatekit-avx2", "busy", 1, "avx2"),
+                         ("gatekit-baseline", "idle", 0, "baseline"),
+                         ("gatekit-baseline", "busy", 1, "baseline")]
+        meta = json.loads((tmp_path / "json" / "meta.json").read_text())
+        assert meta["loads"] == ["idle", "busy"]
+        assert meta["families"]["gatekit-avx2, busy"]["load"] == "busy"
+    assert busy_children(os.getpid()) == []
+
+
+# --- The processes' environment ---------------------------------------------------------------
+
+def test_timed_processes_import_this_gatekit(tmp_path, monkeypatch):
+    source_root = Path(gatekit.__file__).resolve().parent.parent
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    env = bench._environ("gatekit")
+    found = subprocess.run([sys.executable, "-c", "import gatekit; print(gatekit.__file__)"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert Path(found.stdout.strip()).resolve().parent.parent == source_root
+
+
+def test_kernel_contender_refuses_a_process_with_other_kernels(monkeypatch):
+    monkeypatch.delenv("GATEKIT_KERNELS", raising=False)
+    avx2 = next(c for c in bench.contenders(("gatekit-avx2",)) if c.family == "gatekit-avx2")
+    with pytest.raises(bench.Unavailable, match="GATEKIT_KERNELS=avx2.*has GATEKIT_KERNELS=''"):
+        avx2.build(bench.Case.named("S1"))
+
+
+def test_kernel_contender_runs_the_build_its_process_loaded(tmp_path):
+    script = textwrap.dedent("""
+        from gatekit import bench
+        contender, = bench.contenders(("gatekit-baseline",))
+        print(",".join(contender.build(bench.Case.custom((2, 1, 3, 4))).info["kernels"]))
+    """)
+    env = dict(bench._environ("gatekit-baseline"))
+    found = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "gatekit._builtin,gatekit._loop"
