@@ -14,17 +14,34 @@ class GradcheckError(AssertionError):
 
 @dataclass
 class GradcheckResult:
-    """Relative error ``|analytic - numeric| / max(|analytic|, |numeric|)`` (norms over the
-    checked entries) of each gradient, by name."""
+    """For each gradient, by name: ``differences``, the norm ``|analytic - numeric|`` over the
+    checked entries, and ``errors``, that difference relative to ``max(|analytic|,
+    |numeric|)``. A gradient passes when its difference is at most ``atol + tolerance *
+    max(|analytic|, |numeric|)``."""
     errors: dict
     tolerance: float
+    differences: dict = None
+    atol: float = 0.0
+
+    def _excess(self, name):
+        """How far the gradient is from failing: above 1 it fails."""
+        if self.differences is None:
+            return self.errors[name] / self.tolerance if self.tolerance else self.errors[name]
+        difference, relative = self.differences[name], self.errors[name]
+        scale = difference / relative if relative else 0.0
+        allowed = self.atol + self.tolerance * scale
+        if allowed == 0:
+            return 0.0 if difference == 0 else float("inf")
+        return difference / allowed
 
     @property
     def worst(self):
-        return max(self.errors.items(), key=lambda item: item[1])
+        """``(name, relative error)`` of the gradient nearest to failing (or furthest past)."""
+        name = max(self.errors, key=self._excess)
+        return name, self.errors[name]
 
     def __bool__(self):
-        return self.worst[1] <= self.tolerance
+        return all(self._excess(name) <= 1 for name in self.errors)
 
 
 def _relative_error(analytic, numeric):
@@ -32,8 +49,8 @@ def _relative_error(analytic, numeric):
     return 0.0 if scale == 0 else float(np.linalg.norm(analytic - numeric) / scale)
 
 
-def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, seed=0,
-              raise_on_failure=True):
+def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_entries=40,
+              seed=0, raise_on_failure=True):
     """Compare ``cell.backward`` with centred finite differences, in float64.
 
     The loss is a fixed random projection of every output and of the final STM and LTM, so
@@ -42,9 +59,14 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, 
     accurate to O(eps⁴) while keeping rounding noise at about 1e-16 |loss| / eps (with a plain
     centred difference and a tiny step, that noise swamps small gradients). Each parameter,
     ``x`` and the initial state is checked on at most ``max_entries`` of its entries, drawn at
-    random. A float32 cell is checked through a float64 copy of it. Returns a
-    :class:`GradcheckResult`; raises :class:`GradcheckError` naming the worst gradient when one
-    is off by more than ``tolerance`` relative (unless ``raise_on_failure`` is False).
+    random. A float32 cell is checked through a float64 copy of it.
+
+    A gradient passes when ``|analytic - numeric| <= atol + tolerance * max(|analytic|,
+    |numeric|)`` (norms over its checked entries). The absolute part is there because the
+    differences carry an absolute rounding error of about 1e-16 |loss| / eps per entry: a
+    gradient that is correct but tiny (1e-7, a saturated gate) is measured only to ~1e-4
+    relative. Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
+    worst gradient when one fails (unless ``raise_on_failure`` is False).
     """
     cell = cell.copy(np.float64)
     x = np.array(x, dtype=np.float64)
@@ -74,18 +96,21 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, 
     inputs = dict(cell.params)
     inputs.update(x=x, stm0=state[0], ltm0=state[1])
 
-    errors = {}
+    errors, differences = {}, {}
     for name, array in inputs.items():
         flat = array.reshape(-1)                 # a view: perturbing it perturbs the cell
         picked = rng.choice(flat.size, size=min(max_entries, flat.size), replace=False)
         numeric = np.array([(4 * centred(flat, i, eps / 2) - centred(flat, i, eps)) / 3
                             for i in picked])
-        errors[name] = _relative_error(analytic[name].reshape(-1)[picked], numeric)
-    result = GradcheckResult(errors, tolerance)
+        got = analytic[name].reshape(-1)[picked]
+        errors[name] = _relative_error(got, numeric)
+        differences[name] = float(np.linalg.norm(got - numeric))
+    result = GradcheckResult(errors, tolerance, differences, atol)
     if raise_on_failure and not result:
         name, error = result.worst
-        raise GradcheckError(f"gradient of {name!r} is off by {error:.2e} (relative) from "
-                             f"centred finite differences; tolerance {tolerance:.0e}; all: "
+        raise GradcheckError(f"gradient of {name!r} is off by {differences[name]:.2e} "
+                             f"({error:.2e} relative) from centred finite differences; "
+                             f"tolerance {atol:.0e} + {tolerance:.0e} relative; all: "
                              + ", ".join(f"{k}: {v:.1e}" for k, v in errors.items()))
     return result
 
