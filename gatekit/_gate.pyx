@@ -231,6 +231,10 @@ cdef class PythonGate(Gate):
         ``s_t`` (the forget gate's pre-activation, or None), ``STM_prev`` and ``LTM_prev``
         (read-only), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
         ``STM_t`` of this step, all of shape ``(B, H)``.
+
+        The arrays are views on the loop's buffers, and keep those buffers alive: one kept
+        after the call is safe to read and write, but a later call of the cell may reuse the
+        memory. To log activations, keep a copy.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
