@@ -476,14 +476,29 @@ class Cell:
                 gate._release_buffers(buffers)
 
     def _parameter_snapshot(self):
-        """A copy of every parameter, for :meth:`_changed_since`."""
-        return {name: array.copy() for name, array in self.params.items()}
+        """A copy of every parameter, for :meth:`_changed_since`: the packed block weights and
+        biases as two arrays (one comparison each), the gates' other parameters by name."""
+        return {"packed": (self._weights.copy(), self._bias.copy()),
+                "others": {name: self.params[name].copy() for cls in self._classes
+                           for name in cls.params}}
 
     def _changed_since(self, snapshot):
         """The names of the parameters whose bits differ from ``snapshot``'s (NaN included)."""
         bits = np.uint32 if self.dtype == np.float32 else np.uint64
-        return [name for name, array in self.params.items()
-                if not np.array_equal(array.view(bits), snapshot[name].view(bits))]
+
+        def same(a, b):
+            return np.array_equal(a.view(bits), b.view(bits))
+
+        weights, bias = snapshot["packed"]
+        if same(weights, self._weights) and same(bias, self._bias):
+            changed = set()
+        else:
+            then = self._gradient_views(weights, bias)
+            changed = {name for name in then if name not in snapshot["others"]
+                       and not same(then[name], self.params[name])}
+        changed |= {name for name, value in snapshot["others"].items()
+                    if not same(value, self.params[name])}
+        return [name for name in self.params if name in changed]
 
     def _call_threads(self):
         return _loop.threads_for(self.gates, THREADS if self.threads is None else self.threads)

@@ -124,6 +124,20 @@ def test_backward_refuses_a_tape_whose_parameters_changed(change):
     np.testing.assert_allclose(got["W_f"], want["W_f"], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("changed", [["W_u"], ["W_v"], ["b_n", "W_u"]])
+def test_backward_names_exactly_the_parameters_that_changed(changed):
+    # Course cell: W_u is a gate's own parameter, the others are blocks of the packed weights.
+    cell = gatekit.Cell(3, 4, "course", dtype=np.float64, seed=1)
+    x, state = random_inputs(cell, 3, 2, seed=2)
+    y, _, tape = cell.forward(x, state, keep=True)
+    for name in changed:
+        cell.params[name].reshape(-1)[0] += 1e-12
+    with pytest.raises(ValueError) as info:
+        cell.backward(tape, np.ones_like(y))
+    named = [name for name in cell.params if repr(name) in str(info.value)]
+    assert named == [name for name in cell.params if name in changed]
+
+
 def test_lstm_backward_refuses_a_tape_whose_parameters_changed_and_names_the_cell():
     lstm = gatekit.LSTM(3, 4, 2, dtype=np.float64, seed=1)
     x = np.random.default_rng(2).standard_normal((4, 2, 3))
