@@ -197,6 +197,24 @@ cdef class PythonGate(Gate):
     extra parameters (those declared in ``params``) to NumPy arrays.
     """
     cdef dict params_arrays
+    # The arrays behind the buffers of the calls running this gate: every step array a call
+    # hands to the gate keeps them alive, so a gate that keeps one past its call (to log
+    # activations, say) holds memory, not a dangling pointer.
+    cdef list _buffer_owners
+
+    def __cinit__(self, *args, **kwargs):
+        self._buffer_owners = []
+
+    def _hold_buffers(self, owner):
+        """Make the step arrays of the call that is starting keep ``owner`` alive."""
+        self._buffer_owners.append(owner)
+
+    def _release_buffers(self, owner):
+        """The call that held ``owner`` is over (its step arrays still hold it)."""
+        for k, held in enumerate(self._buffer_owners):
+            if held is owner:
+                del self._buffer_owners[k]
+                return
 
     def bind(self, arrays):
         self.params_arrays = {name: arrays[name] for name in type(self).params}
@@ -213,6 +231,10 @@ cdef class PythonGate(Gate):
         ``s_t`` (the forget gate's pre-activation, or None), ``STM_prev`` and ``LTM_prev``
         (read-only), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
         ``STM_t`` of this step, all of shape ``(B, H)``.
+
+        The arrays are views on the loop's buffers, and keep those buffers alive: one kept
+        after the call is safe to read and write, but a later call of the cell may reuse the
+        memory. To log activations, keep a copy.
         """
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
@@ -295,13 +317,18 @@ class StepArrays:
         return self._block(self._dz, block)
 
 
-cdef _view(const floating* data, Py_ssize_t rows, Py_ssize_t cols, bint writeable=True):
+cdef _view(const floating* data, Py_ssize_t rows, Py_ssize_t cols, object owner,
+           bint writeable=True):
     if data == NULL:
         return None
-    cdef floating[:, ::1] view
-    view = <floating[:rows, :cols]> <floating*> data
-    array = np.asarray(view)
-    array.flags.writeable = writeable
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = rows, cols
+    cdef int typenum = cnp.NPY_FLOAT if floating is float else cnp.NPY_DOUBLE
+    cdef cnp.ndarray array = cnp.PyArray_SimpleNewFromData(2, dims, typenum, <void*> data)
+    # The array's base is what owns the memory, so the array cannot outlive it.
+    cnp.set_array_base(array, owner)
+    if not writeable:
+        array.flags.writeable = False
     return array
 
 
@@ -312,24 +339,29 @@ ctypedef fused step_t:
 
 cdef _step_arrays(step_t* s, PythonGate gate):
     cdef Py_ssize_t B = s.e.B, H = s.e.H, ldz = s.e.ldz, k = 0
+    owner = tuple(gate._buffer_owners)
     dparams = None
     if s.dparam != NULL:
         dparams = {}
         for name, array in gate.params_arrays.items():
-            dparams[name] = _view(s.dparam[k], 1, <Py_ssize_t> array.size).reshape(array.shape)
+            dparams[name] = _view(s.dparam[k], 1, <Py_ssize_t> array.size, owner).reshape(
+                array.shape)
             k += 1
     return StepArrays(
         s.e.t, H, gate.offset, tuple(type(gate).blocks),
-        _view(s.z, B, ldz), _view(s.dz, B, ldz), dparams,
-        s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, False)[:, :H],
-        ds_t=None if s.ds_t == NULL else _view(s.ds_t, B, ldz)[:, :H],
-        STM_prev=_view(s.STM_prev, B, H, False), LTM_prev=_view(s.LTM_prev, B, H, False),
-        f_t=_view(s.f_t, B, H), i_t=_view(s.i_t, B, H), N_t=_view(s.N_t, B, H),
-        U_t=_view(s.U_t, B, H), V_t=_view(s.V_t, B, H), LTM_t=_view(s.LTM_t, B, H),
-        STM_t=_view(s.STM_t, B, H), dSTM_t=_view(s.dSTM_t, B, H, False),
-        df_t=_view(s.df_t, B, H), di_t=_view(s.di_t, B, H), dN_t=_view(s.dN_t, B, H),
-        dU_t=_view(s.dU_t, B, H), dV_t=_view(s.dV_t, B, H), dLTM_t=_view(s.dLTM_t, B, H),
-        dLTM_prev=_view(s.dLTM_prev, B, H))
+        _view(s.z, B, ldz, owner), _view(s.dz, B, ldz, owner), dparams,
+        s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, owner, False)[:, :H],
+        ds_t=None if s.ds_t == NULL else _view(s.ds_t, B, ldz, owner)[:, :H],
+        STM_prev=_view(s.STM_prev, B, H, owner, False),
+        LTM_prev=_view(s.LTM_prev, B, H, owner, False),
+        f_t=_view(s.f_t, B, H, owner), i_t=_view(s.i_t, B, H, owner),
+        N_t=_view(s.N_t, B, H, owner), U_t=_view(s.U_t, B, H, owner),
+        V_t=_view(s.V_t, B, H, owner), LTM_t=_view(s.LTM_t, B, H, owner),
+        STM_t=_view(s.STM_t, B, H, owner), dSTM_t=_view(s.dSTM_t, B, H, owner, False),
+        df_t=_view(s.df_t, B, H, owner), di_t=_view(s.di_t, B, H, owner),
+        dN_t=_view(s.dN_t, B, H, owner), dU_t=_view(s.dU_t, B, H, owner),
+        dV_t=_view(s.dV_t, B, H, owner), dLTM_t=_view(s.dLTM_t, B, H, owner),
+        dLTM_prev=_view(s.dLTM_prev, B, H, owner))
 
 
 cdef void out_of_memory(Gate gate, int* error) noexcept nogil:

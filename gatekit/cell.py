@@ -63,6 +63,11 @@ class Parameters(Mapping):
     def __setitem__(self, name, value):
         target = self[name]
         value = np.asarray(value)
+        # Complex values would lose their imaginary part, strings would fail inside NumPy
+        # without naming the parameter: only real numbers are taken.
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"parameter {name!r} takes real numbers ({target.dtype}); got an "
+                            f"array of dtype {value.dtype}")
         if value.shape != target.shape:
             raise ValueError(f"parameter {name!r} has shape {target.shape}; got {value.shape}")
         target[...] = value
@@ -108,6 +113,21 @@ def as_float_array(name, value, dtype, shape):
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def writable(array):
+    """``array``, or a copy of it if it is read-only: the compiled loop takes its inputs as
+    writable buffers (a memory-mapped file opened read-only, a frozen array)."""
+    return array if array.flags.writeable else array.copy()
+
+
+def refuse_changed_parameters(names):
+    """Refuse a backward pass over a tape whose parameters ``names`` changed since it was
+    recorded: its activations belong to the old values, so the gradients would match neither."""
+    raise ValueError(f"the parameters {', '.join(map(repr, names))} changed after the forward "
+                     "pass that recorded this tape (an optimiser step in between?); its "
+                     "activations belong to the old values, so the gradients would match "
+                     "neither: run forward(..., keep=True) again")
+
+
 def check_lengths(lengths, T, B):
     """``lengths`` as B integers in [1, T], in any order, or None (every sequence T steps)."""
     if lengths is None:
@@ -131,6 +151,22 @@ def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
     return bool(cls.differentiable)
+
+
+def _add_parameter(arrays, sources, name, array, source, registry):
+    """Add parameter ``name`` of ``source`` = (gate class, what of it declares the name); the
+    names of every gate of a cell share one namespace, so a clash names both gates."""
+    if name in arrays:
+        def describe(cls, what):
+            entry = registry.gates[cls.role].get(cls.name)
+            plugin = f" of plugin {entry.plugin!r}" if entry is not None else ""
+            return f"{cls.role} gate {cls.name!r}{plugin} ({what})"
+        raise ValueError(f"parameter {name!r} is declared twice in this cell: by "
+                         f"{describe(*sources[name])} and by {describe(*source)}; the blocks "
+                         "and parameters of a cell's four gates share one namespace, so one of "
+                         "the gates must rename its block or parameter")
+    arrays[name] = array
+    sources[name] = source
 
 
 class _Spares:
@@ -166,6 +202,8 @@ class Tape:
         self.z, self.acts, self.ltm = z, acts, ltm
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
+        # The activations hold for these parameters only: backward checks they are unchanged.
+        self.params = cell._parameter_snapshot()
 
     def __repr__(self):
         T, B, _ = self.x.shape
@@ -206,15 +244,17 @@ class Cell:
         blocks = [(cls, block) for cls in classes for block in cls.blocks]
         self._weights = np.empty((len(blocks) * H, H + D), self.dtype)
         self._bias = np.empty(len(blocks) * H, self.dtype)
-        arrays, offsets = {}, {}
+        arrays, offsets, sources = {}, {}, {}
         for k, (cls, block) in enumerate(blocks):
             offsets.setdefault(cls, k * H)
-            self._add(arrays, f"W_{block}", self._weights[k * H:(k + 1) * H], cls)
-            self._add(arrays, f"b_{block}", self._bias[k * H:(k + 1) * H], cls)
+            for kind, rows in (("W", self._weights), ("b", self._bias)):
+                _add_parameter(arrays, sources, f"{kind}_{block}", rows[k * H:(k + 1) * H],
+                               (cls, f"block {block!r}"), registry)
         for cls in classes:
             for name, shape in cls.params.items():
                 dims = tuple(H if dim == "H" else D for dim in shape)
-                self._add(arrays, name, np.empty(dims, self.dtype), cls)
+                _add_parameter(arrays, sources, name, np.empty(dims, self.dtype),
+                               (cls, f"parameter {name!r}"), registry)
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
@@ -224,13 +264,6 @@ class Cell:
         forget_gate = classes[0]
         self._forget_preactivation = offsets[forget_gate] if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
-
-    @staticmethod
-    def _add(arrays, name, array, cls):
-        if name in arrays:
-            raise ValueError(f"{cls.role} gate {cls.name!r} declares parameter {name!r}, which "
-                             "an earlier gate of this cell already has")
-        arrays[name] = array
 
     @staticmethod
     def _check_composition(classes):
@@ -281,8 +314,9 @@ class Cell:
         return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
 
-    def __call__(self, x, state=None):
-        y, state = self.forward(x, state)
+    def __call__(self, x, state=None, lengths=None):
+        """``cell.forward(x, state, lengths=lengths)`` without a tape: ``y, (stm, ltm)``."""
+        y, state = self.forward(x, state, lengths=lengths)
         return y, state
 
     def forward(self, x, state=None, keep=False, lengths=None):
@@ -304,6 +338,8 @@ class Cell:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()
             stm0 = stm0.copy() if state is not None else stm0
+        else:
+            x, stm0 = writable(x), writable(stm0)
         H, KH = self.hidden_size, self._weights.shape[0]
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
@@ -321,6 +357,8 @@ class Cell:
 
         ltm = buffer("ltm")
         ltm[0] = ltm0
+        buffers = (workspace, x, stm0, y)
+        self._hold_buffers(buffers)
         try:
             failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
                                    keep, lengths, self._forget_preactivation, threads)
@@ -328,6 +366,7 @@ class Cell:
                 self._raise_gate_error(failed)
             final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
         finally:
+            self._release_buffers(buffers)
             if not keep:
                 self._spares.give("workspace", workspace)
         tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
@@ -381,9 +420,12 @@ class Cell:
         for gate in self.gates:
             if not _differentiable(type(gate)):
                 raise NotImplementedError(no_backward_message(type(gate)))
+        changed = self._changed_since(tape.params)
+        if changed:
+            refuse_changed_parameters(changed)
         T, B, D = tape.x.shape
         H, KH = self.hidden_size, self._weights.shape[0]
-        dy = as_float_array("dy", dy, self.dtype, (T, B, H))
+        dy = writable(as_float_array("dy", dy, self.dtype, (T, B, H)))
         dstm_carry = np.empty((2, B, H), self.dtype)
         dstm_carry[0] = 0 if dstm is None else as_float_array("dstm", dstm, self.dtype, (B, H))
         dltm_carry = np.empty((2, B, H), self.dtype)
@@ -402,6 +444,8 @@ class Cell:
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares)
+        self._hold_buffers(buffers)
         try:
             dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
             dacts = spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H)
@@ -413,12 +457,48 @@ class Cell:
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
                 self._forget_preactivation, threads)
         finally:
+            self._release_buffers(buffers)
             for name, buffer in spares.items():
                 self._spares.give(name, buffer)
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
         return grads
+
+    def _hold_buffers(self, buffers):
+        for gate in self.gates:
+            if isinstance(gate, PythonGate):
+                gate._hold_buffers(buffers)
+
+    def _release_buffers(self, buffers):
+        for gate in self.gates:
+            if isinstance(gate, PythonGate):
+                gate._release_buffers(buffers)
+
+    def _parameter_snapshot(self):
+        """A copy of every parameter, for :meth:`_changed_since`: the packed block weights and
+        biases as two arrays (one comparison each), the gates' other parameters by name."""
+        return {"packed": (self._weights.copy(), self._bias.copy()),
+                "others": {name: self.params[name].copy() for cls in self._classes
+                           for name in cls.params}}
+
+    def _changed_since(self, snapshot):
+        """The names of the parameters whose bits differ from ``snapshot``'s (NaN included)."""
+        bits = np.uint32 if self.dtype == np.float32 else np.uint64
+
+        def same(a, b):
+            return np.array_equal(a.view(bits), b.view(bits))
+
+        weights, bias = snapshot["packed"]
+        if same(weights, self._weights) and same(bias, self._bias):
+            changed = set()
+        else:
+            then = self._gradient_views(weights, bias)
+            changed = {name for name in then if name not in snapshot["others"]
+                       and not same(then[name], self.params[name])}
+        changed |= {name for name, value in snapshot["others"].items()
+                    if not same(value, self.params[name])}
+        return [name for name in self.params if name in changed]
 
     def _call_threads(self):
         return _loop.threads_for(self.gates, THREADS if self.threads is None else self.threads)

@@ -14,7 +14,8 @@ import warnings
 
 import numpy as np
 
-from gatekit.cell import Cell, Parameters, _float_dtype, _size, as_float_array, check_lengths
+from gatekit.cell import (Cell, Parameters, _float_dtype, _size, as_float_array,
+                          check_lengths, refuse_changed_parameters)
 
 
 def cell_names(num_layers, bidirectional):
@@ -312,6 +313,10 @@ class LSTM:
         if tape.lstm is not self:
             raise ValueError(f"tape was recorded by another layer ({tape.lstm!r}); pass the "
                              "tape this layer's forward(..., keep=True) returned")
+        changed = [f"{name}.{symbol}" for name, cell_tape in zip(self.cell_names, tape.tapes)
+                   for symbol in self.cells[name]._changed_since(cell_tape.params)]
+        if changed:
+            refuse_changed_parameters(changed)
         T, B, H, D = tape.T, tape.B, self.hidden_size, self.directions
         shape = (B, T, D * H) if self.batch_first else (T, B, D * H)
         dy = as_float_array("dy", dy, self.dtype, shape)

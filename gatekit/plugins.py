@@ -201,24 +201,30 @@ def _register_for(add, plugin):
 
 def register_plugin(plugin, name=None):
     """Register a plugin object or module at run time (for gates defined in a script or a
-    notebook) and return its name. Cells built afterwards can use its gates and presets."""
+    notebook) and return its name. Cells built afterwards can use its gates and presets.
+
+    If the plugin is refused (by pluggy, or for what it registers), the registry is left as it
+    was: nothing of the plugin stays behind, and the name can be used again."""
     global _registry
     with _lock:
         manager = plugin_manager()
-        name = manager.register(plugin, name=name)
+        previous = _registry
+        name = name or manager.get_canonical_name(plugin)
+        already_known = manager.get_plugin(name) is not None or manager.is_registered(plugin)
         try:
+            registered = manager.register(plugin, name=name)
             manager.check_pending()
-        except pluggy.PluginValidationError:
-            manager.unregister(name=name)
-            raise
-        _registry = None
-        try:
-            registry()
-        except Exception:
-            manager.unregister(name=name)
             _registry = None
+            registry()
+        except BaseException:
+            # Some pluggy versions add a plugin before validating each of its hooks; whatever
+            # got in comes out again. A refusal because the name or the plugin is already
+            # registered leaves that earlier registration alone.
+            if not already_known and manager.get_plugin(name) is plugin:
+                manager.unregister(plugin, name=name)
+            _registry = previous
             raise
-        return name
+        return registered
 
 
 def unregister_plugin(name):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gatekit import reference
+from gatekit._gate import PythonGate
 from gatekit.cell import Cell
 
 
@@ -14,17 +15,34 @@ class GradcheckError(AssertionError):
 
 @dataclass
 class GradcheckResult:
-    """Relative error ``|analytic - numeric| / max(|analytic|, |numeric|)`` (norms over the
-    checked entries) of each gradient, by name."""
+    """For each gradient, by name: ``differences``, the norm ``|analytic - numeric|`` over the
+    checked entries, and ``errors``, that difference relative to ``max(|analytic|,
+    |numeric|)``. A gradient passes when its difference is at most ``atol + tolerance *
+    max(|analytic|, |numeric|)``."""
     errors: dict
     tolerance: float
+    differences: dict = None
+    atol: float = 0.0
+
+    def _excess(self, name):
+        """How far the gradient is from failing: above 1 it fails."""
+        if self.differences is None:
+            return self.errors[name] / self.tolerance if self.tolerance else self.errors[name]
+        difference, relative = self.differences[name], self.errors[name]
+        scale = difference / relative if relative else 0.0
+        allowed = self.atol + self.tolerance * scale
+        if allowed == 0:
+            return 0.0 if difference == 0 else float("inf")
+        return difference / allowed
 
     @property
     def worst(self):
-        return max(self.errors.items(), key=lambda item: item[1])
+        """``(name, relative error)`` of the gradient nearest to failing (or furthest past)."""
+        name = max(self.errors, key=self._excess)
+        return name, self.errors[name]
 
     def __bool__(self):
-        return self.worst[1] <= self.tolerance
+        return all(self._excess(name) <= 1 for name in self.errors)
 
 
 def _relative_error(analytic, numeric):
@@ -32,8 +50,8 @@ def _relative_error(analytic, numeric):
     return 0.0 if scale == 0 else float(np.linalg.norm(analytic - numeric) / scale)
 
 
-def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, seed=0,
-              raise_on_failure=True):
+def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_entries=40,
+              seed=0, raise_on_failure=True):
     """Compare ``cell.backward`` with centred finite differences, in float64.
 
     The loss is a fixed random projection of every output and of the final STM and LTM, so
@@ -42,9 +60,14 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, 
     accurate to O(eps⁴) while keeping rounding noise at about 1e-16 |loss| / eps (with a plain
     centred difference and a tiny step, that noise swamps small gradients). Each parameter,
     ``x`` and the initial state is checked on at most ``max_entries`` of its entries, drawn at
-    random. A float32 cell is checked through a float64 copy of it. Returns a
-    :class:`GradcheckResult`; raises :class:`GradcheckError` naming the worst gradient when one
-    is off by more than ``tolerance`` relative (unless ``raise_on_failure`` is False).
+    random. A float32 cell is checked through a float64 copy of it.
+
+    A gradient passes when ``|analytic - numeric| <= atol + tolerance * max(|analytic|,
+    |numeric|)`` (norms over its checked entries). The absolute part is there because the
+    differences carry an absolute rounding error of about 1e-16 |loss| / eps per entry: a
+    gradient that is correct but tiny (1e-7, a saturated gate) is measured only to ~1e-4
+    relative. Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
+    worst gradient when one fails (unless ``raise_on_failure`` is False).
     """
     cell = cell.copy(np.float64)
     x = np.array(x, dtype=np.float64)
@@ -74,18 +97,21 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, max_entries=40, 
     inputs = dict(cell.params)
     inputs.update(x=x, stm0=state[0], ltm0=state[1])
 
-    errors = {}
+    errors, differences = {}, {}
     for name, array in inputs.items():
         flat = array.reshape(-1)                 # a view: perturbing it perturbs the cell
         picked = rng.choice(flat.size, size=min(max_entries, flat.size), replace=False)
         numeric = np.array([(4 * centred(flat, i, eps / 2) - centred(flat, i, eps)) / 3
                             for i in picked])
-        errors[name] = _relative_error(analytic[name].reshape(-1)[picked], numeric)
-    result = GradcheckResult(errors, tolerance)
+        got = analytic[name].reshape(-1)[picked]
+        errors[name] = _relative_error(got, numeric)
+        differences[name] = float(np.linalg.norm(got - numeric))
+    result = GradcheckResult(errors, tolerance, differences, atol)
     if raise_on_failure and not result:
         name, error = result.worst
-        raise GradcheckError(f"gradient of {name!r} is off by {error:.2e} (relative) from "
-                             f"centred finite differences; tolerance {tolerance:.0e}; all: "
+        raise GradcheckError(f"gradient of {name!r} is off by {differences[name]:.2e} "
+                             f"({error:.2e} relative) from centred finite differences; "
+                             f"tolerance {atol:.0e} + {tolerance:.0e} relative; all: "
                              + ", ".join(f"{k}: {v:.1e}" for k, v in errors.items()))
     return result
 
@@ -102,8 +128,13 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
       (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
       (1e-9 relative);
     - the same forward (and backward) on a batch large enough for the time loop to split the
-      units between two threads (``threaded_steps`` steps of 16 sequences, 64 units): a gate
-      that writes outside its units [u0, u1) without setting ``mixes_units`` fails here.
+      units between two threads (``threaded_steps`` steps or more, of 16 sequences, 64 units):
+      two threads must give one thread's results bit for bit (a gate that writes outside its
+      units [u0, u1) without setting ``mixes_units`` fails here), and one thread's forward must
+      match the definition within the tolerances above (a failure there is not about threads:
+      float32 rounding can accumulate over a long sequence in a cell that never forgets);
+    - for a gate written in Python: two cells with it, run at once in two Python threads, give
+      what each gives alone (a gate that keeps state outside its instance fails here).
 
     The gate need not be registered: it is registered for the duration of the check. Raises
     :class:`GradcheckError` (an AssertionError) on the first failure; returns None.
@@ -125,21 +156,14 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
         D, H, T, B = input_size, hidden_size, steps, batch
         x = rng.standard_normal((T, B, D))
         state = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
-        for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)),
-                           (np.float32, dict(rtol=1e-4, atol=1e-5))):
+        for dtype, tol in FORWARD_TOLERANCES:
             cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed)
             y, (stm, ltm) = cell(x, state)
             for what, array, shape in (("y", y, (T, B, H)), ("stm", stm, (B, H)), ("ltm", ltm, (B, H))):
                 if array.shape != shape or array.dtype != np.dtype(dtype):
                     raise GradcheckError(f"{what}: expected {shape} {np.dtype(dtype)}, got "
                                          f"{array.shape} {array.dtype}")
-            y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64)
-            for what, got, want in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref)):
-                try:
-                    np.testing.assert_allclose(got, want, **tol)
-                except AssertionError as error:
-                    raise GradcheckError(f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}: "
-                                         f"forward {what} differs from its definition\n{error}") from None
+            _matches_definition(gate, cell, x, state, tol, f"{np.dtype(dtype)}")
         _check_threaded(gate, variant, D, threaded_steps, rng, seed)
         if not _differentiable(gate):
             return
@@ -160,16 +184,41 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
             plugins.unregister_plugin(name)
 
 
+# The forward pass against the definition: float64 to rounding; float32 relative, with an
+# absolute floor for outputs near zero (a sigmoid times a tanh can be ~1e-6).
+FORWARD_TOLERANCES = ((np.float64, dict(rtol=0, atol=1e-10)),
+                      (np.float32, dict(rtol=1e-4, atol=1e-5)))
+
+
+def _matches_definition(gate, cell, x, state, tol, where):
+    """The cell's forward against the gate's definition (the reference, in float64), within
+    ``tol``; a failure says ``where`` (dtype, steps, threads) it happened."""
+    y, (stm, ltm) = cell(x, state)
+    y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64)
+    for what, got, want in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref)):
+        try:
+            np.testing.assert_allclose(got, want, **tol)
+        except AssertionError as error:
+            raise GradcheckError(f"{gate.role} gate {gate.name!r}, {where}: forward {what} "
+                                 f"differs from its definition\n{error}") from None
+
+
 def _check_threaded(gate, variant, D, T, rng, seed):
-    """The gate on two threads that each compute a share of the units, against its definition
-    (and its backward against one thread's: each unit's gradient must not depend on how the
-    units were shared)."""
+    """The gate on two threads that each compute a share of the units. Each unit's arithmetic
+    does not depend on how the units are shared, so two threads must give one thread's results
+    bit for bit, forward and backward: a difference is the gate writing outside its units
+    [u0, u1). One thread's run is then held to the definition with the tolerance of the short
+    check, so that float32 rounding accumulated over the long sequence is named as such, not
+    blamed on the threads. A gate written in Python runs on the calling thread only; it is run
+    by two cells in two Python threads at once instead (see :func:`_check_python_threads`)."""
     from gatekit.cell import _differentiable, _loop
     B, H = 16, 64
-    for dtype, tol in ((np.float64, dict(rtol=0, atol=1e-10)),
-                       (np.float32, dict(rtol=1e-4, atol=1e-5))):
-        cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed, threads=2)
-        KH = cell._weights.shape[0]
+    python_gate = issubclass(gate, PythonGate)
+    for dtype, tol in FORWARD_TOLERANCES:
+        # A Python gate runs on one thread whatever the cell allows: one cell is enough.
+        cells = {threads: Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed,
+                               threads=threads) for threads in ((1,) if python_gate else (1, 2))}
+        KH = cells[1]._weights.shape[0]
         if KH == 0:
             return                          # no blocks: no product, the loop never splits
         steps = T
@@ -179,21 +228,79 @@ def _check_threaded(gate, variant, D, T, rng, seed):
                 raise ValueError(f"no call of {B} sequences of {H} units uses two threads")
         x = rng.standard_normal((steps, B, D))
         dy = rng.standard_normal((steps, B, H))
-        y, _ = cell(x)
-        y_ref, _ = reference.forward(cell, x, dtype=np.float64)
+        differentiable = _differentiable(gate)
+        runs = {}
+        for threads, cell in cells.items():
+            y, state, tape = cell.forward(x, keep=True)
+            runs[threads] = {"y": y, "stm": state[0], "ltm": state[1]}
+            if differentiable:
+                runs[threads].update({f"gradient of {name!r}": value for name, value in
+                                      cell.backward(tape, dy).items()})
+        for what, want in runs[1].items() if not python_gate else ():
+            if not np.array_equal(runs[2][what], want, equal_nan=True):
+                raise GradcheckError(
+                    f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}: on two threads, {what} "
+                    f"differs from one thread's (does it write outside units [u0, u1)?); "
+                    f"largest difference {np.nanmax(np.abs(runs[2][what] - want)):.3g}")
+        _matches_definition(gate, cells[1], x, None, tol,
+                            f"{np.dtype(dtype)}, over {steps} steps of {B} sequences of {H} "
+                            "units (one thread and two agree bit for bit, so this is not about "
+                            "threads: rounding accumulated over a long sequence, or the gate "
+                            "differs from its definition at this size)")
+    if python_gate:
+        _check_python_threads(gate, variant, D, rng, seed)
+
+
+def _check_python_threads(gate, variant, D, rng, seed, steps=40, B=3, H=8):
+    """Two cells with the gate, each in its own Python thread, at once: every result must be
+    what the same cell gives when it runs alone. A gate that keeps state outside its instance
+    (a class attribute, a module-level cache) fails here. Both threads finish their forward
+    pass before either starts its backward pass, so state carried from one to the other is
+    always caught; the interpreter switches threads as often as it can meanwhile."""
+    import sys
+    import threading
+    from gatekit.cell import _differentiable
+    differentiable = _differentiable(gate)
+    cells = [Cell(D, H, variant, **{gate.role: gate.name}, dtype=np.float64, seed=seed + k)
+             for k in range(2)]
+    inputs = [(rng.standard_normal((steps, B, D)), rng.standard_normal((steps, B, H)))
+              for _ in cells]
+
+    def run(cell, x, dy, between=lambda: None):
+        y, state, tape = cell.forward(x, keep=True)
+        between()
+        return y, (cell.backward(tape, dy) if differentiable else {})
+
+    alone = [run(cell, x, dy) for cell, (x, dy) in zip(cells, inputs)]
+    together = [None, None]
+    failures = []
+    both_forward = threading.Barrier(2, timeout=60)
+
+    def thread(k):
         try:
-            np.testing.assert_allclose(y, y_ref, **tol)
-        except AssertionError as error:
-            raise GradcheckError(f"{gate.role} gate {gate.name!r}, {np.dtype(dtype)}, on two "
-                                 f"threads: forward y differs from its definition (does it "
-                                 f"write outside units [u0, u1)?)\n{error}") from None
-        if not _differentiable(gate) or dtype != np.float64:
-            continue
-        one = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed, threads=1)
-        got = cell.backward(cell.forward(x, keep=True)[2], dy)
-        want = one.backward(one.forward(x, keep=True)[2], dy)
-        for key in want:
-            if _relative_error(got[key], want[key]) > 1e-12:
-                raise GradcheckError(f"{gate.role} gate {gate.name!r}: on two threads, the "
-                                     f"gradient of {key!r} differs from one thread's (does it "
-                                     "write outside units [u0, u1)?)")
+            together[k] = run(cells[k], *inputs[k], both_forward.wait)
+        except BaseException as error:       # re-raised below, on the checking thread
+            both_forward.abort()
+            failures.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=thread, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    if failures:
+        raise failures[0]
+    for k, ((y_alone, grads_alone), (y, grads)) in enumerate(zip(alone, together)):
+        for what, got, want in [("y", y, y_alone)] + [
+                (f"gradient of {name!r}", grads[name], grads_alone[name]) for name in grads_alone]:
+            if not np.array_equal(got, want, equal_nan=True):
+                raise GradcheckError(
+                    f"{gate.role} gate {gate.name!r}: run by two cells in two Python threads "
+                    f"at once, {what} of cell {k} differs from what the cell gives alone: the "
+                    "gate shares state between its instances (a class attribute, a module-"
+                    "level cache?)")

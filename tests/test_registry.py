@@ -412,3 +412,113 @@ def test_broken_entry_point_plugin_error_names_it_and_the_block_variable(fake_en
     # Following that advice works.
     out = _loaded(fake_entry_points("{installed},broken_ep"))
     assert "fake_ep_variant" in out["variants"]
+
+
+# --- A refused registration leaves nothing behind ----------------------------------------------
+
+def test_plugin_refused_by_pluggy_after_being_added_leaves_the_registry_as_it_was(register):
+    before_gates, before_variants = gatekit.gates(), gatekit.variants()
+    plugin = make_plugin(gates=[PyForget], variants=[("test_refused", {"forget": "py_forget"})])
+    manager = plugins.plugin_manager()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            real_register = manager.register
+
+            def register_then_refuse(plugin, name=None):
+                real_register(plugin, name=name)
+                raise pluggy.PluginValidationError(plugin, "refused after it was added")
+
+            patch.setattr(manager, "register", register_then_refuse)
+            with pytest.raises(pluggy.PluginValidationError):
+                gatekit.register_plugin(plugin, name="test-refused")
+        assert manager.get_plugin("test-refused") is None
+        assert not manager.is_registered(plugin)
+        assert gatekit.gates() == before_gates and gatekit.variants() == before_variants
+        # The same name (and the same plugin) can then be registered properly.
+        register(plugin, name="test-refused")
+        assert "py_forget" in gatekit.gates()["forget"] and "test_refused" in gatekit.variants()
+        cell = gatekit.Cell(3, 4, variant="test_refused", dtype=np.float64, seed=0)
+        assert_matches_reference(cell, *random_inputs(cell, 3, 2))
+    finally:
+        if manager.is_registered(plugin):           # what the unfixed code leaves behind
+            manager.unregister(plugin)
+            plugins.unregister_plugin("test-refused")
+
+
+def test_plugin_whose_hook_raises_leaves_the_registry_object_as_it_was(register):
+    class Failing:
+        @gatekit.hookimpl
+        def register_gates(self, register):
+            raise RuntimeError("this plugin's hook fails")
+
+    before = plugins.registry()
+    with pytest.raises(RuntimeError, match="hook fails"):
+        register(Failing(), name="test-failing-hook")
+    assert plugins.plugin_manager().get_plugin("test-failing-hook") is None
+    assert plugins.registry() is before
+
+
+# --- Block names: one namespace per cell ---------------------------------------------------------
+
+def forget_on_block_n(STM_prev, E_t, W_n, b_n):
+    return {"f_t": sigmoid(reference.linear(W_n, STM_prev, E_t, b_n))}
+
+
+class ForgetOnBlockN(gatekit.PythonGate):
+    """A forget gate whose block is named like the standard learn gate's combine block."""
+    role, name, blocks, params = "forget", "on_block_n", ("n",), {}
+    definition = staticmethod(forget_on_block_n)
+
+    def forward(self, step):
+        step.f_t[...] = sigmoid(step.z("n"))
+
+
+def test_block_clash_names_both_gates_and_the_block(register):
+    register(make_plugin(gates=[ForgetOnBlockN]), name="test-block-clash")
+    with pytest.raises(ValueError) as info:
+        gatekit.Cell(3, 4, forget="on_block_n")
+    message = str(info.value)
+    assert "forget gate 'on_block_n' of plugin 'test-block-clash' (block 'n')" in message
+    assert ("learn gate 'standard' of plugin 'gatekit.default_plugins.builtin' (block 'n')"
+            in message)
+    assert "'W_n'" in message
+
+
+def test_block_clash_with_another_gates_parameter_names_both(register):
+    class ForgetWithParameterWu(ForgetOnBlockN):
+        name, blocks, params = "with_w_u", ("f",), {"W_u": ("H", "H")}
+        definition = staticmethod(lambda STM_prev, E_t, W_f, b_f, W_u: {})
+
+    register(make_plugin(gates=[ForgetWithParameterWu]), name="test-param-clash")
+    with pytest.raises(ValueError) as info:
+        gatekit.Cell(3, 4, forget="with_w_u", use="literal")
+    message = str(info.value)
+    assert "forget gate 'with_w_u' of plugin 'test-param-clash' (parameter 'W_u')" in message
+    assert "use gate 'literal' of plugin 'gatekit.default_plugins.builtin' (block 'u')" in message
+
+
+def _readme_block_table():
+    """The README's table of the built-in gates' names: {(role, gate): (blocks, parameters)}."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    header = "| role | gate | blocks | other parameters |"
+    assert header in text, "the README lost its table of the built-in gates' block names"
+    rows = {}
+    for line in text[text.index(header):].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        role, gate, blocks, params = (cell.strip() for cell in line.strip("|").split("|"))
+
+        def names(column):
+            return () if column == "—" else tuple(name.strip().strip("`")
+                                                  for name in column.split(","))
+        rows[(role, gate.strip("`"))] = (names(blocks), names(params))
+    return rows
+
+
+def test_readme_table_of_block_names_matches_the_built_in_gates():
+    registered = {(role, name): (tuple(entry.cls.blocks), tuple(entry.cls.params))
+                  for role, entries in plugins.registry().gates.items()
+                  for name, entry in entries.items()
+                  if entry.plugin == "gatekit.default_plugins.builtin"}
+    assert _readme_block_table() == registered
