@@ -30,7 +30,6 @@ import zlib
 import numpy as np
 from numpy.lib import format as npy_format
 
-TEMPORARY_PREFIX = ".tmp-gatekit."
 _TEMPORARY_NAME = re.compile(r"\.tmp-gatekit\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)"
                              r"\.(?P<start>[0-9]+)\.[0-9a-f]{16}")
 # Far above any real metadata (a few hundred characters), far below a costly string.
@@ -57,11 +56,11 @@ def atomic_write(path, write, *, text=False):
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    remove_abandoned_temporaries(folder)
+    _remove_abandoned_temporaries(folder)
     temporary = os.path.join(folder, _temporary_name())
     # 0o666 through os.open: the kernel subtracts the umask, as for any file a program creates.
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    handle = os.open(temporary, flags, 0o666)
     try:
         stream = (os.fdopen(handle, "w", encoding="utf-8", newline="") if text
                   else os.fdopen(handle, "wb"))
@@ -80,7 +79,7 @@ def atomic_write(path, write, *, text=False):
     return path
 
 
-def remove_abandoned_temporaries(folder):
+def _remove_abandoned_temporaries(folder):
     """Remove, in ``folder``, the temporaries of :func:`atomic_write` whose writing process on
     this host no longer runs. Returns the names removed."""
     host = _host()
@@ -108,7 +107,7 @@ def remove_abandoned_temporaries(folder):
 
 def _temporary_name():
     pid = os.getpid()
-    return (f"{TEMPORARY_PREFIX}{_host()}.{pid}.{_process_start(pid) or 0}."
+    return (f".tmp-gatekit.{_host()}.{pid}.{_process_start(pid) or 0}."
             f"{secrets.token_hex(8)}")
 
 
@@ -308,4 +307,4 @@ def _read_header(stream, version):
     return dtype, tuple(shape)
 
 
-__all__ = ["LoadError", "StoredArrays", "atomic_write", "remove_abandoned_temporaries"]
+__all__ = ["LoadError", "StoredArrays", "atomic_write"]
