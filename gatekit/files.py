@@ -36,9 +36,10 @@ _TEMPORARY_NAME = re.compile(r"\.tmp-gatekit\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>
 MOST_META_CHARACTERS = 1 << 20
 # Deflate cannot expand data by more than about 1032:1; an entry declaring more is a lie.
 _MOST_DEFLATE_EXPANSION = 1100
-# The errors zipfile, zlib and numpy's .npy reader raise on damaged or malformed bytes.
+# The errors zipfile, zlib and numpy's .npy reader raise on damaged or malformed bytes; an
+# entry's offset in a damaged directory can make zipfile seek where no file can (OSError).
 _DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, TypeError,
-           OverflowError, NotImplementedError, RuntimeError, UnicodeDecodeError)
+           OverflowError, NotImplementedError, RuntimeError, UnicodeDecodeError, OSError)
 
 
 class LoadError(ValueError):

@@ -66,8 +66,9 @@ def with_meta(path, out, **changes):
 
 CHILD = textwrap.dedent("""
     import resource, sys, time
+    import numpy as np
     import gatekit
-    from gatekit import losses, optim, training
+    from gatekit import optim, training
     from gatekit.io import LoadError
 
     def size_now():
@@ -87,9 +88,9 @@ CHILD = textwrap.dedent("""
             else:
                 model = training.Model(gatekit.Cell(2, 3), 1)
                 training.load_checkpoint(path, model, optim.Adam(model.params),
-                                         __import__("numpy").random.default_rng())
+                                         np.random.default_rng())
             outcome = "loaded"
-        except LoadError as error:
+        except LoadError:
             outcome = "LoadError"
         except BaseException as error:
             outcome = type(error).__name__ + ": " + str(error)[:200]
