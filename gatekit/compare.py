@@ -17,11 +17,11 @@ import csv
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from gatekit import sweep, tasks
+from gatekit.files import atomic_write
 
 HYPERPARAMETERS = ("lr", "hidden_size", "batch_size")
 SHORT = {"lr": "lr", "hidden_size": "H", "batch_size": "B"}
@@ -217,26 +217,9 @@ def format_table(rows):
 # --- Files -----------------------------------------------------------------------------------
 
 def _atomic_write(path, write, binary=False):
-    """Write ``path`` through ``write(stream)`` into a temporary file, then rename it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-    try:
-        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else
-                                                          {"newline": "", "encoding": "utf-8"})) \
-                as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)      # mkstemp's 0600 is not what a user expects
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Write ``path`` through ``write(stream)`` atomically, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write, text=not binary)
 
 
 def write_csv(rows, path):

@@ -1,20 +1,20 @@
 """Fitting a cell: a linear readout on its short-term memory, a training loop with a progress
 bar, early stopping, and checkpoints that resume.
 
-Checkpoints are ``.npz`` files read with ``allow_pickle=False`` and written atomically
-(a temporary file in the same folder, then a rename), so a crash never leaves half a file.
+Checkpoints are ``.npz`` files, written atomically (:func:`gatekit.files.atomic_write`), so a
+crash never leaves half a file, and read without unpickling and without trusting them.
 """
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import gatekit
-from gatekit.cell import Cell, as_float_array
+from gatekit.cell import Cell
+from gatekit.files import StoredArrays, atomic_write
 from gatekit.optim import clip_grad_norm
 
 CHECKPOINT_FORMAT = 1
@@ -151,24 +151,8 @@ def train(model, batches, loss, optimizer, steps, *, clip=None, target_loss=None
     return history
 
 
-def atomic_savez(path, arrays):
-    """Write ``arrays`` to ``path`` as .npz, atomically: a temporary file, then a rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def save_checkpoint(path, model, optimizer, rng, losses):
+    """Write ``model``, ``optimizer``, ``rng`` and ``losses`` to ``path`` atomically."""
     cell = model.cell
     meta = {"format": CHECKPOINT_FORMAT, "gatekit": gatekit.__version__,
             "variant": cell.variant, "gates": cell.gate_names, "dtype": cell.dtype.name,
@@ -179,30 +163,82 @@ def save_checkpoint(path, model, optimizer, rng, losses):
     arrays.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
     arrays["losses"] = np.asarray(losses, dtype=np.float64)
     arrays["meta"] = np.array(json.dumps(meta))
-    atomic_savez(path, arrays)
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 def load_checkpoint(path, model, optimizer, rng):
-    """Restore ``model``, ``optimizer`` and ``rng`` from a checkpoint; returns the losses."""
-    with np.load(path, allow_pickle=False) as stored:
-        meta = json.loads(str(stored["meta"]))
-        if meta.get("format", 0) > CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} has checkpoint format {meta['format']}, newer than this "
-                             f"gatekit ({gatekit.__version__}) reads ({CHECKPOINT_FORMAT})")
+    """Restore ``model``, ``optimizer`` and ``rng`` from a checkpoint; returns the losses.
+
+    Raises :class:`gatekit.files.LoadError` (a ``ValueError``) naming the file and what is
+    wrong when it is damaged, of a newer format, or written for another model, optimizer or
+    random generator; every array's header is checked against the arrays this run has before
+    anything is read, and nothing is restored unless everything can be."""
+    with StoredArrays(path, "gatekit checkpoint") as stored:
+        meta = stored.read_meta()
+        if meta["format"] > CHECKPOINT_FORMAT:
+            raise stored.error(f"has checkpoint format {meta['format']}, newer than this "
+                               f"gatekit ({gatekit.__version__}) reads ({CHECKPOINT_FORMAT})")
         cell = model.cell
-        written = (meta["gates"], meta["optimizer"], meta["dtype"])
+        written = tuple(meta.get(key) for key in ("gates", "optimizer", "dtype"))
         running = (cell.gate_names, type(optimizer).__name__, cell.dtype.name)
         if written != running:
-            raise ValueError(f"{path} was written for gates {meta['gates']} with "
-                             f"{meta['optimizer']} in {meta['dtype']}; this run has "
-                             f"{cell.gate_names} with {type(optimizer).__name__} in "
-                             f"{cell.dtype.name}")
+            raise stored.error(f"was written for gates {written[0]} with {written[1]} in "
+                               f"{written[2]}; this run has {cell.gate_names} with "
+                               f"{type(optimizer).__name__} in {cell.dtype.name}")
+        expected = {f"param/{name}": array for name, array in model.params.items()}
+        expected.update({f"optimizer/{key}": np.asarray(value)
+                         for key, value in optimizer.state_dict().items()})
+        _check_headers(stored, expected)
+        losses = _read_losses(stored)
+        arrays = {key: stored.read(key) for key in expected}
+        steps = [key for key, array in arrays.items() if array.dtype.kind in "iu"]
+        for key in steps:
+            if np.any(arrays[key] < 0):
+                raise stored.error(f"is damaged: its {key!r} is {int(arrays[key])}; a count "
+                                   "of steps is at least 0")
+        restored_rng = _restored_bit_generator(stored, meta.get("rng"), rng)
         for name, array in model.params.items():
-            key = f"param/{name}"
-            if key not in stored:
-                raise ValueError(f"{path} has no parameter {name!r}")
-            array[...] = as_float_array(key, stored[key], array.dtype, array.shape)
-        optimizer.load_state_dict({key[len("optimizer/"):]: stored[key]
-                                   for key in stored.files if key.startswith("optimizer/")})
-        rng.bit_generator.state = meta["rng"]
-        return [float(v) for v in stored["losses"]]
+            array[...] = arrays[f"param/{name}"]
+        optimizer.load_state_dict({key[len("optimizer/"):]: arrays[key]
+                                   for key in expected if key.startswith("optimizer/")})
+        rng.bit_generator.state = restored_rng.state
+        return losses
+
+
+def _check_headers(stored, expected):
+    missing = [key for key in expected if key not in stored.headers]
+    unexpected = sorted(set(stored.headers) - set(expected) - {"meta", "losses"})
+    if missing or unexpected:
+        raise stored.error("does not hold the arrays of this model and optimizer: "
+                           + "; ".join(part for part in (
+                               missing and f"it lacks {', '.join(missing)}",
+                               unexpected and f"it has no use for {', '.join(unexpected)}")
+                               if part))
+    for key, array in expected.items():
+        dtype, shape = stored.headers[key]
+        if (dtype, shape) != (array.dtype, array.shape):
+            raise stored.error(f"holds {key!r} as {dtype} of shape {shape}; this run has "
+                               f"{array.dtype} of shape {array.shape}")
+
+
+def _read_losses(stored):
+    if "losses" not in stored.headers:
+        raise stored.error("does not hold the losses of the run it saved")
+    dtype, shape = stored.headers["losses"]
+    if dtype != np.float64 or len(shape) != 1:
+        raise stored.error(f"holds losses as {dtype} of shape {shape}; they should be one "
+                           "float64 number per step")
+    return [float(v) for v in stored.read("losses")]
+
+
+def _restored_bit_generator(stored, state, rng):
+    """A fresh bit generator of ``rng``'s kind in ``state``, so that a bad state touches
+    nothing of ``rng``."""
+    restored = type(rng.bit_generator)()
+    try:
+        restored.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as error:
+        raise stored.error(f"holds a random generator state that a "
+                           f"{type(rng.bit_generator).__name__} cannot take: {error!r}") \
+            from None
+    return restored

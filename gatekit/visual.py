@@ -13,10 +13,11 @@ has; colour bars and other decorations are not panels.
 Needs matplotlib: ``pip install gatekit[plot]``.
 """
 import os
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
+
+from gatekit.files import atomic_write
 
 #: The order quantities are drawn in; quantities a gate adds come after these.
 ORDER = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t", "STM_t", "s_t")
@@ -206,20 +207,12 @@ def save(figure, path):
         raise ValueError(f"cannot tell the image format of {path!r}: name it .png or .svg")
     from matplotlib import rc_context
 
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + fmt)
-    try:
+    def write(stream):
         # A fixed salt for the SVG's element ids, so that the same picture is the same file.
-        with os.fdopen(handle, "wb") as stream, rc_context({"svg.hashsalt": "gatekit"}):
+        with rc_context({"svg.hashsalt": "gatekit"}):
             figure.savefig(stream, format=fmt, metadata=_metadata(fmt))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -3,8 +3,12 @@
 Oracles: the saved model itself (its parameters and its outputs on fresh input), NumPy's own
 reader for what the file holds, and files crafted by hand for every way loading must fail.
 """
+import importlib.metadata
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -132,7 +136,8 @@ def test_loading_never_unpickles(tmp_path):
     evil = np.empty(1, dtype=object)
     evil[0] = Boom()
     rewrite(path, change_arrays=lambda arrays: arrays.update({"param/W_f": evil}))
-    with pytest.raises(io.LoadError, match="'param/W_f' cannot be read without unpickling"):
+    with pytest.raises(io.LoadError, match="'param/W_f' holds Python objects, which only "
+                                           "unpickling could read"):
         gatekit.load(path)
     assert not os.path.exists(Boom.marker)
 
@@ -161,17 +166,88 @@ def test_a_missing_plugin_is_named(tmp_path, register):
     path = tmp_path / "plugin.npz"
     gatekit.save(cell, path)
     assert meta_of(path)["gates"]["forget"] == {"name": "half_forget_io",
-                                                "plugin": "io-test-plugin", "version": None}
+                                                "plugin": "io-test-plugin", "version": None,
+                                                "distribution": None}
     np.testing.assert_array_equal(gatekit.load(path).params["W_f"], cell.params["W_f"])
     gatekit.unregister_plugin(name)
     with pytest.raises(io.LoadError, match="forget gate 'half_forget_io', which no loaded plugin "
-                                           "registers; it came from plugin 'io-test-plugin'"):
+                                           "registers; it came from plugin 'io-test-plugin', "
+                                           "registered at run time: register that plugin"):
         gatekit.load(path)
-    # an installed plugin is named with the version that wrote the file
-    rewrite(path, lambda meta: meta["gates"]["forget"].update(plugin="gatekit-fancy",
-                                                              version="2.1.0"))
-    with pytest.raises(io.LoadError, match=r"plugin 'gatekit-fancy' \(version 2.1.0\): install"):
+    # a plugin of an installed distribution is named with the distribution and its version
+    rewrite(path, lambda meta: meta["gates"]["forget"].update(
+        plugin="fancy", version="2.1.0", distribution="gatekit-fancy"))
+    with pytest.raises(io.LoadError, match=r"plugin 'fancy' \(version 2.1.0\) of the distribution "
+                                           r"'gatekit-fancy': install it \(pip install "
+                                           r"'gatekit-fancy==2.1.0'\)"):
         gatekit.load(path)
+    # a file written before distributions were recorded names the plugin's entry point
+    rewrite(path, lambda meta: meta["gates"]["forget"].pop("distribution"))
+    with pytest.raises(io.LoadError, match=r"plugin 'fancy' \(version 2.1.0\): install the "
+                                           r"distribution that provides the gatekit plugin "
+                                           r"'fancy'"):
+        gatekit.load(path)
+
+
+DISTRIBUTION_PROBE = textwrap.dedent("""
+    import json, sys, gatekit
+    path = sys.argv[2]
+    if sys.argv[1] == "save":
+        gatekit.save(gatekit.Cell(2, 3, forget="half_forget_dist"), path)
+    else:
+        try:
+            gatekit.load(path)
+        except gatekit.io.LoadError as error:
+            print(error)
+""")
+
+
+def test_a_missing_plugin_names_the_distribution_to_install(tmp_path):
+    # A throwaway distribution whose name differs from its entry point's, declared by a
+    # dist-info folder on the child's path: the error must name what pip installs.
+    info = tmp_path / "gatekit_test_halfgate-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gatekit-test-halfgate\n"
+                                   "Version: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[gatekit]\nhalf_ep = gatekit_test_halfgate\n")
+    (tmp_path / "gatekit_test_halfgate.py").write_text(textwrap.dedent("""
+        import numpy as np
+        import gatekit
+        from gatekit.reference import linear, sigmoid
+
+        class HalfForget(gatekit.PythonGate):
+            role, name, blocks = "forget", "half_forget_dist", ("f",)
+
+            @staticmethod
+            def definition(STM_prev, E_t, W_f, b_f):
+                s_t = linear(W_f, STM_prev, E_t, b_f)
+                return {"s_t": s_t, "f_t": sigmoid(s_t) / 2}
+
+            def forward(self, step):
+                step.f_t[...] = 1 / (1 + np.exp(-step.z("f"))) / 2
+
+        @gatekit.hookimpl
+        def register_gates(register):
+            register(HalfForget)
+    """))
+    others = sorted({ep.name for ep in importlib.metadata.entry_points(group="gatekit")})
+    path = tmp_path / "half.npz"
+
+    def run(step, blocked):
+        env = dict(os.environ, GATEKIT_BLOCK_PLUGINS=",".join(blocked))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(tmp_path)]))
+        result = subprocess.run([sys.executable, "-c", DISTRIBUTION_PROBE, step, str(path)],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("save", others)
+    forget = meta_of(path)["gates"]["forget"]
+    assert forget == {"name": "half_forget_dist", "plugin": "half_ep", "version": "1.2.3",
+                      "distribution": "gatekit-test-halfgate"}
+    message = run("load", [*others, "half_ep"])
+    assert "plugin 'half_ep' (version 1.2.3) of the distribution 'gatekit-test-halfgate'" in message
+    assert "pip install 'gatekit-test-halfgate==1.2.3'" in message
 
 
 def test_an_unknown_preset_names_its_plugin(tmp_path):
