@@ -163,14 +163,17 @@ def trace(args):
                              "archive")
         if x.ndim == 2:
             x = x[:, None, :]
-        if x.ndim != 3 or x.dtype.kind != "f":
+        if x.ndim != 3 or x.dtype.kind != "f" or 0 in x.shape:
             raise ValueError(f"--input {args.input!r}: expected floats of shape (T, B, D) or "
-                             f"(T, D); got {x.dtype} of shape {x.shape}")
+                             f"(T, D), none of them 0; got {x.dtype} of shape {x.shape}")
         if args.model is None and args.train_steps > 0 and x.shape[-1] != task.input_size:
             raise ValueError(f"--input {args.input!r} has {x.shape[-1]} features per step; a "
                              f"cell trained on {task.name} reads {task.input_size} "
                              "(--train-steps 0 traces an untrained cell of any input size)")
 
+    if args.model is not None and args.compare is not None:
+        raise ValueError(f"--compare {args.compare!r}: a loaded --model is drawn alone; "
+                         "leave out --compare, or trace a preset with --variant")
     # Every cell is built (and its names checked) before any of them trains.
     swaps = {role: getattr(args, role) for role in ROLES}
     if args.model is not None:

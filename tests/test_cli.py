@@ -57,6 +57,11 @@ USER_ERRORS = {
                                         "--out", "x.svg"], "gatekit trace:", "--batch-index"),
     "trace-unit-out-of-range": (["trace", "--train-steps", "0", "--kind", "lines", "--units",
                                  "99", "--out", "x.svg"], "gatekit trace:", "--units"),
+    "trace-input-without-steps": (["trace", "--input", "empty.npy", "--train-steps", "0",
+                                   "--out", "x.svg"], "gatekit trace:", "empty.npy"),
+    "trace-compare-with-a-model": (["trace", "--model", "cell.npz", "--compare", "standard",
+                                    "--kind", "saturation", "--out", "x.svg"],
+                                   "gatekit trace:", "--compare"),
     "trace-swap-contradicts-variant": (["trace", "--variant", "standard+forget=none",
                                         "--forget", "peephole", "--train-steps", "0"],
                                        "gatekit trace:", "contradicts"),
@@ -67,6 +72,8 @@ USER_ERRORS = {
 def test_a_user_error_is_one_line_on_stderr_and_exit_status_2(name, tmp_path):
     args, command, mentioned = USER_ERRORS[name]
     (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 9)))
+    gatekit.save(gatekit.Cell(9, 4, "standard", seed=0), tmp_path / "cell.npz")
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
