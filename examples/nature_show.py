@@ -27,6 +27,19 @@ def error_rates(outputs, target):
     return ((outputs > 0.5) != (target > 0.5)).mean(axis=(0, 1))
 
 
+def at_least(minimum):
+    """An argparse type: an integer no smaller than ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}")
+        return value
+    return parse
+
+
 def readout(model, stm):
     return stm @ model.readout["W_y"].T + model.readout["b_y"]
 
@@ -35,10 +48,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs", help="folder for the pictures (default docs)")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps per preset")
-    parser.add_argument("--hidden-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--formats", nargs="+", default=["png", "svg"])
+    parser.add_argument("--steps", type=at_least(1), default=2000,
+                        help="training steps per preset (default 2000)")
+    parser.add_argument("--hidden-size", type=at_least(1), default=8,
+                        help="units of each cell (default 8)")
+    parser.add_argument("--seed", type=at_least(0), default=0,
+                        help="seed of the cells, their training and the test streams "
+                             "(default 0)")
+    parser.add_argument("--formats", nargs="+", choices=sorted(set(visual.FORMATS.values())),
+                        default=["png", "svg"], help="the pictures' formats (default png svg)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 

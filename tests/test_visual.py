@@ -219,6 +219,18 @@ def test_forget_held_open():
                                (held["N_t"] * held["i_t"])[1:], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("arguments", [["--formats", "jpg"], ["--steps", "-1"],
+                                       ["--hidden-size", "0"]])
+def test_the_worked_example_refuses_bad_options_before_training(tmp_path, arguments):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "nature_show.py"),
+                           "--out", str(tmp_path), *arguments],
+                          timeout=300, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "training" not in done.stdout
+    assert f"argument {arguments[0]}" in done.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_worked_example_writes_its_pictures(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "nature_show.py"),
                            "--out", str(tmp_path), "--steps", "20", "--formats", "png", "svg"],

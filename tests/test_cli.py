@@ -1,0 +1,198 @@
+"""The `gatekit` command: clean errors, --version, help for every option, and what `gatekit
+trace` builds and draws.
+
+Errors are checked through real processes of the command (``python -m gatekit.cli``): their
+exit status and what they write on stderr.
+"""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gatekit
+from gatekit import cli, nature_show
+
+# The gatekit the tests import, for the processes they start.
+SOURCE = str(Path(gatekit.__file__).resolve().parent.parent)
+
+
+def run_cli(*args, cwd):
+    paths = [SOURCE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    return subprocess.run([sys.executable, "-m", "gatekit.cli", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+# --- Errors ----------------------------------------------------------------------------------
+
+USER_ERRORS = {
+    "compare-unknown-variant": (["compare", "nosuch", "--workers", "0", "--no-plots"],
+                                "gatekit compare:", "nosuch"),
+    "compare-unknown-gate": (["compare", "standard+forget=nosuch", "--workers", "0",
+                              "--no-plots"], "gatekit compare:", "nosuch"),
+    "compare-unknown-task": (["compare", "standard", "--task", "nosuch", "--workers", "0",
+                              "--no-plots"], "gatekit compare:", "nosuch"),
+    "bench-report-missing-folder": (["bench", "report", "no-such-run"],
+                                    "gatekit bench report:", "no-such-run"),
+    "bench-report-empty-folder": (["bench", "report", "empty"], "gatekit bench report:",
+                                  "no benchmark results"),
+    "trace-missing-model": (["trace", "--model", "missing.npz"], "gatekit trace:",
+                            "missing.npz"),
+    "trace-unknown-variant": (["trace", "--variant", "nosuch", "--train-steps", "0"],
+                              "gatekit trace:", "nosuch"),
+    "trace-unknown-gate": (["trace", "--forget", "nosuch", "--train-steps", "0"],
+                           "gatekit trace:", "nosuch"),
+    "trace-missing-input": (["trace", "--input", "missing.npy", "--train-steps", "0"],
+                            "gatekit trace:", "missing.npy"),
+    "trace-folder-of-output-missing": (["trace", "--train-steps", "0", "--out",
+                                        os.path.join("no-such-folder", "x.png")],
+                                       "gatekit trace:", "no-such-folder"),
+    "trace-unknown-quantity": (["trace", "--train-steps", "0", "--quantities", "f_t,zz",
+                                "--out", "x.svg"], "gatekit trace:", "zz"),
+    "trace-batch-index-out-of-range": (["trace", "--train-steps", "0", "--batch-index", "5",
+                                        "--out", "x.svg"], "gatekit trace:", "--batch-index"),
+    "trace-unit-out-of-range": (["trace", "--train-steps", "0", "--kind", "lines", "--units",
+                                 "99", "--out", "x.svg"], "gatekit trace:", "--units"),
+    "trace-input-without-steps": (["trace", "--input", "empty.npy", "--train-steps", "0",
+                                   "--out", "x.svg"], "gatekit trace:", "empty.npy"),
+    "trace-compare-with-a-model": (["trace", "--model", "cell.npz", "--compare", "standard",
+                                    "--kind", "saturation", "--out", "x.svg"],
+                                   "gatekit trace:", "--compare"),
+    "trace-swap-contradicts-variant": (["trace", "--variant", "standard+forget=none",
+                                        "--forget", "peephole", "--train-steps", "0"],
+                                       "gatekit trace:", "contradicts"),
+}
+
+
+@pytest.mark.parametrize("name", list(USER_ERRORS))
+def test_a_user_error_is_one_line_on_stderr_and_exit_status_2(name, tmp_path):
+    args, command, mentioned = USER_ERRORS[name]
+    (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "empty.npy", np.zeros((0, 1, 9)))
+    gatekit.save(gatekit.Cell(9, 4, "standard", seed=0), tmp_path / "cell.npz")
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(command) and mentioned in lines[0], lines[0]
+    assert not any(path.suffix in (".png", ".svg") for path in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, option", [
+    (["presets", "--shape", "0,16,32,64"], "--shape"),
+    (["trace", "--train-steps", "-1"], "--train-steps"),
+    (["trace", "--units", "a,b"], "--units"),
+    (["trace", "--dpi", "0"], "--dpi"),
+])
+def test_a_bad_option_value_is_refused_before_anything_runs(args, option, tmp_path):
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"argument {option}:" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def broken(shape):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(gatekit.report, "preset_rows", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["presets"])
+
+
+def test_version(tmp_path):
+    done = run_cli("--version", cwd=tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"gatekit {gatekit.__version__}"
+
+
+def parsers(parser, path=("gatekit",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from parsers(child, path + (name,))
+
+
+def test_every_option_has_help():
+    undocumented = []
+    for path, parser in parsers(cli.build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if not action.help:
+                undocumented.append(" ".join(path) + " " + (
+                    "/".join(action.option_strings) or action.dest))
+    assert undocumented == []
+
+
+# --- gatekit trace -----------------------------------------------------------------------------
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What `gatekit trace` hands to the picture functions: {function: (args, kwargs)}."""
+    pytest.importorskip("matplotlib")
+    from gatekit import visual
+
+    calls = {}
+    for name in ("heatmaps", "lines", "saturation"):
+        def recording(*args, _draw=getattr(visual, name), _name=name, **kwargs):
+            calls[_name] = (args, kwargs)
+            return _draw(*args, **kwargs)
+        monkeypatch.setattr(visual, name, recording)
+    return calls
+
+
+def write_input(tmp_path, T=6, B=2, D=3):
+    x = np.random.default_rng(5).standard_normal((T, B, D))
+    np.save(tmp_path / "x.npy", x)
+    return x, str(tmp_path / "x.npy")
+
+
+def test_saturation_swaps_the_gate_of_the_traced_cell_only(drawn, tmp_path):
+    x, path = write_input(tmp_path)
+    code = cli.main(["trace", "--input", path, "--train-steps", "0", "--hidden-size", "4",
+                     "--seed", "3", "--variant", "standard", "--forget", "none", "--kind",
+                     "saturation", "--out", str(tmp_path / "s.svg")])
+    assert code == 0
+    (traces,), _ = drawn["saturation"]
+    assert list(traces) == ["standard+forget=none", "course"]
+    expected = {"standard+forget=none": gatekit.Cell(3, 4, "standard", forget="none", seed=3),
+                "course": gatekit.Cell(3, 4, "course", seed=3)}
+    for label, cell in expected.items():
+        for name, value in cell.trace(x).items():
+            np.testing.assert_array_equal(traces[label][name], value, err_msg=f"{label} {name}")
+    # Without a forget gate f_t = 1; the comparison keeps its own forget gate.
+    assert np.all(traces["standard+forget=none"]["f_t"] == 1)
+    assert np.all(traces["course"]["f_t"] < 1)
+
+
+def test_the_label_names_every_swapped_gate(drawn, tmp_path):
+    x, path = write_input(tmp_path)
+    code = cli.main(["trace", "--input", path, "--train-steps", "0", "--hidden-size", "4",
+                     "--variant", "course+use=peephole", "--learn", "coupled",
+                     "--out", str(tmp_path / "h.svg")])
+    assert code == 0
+    (trace, _), options = drawn["heatmaps"]
+    assert options["title"] == f"course+learn=coupled+use=peephole on {path}"
+    cell = gatekit.Cell(3, 4, "course", learn="coupled", use="peephole", seed=0)
+    for name, value in cell.trace(x).items():
+        np.testing.assert_array_equal(trace[name], value, err_msg=name)
+
+
+def test_the_nature_show_default_traces_the_scripted_episode(drawn, tmp_path):
+    code = cli.main(["trace", "--train-steps", "0", "--out", str(tmp_path / "h.svg")])
+    assert code == 0
+    (trace, _), options = drawn["heatmaps"]
+    # The episode of docs/nature_show.md: 29 steps, cuts at steps 6, 14 and 22.
+    episode = list(nature_show.EPISODE)
+    assert len(episode) == 29
+    columns = [nature_show.VOCABULARY.index(token) for token in episode]
+    np.testing.assert_array_equal(trace["E_t"][:, 0], np.eye(9)[columns])
+    assert options["events"] == episode
+    assert list(options["marks"]) == [6, 14, 22]
