@@ -216,7 +216,8 @@ def test_busy_load_ends_when_its_parent_is_killed(tmp_path):
             print(process.pid, flush=True)
             time.sleep(60)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
     try:
         load_pid = int(parent.stdout.readline())
         assert not gone(load_pid, timeout=0.2)

@@ -266,9 +266,9 @@ KEEPER = textwrap.dedent("""
 """)
 
 
-def test_a_python_gate_may_keep_its_step_arrays():
+def test_a_python_gate_may_keep_its_step_arrays(tmp_path):
     # In a child process: a use-after-free would kill it, not the test run.
     result = subprocess.run([sys.executable, "-c", KEEPER], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, cwd=tmp_path)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "arrays alive" in result.stdout

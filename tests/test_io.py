@@ -237,7 +237,8 @@ def test_a_missing_plugin_names_the_distribution_to_install(tmp_path):
         env = dict(os.environ, GATEKIT_BLOCK_PLUGINS=",".join(blocked))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(tmp_path)]))
         result = subprocess.run([sys.executable, "-c", DISTRIBUTION_PROBE, step, str(path)],
-                                env=env, capture_output=True, text=True, timeout=120)
+                                env=env, capture_output=True, text=True, timeout=120,
+                                cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         return result.stdout
 

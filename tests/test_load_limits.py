@@ -103,7 +103,7 @@ def run_limited(files):
         pytest.skip("needs /proc to set an address-space limit above the interpreter's size")
     args = [part for kind, path in files for part in (kind, str(path))]
     result = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, cwd=os.path.dirname(files[0][1]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == len(files), result.stdout + result.stderr
