@@ -62,6 +62,7 @@ import numpy as np
 
 from gatekit import plugins, reference
 from gatekit.cell import Cell
+from gatekit.files import atomic_write
 
 # --- Cases ------------------------------------------------------------------------------------
 
@@ -1207,17 +1208,21 @@ def run(args):
         if code not in (0, 5):
             failures.append(process)
     meta["seconds"] = time.time() - started
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_text(out_dir / "meta.json", json.dumps(meta, indent=1))
     text = render(*load_run(out_dir)[:3], meta)
     if failures:
         text += (f"\n**Failed:** the process(es) {', '.join(f'`{name}`' for name in failures)} "
                  "exited with an error.\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_text(out, text)
     print(text)
     print(f"\ngatekit bench: JSON in {out_dir}, report in {out}")
     return 1 if failures else 0
+
+
+def write_text(path, text):
+    atomic_write(path, lambda stream: stream.write(text), text=True)
 
 
 def report(args):
@@ -1230,7 +1235,7 @@ def report(args):
     text = render(benchmarks, skips, environments, meta)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
     print(text)
     return 0
 

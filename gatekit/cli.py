@@ -153,7 +153,9 @@ def trace(args):
     x = None
     if args.input is not None:
         try:
-            x = np.load(args.input, allow_pickle=False)
+            # Mapped, not read: a header declaring more data than the file holds is refused
+            # before anything is allocated.
+            x = np.load(args.input, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
             raise ValueError(f"--input {args.input!r}: cannot read it: {_reason(error)}") \
                 from None

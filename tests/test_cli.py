@@ -59,6 +59,9 @@ USER_ERRORS = {
                                  "99", "--out", "x.svg"], "gatekit trace:", "--units"),
     "trace-input-without-steps": (["trace", "--input", "empty.npy", "--train-steps", "0",
                                    "--out", "x.svg"], "gatekit trace:", "empty.npy"),
+    "trace-input-declares-more-than-it-holds": (["trace", "--input", "huge.npy",
+                                                 "--train-steps", "0", "--out", "x.svg"],
+                                                "gatekit trace:", "huge.npy"),
     "trace-compare-with-a-model": (["trace", "--model", "cell.npz", "--compare", "standard",
                                     "--kind", "saturation", "--out", "x.svg"],
                                    "gatekit trace:", "--compare"),
@@ -73,6 +76,10 @@ def test_a_user_error_is_one_line_on_stderr_and_exit_status_2(name, tmp_path):
     args, command, mentioned = USER_ERRORS[name]
     (tmp_path / "empty").mkdir()
     np.save(tmp_path / "empty.npy", np.zeros((0, 1, 9)))
+    with open(tmp_path / "huge.npy", "wb") as stream:          # 37 GiB declared, 64 bytes held
+        np.lib.format.write_array_header_1_0(
+            stream, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000, 1)})
+        stream.write(bytes(64))
     gatekit.save(gatekit.Cell(9, 4, "standard", seed=0), tmp_path / "cell.npz")
     done = run_cli(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
