@@ -238,6 +238,9 @@ def _value_digest(value):
         code = value if isinstance(value, types.CodeType) else code
         parts = [code.co_code, repr(code.co_names).encode()]
         parts += [_value_digest(constant) for constant in code.co_consts]
+        # What a function closes over, and its defaults, are its code too.
+        parts += [_cell_digest(cell) for cell in getattr(value, "__closure__", None) or ()]
+        parts.append(_value_digest(getattr(value, "__defaults__", None)))
         return hashlib.sha256(b"\0".join(parts)).digest()
     if isinstance(value, (frozenset, set)):
         return b"{" + b",".join(sorted(_value_digest(v) for v in value)) + b"}"
@@ -249,6 +252,13 @@ def _value_digest(value):
     if value is None or isinstance(value, (str, bytes, int, float, complex)):
         return repr(value).encode()
     return type(value).__qualname__.encode()     # its repr may hold a memory address
+
+
+def _cell_digest(cell):
+    try:
+        return _value_digest(cell.cell_contents)
+    except ValueError:                   # a cell not filled in yet
+        return b"<empty>"
 
 
 # --- One run ---------------------------------------------------------------------------------
