@@ -7,9 +7,11 @@ as each run finishes.
   and needs nothing but an importable gatekit, so a worker process or a Dask worker runs the
   very same code.
 - :func:`run_sweep` runs the specs not yet in the results file and appends each record to it
-  as soon as it arrives: one JSON object per line, flushed and fsynced. A crash, a Ctrl-C or a
-  lost worker loses at most the runs in flight; running the same sweep again skips every spec
-  whose key is already in the file (a partial last line left by a crash is ignored).
+  as soon as it arrives: one JSON object per line, flushed and fsynced. A crash or a Ctrl-C
+  loses at most the runs in flight; running the same sweep again skips every run whose key
+  (:func:`run_key`: the spec and the :func:`provenance` of the code) is already in the file. A
+  line a killed writer left torn is skipped with a warning. A local worker that dies costs
+  the runs in flight a second try each, alone (see :class:`LocalExecutor`).
 """
 import hashlib
 import importlib.metadata
