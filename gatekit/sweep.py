@@ -554,19 +554,34 @@ class LocalExecutor:
             return
         waiting = list(enumerate(specs))[::-1]          # popped from the end, in order
         retry, retried, in_flight = [], set(), {}
+        broken = False
 
-        def submit(index, spec):
-            in_flight[self.pool.submit(run_one, spec)] = (index, spec)
+        def submit(queue, position):
+            nonlocal broken
+            try:
+                future = self.pool.submit(run_one, queue[position][1])
+            except BrokenProcessPool:       # a worker died since the last look, maybe idle
+                broken = True
+                return False
+            in_flight[future] = queue.pop(position)
+            return True
 
         try:
             while waiting or retry or in_flight:
+                if broken and not in_flight:
+                    self.pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool = self._new_pool()
+                    broken = False
                 if not any(index in retried for index, _ in in_flight.values()):
                     if retry:
                         if not in_flight:
-                            submit(*retry.pop(0))
+                            submit(retry, 0)
                     else:
-                        while waiting and len(in_flight) < self.workers:
-                            submit(*waiting.pop())
+                        while waiting and len(in_flight) < self.workers \
+                                and submit(waiting, -1):
+                            pass
+                if not in_flight:
+                    continue                # the pool broke before anything was handed over
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
                     finished, _ = wait(in_flight)      # a broken pool fails all it holds
@@ -579,8 +594,7 @@ class LocalExecutor:
                     else:
                         yield spec, (future.result() if error is None else error)
                 if lost:
-                    self.pool.shutdown(wait=False, cancel_futures=True)
-                    self.pool = self._new_pool()
+                    broken = True
                 for index, spec, error in lost:
                     if index in retried:
                         yield spec, BrokenProcessPool(
