@@ -721,6 +721,17 @@ def _duration(seconds):
     return f"{hours}h{minutes:02d}m"
 
 
+def _provenance_difference(here, record):
+    there = record.get("provenance") or {}
+    parts = [f"gatekit {here['gatekit']} here, {there.get('gatekit')} there"] \
+        if here["gatekit"] != there.get("gatekit") else []
+    for what, mine in [*here["gates"].items(), ("task", here["task"])]:
+        theirs = there.get("task") if what == "task" else there.get("gates", {}).get(what)
+        if mine != theirs:
+            parts.append(f"{what} {mine['name']!r}: {mine} here, {theirs} there")
+    return "; ".join(parts) or "in their keys only"
+
+
 def describe_run(spec):
     """``standard on adding:100 seed 2``."""
     task = spec["task"]
@@ -760,6 +771,9 @@ def run_sweep(specs, results, *, executor=None, workers=None, scheduler=None, pr
         if where not in origins:
             origins[where] = provenance(spec)
         keys[spec_key(spec)] = run_key(spec, origins[where])
+    def origins_of(spec):
+        return origins[(spec["variant"], spec["task"]["name"])]
+
     with ResultsFile(results) as stream:
         done = read_results(results)
         pending = [spec for spec in specs if keys[spec_key(spec)] not in done]
@@ -781,12 +795,16 @@ def run_sweep(specs, results, *, executor=None, workers=None, scheduler=None, pr
                         stream.append(failure_record(spec, key, result))
                     else:
                         if result["key"] != key:
+                            # Filed under the key asked for, or a cluster whose workers differ
+                            # from here (another CPU's build, say) would rerun it every time;
+                            # its provenance says what actually ran.
                             warnings.warn(
                                 f"{describe_run(spec)} ran with other code than this process "
-                                f"has (its worker's gatekit, plugins or gates differ: "
-                                f"{result.get('provenance')}); its record is kept under the "
-                                f"key of what ran, so a sweep from here runs it again",
-                                ResultsWarning, stacklevel=2)
+                                f"has: the worker's gatekit, plugins or gates differ "
+                                f"({_provenance_difference(origins_of(spec), result)}); its "
+                                f"record keeps the worker's provenance", ResultsWarning,
+                                stacklevel=2)
+                            result = {**result, "key": key}
                         stream.append(result)
                         ran_now[spec_key(spec)] = result
                         outcome.ran += 1

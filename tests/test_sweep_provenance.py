@@ -132,3 +132,25 @@ def test_a_changed_task_runs_again(tmp_path, monkeypatch):
     monkeypatch.setattr(task_class, "solved", solved_nothing)
     changed = sweep_once(spec, path)
     assert changed.ran == 1 and changed[0]["solved_fraction"] == 0.0
+
+
+def test_a_worker_with_other_code_is_warned_about_and_not_rerun_forever(tmp_path, monkeypatch):
+    """As from a cluster whose workers have another build: the record says what ran, and is
+    filed under the key asked for, so the next sweep from here does not run it again."""
+    real_run_one = sweep.run_one
+
+    def elsewhere(spec):
+        record = real_run_one(spec)
+        record["provenance"]["gates"]["forget"]["code"] = "elsewhere"
+        record["key"] = sweep.run_key(record["spec"], record["provenance"])
+        return record
+
+    monkeypatch.setattr(sweep, "run_one", elsewhere)
+    path = tmp_path / "runs.jsonl"
+    spec = sweep.make_spec("standard", TASK, 0, **TINY)
+    with pytest.warns(sweep.ResultsWarning, match=r"ran with other code .*\(forget 'standard'"):
+        [record] = sweep_once(spec, path)
+    assert record["provenance"]["gates"]["forget"]["code"] == "elsewhere"
+    assert record["key"] == sweep.run_key(spec, sweep.provenance(spec))
+    again = sweep_once(spec, path)
+    assert (again.ran, again.skipped) == (0, 1)
