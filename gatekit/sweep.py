@@ -347,7 +347,7 @@ def run_one(spec):
     }
 
 
-def failure_record(spec, key, error):
+def _failure_record(spec, key, error):
     """The record of a run that raised (or whose worker died): it counts as not done, so the
     next sweep runs it again, and the summary shows it as failed until then."""
     return {"key": key, "status": "failed", "spec": spec,
@@ -360,8 +360,8 @@ def _finite_or_none(value):
 
 # --- The results file ------------------------------------------------------------------------
 
-SPEC_FIELDS = ("variant", "task", "seed", *SPEC_DEFAULTS)
-RECORD_FIELDS = {
+_SPEC_FIELDS = ("variant", "task", "seed", *SPEC_DEFAULTS)
+_RECORD_FIELDS = {
     "ok": ("final_loss", "baseline_loss", "solved", "sequences_to_solve", "step_seconds",
            "params", "curve"),
     "failed": ("error",),
@@ -377,15 +377,15 @@ def _problem(record):
     if not isinstance(record, dict):
         return f"a JSON {type(record).__name__}, not an object"
     status = record.get("status")
-    if status not in RECORD_FIELDS:
-        return f"status {status!r} is not one of {', '.join(map(repr, RECORD_FIELDS))}"
-    missing = [name for name in ("key", "spec", *RECORD_FIELDS[status]) if name not in record]
+    if status not in _RECORD_FIELDS:
+        return f"status {status!r} is not one of {', '.join(map(repr, _RECORD_FIELDS))}"
+    missing = [name for name in ("key", "spec", *_RECORD_FIELDS[status]) if name not in record]
     if missing:
         return f"no {', '.join(missing)}"
     spec = record["spec"]
     if not isinstance(spec, dict):
         return "its spec is not an object"
-    missing = [name for name in SPEC_FIELDS if name not in spec]
+    missing = [name for name in _SPEC_FIELDS if name not in spec]
     if missing:
         return f"its spec has no {', '.join(missing)}"
     if not isinstance(spec["task"], dict) or "name" not in spec["task"]:
@@ -492,7 +492,7 @@ def _start_worker(parent):
         try:
             import ctypes
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:          # it died before the request above could take effect
@@ -508,13 +508,13 @@ def _start_worker(parent):
     threadpool_limits(1)
 
 
-PR_SET_PDEATHSIG = 1                    # from <linux/prctl.h>
-PARENT_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1                    # from <linux/prctl.h>
+_PARENT_POLL_SECONDS = 0.5
 
 
 def _end_when_orphaned(parent):
     while os.getppid() == parent:
-        time.sleep(PARENT_POLL_SECONDS)
+        time.sleep(_PARENT_POLL_SECONDS)
     os._exit(1)
 
 
@@ -792,7 +792,7 @@ def run_sweep(specs, results, *, executor=None, workers=None, scheduler=None, pr
                     key = keys[spec_key(spec)]
                     if isinstance(result, BaseException):
                         failed.append((spec, result))
-                        stream.append(failure_record(spec, key, result))
+                        stream.append(_failure_record(spec, key, result))
                     else:
                         if result["key"] != key:
                             # Filed under the key asked for, or a cluster whose workers differ
