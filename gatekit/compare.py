@@ -15,8 +15,10 @@ skipping the runs already there.
 """
 import csv
 import json
+import numbers
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -81,19 +83,21 @@ def make_specs(variants, task_list, seeds, **settings):
     """Every run of a comparison: each variant on each task with each seed and each
     combination of the hyperparameters given as lists (``lr``, ``hidden_size``,
     ``batch_size``). ``seeds`` is a count (seeds 0 .. n-1) or a list of seeds."""
-    seeds = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("no seeds to run")
+    seeds = _seed_list(seeds)
     if not variants:
-        raise ValueError("no variants to compare")
+        raise ValueError("variants: no variants to compare; give at least one preset name")
     for variant in variants:
         sweep.parse_variant(variant)
+    if not task_list:
+        raise ValueError("tasks: no tasks to train on; give at least one task name")
     grids = [{}]
     for name in HYPERPARAMETERS:
         value = settings.pop(name, None)
         if value is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ValueError(f"{name}: an empty list; give a value or a list of values")
         grids = [{**grid, name: v} for grid in grids for v in values]
     specs = []
     for task in task_list:
@@ -104,6 +108,23 @@ def make_specs(variants, task_list, seeds, **settings):
                     specs.append(sweep.make_spec(variant, options, seed,
                                                  **{**settings, **grid, **task_settings}))
     return specs
+
+
+def _seed_list(seeds):
+    """``seeds`` as a list: a count n >= 1 means seeds 0 .. n-1."""
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a count >= 1 or a list of seeds; got {seeds!r}")
+        return list(range(int(seeds)))
+    if isinstance(seeds, (str, bytes, dict)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a count >= 1 or a list of seeds; got {seeds!r}")
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral)
+           or s < 0]
+    if not seeds or bad:
+        raise ValueError(f"seeds must be a count >= 1 or a non-empty list of integers >= 0; "
+                         f"got {seeds!r}")
+    return [int(s) for s in seeds]
 
 
 # --- Summaries -------------------------------------------------------------------------------
@@ -134,41 +155,51 @@ def _median(values):
     return float(np.median(values)) if values else None
 
 
+def _failed(record):
+    return record.get("status", "ok") != "ok"
+
+
 def summarize(records):
     """One row per (task, variant, settings): the summary ``gatekit compare`` reports.
 
-    ``final_loss_*`` are over seeds, of the loss on the held-out batch at the end of training;
-    ``solved`` counts the seeds that solved the task and ``sequences_to_solve`` is the median
-    over those seeds of the training sequences it took (None when no seed solved it);
-    ``ms_per_step`` is the median time of one training step (forward, backward and update,
-    without evaluation); ``params`` counts the cell's parameters (the readout is left out:
-    it is the same for every variant)."""
+    ``seeds`` counts the group's runs and ``failed`` those that failed (raised, or their worker
+    died); the other numbers are over the runs that finished. ``final_loss_*`` are over seeds,
+    of the loss on the held-out batch at the end of training; ``solved`` counts the seeds that
+    solved the task and ``sequences_to_solve`` is the median over those seeds of the training
+    sequences it took (None when no seed solved it); ``ms_per_step`` is the median time of one
+    training step (forward, backward and update, without evaluation; None when no run took a
+    step); ``params`` counts the cell's parameters (the readout is left out: it is the same
+    for every variant)."""
     rows = []
     for (task, variant, settings), group in group_records(records).items():
-        finals = [r["final_loss"] for r in group]
+        finished = [r for r in group if not _failed(r)]
+        finals = [r["final_loss"] for r in finished]
         finite = [f for f in finals if f is not None]
-        solved = [r for r in group if r["solved"]]
+        solved = [r for r in finished if r["solved"]]
         to_solve = sorted(r["sequences_to_solve"] for r in solved)
+        step_ms = _median([r["step_seconds"] for r in finished])
+        spec = group[0]["spec"]
         rows.append({
             "task": task,
             "variant": variant,
             "settings": settings,
             "seeds": len(group),
+            "failed": len(group) - len(finished),
             "final_loss_median": _median(finals),
             "final_loss_min": min(finite) if finite else None,
             "final_loss_max": max(finite) if finite else None,
             "final_loss_mean": float(np.mean(finite)) if finite else None,
             "diverged": len(finals) - len(finite),
-            "baseline_loss": group[0]["baseline_loss"],
+            "baseline_loss": float(tasks.make(**spec["task"]).baseline_loss),
             "solved": len(solved),
             "solved_share": len(solved) / len(group),
             "sequences_to_solve": _median(to_solve),
             "sequences_to_solve_min": to_solve[0] if to_solve else None,
             "sequences_to_solve_max": to_solve[-1] if to_solve else None,
-            "ms_per_step": 1e3 * _median([r["step_seconds"] for r in group]),
-            "params": group[0]["params"],
-            "steps": group[0]["spec"]["steps"],
-            "batch_size": group[0]["spec"]["batch_size"],
+            "ms_per_step": None if step_ms is None else 1e3 * step_ms,
+            "params": finished[0]["params"] if finished else None,
+            "steps": spec["steps"],
+            "batch_size": spec["batch_size"],
         })
     return rows
 
@@ -191,11 +222,14 @@ def format_table(rows):
         if row["solved"] > 1:
             to_solve += (f" [{row['sequences_to_solve_min']:,}, "
                          f"{row['sequences_to_solve_max']:,}]")
-        lines.append([row["task"], variant, f"{row['params']:,}",
+        params = "-" if row["params"] is None else f"{row['params']:,}"
+        failed = f" ({row['failed']} FAILED)" if row["failed"] else ""
+        ms_per_step = "-" if row["ms_per_step"] is None else f"{row['ms_per_step']:.2f}"
+        lines.append([row["task"], variant, params,
                       f"{_g(median)} [{_g(row['final_loss_min'])}, {_g(row['final_loss_max'])}]"
                       + (f" ({row['diverged']} diverged)" if row["diverged"] else ""),
-                      ratio, f"{row['solved']}/{row['seeds']}", to_solve,
-                      f"{row['ms_per_step']:.2f}"])
+                      ratio, f"{row['solved']}/{row['seeds']}{failed}", to_solve,
+                      ms_per_step])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
               for i, h in enumerate(header)]
     right = {2, 4, 5, 6, 7}
@@ -270,7 +304,8 @@ def plot(records, folder):
     from matplotlib import pyplot as plt
 
     by_task = {}
-    for (task, variant, settings), group in group_records(records).items():
+    finished = [r for r in records if not _failed(r)]
+    for (task, variant, settings), group in group_records(finished).items():
         label = variant + (f" ({settings})" if settings else "")
         by_task.setdefault(task, []).append((label, group))
     paths = []
@@ -332,9 +367,11 @@ def _save_png(figure, path):
 # --- The comparison --------------------------------------------------------------------------
 
 class Comparison:
-    """What :func:`compare` produced: ``records`` (one per run), ``rows`` (the summary),
-    ``failed`` (``(spec, exception)`` of runs that raised), ``ran`` and ``skipped`` (runs
-    executed now, and found in the results file), and ``files`` (paths written)."""
+    """What :func:`compare` produced: ``records`` (the last record of every run in the results
+    folder, from this and earlier commands: those of this command first, in its order; failed
+    runs have ``status`` ``"failed"``), ``rows`` (their summary), ``failed`` (``(spec,
+    exception)`` of this command's runs that failed), ``ran`` and ``skipped`` (runs executed
+    now, and found in the results file), and ``files`` (paths written)."""
 
     def __init__(self, records, failed=(), ran=0, skipped=0, files=None):
         self.records = list(records)
@@ -363,8 +400,10 @@ def compare(variants, tasks=("adding",), *, seeds=3, out="compare-results", clie
     ``workers`` processes, to the Dask ``client`` or to the cluster at ``scheduler``.
 
     In ``out``: ``runs.jsonl`` (every run's record, appended as it finishes: run the same
-    comparison again and the runs already there are skipped), ``summary.csv``,
-    ``summary.json`` and, with ``plots`` and matplotlib installed, the PNGs of :func:`plot`.
+    comparison again and the runs already there, with the same code, are skipped),
+    ``summary.csv``, ``summary.json`` and, with ``plots`` and matplotlib installed, the PNGs of
+    :func:`plot`. The summary and the plots are of every run in ``runs.jsonl`` (the last
+    record of each), this command's and earlier ones'; failed runs are counted as such.
     """
     task_list = [tasks] if isinstance(tasks, (str, dict)) else list(tasks)
     specs = make_specs(list(variants), task_list, seeds, **settings)
@@ -372,7 +411,8 @@ def compare(variants, tasks=("adding",), *, seeds=3, out="compare-results", clie
     results = os.path.join(out, "runs.jsonl")
     outcome = sweep.run_sweep(specs, results, executor=client, workers=workers,
                               scheduler=scheduler, progress=progress)
-    comparison = Comparison(outcome, outcome.failed, outcome.ran, outcome.skipped,
+    records = folder_records(results, first=specs)
+    comparison = Comparison(records, outcome.failed, outcome.ran, outcome.skipped,
                             {"runs": results})
     if comparison.records:
         summary_settings = {"variants": list(variants), "tasks": [str(t) for t in task_list],
@@ -384,6 +424,29 @@ def compare(variants, tasks=("adding",), *, seeds=3, out="compare-results", clie
         if plots:
             comparison.files["plots"] = plot(comparison.records, out)
     return comparison
+
+
+def folder_records(results, first=()):
+    """The last record of each run (each spec) in the results file ``results``: those of the
+    specs ``first`` in their order, then the others in the order the file first has them.
+    Records of a task that cannot be built here (its plugin is gone) are skipped with a
+    warning."""
+    latest = {}
+    for record in sweep.read_records(results):
+        latest[sweep.spec_key(record["spec"])] = record      # the last one wins
+    usable = {}
+    for key, record in latest.items():
+        try:
+            task_label(record["spec"]["task"])
+        except (TypeError, ValueError) as error:
+            warnings.warn(f"{results}: a record of {sweep.describe_run(record['spec'])} is "
+                          f"left out of the summary: its task cannot be built ({error})",
+                          sweep.ResultsWarning, stacklevel=2)
+            continue
+        usable[key] = record
+    order = [sweep.spec_key(spec) for spec in first]
+    order += [key for key in usable if key not in set(order)]
+    return [usable[key] for key in dict.fromkeys(order) if key in usable]
 
 
 # --- The command line ------------------------------------------------------------------------
@@ -464,20 +527,27 @@ def main(args, stream=None):
             print("matplotlib is not installed, so no plots (pip install 'gatekit[plot]')",
                   file=sys.stderr)
             plots = False
-    comparison = compare(
+    with warnings.catch_warnings():
+        # Failed runs are listed below, as FAILED lines, rather than as a warning.
+        warnings.simplefilter("ignore", sweep.RunsFailedWarning)
+        comparison = _compare_from(args, plots)
+    print(comparison.table(), file=stream)
+    print(f"\n{comparison.ran} runs now, {comparison.skipped} from before; "
+          f"written: {', '.join(_files(comparison.files))}", file=stream)
+    for spec, error in comparison.failed:
+        print(f"FAILED: {sweep.describe_run(spec)}: {type(error).__name__}: {error}",
+              file=sys.stderr)
+    return 1 if comparison.failed else 0
+
+
+def _compare_from(args, plots):
+    return compare(
         args.variants, args.tasks or ["adding:100"], seeds=args.seeds, out=args.out,
         scheduler=args.scheduler, workers=args.workers, plots=plots, progress=args.progress,
         steps=args.steps, batch_size=args.batch_size, hidden_size=args.hidden_size,
         lr=args.lr, clip=args.clip or None, forget_bias=args.forget_bias, dtype=args.dtype,
         eval_every=args.eval_every, eval_size=args.eval_size, solve_rate=args.solve_rate,
         stop_when_solved=args.stop_when_solved)
-    print(comparison.table(), file=stream)
-    print(f"\n{comparison.ran} runs now, {comparison.skipped} from before; "
-          f"written: {', '.join(_files(comparison.files))}", file=stream)
-    for spec, error in comparison.failed:
-        print(f"FAILED: {spec['variant']} on {spec['task']} seed {spec['seed']}: "
-              f"{type(error).__name__}: {error}", file=sys.stderr)
-    return 1 if comparison.failed else 0
 
 
 def _files(files):

@@ -195,6 +195,11 @@ def lines(path):
         return stream.read().split("\n")
 
 
+def spec_keys_done(path):
+    """The spec keys of the finished runs in a results file."""
+    return sorted(sweep.spec_key(r["spec"]) for r in sweep.read_results(path).values())
+
+
 def test_interrupted_and_crashed_sweep_resumes_running_only_what_is_missing(tmp_path,
                                                                             monkeypatch):
     specs = tiny_specs()
@@ -207,7 +212,7 @@ def test_interrupted_and_crashed_sweep_resumes_running_only_what_is_missing(tmp_
         sweep.run_sweep(specs, path, workers=0, progress=False)
     assert interrupted.calls == keys[:3]
     written = [json.loads(line) for line in lines(path) if line]
-    assert [r["key"] for r in written] == keys[:2]
+    assert [sweep.spec_key(r["spec"]) for r in written] == keys[:2]
     # A crash in the middle of writing the third record leaves a partial line.
     third = RUN_ONE(specs[2])
     partial = json.dumps(third)[:len(json.dumps(third)) // 2]
@@ -216,17 +221,21 @@ def test_interrupted_and_crashed_sweep_resumes_running_only_what_is_missing(tmp_
 
     resumed = Counting()
     monkeypatch.setattr(sweep, "run_one", resumed)
-    outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
+    with pytest.warns(sweep.ResultsWarning, match=r"runs.jsonl, line 3: skipped: it is not "
+                                                  r"complete JSON"):
+        outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
     assert resumed.calls == keys[2:]                        # only the two missing runs
     assert (outcome.ran, outcome.skipped, outcome.failed) == (2, 2, [])
-    assert [r["key"] for r in outcome] == keys
+    assert [sweep.spec_key(r["spec"]) for r in outcome] == keys
     text = lines(path)
     assert text[2] == partial and text[-1] == ""             # kept apart, on its own line
-    assert sorted(sweep.read_results(path)) == sorted(keys)
+    with pytest.warns(sweep.ResultsWarning, match="line 3"):
+        assert spec_keys_done(path) == sorted(keys)
 
     again = Counting()
     monkeypatch.setattr(sweep, "run_one", again)
-    outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
+    with pytest.warns(sweep.ResultsWarning, match="line 3"):
+        outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
     assert again.calls == [] and (outcome.ran, outcome.skipped) == (0, 4)
 
     # The resumed records are those of an uninterrupted sweep.
@@ -240,11 +249,17 @@ def test_failed_run_is_reported_left_out_and_run_again(tmp_path, monkeypatch):
     path = tmp_path / "runs.jsonl"
     failing = Counting(error=RuntimeError, fail_keys=[keys[1]])
     monkeypatch.setattr(sweep, "run_one", failing)
-    outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
+    with pytest.warns(sweep.RunsFailedWarning,
+                      match="1 of 4 runs failed: standard on temporal_order:10 seed 1: "
+                            "RuntimeError: stopped here by the test"):
+        outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
     assert failing.calls == keys
     assert [(sweep.spec_key(s), str(e)) for s, e in outcome.failed] == [
         (keys[1], "stopped here by the test")]
-    assert sorted(sweep.read_results(path)) == sorted(keys[:1] + keys[2:])
+    assert spec_keys_done(path) == sorted(keys[:1] + keys[2:])
+    [failure] = [r for r in sweep.read_records(path) if r["status"] == "failed"]
+    assert sweep.spec_key(failure["spec"]) == keys[1]
+    assert failure["error"] == "RuntimeError: stopped here by the test"
     retry = Counting()
     monkeypatch.setattr(sweep, "run_one", retry)
     outcome = sweep.run_sweep(specs, path, workers=0, progress=False)
@@ -262,10 +277,15 @@ def test_results_file_is_locked_while_a_sweep_writes_it(tmp_path):
 
 def test_results_reader_skips_garbage_and_failed_records(tmp_path):
     path = tmp_path / "runs.jsonl"
-    path.write_text('{"key": "a", "status": "ok", "v": 1}\nnot json\n[1, 2]\n'
-                    '{"key": "b", "status": "error"}\n{"key": "a", "status": "ok", "v": 2}\n'
-                    '{"key": "c", "sta')
-    assert sweep.read_results(path) == {"a": {"key": "a", "status": "ok", "v": 2}}
+    first, second = ({**fake_record("standard", 0, 0.1, None), "key": "a", "status": "ok",
+                      "v": v} for v in (1, 2))
+    failed = {"key": "b", "status": "failed", "spec": first["spec"], "error": "E: x"}
+    path.write_text("\n".join([json.dumps(first), "not json", "[1, 2]",
+                               json.dumps(failed), json.dumps(second), '{"key": "c", "sta']))
+    with pytest.warns(sweep.ResultsWarning) as caught:
+        assert sweep.read_results(path) == {"a": second}
+    assert [str(w.message).split(": skipped")[0] for w in caught] == [
+        f"{path}, line {n}" for n in (2, 3, 6)]
 
 
 # --- Executors: a local process pool and a Dask cluster ----------------------------------------
@@ -338,7 +358,7 @@ def test_dask_sweep_survives_a_lost_worker(dask_cluster, tmp_path):
     assert killed, "no worker was busy after the first record"
     # Dask reruns the lost worker's run elsewhere; every run ends up in the file, once.
     assert outcome.failed == [] and outcome.ran == 6
-    keys = [json.loads(line)["key"] for line in lines(path) if line]
+    keys = [sweep.spec_key(json.loads(line)["spec"]) for line in lines(path) if line]
     assert sorted(keys) == sorted(sweep.spec_key(s) for s in specs)
     client.wait_for_workers(2, timeout=60)
 
@@ -347,8 +367,8 @@ def test_dask_sweep_survives_a_lost_worker(dask_cluster, tmp_path):
 
 def fake_record(variant, seed, final, solved_at, params=100, task="adding:100"):
     name, length = task.split(":")
-    return {"spec": {"variant": variant, "seed": seed, "task": {"name": name,
-                                                                "length": int(length)},
+    return {"spec": {**sweep.SPEC_DEFAULTS, "variant": variant, "seed": seed,
+                     "task": {"name": name, "length": int(length)},
                      "lr": 0.01, "hidden_size": 32, "batch_size": 16, "steps": 10},
             "final_loss": final, "baseline_loss": 1 / 6, "solved": solved_at is not None,
             "sequences_to_solve": solved_at, "step_seconds": 0.001 * (seed + 1),
@@ -419,7 +439,7 @@ def test_command_line_compare_writes_table_files_plots_and_resumes(tmp_path, cap
     assert summary["settings"]["variants"] == ["standard", "janet"]
     assert [r["variant"] for r in summary["rows"]] == ["standard", "janet"]
     csv_lines = (out / "summary.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("task,variant,settings,seeds,final_loss_median")
+    assert csv_lines[0].startswith("task,variant,settings,seeds,failed,final_loss_median")
     assert len(csv_lines) == 3
     for name in ("curves-temporal_order-10.png", "final-loss-temporal_order-10.png"):
         data = (out / name).read_bytes()
@@ -451,7 +471,8 @@ def test_partial_specs_get_the_keys_of_complete_ones(tmp_path, monkeypatch):
     first = Counting()
     monkeypatch.setattr(sweep, "run_one", first)
     [record] = sweep.run_sweep([partial], path, workers=0, progress=False)
-    assert len(first.calls) == 1 and record["key"] == sweep.spec_key(complete)
+    assert len(first.calls) == 1
+    assert record["key"] == sweep.run_key(complete, sweep.provenance(complete))
     again = Counting()
     monkeypatch.setattr(sweep, "run_one", again)
     sweep.run_sweep([complete], path, workers=0, progress=False)
