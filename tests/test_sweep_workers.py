@@ -81,7 +81,7 @@ def test_killing_compare_ends_its_workers(tmp_path):
         " workers=2, plots=False, progress=False, steps=10**6, hidden_size=4, batch_size=4,"
         " eval_every=10**6, eval_size=8)\n")
     parent = subprocess.Popen([sys.executable, "-c", program], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     group = parent.pid
     try:
         deadline = time.monotonic() + 60
