@@ -163,6 +163,11 @@ cdef extern from "_tiles.h" nogil:
     void gk_product_double(Py_ssize_t rows, const double* a1, Py_ssize_t lda1, Py_ssize_t k1,
                            const double* a2, Py_ssize_t lda2, Py_ssize_t k2, const double* panel,
                            const double* bias, double* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_unsplit_float(Py_ssize_t rows, const float* a, Py_ssize_t lda, Py_ssize_t k,
+                                  const float* panel, float* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_unsplit_double(Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                                   Py_ssize_t k, const double* panel, double* c,
+                                   Py_ssize_t ldc, Py_ssize_t n)
     enum:
         GK_PANEL_FLOAT
         GK_PANEL_DOUBLE
@@ -304,6 +309,17 @@ cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, P
         gk_product_float(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
     else:
         gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+
+
+cdef inline void product_unsplit(Py_ssize_t rows, const floating* a, Py_ssize_t lda,
+                                 Py_ssize_t k, const floating* panel, floating* c,
+                                 Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
+    """c += a @ panel, each row summed alike whatever the number of rows (see _tiles.h): for
+    products whose rows are a thread's share."""
+    if floating is float:
+        gk_product_unsplit_float(rows, a, lda, k, panel, c, ldc, n)
+    else:
+        gk_product_unsplit_double(rows, a, lda, k, panel, c, ldc, n)
 
 
 cdef StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
@@ -650,8 +666,8 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
         for j from 0 <= j < kdim by nr:
             panel = rows + (j // nr) * nr * rc
             for k in range(blocks):
-                product(own, dz_t + k * own * rc, rc, rc, NULL, 0, 0, panel, NULL,
-                        dW + (k * H + u0) * kdim + j, kdim, min(nr, kdim - j))
+                product_unsplit(own, dz_t + k * own * rc, rc, rc, panel,
+                                dW + (k * H + u0) * kdim + j, kdim, min(nr, kdim - j))
     # dx[r0:r1] = dz[r0:r1] @ W[:, H:], over panels of W[:, H:] (all KH rows)
     for j from 0 <= j < D by nr:
         pack(input_panels + (j // nr) * nr * KH, W + H + j, 1, kdim, KH, min(nr, D - j))
@@ -660,8 +676,8 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
     for r in range(r0, r1, INPUT_GRADIENT_ROWS):
         rc = min(INPUT_GRADIENT_ROWS, r1 - r)
         for j from 0 <= j < D by nr:
-            product(rc, dz + r * KH, KH, KH, NULL, 0, 0, input_panels + (j // nr) * nr * KH,
-                    NULL, dx + r * D + j, D, min(nr, D - j))
+            product_unsplit(rc, dz + r * KH, KH, KH, input_panels + (j // nr) * nr * KH,
+                            dx + r * D + j, D, min(nr, D - j))
 
 
 cdef Py_ssize_t run_team(Team* team) noexcept nogil:

@@ -60,14 +60,17 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
 
 /* acc[i] += Σ_l a[i * rsa + l * csa] * panel[l * ldp + :] for i < m (m is a constant after
  * inlining: the accumulators stay in registers). Packed panels have ldp = GK_PANEL; the rows of
- * a row-major matrix can serve as a panel as they are (ldp = its row stride). */
+ * a row-major matrix can serve as a panel as they are (ldp = its row stride). With `split`, one
+ * or two rows sum in four interleaved parts: faster, but rounded otherwise than the same row
+ * in a larger tile, so products whose tiles depend on the threads' shares (the weight
+ * gradients) pass split = 0, and any number of threads gives the same bits. */
 #define GK_DEFINE_ACCUMULATE(S, T, V)                                                        \
     static inline __attribute__((always_inline)) void gk_accumulate_##S(                     \
             V acc[GK_ROWS][2], const int m, const T* a, ptrdiff_t rsa, ptrdiff_t csa,        \
-            ptrdiff_t k, const T* panel, ptrdiff_t ldp) {                                    \
+            ptrdiff_t k, const T* panel, ptrdiff_t ldp, const int split) {                   \
         enum { width = sizeof(V) / sizeof(T) };                                              \
         ptrdiff_t l = 0;                                                                     \
-        if (m <= 2) {                                                                        \
+        if (split && m <= 2) {                                                               \
             /* Each accumulator waits for its previous multiply-add (4 cycles): with fewer    \
              * than 8 in flight the product would run at a fraction of the machine's rate,  \
              * so one or two rows take four l at a time into separate sums. */               \
@@ -110,13 +113,13 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
     static inline __attribute__((always_inline)) void gk_tile_##S(                           \
             const int m, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1,          \
             const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel, ptrdiff_t ldp,        \
-            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {                               \
+            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n, const int split) {              \
         enum { width = sizeof(V) / sizeof(T) };                                              \
         V acc[GK_ROWS][2];                                                                   \
         for (int i = 0; i < m; i++)                                                          \
             acc[i][0] = acc[i][1] = (V) {0};                                                 \
-        gk_accumulate_##S(acc, m, a1, rsa1, csa1, k1, panel, ldp);                           \
-        gk_accumulate_##S(acc, m, a2, lda2, 1, k2, panel + k1 * ldp, ldp);                   \
+        gk_accumulate_##S(acc, m, a1, rsa1, csa1, k1, panel, ldp, split);                    \
+        gk_accumulate_##S(acc, m, a2, lda2, 1, k2, panel + k1 * ldp, ldp, split);            \
         for (int i = 0; i < m; i++) {                                                        \
             T* row = c + i * ldc;                                                            \
             if (n == 2 * width) {                                                            \
@@ -145,11 +148,12 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
 /* The last m < GK_ROWS rows: one copy of the tile per m, so that m is a constant in each. */
 #define GK_REST_CASE(S, M)                                                                   \
         case M: gk_tile_##S(M, a1, rsa1, csa1, k1, a2, lda2, k2, panel, ldp, bias, c, ldc,   \
-                            n); break;
+                            n, split); break;
 #define GK_DEFINE_REST(S, T)                                                                 \
     static void gk_rest_##S(int m, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1, \
                             const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel,       \
-                            ptrdiff_t ldp, const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) { \
+                            ptrdiff_t ldp, const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n,  \
+                            int split) {                                                     \
         switch (m) {                                                                         \
         GK_REST_CASE(S, 1) GK_REST_CASE(S, 2) GK_REST_CASE(S, 3) GK_REST_CASE(S, 4)          \
         GK_REST_CASE(S, 5) GK_REST_MORE(S)                                                   \
@@ -170,25 +174,31 @@ typedef double gk_vd __attribute__((vector_size(GK_VECTOR_BYTES)));
     static inline __attribute__((always_inline)) void gk_rows_##S(                           \
             ptrdiff_t rows, const T* a1, ptrdiff_t rsa1, ptrdiff_t csa1, ptrdiff_t k1,       \
             const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel, ptrdiff_t ldp,        \
-            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {                               \
+            const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n, const int split) {              \
         ptrdiff_t r = 0;                                                                     \
         for (; r + GK_ROWS <= rows; r += GK_ROWS)                                            \
             gk_tile_##S(GK_ROWS, a1 + r * rsa1, rsa1, csa1, k1, a2 + r * lda2, lda2, k2,     \
-                        panel, ldp, bias, c + r * ldc, ldc, n);                              \
+                        panel, ldp, bias, c + r * ldc, ldc, n, split);                       \
         if (rows > r)                                                                        \
             gk_rest_##S(rows - r, a1 + r * rsa1, rsa1, csa1, k1, a2 + r * lda2, lda2, k2,    \
-                        panel, ldp, bias, c + r * ldc, ldc, n);                              \
+                        panel, ldp, bias, c + r * ldc, ldc, n, split);                       \
     }                                                                                        \
     static void gk_product_##S(ptrdiff_t rows, const T* a1, ptrdiff_t lda1, ptrdiff_t k1,    \
                                const T* a2, ptrdiff_t lda2, ptrdiff_t k2, const T* panel,    \
                                const T* bias, T* c, ptrdiff_t ldc, ptrdiff_t n) {            \
         gk_rows_##S(rows, a1, lda1, 1, k1, a2, lda2, k2, panel,                              \
-                    2 * GK_VECTOR_BYTES / (ptrdiff_t) sizeof(T), bias, c, ldc, n);           \
+                    2 * GK_VECTOR_BYTES / (ptrdiff_t) sizeof(T), bias, c, ldc, n, 1);        \
+    }                                                                                        \
+    static void gk_product_unsplit_##S(ptrdiff_t rows, const T* a, ptrdiff_t lda,           \
+                                       ptrdiff_t k, const T* panel, T* c, ptrdiff_t ldc,     \
+                                       ptrdiff_t n) {                                        \
+        gk_rows_##S(rows, a, lda, 1, k, NULL, 0, 0, panel,                                   \
+                    2 * GK_VECTOR_BYTES / (ptrdiff_t) sizeof(T), NULL, c, ldc, n, 0);        \
     }                                                                                        \
     static void gk_product_strided_##S(ptrdiff_t rows, const T* a, ptrdiff_t rsa,            \
                                        ptrdiff_t csa, ptrdiff_t k, const T* panel,           \
                                        ptrdiff_t ldp, T* c, ptrdiff_t ldc, ptrdiff_t n) {    \
-        gk_rows_##S(rows, a, rsa, csa, k, NULL, 0, 0, panel, ldp, NULL, c, ldc, n);          \
+        gk_rows_##S(rows, a, rsa, csa, k, NULL, 0, 0, panel, ldp, NULL, c, ldc, n, 1);       \
     }
 
 #define GK_PANEL_FLOAT (2 * GK_VECTOR_BYTES / 4)

@@ -139,9 +139,9 @@ def test_plan_follows_the_documented_rules(single):
     # on one thread while the call is small, with all H units in whole panels.
     assert _loop.plan(7, 4, 3, 8, 32, 2, single) == (0, 8)
     assert _loop.plan(1, 1, 128, 128, 256, 2, single) == (0, 128)
-    assert _loop.plan(8, 4, 3, 8, 32, 2, single) == (1, nr)
-    assert _loop.plan(100, 1, 3, 8, 32, 2, single) == (1, nr)
-    assert _loop.plan(1, 5, 3, 8, 32, 2, single) == (1, nr)
+    assert _loop.plan(8, 4, 3, 8, 32, 2, single) == (1, -(-8 // nr) * nr)
+    assert _loop.plan(100, 1, 3, 8, 32, 2, single) == (1, -(-8 // nr) * nr)
+    assert _loop.plan(1, 5, 3, 8, 32, 2, single) == (1, -(-8 // nr) * nr)
     # Threads: from T * B * KH * (H + D) = 4194304 * threads on.
     H, D = 4 * nr, 256 - 4 * nr
     assert 32 * 8 * 128 * (H + D) == 2 * THREADED_CALL_WORK
@@ -149,7 +149,7 @@ def test_plan_follows_the_documented_rules(single):
     assert _loop.plan(31, 8, D, H, 128, 2, single) == (1, 4 * nr)
     # Never more threads than panels, nor than MAX_TEAM; nothing to tile without steps or blocks.
     assert _loop.plan(10_000, 8, 32, nr, 4 * nr, 8, single) == (1, nr)
-    assert _loop.plan(10_000, 32, 32, 2 * nr, 8 * nr, 3, single) == (2, nr)
+    assert _loop.plan(10_000, 64, 32, 2 * nr, 8 * nr, 3, single) == (2, nr)
     # Nor more threads than steps of THREAD_STEP_WORK: S1 (B = 1, D = 32, H = 64) has one.
     assert 1 * 256 * (64 + 32) < THREAD_STEP_WORK
     assert _loop.plan(1000, 1, 32, 64, 256, 2, single) == (1, math.ceil(64 / nr) * nr)
@@ -207,11 +207,11 @@ def test_preset_two_threads(variant, dtype):
 
 
 # float32: 3 panels, one per thread (H = 48 with panels of 16); float64: 5 panels as 2 + 2 + 1
-# (H = 40 with panels of 8). B = 37 rows: the one-row path after full tiles of 6 (or 12).
+# (H = 40 with panels of 8). B = 73 rows: the one-row path after full tiles of 6 (or 12).
 THREE_THREAD_SHAPES = {
-    np.dtype(np.float32): dict(D=16, H=3 * PANEL[np.dtype(np.float32)], B=37,
+    np.dtype(np.float32): dict(D=16, H=3 * PANEL[np.dtype(np.float32)], B=73,
                                units=PANEL[np.dtype(np.float32)]),
-    np.dtype(np.float64): dict(D=24, H=5 * PANEL[np.dtype(np.float64)], B=37,
+    np.dtype(np.float64): dict(D=24, H=5 * PANEL[np.dtype(np.float64)], B=73,
                                units=2 * PANEL[np.dtype(np.float64)]),
 }
 
@@ -246,10 +246,11 @@ def test_more_threads_than_a_team_holds():
 
 # (B, H) with D = 1: B <= 4 is tiled from T = 8 on (T = 9 below).
 # Rows: 1 and 2 take their own path; 5, 7, 13, 14, 25 leave 5, 1, 1, 2, 1 rows after tiles of 6
-# (and 5, 7, 1, 2, 1 after tiles of 12). Units: 20 and 37 are no multiple of any panel width.
+# (and 5, 7, 1, 2, 1 after tiles of 12). Units: 21 and 37 are no multiple of any panel width
+# (4 to 32).
 REMAINDER_SHAPES = [(1, 131), (2, 93), (4, 67)] + [(B, H) for B in (5, 6, 7, 8, 13, 14, 25)
-                                                   for H in (20, 37)]
-THREADED_REMAINDER_SHAPES = [(1, 131), (2, 93), (7, 37), (13, 20), (25, 37)]
+                                                   for H in (21, 37)]
+THREADED_REMAINDER_SHAPES = [(1, 131), (2, 93), (7, 37), (13, 21), (25, 37)]
 
 
 def check_remainders(B, H, dtype, threads):
