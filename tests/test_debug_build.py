@@ -77,3 +77,13 @@ def test_kernel_refuses_a_buffer_of_the_wrong_shape(cell, name, shape):
     buffers = _buffers(cell, x, **{name: np.zeros(shape)})
     with pytest.raises(ValueError, match=f"{name} must have shape"):
         _call_kernel(cell, buffers)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_backward_refuses_a_tape_whose_initial_stm_has_other_rows(cell, rows):
+    # A tampered (or hand-built) tape: the kernel would read past the end of stm0.
+    x, state = random_inputs(cell, T, B)
+    y, _, tape = cell.forward(x, state, keep=True)
+    tape.stm0 = np.zeros((rows, H), cell.dtype)
+    with pytest.raises(ValueError, match=r"stm0 must have shape \(2, 4\)"):
+        cell.backward(tape, np.ones_like(y))
