@@ -191,7 +191,7 @@ DEF THREADED_CALL_WORK = 4194304
 DEF THREAD_STEP_WORK = 32768
 # How long a call runs as a team before thread 0 judges, from the time the team has waited at
 # its barriers, whether one thread would be faster (see go_alone).
-DEF JUDGE_AFTER_NS = 1000000
+DEF JUDGE_AFTER_NS = 2000000
 DEF INPUT_ROWS = 192
 
 
@@ -255,7 +255,8 @@ cdef struct Team:
     int size
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
-    long long started        # gk_now_ns() when the pass began
+    long long started        # gk_now_ns() when the second step's barrier let thread 0 pass
+    long long waited_before  # the barrier's waits until then
     Py_ssize_t alone_after   # the step after whose barrier thread 0 carries on alone, or -1
     Py_ssize_t alone_at      # a step at which thread 0 goes alone whatever it measures (tests)
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
@@ -382,6 +383,14 @@ cdef StepEnd end_of_step(Team* team, int index, Py_ssize_t t, bint failed,
             and (t == team.alone_at or go_alone(team))):
         team.alone_after = t        # the barrier publishes it: every thread reads it after
     gk_barrier_wait(&team.barrier)
+    if index == 0 and team.started <= 0:
+        # Judge from the second barrier on: the first also waits for the slowest thread's
+        # share of the input projection (and for its start), which says nothing about later
+        # steps, and the others add their wait at it only after they pass it.
+        if team.started == 0:
+            team.started = -1
+        else:
+            team.started, team.waited_before = gk_now_ns(), gk_barrier_waited(&team.barrier)
     for m in range(team.size):
         if team.failed[m] >= 0:
             return STOP
@@ -389,16 +398,17 @@ cdef StepEnd end_of_step(Team* team, int index, Py_ssize_t t, bint failed,
 
 
 cdef bint go_alone(Team* team) noexcept nogil:
-    """Whether the rest of the pass would be faster on thread 0 alone. The threads have been
-    busy for about size * elapsed - waited nanoseconds together, which is what one thread would
-    have needed for the same steps; a team that spends more than half of the time one thread
-    would have taken waiting at its barriers (other threads were descheduled: the machine is
-    busy) gains less than it risks, since threads that wait for a CPU at every step's barrier
-    can make a call many times slower than one thread that has a CPU of its own."""
+    """Whether the rest of the pass would be faster on thread 0 alone: whether the threads
+    together have waited at the barriers for more than (size - 1) / 2 of the time since the
+    judging began. On an idle machine they wait a few per cent of it (a step's imbalance); on a
+    busy one, another thread of the call is descheduled for milliseconds at a time and every
+    other thread waits for it, so that a team, which shares its CPUs with the other work, falls
+    behind one thread that has a CPU of its own (the others' waits are not work: with two
+    threads, waiting half the time makes the team no faster than one thread)."""
     cdef long long elapsed = gk_now_ns() - team.started
-    if elapsed < JUDGE_AFTER_NS:
+    if team.started <= 0 or elapsed < JUDGE_AFTER_NS:
         return False
-    return 2 * gk_barrier_waited(&team.barrier) > (team.size - 1) * elapsed
+    return 2 * (gk_barrier_waited(&team.barrier) - team.waited_before) > (team.size - 1) * elapsed
 
 
 cdef inline void unit_range(Team* team, int member, Py_ssize_t* u0, Py_ssize_t* u1) noexcept nogil:
@@ -698,7 +708,7 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     gk_barrier_init(&team.barrier, team.size)
     for m in range(team.size):
         team.failed[m] = -1
-    team.started = gk_now_ns()
+    team.started = 0
     for m in range(1, team.size):
         members[m].team, members[m].index = team, m
         if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:

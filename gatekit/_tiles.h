@@ -344,13 +344,15 @@ GK_DEFINE_GEMM(double, double)
 
 
 /* A barrier for the `size` threads of one call: each step's product needs all of STM_{t-1},
- * which every thread wrote a share of. A waiter spins for up to GK_SPIN_NS (on an idle machine
- * the others arrive within microseconds, and a sleeping thread takes longer than that to wake),
- * then sleeps on a futex, so that on a busy machine it gives its CPU to the thread it is waiting
- * for rather than spinning (or yielding) while that thread waits for a CPU. Each waiter adds the
+ * which every thread wrote a share of. A waiter spins for up to GK_SPIN_NS, then sleeps on a
+ * futex, so that on a busy machine it gives its CPU to the thread it is waiting for rather than
+ * spinning (or yielding) while that thread waits for a CPU. The spin is long enough to cover a
+ * step's imbalance on an idle machine: waking a sleeper takes tens of microseconds here, the
+ * woken thread is then late at the next barrier, its partner sleeps there in turn, and at 50 us
+ * such a chain of sleeps cost S3 a third of what its second thread gains. Each waiter adds the
  * time it waited to `waited` (ns): the loop reads it to tell whether the call would be faster on
  * one thread (see the loop's `go_alone`). */
-#define GK_SPIN_NS 50000
+#define GK_SPIN_NS 250000
 
 typedef struct {
     int size;
