@@ -67,6 +67,10 @@ def parse_task(text):
         if key in target:
             raise ValueError(f"in task {text!r}: {key!r} is given twice")
         target[key] = _value(value.strip())
+    try:
+        tasks.make(**task)          # a value of the wrong kind is the user's, as any other here
+    except TypeError as error:
+        raise ValueError(f"in task {text!r}: {error}") from None
     return task, settings
 
 

@@ -16,6 +16,7 @@ The built-in tasks are registered through the ``register_tasks`` hook
 (:mod:`gatekit.default_plugins.tasks`), like any plugin's: :func:`names` lists the registered
 ones and :func:`make` builds one by name.
 """
+import inspect
 import math
 
 import numpy as np
@@ -351,4 +352,13 @@ def make(name, length=None, **options):
     known = plugins.registry().tasks
     if name not in known:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(known)}")
-    return known[name].cls(length=length, **options)
+    cls = known[name].cls
+    accepted = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [option for option in options if option not in accepted and not takes_any]
+    if unknown:
+        settable = [n for n, p in accepted.items() if n != "length"
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ValueError(f"task {name!r} has no option {unknown[0]!r}; its options: "
+                         f"length{''.join(', ' + n for n in settable)}")
+    return cls(length=length, **options)

@@ -477,3 +477,12 @@ def test_partial_specs_get_the_keys_of_complete_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_one", again)
     sweep.run_sweep([complete], path, workers=0, progress=False)
     assert again.calls == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("adding:foo=1", "has no option 'foo'"),
+    ("adding:length=abc", r"in task 'adding:length=abc': length must be an integer"),
+])
+def test_a_task_option_that_does_not_fit_is_a_value_error(text, message):
+    with pytest.raises(ValueError, match=message):
+        compare.parse_task(text)

@@ -393,3 +393,8 @@ def test_copy_solved_needs_every_step():
     outputs[-1, 2] = np.roll(outputs[-1, 2], 1)          # one recalled symbol wrong
     outputs[0, 4] = np.roll(outputs[0, 4], 1)            # one blank wrong
     assert task.solved(outputs, target).tolist() == [b not in (2, 4) for b in range(8)]
+
+
+def test_an_unknown_task_option_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"task 'adding' has no option 'foo'; its options: length"):
+        tasks.make("adding", 10, foo=1)
