@@ -399,6 +399,11 @@ def main(argv=None):
     except USER_ERRORS as error:
         print(f"{command}: {_message(error)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        # Sizes the options ask for (a --length of 10**11), not a bug: say so, without a trace.
+        print(f"{command}: not enough memory for what the options ask for (a --length, "
+              "--hidden-size or --steps too large?)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ USER_ERRORS = {
     "trace-compare-with-a-model": (["trace", "--model", "cell.npz", "--compare", "standard",
                                     "--kind", "saturation", "--out", "x.svg"],
                                    "gatekit trace:", "--compare"),
+    "trace-length-beyond-memory": (["trace", "--length", "100000000000", "--train-steps", "0",
+                                    "--out", "x.svg"], "gatekit trace:", "not enough memory"),
     "trace-swap-contradicts-variant": (["trace", "--variant", "standard+forget=none",
                                         "--forget", "peephole", "--train-steps", "0"],
                                        "gatekit trace:", "contradicts"),
