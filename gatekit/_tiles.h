@@ -354,7 +354,11 @@ GK_DEFINE_GEMM(double, double)
  * one thread (see the loop's `go_alone`). */
 #define GK_SPIN_NS 250000
 
-typedef struct {
+/* `wait` first, and every wait through it: a compiled gate plugin has its own copy of this
+ * header's inline functions, built against some version of gatekit, while the barrier is the
+ * loop's; so a plugin's sync() runs the loop's barrier whatever the plugin was built with. */
+typedef struct gk_barrier {
+    void (*wait)(struct gk_barrier* barrier);
     int size;
     int arrived;
     int generation;
@@ -412,7 +416,10 @@ static long long gk_wait_while(int* address, int value, int* sleepers) {
     return gk_now_ns() - start;
 }
 
+static void gk_barrier_arrive(gk_barrier* barrier);
+
 static void gk_barrier_init(gk_barrier* barrier, int size) {
+    barrier->wait = gk_barrier_arrive;
     barrier->size = size;
     barrier->arrived = 0;
     barrier->generation = 0;
@@ -420,7 +427,11 @@ static void gk_barrier_init(gk_barrier* barrier, int size) {
     barrier->waited = 0;
 }
 
-static void gk_barrier_wait(gk_barrier* barrier) {
+static inline void gk_barrier_wait(gk_barrier* barrier) {
+    barrier->wait(barrier);
+}
+
+static void gk_barrier_arrive(gk_barrier* barrier) {
     int generation = __atomic_load_n(&barrier->generation, __ATOMIC_ACQUIRE);
     if (__atomic_add_fetch(&barrier->arrived, 1, __ATOMIC_ACQ_REL) == barrier->size) {
         /* Reset before releasing: nobody passes (and arrives again) until generation moves. */
