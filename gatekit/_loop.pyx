@@ -478,12 +478,9 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         zt = z + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
-        # z[t][:, own columns] += STM_{t-1} @ W[those rows, :H].T
-        if alone:
-            for m in range(team.size):
-                add_recurrent(team, m, <const floating*> s.STM_prev, zt)
-        else:
-            add_recurrent(team, index, <const floating*> s.STM_prev, zt)
+        # z[t][:, own columns] += STM_{t-1} @ W[those rows, :H].T (every thread's, alone)
+        for m in range(0 if alone else index, team.size if alone else index + 1):
+            add_recurrent(team, m, <const floating*> s.STM_prev, zt)
         failed = run_shared_gates(team, index, FORWARD, &s, failed, alone)
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
@@ -578,11 +575,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             u0, u1 = 0, H
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
         # carry[:, u0:u1] += dz[t] @ W[:, u0:u1] (finished sequences' dz is 0: carry stays)
-        if alone:
-            for m in range(team.size):
-                add_carry(team, m, dzt, carry)
-        else:
-            add_carry(team, index, dzt, carry)
+        for m in range(0 if alone else index, team.size if alone else index + 1):
+            add_carry(team, m, dzt, carry)
 
 
 cdef void* member_main(void* argument) noexcept nogil:
