@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
-SOURCES := pyproject.toml setup.py $(wildcard gatekit/*.py gatekit/*/*.py gatekit/*.pyx gatekit/*.pxd gatekit/*.h) \
+SOURCES := pyproject.toml setup.py $(wildcard src/gatekit/*.py src/gatekit/*/*.py src/gatekit/*/*.pyx \
+	src/gatekit/*/*.pxd src/gatekit/*/*.h) \
 	$(wildcard plugins/*/pyproject.toml plugins/*/setup.py plugins/*/src/*/*)
 DEBUG_DIR := build/debug-install
 
@@ -28,7 +29,7 @@ $(VENV)/.installed: $(SOURCES) | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/gatekit presets
+	$(BIN)/gatekit variants
 
 # The suite runs twice: on the optimised build users get, and on a build with bounds checks.
 test: install
@@ -44,7 +45,6 @@ test: install
 # skipped without them. LOAD=busy times every family with one CPU-bound process beside it,
 # LOAD=idle,busy both (twice as long).
 # Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit --budget 3".
-# (`gatekit bench run`, not `python -m`: from the repo root that would import the source tree.)
 SHAPES ?= S1,S2,S3,S4,S5,fixed
 REPORT ?= .benchmarks/report.md
 LOAD ?= idle
@@ -54,7 +54,7 @@ bench: install
 		|| echo "bench: PyTorch could not be installed; its benchmarks will be skipped"
 	@$(BIN)/python -c "import jax" 2>/dev/null || $(BIN)/python -m pip install --quiet jax jaxlib \
 		|| echo "bench: JAX could not be installed; its benchmarks will be skipped"
-	$(BIN)/gatekit bench run --shapes $(SHAPES) --load $(LOAD) --out $(REPORT) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/harness.py run --shapes $(SHAPES) --load $(LOAD) --out $(REPORT) $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info gatekit/*.so gatekit/*.c
+	rm -rf $(VENV) build src/*.egg-info

@@ -13,6 +13,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("GATEKIT_DEBUG", "") not in ("", "0")
 HERE = Path(__file__).parent
+CORE = HERE / "src" / "gatekit" / "core"
 
 
 # -fno-trapping-math lets the compiler turn the selects of the gate maths into vector blends
@@ -30,8 +31,8 @@ directives = {
 
 
 def extension(name, source=None, extra=()):
-    return Extension(f"gatekit.{name}", [source or f"gatekit/{name}.pyx"],
-                     include_dirs=[numpy.get_include(), str(HERE / "gatekit")],
+    return Extension(f"gatekit.core.{name}", [source or f"src/gatekit/core/{name}.pyx"],
+                     include_dirs=[numpy.get_include(), str(CORE)],
                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
                                     ("GATEKIT_DEBUG", "1" if DEBUG else "0")],
                      extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE + list(extra))
@@ -40,8 +41,8 @@ def extension(name, source=None, extra=()):
 extensions = [extension(name) for name in ("_gate", "_builtin", "_loop")]
 
 
-# Each module once more per instruction set, picked at run time by gatekit.kernels on a CPU
-# that has it (never -march=native, so what is installed runs on any x86-64).
+# Each module once more per instruction set, picked at run time by gatekit.core.instruction_sets
+# on a CPU that has it (never -march=native, so what is installed runs on any x86-64).
 VECTOR_BUILDS = {
     "avx2": ("AVX2 and FMA", ["-mavx2", "-mfma"]),
     "avx512": ("AVX-512", ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2",
@@ -51,7 +52,7 @@ VECTOR_BUILDS = {
 
 def write_vector_source(name, build):
     """``name``.pyx included by ``name``_``build``.pyx, to compile it with other flags."""
-    target = HERE / "gatekit" / f"{name}_{build}.pyx"
+    target = CORE / f"{name}_{build}.pyx"
     text = (f"# Written by setup.py: {name}.pyx, compiled for {VECTOR_BUILDS[build][0]}.\n"
             f'include "{name}.pyx"\n')
     if not target.exists() or target.read_text() != text:

@@ -5,9 +5,7 @@ import json
 
 import pytest
 
-from gatekit import bench
-
-
+import harness as bench
 def pytest_addoption(parser):
     group = parser.getgroup("gatekit-bench", "gatekit benchmark suite")
     group.addoption("--gk-shapes", default=",".join(bench.DEFAULT_SHAPES),

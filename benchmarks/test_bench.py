@@ -8,9 +8,7 @@ whole suite stays within minutes.
 """
 import pytest
 
-from gatekit import bench
-
-
+import harness as bench
 def test_bench(benchmark, case, contender, settings, load):
     try:
         prepared = contender.build(case, settings)

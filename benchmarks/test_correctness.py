@@ -8,8 +8,7 @@ They run with the timed suite disabled, in a few seconds:
 import numpy as np
 import pytest
 
-from gatekit import bench
-
+import harness as bench
 pytestmark = pytest.mark.correctness
 
 SMALL = bench.Case("small", T=7, B=3, D=5, H=4, dtype="float64", mode="fwdbwd")

@@ -9,9 +9,11 @@ import time
 import numpy as np
 
 import gatekit
-from gatekit import init, losses, optim, tasks, training
-
-
+from gatekit.nn import initialisers as init
+from gatekit.nn import losses
+from gatekit.nn import optimisers as optim
+from gatekit.study import tasks
+from gatekit.train import training
 def run(variant, length=50, steps=1500, batch_size=32, hidden_size=32, lr=1e-2, seed=0,
         progress=True, target_loss=None):
     """Train one preset; returns its :class:`gatekit.training.History`."""

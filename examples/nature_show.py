@@ -16,10 +16,9 @@ import time
 
 import numpy as np
 
-from gatekit import nature_show as ns
-from gatekit import visual
-
-PRESETS = ("course", "standard")
+from gatekit.study import nature_show as ns
+from gatekit.study import pictures as visual
+VARIANTS = ("course", "standard")
 
 
 def error_rates(outputs, target):
@@ -65,9 +64,9 @@ def main(argv=None):
 
     task = ns.NatureShow()
     models = {}
-    print(f"training {', '.join(PRESETS)}: H = {args.hidden_size}, {args.steps} steps of 32 "
+    print(f"training {', '.join(VARIANTS)}: H = {args.hidden_size}, {args.steps} steps of 32 "
           f"streams of {task.length} tokens (baseline loss {task.baseline_loss:.3f})")
-    for variant in PRESETS:
+    for variant in VARIANTS:
         start = time.perf_counter()
         models[variant], history = ns.train(variant, args.steps, args.hidden_size,
                                             seed=args.seed)

@@ -2,9 +2,7 @@
 import pytest
 
 import gatekit
-from gatekit import plugins
-
-
+from gatekit.core import plugins
 @pytest.fixture
 def register():
     """Register plugins for one test; every one still registered is removed at teardown, so the

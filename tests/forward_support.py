@@ -7,8 +7,7 @@ the NumPy reference is the oracle, never the core itself.
 import numpy as np
 
 import gatekit
-from gatekit import reference
-
+from gatekit.core import reference
 # The presets and gates gatekit itself ships (third-party plugins may add more to
 # gatekit.variants() / gatekit.gates(); those are tested too where we iterate over variants()).
 BUILTIN_PRESETS = ("standard", "course", "literal", "peephole", "nig", "nfg", "nog", "niaf",

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import plugins, reference
+from gatekit.core import plugins
+from gatekit.core import reference
 from gatekit.testing import gradcheck
 
 VARIANTS = gatekit.variants()
@@ -186,7 +187,7 @@ def richardson_gradients(cell, x, state, dy, dstm, dltm, h=1e-2):
 # Richardson steps of 1e-2 would straddle the kink of a piecewise-linear gate (a plugin's hard
 # sigmoid saturating at |s| = 2.5 is one), so this covers the built-in gates, which are smooth.
 BUILTIN_VARIANTS = [name for name, entry in plugins.registry().variants.items()
-                    if entry.plugin == "gatekit.default_plugins.builtin"]
+                    if entry.plugin == "gatekit.core.builtin_variants"]
 TINY_CASES = [(variant, {}) for variant in BUILTIN_VARIANTS] + COMPOSITIONS
 
 

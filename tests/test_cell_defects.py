@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import reference
+from gatekit.core import reference
 from gatekit.testing import GradcheckError, gradcheck
 
 from forward_support import F64_ATOL, make_plugin, random_inputs
@@ -111,7 +111,7 @@ def test_backward_refuses_a_tape_whose_parameters_changed(change):
         cell.params["b_f"] = cell.params["b_f"] + 0.5
     else:
         grads = cell.backward(tape, dy)
-        optimiser = gatekit.optim.SGD(cell.params, lr=0.1)
+        optimiser = gatekit.optimisers.SGD(cell.params, lr=0.1)
         optimiser.step(grads)
     with pytest.raises(ValueError, match=r"changed after the forward pass") as info:
         cell.backward(tape, dy)
@@ -221,8 +221,7 @@ KEEPER = textwrap.dedent("""
     import gc
     import numpy as np
     import gatekit
-    from gatekit import reference
-
+    from gatekit.core import reference
     kept = []
 
     class Keeper(gatekit.PythonGate):

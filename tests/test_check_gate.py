@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import plugins, reference
-from gatekit.cell import _loop
+from gatekit.core import plugins
+from gatekit.core import reference
+from gatekit.core.cell import _loop
 from gatekit.testing import GradcheckError, check_gate
 
 B, H, D = 16, 64, 3

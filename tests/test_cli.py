@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import cli, nature_show
-
+from gatekit import cli
+from gatekit.study import nature_show
 # The gatekit the tests import, for the processes they start.
 SOURCE = str(Path(gatekit.__file__).resolve().parent.parent)
 
@@ -36,10 +36,6 @@ USER_ERRORS = {
                               "--no-plots"], "gatekit compare:", "nosuch"),
     "compare-unknown-task": (["compare", "standard", "--task", "nosuch", "--workers", "0",
                               "--no-plots"], "gatekit compare:", "nosuch"),
-    "bench-report-missing-folder": (["bench", "report", "no-such-run"],
-                                    "gatekit bench report:", "no-such-run"),
-    "bench-report-empty-folder": (["bench", "report", "empty"], "gatekit bench report:",
-                                  "no benchmark results"),
     "trace-missing-model": (["trace", "--model", "missing.npz"], "gatekit trace:",
                             "missing.npz"),
     "trace-unknown-variant": (["trace", "--variant", "nosuch", "--train-steps", "0"],
@@ -93,7 +89,7 @@ def test_a_user_error_is_one_line_on_stderr_and_exit_status_2(name, tmp_path):
 
 
 @pytest.mark.parametrize("args, option", [
-    (["presets", "--shape", "0,16,32,64"], "--shape"),
+    (["variants", "--shape", "0,16,32,64"], "--shape"),
     (["trace", "--train-steps", "-1"], "--train-steps"),
     (["trace", "--units", "a,b"], "--units"),
     (["trace", "--dpi", "0"], "--dpi"),
@@ -109,7 +105,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(shape):
         raise TypeError("a bug")
 
-    monkeypatch.setattr(gatekit.report, "preset_rows", broken)
+    monkeypatch.setattr(gatekit.study.variants_table, "variant_rows", broken)
     with pytest.raises(TypeError, match="a bug"):
         cli.main(["presets"])
 
@@ -146,8 +142,7 @@ def test_every_option_has_help():
 def drawn(monkeypatch):
     """What `gatekit trace` hands to the picture functions: {function: (args, kwargs)}."""
     pytest.importorskip("matplotlib")
-    from gatekit import visual
-
+    from gatekit.study import pictures as visual
     calls = {}
     for name in ("heatmaps", "lines", "saturation"):
         def recording(*args, _draw=getattr(visual, name), _name=name, **kwargs):

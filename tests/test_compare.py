@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import cli, compare, losses, optim, sweep, tasks, training
-from gatekit.optim import clip_grad_norm
+from gatekit import cli
+from gatekit.study import compare
+from gatekit.nn import losses
+from gatekit.nn import optimisers as optim
+from gatekit.study import sweep
+from gatekit.study import tasks
+from gatekit.train import training
+from gatekit.nn.optimisers import clip_grad_norm
 
 ORDER = {"name": "temporal_order", "length": 10}
 RUN_ONE = sweep.run_one
@@ -54,7 +60,7 @@ def test_parse_variant(text, expected):
     ("standard+forgt=peephole", "unknown role 'forgt'"),
     ("standard+forget=peepole", "unknown forget gate 'peepole'"),
     ("standard+use=course+use=peephole", "given twice"),
-    ("", "preset name"),
+    ("", "variant name"),
 ])
 def test_parse_variant_refuses(text, message):
     with pytest.raises(ValueError, match=message):

@@ -1,7 +1,7 @@
 """The bounds-checked build (``GATEKIT_DEBUG=1``; ``make test`` runs the suite on it a second
 time with ``GATEKIT_EXPECT_DEBUG=1``).
 
-The raw kernel ``gatekit._loop.forward`` works through raw pointers; it checks the shape of
+The raw kernel ``gatekit.core._loop.forward`` works through raw pointers; it checks the shape of
 every buffer it is handed before the first step, in every build, so that a wrong one is refused
 rather than read or written out of bounds."""
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.cell import THREADS, _loop          # the build of the loop the cell runs
-from gatekit._gate import DEBUG_BUILD
+from gatekit.core.cell import THREADS, _loop          # the build of the loop the cell runs
+from gatekit.core._gate import DEBUG_BUILD
 
 from forward_support import random_inputs
 

@@ -3,7 +3,7 @@ precision where it helps): a few units in the last place, NaN and ±inf like Num
 import numpy as np
 import pytest
 
-from gatekit._gate import elementwise
+from gatekit.core._gate import elementwise
 
 
 def sigmoid_exact(x):

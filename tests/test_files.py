@@ -1,4 +1,4 @@
-"""gatekit.files.atomic_write: the one way gatekit writes a user's file.
+"""gatekit.io.files.atomic_write: the one way gatekit writes a user's file.
 
 Oracles: the mode POSIX gives a file created under a umask (0666 & ~umask), set in child
 processes; temporaries left by writers really killed with SIGKILL; process ids and start
@@ -17,16 +17,16 @@ import time
 import pytest
 
 import gatekit
-from gatekit import files
-
+from gatekit.io import files
 WRITE_EVERY_KIND = textwrap.dedent("""
     import os, sys
     os.umask(int(sys.argv[1], 8))
     folder = sys.argv[2]
     import numpy as np
     import gatekit
-    from gatekit import compare, optim, training
-
+    from gatekit.study import compare
+    from gatekit.nn import optimisers as optim
+    from gatekit.train import training
     gatekit.save(gatekit.Cell(2, 3), os.path.join(folder, "model.npz"))
     model = training.Model(gatekit.Cell(2, 3), 1)
     training.save_checkpoint(os.path.join(folder, "checkpoint.npz"), model,
@@ -40,7 +40,7 @@ WRITE_EVERY_KIND = textwrap.dedent("""
     else:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from gatekit import visual
+        from gatekit.study import pictures as visual
         figure = plt.figure()
         visual.save(figure, os.path.join(folder, "picture.png"))
         visual.save(figure, os.path.join(folder, "picture.svg"))

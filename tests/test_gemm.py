@@ -10,9 +10,8 @@ import importlib
 import numpy as np
 import pytest
 
-from gatekit import kernels
-
-BUILDS = [f"gatekit._builtin_{build}" for build in kernels.builds()] + ["gatekit._builtin"]
+from gatekit.core import instruction_sets as kernels
+BUILDS = [f"gatekit.core._builtin_{build}" for build in kernels.builds()] + ["gatekit.core._builtin"]
 
 
 def available(name):

@@ -13,8 +13,6 @@ import pytest
 
 import gatekit
 from gatekit import interop
-
-
 def optional(name):
     try:
         return importlib.import_module(name)

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import io, plugins
-
-
+from gatekit.io import saving as io
+from gatekit.core import plugins
 def stored(path):
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
@@ -59,7 +58,7 @@ def test_a_layer_round_trips_with_its_configuration(tmp_path):
     lstm = gatekit.LSTM(3, 4, 2, bidirectional=True, variant="standard", use="peephole",
                         dropout=0.25, batch_first=True, dtype=np.float64, seed=2)
     path = str(tmp_path / "layer.npz")
-    lstm.save(path)
+    gatekit.save(lstm, path)
     loaded = gatekit.load(path)
     assert isinstance(loaded, gatekit.LSTM)
     for field in ("input_size", "hidden_size", "num_layers", "bidirectional", "dropout",
@@ -143,7 +142,7 @@ def test_loading_never_unpickles(tmp_path):
 
 
 def test_a_missing_plugin_is_named(tmp_path, register):
-    from gatekit.reference import linear, sigmoid
+    from gatekit.core.reference import linear, sigmoid
 
     class HalfForget(gatekit.PythonGate):
         role, name, blocks = "forget", "half_forget_io", ("f",)
@@ -197,7 +196,7 @@ DISTRIBUTION_PROBE = textwrap.dedent("""
     else:
         try:
             gatekit.load(path)
-        except gatekit.io.LoadError as error:
+        except gatekit.io.saving.LoadError as error:
             print(error)
 """)
 
@@ -213,7 +212,7 @@ def test_a_missing_plugin_names_the_distribution_to_install(tmp_path):
     (tmp_path / "gatekit_test_halfgate.py").write_text(textwrap.dedent("""
         import numpy as np
         import gatekit
-        from gatekit.reference import linear, sigmoid
+        from gatekit.core.reference import linear, sigmoid
 
         class HalfForget(gatekit.PythonGate):
             role, name, blocks = "forget", "half_forget_dist", ("f",)
@@ -256,7 +255,7 @@ def test_an_unknown_preset_names_its_plugin(tmp_path):
     gatekit.save(gatekit.Cell(2, 3), path)
     rewrite(path, lambda meta: meta["variant"].update(name="exotic", plugin="gatekit-exotic",
                                                       version="0.3"))
-    with pytest.raises(io.LoadError, match=r"preset 'exotic'.*plugin 'gatekit-exotic' "
+    with pytest.raises(io.LoadError, match=r"variant 'exotic'.*plugin 'gatekit-exotic' "
                                            r"\(version 0.3\)"):
         gatekit.load(path)
 

@@ -6,15 +6,14 @@ import sys
 
 import pytest
 
-from gatekit import kernels
-
+from gatekit.core import instruction_sets as kernels
 PROBE = """
 import itertools
 import numpy as np, gatekit
-from gatekit import kernels
+from gatekit.core import instruction_sets as kernels
 rng = np.random.default_rng(0)
 worst = {np.float64: 0.0, np.float32: 0.0}
-# (7, 3, 5, 6) runs the plain loop, (9, 7, 5, 37) the tiled one (gatekit._loop.plan).
+# (7, 3, 5, 6) runs the plain loop, (9, 7, 5, 37) the tiled one (gatekit.core._loop.plan).
 for (T, B, D, H), variant in itertools.product([(7, 3, 5, 6), (9, 7, 5, 37)], gatekit.variants()):
     for dtype in worst:
         cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=1)
@@ -38,9 +37,9 @@ def test_both_kernel_builds_match_the_reference(build, tmp_path):
     assert run.returncode == 0, run.stderr
     module, worst64, worst32 = run.stdout.split()
     if build == "baseline":
-        assert module == "gatekit._builtin"
+        assert module == "gatekit.core._builtin"
     if build == "avx2":
-        assert module in ("gatekit._builtin", "gatekit._builtin_avx2")
+        assert module in ("gatekit.core._builtin", "gatekit.core._builtin_avx2")
     # Outputs lie in (-1, 1) (most presets) or are sums of a few such steps: absolute bounds.
     assert float(worst64) < 1e-10
     assert float(worst32) < 1e-5
@@ -48,8 +47,8 @@ def test_both_kernel_builds_match_the_reference(build, tmp_path):
 
 def test_this_process_uses_a_compiled_kernel_module():
     for name in ("_builtin", "_loop"):
-        assert kernels.load(name).__name__ in (f"gatekit.{name}", f"gatekit.{name}_avx2",
-                                                f"gatekit.{name}_avx512")
+        assert kernels.load(name).__name__ in (f"gatekit.core.{name}", f"gatekit.core.{name}_avx2",
+                                                f"gatekit.core.{name}_avx512")
 
 
 def test_an_unknown_build_name_is_refused(monkeypatch):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import optim, reference
-
+from gatekit.nn import optimisers as optim
+from gatekit.core import reference
 VARIANTS = ["standard", "course", "literal", "peephole", "cifg", "janet", "nig"]
 
 
@@ -356,7 +356,7 @@ def test_dropout_on_a_single_layer_warns():
 # --- training through the layer -------------------------------------------------------------------
 
 def test_params_train_with_gatekit_optimizers():
-    # The parameter views work with gatekit.optim: Adam on a tiny regression lowers the loss.
+    # The parameter views work with gatekit.optimisers: Adam on a tiny regression lowers the loss.
     rng = np.random.default_rng(13)
     lstm = gatekit.LSTM(2, 4, 2, bidirectional=True, dtype=np.float64, seed=13)
     x = rng.standard_normal((8, 4, 2))

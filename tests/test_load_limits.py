@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gatekit
-from gatekit import losses, optim, training
-from gatekit.io import LoadError
+from gatekit.nn import losses
+from gatekit.nn import optimisers as optim
+from gatekit.train import training
+from gatekit.io.saving import LoadError
 
 
 def npy_bytes(array):
@@ -68,8 +70,9 @@ CHILD = textwrap.dedent("""
     import resource, sys, time
     import numpy as np
     import gatekit
-    from gatekit import optim, training
-    from gatekit.io import LoadError
+    from gatekit.nn import optimisers as optim
+    from gatekit.train import training
+    from gatekit.io.saving import LoadError
 
     def size_now():
         with open("/proc/self/status") as status:
@@ -169,7 +172,7 @@ def test_declared_sizes_are_checked_before_anything_is_allocated(tmp_path):
     ({"bidirectional": 1}, "bidirectional should be true or false; it is 1"),
     ({"dtype": "float16"}, "dtype should be 'float32' or 'float64'; it is 'float16'"),
     ({"gates": ["standard"]}, "gates should map roles to gates"),
-    ({"variant": "standard"}, "preset should be an object with a 'name'"),
+    ({"variant": "standard"}, "variant should be an object with a 'name'"),
     ({"hidden_size": 4}, r"parameter 'l0.W_f' has shape \(3, 5\); the gates declare \(4, 6\)"),
 ])
 def test_metadata_the_constructors_would_refuse_is_refused(tmp_path, changes, message):
@@ -182,7 +185,7 @@ def test_metadata_the_constructors_would_refuse_is_refused(tmp_path, changes, me
 def test_a_file_written_by_this_gatekit_before_distributions_were_recorded_loads(tmp_path):
     # The previous writer's file, by hand: format 1, provenance without "distribution".
     lstm = gatekit.LSTM(2, 3, 2, bidirectional=True, dropout=0.25, seed=3)
-    origin = {"name": "standard", "plugin": "gatekit.default_plugins.builtin",
+    origin = {"name": "standard", "plugin": "gatekit.core.builtin_variants",
               "version": gatekit.__version__}
     meta = {"format": 1, "gatekit": gatekit.__version__, "kind": "LSTM", "input_size": 2,
             "hidden_size": 3, "dtype": "float32", "variant": origin,

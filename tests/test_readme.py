@@ -15,5 +15,5 @@ def test_readme_examples_run():
         for block in blocks:
             exec(compile(block, str(README), "exec"), namespace)
     finally:
-        if gatekit.plugins.plugin_manager().get_plugin("floored-py") is not None:
+        if gatekit.core.plugins.plugin_manager().get_plugin("floored-py") is not None:
             gatekit.unregister_plugin("floored-py")

@@ -13,8 +13,9 @@ import pluggy
 import pytest
 
 import gatekit
-from gatekit import plugins, reference
-from gatekit.plugins import PluginError
+from gatekit.core import plugins
+from gatekit.core import reference
+from gatekit.core.plugins import PluginError
 
 from forward_support import BUILTIN_PRESETS, assert_matches_reference, make_plugin, random_inputs
 
@@ -224,7 +225,7 @@ def test_duplicate_gate_name_in_role_names_both_plugins(register):
         register(make_plugin(gates=[Duplicate]), name="test-duplicate")
     message = str(info.value)
     assert "'standard'" in message and "forget" in message
-    assert "gatekit.default_plugins.builtin" in message and "test-duplicate" in message
+    assert "gatekit.core.builtin_variants" in message and "test-duplicate" in message
     # Refused as a whole: the plugin is gone and the built-in gate still runs.
     assert plugins.plugin_manager().get_plugin("test-duplicate") is None
     cell = gatekit.Cell(3, 4, forget="standard", dtype=np.float64, seed=0)
@@ -260,7 +261,7 @@ def test_variant_registered_by_plugin_appears_and_runs(register):
 
 
 def test_duplicate_variant_name_names_both_plugins(register):
-    with pytest.raises(PluginError, match=r"'course'.*gatekit.default_plugins.builtin.*test-dv"):
+    with pytest.raises(PluginError, match=r"'course'.*gatekit.core.builtin_variants.*test-dv"):
         register(make_plugin(variants=[("course", {"use": "standard"})]), name="test-dv")
     assert gatekit.Cell(2, 2, variant="course").gate_names["use"] == "course"
 
@@ -333,7 +334,7 @@ def test_registry_unchanged_after_register_and_unregister(register):
 
 PROBE = textwrap.dedent("""
     import json, gatekit
-    from gatekit import plugins
+    from gatekit.core import plugins
     print(json.dumps({
         "variants": gatekit.variants(),
         "loaded": [name for name, _ in plugins.plugin_manager().list_name_plugin()],
@@ -399,8 +400,8 @@ def test_blocked_entry_point_plugin_is_not_loaded(fake_entry_points, block):
     # The built-in gates are not entry points and are never blocked.
     assert set(BUILTIN_PRESETS) <= set(out["variants"])
     if "*" in block:
-        assert out["loaded"] == ["gatekit.default_plugins.builtin",
-                                 "gatekit.default_plugins.tasks"]
+        assert out["loaded"] == ["gatekit.core.builtin_variants",
+                                 "gatekit.study.builtin_tasks"]
 
 
 def test_broken_entry_point_plugin_error_names_it_and_the_block_variable(fake_entry_points):
@@ -479,7 +480,7 @@ def test_block_clash_names_both_gates_and_the_block(register):
         gatekit.Cell(3, 4, forget="on_block_n")
     message = str(info.value)
     assert "forget gate 'on_block_n' of plugin 'test-block-clash' (block 'n')" in message
-    assert ("learn gate 'standard' of plugin 'gatekit.default_plugins.builtin' (block 'n')"
+    assert ("learn gate 'standard' of plugin 'gatekit.core.builtin_variants' (block 'n')"
             in message)
     assert "'W_n'" in message
 
@@ -494,7 +495,7 @@ def test_block_clash_with_another_gates_parameter_names_both(register):
         gatekit.Cell(3, 4, forget="with_w_u", use="literal")
     message = str(info.value)
     assert "forget gate 'with_w_u' of plugin 'test-param-clash' (parameter 'W_u')" in message
-    assert "use gate 'literal' of plugin 'gatekit.default_plugins.builtin' (block 'u')" in message
+    assert "use gate 'literal' of plugin 'gatekit.core.builtin_variants' (block 'u')" in message
 
 
 def _readme_block_table():
@@ -520,5 +521,5 @@ def test_readme_table_of_block_names_matches_the_built_in_gates():
     registered = {(role, name): (tuple(entry.cls.blocks), tuple(entry.cls.params))
                   for role, entries in plugins.registry().gates.items()
                   for name, entry in entries.items()
-                  if entry.plugin == "gatekit.default_plugins.builtin"}
+                  if entry.plugin == "gatekit.core.builtin_variants"}
     assert _readme_block_table() == registered

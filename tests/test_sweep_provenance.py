@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import plugins, reference, sweep
-
+from gatekit.core import plugins
+from gatekit.core import reference
+from gatekit.study import sweep
 from forward_support import make_plugin
 
 sigmoid = reference.sigmoid
@@ -86,7 +87,7 @@ def test_a_new_gatekit_version_runs_again(tmp_path, monkeypatch):
         assert first["provenance"]["gates"][role]["distribution"] == "gatekit"
         assert first["provenance"]["gates"][role]["version"] == gatekit.__version__
     assert (sweep_once(spec, path).ran) == 0
-    monkeypatch.setattr(gatekit, "__version__", gatekit.__version__ + ".post1")
+    monkeypatch.setattr(sweep, "__version__", gatekit.__version__ + ".post1")
     upgraded = sweep_once(spec, path)
     assert upgraded.ran == 1 and upgraded[0]["provenance"]["gatekit"].endswith(".post1")
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from gatekit import compare, sweep
+from gatekit.study import compare
 
+from gatekit.study import sweep
 from test_compare import ORDER, TINY
 
 

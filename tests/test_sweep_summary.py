@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import compare, sweep, tasks, training
-
+from gatekit.study import compare
+from gatekit.study import sweep
+from gatekit.study import tasks
+from gatekit.train import training
 from forward_support import make_plugin
 from test_compare import ORDER, TINY
 from test_sweep_provenance import ForgetBefore

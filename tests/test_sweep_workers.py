@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekit import sweep
-
+from gatekit.study import sweep
 from test_compare import ORDER, TINY
 
 RUN_ONE = sweep.run_one
@@ -76,7 +75,7 @@ def live_members(group):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killing_compare_ends_its_workers(tmp_path):
     program = (
-        "from gatekit import compare\n"
+        "from gatekit.study import compare\n"
         f"compare.compare(['standard'], ['temporal_order:10'], seeds=4, out={str(tmp_path)!r},"
         " workers=2, plots=False, progress=False, steps=10**6, hidden_size=4, batch_size=4,"
         " eval_every=10**6, eval_size=8)\n")

@@ -11,8 +11,9 @@ import pytest
 from scipy import stats
 
 import gatekit
-from gatekit import plugins, tasks
-from gatekit.plugins import PluginError
+from gatekit.core import plugins
+from gatekit.study import tasks
+from gatekit.core.plugins import PluginError
 
 BUILTIN = ["adding", "reber", "temporal_order", "copy"]
 
@@ -27,7 +28,7 @@ def test_builtin_tasks_are_registered_through_the_hook():
     assert tasks.names()[:4] == BUILTIN
     assert plugins.tasks() == tasks.names()
     for name in BUILTIN:
-        assert plugins.registry().tasks[name].plugin == "gatekit.default_plugins.tasks"
+        assert plugins.registry().tasks[name].plugin == "gatekit.study.builtin_tasks"
     assert isinstance(tasks.make("adding", 30), tasks.AddingProblem)
     assert tasks.make("copy").length == 100
     with pytest.raises(ValueError, match="unknown task 'addition'.*adding"):
@@ -106,7 +107,7 @@ def test_duplicate_task_name_names_both_plugins(register):
     with pytest.raises(PluginError) as info:
         register(_task_plugin(Adding), name="test-dup-task")
     message = str(info.value)
-    assert "'adding'" in message and "gatekit.default_plugins.tasks" in message
+    assert "'adding'" in message and "gatekit.study.builtin_tasks" in message
     assert "test-dup-task" in message
     assert plugins.plugin_manager().get_plugin("test-dup-task") is None
     assert plugins.registry().tasks["adding"].cls is tasks.AddingProblem

@@ -8,8 +8,7 @@ import threading
 import numpy as np
 
 import gatekit
-from gatekit import reference
-
+from gatekit.core import reference
 from forward_support import assert_matches_reference, make_plugin, random_inputs
 
 TIMEOUT = 60

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import cell as cell_module
-from gatekit import reference
+from gatekit.core import cell as cell_module
+from gatekit.core import reference
 from forward_support import make_plugin
 
 UseStandard = type(gatekit.Cell(1, 1, "standard").gates[3])
@@ -27,7 +27,7 @@ class MixingUse(UseStandard):
 
 
 class LoopGoingAlone:
-    """``gatekit.cell``'s view of the compiled loop, with every forward and backward pass told
+    """``gatekit.core.cell``'s view of the compiled loop, with every forward and backward pass told
     to go alone after step ``at``."""
 
     def __init__(self, loop, at):

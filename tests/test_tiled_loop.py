@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import reference
-from gatekit.cell import _loop
+from gatekit.core import reference
+from gatekit.core.cell import _loop
 
 from forward_support import (BUILTIN_PRESETS, F32_ATOL, F32_RTOL, F64_ATOL,
                              assert_matches_reference, make_plugin, random_inputs)
@@ -677,8 +677,8 @@ def test_bad_num_threads_environment_variable_fails_import(tmp_path, value):
 
 
 def test_num_threads_environment_variable(tmp_path):
-    code = ("import os, gatekit, gatekit.cell; "
-            "print(gatekit.__file__); print(gatekit.cell.THREADS); "
+    code = ("import os, gatekit, gatekit.core.cell; "
+            "print(gatekit.__file__); print(gatekit.core.cell.THREADS); "
             "print(len(os.sched_getaffinity(0)))")
     for value, expected in (("1", 1), ("3", 3), ("", None)):
         run = run_python(code, tmp_path, GATEKIT_NUM_THREADS=value)

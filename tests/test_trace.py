@@ -1,4 +1,4 @@
-"""Cell.trace and gatekit.visual.trace_layer against the reference equations.
+"""Cell.trace and gatekit.study.pictures.trace_layer against the reference equations.
 
 The oracle is ``gatekit.reference.step`` in float64, run one step at a time from the same
 inputs: every quantity the reference computes must be in the trace, with the reference's
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import reference, visual
+from gatekit.core import reference
+from gatekit.study import pictures as visual
 from forward_support import F32_ATOL, F32_RTOL, F64_ATOL, random_inputs
 
 T, B, D, H = 7, 3, 4, 5

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import init, losses, optim, tasks, training
-
+from gatekit.nn import initialisers as init
+from gatekit.nn import losses
+from gatekit.nn import optimisers as optim
+from gatekit.study import tasks
+from gatekit.train import training
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,4 +1,4 @@
-"""gatekit.visual, `gatekit trace` and the nature-show worked example.
+"""gatekit.study.pictures, `gatekit trace` and the nature-show worked example.
 
 Images are checked from the files written: pixel sizes read back with PIL, SVG sizes and
 panel counts read from the SVG's XML (every panel is a group with id ``panel-<k>``), and
@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import cli, nature_show, reference, visual
-
+from gatekit import cli
+from gatekit.study import nature_show
+from gatekit.core import reference
+from gatekit.study import pictures as visual
 if os.environ.get("CI"):
     import matplotlib  # noqa: F401  (CI installs the plot extra: fail, don't skip, without it)
 else:
@@ -160,7 +162,7 @@ def test_without_matplotlib_the_error_says_what_to_install(course_trace, monkeyp
 def test_drawing_is_headless(tmp_path):
     """No display, no pyplot: the figures live on the Agg canvas."""
     script = ("import sys, numpy as np, gatekit\n"
-              "from gatekit import visual\n"
+              "from gatekit.study import pictures as visual\n"
               "t = gatekit.Cell(2, 3, 'standard', seed=0).trace(np.ones((4, 1, 2)))\n"
               f"visual.heatmaps(t, path={str(tmp_path / 'h.png')!r})\n"
               f"visual.saturation({{'a': t}}, path={str(tmp_path / 's.svg')!r})\n"

@@ -36,7 +36,7 @@ def extension(name, extra=()):
 
 extensions = [extension("_floored")]
 # As gatekit does for its own gates: builds for AVX2 + FMA and for AVX-512, picked at run time
-# (gatekit.kernels.load), so the plugin's gate maths has the built-in gates' vector width.
+# (gatekit.core.instruction_sets.load), so the plugin's gate maths has the built-in gates' vector width.
 VECTOR_BUILDS = {
     "avx2": ("AVX2 and FMA", ["-mavx2", "-mfma"]),
     "avx512": ("AVX-512", ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2",

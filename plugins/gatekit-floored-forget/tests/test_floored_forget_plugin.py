@@ -12,8 +12,7 @@ import pytest
 
 import gatekit
 import gatekit_floored_forget
-from gatekit import plugins
-
+from gatekit.core import plugins
 ENTRY_POINT = "floored_forget"
 DISTRIBUTION = "gatekit-floored-forget"
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -53,7 +52,7 @@ def registered_in_subprocess(block):
     GATEKIT_BLOCK_PLUGINS=block, on this interpreter's import path."""
     env = dict(os.environ, GATEKIT_BLOCK_PLUGINS=block,
                PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in sys.path if p))
-    code = ("import json, gatekit; from gatekit import plugins; "
+    code = ("import json, gatekit; from gatekit.core import plugins; "
             "print(json.dumps([gatekit.gates(), gatekit.variants(), "
             "plugins.registry().plugin_versions]))")
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent,

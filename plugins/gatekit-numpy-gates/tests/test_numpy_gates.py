@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import reference
+from gatekit.core import reference
 from gatekit.testing import check_gate, gradcheck
 from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign
 

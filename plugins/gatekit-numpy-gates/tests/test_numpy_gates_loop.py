@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit import reference
+from gatekit.core import reference
 from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign
 
 D, H, T, B = 3, 4, 5, 2

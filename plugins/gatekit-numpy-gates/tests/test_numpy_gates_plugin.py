@@ -12,13 +12,12 @@ import pytest
 
 import gatekit
 import gatekit_numpy_gates
-from gatekit import plugins
-
+from gatekit.core import plugins
 ENTRY_POINT = "numpy_gates"
 DISTRIBUTION = "gatekit-numpy-gates"
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 GATES = {"forget": "hard_sigmoid", "use": "softsign"}
-PRESETS = {"softsign": {"use": "softsign"},
+VARIANTS = {"softsign": {"use": "softsign"},
            "hard_softsign": {"forget": "hard_sigmoid", "use": "softsign"}}
 
 
@@ -37,7 +36,7 @@ def test_gates_and_presets_are_registered_by_the_plugin():
         assert registry.gates[role][name].plugin == ENTRY_POINT
     assert registry.gates["use"]["softsign"].cls is gatekit_numpy_gates.UseSoftsign
     assert registry.gates["forget"]["hard_sigmoid"].cls is gatekit_numpy_gates.ForgetHardSigmoid
-    for name, gates in PRESETS.items():
+    for name, gates in VARIANTS.items():
         assert name in gatekit.variants()
         preset = registry.variants[name]
         assert preset.plugin == ENTRY_POINT
@@ -57,7 +56,7 @@ def registered_in_subprocess(block):
     GATEKIT_BLOCK_PLUGINS=block, on this interpreter's import path."""
     env = dict(os.environ, GATEKIT_BLOCK_PLUGINS=block,
                PYTHONPATH=os.pathsep.join(os.path.abspath(p) for p in sys.path if p))
-    code = ("import json, gatekit; from gatekit import plugins; "
+    code = ("import json, gatekit; from gatekit.core import plugins; "
             "print(json.dumps([gatekit.gates(), gatekit.variants(), "
             "plugins.registry().plugin_versions]))")
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).parent,
@@ -70,7 +69,7 @@ def test_blocked_by_name_while_other_plugins_load():
     gates, variants, versions = registered_in_subprocess(ENTRY_POINT)
     for role, name in GATES.items():
         assert name not in gates[role]
-    assert not set(PRESETS) & set(variants)
+    assert not set(VARIANTS) & set(variants)
     assert ENTRY_POINT not in versions
     assert "standard" in gates["use"] and "standard" in variants
     others = {ep.name for ep in importlib.metadata.entry_points(group="gatekit")} - {ENTRY_POINT}
@@ -83,7 +82,7 @@ def test_blocked_with_star():
     gates, variants, versions = registered_in_subprocess("*")
     for role, name in GATES.items():
         assert name not in gates[role]
-    assert not set(PRESETS) & set(variants)
+    assert not set(VARIANTS) & set(variants)
     assert versions == {}
 
 

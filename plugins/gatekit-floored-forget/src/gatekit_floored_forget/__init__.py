@@ -7,8 +7,7 @@ Registers the forget gate ``"floored"`` (``gatekit.Cell(..., forget="floored")``
 entry point ``floored_forget`` in the ``gatekit`` group.
 """
 import gatekit
-from gatekit import kernels
-
+from gatekit.core import instruction_sets as kernels
 # The gate compiled for AVX2 + FMA where the CPU has them, as gatekit's own built-in gates.
 ForgetFloored = kernels.load("_floored", package="gatekit_floored_forget").ForgetFloored
 

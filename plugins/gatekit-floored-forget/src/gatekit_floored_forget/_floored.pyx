@@ -10,7 +10,7 @@ from f_t, which would mean (f_t - φ_f) / (1 - φ_f), a cancellation when f_t is
 It does not publish s as ``s_t``: f_t is not σ(s_t), so a gate that reads the forget gate's
 pre-activation (JANET's learn gate, i_t = 1 - σ(s_t - β)) would silently lose its coupling.
 """
-from gatekit._gate cimport Gate, Extent, StepFloat, StepDouble, floating, sigmoid
+from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating, sigmoid
 
 from gatekit_floored_forget import definitions
 

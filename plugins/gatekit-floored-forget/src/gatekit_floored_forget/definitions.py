@@ -4,7 +4,7 @@ conventions of ``gatekit.reference`` (arguments named after the quantities they 
 The floor is parametrised as ``φ_f = σ(q_f)``: any real ``q_f`` gives a floor strictly inside
 (0, 1), and gradient steps on ``q_f`` can never push it out of range.
 """
-from gatekit.reference import linear, linear_backward, merge, sigmoid
+from gatekit.core.reference import linear, linear_backward, merge, sigmoid
 
 
 def forget_floored(STM_prev, E_t, W_f, b_f, q_f):

@@ -2,7 +2,7 @@
 definitions and gradients, arguments named after the quantities they bind to."""
 import numpy as np
 
-from gatekit.reference import linear, linear_backward, merge, sigmoid
+from gatekit.core.reference import linear, linear_backward, merge, sigmoid
 
 #: The hard sigmoid's slope and the pre-activations where it saturates: f = clip(0.2 s + 0.5, 0, 1)
 #: is 0 for s <= -2.5 and 1 for s >= 2.5 (Keras's original hard_sigmoid).

@@ -1,0 +1,778 @@
+"""The built-in gates, compiled. ``gatekit.core.builtin_variants`` registers them through the
+same hook a third-party plugin uses; each names its NumPy definition in ``gatekit.core.reference``,
+which the tests hold it to.
+
+The kernels work row by row on units [u0, u1), in plain loops over contiguous memory that the
+compiler can vectorise. A gate's two methods of each kind (float, double) call the same fused
+kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 - σ),
+tanh' = 1 - tanh²), so the pre-activations need not be kept.
+"""
+from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
+                            gemm, out_of_memory, sync)
+from gatekit.core import reference
+cdef double JANET_BETA = reference.JANET_BETA
+
+
+# --- Kernels ----------------------------------------------------------------------------------
+# Each kernel first copies the extent it needs into locals: Python extensions are compiled with
+# -fno-strict-aliasing, so read through `e`, every store into an array could change the extent
+# and the compiler would not vectorise the loop.
+
+cdef inline void sigmoid_rows(floating* out, floating* z, const floating* peephole,
+                              const floating* memory, Extent* e) noexcept nogil:
+    """out = σ(z + peephole ⊙ memory); the sum is left in z, the gate's full pre-activation.
+    `peephole` may be NULL (no peephole)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j
+    cdef floating* zb
+    for b in range(B):
+        zb = z + b * ldz
+        if peephole != NULL:
+            for j in range(u0, u1):
+                zb[j] += peephole[j] * memory[b * H + j]
+        for j in range(u0, u1):
+            out[b * H + j] = sigmoid(zb[j])
+
+
+cdef inline void tanh_rows(floating* out, const floating* z, Py_ssize_t ldz,
+                           Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = tanh_(z[b * ldz + j])
+
+
+cdef inline void copy_rows(floating* out, const floating* a, Py_ssize_t lda,
+                           Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = a[b * lda + j]
+
+
+cdef inline void fill_rows(floating* out, floating value, Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = value
+
+
+cdef inline void one_minus_rows(floating* out, const floating* a, Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = 1 - a[b * H + j]
+
+
+cdef inline void janet_ignore_rows(floating* i_t, const floating* s_t, Extent* e) noexcept nogil:
+    """i_t = 1 - σ(s_t - β)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j
+    cdef floating beta = <floating> JANET_BETA
+    for b in range(B):
+        for j in range(u0, u1):
+            i_t[b * H + j] = 1 - sigmoid(s_t[b * ldz + j] - beta)
+
+
+cdef inline void product_rows(floating* out, const floating* a, const floating* c,
+                              Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * H + j] = a[b * H + j] * c[b * H + j]
+
+
+cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const floating* f_t,
+                               const floating* N_t, const floating* i_t, Extent* e) noexcept nogil:
+    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            LTM_t[k] = LTM_prev[k] * f_t[k] + N_t[k] * i_t[k]
+
+
+cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
+                           const floating* LTM_prev, const floating* f_t,
+                           const floating* W_u, const floating* b_u, floating* work,
+                           void* barrier, Extent* e) noexcept nogil:
+    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t. Each thread
+    forms its units of LTM_{t-1} ⊙ f_t, then (after sync) its units of the product, from all
+    of them. -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    product_rows(work, LTM_prev, f_t, e)
+    sync(barrier)
+    for b in range(B):
+        for j in range(u0, u1):
+            U_t[b * H + j] = b_u[j]
+    # U_t[:, u0:u1] += work @ W_u[u0:u1].T
+    if gemm(False, True, B, u1 - u0, H, work, H, W_u + u0 * H, H, 1, U_t + u0, H) < 0:
+        return -1
+    tanh_rows(U_t, U_t, H, e)
+    sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
+    product_rows(STM_t, U_t, V_t, e)
+    return 0
+
+
+cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
+                              const floating* LTM_t, const floating* p_v, bint squash,
+                              Extent* e) noexcept nogil:
+    """U_t = tanh(LTM_t) (or LTM_t), V_t = σ(z_v + p_v ⊙ LTM_t), STM_t = U_t ⊙ V_t"""
+    cdef Py_ssize_t H = e.H
+    if squash:
+        tanh_rows(U_t, LTM_t, H, e)
+    else:
+        copy_rows(U_t, LTM_t, H, e)
+    sigmoid_rows(V_t, z_v, p_v, LTM_t, e)
+    product_rows(STM_t, U_t, V_t, e)
+
+
+# --- Backward kernels: they add (+=) into gradients, using the forward outputs ---------------
+
+cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const floating* dout,
+                                       const floating* peephole, const floating* memory,
+                                       floating* dpeephole, floating* dmemory,
+                                       Extent* e) noexcept nogil:
+    """out = σ(z + peephole ⊙ memory): dz += dout ⊙ out(1 - out), then from the whole dz
+    (other gates may have added to it) dpeephole += Σ_b dz ⊙ memory, dmemory += dz ⊙ peephole."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating* dzb
+    for b in range(B):
+        dzb = dz + b * ldz
+        for j in range(u0, u1):
+            k = b * H + j
+            dzb[j] += dout[k] * out[k] * (1 - out[k])
+        if peephole != NULL:
+            for j in range(u0, u1):
+                k = b * H + j
+                dpeephole[j] += dzb[j] * memory[k]
+                dmemory[k] += dzb[j] * peephole[j]
+
+
+cdef inline void tanh_backward_rows(floating* dz, Py_ssize_t ldz, const floating* out,
+                                    const floating* dout, Extent* e) noexcept nogil:
+    """out = tanh(z): dz += dout ⊙ (1 - out²)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dz[b * ldz + j] += dout[k] * (1 - out[k] * out[k])
+
+
+cdef inline void add_rows(floating* out, Py_ssize_t ldo, const floating* a, floating sign,
+                          Extent* e) noexcept nogil:
+    """out += sign * a"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    for b in range(B):
+        for j in range(u0, u1):
+            out[b * ldo + j] += sign * a[b * H + j]
+
+
+cdef inline void product_backward_rows(floating* da, floating* dc, const floating* a,
+                                       const floating* c, const floating* dout,
+                                       Extent* e) noexcept nogil:
+    """out = a ⊙ c: da += dout ⊙ c, dc += dout ⊙ a"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            da[k] += dout[k] * c[k]
+            dc[k] += dout[k] * a[k]
+
+
+cdef inline void janet_ignore_backward_rows(floating* ds_t, const floating* i_t,
+                                            const floating* di_t, Extent* e) noexcept nogil:
+    """i_t = 1 - σ(s_t - β): ds_t += -di_t ⊙ i_t(1 - i_t)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            ds_t[b * ldz + j] -= di_t[k] * i_t[k] * (1 - i_t[k])
+
+
+cdef inline void remember_backward_rows(floating* dLTM_prev, floating* df_t, floating* dN_t,
+                                        floating* di_t, const floating* dLTM_t,
+                                        const floating* LTM_prev, const floating* f_t,
+                                        const floating* N_t, const floating* i_t,
+                                        Extent* e) noexcept nogil:
+    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dLTM_prev[k] += dLTM_t[k] * f_t[k]
+            df_t[k] += dLTM_t[k] * LTM_prev[k]
+            dN_t[k] += dLTM_t[k] * i_t[k]
+            di_t[k] += dLTM_t[k] * N_t[k]
+
+
+cdef inline void gated_output_backward(floating* dz_v, floating* dLTM_t, floating* dU_t,
+                                       floating* dV_t, const floating* U_t, const floating* V_t,
+                                       const floating* LTM_t, const floating* dSTM_t,
+                                       const floating* p_v, floating* dp_v, bint squash,
+                                       Extent* e) noexcept nogil:
+    cdef Py_ssize_t H = e.H
+    product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
+    if squash:
+        tanh_backward_rows(dLTM_t, H, U_t, dU_t, e)
+    else:
+        add_rows(dLTM_t, H, dU_t, 1, e)
+    sigmoid_backward_rows(dz_v, V_t, dV_t, p_v, LTM_t, dp_v, dLTM_t, e)
+
+
+cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV_t,
+                                    floating* dLTM_prev, floating* df_t, const floating* U_t,
+                                    const floating* V_t, const floating* LTM_prev,
+                                    const floating* f_t, const floating* dSTM_t,
+                                    const floating* W_u, floating* work, void* barrier,
+                                    Extent* e) noexcept nogil:
+    """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish. Each thread
+    forms its units of it, then (after sync) its units of dU_pre @ W_u, from all of them. -1 if
+    out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dU_t[k] *= 1 - U_t[k] * U_t[k]
+    sync(barrier)
+    # work[:, u0:u1] = dU_pre @ W_u[:, u0:u1]: the gradient of LTM_{t-1} ⊙ f_t
+    if gemm(False, False, B, u1 - u0, H, dU_t, H, W_u + u0, H, 0, work + u0, H) < 0:
+        return -1
+    product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
+    sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
+                          <floating*> NULL, <floating*> NULL, e)
+    return 0
+
+
+cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating* dU_pre,
+                                  const floating* LTM_prev, const floating* f_t,
+                                  floating* work, Extent* e) noexcept nogil:
+    """Over all T * B rows at once: dW_u += dU_pre.T @ (LTM_{t-1} ⊙ f_t), db_u += Σ dU_pre.
+    -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H
+    cdef Py_ssize_t r, j
+    product_rows(work, LTM_prev, f_t, e)
+    if gemm(True, False, H, H, B, dU_pre, H, work, H, 1, dW_u, H) < 0:
+        return -1
+    for r in range(B):
+        for j in range(H):
+            db_u[j] += dU_pre[r * H + j]
+    return 0
+
+
+# --- Forget ---------------------------------------------------------------------------------------
+
+cdef class ForgetStandard(Gate):
+    role, name, blocks = "forget", "standard", ("f",)
+    outputs = ("s_t", "f_t")
+    definition = staticmethod(reference.forget)
+    backward_definition = staticmethod(reference.forget_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_rows(s.f_t, s.z + self.offset, <float*> NULL, s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_rows(s.f_t, s.z + self.offset, <double*> NULL, s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
+
+
+cdef class ForgetPeephole(Gate):
+    role, name, blocks = "forget", "peephole", ("f",)
+    params = {"p_f": ("H",)}
+    outputs = ("s_t", "f_t")
+    definition = staticmethod(reference.forget_peephole)
+    backward_definition = staticmethod(reference.forget_peephole_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_rows(s.f_t, s.z + self.offset, <float*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_rows(s.f_t, s.z + self.offset, <double*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> self.param[0], s.LTM_prev,
+                              s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> self.param[0], s.LTM_prev,
+                              s.dparam[0], s.dLTM_prev, &s.e)
+
+
+cdef class ForgetNone(Gate):
+    role, name = "forget", "none"
+    definition = staticmethod(reference.forget_none)
+    backward_definition = staticmethod(reference.forget_none_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        fill_rows(s.f_t, 1, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        fill_rows(s.f_t, 1, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        pass
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        pass
+
+
+# --- Learn (blocks: n combines, i ignores) --------------------------------------------------------
+
+cdef class LearnStandard(Gate):
+    role, name, blocks = "learn", "standard", ("n", "i")
+    definition = staticmethod(reference.learn)
+    backward_definition = staticmethod(reference.learn_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
+
+
+cdef class LearnPeephole(Gate):
+    role, name, blocks = "learn", "peephole", ("n", "i")
+    params = {"p_i": ("H",)}
+    definition = staticmethod(reference.learn_peephole)
+    backward_definition = staticmethod(reference.learn_peephole_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+
+cdef class LearnNoIgnore(Gate):
+    role, name, blocks = "learn", "no_ignore", ("n",)
+    definition = staticmethod(reference.learn_no_ignore)
+    backward_definition = staticmethod(reference.learn_no_ignore_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        fill_rows(s.i_t, 1, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        fill_rows(s.i_t, 1, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
+
+cdef class LearnLinear(Gate):
+    role, name, blocks = "learn", "linear", ("n", "i")
+    definition = staticmethod(reference.learn_linear)
+    backward_definition = staticmethod(reference.learn_linear_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
+                              <double*> NULL, <double*> NULL, &s.e)
+
+
+cdef class LearnLinearPeephole(Gate):
+    role, name, blocks = "learn", "linear_peephole", ("n", "i")
+    params = {"p_i": ("H",)}
+    definition = staticmethod(reference.learn_linear_peephole)
+    backward_definition = staticmethod(reference.learn_linear_peephole_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
+                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
+
+
+cdef class LearnCoupled(Gate):
+    role, name, blocks = "learn", "coupled", ("n",)
+    definition = staticmethod(reference.learn_coupled)
+    backward_definition = staticmethod(reference.learn_coupled_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+
+cdef class LearnJanet(Gate):
+    role, name, blocks = "learn", "janet", ("n",)
+    definition = staticmethod(reference.learn_janet)
+    backward_definition = staticmethod(reference.learn_janet_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        janet_ignore_rows(s.i_t, s.s_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        janet_ignore_rows(s.i_t, s.s_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
+
+
+# --- Remember -------------------------------------------------------------------------------------
+
+cdef class RememberStandard(Gate):
+    role, name = "remember", "standard"
+    definition = staticmethod(reference.remember)
+    backward_definition = staticmethod(reference.remember_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
+                               s.N_t, s.i_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
+                               s.N_t, s.i_t, &s.e)
+
+
+# --- Use (block v: the sigmoid factor V_t) --------------------------------------------------------
+
+cdef class UseStandard(Gate):
+    role, name, blocks = "use", "standard", ("v",)
+    definition = staticmethod(reference.use)
+    backward_definition = staticmethod(reference.use_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, True, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, True, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> NULL, <float*> NULL, True, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> NULL, <double*> NULL, True, &s.e)
+
+
+cdef class UsePeephole(Gate):
+    role, name, blocks = "use", "peephole", ("v",)
+    params = {"p_v": ("H",)}
+    definition = staticmethod(reference.use_peephole)
+    backward_definition = staticmethod(reference.use_peephole_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], True,
+                     &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], True,
+                     &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> self.param[0], s.dparam[0], True, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> self.param[0], s.dparam[0], True, &s.e)
+
+
+cdef class UseLinear(Gate):
+    role, name, blocks = "use", "linear", ("v",)
+    definition = staticmethod(reference.use_linear)
+    backward_definition = staticmethod(reference.use_linear_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, False, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, False, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> NULL, <float*> NULL, False, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> NULL, <double*> NULL, False, &s.e)
+
+
+cdef class UseLinearPeephole(Gate):
+    role, name, blocks = "use", "linear_peephole", ("v",)
+    params = {"p_v": ("H",)}
+    definition = staticmethod(reference.use_linear_peephole)
+    backward_definition = staticmethod(reference.use_linear_peephole_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], False,
+                     &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], False,
+                     &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <float*> self.param[0], s.dparam[0], False, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
+                              s.dSTM_t, <double*> self.param[0], s.dparam[0], False, &s.e)
+
+
+cdef class UseNoOutputGate(Gate):
+    role, name = "use", "no_output_gate"
+    definition = staticmethod(reference.use_no_output_gate)
+    backward_definition = staticmethod(reference.use_no_output_gate_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
+        fill_rows(s.V_t, 1, &s.e)
+        copy_rows(s.STM_t, s.U_t, s.e.H, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
+        fill_rows(s.V_t, 1, &s.e)
+        copy_rows(s.STM_t, s.U_t, s.e.H, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
+
+
+cdef class UseMemory(Gate):
+    role, name = "use", "memory"
+    definition = staticmethod(reference.use_memory)
+    backward_definition = staticmethod(reference.use_memory_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        copy_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
+        fill_rows(s.V_t, 1, &s.e)
+        copy_rows(s.STM_t, s.LTM_t, s.e.H, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        copy_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
+        fill_rows(s.V_t, 1, &s.e)
+        copy_rows(s.STM_t, s.LTM_t, s.e.H, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
+
+
+cdef class UseLiteral(Gate):
+    role, name, blocks = "use", "literal", ("u", "v")
+    definition = staticmethod(reference.use_literal)
+    backward_definition = staticmethod(reference.use_literal_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.U_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.V_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_t, &s.e)
+        product_rows(s.STM_t, s.U_t, s.V_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.U_t, s.z + self.offset, s.e.ldz, &s.e)
+        sigmoid_rows(s.V_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_t, &s.e)
+        product_rows(s.STM_t, s.U_t, s.V_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <float*> NULL, s.LTM_t,
+                              <float*> NULL, <float*> NULL, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
+        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <double*> NULL, s.LTM_t,
+                              <double*> NULL, <double*> NULL, &s.e)
+
+
+cdef class UseCourse(Gate):
+    role, name, blocks = "use", "course", ("v",)
+    params = {"W_u": ("H", "H"), "b_u": ("H",)}
+    definition = staticmethod(reference.use_course)
+    backward_definition = staticmethod(reference.use_course_backward)
+    syncs = 1
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
+                      <float*> self.param[0], <float*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
+                      <double*> self.param[0], <double*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
+                               s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0],
+                               s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
+                               s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0],
+                               s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        if course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work,
+                             &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        if course_use_finish(s.dparam[0], s.dparam[1], s.dU_t, s.LTM_prev, s.f_t, s.work,
+                             &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+
+BUILTIN_GATES = (
+    ForgetStandard, ForgetPeephole, ForgetNone,
+    LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
+    LearnJanet,
+    RememberStandard,
+    UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
+    UseLiteral, UseCourse,
+)
+
+
+def matmul(bint trans_a, bint trans_b, floating[:, ::1] A, floating[:, ::1] B, floating beta,
+           floating[:, ::1] C):
+    """C = op(A) @ op(B) + beta * C through ``gemm``, as this build of the gates compiles it
+    (for testing it against NumPy; op(X) is X.T where trans_x is set)."""
+    cdef Py_ssize_t m = C.shape[0], n = C.shape[1]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef int failed = 0
+    if ((A.shape[1] if trans_a else A.shape[0]) != m or (B.shape[1] if trans_b else B.shape[0]) != k
+            or (B.shape[0] if trans_b else B.shape[1]) != n):
+        raise ValueError(f"op(A) must be ({m}, k) and op(B) (k, {n}); got A "
+                         f"{(A.shape[0], A.shape[1])}, B {(B.shape[0], B.shape[1])} with "
+                         f"trans_a={trans_a}, trans_b={trans_b}")
+    if m == 0 or n == 0:
+        return
+    cdef const floating* a = &A[0, 0] if A.shape[0] * A.shape[1] else NULL
+    cdef const floating* b = &B[0, 0] if B.shape[0] * B.shape[1] else NULL
+    with nogil:
+        failed = gemm(trans_a, trans_b, m, n, k, a, max(A.shape[1], 1), b, max(B.shape[1], 1),
+                      beta, &C[0, 0], C.shape[1])
+    if failed:
+        raise MemoryError("gemm could not allocate a panel's copy")

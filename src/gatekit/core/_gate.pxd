@@ -1,0 +1,274 @@
+# The gate interface of the compiled core, for gates written in Cython.
+#
+# A time step hands every gate one StepFloat or StepDouble: pointers to this step's arrays, named
+# after the quantities of gatekit.core.reference, all (B, H) with row stride H except the
+# pre-activations `z` (row stride `e.ldz`). Gates run in role order forget -> learn -> remember ->
+# use, so a gate may read what the earlier ones wrote. A gate computes rows [0, B) and units
+# [u0, u1) only, and writes nothing outside them (parameter gradients included): the loop may
+# call it from several threads at once, each with its own units. A gate whose maths mixes units
+# (a matrix product over H) either sets `mixes_units`, and is then handed all units by one
+# thread while the others wait, or sets `syncs` = n and calls sync(s.barrier) exactly n times in
+# each forward and each backward step: every thread then writes its own units, and after a
+# sync may read what all threads wrote before it (the course Use gate: LTM_{t-1} ⊙ f_t of its
+# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
+#
+# Write the maths once as a function over the `floating` fused type taking pointers and the
+# Extent, and call it from both methods (forward_float, forward_double): see gatekit/_builtin.pyx.
+# Copy the Extent's fields into locals before the loops: Python extensions build with
+# -fno-strict-aliasing, so read through the pointer they could change with every store, and
+# the compiler would not vectorise the loop.
+
+ctypedef struct Extent:
+    Py_ssize_t t             # the time step
+    Py_ssize_t B, H          # rows (sequences) and units of every (B, H) array
+    Py_ssize_t u0, u1        # the units this call computes
+    Py_ssize_t ldz           # row stride of z
+
+ctypedef struct StepFloat:
+    Extent e
+    # Forward: the step's quantities (in backward: what the forward pass kept of the step).
+    float* z                 # pre-activations W_k [STM_{t-1}, E_t] + b_k of every block k
+    const float* s_t         # the forget gate's full pre-activation (in z), or NULL if none
+    const float* STM_prev
+    const float* LTM_prev
+    float* f_t               # forget factor
+    float* i_t               # ignore factor
+    float* N_t               # combined new information
+    float* LTM_t
+    float* U_t
+    float* V_t
+    float* STM_t
+    float* work              # scratch, (B, H)
+    # Backward: gradients of the loss. Gates add (+=) into them; each starts the step at zero,
+    # except dLTM_t (holding what step t + 1 sent back) and dSTM_t (complete, read-only).
+    float* dz                # d/dz, the layout of z
+    float* ds_t              # the forget gate's block of dz, or NULL
+    const float* dSTM_t
+    float* df_t
+    float* di_t
+    float* dN_t
+    float* dU_t
+    float* dV_t
+    float* dLTM_t
+    float* dLTM_prev
+    float** dparam           # gradients of this gate's extra parameters, in declared order
+    void* barrier            # the threads of the call, for sync() (gates that set `syncs`)
+    int error                # set non-zero by a gate that failed; the loop then stops
+
+# The same fields, in double precision.
+ctypedef struct StepDouble:
+    Extent e
+    double* z
+    const double* s_t
+    const double* STM_prev
+    const double* LTM_prev
+    double* f_t
+    double* i_t
+    double* N_t
+    double* LTM_t
+    double* U_t
+    double* V_t
+    double* STM_t
+    double* work
+    double* dz
+    double* ds_t
+    const double* dSTM_t
+    double* df_t
+    double* di_t
+    double* dN_t
+    double* dU_t
+    double* dV_t
+    double* dLTM_t
+    double* dLTM_prev
+    double** dparam
+    void* barrier
+    int error
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef class Gate:
+    cdef readonly Py_ssize_t offset     # column of this gate's first block in a row of z
+    cdef readonly Py_ssize_t input_size, hidden_size
+    cdef void* param[8]                 # data of this gate's extra parameters, in declared order
+    cdef list _bound                    # keeps the arrays behind `param` alive
+    cdef object _error                  # what a failed call raised, for the cell to re-raise
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil
+    cdef void forward_double(self, StepDouble* s) noexcept nogil
+    # Backward, one step, called in reverse role order (use, remember, learn, forget).
+    cdef void backward_float(self, StepFloat* s) noexcept nogil
+    cdef void backward_double(self, StepDouble* s) noexcept nogil
+    # Once after the last backward step, with every array spanning all T * B rows (e.B = T * B,
+    # e.t = -1, STM_prev = NULL, work of T * B rows): the place for a weight gradient that is
+    # one large matrix product over the whole sequence. Optional.
+    cdef void finish_float(self, StepFloat* s) noexcept nogil
+    cdef void finish_double(self, StepDouble* s) noexcept nogil
+
+
+# The C below is copied into every module that cimports this file (a Cython gate plugin
+# needs no extra include path).
+cdef extern from * nogil:
+    """
+    /* Branch-free exp, sigmoid and tanh that compilers vectorise when they are inlined into a loop
+     * (a call to the C library's expf or tanhf stops vectorisation, and costs more than the
+     * matrix products of a small LSTM step).
+     *
+     * exp: e^x = 2^n e^r with n = round(x / ln 2) and r = x - n ln 2 in [-ln2/2, ln2/2]
+     * (Cody-Waite reduction, two-part ln 2), then the minimax polynomial (float) or rational
+     * (double) approximations of Cephes (S. L. Moshier) for e^r; 2^n is built in the exponent bits.
+     * tanh: the Cephes odd approximations below |x| = 0.625, 1 - 2 / (e^{2|x|} + 1) above.
+     * Accuracy against extended-precision NumPy over [-200, 200] (tests/test_fastmath.py): at most
+     * 2.4 units in the last place (float32 sigmoid; float64 sigmoid 2.0, tanh 1.1 and 1.3). Below
+     * the smallest normal number e^x is 0 (so σ is 0 for x below about -87 in float32, -708 in
+     * float64, where the C library returns subnormal numbers); NaN and ±inf give what NumPy gives.
+     */
+
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    static inline float gk_pow2f(float n) {           /* 2^n for integral n in [-126, 127] */
+        int32_t bits = ((int32_t) n + 127) << 23;
+        float result;
+        memcpy(&result, &bits, sizeof result);
+        return result;
+    }
+
+    static inline double gk_pow2(double n) {          /* 2^n for integral n in [-1022, 1023] */
+        int64_t bits = (int64_t) ((int32_t) n + 1023) << 52;   /* via int32: vectorises */
+        double result;
+        memcpy(&result, &bits, sizeof result);
+        return result;
+    }
+
+    static inline float gk_expf(float x) {
+        /* Clamped so 2^n stays a normal number, then overflow and underflow restored as NumPy
+         * has them (inf, 0); comparisons with NaN are false, so NaN passes through. */
+        float overflow = x > 88.7228391f ? INFINITY : 0.0f;
+        int underflow = x < -87.3365447504f;
+        x = x > 88.3762626647949f ? 88.3762626647949f : x;
+        x = x < -87.3365447504f ? -87.3365447504f : x;
+        /* round(x / ln 2) by adding and subtracting 1.5 * 2^23 (no rounding instruction needed) */
+        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+        float r2 = r * r;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * r2 + r + 1.0f;
+        p = p * gk_pow2f(n);
+        p = overflow != 0.0f ? overflow : p;
+        return underflow ? 0.0f : p;
+    }
+
+    static inline double gk_exp(double x) {
+        double overflow = x > 709.782712893384 ? INFINITY : 0.0;
+        int underflow = x < -708.0;
+        x = x > 709.0 ? 709.0 : x;
+        x = x < -708.0 ? -708.0 : x;
+        double n = (x * 1.4426950408889634073599 + 6755399441055744.0) - 6755399441055744.0;
+        double r = x - n * 6.93145751953125e-1 - n * 1.42860682030941723212e-6;
+        double r2 = r * r;
+        double p = ((1.26177193074810590878e-4 * r2 + 3.02994407707441961300e-2) * r2
+                    + 9.99999999999999999910e-1) * r;
+        double q = ((3.00198505138664455042e-6 * r2 + 2.52448340349684104192e-3) * r2
+                    + 2.27265548208155028766e-1) * r2 + 2.00000000000000000009e0;
+        p = (1.0 + 2.0 * p / (q - p)) * gk_pow2(n);
+        p = overflow != 0.0 ? overflow : p;
+        return underflow ? 0.0 : p;
+    }
+
+    static inline float gk_sigmoidf(float x) { return 1.0f / (1.0f + gk_expf(-x)); }
+    static inline double gk_sigmoid(double x) { return 1.0 / (1.0 + gk_exp(-x)); }
+
+    static inline float gk_tanhf(float x) {
+        float a = x < 0 ? -x : x;
+        float z = x * x;
+        float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                        + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+        float large = 1.0f - 2.0f / (gk_expf(2.0f * a) + 1.0f);
+        large = x < 0 ? -large : large;
+        return a < 0.625f ? small : large;
+    }
+
+    static inline double gk_tanh(double x) {
+        double a = x < 0 ? -x : x;
+        double z = x * x;
+        double p = (-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                   - 1.61468768441708447952e3;
+        double q = ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                   + 4.84406305325125486048e3;
+        double small = x + x * z * p / q;
+        double large = 1.0 - 2.0 / (gk_exp(2.0 * a) + 1.0);
+        large = x < 0 ? -large : large;
+        return a < 0.625 ? small : large;
+    }
+    """
+    float gk_sigmoidf(float)
+    double gk_sigmoid(double)
+    float gk_tanhf(float)
+    double gk_tanh(double)
+
+
+cdef inline floating sigmoid(floating x) noexcept nogil:
+    """σ(x) = 1 / (1 + e^{-x}), branch-free so loops calling it vectorise."""
+    if floating is float:
+        return gk_sigmoidf(x)
+    else:
+        return gk_sigmoid(x)
+
+
+cdef inline floating tanh_(floating x) noexcept nogil:
+    """tanh(x), branch-free so loops calling it vectorise."""
+    if floating is float:
+        return gk_tanhf(x)
+    else:
+        return gk_tanh(x)
+
+
+# The matrix products of gatekit's time loop (gatekit/_tiles.h), compiled into each module that
+# cimports this file, with that module's instruction set. (A Cython gate plugin adds
+# gatekit.get_include() to its include_dirs.)
+cdef extern from "_tiles.h" nogil:
+    int gk_gemm_float(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      const float* A, Py_ssize_t lda, const float* B, Py_ssize_t ldb,
+                      float beta, float* C, Py_ssize_t ldc)
+    int gk_gemm_double(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const double* A, Py_ssize_t lda, const double* B, Py_ssize_t ldb,
+                       double beta, double* C, Py_ssize_t ldc)
+
+
+cdef extern from "_tiles.h" nogil:
+    ctypedef struct gk_barrier:
+        pass
+    void gk_barrier_wait(gk_barrier* barrier)
+
+
+cdef inline void sync(void* barrier) noexcept nogil:
+    """Wait until every thread of the call has reached this point (see `syncs` above); on one
+    thread (barrier NULL) nothing to wait for."""
+    if barrier != NULL:
+        gk_barrier_wait(<gk_barrier*> barrier)
+
+
+cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                     const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                     floating beta, floating* C, Py_ssize_t ldc) noexcept nogil:
+    """C = op(A) @ op(B) + beta * C, all row-major: op(A) (m, k), op(B) (k, n), C (m, n);
+    op(X) is X.T where trans_x is set; beta = 0 overwrites C. On the calling thread only, in
+    register tiles (no BLAS: its threads would go on spinning after the call and slow the
+    loop's). Returns -1 if it could not allocate a panel's copy (see gatekit/_tiles.h), else 0:
+    a gate then reports it with ``out_of_memory``."""
+    if floating is float:
+        return gk_gemm_float(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+    else:
+        return gk_gemm_double(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef void out_of_memory(Gate gate, int* error) noexcept nogil

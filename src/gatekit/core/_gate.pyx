@@ -1,0 +1,386 @@
+"""The gate interface: the base class every gate derives from, and the adapter that runs a gate
+written in Python/NumPy inside the compiled time loop.
+
+A gate class declares, as class attributes:
+
+``role``
+    ``"forget"``, ``"learn"``, ``"remember"`` or ``"use"``.
+``name``
+    Its name within the role (``gatekit.Cell(..., forget="peephole")``).
+``blocks``
+    The blocks of the shared pre-activation it owns, for example ``("f",)``. Each block ``k``
+    gives the cell the parameters ``W_k`` of shape ``(H, H + D)`` (acting on
+    ``[STM_{t-1}, E_t]``, STM columns first) and ``b_k`` of shape ``(H,)``; the time loop computes
+    ``z_k = W_k [STM_{t-1}, E_t] + b_k`` for every block in one matrix product per step.
+``params``
+    Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
+    example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
+    and a Python gate as ``self.arrays[name]``.
+``init``
+    Initial values of some of its parameters, ``{name: number}``; the others are drawn from
+    U(-1/sqrt(H), 1/sqrt(H)).
+``definition``
+    The gate's NumPy definition after the equations: a function whose arguments are named after
+    the quantities it reads (``STM_prev``, ``LTM_prev``, ``E_t``, outputs of earlier gates such as
+    ``f_t``, and parameters such as ``W_f``), returning a dict of what it produces.
+    ``gatekit.core.reference`` runs it, one step at a time; the tests hold the fast path to it.
+``backward_definition``
+    Optional: the NumPy gradients of ``definition`` (see ``gatekit.core.reference``), for
+    ``gatekit.core.reference.backward``.
+``trace``
+    Optional: what else the gate wants shown when a cell is traced, as a function whose
+    arguments name traced quantities (``f_t``, ``LTM_t``... each (T, B, H)) or parameters,
+    returning ``{name: array}`` broadcastable to (T, B, H). ``Cell.trace`` calls it.
+``differentiable``
+    True for a Cython gate that implements ``backward_float`` and ``backward_double``. (A
+    Python gate is differentiable when it overrides ``backward``.)
+``outputs``
+    The quantities it produces; by default those of its role (``f_t``; ``i_t``, ``N_t``;
+    ``LTM_t``; ``U_t``, ``V_t``, ``STM_t``). A forget gate that also provides its pre-activation
+    to later gates lists ``"s_t"`` and leaves the full pre-activation in its block of ``z``.
+``mixes_units``
+    True when unit ``j`` of its output depends on other units (a matrix product over ``H``):
+    one thread runs it, with all units, while the others wait.
+``syncs``
+    Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
+    many times each of its forward and backward steps calls ``sync(s.barrier)`` (gatekit/_gate.pxd).
+"""
+import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifndef GATEKIT_DEBUG
+    #define GATEKIT_DEBUG 0
+    #endif
+    """
+    int GATEKIT_DEBUG
+
+#: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
+DEBUG_BUILD = bool(GATEKIT_DEBUG)
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int gk_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    static int gk_has_avx512(void) {
+        __builtin_cpu_init();
+        return gk_has_avx2_fma() && __builtin_cpu_supports("avx512f")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+               && __builtin_cpu_supports("avx512bw");
+    }
+    #else
+    static int gk_has_avx2_fma(void) { return 0; }
+    static int gk_has_avx512(void) { return 0; }
+    #endif
+    """
+    int gk_has_avx2_fma()
+    int gk_has_avx512()
+
+
+def has_avx2_fma():
+    """Whether this CPU runs AVX2 and FMA instructions."""
+    return bool(gk_has_avx2_fma())
+
+
+def has_avx512():
+    """Whether this CPU runs the AVX-512 instructions of gatekit's AVX-512 build (F, VL, DQ,
+    BW), as well as AVX2 and FMA."""
+    return bool(gk_has_avx512())
+
+ROLES = ("forget", "learn", "remember", "use")
+ROLE_OUTPUTS = {
+    "forget": ("f_t",),
+    "learn": ("i_t", "N_t"),
+    "remember": ("LTM_t",),
+    "use": ("U_t", "V_t", "STM_t"),
+}
+MAX_PARAMS = 8
+
+
+cdef class Gate:
+    """Base class of every gate. Cython gates override ``forward_float`` and ``forward_double``
+    (``noexcept nogil``); Python gates derive from :class:`PythonGate` instead."""
+    role = None
+    name = None
+    blocks = ()
+    params = {}
+    init = {}
+    definition = None
+    backward_definition = None
+    trace = None
+    outputs = None
+    mixes_units = False
+    syncs = 0
+    differentiable = False
+
+    def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0):
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.offset = offset
+        self._bound = []
+
+    @classmethod
+    def provides(cls):
+        """The quantities this gate produces."""
+        return tuple(cls.outputs) if cls.outputs is not None else ROLE_OUTPUTS[cls.role]
+
+    def bind(self, arrays):
+        """Point the gate at its extra parameters (``arrays[name]`` for each name of ``params``,
+        C-contiguous, of the cell's dtype). The cell calls this once, when it is built."""
+        names = list(type(self).params)
+        if len(names) > MAX_PARAMS:
+            raise ValueError(f"gate {type(self).name!r} declares {len(names)} extra parameters; "
+                             f"at most {MAX_PARAMS} are supported")
+        self._bound = []
+        cdef cnp.ndarray array
+        for k, name in enumerate(names):
+            array = arrays[name]
+            if not array.flags.c_contiguous:
+                raise ValueError(f"parameter {name!r} must be C-contiguous")
+            self.param[k] = cnp.PyArray_DATA(array)
+            self._bound.append(array)
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        _no_forward(self, &s.error)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        _no_forward(self, &s.error)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        _no_backward(self, &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        _no_backward(self, &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        pass
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        pass
+
+    def take_error(self):
+        """What the gate raised during the last call, or None; and forget it."""
+        error, self._error = self._error, None
+        return error
+
+
+cdef void _no_forward(Gate gate, int* error) noexcept nogil:
+    with gil:
+        gate._error = NotImplementedError(
+            f"gate {type(gate).__name__} computes nothing: a Cython gate overrides "
+            "forward_float and forward_double, a Python gate derives from gatekit.PythonGate")
+    error[0] = 1
+
+
+cdef void _no_backward(Gate gate, int* error) noexcept nogil:
+    with gil:
+        gate._error = NotImplementedError(no_backward_message(type(gate)))
+    error[0] = 1
+
+
+def no_backward_message(cls):
+    return (f"{cls.role} gate {cls.name!r} ({cls.__qualname__}) defines no backward pass, so "
+            "this cell cannot compute gradients; give the gate a backward (see gatekit.Gate)")
+
+
+cdef class PythonGate(Gate):
+    """Base class of a gate written in Python/NumPy. Override :meth:`forward`.
+
+    It runs inside the compiled time loop, which takes the GIL back for each call, so it is
+    slower than a Cython gate but sees the same step. ``self.arrays`` maps the names of its
+    extra parameters (those declared in ``params``) to NumPy arrays.
+    """
+    cdef dict params_arrays
+    # The arrays behind the buffers of the calls running this gate: every step array a call
+    # hands to the gate keeps them alive, so a gate that keeps one past its call (to log
+    # activations, say) holds memory, not a dangling pointer.
+    cdef list _buffer_owners
+
+    def __cinit__(self, *args, **kwargs):
+        self._buffer_owners = []
+
+    def _hold_buffers(self, owner):
+        """Make the step arrays of the call that is starting keep ``owner`` alive."""
+        self._buffer_owners.append(owner)
+
+    def _release_buffers(self, owner):
+        """The call that held ``owner`` is over (its step arrays still hold it)."""
+        for k, held in enumerate(self._buffer_owners):
+            if held is owner:
+                del self._buffer_owners[k]
+                return
+
+    def bind(self, arrays):
+        self.params_arrays = {name: arrays[name] for name in type(self).params}
+
+    @property
+    def arrays(self):
+        """The arrays of this gate's extra parameters, by name (write them in place only)."""
+        return self.params_arrays
+
+    def forward(self, step):
+        """Compute this gate's outputs for one step, in place: ``step.f_t[...] = ...``.
+
+        ``step`` has ``t``, ``z(block)`` (a block's pre-activation, ``W [STM_{t-1}, E_t] + b``),
+        ``s_t`` (the forget gate's pre-activation, or None), ``STM_prev`` and ``LTM_prev``
+        (read-only), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
+        ``STM_t`` of this step, all of shape ``(B, H)``.
+
+        The arrays are views on the loop's buffers, and keep those buffers alive: one kept
+        after the call is safe to read and write, but a later call of the cell may reuse the
+        memory. To log activations, keep a copy.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, step):
+        """Add this gate's share of the gradients for one step, in place (``+=``).
+
+        Besides the forward arrays of the step, ``step`` has ``dz(block)``, ``ds_t``, ``dSTM_t``
+        (read it, don't write it), ``df_t``, ``di_t``, ``dN_t``, ``dU_t``, ``dV_t``, ``dLTM_t``,
+        ``dLTM_prev`` and ``dparams[name]``. A gate that does not override this cannot be
+        trained: asking for gradients raises NotImplementedError before any work is done.
+        """
+        raise NotImplementedError(no_backward_message(type(self)))
+
+    def finish(self, step):
+        """Optional: called once after the last backward step, with every array spanning all
+        T * B rows. The place for a weight gradient that is one matrix product over the
+        whole sequence."""
+
+    @classmethod
+    def is_differentiable(cls):
+        return cls.backward is not PythonGate.backward
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        with gil:
+            self._call(self.forward, _step_arrays(s, self), &s.error)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        with gil:
+            self._call(self.forward, _step_arrays(s, self), &s.error)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        with gil:
+            self._call(self.backward, _step_arrays(s, self), &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        with gil:
+            self._call(self.backward, _step_arrays(s, self), &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        with gil:
+            self._call(self.finish, _step_arrays(s, self), &s.error)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        with gil:
+            self._call(self.finish, _step_arrays(s, self), &s.error)
+
+    cdef void _call(self, method, step, int* error):
+        try:
+            method(step)
+        except BaseException as exception:    # re-raised by the cell once the loop has stopped
+            self._error = exception
+            error[0] = 1
+
+
+class StepArrays:
+    """One time step as NumPy arrays, for :class:`PythonGate`: views on the loop's buffers,
+    named like the fields of the compiled step (gradients are None outside backward)."""
+
+    def __init__(self, t, hidden_size, offset, blocks, z, dz, dparams, **arrays):
+        self.t = t
+        self._hidden_size, self._offset, self._blocks = hidden_size, offset, blocks
+        self._z, self._dz = z, dz
+        self.dparams = dparams
+        self.__dict__.update(arrays)
+
+    def _block(self, buffer, block):
+        try:
+            k = self._blocks.index(block)
+        except ValueError:
+            raise KeyError(f"this gate has no block {block!r}; its blocks are {self._blocks}") from None
+        start = self._offset + k * self._hidden_size
+        return buffer[:, start:start + self._hidden_size]
+
+    def z(self, block):
+        """The pre-activation ``W_block [STM_{t-1}, E_t] + b_block`` of one of the gate's blocks."""
+        return self._block(self._z, block)
+
+    def dz(self, block):
+        """The gradient of the loss with respect to :meth:`z` (backward only; add into it)."""
+        return self._block(self._dz, block)
+
+
+cdef _view(const floating* data, Py_ssize_t rows, Py_ssize_t cols, object owner,
+           bint writeable=True):
+    if data == NULL:
+        return None
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = rows, cols
+    cdef int typenum = cnp.NPY_FLOAT if floating is float else cnp.NPY_DOUBLE
+    cdef cnp.ndarray array = cnp.PyArray_SimpleNewFromData(2, dims, typenum, <void*> data)
+    # The array's base is what owns the memory, so the array cannot outlive it.
+    cnp.set_array_base(array, owner)
+    if not writeable:
+        array.flags.writeable = False
+    return array
+
+
+ctypedef fused step_t:
+    StepFloat
+    StepDouble
+
+
+cdef _step_arrays(step_t* s, PythonGate gate):
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, ldz = s.e.ldz, k = 0
+    owner = tuple(gate._buffer_owners)
+    dparams = None
+    if s.dparam != NULL:
+        dparams = {}
+        for name, array in gate.params_arrays.items():
+            dparams[name] = _view(s.dparam[k], 1, <Py_ssize_t> array.size, owner).reshape(
+                array.shape)
+            k += 1
+    return StepArrays(
+        s.e.t, H, gate.offset, tuple(type(gate).blocks),
+        _view(s.z, B, ldz, owner), _view(s.dz, B, ldz, owner), dparams,
+        s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, owner, False)[:, :H],
+        ds_t=None if s.ds_t == NULL else _view(s.ds_t, B, ldz, owner)[:, :H],
+        STM_prev=_view(s.STM_prev, B, H, owner, False),
+        LTM_prev=_view(s.LTM_prev, B, H, owner, False),
+        f_t=_view(s.f_t, B, H, owner), i_t=_view(s.i_t, B, H, owner),
+        N_t=_view(s.N_t, B, H, owner), U_t=_view(s.U_t, B, H, owner),
+        V_t=_view(s.V_t, B, H, owner), LTM_t=_view(s.LTM_t, B, H, owner),
+        STM_t=_view(s.STM_t, B, H, owner), dSTM_t=_view(s.dSTM_t, B, H, owner, False),
+        df_t=_view(s.df_t, B, H, owner), di_t=_view(s.di_t, B, H, owner),
+        dN_t=_view(s.dN_t, B, H, owner), dU_t=_view(s.dU_t, B, H, owner),
+        dV_t=_view(s.dV_t, B, H, owner), dLTM_t=_view(s.dLTM_t, B, H, owner),
+        dLTM_prev=_view(s.dLTM_prev, B, H, owner))
+
+
+cdef void out_of_memory(Gate gate, int* error) noexcept nogil:
+    """Make the step fail with a MemoryError (a gemm could not allocate its copy)."""
+    with gil:
+        gate._error = MemoryError(f"{gate.role} gate {gate.name!r}: out of memory in a matrix "
+                                  "product")
+    error[0] = 1
+
+
+def elementwise(str function, floating[::1] x):
+    """``sigmoid`` or ``tanh`` of every entry of a 1-D array, by the compiled gates' own
+    approximations (for testing their accuracy)."""
+    out = np.empty(x.shape[0], np.float32 if floating is float else np.float64)
+    cdef floating[::1] result = out
+    cdef Py_ssize_t j
+    cdef bint is_sigmoid = function == "sigmoid"
+    if not is_sigmoid and function != "tanh":
+        raise ValueError(f"function must be 'sigmoid' or 'tanh'; got {function!r}")
+    for j in range(x.shape[0]):
+        result[j] = sigmoid(x[j]) if is_sigmoid else tanh_(x[j])
+    return out

@@ -1,0 +1,40 @@
+"""The built-in gates and variants, registered through the same hooks as any plugin."""
+from gatekit.core import instruction_sets
+from gatekit.core.hookspecs import hookimpl
+
+__all__ = ["PEEPHOLES", "register_gates", "register_variants", "VARIANTS"]
+
+PEEPHOLES = {"forget": "peephole", "learn": "peephole", "use": "peephole"}
+
+# name: (gates that differ from "standard", description)
+VARIANTS = {
+    "standard": ({}, "The LSTM PyTorch, Keras and ONNX run: STM_t = σ(W_v[..]) ⊙ tanh(LTM_t)"),
+    "course": ({"use": "course"},
+               "The seed's cell: U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), W_u of shape (H, H)"),
+    "literal": ({"use": "literal"},
+                "The seed's printed Use formula: STM_t never reads the long-term memory"),
+    "peephole": (PEEPHOLES, "Greff et al.'s vanilla LSTM: standard with peepholes p_f, p_i, p_v"),
+    "nig": ({**PEEPHOLES, "learn": "no_ignore"}, "Greff's NIG: vanilla without input gate"),
+    "nfg": ({**PEEPHOLES, "forget": "none"}, "Greff's NFG: vanilla without forget gate (1997)"),
+    "nog": ({**PEEPHOLES, "use": "no_output_gate"}, "Greff's NOG: vanilla without output gate"),
+    "niaf": ({**PEEPHOLES, "learn": "linear_peephole"},
+             "Greff's NIAF: vanilla without input activation, N_t linear"),
+    "noaf": ({**PEEPHOLES, "use": "linear_peephole"},
+             "Greff's NOAF: vanilla without output activation, U_t = LTM_t"),
+    "cifg": ({**PEEPHOLES, "learn": "coupled"},
+             "Greff's CIFG: vanilla with coupled input and forget gates, i_t = 1 - f_t"),
+    "janet": ({"learn": "janet", "use": "memory"},
+              "JANET: forget gate only, i_t = 1 - σ(s_t - 1), STM_t = LTM_t"),
+}
+
+
+@hookimpl
+def register_gates(register):
+    for gate in instruction_sets.load("_builtin").BUILTIN_GATES:
+        register(gate)
+
+
+@hookimpl
+def register_variants(register):
+    for name, (gates, description) in VARIANTS.items():
+        register(name, gates, description=description)

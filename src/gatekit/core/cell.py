@@ -1,0 +1,537 @@
+"""The memory cell: four gates composed, parameters named after the equations, and the checks
+that stand between a caller and the compiled time loop."""
+import inspect
+import math
+import numbers
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from gatekit.core import instruction_sets
+
+from gatekit.core import plugins
+from gatekit.core._gate import MAX_PARAMS, no_backward_message, PythonGate, ROLES
+
+__all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",
+           "refuse_changed_parameters", "Tape", "THREADS", "writable"]
+
+INPUTS = ("E_t", "STM_prev", "LTM_prev")
+_loop = instruction_sets.load("_loop")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _default_threads():
+    """GATEKIT_NUM_THREADS if set, else the CPUs this process may run on."""
+    value = os.environ.get("GATEKIT_NUM_THREADS", "")
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"GATEKIT_NUM_THREADS must be a whole number of threads, at least "
+                             f"1; got {value!r}") from None
+        return _threads("GATEKIT_NUM_THREADS", threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # no affinity masks (macOS)
+        return os.cpu_count() or 1
+
+
+def _threads(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of threads, at least 1; got {value!r}")
+    return int(value)
+
+
+# Read once, at import: a call must not pay for a system call to find it.
+THREADS = _default_threads()
+
+
+class Parameters(Mapping):
+    """The cell's parameters by symbol (``W_f``, ``b_f``, ``p_f``, ...), as NumPy arrays.
+
+    The arrays are views on the buffers the compiled core reads, so writing into them
+    (``params["W_f"][...] = value``, or ``params["W_f"] = value``, which copies) changes what the
+    cell computes. Shapes and dtypes are fixed.
+    """
+
+    def __init__(self, arrays):
+        self._arrays = arrays
+
+    def __getitem__(self, name):
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"this cell has no parameter {name!r}; its parameters are "
+                           f"{', '.join(self._arrays)}") from None
+
+    def __setitem__(self, name, value):
+        target = self[name]
+        value = np.asarray(value)
+        # Complex values would lose their imaginary part, strings would fail inside NumPy
+        # without naming the parameter: only real numbers are taken.
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"parameter {name!r} takes real numbers ({target.dtype}); got an "
+                            f"array of dtype {value.dtype}")
+        if value.shape != target.shape:
+            raise ValueError(f"parameter {name!r} has shape {target.shape}; got {value.shape}")
+        target[...] = value
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __repr__(self):
+        shapes = ", ".join(f"{name}: {array.shape}" for name, array in self._arrays.items())
+        return f"Parameters({shapes})"
+
+
+def _size(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype):
+    if dtype is None:        # np.dtype(None) would quietly mean float64
+        raise TypeError("dtype must be float32 or float64; got None")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64; got {dtype!r}") from None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64; got {dtype}")
+    return dtype
+
+
+def as_float_array(name, value, dtype, shape):
+    """``value`` as a C-contiguous array of ``dtype``, checked against ``shape`` (None = any)."""
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must hold floating-point numbers; got dtype {array.dtype}")
+    if array.ndim != len(shape) or any(want is not None and got != want
+                                       for got, want in zip(array.shape, shape)):
+        expected = "(" + ", ".join("any" if d is None else str(d) for d in shape) + ")"
+        raise ValueError(f"{name} must have shape {expected}; got {array.shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def writable(array):
+    """``array``, or a copy of it if it is read-only: the compiled loop takes its inputs as
+    writable buffers (a memory-mapped file opened read-only, a frozen array)."""
+    return array if array.flags.writeable else array.copy()
+
+
+def refuse_changed_parameters(names):
+    """Refuse a backward pass over a tape whose parameters ``names`` changed since it was
+    recorded: its activations belong to the old values, so the gradients would match neither."""
+    raise ValueError(f"the parameters {', '.join(map(repr, names))} changed after the forward "
+                     "pass that recorded this tape (an optimiser step in between?); its "
+                     "activations belong to the old values, so the gradients would match "
+                     "neither: run forward(..., keep=True) again")
+
+
+def check_lengths(lengths, T, B):
+    """``lengths`` as B integers in [1, T], in any order, or None (every sequence T steps)."""
+    if lengths is None:
+        return None
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu" or array.dtype == np.bool_:
+        raise TypeError(f"lengths must be integers, one per sequence; got dtype {array.dtype}")
+    if array.shape != (B,):
+        raise ValueError(f"lengths must hold one length per sequence of x, shape ({B},); got "
+                         f"shape {array.shape}")
+    for bad, what in ((np.flatnonzero(array < 1), "below 1"),
+                      (np.flatnonzero(array > T), f"longer than the T = {T} steps of x")):
+        if bad.size:
+            b = int(bad[0])
+            raise ValueError(f"lengths[{b}] = {int(array[b])} is {what}; every length must lie "
+                             f"in [1, {T}]")
+    return np.ascontiguousarray(array, dtype=np.intp)
+
+
+def _differentiable(cls):
+    if issubclass(cls, PythonGate):
+        return cls.is_differentiable()
+    return bool(cls.differentiable)
+
+
+def _add_parameter(arrays, sources, name, array, source, registry):
+    """Add parameter ``name`` of ``source`` = (gate class, what of it declares the name); the
+    names of every gate of a cell share one namespace, so a clash names both gates."""
+    if name in arrays:
+        def describe(cls, what):
+            entry = registry.gates[cls.role].get(cls.name)
+            plugin = f" of plugin {entry.plugin!r}" if entry is not None else ""
+            return f"{cls.role} gate {cls.name!r}{plugin} ({what})"
+        raise ValueError(f"parameter {name!r} is declared twice in this cell: by "
+                         f"{describe(*sources[name])} and by {describe(*source)}; the blocks "
+                         "and parameters of a cell's four gates share one namespace, so one of "
+                         "the gates must rename its block or parameter")
+    arrays[name] = array
+    sources[name] = source
+
+
+class _Spares:
+    """Scratch arrays a cell reuses from one call to the next. Freeing megabytes after each call
+    and asking for them again at the next costs a page fault per 4 KiB (the C library hands large
+    blocks back to the system): at T = 1000, B = 1, H = 64 that took six times as long as the
+    computation. A call takes a buffer out and puts it back when done, so two threads calling
+    one cell at once never share one (the second allocates its own)."""
+
+    LIMIT = 64 << 20        # bytes; larger ones are not kept: their faults are a small share
+
+    def __init__(self):
+        self._free = {}
+
+    def take(self, name, size, dtype):
+        buffer = self._free.pop(name, None)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = np.empty(max(size, 1), dtype)
+        return buffer
+
+    def give(self, name, buffer):
+        if buffer.nbytes <= self.LIMIT:
+            self._free[name] = buffer
+
+
+class Tape:
+    """What a forward pass kept for the backward pass: the input, the initial STM and every
+    step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
+    backward pass reads it and does not change it, so it can be used more than once."""
+
+    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths):
+        self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
+        self.z, self.acts, self.ltm = z, acts, ltm
+        # The caller may change the y it was given; the tape keeps its own.
+        self.y = y.copy()
+        # The activations hold for these parameters only: backward checks they are unchanged.
+        self.params = cell._parameter_snapshot()
+
+    def __repr__(self):
+        T, B, _ = self.x.shape
+        return f"Tape(T={T}, B={B}, cell={self.cell!r})"
+
+
+class Cell:
+    """An LSTM memory cell made of four gates: learn, forget, remember and use.
+
+    ``variant`` names a variant (``gatekit.variants()``); ``forget=``, ``learn=``, ``remember=``
+    and ``use=`` swap the variant's gate of that role for another registered gate
+    (``gatekit.gates()``). Parameters are drawn uniformly from ±1/sqrt(hidden_size), as PyTorch
+    does, from ``numpy.random.default_rng(seed)``.
+
+    Calling the cell runs it over a sequence: ``y, (stm, ltm) = cell(x, state=None)`` with
+    ``x`` of shape (T, B, input_size); ``y`` (T, B, hidden_size) holds the short-term memory of
+    every step and ``(stm, ltm)`` the final short- and long-term memories.
+
+    ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
+    environment variable at import, else the CPUs the process may run on). A call splits the
+    units between threads only when its steps are large enough to gain from it.
+    """
+
+    def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
+                 remember=None, use=None, dtype=np.float32, seed=None, threads=None):
+        self.input_size = D = _size("input_size", input_size)
+        self.hidden_size = H = _size("hidden_size", hidden_size)
+        self.dtype = _float_dtype(dtype)
+        self.threads = None if threads is None else _threads("threads", threads)
+        self._spares = _Spares()
+        self.variant = variant
+        registry = plugins.registry()
+        classes = registry.compose(variant, {"forget": forget, "learn": learn,
+                                             "remember": remember, "use": use})
+        self._check_composition(classes)
+        self._classes = classes
+
+        blocks = [(cls, block) for cls in classes for block in cls.blocks]
+        self._weights = np.empty((len(blocks) * H, H + D), self.dtype)
+        self._bias = np.empty(len(blocks) * H, self.dtype)
+        arrays, offsets, sources = {}, {}, {}
+        for k, (cls, block) in enumerate(blocks):
+            offsets.setdefault(cls, k * H)
+            for kind, rows in (("W", self._weights), ("b", self._bias)):
+                _add_parameter(arrays, sources, f"{kind}_{block}", rows[k * H:(k + 1) * H],
+                               (cls, f"block {block!r}"), registry)
+        for cls in classes:
+            for name, shape in cls.params.items():
+                dims = tuple(H if dim == "H" else D for dim in shape)
+                _add_parameter(arrays, sources, name, np.empty(dims, self.dtype),
+                               (cls, f"parameter {name!r}"), registry)
+        self.params = Parameters(arrays)
+        self.reset_parameters(seed)
+
+        self.gates = tuple(cls(D, H, offsets.get(cls, 0)) for cls in classes)
+        for gate in self.gates:
+            gate.bind(arrays)
+        forget_gate = classes[0]
+        self._forget_preactivation = offsets[forget_gate] if (
+            "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
+
+    @staticmethod
+    def _check_composition(classes):
+        known = set(INPUTS)
+        for cls in classes:
+            known |= {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"}
+            known |= set(cls.params)
+        for cls in classes:
+            reads = inspect.signature(cls.definition).parameters
+            missing = [name for name in reads if name not in known]
+            if missing:
+                raise ValueError(f"{cls.role} gate {cls.name!r} reads {', '.join(missing)}, which "
+                                 "no earlier gate of this composition provides")
+            known |= set(cls.provides())
+
+    def reset_parameters(self, seed=None):
+        """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``,
+        except those a gate gives an initial value (its ``init``)."""
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        fixed = {name: value for cls in self._classes for name, value in cls.init.items()}
+        for name, array in self.params.items():
+            array[...] = rng.uniform(-bound, bound, array.shape)
+            if name in fixed:
+                array[...] = fixed[name]
+
+    def copy(self, dtype=None):
+        """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
+        this cell's)."""
+        other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
+                     dtype=self.dtype if dtype is None else dtype, threads=self.threads)
+        for name, array in self.params.items():
+            other.params[name] = array
+        return other
+
+    @property
+    def gate_names(self):
+        """The name of the gate in each role."""
+        return {role: type(gate).name for role, gate in zip(ROLES, self.gates)}
+
+    def __repr__(self):
+        gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
+
+    def __call__(self, x, state=None, lengths=None):
+        """``cell.forward(x, state, lengths=lengths)`` without a tape: ``y, (stm, ltm)``."""
+        y, state = self.forward(x, state, lengths=lengths)
+        return y, state
+
+    def forward(self, x, state=None, keep=False, lengths=None):
+        """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
+        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
+        the :class:`Tape` that :meth:`backward` needs.
+
+        ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
+        after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
+        its last step, and its padded steps take no part in the gradients.
+        """
+        x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
+        T, B, _ = x.shape
+        if B == 0:
+            raise ValueError("x must hold at least one sequence; got batch size 0")
+        stm0, ltm0 = self._initial_state(state, B)
+        lengths = check_lengths(lengths, T, B)
+        if keep:
+            # The tape must not share memory with arrays the caller may change before backward.
+            x = x.copy()
+            stm0 = stm0.copy() if state is not None else stm0
+        else:
+            x, stm0 = writable(x), writable(stm0)
+        H, KH = self.hidden_size, self._weights.shape[0]
+        y = np.empty((T, B, H), self.dtype)
+        if T == 0 and not keep:
+            return y, (stm0.copy(), ltm0.copy())
+        threads = self._call_threads()
+        single = self.dtype == np.float32
+        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
+        # Without a tape the workspace is scratch, reused; a tape keeps its own.
+        workspace = np.empty(size, self.dtype) if keep else self._spares.take(
+            "workspace", size, self.dtype)
+
+        def buffer(name):
+            offset, shape = layout[name]
+            return workspace[offset:offset + math.prod(shape)].reshape(shape)
+
+        ltm = buffer("ltm")
+        ltm[0] = ltm0
+        buffers = (workspace, x, stm0, y)
+        self._hold_buffers(buffers)
+        try:
+            failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
+                                   keep, lengths, self._forget_preactivation, threads)
+            if failed >= 0:
+                self._raise_gate_error(failed)
+            final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        finally:
+            self._release_buffers(buffers)
+            if not keep:
+                self._spares.give("workspace", workspace)
+        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
+        if lengths is not None:
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
+        return (y, final) if not keep else (y, final, tape)
+
+    def trace(self, x, state=None, lengths=None):
+        """Every quantity the gates compute at every step, by the symbols of the equations:
+        ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
+        the forget gate provides it, and what each gate's ``trace`` adds; each (T, B, ...).
+        The values are those of :meth:`forward` (the same compiled run). Padded steps of a
+        ragged batch are NaN."""
+        y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
+        T, B, _ = tape.x.shape
+        quantities = {"E_t": tape.x, "f_t": tape.acts[0], "i_t": tape.acts[1],
+                      "N_t": tape.acts[2], "LTM_t": tape.ltm[1:], "U_t": tape.acts[3],
+                      "V_t": tape.acts[4], "STM_t": tape.y}
+        if self._forget_preactivation >= 0:
+            start = self._forget_preactivation
+            quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
+        known = {**self.params, **quantities}
+        for gate in self.gates:
+            extra = type(gate).trace
+            if extra is not None:
+                arguments = inspect.signature(extra).parameters
+                for name, value in extra(**{a: known[a] for a in arguments}).items():
+                    quantities[name] = np.broadcast_to(value, (T, B, self.hidden_size))
+        traced = {}
+        for name, value in quantities.items():
+            value = np.array(value, dtype=self.dtype)
+            if tape.lengths is not None:
+                value[np.arange(T)[:, None] >= tape.lengths[None, :]] = np.nan
+            traced[name] = value
+        return traced
+
+    def backward(self, tape, dy, dstm=None, dltm=None):
+        """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
+
+        ``dy`` (T, B, H) is the gradient of the loss with respect to the outputs ``y``; ``dstm``
+        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None). Returns a dict
+        with one gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"``, each
+        of the shape and dtype of what it is the gradient of.
+        """
+        if not isinstance(tape, Tape):
+            raise TypeError(f"tape must be the Tape from cell.forward(x, keep=True); got "
+                            f"{type(tape).__name__}")
+        if tape.cell is not self:
+            raise ValueError(f"tape was recorded by another cell ({tape.cell!r}); pass the tape "
+                             "this cell's forward(..., keep=True) returned")
+        for gate in self.gates:
+            if not _differentiable(type(gate)):
+                raise NotImplementedError(no_backward_message(type(gate)))
+        changed = self._changed_since(tape.params)
+        if changed:
+            refuse_changed_parameters(changed)
+        T, B, D = tape.x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        dy = writable(as_float_array("dy", dy, self.dtype, (T, B, H)))
+        dstm_carry = np.empty((2, B, H), self.dtype)
+        dstm_carry[0] = 0 if dstm is None else as_float_array("dstm", dstm, self.dtype, (B, H))
+        dltm_carry = np.empty((2, B, H), self.dtype)
+        dltm_carry[T % 2] = 0 if dltm is None else as_float_array("dltm", dltm, self.dtype, (B, H))
+
+        dweights = np.zeros_like(self._weights)
+        dbias = np.zeros_like(self._bias)
+        grads = self._gradient_views(dweights, dbias)
+        dparams = np.zeros((4, MAX_PARAMS), np.uintp)
+        for g, gate in enumerate(self.gates):
+            for k, name in enumerate(type(gate).params):
+                dparams[g, k] = grads[name].ctypes.data
+        dx = np.zeros((T, B, D), self.dtype)
+        threads = self._call_threads()
+        sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
+                 "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
+                                                   self.dtype == np.float32)}
+        spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares)
+        self._hold_buffers(buffers)
+        try:
+            dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
+            dacts = spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H)
+            if KH == 0:
+                dacts[...] = 0          # without blocks the gates run alone; they add into it
+            failed = _loop.backward(
+                self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
+                tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
+                spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
+                self._forget_preactivation, threads)
+        finally:
+            self._release_buffers(buffers)
+            for name, buffer in spares.items():
+                self._spares.give(name, buffer)
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
+        return grads
+
+    def _hold_buffers(self, buffers):
+        for gate in self.gates:
+            if isinstance(gate, PythonGate):
+                gate._hold_buffers(buffers)
+
+    def _release_buffers(self, buffers):
+        for gate in self.gates:
+            if isinstance(gate, PythonGate):
+                gate._release_buffers(buffers)
+
+    def _parameter_snapshot(self):
+        """A copy of every parameter, for :meth:`_changed_since`: the packed block weights and
+        biases as two arrays (one comparison each), the gates' other parameters by name."""
+        return {"packed": (self._weights.copy(), self._bias.copy()),
+                "others": {name: self.params[name].copy() for cls in self._classes
+                           for name in cls.params}}
+
+    def _changed_since(self, snapshot):
+        """The names of the parameters whose bits differ from ``snapshot``'s (NaN included)."""
+        bits = np.uint32 if self.dtype == np.float32 else np.uint64
+
+        def same(a, b):
+            return np.array_equal(a.view(bits), b.view(bits))
+
+        weights, bias = snapshot["packed"]
+        if same(weights, self._weights) and same(bias, self._bias):
+            changed = set()
+        else:
+            then = self._gradient_views(weights, bias)
+            changed = {name for name in then if name not in snapshot["others"]
+                       and not same(then[name], self.params[name])}
+        changed |= {name for name, value in snapshot["others"].items()
+                    if not same(value, self.params[name])}
+        return [name for name in self.params if name in changed]
+
+    def _call_threads(self):
+        return _loop.threads_for(self.gates, THREADS if self.threads is None else self.threads)
+
+    def _gradient_views(self, dweights, dbias):
+        """Gradient arrays named like ``params``: block gradients are views on the packed
+        ``dweights`` and ``dbias``, the others fresh zeros."""
+        H = self.hidden_size
+        grads = {}
+        k = 0
+        for gate in self.gates:
+            for block in type(gate).blocks:
+                grads[f"W_{block}"] = dweights[k * H:(k + 1) * H]
+                grads[f"b_{block}"] = dbias[k * H:(k + 1) * H]
+                k += 1
+        for name, array in self.params.items():
+            grads.setdefault(name, np.zeros_like(array))
+        return {name: grads[name] for name in self.params}
+
+    def _initial_state(self, state, B):
+        shape = (B, self.hidden_size)
+        if state is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
+                            f"(B, hidden_size) = {shape}; got {type(state).__name__}")
+        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
+                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+
+    def _raise_gate_error(self, step):
+        for role, gate in zip(ROLES, self.gates):
+            error = gate.take_error()
+            if error is not None:
+                error.add_note(f"raised by {role} gate {type(gate).name!r} at time step {step}")
+                raise error
+        raise RuntimeError(f"a compiled gate failed at time step {step} without saying why")

@@ -1,0 +1,417 @@
+"""The reference equations in plain NumPy: the executable specification of gatekit.
+
+One function per gate, written after the equations of the LSTM memory cell. Every function
+takes arguments named after the quantities it reads and returns a dict of what it produces:
+
+==============  ==============================================================
+``E_t``         the event (input) at step t, shape (B, D)
+``STM_prev``    short-term memory STM_{t-1} (the hidden state h), shape (B, H)
+``LTM_prev``    long-term memory LTM_{t-1} (the cell state c), shape (B, H)
+``f_t``         forget factor;  ``s_t`` its pre-activation
+``i_t``         ignore factor (the input gate);  ``N_t`` the combined new information
+``LTM_t``       the new long-term memory
+``U_t, V_t``    the two factors of the Use gate;  ``STM_t = U_t ⊙ V_t`` the new STM and output
+``W_k, b_k``    weights (H, H + D), acting on [STM_{t-1}, E_t] with STM columns first, and bias
+``p_k``         peephole weights (H,), a per-unit weight on the memory
+==============  ==============================================================
+
+:func:`forward` runs any cell one step at a time by calling its gates' definitions in role
+order (forget, learn, remember, use), passing each the quantities its argument names ask for.
+This module never imports the compiled core; it only reads ``cell.gates`` and ``cell.params``.
+"""
+import inspect
+
+import numpy as np
+
+__all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_none",
+           "forget_none_backward", "forget_peephole", "forget_peephole_backward", "forward",
+           "JANET_BETA", "learn", "learn_backward", "learn_coupled", "learn_coupled_backward",
+           "learn_janet", "learn_janet_backward", "learn_linear", "learn_linear_backward",
+           "learn_linear_peephole", "learn_linear_peephole_backward", "learn_no_ignore",
+           "learn_no_ignore_backward", "learn_peephole", "learn_peephole_backward", "linear",
+           "linear_backward", "merge", "remember", "remember_backward", "sigmoid", "step", "use",
+           "use_backward", "use_course", "use_course_backward", "use_linear",
+           "use_linear_backward", "use_linear_peephole", "use_linear_peephole_backward",
+           "use_literal", "use_literal_backward", "use_memory", "use_memory_backward",
+           "use_no_output_gate", "use_no_output_gate_backward", "use_peephole",
+           "use_peephole_backward"]
+
+#: JANET's shift of the learn gate against the forget gate: i_t = 1 - σ(s_t - β).
+JANET_BETA = 1.0
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def linear(W, STM_prev, E_t, b):
+    """W [STM_{t-1}, E_t] + b, for a batch: rows are sequences."""
+    return np.concatenate([STM_prev, E_t], axis=-1) @ W.T + b
+
+
+# --- Forget gate: what to keep of the long-term memory -----------------------------------------
+
+def forget(STM_prev, E_t, W_f, b_f):
+    """f_t = σ(W_f [STM_{t-1}, E_t] + b_f)"""
+    s_t = linear(W_f, STM_prev, E_t, b_f)
+    return {"s_t": s_t, "f_t": sigmoid(s_t)}
+
+
+def forget_peephole(STM_prev, E_t, LTM_prev, W_f, b_f, p_f):
+    """f_t = σ(W_f [STM_{t-1}, E_t] + p_f ⊙ LTM_{t-1} + b_f)   (Gers & Schmidhuber 2000)"""
+    s_t = linear(W_f, STM_prev, E_t, b_f) + p_f * LTM_prev
+    return {"s_t": s_t, "f_t": sigmoid(s_t)}
+
+
+def forget_none(LTM_prev):
+    """f_t = 1: nothing is ever forgotten (NFG, the LSTM of 1997)."""
+    return {"f_t": np.ones_like(LTM_prev)}
+
+
+# --- Learn gate: combine, then ignore ----------------------------------------------------------
+
+def learn(STM_prev, E_t, W_n, b_n, W_i, b_i):
+    """Combine: N_t = tanh(W_n [STM_{t-1}, E_t] + b_n)
+    Ignore:  i_t = σ(W_i [STM_{t-1}, E_t] + b_i)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i))
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_peephole(STM_prev, E_t, LTM_prev, W_n, b_n, W_i, b_i, p_i):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n)
+    i_t = σ(W_i [STM_{t-1}, E_t] + p_i ⊙ LTM_{t-1} + b_i)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i) + p_i * LTM_prev)
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_no_ignore(STM_prev, E_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1   (NIG: no input gate)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": np.ones_like(N_t), "N_t": N_t}
+
+
+def learn_linear(STM_prev, E_t, W_n, b_n, W_i, b_i):
+    """N_t = W_n [STM_{t-1}, E_t] + b_n  (no activation), i_t = σ(W_i [STM_{t-1}, E_t] + b_i)"""
+    N_t = linear(W_n, STM_prev, E_t, b_n)
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i))
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_linear_peephole(STM_prev, E_t, LTM_prev, W_n, b_n, W_i, b_i, p_i):
+    """N_t = W_n [STM_{t-1}, E_t] + b_n, i_t = σ(W_i [STM_{t-1}, E_t] + p_i ⊙ LTM_{t-1} + b_i)
+    (NIAF: no input activation)"""
+    N_t = linear(W_n, STM_prev, E_t, b_n)
+    i_t = sigmoid(linear(W_i, STM_prev, E_t, b_i) + p_i * LTM_prev)
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_coupled(STM_prev, E_t, f_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1 - f_t   (CIFG: learn what is forgotten)"""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": 1.0 - f_t, "N_t": N_t}
+
+
+def learn_janet(STM_prev, E_t, s_t, W_n, b_n):
+    """N_t = tanh(W_n [STM_{t-1}, E_t] + b_n), i_t = 1 - σ(s_t - β)
+    where s_t is the forget gate's pre-activation (JANET, van der Westhuizen & Lasenby 2018)."""
+    N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
+    return {"i_t": 1.0 - sigmoid(s_t - JANET_BETA), "N_t": N_t}
+
+
+# --- Remember gate: the new long-term memory ---------------------------------------------------
+
+def remember(LTM_prev, f_t, N_t, i_t):
+    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
+    return {"LTM_t": LTM_prev * f_t + N_t * i_t}
+
+
+# --- Use gate: the new short-term memory, which is also the output -----------------------------
+
+def use_course(STM_prev, E_t, LTM_prev, f_t, W_u, b_u, W_v, b_v):
+    """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), with W_u of shape (H, H)
+    V_t = σ(W_v [STM_{t-1}, E_t] + b_v)
+    STM_t = U_t ⊙ V_t
+    The seed's prose: tanh of the forget gate's output, times a sigmoid of the STM and the event.
+    """
+    U_t = np.tanh((LTM_prev * f_t) @ W_u.T + b_u)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_literal(STM_prev, E_t, W_u, b_u, W_v, b_v):
+    """U_t = tanh(W_u [STM_{t-1}, E_t] + b_u), V_t = σ(W_v [STM_{t-1}, E_t] + b_v),
+    STM_t = U_t ⊙ V_t
+    The seed's printed formula, taken literally: the output never reads the long-term memory."""
+    U_t = np.tanh(linear(W_u, STM_prev, E_t, b_u))
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use(STM_prev, E_t, LTM_t, W_v, b_v):
+    """U_t = tanh(LTM_t), V_t = σ(W_v [STM_{t-1}, E_t] + b_v), STM_t = U_t ⊙ V_t
+    (the standard LSTM: h_t = o_t ⊙ tanh(c_t))"""
+    U_t = np.tanh(LTM_t)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_peephole(STM_prev, E_t, LTM_t, W_v, b_v, p_v):
+    """U_t = tanh(LTM_t), V_t = σ(W_v [STM_{t-1}, E_t] + p_v ⊙ LTM_t + b_v), STM_t = U_t ⊙ V_t"""
+    U_t = np.tanh(LTM_t)
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v) + p_v * LTM_t)
+    return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+
+
+def use_no_output_gate(LTM_t):
+    """U_t = tanh(LTM_t), V_t = 1, STM_t = U_t   (NOG: no output gate)"""
+    U_t = np.tanh(LTM_t)
+    return {"U_t": U_t, "V_t": np.ones_like(U_t), "STM_t": U_t}
+
+
+def use_linear(STM_prev, E_t, LTM_t, W_v, b_v):
+    """U_t = LTM_t  (no output activation), V_t = σ(W_v [STM_{t-1}, E_t] + b_v), STM_t = U_t ⊙ V_t"""
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"U_t": LTM_t, "V_t": V_t, "STM_t": LTM_t * V_t}
+
+
+def use_linear_peephole(STM_prev, E_t, LTM_t, W_v, b_v, p_v):
+    """U_t = LTM_t, V_t = σ(W_v [STM_{t-1}, E_t] + p_v ⊙ LTM_t + b_v), STM_t = U_t ⊙ V_t
+    (NOAF: no output activation)"""
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v) + p_v * LTM_t)
+    return {"U_t": LTM_t, "V_t": V_t, "STM_t": LTM_t * V_t}
+
+
+def use_memory(LTM_t):
+    """STM_t = LTM_t   (JANET: the output is the memory itself; U_t = LTM_t, V_t = 1)"""
+    return {"U_t": LTM_t, "V_t": np.ones_like(LTM_t), "STM_t": LTM_t}
+
+
+# --- Backward: the gradients, gate by gate ------------------------------------------------
+#
+# Each ``*_backward`` function pairs with the forward function of the same name. It reads the
+# step's quantities and the gradients of the loss with respect to what the gate produced
+# (``df_t``, ``dSTM_t``, ...), and returns its contributions to the gradients of what the gate
+# read (``dLTM_prev``, ``dSTM_prev``, ``dE_t``, ``ds_t``...) and of its parameters (``dW_f``...).
+# Contributions are summed: a quantity read by several gates collects a gradient from each.
+# Derivatives use the outputs: σ'(s) = σ(s)(1 - σ(s)) and tanh'(a) = 1 - tanh(a)².
+
+def linear_backward(dz, W, STM_prev, E_t, name):
+    """Gradients of z = W_k [STM_{t-1}, E_t] + b_k given dz, for block ``name`` = k."""
+    H = STM_prev.shape[-1]
+    d_stm_event = dz @ W
+    return {f"dW_{name}": dz.T @ np.concatenate([STM_prev, E_t], axis=-1),
+            f"db_{name}": dz.sum(axis=0),
+            "dSTM_prev": d_stm_event[:, :H], "dE_t": d_stm_event[:, H:]}
+
+
+def merge(*contributions):
+    """Sum gradient contributions that share a name."""
+    total = {}
+    for contribution in contributions:
+        for name, value in contribution.items():
+            total[name] = total[name] + value if name in total else value
+    return total
+
+
+def forget_backward(STM_prev, E_t, f_t, df_t, ds_t, W_f):
+    # s_t collects df_t through σ, plus whatever later gates sent to s_t directly (JANET).
+    ds = ds_t + df_t * f_t * (1 - f_t)
+    return linear_backward(ds, W_f, STM_prev, E_t, "f")
+
+
+def forget_peephole_backward(STM_prev, E_t, LTM_prev, f_t, df_t, ds_t, W_f, p_f):
+    ds = ds_t + df_t * f_t * (1 - f_t)
+    return merge(linear_backward(ds, W_f, STM_prev, E_t, "f"),
+                 {"dp_f": (ds * LTM_prev).sum(axis=0), "dLTM_prev": ds * p_f})
+
+
+def forget_none_backward():
+    return {}
+
+
+def learn_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n, W_i):
+    dz_n = dN_t * (1 - N_t ** 2)
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dz_n, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"))
+
+
+def learn_peephole_backward(STM_prev, E_t, LTM_prev, N_t, i_t, dN_t, di_t, W_n, W_i, p_i):
+    dz_n = dN_t * (1 - N_t ** 2)
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dz_n, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"),
+                 {"dp_i": (dz_i * LTM_prev).sum(axis=0), "dLTM_prev": dz_i * p_i})
+
+
+def learn_no_ignore_backward(STM_prev, E_t, N_t, dN_t, W_n):
+    return linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n")
+
+
+def learn_linear_backward(STM_prev, E_t, i_t, dN_t, di_t, W_n, W_i):
+    return merge(linear_backward(dN_t, W_n, STM_prev, E_t, "n"),
+                 linear_backward(di_t * i_t * (1 - i_t), W_i, STM_prev, E_t, "i"))
+
+
+def learn_linear_peephole_backward(STM_prev, E_t, LTM_prev, i_t, dN_t, di_t, W_n, W_i, p_i):
+    dz_i = di_t * i_t * (1 - i_t)
+    return merge(linear_backward(dN_t, W_n, STM_prev, E_t, "n"),
+                 linear_backward(dz_i, W_i, STM_prev, E_t, "i"),
+                 {"dp_i": (dz_i * LTM_prev).sum(axis=0), "dLTM_prev": dz_i * p_i})
+
+
+def learn_coupled_backward(STM_prev, E_t, N_t, dN_t, di_t, W_n):
+    # i_t = 1 - f_t
+    return merge(linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n"),
+                 {"df_t": -di_t})
+
+
+def learn_janet_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n):
+    # i_t = 1 - σ(s_t - β), so di_t/ds_t = -σ(s_t - β)(1 - σ(s_t - β)) = -(1 - i_t) i_t
+    return merge(linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n"),
+                 {"ds_t": -di_t * i_t * (1 - i_t)})
+
+
+def remember_backward(LTM_prev, f_t, N_t, i_t, dLTM_t):
+    return {"dLTM_prev": dLTM_t * f_t, "df_t": dLTM_t * LTM_prev,
+            "dN_t": dLTM_t * i_t, "di_t": dLTM_t * N_t}
+
+
+def use_course_backward(STM_prev, E_t, LTM_prev, f_t, U_t, V_t, dSTM_t, W_u, W_v):
+    dU_pre = dSTM_t * V_t * (1 - U_t ** 2)          # through tanh
+    remembered = LTM_prev * f_t                      # what W_u reads
+    d_remembered = dU_pre @ W_u
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dW_u": dU_pre.T @ remembered, "db_u": dU_pre.sum(axis=0),
+                  "dLTM_prev": d_remembered * f_t, "df_t": d_remembered * LTM_prev})
+
+
+def use_literal_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_u, W_v):
+    dz_u = dSTM_t * V_t * (1 - U_t ** 2)
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_u, W_u, STM_prev, E_t, "u"),
+                 linear_backward(dz_v, W_v, STM_prev, E_t, "v"))
+
+
+def use_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t * (1 - U_t ** 2)})
+
+
+def use_peephole_backward(STM_prev, E_t, LTM_t, U_t, V_t, dSTM_t, W_v, p_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t * (1 - U_t ** 2) + dz_v * p_v,
+                  "dp_v": (dz_v * LTM_t).sum(axis=0)})
+
+
+def use_no_output_gate_backward(U_t, dSTM_t):
+    return {"dLTM_t": dSTM_t * (1 - U_t ** 2)}
+
+
+def use_linear_backward(STM_prev, E_t, U_t, V_t, dSTM_t, W_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"), {"dLTM_t": dSTM_t * V_t})
+
+
+def use_linear_peephole_backward(STM_prev, E_t, LTM_t, U_t, V_t, dSTM_t, W_v, p_v):
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dSTM_t * V_t + dz_v * p_v, "dp_v": (dz_v * LTM_t).sum(axis=0)})
+
+
+def use_memory_backward(dSTM_t):
+    return {"dLTM_t": dSTM_t}
+
+
+# --- The cell ---------------------------------------------------------------------------------
+
+def call_definition(definition, known, zero=None):
+    """Call a gate's definition with the quantities its argument names ask for. In backward,
+    a gradient nothing has contributed to yet (a name ``d...`` not in ``known``) is ``zero``."""
+    names = inspect.signature(definition).parameters
+    arguments = {}
+    for name in names:
+        if name in known:
+            arguments[name] = known[name]
+        elif zero is not None and name.startswith("d"):
+            arguments[name] = zero
+        else:
+            raise KeyError(f"{definition.__qualname__} reads {name!r}, which nothing before it "
+                           "provides")
+    return definition(**arguments)
+
+
+def step(cell, E_t, STM_prev, LTM_prev, dtype=None):
+    """One time step of ``cell``: every quantity its gates compute, by name."""
+    known = {name: np.asarray(value, dtype=dtype) for name, value in cell.params.items()}
+    known.update(E_t=E_t, STM_prev=STM_prev, LTM_prev=LTM_prev)
+    for gate in cell.gates:                      # forget, learn, remember, use
+        known.update(call_definition(type(gate).definition, known))
+    return known
+
+
+def forward(cell, x, state=None, dtype=None):
+    """Run ``cell`` over ``x`` (T, B, D), one step at a time.
+
+    Computes in ``dtype`` (the cell's own by default; pass ``np.float64`` to check a float32
+    cell against exact arithmetic). Returns ``y`` (T, B, H), the STM of every step, and the final
+    ``(STM, LTM)``, like ``cell(x)``.
+    """
+    dtype = np.dtype(cell.dtype if dtype is None else dtype)
+    x = np.asarray(x, dtype=dtype)
+    T, B, _ = x.shape
+    H = cell.hidden_size
+    if state is None:
+        STM, LTM = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+    else:
+        STM, LTM = (np.asarray(a, dtype=dtype) for a in state)
+    y = np.empty((T, B, H), dtype)
+    for t in range(T):
+        quantities = step(cell, x[t], STM, LTM, dtype)
+        STM, LTM = quantities["STM_t"], quantities["LTM_t"]
+        y[t] = STM
+    return y, (STM, LTM)
+
+
+def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None):
+    """Backpropagation through time, one step and one gate at a time.
+
+    ``dy`` (T, B, H) is the gradient of the loss with respect to every output, ``dstm`` and
+    ``dltm`` (B, H) with respect to the final STM and LTM (zero if None). Returns a dict with
+    the gradient of every parameter of ``cell.params``, and ``"x"``, ``"stm0"``, ``"ltm0"``.
+    """
+    dtype = np.dtype(cell.dtype if dtype is None else dtype)
+    x = np.asarray(x, dtype=dtype)
+    T, B, _ = x.shape
+    H = cell.hidden_size
+    zero = np.zeros((B, H), dtype)
+    STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state)
+    steps = []
+    for t in range(T):
+        steps.append(step(cell, x[t], STM, LTM, dtype))
+        STM, LTM = steps[-1]["STM_t"], steps[-1]["LTM_t"]
+
+    grads = {name: np.zeros(value.shape, dtype) for name, value in cell.params.items()}
+    grads["x"] = np.zeros_like(x)
+    dSTM_next = zero if dstm is None else np.asarray(dstm, dtype=dtype)
+    dLTM_next = zero if dltm is None else np.asarray(dltm, dtype=dtype)
+    dy = np.asarray(dy, dtype=dtype)
+    for t in reversed(range(T)):
+        known = dict(steps[t])
+        known.update(dSTM_t=dy[t] + dSTM_next, dLTM_t=dLTM_next)
+        for gate in reversed(cell.gates):            # use, remember, learn, forget
+            contributions = call_definition(type(gate).backward_definition, known, zero)
+            known.update(merge({name: known[name] for name in contributions if name in known},
+                               contributions))
+        for name in cell.params:
+            if "d" + name in known:
+                grads[name] += known["d" + name]
+        grads["x"][t] = known.get("dE_t", 0)
+        dSTM_next, dLTM_next = known.get("dSTM_prev", zero), known.get("dLTM_prev", zero)
+    grads["stm0"], grads["ltm0"] = dSTM_next, dLTM_next
+    return grads

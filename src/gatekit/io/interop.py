@@ -1,0 +1,734 @@
+"""Weights from and to PyTorch, Keras and ONNX, as plain NumPy conversions.
+
+None of these functions needs the other library: they read and return NumPy arrays (PyTorch
+tensors are read with ``.detach().cpu().numpy()``; torch is imported only to build or fill a
+module in :func:`to_torch`). Every conversion is exact: the blocks are moved, transposed and
+(for PyTorch's two biases) summed, never refitted.
+
+The layouts (H = hidden_size, D = input size of the layer, gatekit's ``W_k`` is (H, H + D) with
+the STM/hidden columns first, then the input columns):
+
+=========== ==================================================== ===========================
+library     arrays                                               gate order (gatekit block)
+=========== ==================================================== ===========================
+PyTorch     ``weight_ih_l{k}`` (4H, D), ``weight_hh_l{k}`` (4H, H), i, f, g, o
+            ``bias_ih_l{k}`` + ``bias_hh_l{k}`` (4H,) (summed);  (``i``, ``f``, ``n``, ``v``)
+            suffix ``_reverse`` for the reverse direction;
+            ``nn.LSTMCell``: the same without ``_l{k}``
+Keras       ``kernel`` (D, 4H), ``recurrent_kernel`` (H, 4H),    i, f, c, o
+            ``bias`` (4H,): the transposes of PyTorch's          (``i``, ``f``, ``n``, ``v``)
+ONNX LSTM   ``W`` (dirs, 4H, D), ``R`` (dirs, 4H, H),            i, o, f, c
+            ``B`` (dirs, 8H) = [Wb, Rb] (summed),                (``i``, ``v``, ``f``, ``n``);
+            ``P`` (dirs, 3H) peepholes                           P: i, o, f (``p_i``, ``p_v``,
+                                                                 ``p_f``)
+=========== ==================================================== ===========================
+
+PyTorch and Keras run only the ``standard`` cell. ONNX also has peepholes (gatekit's
+``peephole`` gates: ``p_i``, ``p_f`` on the previous LTM, ``p_v`` on the new one, as ONNX has
+them) and ``input_forget=1``, which couples the gates as ``f = 1 - i``. gatekit's ``cifg``
+couples them the other way, ``i = 1 - f``, with the weights on the forget gate. Since
+``1 - σ(a) = σ(-a)``, ONNX's input gate is gatekit's forget gate negated: ``W_i = -W_f``,
+``b_i = -b_f``, ``P_i = -p_f``. :func:`to_onnx` writes gatekit's forget weights unchanged in
+ONNX's forget slot as well, so the exported layer computes the same with or without the
+coupling; :func:`from_onnx` reads only the input slot of a coupled layer, as ONNX does.
+Every other gate composition is refused with a message that says so.
+"""
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from gatekit.core.cell import _float_dtype, Cell, FLOAT_DTYPES
+from gatekit.nn.layers import LSTM
+
+TORCH_ORDER = ("i", "f", "n", "v")     # PyTorch: i, f, g, o
+KERAS_ORDER = ("i", "f", "n", "v")     # Keras: i, f, c, o
+ONNX_ORDER = ("i", "v", "f", "n")      # ONNX: i, o, f, c
+ONNX_PEEPHOLE_ORDER = ("i", "v", "f")  # ONNX P: i, o, f
+
+STANDARD = {"forget": "standard", "learn": "standard", "remember": "standard",
+            "use": "standard"}
+ONNX_GATES = {"forget": ("standard", "peephole"), "learn": ("standard", "peephole", "coupled"),
+              "remember": ("standard",), "use": ("standard", "peephole")}
+ONNX_ATTRIBUTES = {"hidden_size", "direction", "input_forget", "layout", "activations", "clip",
+                   "activation_alpha", "activation_beta"}
+ONNX_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+
+_TORCH_LAYER_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?")
+_TORCH_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+def _to_numpy(value, name):
+    """A tensor, array or nested list as a NumPy array of floats."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):        # a torch tensor
+        tensor = value.detach().cpu()
+        try:
+            value = tensor.numpy()
+        except TypeError:                                          # bfloat16 has no NumPy type
+            value = tensor.float().numpy()
+    elif hasattr(value, "numpy") and not isinstance(value, np.ndarray):   # keras/tf variables
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must hold floating-point numbers; got dtype {array.dtype}")
+    return array
+
+
+def _result_dtype(arrays, dtype, where):
+    if dtype is not None:
+        return _float_dtype(dtype)
+    found = np.result_type(*arrays)
+    if found not in FLOAT_DTYPES:
+        raise TypeError(f"{where} hold {found} numbers; pass dtype=np.float32 or np.float64 to "
+                        "convert them")
+    return found
+
+
+def _check_shape(name, array, shape, explanation=""):
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}; expected {tuple(shape)}"
+                         + (f" ({explanation})" if explanation else ""))
+
+
+def _cells(model):
+    """``[(name, cell)]`` of a Cell or LSTM, in the LSTM's state order."""
+    if isinstance(model, LSTM):
+        return list(model.cells.items())
+    if isinstance(model, Cell):
+        return [("", model)]
+    raise TypeError(f"expected a gatekit.Cell or gatekit.LSTM; got {type(model).__name__}")
+
+
+def _require_standard(model, library):
+    names = model.gate_names
+    if names != STANDARD:
+        odd = ", ".join(f"{role}={name!r}" for role, name in names.items()
+                        if name != "standard")
+        raise ValueError(f"{library} runs only the standard LSTM cell; this model has "
+                         f"{odd} (variant {model.variant!r}). Only variant='standard' with "
+                         "standard gates converts")
+
+
+def _fill(cell, blocks):
+    """Write ``blocks[k] = (W_rec (H, H), W_in (H, D), b (H,))`` into the cell's ``W_k``,
+    ``b_k`` (the parameters are cast to the cell's dtype)."""
+    for block, (recurrent, inputs, bias) in blocks.items():
+        cell.params[f"W_{block}"] = np.concatenate([recurrent, inputs], axis=1)
+        cell.params[f"b_{block}"] = bias
+
+
+def _split(W_in, W_rec, bias, order):
+    """PyTorch-like stacked (4H, D), (4H, H), (4H,) arrays as ``{block: (rec, in, b)}``."""
+    H = W_rec.shape[1]
+    return {block: (W_rec[k * H:(k + 1) * H], W_in[k * H:(k + 1) * H], bias[k * H:(k + 1) * H])
+            for k, block in enumerate(order)}
+
+
+def _stack(cell, order):
+    """A standard cell's blocks stacked in ``order``: (4H, D), (4H, H), (4H,)."""
+    H = cell.hidden_size
+    W = [np.asarray(cell.params[f"W_{block}"]) for block in order]
+    W_in = np.concatenate([w[:, H:] for w in W])
+    W_rec = np.concatenate([w[:, :H] for w in W])
+    bias = np.concatenate([np.asarray(cell.params[f"b_{block}"]) for block in order])
+    return W_in, W_rec, bias
+
+
+def _summed(*biases):
+    """Biases added in float64 (then cast by the cell), so a float64 sum is exact to rounding."""
+    return sum(np.asarray(b, dtype=np.float64) for b in biases)
+
+
+# --- PyTorch -------------------------------------------------------------------------------------
+
+def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch_first=None,
+               dropout=None):
+    """A gatekit model with the weights of a PyTorch LSTM.
+
+    ``source`` is a ``torch.nn.LSTM`` (gives a :class:`gatekit.LSTM` with its ``num_layers``,
+    ``bidirectional``, ``batch_first`` and ``dropout``), a ``torch.nn.LSTMCell`` (gives a
+    :class:`gatekit.Cell`), or the ``state_dict()`` of either, as tensors or NumPy arrays.
+    From a state dict, the layers and directions are read off the keys; ``num_layers=`` and
+    ``bidirectional=`` if given must agree with them, and ``batch_first=``/``dropout=`` set the
+    layer's. PyTorch's two biases are summed. ``dtype`` is the parameters' (float32 or float64;
+    by default the tensors'). ``proj_size > 0`` (``weight_hr_l{k}``) is refused: a gatekit cell
+    has no projection of its STM.
+    """
+    config = {}
+    if hasattr(source, "state_dict") and callable(source.state_dict):
+        import torch    # a module was passed, so torch is there
+        if isinstance(source, torch.nn.LSTM):
+            if source.proj_size:
+                raise ValueError(f"torch.nn.LSTM with proj_size={source.proj_size} is not "
+                                 "supported: a gatekit cell has no projection of its STM "
+                                 "(weight_hr); use proj_size=0")
+            config = {"num_layers": source.num_layers, "bidirectional": source.bidirectional,
+                      "batch_first": source.batch_first, "dropout": source.dropout}
+            for name, value in (("num_layers", num_layers), ("bidirectional", bidirectional)):
+                if value is not None and value != config[name]:
+                    raise ValueError(f"{name}={value!r} disagrees with the module's "
+                                     f"{name}={config[name]!r}")
+            config.update({name: value for name, value in
+                           (("batch_first", batch_first), ("dropout", dropout))
+                           if value is not None})
+        elif isinstance(source, torch.nn.LSTMCell):
+            if any(v is not None for v in (num_layers, bidirectional, batch_first, dropout)):
+                raise ValueError("num_layers, bidirectional, batch_first and dropout describe a "
+                                 "torch.nn.LSTM; a torch.nn.LSTMCell converts to a gatekit.Cell")
+        else:
+            raise TypeError(f"from_torch converts torch.nn.LSTM and torch.nn.LSTMCell (or their "
+                            f"state dicts); got {type(source).__name__}")
+        state = source.state_dict()
+    elif isinstance(source, Mapping):
+        state = source
+        config = {"num_layers": num_layers, "bidirectional": bidirectional,
+                  "batch_first": batch_first, "dropout": dropout}
+    else:
+        raise TypeError(f"from_torch takes a torch.nn.LSTM, a torch.nn.LSTMCell or a state dict; "
+                        f"got {type(source).__name__}")
+    arrays = {str(key): value for key, value in state.items()}
+    if any(_TORCH_LAYER_KEY.fullmatch(key) for key in arrays):
+        return _lstm_from_torch(arrays, dtype, **config)
+    if any(key in _TORCH_CELL_KEYS for key in arrays):
+        if any(config.get(name) is not None for name in ("num_layers", "bidirectional",
+                                                          "batch_first", "dropout")):
+            raise ValueError("the state dict is a torch.nn.LSTMCell's (weight_ih, weight_hh, ...), "
+                             "which converts to a gatekit.Cell; num_layers, bidirectional, "
+                             "batch_first and dropout apply to torch.nn.LSTM state dicts")
+        return _cell_from_torch(arrays, dtype)
+    raise ValueError("the state dict has none of the keys of torch.nn.LSTM (weight_ih_l0, "
+                     "weight_hh_l0, ...) or torch.nn.LSTMCell (weight_ih, weight_hh, ...); its "
+                     f"keys are {', '.join(arrays) or 'none'}")
+
+
+def _check_keys(arrays, expected, what):
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        raise ValueError(f"the {what} state dict lacks {', '.join(map(repr, missing))}")
+    extra = [key for key in arrays if key not in expected]
+    if extra:
+        raise ValueError(f"the {what} state dict has unexpected keys "
+                         f"{', '.join(map(repr, extra))}")
+
+
+def _torch_blocks(arrays, suffix, D, H, where):
+    """Check one cell's PyTorch arrays and return its blocks."""
+    W_ih = _to_numpy(arrays[f"weight_ih{suffix}"], f"weight_ih{suffix}")
+    W_hh = _to_numpy(arrays[f"weight_hh{suffix}"], f"weight_hh{suffix}")
+    _check_shape(f"weight_ih{suffix}", W_ih, (4 * H, D), f"4 * hidden_size, {where}")
+    _check_shape(f"weight_hh{suffix}", W_hh, (4 * H, H), "4 * hidden_size, hidden_size")
+    if f"bias_ih{suffix}" in arrays:
+        biases = [_to_numpy(arrays[f"bias_{kind}{suffix}"], f"bias_{kind}{suffix}")
+                  for kind in ("ih", "hh")]
+        for kind, b in zip(("ih", "hh"), biases):
+            _check_shape(f"bias_{kind}{suffix}", b, (4 * H,), "4 * hidden_size")
+        bias = _summed(*biases)
+    else:
+        biases = []
+        bias = np.zeros(4 * H)
+    return _split(W_ih, W_hh, bias, TORCH_ORDER), [W_ih, W_hh, *biases]
+
+
+def _hidden_size(arrays, key):
+    W_hh = _to_numpy(arrays[key], key)
+    if W_hh.ndim != 2 or W_hh.shape[0] != 4 * W_hh.shape[1] or W_hh.shape[1] == 0:
+        raise ValueError(f"{key} has shape {W_hh.shape}; expected (4 * hidden_size, hidden_size)")
+    return W_hh.shape[1]
+
+
+def _input_size(arrays, key):
+    W_ih = _to_numpy(arrays[key], key)
+    if W_ih.ndim != 2 or W_ih.shape[1] == 0:
+        raise ValueError(f"{key} has shape {W_ih.shape}; expected (4 * hidden_size, input_size)")
+    return W_ih.shape[1]
+
+
+def _cell_from_torch(arrays, dtype):
+    expected = ["weight_ih", "weight_hh"]
+    if "bias_ih" in arrays or "bias_hh" in arrays:
+        expected += ["bias_ih", "bias_hh"]
+    _check_keys(arrays, expected, "torch.nn.LSTMCell")
+    H, D = _hidden_size(arrays, "weight_hh"), _input_size(arrays, "weight_ih")
+    blocks, read = _torch_blocks(arrays, "", D, H, "input_size")
+    cell = Cell(D, H, "standard", dtype=_result_dtype(read, dtype, "the tensors"))
+    _fill(cell, blocks)
+    return cell
+
+
+def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_first=None,
+                     dropout=None):
+    layers, reverse, bias, projection = set(), False, False, []
+    for key in arrays:
+        match = _TORCH_LAYER_KEY.fullmatch(key)
+        if match is None:
+            continue
+        kind, layer, suffix = match.groups()
+        layers.add(int(layer))
+        reverse |= suffix is not None
+        bias |= kind.startswith("bias")
+        if kind == "weight_hr":
+            projection.append(key)
+    if projection:
+        raise ValueError(f"the state dict has {', '.join(projection)}: a torch.nn.LSTM with "
+                         "proj_size > 0, which is not supported (a gatekit cell has no "
+                         "projection of its STM)")
+    found = max(layers) + 1
+    gaps = [layer for layer in range(found) if layer not in layers]
+    if gaps:
+        raise ValueError(f"the state dict has keys of layer l{found - 1} but none of layer "
+                         f"{', '.join(f'l{layer}' for layer in gaps)} (no weight_ih_l{gaps[0]}, "
+                         f"weight_hh_l{gaps[0]}, ...); torch.nn.LSTM numbers its layers from l0")
+    if num_layers is not None and num_layers != found:
+        raise ValueError(f"num_layers={num_layers!r}, but the state dict holds layers up to "
+                         f"l{found - 1} ({found} layer{'s' if found > 1 else ''})")
+    if bidirectional is not None and bool(bidirectional) != reverse:
+        raise ValueError(f"bidirectional={bidirectional!r}, but the state dict "
+                         f"{'has' if reverse else 'has no'} _reverse keys")
+    suffixes = [f"_l{layer}{rev}" for layer in range(found)
+                for rev in (("", "_reverse") if reverse else ("",))]
+    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+    _check_keys(arrays, [f"{kind}{suffix}" for suffix in suffixes for kind in kinds],
+                "torch.nn.LSTM")
+    H = _hidden_size(arrays, "weight_hh_l0")
+    D = _input_size(arrays, "weight_ih_l0")
+    directions = 2 if reverse else 1
+    converted, read = {}, []
+    for suffix in suffixes:
+        first = suffix.startswith("_l0")
+        size, where = (D, "input_size") if first else (
+            directions * H, f"{'2 * ' if reverse else ''}hidden_size, the previous layer's output")
+        converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where)
+        read += arrays_read
+    lstm = LSTM(D, H, found, bidirectional=reverse, batch_first=bool(batch_first),
+                dtype=_result_dtype(read, dtype, "the tensors"))
+    lstm.dropout = 0.0 if dropout is None else float(dropout)
+    for name, cell in lstm.cells.items():
+        _fill(cell, converted[f"_{name}"])
+    return lstm
+
+
+def to_torch(model, module=None):
+    """PyTorch weights of a gatekit ``standard`` model.
+
+    Returns the state dict of the equivalent ``torch.nn.LSTM`` (for a :class:`gatekit.LSTM`) or
+    ``torch.nn.LSTMCell`` (for a :class:`gatekit.Cell`) as NumPy arrays, with the whole bias in
+    ``bias_ih*`` and zeros in ``bias_hh*``; load it with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})``.
+
+    With ``module=`` a ``torch.nn.LSTM``/``LSTMCell`` of the same sizes, copies the weights into
+    it and returns it; with ``module=True``, builds that module (same sizes, ``batch_first``,
+    ``dropout``, dtype) and returns it.
+    """
+    _require_standard(model, "PyTorch")
+    state = {}
+    for name, cell in _cells(model):
+        suffix = f"_{name}" if name else ""
+        W_in, W_rec, bias = _stack(cell, TORCH_ORDER)
+        state[f"weight_ih{suffix}"] = W_in
+        state[f"weight_hh{suffix}"] = W_rec
+        state[f"bias_ih{suffix}"] = bias
+        state[f"bias_hh{suffix}"] = np.zeros_like(bias)
+    if module is None or module is False:
+        return state
+    import torch
+    torch_dtype = {np.dtype(np.float32): torch.float32,
+                   np.dtype(np.float64): torch.float64}[model.dtype]
+    if module is True:
+        if isinstance(model, LSTM):
+            module = torch.nn.LSTM(model.input_size, model.hidden_size, model.num_layers,
+                                   batch_first=model.batch_first, dropout=model.dropout,
+                                   bidirectional=model.bidirectional, dtype=torch_dtype)
+        else:
+            module = torch.nn.LSTMCell(model.input_size, model.hidden_size, dtype=torch_dtype)
+    elif isinstance(model, LSTM):
+        if not isinstance(module, torch.nn.LSTM):
+            raise TypeError(f"a gatekit.LSTM converts into a torch.nn.LSTM; got "
+                            f"{type(module).__name__}")
+        if module.proj_size:
+            raise ValueError(f"module has proj_size={module.proj_size}; a gatekit cell has no "
+                             "projection of its STM, so only proj_size=0 can receive its weights")
+        for name in ("input_size", "hidden_size", "num_layers", "bidirectional"):
+            if getattr(module, name) != getattr(model, name):
+                raise ValueError(f"module has {name}={getattr(module, name)!r}; the gatekit "
+                                 f"LSTM has {name}={getattr(model, name)!r}")
+    else:
+        if not isinstance(module, torch.nn.LSTMCell):
+            raise TypeError(f"a gatekit.Cell converts into a torch.nn.LSTMCell; got "
+                            f"{type(module).__name__}")
+        for name in ("input_size", "hidden_size"):
+            if getattr(module, name) != getattr(model, name):
+                raise ValueError(f"module has {name}={getattr(module, name)!r}; the gatekit "
+                                 f"cell has {name}={getattr(model, name)!r}")
+    parameters = dict(module.named_parameters())
+    missing = [key for key in state if key not in parameters]
+    if missing:
+        raise ValueError(f"module has no {', '.join(missing)} (built with bias=False?); a "
+                         "gatekit cell always has biases")
+    extra = [key for key in parameters if key not in state]
+    if extra:
+        raise ValueError(f"module has parameters gatekit cannot fill: {', '.join(extra)}")
+    with torch.no_grad():
+        for key, value in state.items():
+            parameters[key].copy_(torch.from_numpy(value))
+    return module
+
+
+# --- Keras ---------------------------------------------------------------------------------------
+
+def _activation_name(function):
+    name = getattr(function, "__name__", None) or getattr(function, "name", None)
+    return str(name).lower() if name is not None else repr(function)
+
+
+def _keras_layer_weights(layer, where):
+    """The weight list of one Keras ``LSTM``/``LSTMCell``, after checking it computes gatekit's
+    standard cell; and whether it runs backwards."""
+    cell = getattr(layer, "cell", layer)
+    for attribute, want in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
+        got = _activation_name(getattr(cell, attribute, None))
+        if got != want:
+            raise ValueError(f"{where} has {attribute}={got!r}; gatekit's standard cell uses "
+                             f"{want!r}")
+    weights = [_to_numpy(w, f"{where} weight {k}") for k, w in enumerate(layer.get_weights())]
+    if not weights:
+        raise ValueError(f"{where} has no weights yet: build it (or call it once) first")
+    return weights, bool(getattr(layer, "go_backwards", False))
+
+
+def _keras_source(source, where):
+    """One Keras layer (``LSTM``, ``LSTMCell`` or ``Bidirectional(LSTM)``) or its weight list,
+    as ``([weights of each direction], kind)`` with kind ``"cell"``, ``"layer"``."""
+    if hasattr(source, "get_weights"):
+        kind = type(source).__name__
+        if kind == "Bidirectional":
+            merge = getattr(source, "merge_mode", "concat")
+            if merge != "concat":
+                raise ValueError(f"{where} has merge_mode={merge!r}; a bidirectional "
+                                 "gatekit.LSTM concatenates the two directions (merge_mode="
+                                 "'concat')")
+            forward, backwards = _keras_layer_weights(source.forward_layer, f"{where} forward")
+            backward, went_back = _keras_layer_weights(source.backward_layer,
+                                                       f"{where} backward")
+            if backwards or not went_back:
+                raise ValueError(f"{where}: its forward layer must run forwards and its backward "
+                                 "layer backwards")
+            return [forward, backward], "layer"
+        if kind in ("LSTM", "LSTMCell"):
+            weights, backwards = _keras_layer_weights(source, where)
+            if backwards:
+                raise ValueError(f"{where} has go_backwards=True; gatekit runs a reverse "
+                                 "direction only inside a bidirectional layer")
+            return [weights], "cell" if kind == "LSTMCell" else "layer"
+        raise TypeError(f"{where} is a Keras {kind}; from_keras converts LSTM, LSTMCell and "
+                        "Bidirectional(LSTM) layers")
+    weights = [_to_numpy(w, f"{where} weight {k}") for k, w in enumerate(source)]
+    if len(weights) in (2, 3):
+        return [weights], "cell"
+    if len(weights) in (4, 6):
+        half = len(weights) // 2
+        return [weights[:half], weights[half:]], "layer"
+    raise ValueError(f"{where} has {len(weights)} arrays; expected [kernel, recurrent_kernel, "
+                     "bias] (3, or 2 without bias), or 6 (4) for a Bidirectional layer: the "
+                     "forward layer's then the backward layer's")
+
+
+def _keras_blocks(weights, D, H, where):
+    kernel, recurrent = weights[0], weights[1]
+    _check_shape(f"{where} kernel", kernel, (D, 4 * H), "input size, 4 * units")
+    _check_shape(f"{where} recurrent_kernel", recurrent, (H, 4 * H), "units, 4 * units")
+    if len(weights) == 3:
+        bias = weights[2]
+        _check_shape(f"{where} bias", bias, (4 * H,), "4 * units")
+    else:
+        bias = np.zeros(4 * H)
+    return _split(kernel.T, recurrent.T, bias, KERAS_ORDER)
+
+
+def from_keras(source, *, dtype=None, batch_first=True):
+    """A gatekit model with the weights of Keras LSTM layers.
+
+    ``source`` is one of:
+
+    - a Keras ``LSTMCell``, or its weights ``[kernel, recurrent_kernel, bias]`` (``bias``
+      optional): gives a :class:`gatekit.Cell`;
+    - a Keras ``LSTM`` layer or ``Bidirectional(LSTM)`` layer (or the 6 arrays of the latter's
+      ``get_weights()``: the forward layer's, then the backward layer's): gives a one-layer
+      :class:`gatekit.LSTM`;
+    - a list of those, one per layer of a stack: gives a :class:`gatekit.LSTM` with that many
+      layers.
+
+    Keras layers must use ``activation='tanh'`` and ``recurrent_activation='sigmoid'`` (the
+    defaults). Keras is batch-major, so the layer is ``batch_first=True`` unless asked
+    otherwise. ``dtype`` is the parameters' (by default the weights').
+    """
+    single = hasattr(source, "get_weights") or (
+        isinstance(source, (list, tuple)) and len(source) > 0
+        and all(not isinstance(w, (list, tuple)) and not hasattr(w, "get_weights")
+                for w in source))
+    if single:
+        directions, kind = _keras_source(source, "the Keras layer")
+        stack = [directions]
+    else:
+        if not isinstance(source, (list, tuple)) or not source:
+            raise TypeError("from_keras takes a Keras LSTM, LSTMCell or Bidirectional layer, its "
+                            "get_weights() list, or a non-empty list of those (one per layer); "
+                            f"got {type(source).__name__}")
+        stack, kind = [], "layer"
+        for k, layer in enumerate(source):
+            directions, _ = _keras_source(layer, f"layer {k}")
+            stack.append(directions)
+    bidirectional = len(stack[0]) == 2
+    if any(len(directions) != len(stack[0]) for directions in stack):
+        raise ValueError("every layer of the stack must be bidirectional, or none")
+    H = stack[0][0][1].shape[0] if stack[0][0][1].ndim == 2 else 0
+    if H == 0 or stack[0][0][1].shape != (H, 4 * H):
+        raise ValueError(f"layer 0 recurrent_kernel has shape {stack[0][0][1].shape}; expected "
+                         "(units, 4 * units)")
+    D = stack[0][0][0].shape[0] if stack[0][0][0].ndim == 2 else 0
+    converted = []
+    for k, directions in enumerate(stack):
+        size = D if k == 0 else len(directions) * H
+        for d, weights in enumerate(directions):
+            where = "the Keras layer" if single else f"layer {k}"
+            if d:
+                where += " (backward)"
+            converted.append(_keras_blocks(weights, size, H, where))
+    dtype = _result_dtype([w for directions in stack for weights in directions for w in weights],
+                          dtype, "the Keras weights")
+    if kind == "cell":
+        model = Cell(D, H, "standard", dtype=dtype)
+    else:
+        model = LSTM(D, H, len(stack), bidirectional=bidirectional, batch_first=batch_first,
+                     dtype=dtype)
+    for (_, cell), blocks in zip(_cells(model), converted):
+        _fill(cell, blocks)
+    return model
+
+
+def to_keras(model):
+    """Keras weights of a gatekit ``standard`` model, as ``layer.set_weights`` takes them.
+
+    A :class:`gatekit.Cell` gives ``[kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H,)]``
+    (for a Keras ``LSTM(H)`` or ``LSTMCell(H)``). A :class:`gatekit.LSTM` gives one such list
+    per layer, with the forward direction's three arrays followed by the backward direction's
+    for a bidirectional layer (for ``Bidirectional(LSTM(H, return_sequences=True))``).
+    """
+    _require_standard(model, "Keras")
+
+    def weights(cell):
+        W_in, W_rec, bias = _stack(cell, KERAS_ORDER)
+        return [np.ascontiguousarray(W_in.T), np.ascontiguousarray(W_rec.T), bias]
+
+    if isinstance(model, Cell):
+        return weights(model)
+    cells = _cells(model)
+    D = model.directions
+    return [[w for _, cell in cells[k * D:(k + 1) * D] for w in weights(cell)]
+            for k in range(model.num_layers)]
+
+
+# --- ONNX ----------------------------------------------------------------------------------------
+
+def _onnx_gates(model):
+    names = model.gate_names
+    for role, allowed in ONNX_GATES.items():
+        if names[role] not in allowed:
+            raise ValueError(
+                f"ONNX's LSTM operator cannot express {role} gate {names[role]!r} (variant "
+                f"{model.variant!r}): it runs the standard cell, with peepholes (P) and with "
+                "input_forget=1; the variants that convert are 'standard', 'peephole' and 'cifg' "
+                f"(allowed gates: {ONNX_GATES})")
+    return names
+
+
+def _onnx_cell(cell, names):
+    """One direction's W (4H, D), R (4H, H), B (8H,) and P (3H,) or None."""
+    H = cell.hidden_size
+    p = cell.params
+    blocks = {k: (np.asarray(p[f"W_{k}"])[:, :H], np.asarray(p[f"W_{k}"])[:, H:],
+                  np.asarray(p[f"b_{k}"])) for k in ("f", "n", "v")}
+    if names["learn"] == "coupled":
+        # i_onnx = 1 - f_gatekit = σ(-(forget pre-activation)): the forget weights negated.
+        blocks["i"] = tuple(-a for a in blocks["f"])
+    else:
+        blocks["i"] = (np.asarray(p["W_i"])[:, :H], np.asarray(p["W_i"])[:, H:],
+                       np.asarray(p["b_i"]))
+    W = np.concatenate([blocks[k][1] for k in ONNX_ORDER])
+    R = np.concatenate([blocks[k][0] for k in ONNX_ORDER])
+    B = np.concatenate([np.concatenate([blocks[k][2] for k in ONNX_ORDER]),
+                        np.zeros(4 * H, cell.dtype)])
+    if "peephole" not in (names["forget"], names["learn"], names["use"]):
+        return W, R, B, None
+    zero = np.zeros(H, cell.dtype)
+    peep = {"f": np.asarray(p["p_f"]) if "p_f" in p else zero,
+            "v": np.asarray(p["p_v"]) if "p_v" in p else zero}
+    if names["learn"] == "coupled":
+        peep["i"] = -peep["f"]
+    else:
+        peep["i"] = np.asarray(p["p_i"]) if "p_i" in p else zero
+    return W, R, B, np.concatenate([peep[k] for k in ONNX_PEEPHOLE_ORDER])
+
+
+def to_onnx(model):
+    """The inputs and attributes of ONNX ``LSTM`` operators computing what ``model`` computes.
+
+    A :class:`gatekit.Cell` gives one dict: ``W`` (1, 4H, D), ``R`` (1, 4H, H), ``B`` (1, 8H)
+    (the bias in the ``Wb`` half, zeros in ``Rb``), ``P`` (1, 3H) if a gate has peepholes, and
+    the attributes ``hidden_size``, ``direction`` ("forward"), ``input_forget`` and ``layout``
+    (0). A :class:`gatekit.LSTM` gives one such dict per layer (an ONNX LSTM node is one
+    layer), with ``direction="bidirectional"`` (first axis: forward, reverse) if it is, and
+    ``layout=1`` if it is ``batch_first``. The gates must be ONNX's: standard, peephole
+    (missing peepholes are zeros) or coupled input and forget (``input_forget=1``).
+    """
+    names = _onnx_gates(model)
+    cells = [cell for _, cell in _cells(model)]
+    directions = model.directions if isinstance(model, LSTM) else 1
+    layers = []
+    for k in range(len(cells) // directions):
+        parts = [_onnx_cell(cell, names) for cell in cells[k * directions:(k + 1) * directions]]
+        layer = {"W": np.stack([part[0] for part in parts]),
+                 "R": np.stack([part[1] for part in parts]),
+                 "B": np.stack([part[2] for part in parts])}
+        if parts[0][3] is not None:
+            layer["P"] = np.stack([part[3] for part in parts])
+        layer.update(hidden_size=model.hidden_size,
+                     direction="bidirectional" if directions == 2 else "forward",
+                     input_forget=int(names["learn"] == "coupled"),
+                     layout=int(isinstance(model, LSTM) and model.batch_first))
+        layers.append(layer)
+    return layers[0] if isinstance(model, Cell) else layers
+
+
+def _check_onnx_layer(layer, where):
+    if not isinstance(layer, Mapping):
+        raise TypeError(f"{where} must be a dict of ONNX LSTM inputs (W, R, B, P) and attributes; "
+                        f"got {type(layer).__name__}")
+    unknown = [key for key in layer if key not in {"W", "R", "B", "P"} | ONNX_ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; expected W, "
+                         f"R, optional B and P, and the attributes {sorted(ONNX_ATTRIBUTES)}")
+    for key in ("W", "R"):
+        if key not in layer:
+            raise ValueError(f"{where} lacks {key!r}")
+    direction = layer.get("direction", "forward")
+    if isinstance(direction, bytes):
+        direction = direction.decode()
+    if direction not in ("forward", "bidirectional"):
+        raise ValueError(f"{where} has direction={direction!r}; gatekit runs 'forward' and "
+                         "'bidirectional' LSTMs (a lone reverse direction has no gatekit "
+                         "equivalent)")
+    directions = 2 if direction == "bidirectional" else 1
+    activations = layer.get("activations")
+    if activations is not None:
+        got = tuple(a.decode() if isinstance(a, bytes) else str(a) for a in activations)
+        if tuple(a.lower() for a in got) != ONNX_DEFAULT_ACTIVATIONS * directions:
+            raise ValueError(f"{where} has activations={list(got)}; gatekit's cells use ONNX's "
+                             "defaults Sigmoid, Tanh, Tanh (per direction)")
+    if layer.get("clip") is not None:
+        raise ValueError(f"{where} has clip={layer['clip']!r}; gatekit does not clip the "
+                         "pre-activations")
+    input_forget = layer.get("input_forget", 0)
+    if input_forget not in (0, 1):
+        raise ValueError(f"{where} has input_forget={input_forget!r}; expected 0 or 1")
+    layout = layer.get("layout", 0)
+    if layout not in (0, 1):
+        raise ValueError(f"{where} has layout={layout!r}; expected 0 or 1")
+    return directions, bool(input_forget), bool(layout)
+
+
+def from_onnx(source, *, dtype=None):
+    """A gatekit model from the inputs and attributes of ONNX ``LSTM`` operators.
+
+    ``source`` is a dict with ``W`` (dirs, 4H, D), ``R`` (dirs, 4H, H), optional ``B``
+    (dirs, 8H) and ``P`` (dirs, 3H), and optional attributes ``hidden_size``, ``direction``
+    ("forward" or "bidirectional"), ``input_forget``, ``layout``, ``activations`` (only the
+    defaults), ``clip`` (only None); or a list of such dicts, one per layer of a stack. One
+    forward dict of layout 0 gives a :class:`gatekit.Cell`; anything else a
+    :class:`gatekit.LSTM` (``batch_first`` if ``layout=1``).
+
+    The gates follow the inputs: standard without ``P``, peephole gates with it, and with
+    ``input_forget=1`` gatekit's coupled learn gate, whose forget gate is ONNX's input gate
+    negated (variant ``cifg`` with ``P``).
+    """
+    layers = [source] if isinstance(source, Mapping) else source
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError("from_onnx takes a dict of ONNX LSTM inputs and attributes, or a "
+                        f"non-empty list of them; got {type(source).__name__}")
+    where = (lambda k: "the ONNX LSTM") if isinstance(source, Mapping) else (
+        lambda k: f"layer {k}")
+    checked = [_check_onnx_layer(layer, where(k)) for k, layer in enumerate(layers)]
+    if len({c for c in checked}) != 1:
+        raise ValueError("every layer must have the same direction, input_forget and layout")
+    directions, coupled, batch_major = checked[0]
+    peepholes = ["P" in layer and layer["P"] is not None for layer in layers]
+    if len(set(peepholes)) != 1:
+        raise ValueError("either every layer has peepholes P or none")
+    R0 = _to_numpy(layers[0]["R"], f"{where(0)} R")
+    if R0.ndim != 3 or R0.shape[1] != 4 * R0.shape[2] or R0.shape[2] == 0:
+        raise ValueError(f"{where(0)} R has shape {R0.shape}; expected (num_directions, "
+                         "4 * hidden_size, hidden_size)")
+    H = R0.shape[2]
+    W0 = _to_numpy(layers[0]["W"], f"{where(0)} W")
+    if W0.ndim != 3 or W0.shape[2] == 0:
+        raise ValueError(f"{where(0)} W has shape {W0.shape}; expected (num_directions, "
+                         "4 * hidden_size, input_size)")
+    D = W0.shape[2]
+    converted, read = [], []
+    for k, layer in enumerate(layers):
+        if layer.get("hidden_size", H) != H:
+            raise ValueError(f"{where(k)} has hidden_size={layer['hidden_size']!r}, but R has "
+                             f"hidden size {H}")
+        size = D if k == 0 else directions * H
+        W = _to_numpy(layer["W"], f"{where(k)} W")
+        R = _to_numpy(layer["R"], f"{where(k)} R")
+        _check_shape(f"{where(k)} W", W, (directions, 4 * H, size),
+                     "num_directions, 4 * hidden_size, input size")
+        _check_shape(f"{where(k)} R", R, (directions, 4 * H, H),
+                     "num_directions, 4 * hidden_size, hidden_size")
+        read += [W, R]
+        if layer.get("B") is not None:
+            B = _to_numpy(layer["B"], f"{where(k)} B")
+            _check_shape(f"{where(k)} B", B, (directions, 8 * H),
+                         "num_directions, 8 * hidden_size")
+            read.append(B)
+        else:
+            B = np.zeros((directions, 8 * H))
+        P = None
+        if peepholes[0]:
+            P = _to_numpy(layer["P"], f"{where(k)} P")
+            _check_shape(f"{where(k)} P", P, (directions, 3 * H),
+                         "num_directions, 3 * hidden_size")
+            read.append(P)
+        for d in range(directions):
+            blocks = _split(W[d], R[d], _summed(B[d, :4 * H], B[d, 4 * H:]), ONNX_ORDER)
+            peep = {} if P is None else {f"p_{block}": P[d, j * H:(j + 1) * H]
+                                         for j, block in enumerate(ONNX_PEEPHOLE_ORDER)}
+            if coupled:
+                # f_gatekit = 1 - i_onnx = σ(-(input pre-activation)); ONNX ignores its f slot.
+                blocks["f"] = tuple(-np.asarray(a) for a in blocks.pop("i"))
+                if P is not None:
+                    peep["p_f"] = -peep.pop("p_i")
+            converted.append((blocks, peep))
+    dtype = _result_dtype(read, dtype, "the ONNX arrays")
+    gates = {}
+    if peepholes[0]:
+        variant = "cifg" if coupled else "peephole"
+    else:
+        variant = "standard"
+        if coupled:
+            gates["learn"] = "coupled"
+    if isinstance(source, Mapping) and directions == 1 and not batch_major:
+        model = Cell(D, H, variant, **gates, dtype=dtype)
+    else:
+        model = LSTM(D, H, len(layers), bidirectional=directions == 2, variant=variant, **gates,
+                     batch_first=batch_major, dtype=dtype)
+    for (_, cell), (blocks, peep) in zip(_cells(model), converted):
+        _fill(cell, blocks)
+        for name, value in peep.items():
+            cell.params[name] = value
+    return model
+
+
+__all__ = ["from_keras", "from_onnx", "from_torch", "to_keras", "to_onnx", "to_torch"]
