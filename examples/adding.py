@@ -1,4 +1,4 @@
-"""Train presets on the adding problem and compare their loss with the trivial baseline.
+"""Train variants on the adding problem and compare their loss with the trivial baseline.
 
     python examples/adding.py                      # course and standard, T = 50
     python examples/adding.py --variants standard cifg janet --length 100 --steps 3000
@@ -16,7 +16,7 @@ from gatekit.study import tasks
 from gatekit.train import training
 def run(variant, length=50, steps=1500, batch_size=32, hidden_size=32, lr=1e-2, seed=0,
         progress=True, target_loss=None):
-    """Train one preset; returns its :class:`gatekit.training.History`."""
+    """Train one variant; returns its :class:`gatekit.training.History`."""
     task = tasks.AddingProblem(length)
     cell = gatekit.Cell(task.input_size, hidden_size, variant, dtype=np.float32, seed=seed)
     if "b_f" in cell.params:

@@ -4,7 +4,7 @@ docs/nature_show.md and prints the numbers it quotes.
 
     python examples/nature_show.py --out docs/
 
-The task (gatekit/nature_show.py): a stream of animals, plants, empty frames and scene cuts;
+The task (src/gatekit/study/nature_show.py): a stream of animals, plants, empty frames and scene cuts;
 the target at every step is which animals have been seen so far (squirrel, elephant, dog,
 wolf). A dog/wolf is a wolf when a forest plant (tree, fern) has been seen earlier in its
 scene, a dog after a garden plant (rose, hedge), neither before any plant of its scene: the
@@ -18,25 +18,13 @@ import numpy as np
 
 from gatekit.study import nature_show as ns
 from gatekit.study import pictures as visual
+
 VARIANTS = ("course", "standard")
 
 
 def error_rates(outputs, target):
     """The fraction of steps where each flag, read as output > 0.5, is wrong."""
     return ((outputs > 0.5) != (target > 0.5)).mean(axis=(0, 1))
-
-
-def at_least(minimum):
-    """An argparse type: an integer no smaller than ``minimum``."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}")
-        return value
-    return parse
 
 
 def readout(model, stm):
@@ -47,16 +35,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs", help="folder for the pictures (default docs)")
-    parser.add_argument("--steps", type=at_least(1), default=2000,
-                        help="training steps per preset (default 2000)")
-    parser.add_argument("--hidden-size", type=at_least(1), default=8,
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="training steps per variant (default 2000)")
+    parser.add_argument("--hidden-size", type=int, default=8,
                         help="units of each cell (default 8)")
-    parser.add_argument("--seed", type=at_least(0), default=0,
+    parser.add_argument("--seed", type=int, default=0,
                         help="seed of the cells, their training and the test streams "
                              "(default 0)")
     parser.add_argument("--formats", nargs="+", choices=sorted(set(visual.FORMATS.values())),
                         default=["png", "svg"], help="the pictures' formats (default png svg)")
     args = parser.parse_args(argv)
+    for option, minimum in (("steps", 1), ("hidden_size", 1), ("seed", 0)):
+        if getattr(args, option) < minimum:
+            parser.error(f"--{option.replace('_', '-')}: expected an integer >= {minimum}; "
+                         f"got {getattr(args, option)}")
     os.makedirs(args.out, exist_ok=True)
 
     def paths(stem):

@@ -286,7 +286,7 @@ def _add_trace_arguments(parser):
     data = parser.add_argument_group("the sequence")
     data.add_argument("--task", default="nature_show",
                       help="nature_show (default) or a registered task (adding, reber, ...: "
-                           "gatekit.study.tasks.names())")
+                           "gatekit.tasks.names())")
     data.add_argument("--length", type=_integer(1),
                       help="sequence length (default: the task's); the nature show's heatmaps "
                            "and lines trace its scripted episode unless a length is given")

@@ -125,7 +125,7 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
 
     - output shapes and dtypes;
     - the forward pass against the gate's NumPy ``definition`` (through
-      ``gatekit.core.reference.forward``): 1e-10 absolute in float64, 1e-4 relative in float32;
+      ``gatekit.reference.forward``): 1e-10 absolute in float64, 1e-4 relative in float32;
     - if the gate is differentiable: its backward pass against centred finite differences
       (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
       (1e-9 relative);

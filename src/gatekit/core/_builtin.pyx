@@ -1,5 +1,5 @@
 """The built-in gates, compiled. ``gatekit.core.builtin_variants`` registers them through the
-same hook a third-party plugin uses; each names its NumPy definition in ``gatekit.core.reference``,
+same hook a third-party plugin uses; each names its NumPy definition in ``gatekit.reference``,
 which the tests hold it to.
 
 The kernels work row by row on units [u0, u1), in plain loops over contiguous memory that the

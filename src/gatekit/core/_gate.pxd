@@ -1,7 +1,7 @@
 # The gate interface of the compiled core, for gates written in Cython.
 #
 # A time step hands every gate one StepFloat or StepDouble: pointers to this step's arrays, named
-# after the quantities of gatekit.core.reference, all (B, H) with row stride H except the
+# after the quantities of gatekit.reference, all (B, H) with row stride H except the
 # pre-activations `z` (row stride `e.ldz`). Gates run in role order forget -> learn -> remember ->
 # use, so a gate may read what the earlier ones wrote. A gate computes rows [0, B) and units
 # [u0, u1) only, and writes nothing outside them (parameter gradients included): the loop may

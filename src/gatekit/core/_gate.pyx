@@ -23,10 +23,10 @@ A gate class declares, as class attributes:
     The gate's NumPy definition after the equations: a function whose arguments are named after
     the quantities it reads (``STM_prev``, ``LTM_prev``, ``E_t``, outputs of earlier gates such as
     ``f_t``, and parameters such as ``W_f``), returning a dict of what it produces.
-    ``gatekit.core.reference`` runs it, one step at a time; the tests hold the fast path to it.
+    ``gatekit.reference`` runs it, one step at a time; the tests hold the fast path to it.
 ``backward_definition``
-    Optional: the NumPy gradients of ``definition`` (see ``gatekit.core.reference``), for
-    ``gatekit.core.reference.backward``.
+    Optional: the NumPy gradients of ``definition`` (see ``gatekit.reference``), for
+    ``gatekit.reference.backward``.
 ``trace``
     Optional: what else the gate wants shown when a cell is traced, as a function whose
     arguments name traced quantities (``f_t``, ``LTM_t``... each (T, B, H)) or parameters,

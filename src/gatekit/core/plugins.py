@@ -124,7 +124,7 @@ def _check_gate_class(cls, plugin):
             raise PluginError(f"{where}: parameter {name!r} has shape {shape!r}; "
                               "expected a tuple of 'H' and 'D'")
     if not callable(cls.definition):
-        raise PluginError(f"{where}: no NumPy `definition` for gatekit.core.reference")
+        raise PluginError(f"{where}: no NumPy `definition` for gatekit.reference")
     missing = set(ROLE_OUTPUTS[cls.role]) - set(cls.provides())
     if missing:
         raise PluginError(f"{where}: a {cls.role} gate must provide {sorted(missing)}")

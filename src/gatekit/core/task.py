@@ -9,8 +9,9 @@ __all__ = ["Task"]
 
 
 class Task:
-    """Base class of the tasks: ``name``, ``length`` and the interface above. Subclasses set
-    ``name``, ``description``, ``default_length``, and implement ``sample`` and ``solved``."""
+    """Base class of the tasks: ``name``, ``length`` and the interface :mod:`gatekit.tasks`
+    describes. Subclasses set ``name``, ``description``, ``default_length``, and implement
+    ``sample`` and ``solved``."""
 
     name = None
     description = ""

@@ -1,5 +1,5 @@
 """``gatekit compare``: train variants and gate compositions on the tasks of
-:mod:`gatekit.study.tasks`, several seeds each, and report per variant the final loss, the share of
+:mod:`gatekit.tasks`, several seeds each, and report per variant the final loss, the share of
 seeds that solved the task, the training sequences it took, the time per training step and
 the parameter count — as a table, CSV and JSON files, and plots.
 
@@ -468,7 +468,7 @@ variants: a variant (gatekit.variants(): standard, course, literal, peephole, ni
   remember, use; gate names: gatekit.gates()).
 tasks: NAME, NAME:LENGTH, or NAME:key=value,... with length, the task's options and any run
   setting for that task alone: adding:100, copy:length=50,steps=3000. Built in: adding,
-  reber, temporal_order, copy (gatekit.study.tasks.names() lists plugins' tasks too).
+  reber, temporal_order, copy (gatekit.tasks.names() lists plugins' tasks too).
 Rerun the same command to resume: runs already in OUT/runs.jsonl are skipped.
 
 example:

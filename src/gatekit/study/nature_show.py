@@ -189,7 +189,7 @@ def train(variant="course", steps=2000, hidden_size=8, batch_size=32, lr=1e-2, s
     """A cell of ``variant`` (gates swapped by ``forget=`` ... as for :class:`gatekit.Cell`)
     with a linear readout, trained with Adam on :class:`NatureShow` streams to flag the
     animals seen (mean squared error at every step). The forget bias starts at 1. Returns the
-    :class:`gatekit.train.training.Model` and the training history."""
+    :class:`gatekit.training.Model` and the training history."""
     from gatekit.core.cell import Cell
     from gatekit.nn import initialisers, optimisers
     from gatekit.train import training

@@ -6,7 +6,7 @@ as ``Task(length, **options)``. An instance has:
 - ``sample(batch_size, rng) -> (x, target)``: ``x`` (T, B, input_size) float64, the target in
   the form its ``loss`` takes; the same ``rng`` state gives the same batch;
 - ``input_size``, ``output_size``: the model's input and output widths;
-- ``loss``: one of :mod:`gatekit.nn.losses`, applied to the model's outputs (T, B, output_size);
+- ``loss``: one of :mod:`gatekit.losses`, applied to the model's outputs (T, B, output_size);
 - ``baseline_loss``: the expected loss of the trivial predictor named in the task's docstring
   (one without the memory the task is about); a model that beats it has learnt something;
 - ``solved(outputs, target) -> bool array (B,)``: which sequences the model got right, by the

@@ -1,0 +1,1 @@
+"""Fitting a cell with a readout: the training loop, its history and checkpoints."""

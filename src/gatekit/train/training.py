@@ -108,7 +108,7 @@ def train(model, batches, loss, optimizer, steps, *, clip=None, target_loss=None
     """Train ``model`` for ``steps`` optimizer steps and return a :class:`History`.
 
     ``batches(rng)`` returns one training batch ``(x, target)``; ``loss`` is one of
-    :mod:`gatekit.nn.losses`; ``optimizer`` one of :mod:`gatekit.nn.optimisers` built on
+    :mod:`gatekit.losses`; ``optimizer`` one of :mod:`gatekit.optimisers` built on
     ``model.params``. ``clip`` caps the joint gradient norm. Training stops early once the
     loss of a step is at most ``target_loss``.
 
