@@ -47,8 +47,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for option, minimum in (("steps", 1), ("hidden_size", 1), ("seed", 0)):
         if getattr(args, option) < minimum:
-            parser.error(f"--{option.replace('_', '-')}: expected an integer >= {minimum}; "
-                         f"got {getattr(args, option)}")
+            parser.error(f"argument --{option.replace('_', '-')}: expected an integer "
+                         f">= {minimum}; got {getattr(args, option)}")
     os.makedirs(args.out, exist_ok=True)
 
     def paths(stem):
