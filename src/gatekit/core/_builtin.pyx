@@ -8,8 +8,11 @@ kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 -
 tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
-                            gemm, out_of_memory, sync)
+                                 gemm, out_of_memory, sync)
 from gatekit.core import reference
+
+__all__ = ["BUILTIN_GATES", "matmul"]
+
 cdef double JANET_BETA = reference.JANET_BETA
 
 

@@ -58,6 +58,9 @@ cdef extern from *:
     """
     int GATEKIT_DEBUG
 
+__all__ = ["DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512", "MAX_PARAMS",
+           "no_backward_message", "PythonGate", "ROLE_OUTPUTS", "ROLES", "StepArrays"]
+
 #: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
 DEBUG_BUILD = bool(GATEKIT_DEBUG)
 

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from gatekit.core.cell import (Cell, Parameters, _float_dtype, _size, as_float_array,
-                          check_lengths, refuse_changed_parameters)
+                               check_lengths, refuse_changed_parameters)
 
 __all__ = ["cell_names", "LayerTape", "LSTM", "reversal_index"]
 
