@@ -39,12 +39,13 @@ test: install
 		--target $(DEBUG_DIR) .
 	PYTHONPATH=$(CURDIR)/$(DEBUG_DIR) GATEKIT_EXPECT_DEBUG=1 $(BIN)/pytest -q -p no:cacheprovider tests plugins
 
-# The benchmark suite (benchmarks/, docs/benchmarks.md): correctness guards, then gatekit, gatekit
-# on its avx2 and baseline kernels, PyTorch and JAX each timed in its own process, merged into one
-# markdown report. PyTorch and JAX are optional: installed here if possible, their benchmarks
-# skipped without them. LOAD=busy times every family with one CPU-bound process beside it,
-# LOAD=idle,busy both (twice as long).
-# Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit --budget 3".
+# The benchmark suite (benchmarks/, docs/benchmarks.md), run by its harness (benchmarks/run.py,
+# not part of the package): correctness guards, then gatekit, gatekit on its avx2 and baseline
+# kernels, PyTorch and JAX each timed in its own process, merged into one markdown report.
+# PyTorch and JAX are optional: installed here if possible, their benchmarks skipped without them.
+# LOAD=busy times every family with one CPU-bound process beside it, LOAD=idle,busy both (twice
+# as long). Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit
+# --budget 3" (the options of `python benchmarks/run.py run --help`).
 SHAPES ?= S1,S2,S3,S4,S5,fixed
 REPORT ?= .benchmarks/report.md
 LOAD ?= idle
@@ -54,7 +55,7 @@ bench: install
 		|| echo "bench: PyTorch could not be installed; its benchmarks will be skipped"
 	@$(BIN)/python -c "import jax" 2>/dev/null || $(BIN)/python -m pip install --quiet jax jaxlib \
 		|| echo "bench: JAX could not be installed; its benchmarks will be skipped"
-	$(BIN)/python benchmarks/harness.py run --shapes $(SHAPES) --load $(LOAD) --out $(REPORT) $(BENCH_FLAGS)
+	$(BIN)/python benchmarks/run.py run --shapes $(SHAPES) --load $(LOAD) --out $(REPORT) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,26 +1,34 @@
-"""Options and parametrisation of the benchmark suite; the cases and contenders are in
-``gatekit.bench``. Run it with ``make bench`` (one process per family, merged report) or directly,
-e.g. ``pytest benchmarks --benchmark-only --gk-shapes S1 --gk-families gatekit``."""
+"""Options and parametrisation of the benchmark suite; the cases and contenders are in the
+package ``harness`` beside this file. Run it with ``make bench`` (one process per family, merged
+report) or directly, e.g. ``pytest benchmarks --benchmark-only --gk-shapes S1 --gk-families
+gatekit``."""
 import json
 
 import pytest
 
-import harness as bench
+from harness.cases import (DEFAULT_SHAPES, FAMILIES, LOADS, SHAPES, Case, cases, group_name,
+                           parse_list)
+from harness.contenders import Contender
+from harness.lineup import contenders
+from harness.machine import environment
+from harness.timing import Settings
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("gatekit-bench", "gatekit benchmark suite")
-    group.addoption("--gk-shapes", default=",".join(bench.DEFAULT_SHAPES),
-                    help=f"comma-separated shapes of {', '.join(bench.SHAPES)} (default: all)")
-    group.addoption("--gk-families", default=",".join(bench.FAMILIES),
-                    help=f"comma-separated families of {', '.join(bench.FAMILIES)} (default: "
+    group.addoption("--gk-shapes", default=",".join(DEFAULT_SHAPES),
+                    help=f"comma-separated shapes of {', '.join(SHAPES)} (default: all)")
+    group.addoption("--gk-families", default=",".join(FAMILIES),
+                    help=f"comma-separated families of {', '.join(FAMILIES)} (default: "
                          "all; `make bench` runs each in its own process, as the kernel "
                          "families need: GATEKIT_KERNELS is read when gatekit is imported)")
-    group.addoption("--gk-load", default="idle", choices=bench.LOADS,
+    group.addoption("--gk-load", default="idle", choices=LOADS,
                     help="the load this process is timed under, for the report's groups: "
-                         "`gatekit bench run --load busy` starts a CPU-bound process beside it "
-                         "and passes busy (this option starts nothing)")
+                         "`python benchmarks/run.py run --load busy` starts a CPU-bound "
+                         "process beside it and passes busy (this option starts nothing)")
     group.addoption("--gk-dtypes", default="float32,float64")
     group.addoption("--gk-modes", default="forward,fwdbwd")
-    defaults = bench.Settings()
+    defaults = Settings()
     group.addoption("--gk-max-time", type=float, default=defaults.max_time,
                     help="seconds of timed rounds to aim for per benchmark")
     group.addoption("--gk-min-rounds", type=int, default=defaults.min_rounds)
@@ -43,18 +51,18 @@ SKIPS = pytest.StashKey[list]()
 
 def _selection(config):
     option = config.getoption
-    return (bench.parse_list(option("--gk-shapes"), bench.SHAPES, "shapes"),
-            bench.parse_list(option("--gk-families"), bench.FAMILIES, "families"),
-            bench.parse_list(option("--gk-dtypes"), ("float32", "float64"), "dtypes"),
-            bench.parse_list(option("--gk-modes"), ("forward", "fwdbwd"), "modes"))
+    return (parse_list(option("--gk-shapes"), SHAPES, "shapes"),
+            parse_list(option("--gk-families"), FAMILIES, "families"),
+            parse_list(option("--gk-dtypes"), ("float32", "float64"), "dtypes"),
+            parse_list(option("--gk-modes"), ("forward", "fwdbwd"), "modes"))
 
 
 def pytest_generate_tests(metafunc):
     if not {"case", "contender"} <= set(metafunc.fixturenames):
         return
     shapes, families, dtypes, modes = _selection(metafunc.config)
-    pairs = [(case, contender) for case in bench.cases(shapes, dtypes, modes)
-             for contender in bench.contenders(families) if contender.applies_to(case)]
+    pairs = [(case, contender) for case in cases(shapes, dtypes, modes)
+             for contender in contenders(families) if contender.applies_to(case)]
     metafunc.parametrize(("case", "contender"), pairs,
                          ids=[f"{case.id}-{contender.id}" for case, contender in pairs])
 
@@ -66,9 +74,9 @@ def pytest_collection_modifyitems(config, items):
     def rank(item):
         params = getattr(getattr(item, "callspec", None), "params", {})
         contender = params.get("contender")
-        if not isinstance(contender, bench.Contender):
+        if not isinstance(contender, Contender):
             return (-1, 0)
-        return (bench.FAMILIES.index(contender.family), contender.id.startswith("reference"))
+        return (FAMILIES.index(contender.family), contender.id.startswith("reference"))
     items.sort(key=rank)
 
 
@@ -80,7 +88,7 @@ def load(pytestconfig):
 @pytest.fixture(scope="session")
 def settings(pytestconfig):
     option = pytestconfig.getoption
-    return bench.Settings(max_time=option("--gk-max-time"), min_rounds=option("--gk-min-rounds"),
+    return Settings(max_time=option("--gk-max-time"), min_rounds=option("--gk-min-rounds"),
                           budget=option("--gk-budget"),
                           reference_limit=option("--gk-reference-limit"))
 
@@ -94,9 +102,10 @@ def pytest_runtest_makereport(item, call):
     params = getattr(getattr(item, "callspec", None), "params", {})
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     reason = reason.removeprefix("Skipped: ")
-    if isinstance(params.get("case"), bench.Case):
+    if isinstance(params.get("case"), Case):
         item.config.stash[SKIPS].append({
-            "group": bench.group_name(params["case"], item.config.getoption("--gk-load")), "contender": params["contender"].label,
+            "group": group_name(params["case"], item.config.getoption("--gk-load")),
+            "contender": params["contender"].label,
             "contender_id": params["contender"].id, "family": params["contender"].family,
             "reason": reason})
     elif item.get_closest_marker("correctness") and not item.config.getoption(
@@ -114,5 +123,5 @@ def pytest_sessionfinish(session):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     # After the session's benchmarks: the thread pools of the libraries this process loaded.
-    machine_info["gatekit_bench"] = bench.environment(config.getoption("--gk-families"),
-                                                      config.getoption("--gk-load"))
+    machine_info["gatekit_bench"] = environment(config.getoption("--gk-families"),
+                                                config.getoption("--gk-load"))

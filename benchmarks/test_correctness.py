@@ -1,5 +1,5 @@
 """Correctness guards (untimed): the PyTorch and JAX versions that the suite times compute what
-gatekit's preset computes with the same parameters, at a small shape in float64 to 1e-10:
+gatekit's variant computes with the same parameters, at a small shape in float64 to 1e-10:
 outputs, final memories, and the gradients of sum(y * dy) with respect to x and every parameter.
 
 They run with the timed suite disabled, in a few seconds:
@@ -8,21 +8,26 @@ They run with the timed suite disabled, in a few seconds:
 import numpy as np
 import pytest
 
-import harness as bench
+from harness.cases import Case, inputs
+from harness.contenders import LOOP_VARIANTS, Unavailable, gatekit_cell
+from harness.jax_contenders import import_jax, jax_callable, jax_loop
+from harness.torch_contenders import (import_torch, torch_callable, torch_lstm_model,
+                                      torch_loop_model)
+
 pytestmark = pytest.mark.correctness
 
-SMALL = bench.Case("small", T=7, B=3, D=5, H=4, dtype="float64", mode="fwdbwd")
+SMALL = Case("small", T=7, B=3, D=5, H=4, dtype="float64", mode="fwdbwd")
 TOLERANCE = 1e-10
 
 
 def gatekit_run(variant):
     """A float64 cell of ``variant`` with every parameter drawn anew (peepholes included), its
     inputs, and its outputs and gradients."""
-    cell = bench.gatekit_cell(SMALL, variant)
+    cell = gatekit_cell(SMALL, variant)
     rng = np.random.default_rng(7)
     for name, array in cell.params.items():
         array[...] = rng.uniform(-0.8, 0.8, array.shape)
-    x, dy = bench.inputs(SMALL, seed=3)
+    x, dy = inputs(SMALL, seed=3)
     x *= 1.5
     y, (stm, ltm), tape = cell.forward(x, keep=True)
     return cell, x, dy, (y, stm, ltm), cell.backward(tape, dy)
@@ -44,10 +49,10 @@ def close(name, got, want):
 
 
 def require(loader):
-    """The library ``loader`` (``bench._torch`` or ``bench._jax``) imports, or skip."""
+    """The library ``loader`` (``import_torch`` or ``import_jax``) imports, or skip."""
     try:
         return loader()
-    except bench.Unavailable as reason:
+    except Unavailable as reason:
         pytest.skip(str(reason))
 
 
@@ -55,19 +60,19 @@ TORCH_NAMES = {"gates.weight": "W", "gates.bias": "b", "use.weight": "W_u", "use
                "p_f": "p_f", "p_i": "p_i", "p_v": "p_v"}
 
 
-@pytest.mark.parametrize("variant", list(bench.LOOP_VARIANTS))
+@pytest.mark.parametrize("variant", list(LOOP_VARIANTS))
 def test_correct_torch_loop(variant):
-    torch = require(bench._torch)
+    torch = require(import_torch)
     cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
-    model = bench.torch_loop_model(cell)
+    model = torch_loop_model(cell)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    y_t, (h_t, c_t) = bench.torch_callable(model, xt, dyt, "forward")()
+    y_t, (h_t, c_t) = torch_callable(model, xt, dyt, "forward")()
     close("y", y_t.numpy(), y)
     close("final STM", h_t.numpy(), stm)
     close("final LTM", c_t.numpy(), ltm)
 
-    got = bench.torch_callable(model, xt, dyt, "fwdbwd")()
-    blocks, extras = bench.LOOP_VARIANTS[variant]
+    got = torch_callable(model, xt, dyt, "fwdbwd")()
+    blocks, extras = LOOP_VARIANTS[variant]
     want = expected_grads(cell, grads, blocks, extras)
     close("dx", got[0].numpy(), grads["x"])
     names = [TORCH_NAMES[name] for name, _ in model.named_parameters()]
@@ -77,17 +82,17 @@ def test_correct_torch_loop(variant):
 
 
 def test_correct_torch_nn_lstm():
-    torch = require(bench._torch)
+    torch = require(import_torch)
     cell, x, dy, (y, stm, ltm), grads = gatekit_run("standard")
-    model = bench.torch_lstm_model(cell)
+    model = torch_lstm_model(cell)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    y_t, (h_t, c_t) = bench.torch_callable(model, xt, dyt, "forward")()
+    y_t, (h_t, c_t) = torch_callable(model, xt, dyt, "forward")()
     close("y", y_t.numpy(), y)
     close("final STM", h_t[0].numpy(), stm)
     close("final LTM", c_t[0].numpy(), ltm)
 
     got = dict(zip(["x"] + [name for name, _ in model.named_parameters()],
-                   bench.torch_callable(model, xt, dyt, "fwdbwd")()))
+                   torch_callable(model, xt, dyt, "fwdbwd")()))
     H = cell.hidden_size
     dW = np.concatenate([grads["W_i"], grads["W_f"], grads["W_n"], grads["W_v"]])
     db = np.concatenate([grads["b_i"], grads["b_f"], grads["b_n"], grads["b_v"]])
@@ -98,23 +103,23 @@ def test_correct_torch_nn_lstm():
     close("dbias_hh_l0", got["bias_hh_l0"].numpy(), db)
 
 
-@pytest.mark.parametrize("variant", list(bench.LOOP_VARIANTS))
+@pytest.mark.parametrize("variant", list(LOOP_VARIANTS))
 def test_correct_jax_scan(variant):
-    jax = require(bench._jax)
+    jax = require(import_jax)
     cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
-    run, params = bench.jax_loop(cell)
+    run, params = jax_loop(cell)
     xj, dyj = jax.numpy.asarray(x), jax.numpy.asarray(dy)
     assert xj.dtype == np.float64
     y_j, (h_j, c_j) = jax.jit(run)(params, xj)
     close("y", y_j, y)
     close("final STM", h_j, stm)
     close("final LTM", c_j, ltm)
-    forward, _ = bench.jax_callable(run, params, xj, dyj, "forward")
+    forward, _ = jax_callable(run, params, xj, dyj, "forward")
     close("y (compiled)", forward(), y)
 
-    fwdbwd, _ = bench.jax_callable(run, params, xj, dyj, "fwdbwd")
+    fwdbwd, _ = jax_callable(run, params, xj, dyj, "fwdbwd")
     dparams, dx = fwdbwd()
-    blocks, extras = bench.LOOP_VARIANTS[variant]
+    blocks, extras = LOOP_VARIANTS[variant]
     want = expected_grads(cell, grads, blocks, extras)
     close("dx", dx, grads["x"])
     assert sorted(dparams) == sorted(want)

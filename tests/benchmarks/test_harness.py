@@ -1,7 +1,7 @@
-"""The benchmark harness where it times nothing: the issue-target ratios computed from a fixed,
-hand-written set of results, the report of a folder without results, the CPU-bound process of the
-busy load (started, stopped whatever happens, never left behind) and the environment of the
-processes it starts."""
+"""The benchmark harness (benchmarks/harness) where it times nothing: the issue-target ratios
+computed from a fixed, hand-written set of results, the report command refusing a folder that is
+not a run's, the CPU-bound process of the busy load (started, stopped whatever happens, never left
+behind) and the environment of the processes it starts."""
 import json
 import os
 import signal
@@ -14,9 +14,26 @@ from pathlib import Path
 import pytest
 
 import gatekit
-BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+
+# The harness is not part of the package: it lives beside the suite, in the repository's
+# benchmarks/ folder, and is imported from there.
+BENCHMARKS = str(Path(__file__).resolve().parents[2] / "benchmarks")
 sys.path.insert(0, BENCHMARKS)
-import harness as bench  # noqa: E402  (the harness is not part of the package)
+from harness import command, machine, report, runner  # noqa: E402
+from harness.cases import Case  # noqa: E402
+from harness.contenders import Unavailable  # noqa: E402
+from harness.lineup import contenders  # noqa: E402
+
+RUN = str(Path(BENCHMARKS) / "run.py")
+
+
+def with_harness(env):
+    """``env`` with the harness importable, the rest of its PYTHONPATH kept (it may be what
+    makes this gatekit importable)."""
+    return dict(env, PYTHONPATH=os.pathsep.join(filter(None, [BENCHMARKS,
+                                                              env.get("PYTHONPATH")])))
+
+
 DIMS = {"S1": (1000, 1, 32, 64), "S3": (200, 32, 128, 256)}
 
 
@@ -56,7 +73,7 @@ def rows_by(rows):
 
 
 def test_issue_targets_are_ratios_within_one_group_and_load():
-    rows = rows_by(bench.target_rows(RESULTS))
+    rows = rows_by(report.target_rows(RESULTS))
     threads_busy = rows[("default threads", "S1 float32 forward, busy")]
     assert threads_busy["ratio"] == pytest.approx(1.1) and threads_busy["verdict"] == "met"
     assert threads_busy["limit"] == 1.2
@@ -79,7 +96,7 @@ def test_issue_targets_are_ratios_within_one_group_and_load():
 
 
 def test_a_target_with_a_contender_missing_is_not_measured():
-    rows = rows_by(bench.target_rows(RESULTS))
+    rows = rows_by(report.target_rows(RESULTS))
     missing_torch = rows[("gatekit `standard`", "S1 float32 fwdbwd, busy")]
     assert missing_torch["ratio"] is None and missing_torch["verdict"] == "not measured"
     assert missing_torch["numerator_s"] == 3.0e-3 and missing_torch["denominator_s"] is None
@@ -88,7 +105,7 @@ def test_a_target_with_a_contender_missing_is_not_measured():
 
 
 def test_report_shows_busy_groups_apart_and_the_targets_table():
-    text = bench.render(RESULTS, [], {}, {})
+    text = report.render(RESULTS, [], {}, {})
     assert "## Issue targets" in text
     target_lines = [line for line in text.splitlines() if line.startswith("| default threads")]
     assert any("S1 float32 forward, busy" in line and "| 1.10 (1.100 ms / 1.000 ms) |" in line
@@ -106,29 +123,84 @@ def test_report_shows_busy_groups_apart_and_the_targets_table():
 def test_report_of_a_missing_folder_names_it(tmp_path):
     missing = tmp_path / "no-such-run"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        bench.report(bench_args("report", str(missing)))
+        command.report(bench_args("report", str(missing)))
 
 
-@pytest.mark.parametrize("contents", [{}, {"meta.json": {"started": "then", "families": {}}}])
+SKIPPED = [{"group": "S1 float32 forward", "contender": "torch.nn.LSTM",
+            "reason": "PyTorch is not installed (pip install torch)"}]
+NOT_A_RUN = {
+    "empty": {},
+    "meta-only": {"meta.json": {"started": "then", "families": {}}},
+    # Skips alone would render as a run where nothing ran.
+    "skips-only": {"meta.json": {"started": "then", "families": {}},
+                   "torch-skips.json": SKIPPED},
+}
+
+
+@pytest.mark.parametrize("contents", list(NOT_A_RUN.values()), ids=list(NOT_A_RUN))
 def test_report_of_a_folder_without_results_names_it(tmp_path, contents):
     for name, data in contents.items():
         (tmp_path / name).write_text(json.dumps(data))
     with pytest.raises(ValueError, match=f"no results in {tmp_path}"):
-        bench.report(bench_args("report", str(tmp_path)))
+        command.report(bench_args("report", str(tmp_path)))
 
 
 def test_report_of_a_file_that_is_not_a_run_names_it(tmp_path):
     (tmp_path / "gatekit.json").write_text("not json")
     with pytest.raises(ValueError, match=str(tmp_path / "gatekit.json")):
-        bench.report(bench_args("report", str(tmp_path)))
+        command.report(bench_args("report", str(tmp_path)))
     with pytest.raises(ValueError, match=str(tmp_path / "gatekit.json")):
-        bench.report(bench_args("report", str(tmp_path / "gatekit.json")))
+        command.report(bench_args("report", str(tmp_path / "gatekit.json")))
+
+
+def test_report_renders_a_run_again_and_writes_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "gatekit.json").write_text(json.dumps({"benchmarks": RESULTS}))
+    (run / "torch-skips.json").write_text(json.dumps(SKIPPED))
+    out = tmp_path / "again" / "report.md"
+    assert command.main(["report", str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out == text + "\n"
+    assert "## Issue targets" in text
+    skipped = [line for line in text.splitlines() if line.startswith("| torch.nn.LSTM | skipped")]
+    assert skipped == ["| torch.nn.LSTM | skipped | | | | | PyTorch is not installed "
+                       "(pip install torch) |"]
+
+
+@pytest.mark.parametrize("folder, mentioned", [("no-such-run", "no such folder"),
+                                               ("empty", "no results in"),
+                                               ("skips-only", "no results in")])
+def test_report_command_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, folder,
+                                                                         mentioned):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "skips-only").mkdir()
+    (tmp_path / "skips-only" / "torch-skips.json").write_text(json.dumps(SKIPPED))
+    done = subprocess.run([sys.executable, RUN, "report", folder, "--out", "r.md"],
+                          cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("python benchmarks/run.py report:"), lines[0]
+    assert folder in lines[0] and mentioned in lines[0], lines[0]
+    assert done.stdout == ""
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_run_command_refuses_an_unknown_shape_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, RUN, "run", "--shapes", "S1,S9"], cwd=tmp_path,
+                          env=dict(os.environ), capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("python benchmarks/run.py run: unknown shapes S9; known: "
+                                   "S1, S2, S3, S4, S5, fixed")
+    assert not (tmp_path / ".benchmarks").exists()
 
 
 def bench_args(*argv):
     import argparse
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser.add_subparsers(dest="command", required=True))
+    command.add_arguments(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     args.argv, args.prog = list(argv), "test"
     return args
@@ -176,7 +248,7 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 @linux_only
 def test_busy_load_is_one_cpu_bound_process_stopped_on_exit():
-    with bench.cpu_load("busy") as process:
+    with machine.cpu_load("busy") as process:
         assert busy_children(os.getpid()) == [process.pid]
         start = cpu_seconds(process.pid)
         time.sleep(0.5)
@@ -192,17 +264,17 @@ def test_busy_load_is_one_cpu_bound_process_stopped_on_exit():
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_busy_load_is_stopped_when_the_timed_body_fails(error):
     with pytest.raises(error):
-        with bench.cpu_load("busy") as process:
+        with machine.cpu_load("busy") as process:
             raise error("the timed process failed")
     assert process.returncode is not None
     assert busy_children(os.getpid()) == []
 
 
 def test_idle_load_starts_nothing_and_unknown_loads_are_refused():
-    with bench.cpu_load("idle") as process:
+    with machine.cpu_load("idle") as process:
         assert process is None
     with pytest.raises(ValueError, match="load must be one of idle, busy; got 'heavy'"):
-        with bench.cpu_load("heavy"):
+        with machine.cpu_load("heavy"):
             pass
 
 
@@ -211,13 +283,13 @@ def test_busy_load_ends_when_its_parent_is_killed(tmp_path):
     # A parent killed with SIGKILL runs no finally: the load must notice by itself.
     script = textwrap.dedent("""
         import sys, time
-        import harness as bench
-        with bench.cpu_load("busy") as process:
+        from harness.machine import cpu_load
+        with cpu_load("busy") as process:
             print(process.pid, flush=True)
             time.sleep(60)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=tmp_path, env=dict(os.environ, PYTHONPATH=BENCHMARKS))
+                              cwd=tmp_path, env=with_harness(os.environ))
     try:
         load_pid = int(parent.stdout.readline())
         assert not gone(load_pid, timeout=0.2)
@@ -234,18 +306,18 @@ def test_run_times_each_family_under_each_load_and_leaves_no_load_behind(tmp_pat
                                                                           outcome):
     calls = []
 
-    def fake_call(command, env):
-        if "--benchmark-only" not in command:
+    def fake_call(argv, env):
+        if "--benchmark-only" not in argv:
             return 0
-        family = command[command.index("--gk-families") + 1]
-        load = command[command.index("--gk-load") + 1]
+        family = argv[argv.index("--gk-families") + 1]
+        load = argv[argv.index("--gk-load") + 1]
         calls.append((family, load, len(busy_children(os.getpid())),
                       env.get("GATEKIT_KERNELS")))
         if outcome is KeyboardInterrupt and load == "busy":
             raise KeyboardInterrupt
         return outcome
 
-    monkeypatch.setattr(bench.subprocess, "call", fake_call)
+    monkeypatch.setattr(runner.subprocess, "call", fake_call)
     monkeypatch.delenv("GATEKIT_KERNELS", raising=False)
     args = bench_args("run", "--no-guards", "--shapes", "S1", "--families",
                       "gatekit,gatekit-avx2,gatekit-baseline", "--load", "idle,busy",
@@ -253,10 +325,10 @@ def test_run_times_each_family_under_each_load_and_leaves_no_load_behind(tmp_pat
                       "--out", str(tmp_path / "report.md"))
     if outcome is KeyboardInterrupt:
         with pytest.raises(KeyboardInterrupt):
-            bench.run(args)
+            runner.run(args)
         assert calls == [("gatekit", "idle", 0, None), ("gatekit", "busy", 1, None)]
     else:
-        assert bench.run(args) == 0
+        assert runner.run(args) == 0
         assert calls == [("gatekit", "idle", 0, None), ("gatekit", "busy", 1, None),
                          ("gatekit-avx2", "idle", 0, "avx2"), ("gatekit-avx2", "busy", 1, "avx2"),
                          ("gatekit-baseline", "idle", 0, "baseline"),
@@ -269,30 +341,35 @@ def test_run_times_each_family_under_each_load_and_leaves_no_load_behind(tmp_pat
 
 # --- The processes' environment ---------------------------------------------------------------
 
-def test_timed_processes_import_this_gatekit(tmp_path, monkeypatch):
-    source_root = Path(gatekit.__file__).resolve().parent.parent
-    monkeypatch.delenv("PYTHONPATH", raising=False)
-    env = bench._environ("gatekit")
+def test_timed_processes_import_this_gatekit(tmp_path):
+    env = runner.child_environ("gatekit")
     found = subprocess.run([sys.executable, "-c", "import gatekit; print(gatekit.__file__)"],
                            env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert Path(found.stdout.strip()).resolve().parent.parent == source_root
+    assert Path(found.stdout.strip()).resolve() == Path(gatekit.__file__).resolve()
+
+
+def test_a_kernel_family_process_asks_for_its_kernels(monkeypatch):
+    monkeypatch.setenv("GATEKIT_KERNELS", "avx512")
+    assert runner.child_environ("gatekit-avx2")["GATEKIT_KERNELS"] == "avx2"
+    assert runner.child_environ("gatekit-baseline")["GATEKIT_KERNELS"] == "baseline"
+    assert runner.child_environ("torch")["GATEKIT_KERNELS"] == "avx512"
 
 
 def test_kernel_contender_refuses_a_process_with_other_kernels(monkeypatch):
     monkeypatch.delenv("GATEKIT_KERNELS", raising=False)
-    avx2 = next(c for c in bench.contenders(("gatekit-avx2",)) if c.family == "gatekit-avx2")
-    with pytest.raises(bench.Unavailable, match="GATEKIT_KERNELS=avx2.*has GATEKIT_KERNELS=''"):
-        avx2.build(bench.Case.named("S1"))
+    avx2 = next(c for c in contenders(("gatekit-avx2",)) if c.family == "gatekit-avx2")
+    with pytest.raises(Unavailable, match="GATEKIT_KERNELS=avx2.*has GATEKIT_KERNELS=''"):
+        avx2.build(Case.named("S1"))
 
 
 def test_kernel_contender_runs_the_build_its_process_loaded(tmp_path):
     script = textwrap.dedent("""
-        import harness as bench
-        contender, = bench.contenders(("gatekit-baseline",))
-        print(",".join(contender.build(bench.Case.custom((2, 1, 3, 4))).info["kernels"]))
+        from harness.cases import Case
+        from harness.lineup import contenders
+        contender, = contenders(("gatekit-baseline",))
+        print(",".join(contender.build(Case.custom((2, 1, 3, 4))).info["kernels"]))
     """)
-    env = dict(bench._environ("gatekit-baseline"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [BENCHMARKS, env.get("PYTHONPATH")]))
+    env = with_harness(runner.child_environ("gatekit-baseline"))
     found = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
                            capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "gatekit.core._builtin,gatekit.core._loop"

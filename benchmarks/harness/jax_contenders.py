@@ -1,0 +1,104 @@
+"""JAX's contenders: ``course``, ``peephole`` and ``cifg`` as ``jax.jit`` of a ``jax.lax.scan``
+over time, with the parameters of gatekit's cell of that variant; compiled when built, the
+compile time kept apart from the timed call. JAX is imported when a contender is built: without
+it, each is :class:`~harness.contenders.Unavailable`."""
+import time
+
+from harness.cases import inputs
+from harness.contenders import (LOOP_VARIANTS, Contender, Prepared, Unavailable, gatekit_cell,
+                                stacked_parameters)
+
+__all__ = ["import_jax", "jax_callable", "jax_contenders", "jax_loop", "jax_step"]
+
+
+def import_jax():
+    """The ``jax`` module with float64 enabled, or :class:`~harness.contenders.Unavailable`
+    saying how to get it."""
+    try:
+        import jax
+    except ImportError:
+        raise Unavailable("JAX is not installed (pip install jax jaxlib)") from None
+    jax.config.update("jax_enable_x64", True)        # for the float64 groups
+    return jax
+
+
+def jax_step(variant):
+    """One time step of a custom variant for ``jax.lax.scan``: ``((h, c), x_t) -> ((h, c), h)``,
+    reading ``params`` with W (kH, H + D), b (kH,) stacked as
+    :func:`~harness.contenders.stacked_parameters` stacks them."""
+    jax = import_jax()
+    jnp, sigmoid = jax.numpy, jax.nn.sigmoid
+
+    def step(params, carry, x_t):
+        h, c = carry
+        z = jnp.concatenate([h, x_t], axis=1) @ params["W"].T + params["b"]
+        if variant == "course":
+            z_f, z_n, z_i, z_v = jnp.split(z, 4, axis=1)
+            kept = c * sigmoid(z_f)
+            c = kept + jnp.tanh(z_n) * sigmoid(z_i)
+            h = jnp.tanh(kept @ params["W_u"].T + params["b_u"]) * sigmoid(z_v)
+        elif variant == "peephole":
+            z_f, z_n, z_i, z_v = jnp.split(z, 4, axis=1)
+            f = sigmoid(z_f + params["p_f"] * c)
+            i = sigmoid(z_i + params["p_i"] * c)
+            c = c * f + jnp.tanh(z_n) * i
+            h = jnp.tanh(c) * sigmoid(z_v + params["p_v"] * c)
+        elif variant == "cifg":
+            z_f, z_n, z_v = jnp.split(z, 3, axis=1)
+            f = sigmoid(z_f + params["p_f"] * c)
+            c = c * f + jnp.tanh(z_n) * (1 - f)
+            h = jnp.tanh(c) * sigmoid(z_v + params["p_v"] * c)
+        else:
+            raise ValueError(f"no JAX version of variant {variant!r}")
+        return (h, c), h
+    return step
+
+
+def jax_loop(cell):
+    """``(run, params)``: ``run(params, x) -> (y, (h, c))`` the variant of ``cell`` as a
+    ``jax.lax.scan`` over time (not jitted), and ``cell``'s parameters as JAX arrays."""
+    jax = import_jax()
+    jnp = jax.numpy
+    params = {name: jnp.asarray(array) for name, array in stacked_parameters(cell).items()}
+    step = jax_step(cell.variant)
+    H = cell.hidden_size
+
+    def run(params, x):
+        zero = jnp.zeros((x.shape[1], H), x.dtype)
+        (h, c), y = jax.lax.scan(lambda carry, x_t: step(params, carry, x_t), (zero, zero), x)
+        return y, (h, c)
+    return run, params
+
+
+def jax_callable(run, params, x, dy, mode):
+    """(call, compile_seconds): ``jax.jit`` of ``run`` (forward) or of the gradient of
+    ``sum(y * dy)`` with respect to the parameters and ``x``, lowered and compiled for these
+    arguments before it is returned; the call blocks until the result is ready."""
+    jax = import_jax()
+    if mode == "forward":
+        function, args = (lambda params, x: run(params, x)[0]), (params, x)
+    else:
+        def loss(params, x, dy):
+            return (run(params, x)[0] * dy).sum()
+        function, args = jax.grad(loss, argnums=(0, 1)), (params, x, dy)
+    start = time.perf_counter()
+    compiled = jax.jit(function).lower(*args).compile()
+    compile_seconds = time.perf_counter() - start
+    return (lambda: jax.block_until_ready(compiled(*args))), compile_seconds
+
+
+def _jax_loop_builder(variant):
+    def build(case, settings):
+        jax = import_jax()
+        run, params = jax_loop(gatekit_cell(case, variant))
+        x, dy = (jax.numpy.asarray(a) for a in inputs(case))
+        fn, compile_seconds = jax_callable(run, params, x, dy, case.mode)
+        return Prepared(fn, {"compile_s": compile_seconds, "jax": jax.__version__,
+                             "jax_devices": [str(d) for d in jax.devices()]})
+    return build
+
+
+def jax_contenders():
+    """The ``jax`` family, in the report's order."""
+    return [Contender(f"jax-scan-{variant}", f"jax scan {variant}", "jax",
+                      _jax_loop_builder(variant)) for variant in LOOP_VARIANTS]
