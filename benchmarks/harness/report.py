@@ -183,11 +183,12 @@ def render(benchmarks, skips, environments, meta=None):
     lines.append(f"- Versions: {version_line}" + (f" (not installed: {', '.join(absent)})"
                                                     if absent else ""))
     if env.get("gatekit_path"):
-        lines.append(f"- gatekit imported from {env['gatekit_path']}")
+        lines.append(f"- gatekit imported from {_shown_path(env['gatekit_path'])}")
     places = {e["gatekit_path"] for e in environments.values() if e.get("gatekit_path")}
     if len(places) > 1:
         lines.append(f"- **Mixed:** the processes imported different gatekits: "
-                     f"{', '.join(sorted(places))}; their ratios compare different code")
+                     f"{', '.join(sorted(map(_shown_path, places)))}; their ratios compare "
+                     "different code")
     for family, family_env in environments.items():
         extra = []
         if family_env.get("gatekit_kernels"):
@@ -314,3 +315,13 @@ def render(benchmarks, skips, environments, meta=None):
     if not benchmarks:
         lines += ["No benchmark ran.", ""]
     return "\n".join(lines)
+
+
+def _shown_path(path):
+    """``path`` relative to the working folder where it lies inside it: a report committed to
+    the repository should not record the folder of the checkout it was run in."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
