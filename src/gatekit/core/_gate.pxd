@@ -13,7 +13,7 @@
 # own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
 #
 # Write the maths once as a function over the `floating` fused type taking pointers and the
-# Extent, and call it from both methods (forward_float, forward_double): see gatekit/_builtin.pyx.
+# Extent, and call it from both methods (forward_float, forward_double): see gatekit/core/_builtin.pyx.
 # Copy the Extent's fields into locals before the loops: Python extensions build with
 # -fno-strict-aliasing, so read through the pointer they could change with every store, and
 # the compiler would not vectorise the loop.
@@ -232,7 +232,7 @@ cdef inline floating tanh_(floating x) noexcept nogil:
         return gk_tanh(x)
 
 
-# The matrix products of gatekit's time loop (gatekit/_tiles.h), compiled into each module that
+# The matrix products of gatekit's time loop (gatekit/core/_tiles.h), compiled into each module that
 # cimports this file, with that module's instruction set. (A Cython gate plugin adds
 # gatekit.get_include() to its include_dirs.)
 cdef extern from "_tiles.h" nogil:
@@ -263,7 +263,7 @@ cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
     """C = op(A) @ op(B) + beta * C, all row-major: op(A) (m, k), op(B) (k, n), C (m, n);
     op(X) is X.T where trans_x is set; beta = 0 overwrites C. On the calling thread only, in
     register tiles (no BLAS: its threads would go on spinning after the call and slow the
-    loop's). Returns -1 if it could not allocate a panel's copy (see gatekit/_tiles.h), else 0:
+    loop's). Returns -1 if it could not allocate a panel's copy (see gatekit/core/_tiles.h), else 0:
     a gate then reports it with ``out_of_memory``."""
     if floating is float:
         return gk_gemm_float(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)

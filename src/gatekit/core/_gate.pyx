@@ -43,7 +43,8 @@ A gate class declares, as class attributes:
     one thread runs it, with all units, while the others wait.
 ``syncs``
     Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
-    many times each of its forward and backward steps calls ``sync(s.barrier)`` (gatekit/_gate.pxd).
+    many times each of its forward and backward steps calls ``sync(s.barrier)``
+    (gatekit/core/_gate.pxd).
 """
 import numpy as np
 cimport numpy as cnp

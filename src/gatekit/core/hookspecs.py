@@ -1,9 +1,9 @@
 """The hooks a gatekit plugin implements. Their names and signatures are gatekit's plugin API.
 
 A plugin is a module with functions decorated ``@gatekit.hookimpl``, named after these hooks.
-Built-in gates and variants are registered through the very same hooks
-(``gatekit.default_plugins``); third-party plugins are found through the ``gatekit`` entry-point
-group.
+Built-in gates, variants and tasks are registered through the very same hooks
+(``gatekit.core.builtin_variants``, ``gatekit.study.builtin_tasks``); third-party plugins are
+found through the ``gatekit`` entry-point group.
 """
 from typing import Callable
 

@@ -468,7 +468,7 @@ variants: a variant (gatekit.variants(): standard, course, literal, peephole, ni
   remember, use; gate names: gatekit.gates()).
 tasks: NAME, NAME:LENGTH, or NAME:key=value,... with length, the task's options and any run
   setting for that task alone: adding:100, copy:length=50,steps=3000. Built in: adding,
-  reber, temporal_order, copy (gatekit.tasks.names() lists plugins' tasks too).
+  reber, temporal_order, copy, nature_show (gatekit.tasks.names() lists plugins' tasks too).
 Rerun the same command to resume: runs already in OUT/runs.jsonl are skipped.
 
 example:

@@ -2,7 +2,7 @@
 
     f_t = φ_f + (1 - φ_f) σ(W_f [STM_{t-1}, E_t] + b_f),   φ_f = σ(q_f)
 
-Registers the forget gate ``"floored"`` (``gatekit.Cell(..., forget="floored")``) and the preset
+Registers the forget gate ``"floored"`` (``gatekit.Cell(..., forget="floored")``) and the variant
 ``"floored"`` (the standard LSTM with this forget gate). gatekit finds this module through the
 entry point ``floored_forget`` in the ``gatekit`` group.
 """

@@ -1,7 +1,7 @@
 """The floored forget gate, compiled: f_t = φ_f + (1 - φ_f) σ(s), s = W_f [STM_{t-1}, E_t] + b_f,
 with a learnable per-unit floor φ_f = σ(q_f).
 
-Written like gatekit's built-in gates (gatekit/_builtin.pyx): one fused kernel per direction,
+Written like gatekit's built-in gates (gatekit/core/_builtin.pyx): one fused kernel per direction,
 called from the float and double methods, rows [0, B) and units [u0, u1) only.
 
 The gate leaves s in its block of z untouched, and its backward kernel recomputes σ(s) from

@@ -4,7 +4,7 @@
   STM_t = U_t ⊙ V_t
 - forget gate ``"hard_sigmoid"``: f_t = clip(0.2 s_t + 0.5, 0, 1), s_t = W_f [STM_{t-1}, E_t] + b_f
 
-and the presets ``"softsign"`` (standard with the softsign Use gate) and ``"hard_softsign"``
+and the variants ``"softsign"`` (standard with the softsign Use gate) and ``"hard_softsign"``
 (both gates). gatekit finds this module through the entry point ``numpy_gates`` in the
 ``gatekit`` group.
 """
