@@ -4,10 +4,15 @@ conftest.py).
 Every numerical check compares the compiled core with ``gatekit.reference.forward`` run in float64:
 the NumPy reference is the oracle, never the core itself.
 """
+from pathlib import Path
+
 import numpy as np
 
 import gatekit
 from gatekit.core import reference
+
+# The repository (the README, the examples).
+REPO = Path(__file__).resolve().parent.parent
 # The presets and gates gatekit itself ships (third-party plugins may add more to
 # gatekit.variants() / gatekit.gates(); those are tested too where we iterate over variants()).
 BUILTIN_PRESETS = ("standard", "course", "literal", "peephole", "nig", "nfg", "nog", "niaf",

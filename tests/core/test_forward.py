@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import gatekit
 
-from forward_support import (BUILTIN_GATES, BUILTIN_PRESETS, FORGET_WITH_S_T,
+from support import (BUILTIN_GATES, BUILTIN_PRESETS, FORGET_WITH_S_T,
                              assert_matches_reference, random_inputs)
 
 DTYPES = [np.float64, np.float32]

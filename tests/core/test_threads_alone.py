@@ -14,7 +14,7 @@ import pytest
 import gatekit
 from gatekit.core import cell as cell_module
 from gatekit.core import reference
-from forward_support import make_plugin
+from support import make_plugin
 
 UseStandard = type(gatekit.Cell(1, 1, "standard").gates[3])
 

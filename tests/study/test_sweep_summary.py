@@ -12,7 +12,7 @@ from gatekit.study import compare
 from gatekit.study import sweep
 from gatekit.study import tasks
 from gatekit.train import training
-from forward_support import make_plugin
+from support import make_plugin
 from test_compare import ORDER, TINY
 from test_sweep_provenance import ForgetBefore
 

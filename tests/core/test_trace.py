@@ -10,7 +10,7 @@ import pytest
 import gatekit
 from gatekit.core import reference
 from gatekit.study import pictures as visual
-from forward_support import F32_ATOL, F32_RTOL, F64_ATOL, random_inputs
+from support import F32_ATOL, F32_RTOL, F64_ATOL, random_inputs
 
 T, B, D, H = 7, 3, 4, 5
 NOT_TRACED = ("STM_prev", "LTM_prev", "E_t")   # E_t is the input, checked on its own

@@ -12,7 +12,7 @@ import gatekit
 from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.study import sweep
-from forward_support import make_plugin
+from support import make_plugin
 
 sigmoid = reference.sigmoid
 TINY = dict(steps=4, hidden_size=4, batch_size=4, eval_every=2, eval_size=8)

@@ -9,7 +9,7 @@ import numpy as np
 
 import gatekit
 from gatekit.core import reference
-from forward_support import assert_matches_reference, make_plugin, random_inputs
+from support import assert_matches_reference, make_plugin, random_inputs
 
 TIMEOUT = 60
 

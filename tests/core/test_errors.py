@@ -7,7 +7,7 @@ import pytest
 
 import gatekit
 
-from forward_support import BUILTIN_GATES, BUILTIN_PRESETS, assert_matches_reference, random_inputs
+from support import BUILTIN_GATES, BUILTIN_PRESETS, assert_matches_reference, random_inputs
 
 D, H = 3, 4
 

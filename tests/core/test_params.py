@@ -5,7 +5,7 @@ import pytest
 
 import gatekit
 
-from forward_support import assert_matches_reference, random_inputs
+from support import assert_matches_reference, random_inputs
 
 D, H = 3, 5     # D != H, so a swapped (H, D) or (H + D) layout cannot pass by accident
 

@@ -21,7 +21,7 @@ from gatekit.nn import losses
 from gatekit.nn import optimisers as optim
 from gatekit.study import tasks
 from gatekit.train import training
-ROOT = Path(__file__).resolve().parents[1]
+from support import REPO
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def assert_params_equal(actual, expected):
 
 def load_example(name):
     spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  ROOT / "examples" / f"{name}.py")
+                                                  REPO / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

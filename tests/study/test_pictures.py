@@ -23,8 +23,9 @@ else:
     pytest.importorskip("matplotlib", reason="the plotting tests need pip install gatekit[plot]")
 from PIL import Image  # noqa: E402  (matplotlib depends on Pillow)
 
+from support import REPO  # noqa: E402
+
 SVG = "{http://www.w3.org/2000/svg}"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def png_size(path):
@@ -224,7 +225,7 @@ def test_forget_held_open():
 @pytest.mark.parametrize("arguments", [["--formats", "jpg"], ["--steps", "-1"],
                                        ["--hidden-size", "0"]])
 def test_the_worked_example_refuses_bad_options_before_training(tmp_path, arguments):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "nature_show.py"),
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "nature_show.py"),
                            "--out", str(tmp_path), *arguments],
                           timeout=300, capture_output=True, text=True)
     assert done.returncode == 2
@@ -234,7 +235,7 @@ def test_the_worked_example_refuses_bad_options_before_training(tmp_path, argume
 
 
 def test_the_worked_example_writes_its_pictures(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "nature_show.py"),
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "nature_show.py"),
                            "--out", str(tmp_path), "--steps", "20", "--formats", "png", "svg"],
                           timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

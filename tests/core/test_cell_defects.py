@@ -13,7 +13,7 @@ import gatekit
 from gatekit.core import reference
 from gatekit.testing import GradcheckError, gradcheck
 
-from forward_support import F64_ATOL, make_plugin, random_inputs
+from support import F64_ATOL, make_plugin, random_inputs
 
 
 def f64_cell(**kwargs):

@@ -29,7 +29,7 @@ import gatekit
 from gatekit.core import reference
 from gatekit.core.cell import _loop
 
-from forward_support import (BUILTIN_PRESETS, F32_ATOL, F32_RTOL, F64_ATOL,
+from support import (BUILTIN_PRESETS, F32_ATOL, F32_RTOL, F64_ATOL,
                              assert_matches_reference, make_plugin, random_inputs)
 
 DTYPES = [np.float64, np.float32]

@@ -13,7 +13,7 @@ import gatekit
 from gatekit.core.cell import THREADS, _loop          # the build of the loop the cell runs
 from gatekit.core._gate import DEBUG_BUILD
 
-from forward_support import random_inputs
+from support import random_inputs
 
 T, B, D, H = 5, 2, 3, 4
 

@@ -17,7 +17,7 @@ from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.core.plugins import PluginError
 
-from forward_support import BUILTIN_PRESETS, assert_matches_reference, make_plugin, random_inputs
+from support import REPO, BUILTIN_PRESETS, assert_matches_reference, make_plugin, random_inputs
 
 sigmoid = reference.sigmoid
 
@@ -500,8 +500,7 @@ def test_block_clash_with_another_gates_parameter_names_both(register):
 
 def _readme_block_table():
     """The README's table of the built-in gates' names: {(role, gate): (blocks, parameters)}."""
-    from pathlib import Path
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     header = "| role | gate | blocks | other parameters |"
     assert header in text, "the README lost its table of the built-in gates' block names"
     rows = {}
