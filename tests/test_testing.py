@@ -1,6 +1,7 @@
-"""gatekit.testing.check_gate's threaded checks: what two compiled threads must agree on, a
-failure that is not about threads named as such, and Python gates run from two Python threads
-at once."""
+"""gatekit.testing, the checks for gate authors: gradcheck's tolerance (tiny gradients, right
+and wrong) and check_gate's threaded checks (what two compiled threads must agree on, a failure
+that is not about threads named as such, and Python gates run from two Python threads at
+once)."""
 import numpy as np
 import pytest
 
@@ -8,7 +9,64 @@ import gatekit
 from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.core.cell import _loop
-from gatekit.testing import GradcheckError, check_gate
+from gatekit.testing import GradcheckError, check_gate, gradcheck
+
+from support import make_plugin, random_inputs
+
+# --- gradcheck's tolerance ------------------------------------------------------------------
+
+def saturated_cell():
+    """A forget gate held near 1 by its bias: σ'(16) = 1.1e-7, so W_f's gradient is ~1e-7."""
+    cell = gatekit.Cell(3, 4, dtype=np.float64, seed=3)
+    cell.params["b_f"][...] = 16.0
+    return cell
+
+
+def test_gradcheck_passes_a_tiny_correct_gradient():
+    cell = saturated_cell()
+    x, state = random_inputs(cell, 5, 2, seed=9)
+    # The oracle for "tiny": the derivative of σ at the pre-activations, written here.
+    s = np.einsum("bk,hk->bh", np.concatenate([state[0], x[0]], 1), cell.params["W_f"]) + 16.0
+    assert np.all(np.exp(-s) / (1 + np.exp(-s)) ** 2 < 1e-6)
+    result = gradcheck(cell, x, state)
+    assert result.errors["W_f"] > 1e-6          # beyond any relative tolerance alone ...
+    assert result.differences["W_f"] < 1e-9     # ... but its difference is rounding only
+
+
+class TwiceTheForgetGradient(gatekit.PythonGate):
+    """The standard forget gate with a backward pass off by a factor of two."""
+    role, name, blocks, params = "forget", "twice_the_gradient", ("f",), {}
+    definition = staticmethod(reference.forget)
+
+    def forward(self, step):
+        step.f_t[...] = reference.sigmoid(step.z("f"))
+
+    def backward(self, step):
+        step.dz("f")[...] += 2 * step.df_t * step.f_t * (1 - step.f_t)
+
+
+def test_gradcheck_fails_a_tiny_wrong_gradient(register):
+    register(make_plugin(gates=[TwiceTheForgetGradient]), name="test-twice-the-gradient")
+    cell = gatekit.Cell(3, 4, forget="twice_the_gradient", dtype=np.float64, seed=3)
+    cell.params["b_f"][...] = 16.0
+    x, state = random_inputs(cell, 5, 2, seed=9)
+    with pytest.raises(GradcheckError, match="W_f|b_f"):
+        gradcheck(cell, x, state)
+
+
+def test_gradcheck_resolves_a_tiny_gradient():
+    # W_u's gradient here is 6.6e-6 of a loss of 0.25: plain centred differences with a tiny
+    # step measured it only to 1.3e-6 relative; gradcheck's extrapolated differences resolve
+    # it to 1e-6 with no absolute tolerance to lean on.
+    cell = gatekit.Cell(2, 1, "course", learn="coupled", dtype=np.float64, seed=2)
+    rng = np.random.default_rng(1002)
+    x = rng.standard_normal((1, 1, 2))
+    state = (rng.standard_normal((1, 1)), rng.standard_normal((1, 1)))
+    result = gradcheck(cell, x, state, tolerance=1e-6, atol=0)
+    assert result.errors["W_u"] <= 1e-6, result.errors
+
+
+# --- check_gate's threaded checks ------------------------------------------------------------
 
 B, H, D = 16, 64, 3
 

@@ -7,23 +7,24 @@ Oracles:
 - elementary facts that need no oracle at all (causality: y_t does not depend on x_s for s > t;
   a zero upstream gradient gives exactly zero gradients).
 
-Every comparison of gradients is per gradient and relative in norm,
-``norm(a - b) / max(norm(a), norm(b))``, so one tolerance serves gradients of every scale.
+Every comparison of gradients is per gradient and relative in norm (``support.rel_error``), so
+one tolerance serves gradients of every scale.
 """
 import re
-import threading
 
 import numpy as np
 import pytest
 
 import gatekit
-from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.testing import gradcheck
 
+from support import (BUILTIN_VARIANTS, PythonForget, centred_difference, rel_error,
+                     run_in_threads, sigmoid)
+
 VARIANTS = gatekit.variants()
 
-# Compositions no preset has (section 4), gate overrides on a preset.
+# Compositions no variant has (section 4), gate overrides on a variant.
 COMPOSITIONS = [
     ("standard", {"forget": "peephole"}),
     ("course", {"learn": "coupled"}),
@@ -42,14 +43,6 @@ COMPOSITIONS = [
 # ~1e-15 (a few ulps, up to ~1e-14 after 300 steps); 1e-9 leaves a wide margin yet catches any
 # wrong term, which shows up at 1e-3 or worse.
 F64_TOL = 1e-9
-
-
-def rel_error(a, b):
-    """norm(a - b) / max(norm(a), norm(b)), 0 when both are exactly zero."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
-    return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
 
 
 def make_case(variant, T, B, D, H, *, dtype=np.float64, seed=0, overrides=None):
@@ -92,7 +85,7 @@ def assert_gradients_match(cell, got, want, tol, x_shape):
     assert not bad, f"{cell!r}: gradients off the oracle by more than {tol:g}: {bad}"
 
 
-# --- 1. Every preset, float64: core vs the reference backward -----------------------------------
+# --- 1. Every variant, float64: core vs the reference backward -----------------------------------
 
 SHAPES = [
     pytest.param((1, 1, 1, 1), id="T1-B1-D1-H1"),
@@ -106,7 +99,7 @@ SHAPES = [
 @pytest.mark.parametrize("final_gradients", [True, False], ids=["dstate", "no-dstate"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_preset_backward_matches_reference_float64(variant, shape, final_gradients):
+def test_variant_backward_matches_reference_float64(variant, shape, final_gradients):
     T, B, D, H = shape
     cell, x, state, dy, dstm, dltm = make_case(variant, T, B, D, H, seed=T + 7 * H)
     if not final_gradients:
@@ -127,21 +120,21 @@ def test_literal_use_gate_sends_no_gradient_to_initial_ltm_through_outputs():
     assert np.all(got["ltm0"] == 0) and np.all(want["ltm0"] == 0)
 
 
-# --- 2. Finite differences, every preset, float64 and float32 cells ------------------------------
+# --- 2. Finite differences, every variant, float64 and float32 cells -----------------------------
 #
-# gatekit.testing.gradcheck: centred differences with eps = 1e-6 on a float64 copy of the cell,
-# 1e-6 relative. Its own accuracy is limited: a centred difference carries a rounding error of
-# about 1e-16 * |loss| / eps = 1e-10 * |loss|, so a gradient that is ~1e-5 of the loss (it
+# gatekit.testing.gradcheck: Richardson-extrapolated centred differences (steps 1e-4 and 5e-5) on
+# a float64 copy of the cell, 1e-6 relative plus 1e-9 absolute. A centred difference carries a
+# rounding error of about 1e-16 * |loss| / eps, so a gradient that is ~1e-5 of the loss (it
 # happens in the smallest shapes, where a parameter has a single entry) is measured only to
-# ~1e-5 relative. The seeds below are fixed; where that floor is hit (see
-# test_gradcheck_noise_floor_on_a_tiny_gradient) the core is held instead to Richardson-
-# extrapolated differences, which are accurate to ~1e-8 there.
+# ~1e-7 relative, and gradcheck's absolute part could hide an error of that size. So cells of
+# T = B = H = 1 are also held to Richardson differences written here, every entry and no
+# absolute tolerance (test_tiny_cell_matches_richardson_differences).
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 1), (1, 2, 3, 2), (4, 2, 3, 3)],
                          ids=lambda s: "T{}-B{}-D{}-H{}".format(*s))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_preset_backward_matches_finite_differences(variant, dtype, shape):
+def test_variant_backward_matches_finite_differences(variant, dtype, shape):
     T, B, D, H = shape
     cell, x, state, _, _, _ = make_case(variant, T, B, D, H, dtype=dtype, seed=11 * T + H)
     result = gradcheck(cell, x, state, tolerance=1e-6, max_entries=12)
@@ -162,15 +155,6 @@ def richardson_gradients(cell, x, state, dy, dstm, dltm, h=1e-2):
         y, (stm, ltm) = cell(x, state)
         return np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
 
-    def centred(flat, index, step):
-        kept = flat[index]
-        flat[index] = kept + step
-        plus = loss()
-        flat[index] = kept - step
-        minus = loss()
-        flat[index] = kept
-        return (plus - minus) / (2 * step)
-
     inputs = dict(cell.params)
     inputs.update(x=x, stm0=state[0], ltm0=state[1])
     numeric = {}
@@ -179,15 +163,14 @@ def richardson_gradients(cell, x, state, dy, dstm, dltm, h=1e-2):
         assert np.shares_memory(flat, array)
         values = np.empty(flat.size)
         for index in range(flat.size):
-            values[index] = (100 * centred(flat, index, h / 10) - centred(flat, index, h)) / 99
+            values[index] = (100 * centred_difference(loss, flat, index, h / 10)
+                             - centred_difference(loss, flat, index, h)) / 99
         numeric[name] = values.reshape(array.shape)
     return numeric
 
 
 # Richardson steps of 1e-2 would straddle the kink of a piecewise-linear gate (a plugin's hard
 # sigmoid saturating at |s| = 2.5 is one), so this covers the built-in gates, which are smooth.
-BUILTIN_VARIANTS = [name for name, entry in plugins.registry().variants.items()
-                    if entry.plugin == "gatekit.core.builtin_variants"]
 TINY_CASES = [(variant, {}) for variant in BUILTIN_VARIANTS] + COMPOSITIONS
 
 
@@ -204,20 +187,12 @@ def test_tiny_cell_matches_richardson_differences(case, seed):
     assert_gradients_match(cell, got, numeric, 1e-6, x.shape)
 
 
-def test_gradcheck_resolves_a_tiny_gradient():
-    # W_u's gradient here is 6.6e-6 of a loss of 0.25: plain centred differences with a tiny
-    # step measured it only to 1.3e-6 relative; gradcheck's extrapolated differences must not.
-    cell, x, state, _, _, _ = make_case("course", 1, 1, 2, 1, seed=2,
-                                        overrides={"learn": "coupled"})
-    gradcheck(cell, x, state, tolerance=1e-6)
-
-
 # --- 3. float32 core vs float64 reference ------------------------------------------------------
 
 # float32 has a unit roundoff of 6e-8. A gradient here is a sum over T * B terms, each a product
 # of a few dozen rounded factors along the backward chain, so its rounding error is a small
 # multiple of 1e-7 times the magnitude of its terms; over these shapes and 15 seeds of every
-# preset the worst observed norm-relative error was 3e-6. 1e-4 leaves a 30x margin while a wrong
+# variant the worst observed norm-relative error was 3e-6. 1e-4 leaves a 30x margin while a wrong
 # term (an error of order 1) still fails by orders of magnitude. Shapes have several units and
 # sequences so that the norm is not dominated by a single entry that is the near-cancellation of
 # larger terms (for such an entry, error relative to its own size says nothing about precision).
@@ -237,7 +212,7 @@ def test_float32_backward_matches_float64_reference(variant, shape):
     assert_gradients_match(cell, got, want, F32_TOL, x.shape)
 
 
-# --- 4. Non-preset compositions (COMPOSITIONS, at the top) ----------------------------------------
+# --- 4. Compositions no variant has (COMPOSITIONS, at the top) ----------------------------------------
 
 def _composition_id(case):
     variant, overrides = case
@@ -335,10 +310,6 @@ def test_integer_final_state_gradient_is_rejected(taped, which):
 
 # --- Gates written in Python ---------------------------------------------------------------------
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 class NoBackwardForget(gatekit.PythonGate):
     """f_t = σ(z_f), forward only: a cell using it can run but not be trained."""
     role, name, blocks = "forget", "tb_no_backward", ("f",)
@@ -346,22 +317,7 @@ class NoBackwardForget(gatekit.PythonGate):
     definition = staticmethod(reference.forget)
 
     def forward(self, step):
-        step.f_t[...] = _sigmoid(step.z("f"))
-
-
-class NumpySigmoidForget(gatekit.PythonGate):
-    """f_t = σ(z_f) in NumPy, with its own backward: dz_f += df_t ⊙ f_t (1 - f_t)."""
-    role, name, blocks = "forget", "tb_numpy_sigmoid", ("f",)
-    params = {}
-    definition = staticmethod(reference.forget)
-    backward_definition = staticmethod(reference.forget_backward)
-
-    def forward(self, step):
-        step.f_t[...] = _sigmoid(step.z("f"))
-
-    def backward(self, step):
-        f = step.f_t
-        step.dz("f")[...] += step.df_t * f * (1 - f)
+        step.f_t[...] = sigmoid(step.z("f"))
 
 
 class SpyUse(gatekit.PythonGate):
@@ -377,7 +333,7 @@ class SpyUse(gatekit.PythonGate):
     def forward(self, step):
         type(self).forward_calls += 1
         step.U_t[...] = np.tanh(step.LTM_t)
-        step.V_t[...] = _sigmoid(step.z("v"))
+        step.V_t[...] = sigmoid(step.z("v"))
         step.STM_t[...] = step.U_t * step.V_t
 
     def backward(self, step):
@@ -395,13 +351,13 @@ class SpyUse(gatekit.PythonGate):
 class _TestGates:
     @gatekit.hookimpl
     def register_gates(self, register):
-        for gate in (NoBackwardForget, NumpySigmoidForget, SpyUse):
+        for gate in (NoBackwardForget, PythonForget, SpyUse):
             register(gate)
 
 
 @pytest.fixture
 def python_gates(request):
-    name = gatekit.register_plugin(_TestGates(), name="tests.test_backward.python_gates")
+    name = gatekit.register_plugin(_TestGates(), name="tests.core.test_backward.python_gates")
     request.addfinalizer(lambda: gatekit.unregister_plugin(name))
     SpyUse.backward_calls = SpyUse.forward_calls = 0
     return name
@@ -451,7 +407,7 @@ def _sgd_run(cell, x, state, dy, steps, lr=0.1):
 def test_python_gate_with_backward_matches_builtin_gate(python_gates, use):
     D, H, T, B = 3, 4, 7, 3
     builtin = gatekit.Cell(D, H, "standard", use=use, dtype=np.float64, seed=9)
-    python = gatekit.Cell(D, H, "standard", forget="tb_numpy_sigmoid", use=use,
+    python = gatekit.Cell(D, H, "standard", forget=PythonForget.name, use=use,
                           dtype=np.float64, seed=10)
     assert list(python.params) == list(builtin.params)
     for name in builtin.params:                   # the same parameters in both
@@ -488,7 +444,7 @@ def test_python_gate_with_backward_matches_builtin_gate(python_gates, use):
 def test_python_gate_with_backward_passes_gradcheck_in_both_dtypes(python_gates):
     for dtype in (np.float64, np.float32):
         cell, x, state, _, _, _ = make_case("standard", 3, 2, 3, 2, dtype=dtype, seed=6,
-                                            overrides={"forget": "tb_numpy_sigmoid",
+                                            overrides={"forget": PythonForget.name,
                                                        "use": "tb_spy"})
         assert gradcheck(cell, x, state, tolerance=1e-6, max_entries=10)
 
@@ -591,29 +547,15 @@ def test_two_threads_on_two_cells_match_sequential_runs():
 
     sequential = [run(case) for case in cases]
     repeats = 25
-    barrier = threading.Barrier(len(cases))
-    failures = []
-
-    def worker(k):
-        try:
-            barrier.wait()
-            for _ in range(repeats):
-                y, (stm, ltm), grads = run(cases[k])
-                y0, (stm0, ltm0), grads0 = sequential[k]
-                np.testing.assert_array_equal(y, y0)
-                np.testing.assert_array_equal(stm, stm0)
-                np.testing.assert_array_equal(ltm, ltm0)
-                for name in grads0:
-                    np.testing.assert_array_equal(grads[name], grads0[name], err_msg=name)
-        except BaseException as error:            # reported from the main thread
-            failures.append((k, error))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(cases))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not failures, failures
+    together = run_in_threads([lambda case=case: [run(case) for _ in range(repeats)]
+                               for case in cases])
+    for runs, (y0, (stm0, ltm0), grads0) in zip(together, sequential):
+        for y, (stm, ltm), grads in runs:
+            np.testing.assert_array_equal(y, y0)
+            np.testing.assert_array_equal(stm, stm0)
+            np.testing.assert_array_equal(ltm, ltm0)
+            for name in grads0:
+                np.testing.assert_array_equal(grads[name], grads0[name], err_msg=name)
     # and the sequential results themselves are right
     for case, (_, _, grads) in zip(cases, sequential):
         cell, x, state, dy, dstm, dltm = case

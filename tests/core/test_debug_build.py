@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 import gatekit
+from gatekit.core import reference
 from gatekit.core.cell import THREADS, _loop          # the build of the loop the cell runs
 from gatekit.core._gate import DEBUG_BUILD
 
-from support import random_inputs
+from support import F64_ATOL, random_inputs
 
 T, B, D, H = 5, 2, 3, 4
 
@@ -25,7 +26,7 @@ def test_debug_build_is_the_one_imported():
 
 
 def _buffers(cell, x, **undersized):
-    """The buffers Cell.forward hands the kernel (see the docstring of gatekit/_loop.pyx), with
+    """The buffers Cell.forward hands the kernel (see the docstring of gatekit/core/_loop.pyx), with
     some replaced by smaller ones."""
     T, B, D = x.shape
     H, KH = cell.hidden_size, cell._weights.shape[0]
@@ -61,11 +62,14 @@ def cell():
 
 
 def test_kernel_with_right_buffers_matches_cell(cell):
-    # Checks the harness the undersized calls use (safe in any build).
+    # Checks the harness the undersized calls use (safe in any build): what the cell computes,
+    # which is what the reference computes.
     x, _ = random_inputs(cell, T, B, state=False)
     buffers = _buffers(cell, x)
     assert _call_kernel(cell, buffers) == -1
     np.testing.assert_array_equal(buffers["y"], cell(x)[0])
+    y_ref, _ = reference.forward(cell, x, dtype=np.float64)
+    np.testing.assert_allclose(buffers["y"], y_ref, rtol=0, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("name, shape", [("bias", (4 * H - 1,)), ("y", (T - 1, B, H)),

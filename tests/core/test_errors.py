@@ -7,7 +7,7 @@ import pytest
 
 import gatekit
 
-from support import BUILTIN_GATES, BUILTIN_PRESETS, assert_matches_reference, random_inputs
+from support import BUILTIN_GATES, BUILTIN_VARIANTS, assert_matches_reference, random_inputs
 
 D, H = 3, 4
 
@@ -47,7 +47,9 @@ def test_non_float_x_raises_type_error(cell, dtype):
 
 def test_list_of_floats_is_accepted(cell):
     x = np.random.default_rng(0).standard_normal((2, 1, D))
-    np.testing.assert_array_equal(cell(x.tolist())[0], cell(x)[0])
+    given_a_list = cell(x.tolist())
+    assert_matches_reference(cell, x, result=given_a_list)
+    np.testing.assert_array_equal(given_a_list[0], cell(x)[0])
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -66,7 +68,9 @@ def test_state_not_a_pair_raises_type_error(cell, state):
 
 def test_state_as_list_is_accepted(cell):
     x, (stm0, ltm0) = random_inputs(cell, 3, 2, seed=1)
-    np.testing.assert_array_equal(cell(x, [stm0, ltm0])[0], cell(x, (stm0, ltm0))[0])
+    given_a_list = cell(x, [stm0, ltm0])
+    assert_matches_reference(cell, x, (stm0, ltm0), result=given_a_list)
+    np.testing.assert_array_equal(given_a_list[0], cell(x, (stm0, ltm0))[0])
 
 
 @pytest.mark.parametrize("which,shape", [
@@ -181,7 +185,8 @@ def test_non_contiguous_state_is_accepted(cell):
     stm_view = np.ascontiguousarray(stm0.T).T          # same values, Fortran order
     ltm_view = np.repeat(ltm0, 2, axis=0)[::2]          # same values, strided
     assert not stm_view.flags.c_contiguous and not ltm_view.flags.c_contiguous
-    y, _ = cell(x, (stm_view, ltm_view))
+    y, final = cell(x, (stm_view, ltm_view))
+    assert_matches_reference(cell, x, (stm0, ltm0), result=(y, final))
     np.testing.assert_array_equal(y, cell(x, (stm0, ltm0))[0])
 
 
@@ -219,7 +224,7 @@ def test_empty_sequence_returns_empty_y_and_initial_state(with_state, dtype):
     assert stm.dtype == ltm.dtype == dtype
 
 
-@pytest.mark.parametrize("variant", BUILTIN_PRESETS)
+@pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_input_propagates_like_reference(variant, bad):
     cell = gatekit.Cell(D, H, variant=variant, dtype=np.float64, seed=6)

@@ -1,5 +1,5 @@
-"""The compiled forward pass against the NumPy reference equations, for every preset, many
-shapes, non-preset compositions of gates, and random cases drawn by Hypothesis."""
+"""The compiled forward pass against the NumPy reference equations, for every variant, many
+shapes, compositions of gates no variant has, and random cases drawn by Hypothesis."""
 import itertools
 
 import numpy as np
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import gatekit
 
-from support import (BUILTIN_GATES, BUILTIN_PRESETS, FORGET_WITH_S_T,
-                             assert_matches_reference, random_inputs)
+from support import (BUILTIN_GATES, BUILTIN_VARIANTS, FORGET_WITH_S_T, assert_matches_reference,
+                     random_inputs)
 
 DTYPES = [np.float64, np.float32]
 
@@ -26,9 +26,9 @@ SHAPES = [
 ]
 
 
-def test_builtin_presets_are_registered():
+def test_builtin_variants_are_registered():
     # The loops below iterate over gatekit.variants(); make sure the shipped ones are there.
-    assert set(BUILTIN_PRESETS) <= set(gatekit.variants())
+    assert set(BUILTIN_VARIANTS) <= set(gatekit.variants())
     for role, names in BUILTIN_GATES.items():
         assert set(names) <= set(gatekit.gates()[role])
 
@@ -36,7 +36,7 @@ def test_builtin_presets_are_registered():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-D{}-H{}".format(*s))
 @pytest.mark.parametrize("variant", gatekit.variants())
-def test_preset_matches_reference(variant, shape, dtype):
+def test_variant_matches_reference(variant, shape, dtype):
     T, B, D, H = shape
     cell = gatekit.Cell(D, H, variant=variant, dtype=dtype, seed=hash(shape) % 1000)
     # From zeros, and from a nonzero initial state (which exercises every path from the state).
@@ -46,8 +46,8 @@ def test_preset_matches_reference(variant, shape, dtype):
 
 
 @pytest.mark.parametrize("variant", gatekit.variants())
-def test_preset_float32_tracks_float64_reference_over_longer_sequence(variant):
-    # T = 12, the longest the float32 tolerance is argued for in conftest.
+def test_variant_float32_tracks_float64_reference_over_longer_sequence(variant):
+    # T = 12, the longest the float32 tolerance is argued for in support.py.
     cell = gatekit.Cell(4, 6, variant=variant, dtype=np.float32, seed=3)
     x, state = random_inputs(cell, 12, 3, seed=4)
     assert_matches_reference(cell, x, state)
@@ -158,7 +158,7 @@ def test_batch_rows_are_independent():
         np.testing.assert_allclose(ltmb[0], ltm[b], rtol=0, atol=1e-12)
 
 
-# --- The literal preset's Use gate never reads the long-term memory ------------------------------
+# --- The literal variant's Use gate never reads the long-term memory -----------------------------
 
 def _two_ltm_runs(variant, dtype=np.float64):
     cell = gatekit.Cell(3, 4, variant=variant, dtype=dtype, seed=11)

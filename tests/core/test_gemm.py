@@ -1,5 +1,5 @@
-"""The matrix product gates call (``gemm`` of gatekit/_gate.pxd, the register tiles of
-gatekit/_tiles.h), in every build of the gates this CPU runs, against NumPy in float64.
+"""The matrix product gates call (``gemm`` of gatekit/core/_gate.pxd, the register tiles
+of gatekit/core/_tiles.h), in every build of the gates this CPU runs, against NumPy in float64.
 
 Shapes cover whole and partial tiles of rows (6 or 12), whole and partial panels of columns
 (16 or 32 floats, 8 or 16 doubles), the dot-product path (A·Bᵀ with fewer rows than a tile)
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gatekit.core import instruction_sets as kernels
+
 BUILDS = [f"gatekit.core._builtin_{build}" for build in kernels.builds()] + ["gatekit.core._builtin"]
 
 

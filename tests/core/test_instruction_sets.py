@@ -1,12 +1,14 @@
 """The built-in gates exist up to three times, compiled for any x86-64, for AVX2 + FMA and for
 AVX-512; each build this CPU runs must match the reference."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 from gatekit.core import instruction_sets as kernels
+
+from support import child_env
+
 PROBE = """
 import itertools
 import numpy as np, gatekit
@@ -27,11 +29,7 @@ print(kernels.load("_builtin").__name__, worst[np.float64], worst[np.float32])
 
 @pytest.mark.parametrize("build", ["baseline", "avx2", "default"])
 def test_both_kernel_builds_match_the_reference(build, tmp_path):
-    env = dict(os.environ)
-    env.pop(kernels.ENV, None)
-    if build != "default":
-        env[kernels.ENV] = build
-    # cwd away from the source tree, so the child imports the installed gatekit.
+    env = child_env(**{kernels.ENV: None if build == "default" else build})
     run = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
@@ -40,7 +38,7 @@ def test_both_kernel_builds_match_the_reference(build, tmp_path):
         assert module == "gatekit.core._builtin"
     if build == "avx2":
         assert module in ("gatekit.core._builtin", "gatekit.core._builtin_avx2")
-    # Outputs lie in (-1, 1) (most presets) or are sums of a few such steps: absolute bounds.
+    # Outputs lie in (-1, 1) (most variants) or are sums of a few such steps: absolute bounds.
     assert float(worst64) < 1e-10
     assert float(worst32) < 1e-5
 

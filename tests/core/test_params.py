@@ -1,11 +1,11 @@
-"""Parameters: their names and shapes per preset, the [STM, E] column order of every W_k,
+"""Parameters: their names and shapes per variant, the [STM, E] column order of every W_k,
 writing them, and their initialisation."""
 import numpy as np
 import pytest
 
 import gatekit
 
-from support import assert_matches_reference, random_inputs
+from support import assert_matches_reference, random_inputs, sigmoid
 
 D, H = 3, 5     # D != H, so a swapped (H, D) or (H + D) layout cannot pass by accident
 
@@ -73,8 +73,7 @@ def _one_standard_step_by_hand(params, E, stm0, ltm0):
                 out[r, j] = acc
         return out
 
-    sig = lambda a: 1 / (1 + np.exp(-a))
-    f, n, i, v = sig(pre("f")), np.tanh(pre("n")), sig(pre("i")), sig(pre("v"))
+    f, n, i, v = sigmoid(pre("f")), np.tanh(pre("n")), sigmoid(pre("i")), sigmoid(pre("v"))
     ltm = ltm0 * f + n * i
     return v * np.tanh(ltm), ltm
 

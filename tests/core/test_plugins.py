@@ -1,9 +1,8 @@
-"""The plugin registry: gates written in Python inside the compiled loop, presets registered by
+"""The plugin registry: gates written in Python inside the compiled loop, variants registered by
 plugins, and what is refused. Every plugin registered here is unregistered at teardown (the
 ``register`` fixture), so the global registry is the same before and after each test."""
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,8 @@ from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.core.plugins import PluginError
 
-from support import REPO, BUILTIN_PRESETS, assert_matches_reference, make_plugin, random_inputs
+from support import (BUILTIN_VARIANTS, F32_ATOL, F32_RTOL, REPO, assert_matches_reference,
+                     child_env, make_plugin, random_inputs)
 
 sigmoid = reference.sigmoid
 
@@ -97,7 +97,7 @@ def test_python_gate_runs_in_loop_and_matches_reference(python_gates, roles, dty
     if dtype == np.float64:
         tolerance = dict(rtol=0, atol=1e-12)
     else:
-        tolerance = dict(rtol=1e-4, atol=1e-5)       # see conftest: float32 over T steps
+        tolerance = dict(rtol=F32_RTOL, atol=F32_ATOL)        # see support.py
     np.testing.assert_allclose(y, y_ref, **tolerance)
     np.testing.assert_allclose(stm, stm_ref, **tolerance)
     np.testing.assert_allclose(ltm, ltm_ref, **tolerance)
@@ -247,7 +247,7 @@ def test_variant_registered_by_plugin_appears_and_runs(register):
         ("test_peephole_pylearn", {"forget": "peephole", "learn": "py_learn"}),
     ]), name="test-variant")
     assert "test_peephole_pylearn" in gatekit.variants()
-    for builtin in BUILTIN_PRESETS:
+    for builtin in BUILTIN_VARIANTS:
         assert builtin in gatekit.variants()
     cell = gatekit.Cell(3, 4, variant="test_peephole_pylearn", dtype=np.float64, seed=0)
     # Roles left out of the spec take their "standard" gate.
@@ -315,7 +315,7 @@ def test_hookimpl_with_misspelt_name_is_rejected(register, hook_source):
     with pytest.raises(pluggy.PluginValidationError):
         register(Plugin(), name="test-misspelt")
     assert plugins.plugin_manager().get_plugin("test-misspelt") is None
-    assert set(BUILTIN_PRESETS) <= set(gatekit.variants())
+    assert set(BUILTIN_VARIANTS) <= set(gatekit.variants())
 
 
 def test_registry_unchanged_after_register_and_unregister(register):
@@ -368,10 +368,8 @@ def fake_entry_points(tmp_path):
     installed = sorted({ep.name for ep in importlib.metadata.entry_points(group="gatekit")})
 
     def run(block):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(tmp_path)]))
-        env["GATEKIT_BLOCK_PLUGINS"] = block.replace("{installed}", ",".join(installed))
-        # cwd away from the source tree, so the child imports the installed gatekit.
+        env = child_env(tmp_path,
+                        GATEKIT_BLOCK_PLUGINS=block.replace("{installed}", ",".join(installed)))
         return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
                               text=True, timeout=120, cwd=tmp_path)
 
@@ -387,7 +385,7 @@ def test_entry_point_plugin_loads_when_not_blocked(fake_entry_points):
     out = _loaded(fake_entry_points("{installed},broken_ep"))
     assert "fake_ep_variant" in out["variants"] and "fake_ep" in out["loaded"]
     assert out["versions"].get("fake_ep") == "1.2.3"
-    assert set(BUILTIN_PRESETS) <= set(out["variants"])
+    assert set(BUILTIN_VARIANTS) <= set(out["variants"])
 
 
 @pytest.mark.parametrize("block", ["{installed},broken_ep,fake_ep",
@@ -398,7 +396,7 @@ def test_blocked_entry_point_plugin_is_not_loaded(fake_entry_points, block):
     assert "fake_ep_variant" not in out["variants"] and "fake_ep" not in out["loaded"]
     assert "broken_ep" not in out["loaded"]
     # The built-in gates are not entry points and are never blocked.
-    assert set(BUILTIN_PRESETS) <= set(out["variants"])
+    assert set(BUILTIN_VARIANTS) <= set(out["variants"])
     if "*" in block:
         assert out["loaded"] == ["gatekit.core.builtin_variants",
                                  "gatekit.study.builtin_tasks"]

@@ -9,32 +9,9 @@ import numpy as np
 
 import gatekit
 from gatekit.core import reference
-from support import assert_matches_reference, make_plugin, random_inputs
 
-TIMEOUT = 60
-
-
-def _run_in_threads(jobs):
-    """Run each job (a callable) in its own thread, all released together; return results."""
-    start = threading.Barrier(len(jobs))
-    results, errors = [None] * len(jobs), []
-
-    def worker(k, job):
-        try:
-            start.wait(TIMEOUT)
-            results[k] = job()
-        except BaseException as error:           # reported by the main thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(k, job)) for k, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT)
-    assert not any(thread.is_alive() for thread in threads), "a worker thread hung"
-    if errors:
-        raise errors[0]
-    return results
+from support import (THREAD_TIMEOUT, assert_matches_reference, make_plugin, random_inputs,
+                     run_in_threads)
 
 
 def test_concurrent_runs_of_different_cells_equal_runs_alone():
@@ -44,8 +21,8 @@ def test_concurrent_runs_of_different_cells_equal_runs_alone():
     x_b, state_b = random_inputs(cell_b, 4000, 3, seed=4)
     alone_a, alone_b = cell_a(x_a, state_a), cell_b(x_b, state_b)
     for _ in range(3):
-        together_a, together_b = _run_in_threads([lambda: cell_a(x_a, state_a),
-                                                  lambda: cell_b(x_b, state_b)])
+        together_a, together_b = run_in_threads([lambda: cell_a(x_a, state_a),
+                                                 lambda: cell_b(x_b, state_b)])
         for alone, together in ((alone_a, together_a), (alone_b, together_b)):
             np.testing.assert_array_equal(together[0], alone[0])
             np.testing.assert_array_equal(together[1][0], alone[1][0])
@@ -61,7 +38,7 @@ def test_same_cell_in_two_threads_on_different_inputs():
     x1, s1 = random_inputs(cell, 2000, 2, seed=6)
     x2, s2 = random_inputs(cell, 2000, 5, seed=7)
     alone1, alone2 = cell(x1, s1), cell(x2, s2)
-    together1, together2 = _run_in_threads([lambda: cell(x1, s1), lambda: cell(x2, s2)])
+    together1, together2 = run_in_threads([lambda: cell(x1, s1), lambda: cell(x2, s2)])
     np.testing.assert_array_equal(together1[0], alone1[0])
     np.testing.assert_array_equal(together2[0], alone2[0])
 
@@ -83,7 +60,7 @@ class LockstepUse(gatekit.PythonGate):
     def forward(self, step):
         if LockstepUse.barrier is not None:
             LockstepUse.log.append((self.hidden_size, step.t))
-            LockstepUse.barrier.wait(TIMEOUT)
+            LockstepUse.barrier.wait(THREAD_TIMEOUT)
         step.U_t[...] = np.tanh(step.LTM_t)
         step.V_t[...] = reference.sigmoid(step.z("v"))
         step.STM_t[...] = step.U_t * step.V_t
@@ -103,8 +80,8 @@ def test_two_cells_progress_concurrently_in_lock_step(register):
     try:
         # If the two calls could not be in their loops at the same time, the first step's
         # barrier would never fill and the gate would raise BrokenBarrierError.
-        together_a, together_b = _run_in_threads([lambda: cell_a(x_a, state_a),
-                                                  lambda: cell_b(x_b, state_b)])
+        together_a, together_b = run_in_threads([lambda: cell_a(x_a, state_a),
+                                                 lambda: cell_b(x_b, state_b)])
     finally:
         LockstepUse.barrier = None
     # Both loops ran every step, and step t of each came before step t + 1 of either.
@@ -144,12 +121,12 @@ def test_compiled_loop_lets_other_python_threads_run():
 
             thread = threading.Thread(target=worker)
             thread.start()
-            started.wait(TIMEOUT)
+            started.wait(THREAD_TIMEOUT)
             count = 0
             while count < 100_000 and not done.is_set():
                 count += 1
             observed.append((T, count, done.is_set()))
-            thread.join(TIMEOUT)
+            thread.join(THREAD_TIMEOUT)
             assert not thread.is_alive()
             if count == 100_000:
                 expected = (T, result["y"])

@@ -14,7 +14,8 @@ import pytest
 import gatekit
 from gatekit.core import cell as cell_module
 from gatekit.core import reference
-from support import make_plugin
+
+from support import assert_close, assert_same_bits, make_plugin
 
 UseStandard = type(gatekit.Cell(1, 1, "standard").gates[3])
 
@@ -46,12 +47,6 @@ def run(cell, x, state, dy, lengths=None):
     y, final, tape = cell.forward(x, state, keep=True, lengths=lengths)
     grads = cell.backward(tape, dy)
     return y, final, grads
-
-
-def assert_same_bits(a, b, what):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.tobytes() == b.tobytes(), (
-        f"{what}: {np.count_nonzero(a != b)} numbers differ, up to {np.abs(a - b).max()}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -87,9 +82,11 @@ def test_going_alone_changes_no_bit(monkeypatch, register, variant, use, threads
     y_ref, _ = reference.forward(team, x, state, dtype=np.float64)
     grads_ref = reference.backward(team, x, dy, state, dtype=np.float64)
     y, _, grads = run(team, x, state, dy)
+    assert_close(dtype, y, y_ref, "y")
+    # A gradient sums T * B terms: bounded relative to its largest entry (observed: 2e-6 in
+    # float32, 4e-15 in float64).
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
-    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tolerance)
     for name, want_grad in grads_ref.items():
         scale = max(1.0, np.abs(want_grad).max())
-        np.testing.assert_allclose(grads[name], want_grad, rtol=0, atol=tolerance * scale * 10,
+        np.testing.assert_allclose(grads[name], want_grad, rtol=0, atol=tolerance * scale,
                                    err_msg=name)

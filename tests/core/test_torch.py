@@ -1,11 +1,11 @@
-"""The ``standard`` preset against PyTorch's ``torch.nn.LSTM``: forward outputs, final states and
+"""The ``standard`` variant against PyTorch's ``torch.nn.LSTM``: forward outputs, final states and
 every gradient, under the same parameters.
 
 PyTorch keeps the four gate blocks in the order i, f, g, o in ``weight_ih_l0`` (4H, D),
 ``weight_hh_l0`` (4H, H) and two biases that are summed. gatekit names them after the
 equations: ``W_i`` the input gate, ``W_f`` forget, ``W_n`` the candidate g, ``W_v`` the output
 gate o, each (H, H + D) acting on ``[STM_{t-1}, E_t]`` with the STM (hidden) columns first.
-Only the standard cell exists in PyTorch; the other presets are held to the NumPy reference
+Only the standard cell exists in PyTorch; the other variants are held to the NumPy reference
 and to finite differences in test_backward.py.
 """
 import numpy as np
@@ -13,7 +13,9 @@ import pytest
 
 import gatekit
 
-torch = pytest.importorskip("torch")
+from support import needs, rel_error, sigmoid
+
+torch = needs("torch")
 
 # gatekit block names in PyTorch's gate order i, f, g, o.
 TORCH_ORDER = ("i", "f", "n", "v")
@@ -51,13 +53,6 @@ def cell_gradients_from_torch(lstm, H):
         grads[f"W_{block}"] = np.concatenate([w_hh[rows], w_ih[rows]], axis=1)
         grads[f"b_{block}"] = b_ih[rows]
     return grads
-
-
-def rel_error(a, b):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
-    return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
 
 
 SHAPES = [(1, 1, 2, 1), (1, 3, 2, 4), (7, 3, 4, 5), (60, 2, 3, 6)]
@@ -130,8 +125,8 @@ def test_conversion_helper_puts_each_block_where_torch_expects_it():
     W_hh = lstm.weight_hh_l0.detach().numpy()
     b = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy()
     gates = x[0] @ W_ih.T + h0 @ W_hh.T + b
-    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
-    i, f, g, o = sig(gates[:, :H]), sig(gates[:, H:2 * H]), np.tanh(gates[:, 2 * H:3 * H]), sig(gates[:, 3 * H:])
+    i, f, o = sigmoid(gates[:, :H]), sigmoid(gates[:, H:2 * H]), sigmoid(gates[:, 3 * H:])
+    g = np.tanh(gates[:, 2 * H:3 * H])
     c1 = f * c0 + i * g
     h1 = o * np.tanh(c1)
     y, (stm, ltm) = cell(x, (h0, c0))

@@ -18,6 +18,9 @@ import pytest
 
 import gatekit
 from gatekit.io import files
+
+from support import child_env
+
 WRITE_EVERY_KIND = textwrap.dedent("""
     import os, sys
     os.umask(int(sys.argv[1], 8))
@@ -50,7 +53,8 @@ WRITE_EVERY_KIND = textwrap.dedent("""
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=lambda mask: f"umask-{mask:03o}")
 def test_every_saved_file_gets_0666_minus_the_umask(tmp_path, umask):
     result = subprocess.run([sys.executable, "-c", WRITE_EVERY_KIND, oct(umask), str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                            env=child_env(), capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     written = sorted(os.listdir(tmp_path))
     assert {"model.npz", "checkpoint.npz", "table.csv", "table.json"} <= set(written)
@@ -112,7 +116,8 @@ def kill_while_writing(folder, target):
     """Start a child saving ``target`` over and over; SIGKILL it while a temporary of it is in
     ``folder``. Returns the names of the temporaries left."""
     child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(target)],
-                             stdout=subprocess.PIPE, text=True, cwd=target.parent)
+                             env=child_env(), stdout=subprocess.PIPE, text=True,
+                             cwd=target.parent)
     try:
         assert child.stdout.readline() == "ready\n"
         deadline = time.monotonic() + 30

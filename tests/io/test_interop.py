@@ -13,6 +13,10 @@ import pytest
 
 import gatekit
 from gatekit import interop
+
+from support import rel_error, reverse_each, sigmoid
+
+
 def optional(name):
     try:
         return importlib.import_module(name)
@@ -40,26 +44,9 @@ REFUSED_BY_ONNX = ["course", "literal", "nig", "nfg", "nog", "niaf", "noaf", "ja
 TOLERANCES = [pytest.param(np.float64, 1e-10, id="f64"), pytest.param(np.float32, 1e-5, id="f32")]
 
 
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
-
-
-def rel_error(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
-    return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
-
-
-def assert_close(got, want, tol, what):
+def assert_relatively_close(got, want, tol, what):
     assert np.shape(got) == np.shape(want), what
     assert rel_error(got, want) <= tol, f"{what}: relative error {rel_error(got, want):.2e}"
-
-
-def reverse_each(x, lengths):
-    out = np.array(x, copy=True)
-    for b, L in enumerate(lengths):
-        out[:L, b] = x[:L, b][::-1]
-    return out
 
 
 def run_layered(step_fn, x, lengths, weights_per_direction, state=None):
@@ -326,9 +313,9 @@ def test_converted_torch_lstm_matches_forward_and_gradients(config, ragged, with
                                    keep=True)
     grads = lstm.backward(tape, dy, (dh, dc))
 
-    assert_close(y, ty.detach().numpy(), tol, "y")
-    assert_close(h, th.detach().numpy(), tol, "final stm")
-    assert_close(c, tc.detach().numpy(), tol, "final ltm")
+    assert_relatively_close(y, ty.detach().numpy(), tol, "y")
+    assert_relatively_close(h, th.detach().numpy(), tol, "final stm")
+    assert_relatively_close(c, tc.detach().numpy(), tol, "final ltm")
     want = torch_grads_by_gatekit_name(module, lambda suffix: suffix[1:] + ".")
     want["x"] = tx.grad.numpy()
     if with_state:
@@ -362,12 +349,12 @@ def test_converted_torch_lstmcell_matches_over_a_sequence(dtype, tol):
      + (c * torch.from_numpy(dc)).sum()).backward()
     y, (stm, ltm), tape = cell.forward(x, (h0, c0), keep=True)
     grads = cell.backward(tape, dy, dh, dc)
-    assert_close(y, ty.detach().numpy(), tol, "y")
-    assert_close(ltm, c.detach().numpy(), tol, "ltm")
+    assert_relatively_close(y, ty.detach().numpy(), tol, "y")
+    assert_relatively_close(ltm, c.detach().numpy(), tol, "ltm")
     want = torch_grads_by_gatekit_name(module, lambda suffix: "")
     want.update(x=tx.grad.numpy(), stm0=th0.grad.numpy(), ltm0=tc0.grad.numpy())
     for name in want:
-        assert_close(grads[name], want[name], tol, name)
+        assert_relatively_close(grads[name], want[name], tol, name)
 
 
 @needs_torch
@@ -524,9 +511,9 @@ def test_from_keras_layer_matches_keras(dtype, tol):
     lstm = interop.from_keras(layer)
     assert isinstance(lstm, gatekit.LSTM) and lstm.batch_first and lstm.dtype == dtype
     y, (h, c) = lstm(x)
-    assert_close(y, y_k, tol, "y")
-    assert_close(h[0], h_k, tol, "final stm")
-    assert_close(c[0], c_k, tol, "final ltm")
+    assert_relatively_close(y, y_k, tol, "y")
+    assert_relatively_close(h[0], h_k, tol, "final stm")
+    assert_relatively_close(c[0], c_k, tol, "final ltm")
 
 
 @needs_keras
@@ -545,17 +532,17 @@ def test_keras_bidirectional_stack_with_mask_matches_ragged_gatekit():
     lstm = interop.from_keras([first, second])
     y, (h, c) = lstm(x, lengths=lengths)
     for b, n in enumerate(lengths):         # Keras leaves zeros at masked steps, as gatekit does
-        assert_close(y[b, :n], y_k[b, :n], 1e-5, f"y of sequence {b}")
+        assert_relatively_close(y[b, :n], y_k[b, :n], 1e-5, f"y of sequence {b}")
         assert np.all(y[b, n:] == 0)
-    assert_close(h[2], h_f, 1e-5, "forward stm")
-    assert_close(c[3], c_b, 1e-5, "backward ltm")
+    assert_relatively_close(h[2], h_f, 1e-5, "forward stm")
+    assert_relatively_close(c[3], c_b, 1e-5, "backward ltm")
     # and back: gatekit weights into fresh Keras layers compute the same
     keras.utils.set_random_seed(2)
     again = gatekit.LSTM(D, H, bidirectional=True, batch_first=True, seed=11)
     layer = keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True))
     layer.build((B, T, D))
     layer.set_weights(interop.to_keras(again)[0])
-    assert_close(again(x, lengths=lengths)[0], keras_numpy([layer(x, mask=mask)])[0], 1e-5,
+    assert_relatively_close(again(x, lengths=lengths)[0], keras_numpy([layer(x, mask=mask)])[0], 1e-5,
                  "to_keras")
 
 
@@ -724,7 +711,7 @@ def test_to_onnx_of_a_bidirectional_stack():
 
 
 @pytest.mark.parametrize("variant", REFUSED_BY_ONNX)
-def test_presets_onnx_cannot_express_are_refused(variant):
+def test_variants_onnx_cannot_express_are_refused(variant):
     with pytest.raises(ValueError, match=f"ONNX's LSTM operator cannot express .*'{variant}'"):
         interop.to_onnx(gatekit.Cell(2, 3, variant))
 
@@ -807,9 +794,9 @@ def test_onnxruntime_runs_exported_layers_like_gatekit(variant):
     lengths = np.array([7, 3, 1, 5])
     y, (h, c) = lstm(x, lengths=lengths)
     y_ort, h_ort, c_ort = ort_run(interop.to_onnx(lstm), x, lengths)
-    assert_close(y, y_ort, 1e-5, "y")
-    assert_close(h[2:], h_ort, 1e-5, "last layer's final stm")
-    assert_close(c[2:], c_ort, 1e-5, "last layer's final ltm")
+    assert_relatively_close(y, y_ort, 1e-5, "y")
+    assert_relatively_close(h[2:], h_ort, 1e-5, "last layer's final stm")
+    assert_relatively_close(c[2:], c_ort, 1e-5, "last layer's final ltm")
 
 
 @needs_ort
@@ -822,5 +809,5 @@ def test_onnxruntime_weights_import_into_gatekit(peepholes, input_forget):
     y_ort, _, c_ort = ort_run([layer], x)
     cell = interop.from_onnx(layer, dtype=np.float32)
     y, (_, c) = cell(x)
-    assert_close(y, y_ort, 1e-5, "y")
-    assert_close(c, c_ort[0], 1e-5, "ltm")
+    assert_relatively_close(y, y_ort, 1e-5, "y")
+    assert_relatively_close(c, c_ort[0], 1e-5, "ltm")

@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 import gatekit
 from gatekit.nn import losses
 from gatekit.nn import optimisers as optim
-from gatekit.train import training
 from gatekit.io.saving import LoadError
+from gatekit.train import training
+
+from support import child_env
 
 
 def npy_bytes(array):
@@ -105,8 +107,9 @@ def run_limited(files):
     if not os.path.exists("/proc/self/status"):
         pytest.skip("needs /proc to set an address-space limit above the interpreter's size")
     args = [part for kind, path in files for part in (kind, str(path))]
-    result = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True,
-                            text=True, timeout=120, cwd=os.path.dirname(files[0][1]))
+    result = subprocess.run([sys.executable, "-c", CHILD, *args], env=child_env(),
+                            capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(files[0][1]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == len(files), result.stdout + result.stderr

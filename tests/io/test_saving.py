@@ -4,6 +4,7 @@ Oracles: the saved model itself (its parameters and its outputs on fresh input),
 reader for what the file holds, and files crafted by hand for every way loading must fail.
 """
 import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,8 +15,12 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.io import saving as io
 from gatekit.core import plugins
+from gatekit.io import saving as io
+
+from support import child_env
+
+
 def stored(path):
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
@@ -38,7 +43,7 @@ def rewrite(path, change_meta=None, change_arrays=None):
 
 @pytest.mark.parametrize("variant", gatekit.variants())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_preset_cell_round_trips(tmp_path, variant, dtype):
+def test_every_variant_cell_round_trips(tmp_path, variant, dtype):
     cell = gatekit.Cell(3, 4, variant, dtype=dtype, seed=1)
     path = tmp_path / "cell.npz"
     gatekit.save(cell, path)
@@ -141,11 +146,14 @@ def test_loading_never_unpickles(tmp_path):
     assert not os.path.exists(Boom.marker)
 
 
-def test_a_missing_plugin_is_named(tmp_path, register):
+# A plugin module registering one gate, GATE_NAME: f_t = σ(W_f [STM_{t-1}, E_t] + b_f) / 2.
+HALF_FORGET_PLUGIN = textwrap.dedent("""
+    import numpy as np
+    import gatekit
     from gatekit.core.reference import linear, sigmoid
 
     class HalfForget(gatekit.PythonGate):
-        role, name, blocks = "forget", "half_forget_io", ("f",)
+        role, name, blocks = "forget", "GATE_NAME", ("f",)
 
         @staticmethod
         def definition(STM_prev, E_t, W_f, b_f):
@@ -155,12 +163,25 @@ def test_a_missing_plugin_is_named(tmp_path, register):
         def forward(self, step):
             step.f_t[...] = 1 / (1 + np.exp(-step.z("f"))) / 2
 
-    class Plugin:
-        @gatekit.hookimpl
-        def register_gates(self, register):
-            register(HalfForget)
+    @gatekit.hookimpl
+    def register_gates(register):
+        register(HalfForget)
+""")
 
-    name = register(Plugin(), name="io-test-plugin")
+
+def write_half_forget_plugin(folder, module, gate_name):
+    """The module file ``module``.py in ``folder``, registering the gate ``gate_name``."""
+    path = folder / f"{module}.py"
+    path.write_text(HALF_FORGET_PLUGIN.replace("GATE_NAME", gate_name))
+    return path
+
+
+def test_a_missing_plugin_is_named(tmp_path, register):
+    source = write_half_forget_plugin(tmp_path, "half_forget_io_plugin", "half_forget_io")
+    spec = importlib.util.spec_from_file_location("half_forget_io_plugin", source)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    name = register(plugin, name="io-test-plugin")
     cell = gatekit.Cell(2, 3, forget="half_forget_io", seed=6)
     path = tmp_path / "plugin.npz"
     gatekit.save(cell, path)
@@ -209,32 +230,12 @@ def test_a_missing_plugin_names_the_distribution_to_install(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gatekit-test-halfgate\n"
                                    "Version: 1.2.3\n")
     (info / "entry_points.txt").write_text("[gatekit]\nhalf_ep = gatekit_test_halfgate\n")
-    (tmp_path / "gatekit_test_halfgate.py").write_text(textwrap.dedent("""
-        import numpy as np
-        import gatekit
-        from gatekit.core.reference import linear, sigmoid
-
-        class HalfForget(gatekit.PythonGate):
-            role, name, blocks = "forget", "half_forget_dist", ("f",)
-
-            @staticmethod
-            def definition(STM_prev, E_t, W_f, b_f):
-                s_t = linear(W_f, STM_prev, E_t, b_f)
-                return {"s_t": s_t, "f_t": sigmoid(s_t) / 2}
-
-            def forward(self, step):
-                step.f_t[...] = 1 / (1 + np.exp(-step.z("f"))) / 2
-
-        @gatekit.hookimpl
-        def register_gates(register):
-            register(HalfForget)
-    """))
+    write_half_forget_plugin(tmp_path, "gatekit_test_halfgate", "half_forget_dist")
     others = sorted({ep.name for ep in importlib.metadata.entry_points(group="gatekit")})
     path = tmp_path / "half.npz"
 
     def run(step, blocked):
-        env = dict(os.environ, GATEKIT_BLOCK_PLUGINS=",".join(blocked))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(tmp_path)]))
+        env = child_env(tmp_path, GATEKIT_BLOCK_PLUGINS=",".join(blocked))
         result = subprocess.run([sys.executable, "-c", DISTRIBUTION_PROBE, step, str(path)],
                                 env=env, capture_output=True, text=True, timeout=120,
                                 cwd=tmp_path)
@@ -250,8 +251,8 @@ def test_a_missing_plugin_names_the_distribution_to_install(tmp_path):
     assert "pip install 'gatekit-test-halfgate==1.2.3'" in message
 
 
-def test_an_unknown_preset_names_its_plugin(tmp_path):
-    path = tmp_path / "preset.npz"
+def test_an_unknown_variant_names_its_plugin(tmp_path):
+    path = tmp_path / "variant.npz"
     gatekit.save(gatekit.Cell(2, 3), path)
     rewrite(path, lambda meta: meta["variant"].update(name="exotic", plugin="gatekit-exotic",
                                                       version="0.3"))

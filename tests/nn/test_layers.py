@@ -3,7 +3,7 @@
 Oracles: the NumPy reference equations (gatekit.reference) composed layer by layer with a
 per-sequence Python reversal; every sequence of a ragged batch run alone; centred finite
 differences (Richardson-extrapolated, as gatekit.testing.gradcheck does). PyTorch's nn.LSTM is
-the oracle in test_interop.py.
+the oracle in tests/io/test_interop.py.
 """
 import warnings
 
@@ -11,23 +11,12 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.nn import optimisers as optim
 from gatekit.core import reference
+from gatekit.nn import optimisers as optim
+
+from support import F64_ATOL, centred_difference, frozen, rel_error, reverse_each
+
 VARIANTS = ["standard", "course", "literal", "peephole", "cifg", "janet", "nig"]
-
-
-def rel_error(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    scale = max(np.linalg.norm(a), np.linalg.norm(b))
-    return 0.0 if scale == 0 else float(np.linalg.norm(a - b) / scale)
-
-
-def reverse_each(x, lengths):
-    """Each sequence reversed within its own length, one at a time (padding left in place)."""
-    out = np.array(x, copy=True)
-    for b, L in enumerate(lengths):
-        out[:L, b] = x[:L, b][::-1]
-    return out
 
 
 def reference_lstm(lstm, x, state=None):
@@ -206,7 +195,8 @@ def test_reverse_direction_starts_at_each_sequences_last_step():
 
 
 def test_reverse_each_helper_matches_the_layer_bookkeeping():
-    # the test's own reversal against the definition, so the oracle above is sound
+    # The tests' own reversal (the layer oracles of tests/io/test_interop.py run on it) against its
+    # definition, so that those oracles are sound.
     x = np.arange(12).reshape(4, 3, 1)
     out = reverse_each(x, [4, 1, 2])
     assert out[:, 0, 0].tolist() == [9, 6, 3, 0]
@@ -232,15 +222,6 @@ def layer_gradcheck(lstm, x, state, lengths, seed, entries=5, eps=1e-4):
         y, (stm, ltm) = run()
         return np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
 
-    def centred(flat, i, step):
-        kept = flat[i]
-        flat[i] = kept + step
-        plus = loss()
-        flat[i] = kept - step
-        minus = loss()
-        flat[i] = kept
-        return (plus - minus) / (2 * step)
-
     _, _, tape = run(keep=True)
     analytic = lstm.backward(tape, dy, (dstm, dltm))
     inputs = {**lstm.params, "x": x, "stm0": state[0], "ltm0": state[1]}
@@ -248,8 +229,8 @@ def layer_gradcheck(lstm, x, state, lengths, seed, entries=5, eps=1e-4):
     for name, array in inputs.items():
         flat = array.reshape(-1)
         picked = rng.choice(flat.size, size=min(entries, flat.size), replace=False)
-        numeric = np.array([(4 * centred(flat, i, eps / 2) - centred(flat, i, eps)) / 3
-                            for i in picked])
+        numeric = np.array([(4 * centred_difference(loss, flat, i, eps / 2)
+                             - centred_difference(loss, flat, i, eps)) / 3 for i in picked])
         got = analytic[name].reshape(-1)[picked]
         scale = max(np.abs(numeric).max(), np.abs(got).max(), 1e-7)
         errors[name] = float(np.abs(got - numeric).max() / scale)
@@ -351,6 +332,45 @@ def test_dropout_on_a_single_layer_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gatekit.LSTM(2, 3, 2, dropout=0.5)
+
+
+# --- read-only inputs, and parameters changed between forward and backward ----------------------
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_read_only_inputs_of_an_lstm_just_work(bidirectional):
+    lstm = gatekit.LSTM(3, 4, bidirectional=bidirectional, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(6)
+    D = 2 if bidirectional else 1
+    x = rng.standard_normal((5, 2, 3))
+    state = tuple(rng.standard_normal((D, 2, 4)) for _ in range(2))
+    dstate = tuple(rng.standard_normal((D, 2, 4)) for _ in range(2))
+    dy = rng.standard_normal((5, 2, D * 4))
+    read_only_state = (frozen(state[0]), frozen(state[1]))
+    y, _ = lstm(frozen(x), read_only_state, lengths=frozen(np.array([5, 5])))
+    _, _, tape = lstm.forward(frozen(x), read_only_state, keep=True)
+    grads = lstm.backward(tape, frozen(dy), (frozen(dstate[0]), frozen(dstate[1])))
+
+    # The oracle: each direction's cell run by the reference, the reverse one on reversed time.
+    dx_want = np.zeros_like(x)
+    for k, order in enumerate([slice(None), slice(None, None, -1)][:D]):
+        cell = lstm.cell(0, reverse=k == 1)
+        own = (state[0][k], state[1][k])
+        y_ref, _ = reference.forward(cell, x[order], own)
+        np.testing.assert_allclose(y[:, :, 4 * k:4 * k + 4], y_ref[order], rtol=0,
+                                   atol=F64_ATOL)
+        want = reference.backward(cell, x[order], dy[order][:, :, 4 * k:4 * k + 4], own,
+                                  dstate[0][k], dstate[1][k])
+        dx_want += want["x"][order]
+    np.testing.assert_allclose(grads["x"], dx_want, rtol=1e-9, atol=1e-12)
+
+
+def test_lstm_backward_refuses_a_tape_whose_parameters_changed_and_names_the_cell():
+    lstm = gatekit.LSTM(3, 4, 2, dtype=np.float64, seed=1)
+    x = np.random.default_rng(2).standard_normal((4, 2, 3))
+    y, _, tape = lstm.forward(x, keep=True)
+    lstm.params["l1.W_i"][...] *= 2
+    with pytest.raises(ValueError, match=r"'l1\.W_i'.*changed after the forward pass"):
+        lstm.backward(tape, np.ones_like(y))
 
 
 # --- training through the layer -------------------------------------------------------------------

@@ -12,37 +12,19 @@ import gatekit
 from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.study import sweep
-from support import make_plugin
 
-sigmoid = reference.sigmoid
-TINY = dict(steps=4, hidden_size=4, batch_size=4, eval_every=2, eval_size=8)
-TASK = {"name": "temporal_order", "length": 10}
+from support import ORDER_TASK, PythonForget, make_plugin, sigmoid
 
-
-def forget_definition(STM_prev, E_t, W_f, b_f):
-    return {"f_t": sigmoid(reference.linear(W_f, STM_prev, E_t, b_f))}
+SHORT_RUN = dict(steps=4, hidden_size=4, batch_size=4, eval_every=2, eval_size=8)
 
 
 def halved_forget_definition(STM_prev, E_t, W_f, b_f):
     return {"f_t": 0.5 * sigmoid(reference.linear(W_f, STM_prev, E_t, b_f))}
 
 
-class ForgetBefore(gatekit.PythonGate):
-    """The standard forget gate."""
-    role, name, blocks, params = "forget", "edited_forget", ("f",), {}
-    definition = staticmethod(forget_definition)
-
-    def forward(self, step):
-        step.f_t[...] = sigmoid(step.z("f"))
-
-    def backward(self, step):
-        f = step.f_t
-        step.dz("f")[...] += step.df_t * f * (1 - f)
-
-
-class ForgetAfter(gatekit.PythonGate):
-    """The same gate after an edit of its code: it halves f_t."""
-    role, name, blocks, params = "forget", "edited_forget", ("f",), {}
+class EditedForget(gatekit.PythonGate):
+    """PythonForget after an edit of its code: it halves f_t."""
+    role, name, blocks, params = "forget", PythonForget.name, ("f",), {}
     definition = staticmethod(halved_forget_definition)
 
     def forward(self, step):
@@ -59,17 +41,17 @@ def sweep_once(spec, path):
 
 def test_an_edited_python_gate_runs_again(register, tmp_path):
     path = tmp_path / "runs.jsonl"
-    register(make_plugin(gates=[ForgetBefore]), name="edited-gates")
-    spec = sweep.make_spec("standard+forget=edited_forget", TASK, 0, **TINY)
+    register(make_plugin(gates=[PythonForget]), name="edited-gates")
+    spec = sweep.make_spec(f"standard+forget={PythonForget.name}", ORDER_TASK, 0, **SHORT_RUN)
     [before] = sweep_once(spec, path)
-    assert before["provenance"]["gates"]["forget"]["name"] == "edited_forget"
+    assert before["provenance"]["gates"]["forget"]["name"] == PythonForget.name
     assert before["provenance"]["gates"]["forget"]["plugin"] == "edited-gates"
     # Registered at run time: no distribution, no version; only its code tells versions apart.
     assert before["provenance"]["gates"]["forget"]["distribution"] is None
     assert before["provenance"]["gates"]["forget"]["version"] is None
 
     gatekit.unregister_plugin("edited-gates")
-    register(make_plugin(gates=[ForgetAfter]), name="edited-gates")
+    register(make_plugin(gates=[EditedForget]), name="edited-gates")
     after = sweep_once(spec, path)
     assert (after.ran, after.skipped) == (1, 0)
     assert after[0]["final_loss"] != before["final_loss"]      # the edit changes the numbers
@@ -80,7 +62,7 @@ def test_an_edited_python_gate_runs_again(register, tmp_path):
 
 def test_a_new_gatekit_version_runs_again(tmp_path, monkeypatch):
     path = tmp_path / "runs.jsonl"
-    spec = sweep.make_spec("standard", TASK, 0, **TINY)
+    spec = sweep.make_spec("standard", ORDER_TASK, 0, **SHORT_RUN)
     [first] = sweep_once(spec, path)
     assert first["provenance"]["gatekit"] == gatekit.__version__
     for role in ("forget", "learn", "remember", "use"):
@@ -96,7 +78,7 @@ def test_a_new_plugin_version_runs_again_and_is_recorded(tmp_path, monkeypatch):
     if "softsign" not in gatekit.gates()["use"]:
         pytest.skip("the gatekit-numpy-gates example plugin is not installed")
     path = tmp_path / "runs.jsonl"
-    spec = sweep.make_spec("standard+use=softsign", TASK, 0, **TINY)
+    spec = sweep.make_spec("standard+use=softsign", ORDER_TASK, 0, **SHORT_RUN)
     [first] = sweep_once(spec, path)
     use = first["provenance"]["gates"]["use"]
     assert use["distribution"] == "gatekit-numpy-gates"
@@ -122,7 +104,7 @@ def test_a_compiled_gate_is_known_by_its_module_file(tmp_path, monkeypatch):
 
 def test_a_changed_task_runs_again(tmp_path, monkeypatch):
     path = tmp_path / "runs.jsonl"
-    spec = sweep.make_spec("standard", TASK, 0, **TINY)
+    spec = sweep.make_spec("standard", ORDER_TASK, 0, **SHORT_RUN)
     [first] = sweep_once(spec, path)
     task_class = plugins.registry().tasks["temporal_order"].cls
     original = task_class.solved
@@ -148,7 +130,7 @@ def test_a_worker_with_other_code_is_warned_about_and_not_rerun_forever(tmp_path
 
     monkeypatch.setattr(sweep, "run_one", elsewhere)
     path = tmp_path / "runs.jsonl"
-    spec = sweep.make_spec("standard", TASK, 0, **TINY)
+    spec = sweep.make_spec("standard", ORDER_TASK, 0, **SHORT_RUN)
     with pytest.warns(sweep.ResultsWarning, match=r"ran with other code .*\(forget 'standard'"):
         [record] = sweep_once(spec, path)
     assert record["provenance"]["gates"]["forget"]["code"] == "elsewhere"

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from gatekit.study import sweep
-from test_compare import ORDER, TINY
+
+from support import ORDER_TASK, TINY_RUN
 
 RUN_ONE = sweep.run_one
-FAST = {**TINY, "steps": 20, "eval_every": 10, "eval_size": 16}
+FAST = {**TINY_RUN, "steps": 20, "eval_every": 10, "eval_size": 16}
 MARKER = "GATEKIT_TEST_DIE_ONCE_MARKER"
 
 
@@ -30,7 +31,7 @@ def dies_on_seed_one(spec):
 
 
 def specs(seeds=range(6)):
-    return [sweep.make_spec("standard", ORDER, s, **FAST) for s in seeds]
+    return [sweep.make_spec("standard", ORDER_TASK, s, **FAST) for s in seeds]
 
 
 def test_a_worker_lost_once_costs_no_run(tmp_path, monkeypatch):

@@ -160,6 +160,35 @@ def test_adding_problem_solved_when_error_below_tolerance():
     assert tasks.AddingProblem(6, tolerance=0.1).solved(outputs, target)[3:5].all()
 
 
+@pytest.mark.parametrize("length", [2, 7, 20])
+def test_adding_problem_sample(length):
+    task = tasks.AddingProblem(length)
+    B = 64
+    x, target = task.sample(B, np.random.default_rng(5))
+    assert x.shape == (length, B, 2) and target.shape == (B, 1)
+    values, markers = x[..., 0], x[..., 1]
+    assert np.all((values >= 0) & (values < 1))
+    assert set(np.unique(markers)) <= {0.0, 1.0}
+    half = length // 2
+    for b in range(B):
+        marked = np.flatnonzero(markers[:, b])
+        assert len(marked) == 2
+        assert marked[0] < half <= marked[1]
+        assert target[b, 0] == pytest.approx(values[marked[0], b] + values[marked[1], b],
+                                              rel=1e-15)
+
+    again = task.sample(B, np.random.default_rng(5))
+    np.testing.assert_array_equal(again[0], x)
+    np.testing.assert_array_equal(again[1], target)
+    different = task.sample(B, np.random.default_rng(6))
+    assert not np.array_equal(different[0], x)
+
+
+def test_adding_problem_rejects_short_sequences():
+    with pytest.raises(ValueError, match="length"):
+        tasks.AddingProblem(1)
+
+
 # --- The embedded Reber grammar --------------------------------------------------------------
 # The Reber grammar as a regular expression, derived by hand from the graph: from the node after
 # B, T S* X leads to the node with X/S out, P T* V to the node with V/P out.
