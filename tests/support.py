@@ -302,7 +302,9 @@ def child_env(*paths, **variables):
     source = str(Path(gatekit.__file__).resolve().parent.parent)
     env = dict(os.environ)
     inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([source, *inherited, *map(str, paths)])
+    # After the inherited entries, which the parent's import path starts with too (a folder
+    # hiding an optional part then hides it from the child as well).
+    env["PYTHONPATH"] = os.pathsep.join([*inherited, source, *map(str, paths)])
     for name, value in variables.items():
         if value is None:
             env.pop(name, None)
