@@ -1,8 +1,10 @@
-"""Fixtures for gatekit's forward-pass tests (helpers are in forward_support.py)."""
+"""Fixtures for gatekit's tests (the helpers are in support.py)."""
 import pytest
 
 import gatekit
 from gatekit.core import plugins
+
+
 @pytest.fixture
 def register():
     """Register plugins for one test; every one still registered is removed at teardown, so the

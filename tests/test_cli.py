@@ -2,13 +2,13 @@
 trace` builds and draws.
 
 Errors are checked through real processes of the command (``python -m gatekit.cli``): their
-exit status and what they write on stderr.
+exit status and what they write on stderr. Pictures are checked from the files written, as in
+tests/study/test_pictures.py.
 """
 import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +16,13 @@ import pytest
 import gatekit
 from gatekit import cli
 from gatekit.study import nature_show
-# The gatekit the tests import, for the processes they start.
-SOURCE = str(Path(gatekit.__file__).resolve().parent.parent)
+
+from support import child_env, needs, png_size, svg_panels_and_size
 
 
 def run_cli(*args, cwd):
-    paths = [SOURCE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     return subprocess.run([sys.executable, "-m", "gatekit.cli", *map(str, args)], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=child_env(), capture_output=True, text=True, timeout=300)
 
 
 # --- Errors ----------------------------------------------------------------------------------
@@ -107,7 +105,19 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
     monkeypatch.setattr(gatekit.study.variants_table, "variant_rows", broken)
     with pytest.raises(TypeError, match="a bug"):
-        cli.main(["presets"])
+        cli.main(["variants"])
+
+
+def test_presets_is_the_old_name_of_variants(capsys):
+    def table(command):
+        """The table the command prints, without the columns of times."""
+        assert cli.main([command, "--shape", "4,2,3,5"]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+        return [row[:2] + row[4:] if len(row) == 6 else row for row in rows]
+
+    variants = table("variants")
+    assert {"standard", "janet"} <= {row[0] for row in variants}
+    assert table("presets") == variants
 
 
 def test_version(tmp_path):
@@ -136,12 +146,17 @@ def test_every_option_has_help():
     assert undocumented == []
 
 
-# --- gatekit trace -----------------------------------------------------------------------------
+# --- What gatekit trace builds ---------------------------------------------------------------
 
 @pytest.fixture
-def drawn(monkeypatch):
+def plotting():
+    """`gatekit trace` draws with matplotlib, an optional dependency."""
+    needs("matplotlib")
+
+
+@pytest.fixture
+def drawn(plotting, monkeypatch):
     """What `gatekit trace` hands to the picture functions: {function: (args, kwargs)}."""
-    pytest.importorskip("matplotlib")
     from gatekit.study import pictures as visual
     calls = {}
     for name in ("heatmaps", "lines", "saturation"):
@@ -200,3 +215,51 @@ def test_the_nature_show_default_traces_the_scripted_episode(drawn, tmp_path):
     np.testing.assert_array_equal(trace["E_t"][:, 0], np.eye(9)[columns])
     assert options["events"] == episode
     assert list(options["marks"]) == [6, 14, 22]
+
+
+# --- What gatekit trace draws ---------------------------------------------------------------
+
+def test_cli_trace_heatmaps(plotting, tmp_path, capsys):
+    png, svg = tmp_path / "t.png", tmp_path / "t.svg"
+    assert cli.main(["trace", "--train-steps", "20", "--dpi", "40", "--out", str(png),
+                     "--out", str(svg)]) == 0
+    assert png_size(png)[0] > 0
+    # course on the nature show: the input and the nine quantities of the course cell
+    assert len(svg_panels_and_size(svg)[0]) == 9
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, panels", [
+    (["--kind", "lines", "--units", "0,2", "--quantities", "f_t,LTM_t"], 3),
+    (["--kind", "saturation"], 2),
+    (["--task", "adding", "--length", "12", "--quantities", "f_t,i_t"], 3),
+])
+def test_cli_trace_kinds_and_tasks(plotting, tmp_path, arguments, panels):
+    svg = tmp_path / "t.svg"
+    assert cli.main(["trace", "--train-steps", "10", *arguments, "--out", str(svg)]) == 0
+    assert len(svg_panels_and_size(svg)[0]) == panels
+
+
+def test_cli_trace_saved_models_and_npy_input(plotting, tmp_path):
+    x = np.random.default_rng(0).standard_normal((9, 5))
+    np.save(tmp_path / "x.npy", x)
+    gatekit.save(gatekit.Cell(5, 4, "peephole", seed=0), tmp_path / "cell.npz")
+    gatekit.save(gatekit.LSTM(5, 4, 2, bidirectional=True, seed=0), tmp_path / "lstm.npz")
+    for model, extra in (("cell.npz", []), ("lstm.npz", ["--cell", "l1_reverse"])):
+        svg = tmp_path / f"{model}.svg"
+        assert cli.main(["trace", "--model", str(tmp_path / model), "--input",
+                         str(tmp_path / "x.npy"), *extra, "--quantities", "f_t,STM_t",
+                         "--out", str(svg)]) == 0
+        assert len(svg_panels_and_size(svg)[0]) == 3
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--out", "t.jpg"], ".png or .svg"),
+    (["--train-steps", "0", "--quantities", "q_t"], "no 'q_t'"),
+])
+def test_cli_trace_errors(tmp_path, capsys, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["trace", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -8,7 +8,11 @@ import pytest
 import gatekit
 from gatekit.core import reference
 from gatekit.testing import check_gate, gradcheck
-from gatekit_floored_forget import ForgetFloored, _floored
+
+pytest.importorskip(
+    "gatekit_floored_forget", exc_type=ImportError,
+    reason="the example plugin is not installed: pip install plugins/gatekit-floored-forget")
+from gatekit_floored_forget import ForgetFloored, _floored  # noqa: E402
 
 D, H, T, B = 3, 4, 7, 2
 

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 import gatekit
-import gatekit_floored_forget
 from gatekit.core import plugins
+
+gatekit_floored_forget = pytest.importorskip(
+    "gatekit_floored_forget", exc_type=ImportError,
+    reason="the example plugin is not installed: pip install plugins/gatekit-floored-forget")
+
 ENTRY_POINT = "floored_forget"
 DISTRIBUTION = "gatekit-floored-forget"
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -26,17 +30,17 @@ def test_entry_point_is_installed():
     assert found[ENTRY_POINT].load() is gatekit_floored_forget
 
 
-def test_gate_and_preset_are_registered_by_the_plugin():
+def test_gate_and_variant_are_registered_by_the_plugin():
     assert "floored" in gatekit.gates()["forget"]
     assert "floored" in gatekit.variants()
     registry = plugins.registry()
     entry = registry.gates["forget"]["floored"]
     assert entry.cls is gatekit_floored_forget.ForgetFloored
     assert entry.plugin == ENTRY_POINT
-    preset = registry.variants["floored"]
-    assert preset.plugin == ENTRY_POINT
-    assert preset.gates == {"forget": "floored", "learn": "standard", "remember": "standard",
-                            "use": "standard"}
+    variant = registry.variants["floored"]
+    assert variant.plugin == ENTRY_POINT
+    assert variant.gates == {"forget": "floored", "learn": "standard", "remember": "standard",
+                             "use": "standard"}
     assert gatekit.Cell(3, 4, "floored").gate_names["forget"] == "floored"
 
 

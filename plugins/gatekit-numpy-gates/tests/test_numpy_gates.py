@@ -7,7 +7,11 @@ import pytest
 import gatekit
 from gatekit.core import reference
 from gatekit.testing import check_gate, gradcheck
-from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign
+
+pytest.importorskip(
+    "gatekit_numpy_gates", exc_type=ImportError,
+    reason="the example plugin is not installed: pip install plugins/gatekit-numpy-gates")
+from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign  # noqa: E402
 
 D, H, T, B = 3, 4, 6, 2
 

@@ -5,7 +5,11 @@ import pytest
 
 import gatekit
 from gatekit.core import reference
-from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign
+
+pytest.importorskip(
+    "gatekit_numpy_gates", exc_type=ImportError,
+    reason="the example plugin is not installed: pip install plugins/gatekit-numpy-gates")
+from gatekit_numpy_gates import ForgetHardSigmoid, UseSoftsign  # noqa: E402
 
 D, H, T, B = 3, 4, 5, 2
 
@@ -38,7 +42,7 @@ class ForgetHalfNoBackward(gatekit.PythonGate):
         step.f_t[...] = 0.5
 
 
-class TestGates:
+class GatesOfTheseTests:
     @gatekit.hookimpl
     def register_gates(self, register):
         register(CountingSoftsign)
@@ -46,8 +50,8 @@ class TestGates:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def test_gates():
-    name = gatekit.register_plugin(TestGates(), name="gatekit-numpy-gates-tests")
+def gates_of_these_tests():
+    name = gatekit.register_plugin(GatesOfTheseTests(), name="gatekit-numpy-gates-tests")
     yield
     gatekit.unregister_plugin(name)
 

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 import gatekit
-import gatekit_numpy_gates
 from gatekit.core import plugins
+
+gatekit_numpy_gates = pytest.importorskip(
+    "gatekit_numpy_gates", exc_type=ImportError,
+    reason="the example plugin is not installed: pip install plugins/gatekit-numpy-gates")
+
 ENTRY_POINT = "numpy_gates"
 DISTRIBUTION = "gatekit-numpy-gates"
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -29,7 +33,7 @@ def test_entry_point_is_installed():
     assert found[ENTRY_POINT].load() is gatekit_numpy_gates
 
 
-def test_gates_and_presets_are_registered_by_the_plugin():
+def test_gates_and_variants_are_registered_by_the_plugin():
     registry = plugins.registry()
     for role, name in GATES.items():
         assert name in gatekit.gates()[role]
@@ -38,10 +42,10 @@ def test_gates_and_presets_are_registered_by_the_plugin():
     assert registry.gates["forget"]["hard_sigmoid"].cls is gatekit_numpy_gates.ForgetHardSigmoid
     for name, gates in VARIANTS.items():
         assert name in gatekit.variants()
-        preset = registry.variants[name]
-        assert preset.plugin == ENTRY_POINT
-        assert preset.gates == {"forget": "standard", "learn": "standard",
-                                "remember": "standard", "use": "standard", **gates}
+        variant = registry.variants[name]
+        assert variant.plugin == ENTRY_POINT
+        assert variant.gates == {"forget": "standard", "learn": "standard",
+                                 "remember": "standard", "use": "standard", **gates}
 
 
 def test_installed_version_is_the_source_version():

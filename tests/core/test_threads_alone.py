@@ -1,0 +1,92 @@
+"""A threaded call whose thread 0 goes on alone part-way (what it does when the machine is
+busy and the team's barrier waits say one thread would be faster).
+
+The switch depends on timing, so these tests make it happen at a chosen step through the
+compiled loop's ``alone_at`` argument, and check that the rest of the pass, now run by thread 0
+over every thread's packed weights, gives the same bits as one thread from the start, and the
+reference's result to rounding.
+"""
+import functools
+
+import numpy as np
+import pytest
+
+import gatekit
+from gatekit.core import cell as cell_module
+from gatekit.core import reference
+
+from support import assert_close, assert_same_bits, make_plugin
+
+UseStandard = type(gatekit.Cell(1, 1, "standard").gates[3])
+
+
+class MixingUse(UseStandard):
+    """The standard Use gate declared as mixing units: on a team, thread 0 runs it over all
+    units between two barriers; alone, it runs as on one thread."""
+    name = "alone_mixing_use"
+    mixes_units = True
+
+
+class LoopGoingAlone:
+    """``gatekit.core.cell``'s view of the compiled loop, with every forward and backward pass told
+    to go alone after step ``at``."""
+
+    def __init__(self, loop, at):
+        self._loop = loop
+        self.forward = functools.partial(loop.forward, alone_at=at)
+        self.backward = functools.partial(loop.backward, alone_at=at)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+D, H, B, T = 24, 96, 24, 40         # 3 panels of float32 on AVX-512, more elsewhere; 3 threads
+
+
+def run(cell, x, state, dy, lengths=None):
+    y, final, tape = cell.forward(x, state, keep=True, lengths=lengths)
+    grads = cell.backward(tape, dy)
+    return y, final, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("at", [0, 17, T - 1], ids=lambda at: f"at{at}")
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("variant, use", [("standard", None), ("course", None),
+                                          ("peephole", None), ("standard", "alone_mixing_use")],
+                         ids=["standard", "course-syncs", "peephole", "mixing-use"])
+def test_going_alone_changes_no_bit(monkeypatch, register, variant, use, threads, at, dtype):
+    register(make_plugin(gates=[MixingUse]), name="test-alone-mixing")
+    overrides = {"use": use} if use else {}
+    team = gatekit.Cell(D, H, variant, dtype=dtype, seed=3, threads=threads, **overrides)
+    solo = gatekit.Cell(D, H, variant, dtype=dtype, seed=3, threads=1, **overrides)
+    assert cell_module._loop.plan(T, B, D, H, team._weights.shape[0], threads,
+                                  dtype == np.float32)[0] >= 2
+    rng = np.random.default_rng(at + threads)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    lengths[0] = T
+    want = [run(solo, x, state, dy), run(solo, x, state, dy, lengths)]
+    monkeypatch.setattr(cell_module, "_loop", LoopGoingAlone(cell_module._loop, at))
+    for ragged, (y1, final1, grads1) in enumerate(want):
+        y, final, grads = run(team, x, state, dy, lengths if ragged else None)
+        assert_same_bits(y, y1, "y")
+        assert_same_bits(final[0], final1[0], "stm")
+        assert_same_bits(final[1], final1[1], "ltm")
+        assert set(grads) == set(grads1)
+        for name in grads:
+            assert_same_bits(grads[name], grads1[name], f"d{name}")
+    # And the equations: the run of one thread from the start is no oracle by itself.
+    y_ref, _ = reference.forward(team, x, state, dtype=np.float64)
+    grads_ref = reference.backward(team, x, dy, state, dtype=np.float64)
+    y, _, grads = run(team, x, state, dy)
+    assert_close(dtype, y, y_ref, "y")
+    # A gradient sums T * B terms: bounded relative to its largest entry (observed: 2e-6 in
+    # float32, 4e-15 in float64).
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for name, want_grad in grads_ref.items():
+        scale = max(1.0, np.abs(want_grad).max())
+        np.testing.assert_allclose(grads[name], want_grad, rtol=0, atol=tolerance * scale,
+                                   err_msg=name)
