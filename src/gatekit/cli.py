@@ -4,7 +4,6 @@ import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -16,7 +16,7 @@ from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.core.plugins import PluginError
 
-from support import (BUILTIN_VARIANTS, F32_ATOL, F32_RTOL, REPO, assert_matches_reference,
+from support import (BUILTIN_VARIANTS, F32_ATOL, F32_RTOL, assert_matches_reference,
                      child_env, make_plugin, random_inputs)
 
 sigmoid = reference.sigmoid
@@ -494,29 +494,3 @@ def test_block_clash_with_another_gates_parameter_names_both(register):
     message = str(info.value)
     assert "forget gate 'with_w_u' of plugin 'test-param-clash' (parameter 'W_u')" in message
     assert "use gate 'literal' of plugin 'gatekit.core.builtin_variants' (block 'u')" in message
-
-
-def _readme_block_table():
-    """The README's table of the built-in gates' names: {(role, gate): (blocks, parameters)}."""
-    text = (REPO / "README.md").read_text()
-    header = "| role | gate | blocks | other parameters |"
-    assert header in text, "the README lost its table of the built-in gates' block names"
-    rows = {}
-    for line in text[text.index(header):].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        role, gate, blocks, params = (cell.strip() for cell in line.strip("|").split("|"))
-
-        def names(column):
-            return () if column == "—" else tuple(name.strip().strip("`")
-                                                  for name in column.split(","))
-        rows[(role, gate.strip("`"))] = (names(blocks), names(params))
-    return rows
-
-
-def test_readme_table_of_block_names_matches_the_built_in_gates():
-    registered = {(role, name): (tuple(entry.cls.blocks), tuple(entry.cls.params))
-                  for role, entries in plugins.registry().gates.items()
-                  for name, entry in entries.items()
-                  if entry.plugin == "gatekit.core.builtin_variants"}
-    assert _readme_block_table() == registered

@@ -27,7 +27,6 @@ import stat
 import zipfile
 import zlib
 
-import numpy as np
 from numpy.lib import format as npy_format
 
 _TEMPORARY_NAME = re.compile(r"\.tmp-gatekit\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)"

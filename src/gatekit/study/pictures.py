@@ -190,7 +190,7 @@ def saturation(traces, gates=SATURATION_GATES, *, low=0.1, high=0.9, title=None,
         ax.grid(True, linewidth=0.3)
         ax.set_gid(f"panel-{k}")
     axes[0].set_ylabel(f"fraction of steps > {high:g} (right-saturated)", fontsize=8)
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes:
         for handle, text in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(text, handle)
