@@ -10,14 +10,101 @@ Buffers, for T steps of B sequences, D inputs, H units and K blocks (KH = K * H 
 W (KH, H + D) with the STM columns first, bias (KH,), x (T, B, D), z (T, B, KH) the
 pre-activations; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
-ltm[0] = the initial LTM; y (T, B, H) receives STM_t. S is T when the forward pass keeps a tape
-for backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
+ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .. T - 1, so
+STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for
+backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
 (``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
+
+The file reads top-down:
+
+- the plan: which loop a call runs, and how its units are split between threads;
+- the team: the threads of one call, the barrier that keeps them in step, a thread's share of
+  the gates of a step, and thread 0 going on alone when the team would be slower;
+- the forward pass: ``forward``, the plain loop (calls too small to be worth packing the
+  weights), then a thread's part of the tiled loop;
+- the backward pass: the recurrence it computes, ``backward``, a thread's part of the time loop,
+  then of the weight gradients that follow it;
+- helpers that both passes use: pointing the step at step t, the products over packed weights.
+
+Each section starts with what it offers and goes on with what that calls.
 """
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
 import numpy as np
 
 from gatekit.core._gate import PythonGate
+
+
+cdef extern from "_tiles.h" nogil:
+    ctypedef struct gk_barrier:
+        pass
+    ctypedef struct gk_start:
+        pass
+    void gk_barrier_init(gk_barrier* barrier, int size)
+    void gk_barrier_wait(gk_barrier* barrier)
+    long long gk_barrier_waited(gk_barrier* barrier)
+    long long gk_now_ns()
+    void gk_start_init(gk_start* start)
+    int gk_wait_for_start(gk_start* start)
+    void gk_set_start(gk_start* start, int value)
+    void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
+                       Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
+    void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
+                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
+    void gk_product_float(Py_ssize_t rows, const float* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                          const float* a2, Py_ssize_t lda2, Py_ssize_t k2, const float* panel,
+                          const float* bias, float* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_double(Py_ssize_t rows, const double* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                           const double* a2, Py_ssize_t lda2, Py_ssize_t k2, const double* panel,
+                           const double* bias, double* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_unsplit_float(Py_ssize_t rows, const float* a, Py_ssize_t lda, Py_ssize_t k,
+                                  const float* panel, float* c, Py_ssize_t ldc, Py_ssize_t n)
+    void gk_product_unsplit_double(Py_ssize_t rows, const double* a, Py_ssize_t lda,
+                                   Py_ssize_t k, const double* panel, double* c,
+                                   Py_ssize_t ldc, Py_ssize_t n)
+    enum:
+        GK_PANEL_FLOAT
+        GK_PANEL_DOUBLE
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
+                       void* (*run)(void*) noexcept nogil, void* argument)
+    int pthread_join(pthread_t thread, void** result)
+
+
+# What the threads of a call run, in the order a backward call runs it (forward: FORWARD only).
+cdef enum Phase:
+    FORWARD = 0
+    BACKWARD = 1
+    FINISH = 2              # each gate once over the whole tape, after the last backward step
+    WEIGHTS = 3             # the weight gradients and dx, after FINISH
+
+# Thresholds of the plan and of the team.
+cdef enum:
+    # A call of fewer than FEW_STEPS steps of at most FEW_SEQUENCES sequences (the fixed cost of
+    # a call) takes the plain loop: its products are too small to be worth packing the weights.
+    FEW_SEQUENCES = 4
+    FEW_STEPS = 8
+    MAX_TEAM = 16
+    # Multiply-adds per call below which a second thread costs more (starting it, a barrier per
+    # step) than it saves.
+    THREADED_CALL_WORK = 4194304
+    # Multiply-adds per step that each thread of a call must have: a barrier costs about a
+    # microsecond when the other thread is running, and a scheduler's wake-up (tens of
+    # microseconds) when the machine is busy and it is not.
+    THREAD_STEP_WORK = 32768
+    # How long a call runs as a team before thread 0 judges, from the time the team has waited
+    # at its barriers, whether one thread would be faster (see go_alone).
+    JUDGE_AFTER_NS = 2000000
+
+# Sizes: rows of the whole sequence (T * B) that one product over packed weights takes at a
+# time, so that they stay in cache while every panel passes over them.
+cdef enum:
+    INPUT_ROWS = 192                # the input projection, z = bias + E @ W[:, H:].T
+    GRADIENT_ROWS = 256             # dz and [STM_{t-1}, E_t] of the weight gradients
+    INPUT_GRADIENT_ROWS = 48        # dz, for dx = dz @ W[:, H:]
 
 
 # StepFloat and StepDouble differ only in the type their data pointers point to. The loop is
@@ -59,171 +146,18 @@ def _check_layout():
 
 _check_layout()
 
-DEF FORWARD = 0
-DEF BACKWARD = 1
-DEF FINISH = 2
-DEF WEIGHTS = 3
 
+# ---------------------------------------------------------------------------------------------
+# The plan: which loop a call runs, on how many threads, each computing which units
+# ---------------------------------------------------------------------------------------------
 
-cdef inline bint run_gate(void* gate, int phase, StepAny* s, bint single,
-                          size_t* dparam) noexcept nogil:
-    """Let ``gate`` (a Gate, borrowed: threads of the loop hold no references) do its part of
-    a step (its parameter gradients at ``dparam``); False if it failed."""
-    s.dparam = <void**> dparam
-    if phase == FORWARD:
-        if single:
-            (<Gate> gate).forward_float(<StepFloat*> s)
-        else:
-            (<Gate> gate).forward_double(<StepDouble*> s)
-    elif phase == BACKWARD:
-        if single:
-            (<Gate> gate).backward_float(<StepFloat*> s)
-        else:
-            (<Gate> gate).backward_double(<StepDouble*> s)
-    else:
-        if single:
-            (<Gate> gate).finish_float(<StepFloat*> s)
-        else:
-            (<Gate> gate).finish_double(<StepDouble*> s)
-    return s.error == 0
-
-
-# A call of a few steps of a few sequences (the fixed cost of a call) takes the plain loop:
-# its products are too small to be worth packing the weights, so they are plain dot products.
-# Every other call, and every backward pass, takes the tiled loop below.
-DEF FEW_SEQUENCES = 4
-DEF FEW_STEPS = 8
-
-
-cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, Py_ssize_t lda,
-                              const floating* rows, Py_ssize_t ldr, Py_ssize_t m, Py_ssize_t n,
-                              Py_ssize_t k) noexcept nogil:
-    """out[i, j] += Σ_l a[i, l] * rows[j, l] for i < m, j < n: a matrix product too small to be
-    worth packing. Each dot product runs in 8 interleaved partial sums, which the compiler turns
-    into one vector."""
-    cdef Py_ssize_t i, j, l, u, whole = k - k % 8
-    cdef floating partial[8]
-    cdef floating total
-    cdef const floating* ai
-    cdef const floating* rj
-    for i in range(m):
-        ai = a + i * lda
-        for j in range(n):
-            rj = rows + j * ldr
-            for u in range(8):
-                partial[u] = 0
-            for l in range(0, whole, 8):
-                for u in range(8):
-                    partial[u] += ai[l + u] * rj[l + u]
-            total = 0
-            for u in range(8):
-                total += partial[u]
-            for l in range(whole, k):
-                total += ai[l] * rj[l]
-            out[i * ldo + j] += total
-
-
-cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
-                               Py_ssize_t kept, floating* ltm, floating* y, const floating* stm0,
-                               Py_ssize_t forget_preactivation) noexcept nogil:
-    """Point the step's forward fields at step t of the buffers (see the module docstring):
-    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, y T steps, each B * H."""
-    cdef Py_ssize_t BH = s.e.B * s.e.H, k = t % kept
-    s.e.t = t
-    s.z = z
-    s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
-    s.STM_prev = stm0 if t == 0 else y + (t - 1) * BH
-    s.LTM_prev, s.LTM_t = ltm + (t % (kept + 1)) * BH, ltm + ((t + 1) % (kept + 1)) * BH
-    s.f_t, s.i_t, s.N_t = acts + k * BH, acts + (kept + k) * BH, acts + (2 * kept + k) * BH
-    s.U_t, s.V_t = acts + (3 * kept + k) * BH, acts + (4 * kept + k) * BH
-    s.STM_t = y + t * BH
-
-
-# The tiled loop (gatekit/_tiles.h): weights packed once per call, the product of each step
-# done in register tiles, the units split between the threads of the call.
-cdef extern from "_tiles.h" nogil:
-    ctypedef struct gk_barrier:
-        pass
-    ctypedef struct gk_start:
-        pass
-    void gk_barrier_init(gk_barrier* barrier, int size)
-    void gk_barrier_wait(gk_barrier* barrier)
-    long long gk_barrier_waited(gk_barrier* barrier)
-    long long gk_now_ns()
-    void gk_start_init(gk_start* start)
-    int gk_wait_for_start(gk_start* start)
-    void gk_set_start(gk_start* start, int value)
-    void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
-                       Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
-    void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
-                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
-    void gk_product_float(Py_ssize_t rows, const float* a1, Py_ssize_t lda1, Py_ssize_t k1,
-                          const float* a2, Py_ssize_t lda2, Py_ssize_t k2, const float* panel,
-                          const float* bias, float* c, Py_ssize_t ldc, Py_ssize_t n)
-    void gk_product_double(Py_ssize_t rows, const double* a1, Py_ssize_t lda1, Py_ssize_t k1,
-                           const double* a2, Py_ssize_t lda2, Py_ssize_t k2, const double* panel,
-                           const double* bias, double* c, Py_ssize_t ldc, Py_ssize_t n)
-    void gk_product_unsplit_float(Py_ssize_t rows, const float* a, Py_ssize_t lda, Py_ssize_t k,
-                                  const float* panel, float* c, Py_ssize_t ldc, Py_ssize_t n)
-    void gk_product_unsplit_double(Py_ssize_t rows, const double* a, Py_ssize_t lda,
-                                   Py_ssize_t k, const double* panel, double* c,
-                                   Py_ssize_t ldc, Py_ssize_t n)
-    enum:
-        GK_PANEL_FLOAT
-        GK_PANEL_DOUBLE
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    ctypedef struct pthread_attr_t:
-        pass
-    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
-                       void* (*run)(void*) noexcept nogil, void* argument)
-    int pthread_join(pthread_t thread, void** result)
-
-
-DEF MAX_TEAM = 16
-# Multiply-adds per call below which a second thread costs more (starting it, a barrier per
-# step) than it saves.
-DEF THREADED_CALL_WORK = 4194304
-# Multiply-adds per step that each thread of a call must have: a barrier costs about a
-# microsecond when the other thread is running, and a scheduler's wake-up (tens of
-# microseconds) when the machine is busy and it is not.
-DEF THREAD_STEP_WORK = 32768
-# How long a call runs as a team before thread 0 judges, from the time the team has waited at
-# its barriers, whether one thread would be faster (see go_alone).
-DEF JUDGE_AFTER_NS = 2000000
-DEF INPUT_ROWS = 192
-
-
-cdef inline Py_ssize_t panel_width(bint single) noexcept nogil:
-    return GK_PANEL_FLOAT if single else GK_PANEL_DOUBLE
-
-
-cdef struct Plan:
-    int team                 # threads of the tiled loop, or 0 for the plain loop
-    Py_ssize_t units         # units per thread, a multiple of the panel width (but for the last)
-    Py_ssize_t panels        # numbers in the packed weights of the forward pass
-
-
-cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                    int threads, bint single) noexcept nogil:
-    cdef Plan P
-    cdef Py_ssize_t nr = panel_width(single), step_work = B * KH * (H + D), shares
-    P.team, P.units, P.panels = 0, H, 0
-    if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and T < FEW_STEPS):
-        return P
-    P.team = max(1, min(threads, MAX_TEAM))
-    if T * step_work < THREADED_CALL_WORK * P.team:
-        P.team = 1
-    P.team = <int> max(1, min(P.team, step_work // THREAD_STEP_WORK))
-    # Whole panels per thread; fewer threads if there are not that many panels to share.
-    shares = (H + nr - 1) // nr
-    P.units = ((shares + P.team - 1) // P.team) * nr
-    P.team = <int> ((H + P.units - 1) // P.units)
-    # Every thread's share of every block, in whole (zero-padded) panels of H + D numbers.
-    P.panels = (KH // H) * (H + D) * nr * (
-        (P.team - 1) * (P.units // nr) + (H - (P.team - 1) * P.units + nr - 1) // nr)
-    return P
+def plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, int threads,
+         bint single):
+    """Which loop a forward call of these sizes runs: ``(threads, units)``, the threads of the
+    tiled loop and the units each computes (the last may have fewer), or ``(0, H)`` for the
+    plain loop. (A call with a gate written in Python runs on one thread.)"""
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    return P.team, P.units
 
 
 def threads_for(tuple gates, int threads):
@@ -235,24 +169,73 @@ def threads_for(tuple gates, int threads):
     return threads
 
 
-cdef check_shape(str name, tuple shape, tuple expected):
-    """The kernels index their buffers through raw pointers, so a buffer of the wrong size would
-    be read or written out of bounds in any build: refuse it first."""
-    if shape != expected:
-        raise ValueError(f"{name} must have shape {expected}; got {shape}")
+cdef struct Plan:
+    int team                 # threads of the tiled loop, or 0 for the plain loop
+    Py_ssize_t units         # units per thread, a multiple of the panel width (but for the last)
+    Py_ssize_t panels        # numbers in the packed weights of the forward pass
 
 
-def plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, int threads,
-         bint single):
-    """Which loop a forward call of these sizes runs: ``(threads, units)``, the threads of the
-    tiled loop and the units each computes (the last may have fewer), or ``(0, H)`` for the
-    plain loop. (A call with a gate written in Python runs on one thread.)"""
+cdef Plan make_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                    int threads, bint single) noexcept nogil:
+    """How a forward call of these sizes is split (see plan)."""
+    cdef Plan P
+    cdef Py_ssize_t nr = panel_width(single), step_work = B * KH * (H + D)
+    P.team, P.units, P.panels = 0, H, 0
+    if KH == 0 or T == 0 or (B <= FEW_SEQUENCES and T < FEW_STEPS):
+        return P
+    P.team = max(1, min(threads, MAX_TEAM))
+    if T * step_work < THREADED_CALL_WORK * P.team:
+        P.team = 1
+    P.team = <int> max(1, min(P.team, step_work // THREAD_STEP_WORK))
+    # Whole panels per thread; fewer threads if there are not that many panels to share.
+    P.units = ((panel_count(H, nr) + P.team - 1) // P.team) * nr
+    P.team = <int> ((H + P.units - 1) // P.units)
+    # Every thread's share of every block, over the H + D columns of W.
+    P.panels = (KH // H) * (H + D) * nr * team_panels(H, &P, nr)
+    return P
+
+
+cdef Plan backward_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                        int threads, bint single) noexcept nogil:
+    """The forward pass's plan, but tiled where forward is plain (the plain loop is for the
+    fixed cost of a call; backward's products are worth packing): 0 threads (nothing to
+    multiply) only without blocks or steps."""
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    return P.team, P.units
+    if P.team == 0 and KH > 0 and T > 0:
+        P.team, P.units = 1, H
+    return P
 
+
+cdef Py_ssize_t backward_panels(Py_ssize_t KH, Py_ssize_t H, Plan* P, bint single) noexcept nogil:
+    """Numbers in every thread's panels of W[:, :H] (its units, over all KH rows)."""
+    cdef Py_ssize_t nr = panel_width(single)
+    return KH * nr * team_panels(H, P, nr)
+
+
+cdef inline Py_ssize_t team_panels(Py_ssize_t H, Plan* P, Py_ssize_t nr) noexcept nogil:
+    """Panels of nr units that the threads' shares of H units fill, all threads together: whole
+    panels for each thread but the last, whose share is what is left (its last panel
+    zero-padded). Both passes pack W in these, over their own reduction."""
+    if P.team == 0:
+        return 0
+    return (P.team - 1) * (P.units // nr) + panel_count(H - (P.team - 1) * P.units, nr)
+
+
+cdef inline Py_ssize_t panel_count(Py_ssize_t n, Py_ssize_t nr) noexcept nogil:
+    """Panels of nr columns that n columns take (the last zero-padded)."""
+    return (n + nr - 1) // nr
+
+
+cdef inline Py_ssize_t panel_width(bint single) noexcept nogil:
+    return GK_PANEL_FLOAT if single else GK_PANEL_DOUBLE
+
+
+# ---------------------------------------------------------------------------------------------
+# The team: the threads of one call
+# ---------------------------------------------------------------------------------------------
 
 cdef struct Team:
-    int size
+    int size                 # threads running the pass (1 for the plain loop)
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
     long long started        # gk_now_ns() when the second step's barrier let thread 0 pass
@@ -276,7 +259,7 @@ cdef struct Team:
     void* work
     void* panels
     const Py_ssize_t* lengths
-    int phase                # what the threads run: FORWARD, BACKWARD or WEIGHTS
+    Phase phase
     const void* dy
     void* dstm
     void* dltm
@@ -294,38 +277,101 @@ cdef struct Member:
     int index
 
 
-cdef inline void pack(floating* panel, const floating* w, Py_ssize_t column_stride,
-                      Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        gk_pack_float(panel, w, column_stride, l_stride, k, n)
+cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t B,
+                     Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, Py_ssize_t kept,
+                     Py_ssize_t forget_preactivation, Py_ssize_t alone_at,
+                     bint single) except -1:
+    """The sizes and the gates of a call, for the team of ``P`` (one thread, this one, if P has
+    none); the caller points the team at the buffers. Only a team of several threads splits
+    the units, so only it reads each gate's mixes_units and syncs (Python attributes: the plain
+    loop is there for the fixed cost of a call)."""
+    cdef Gate gate
+    cdef int g
+    if len(gates) != 4:
+        raise ValueError(f"gates must hold one gate per role (4); got {len(gates)}")
+    team.size, team.units, team.single = max(1, P.team), P.units, single
+    team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
+    team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
+    team.dparams, team.dparams_stride = NULL, 0
+    for g in range(4):
+        gate = gates[g]
+        if gate is None:
+            raise TypeError(f"gates[{g}] is None")
+        team.gates[g] = <void*> gate
+        team.mixes[g], team.syncs[g] = False, 0
+        if P.team > 1:
+            team.mixes[g], team.syncs[g] = gate.mixes_units, gate.syncs
+    return 0
+
+
+cdef Py_ssize_t run_team(Team* team) noexcept nogil:
+    """Run the pass on ``team.size`` threads, this one included (on this one alone if
+    the system will not start another). Returns -1, or the first step at which a gate failed.
+    The weight gradients after a backward pass that went alone run on this thread too: each
+    thread's part is its own rows, so this thread runs them one after another."""
+    cdef pthread_t threads[MAX_TEAM]
+    cdef Member members[MAX_TEAM]
+    cdef int m, started = 1
+    cdef Py_ssize_t failed = -1
+    if team.phase == WEIGHTS and team.alone_after >= 0:
+        for m in range(team.size):
+            run_member(team, m)
+        return -1
+    team.alone_after = -1
+    gk_start_init(&team.start)
+    gk_barrier_init(&team.barrier, team.size)
+    for m in range(team.size):
+        team.failed[m] = -1
+    team.started = 0
+    for m in range(1, team.size):
+        members[m].team, members[m].index = team, m
+        if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
+            break
+        started += 1
+    if started < team.size:
+        gk_set_start(&team.start, -1)
+        for m in range(1, started):
+            pthread_join(threads[m], NULL)
+        team.size, team.units = 1, team.H
+        gk_barrier_init(&team.barrier, 1)
     else:
-        gk_pack_double(panel, w, column_stride, l_stride, k, n)
+        gk_set_start(&team.start, 1)
+    run_member(team, 0)
+    for m in range(1, team.size):
+        pthread_join(threads[m], NULL)
+    for m in range(team.size):
+        if team.failed[m] >= 0 and (failed < 0 or team.failed[m] < failed):
+            failed = team.failed[m]
+    return failed
 
 
-cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, Py_ssize_t k1,
-                         const floating* a2, Py_ssize_t lda2, Py_ssize_t k2,
-                         const floating* panel, const floating* bias, floating* c,
-                         Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        gk_product_float(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+cdef void* member_main(void* argument) noexcept nogil:
+    cdef Member* member = <Member*> argument
+    if gk_wait_for_start(&member.team.start) > 0:
+        run_member(member.team, member.index)
+    return NULL
+
+
+cdef inline void run_member(Team* team, int index) noexcept nogil:
+    if team.phase == WEIGHTS:
+        if team.single:
+            weights_member(team, index, <float*> NULL)
+        else:
+            weights_member(team, index, <double*> NULL)
+    elif team.phase == BACKWARD:
+        if team.single:
+            backward_member(team, index, <float*> NULL)
+        else:
+            backward_member(team, index, <double*> NULL)
+    elif team.single:
+        forward_member(team, index, <float*> NULL)
     else:
-        gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+        forward_member(team, index, <double*> NULL)
 
 
-cdef inline void product_unsplit(Py_ssize_t rows, const floating* a, Py_ssize_t lda,
-                                 Py_ssize_t k, const floating* panel, floating* c,
-                                 Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
-    """c += a @ panel, each row summed alike whatever the number of rows (see _tiles.h): for
-    products whose rows are a thread's share."""
-    if floating is float:
-        gk_product_unsplit_float(rows, a, lda, k, panel, c, ldc, n)
-    else:
-        gk_product_unsplit_double(rows, a, lda, k, panel, c, ldc, n)
-
-
-cdef StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
-    """A thread's step: units u0..u1 of every row, the call's scratch and barrier, no gradients
-    yet (backward points them at each step)."""
+cdef inline StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """A thread's step: units u0..u1 of every row, the call's scratch and barrier (none on one
+    thread), no gradients yet (backward points them at each step)."""
     cdef StepAny s
     s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = team.B, team.H, u0, u1, team.KH
     s.error = 0
@@ -336,13 +382,19 @@ cdef StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexcept nogi
     return s
 
 
-cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s, bint failed,
-                           bint alone) noexcept nogil:
+cdef inline void unit_range(Team* team, int member, Py_ssize_t* u0, Py_ssize_t* u1) noexcept nogil:
+    u0[0] = member * team.units
+    u1[0] = min(team.H, u0[0] + team.units)
+
+
+cdef inline bint run_shared_gates(Team* team, int index, Phase phase, StepAny* s, bint failed,
+                                  bint alone) noexcept nogil:
     """Thread ``index``'s part of one step of the four gates, in role order (FORWARD) or in
-    reverse (BACKWARD), on its units s.e.u0..u1; returns whether a gate has failed on this
-    thread. A gate that mixes units runs on thread 0 with all of them, between two barriers; a
-    thread that has failed still meets the others at every barrier they wait at. Thread 0
-    ``alone`` (all units, no barrier) runs each gate as a call on one thread would."""
+    reverse (BACKWARD, FINISH), on its units s.e.u0..u1; returns whether a gate has failed on
+    this thread. A gate that mixes units runs on thread 0 with all of them, between two
+    barriers; a thread that has failed still meets the others at every barrier they wait at.
+    Thread 0 ``alone`` (all units, no barrier) runs each gate as a call on one thread would,
+    and stops at the first that fails: so do the plain loop and the gates' finish."""
     cdef int k, g, m
     cdef Py_ssize_t u0 = s.e.u0, u1 = s.e.u1
     cdef size_t* dparam
@@ -362,6 +414,29 @@ cdef bint run_shared_gates(Team* team, int index, int phase, StepAny* s, bint fa
             for m in range(team.syncs[g]):
                 gk_barrier_wait(&team.barrier)
     return failed
+
+
+cdef inline bint run_gate(void* gate, Phase phase, StepAny* s, bint single,
+                          size_t* dparam) noexcept nogil:
+    """Let ``gate`` (a Gate, borrowed: threads of the loop hold no references) do its part of
+    a step (its parameter gradients at ``dparam``); False if it failed."""
+    s.dparam = <void**> dparam
+    if phase == FORWARD:
+        if single:
+            (<Gate> gate).forward_float(<StepFloat*> s)
+        else:
+            (<Gate> gate).forward_double(<StepDouble*> s)
+    elif phase == BACKWARD:
+        if single:
+            (<Gate> gate).backward_float(<StepFloat*> s)
+        else:
+            (<Gate> gate).backward_double(<StepDouble*> s)
+    else:
+        if single:
+            (<Gate> gate).finish_float(<StepFloat*> s)
+        else:
+            (<Gate> gate).finish_double(<StepDouble*> s)
+    return s.error == 0
 
 
 cdef enum StepEnd:
@@ -411,31 +486,153 @@ cdef bint go_alone(Team* team) noexcept nogil:
     return 2 * (gk_barrier_waited(&team.barrier) - team.waited_before) > (team.size - 1) * elapsed
 
 
-cdef inline void unit_range(Team* team, int member, Py_ssize_t* u0, Py_ssize_t* u1) noexcept nogil:
-    u0[0] = member * team.units
-    u1[0] = min(team.H, u0[0] + team.units)
+# ---------------------------------------------------------------------------------------------
+# The forward pass
+# ---------------------------------------------------------------------------------------------
+
+def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                     bint keep, int threads, bint single):
+    """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
+    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
+                    "ltm": (L.ltm, (L.kept + 1, B, H))}
 
 
-cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
-                        floating* zt) noexcept nogil:
-    """zt[:, columns of thread ``member``'s units] += STM_{t-1} @ W[those rows, :H].T, over the
-    recurrent panels ``member`` packed (after its input panels, see forward_member)."""
-    cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, D = team.D, KH = team.KH
-    cdef Py_ssize_t u0, u1, u, k, blocks = KH // H
-    unit_range(team, member, &u0, &u1)
-    cdef floating* panel = (<floating*> team.panels + member * blocks * team.units * (H + D)
-                            + blocks * ((u1 - u0 + nr - 1) // nr) * nr * D)
-    for k in range(blocks):
-        for u from u0 <= u < u1 by nr:
-            product(team.B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + k * H + u, KH,
-                    min(nr, u1 - u))
-            panel += H * nr
+cdef struct Layout:
+    Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
+    Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
+
+
+cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
+                   Plan* P) noexcept nogil:
+    cdef Layout L
+    L.kept = T if keep else 1
+    L.z = 0
+    L.acts = L.z + T * B * KH
+    L.ltm = L.acts + 5 * L.kept * B * H
+    L.work = L.ltm + (L.kept + 1) * B * H
+    L.panels = L.work + B * H
+    L.size = L.panels + P.panels
+    return L
+
+
+def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
+            floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
+            Py_ssize_t alone_at=-1):
+    """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
+    step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
+    whatever it measures, so that the tests can reach that path.)
+
+    ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
+    pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
+    the packed weights (tiled loop); the caller puts the initial LTM in ltm[0]. (One buffer,
+    not five: each typed buffer an argument costs the call a fraction of a microsecond to
+    acquire.) Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None): from then on
+    its memories stay as they were (its rows of y repeat its last STM; the caller blanks them).
+    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none.
+    Gates written in Python run on this thread only."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
+    cdef Py_ssize_t failed
+    cdef bint single = floating is float
+    cdef Team team
+    threads = threads_for(gates, threads)
+    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
+    check_shape("bias", (bias.shape[0],), (KH,))
+    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
+    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
+    if lengths is not None:
+        check_shape("lengths", (lengths.shape[0],), (B,))
+    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
+    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    if workspace.shape[0] < L.size:
+        raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
+    cdef floating* base = &workspace[0]
+    set_up_team(&team, gates, &P, T, B, D, H, KH, L.kept, forget_preactivation, alone_at, single)
+    team.phase = FORWARD
+    team.W = &W[0, 0] if KH > 0 else NULL
+    team.bias = &bias[0] if KH > 0 else NULL
+    team.x = &x[0, 0, 0] if T * B * D > 0 else NULL
+    team.stm0 = &stm0[0, 0] if B * H > 0 else NULL
+    team.y = &y[0, 0, 0] if T * B * H > 0 else NULL
+    team.z, team.acts, team.ltm = base + L.z, base + L.acts, base + L.ltm
+    team.work, team.panels = base + L.work, base + L.panels
+    team.lengths = &lengths[0] if lengths is not None else NULL
+    with nogil:
+        if P.team > 0:
+            failed = run_team(&team)
+        else:
+            failed = plain_forward(&team, <floating*> NULL)
+    return failed
+
+
+cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
+    """The plain loop, on this thread: every product a few dot products (add_products), every
+    gate over all units. Returns -1, or the step at which a gate failed."""
+    cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
+    cdef Py_ssize_t t, r, j
+    cdef const floating* W = <const floating*> team.W
+    cdef const floating* bias = <const floating*> team.bias
+    cdef floating* z = <floating*> team.z
+    cdef floating* zt = NULL
+    cdef StepAny s = member_step(team, 0, H)
+    if KH > 0 and T > 0:
+        # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
+        for r in range(T * B):
+            for j in range(KH):
+                z[r * KH + j] = bias[j]
+        add_products(z, KH, <const floating*> team.x, D, W + H, H + D, T * B, KH, D)
+    for t in range(T):
+        if KH > 0:
+            zt = z + t * B * KH
+        point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
+                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
+        if KH > 0:
+            # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
+            add_products(zt, KH, <const floating*> s.STM_prev, H, W, H + D, B, KH, H)
+        if run_shared_gates(team, 0, FORWARD, &s, False, True):
+            return t
+        if team.lengths != NULL:
+            hold_finished(&s, team.lengths, <floating*> NULL)
+    return -1
+
+
+cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, Py_ssize_t lda,
+                              const floating* rows, Py_ssize_t ldr, Py_ssize_t m, Py_ssize_t n,
+                              Py_ssize_t k) noexcept nogil:
+    """out[i, j] += Σ_l a[i, l] * rows[j, l] for i < m, j < n: a matrix product too small to be
+    worth packing. Each dot product runs in 8 interleaved partial sums, which the compiler turns
+    into one vector."""
+    cdef Py_ssize_t i, j, l, u, whole = k - k % 8
+    cdef floating partial[8]
+    cdef floating total
+    cdef const floating* ai
+    cdef const floating* rj
+    for i in range(m):
+        ai = a + i * lda
+        for j in range(n):
+            rj = rows + j * ldr
+            for u in range(8):
+                partial[u] = 0
+            for l in range(0, whole, 8):
+                for u in range(8):
+                    partial[u] += ai[l + u] * rj[l + u]
+            total = 0
+            for u in range(8):
+                total += partial[u]
+            for l in range(whole, k):
+                total += ai[l] * rj[l]
+            out[i * ldo + j] += total
 
 
 cdef void forward_member(Team* team, int index, floating* precision) noexcept nogil:
-    """Thread ``index``'s part of the forward pass: units [u0, u1) of every block and every gate
-    (all units of a gate that mixes them, on thread 0), one barrier per step; from the step at
-    which thread 0 goes alone, thread 0 runs every unit over every thread's panels."""
+    """Thread ``index``'s part of the tiled forward pass: units [u0, u1) of every block and
+    every gate (all units of a gate that mixes them, on thread 0), one barrier per step; from
+    the step at which thread 0 goes alone, thread 0 runs every unit over every thread's
+    panels."""
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
     cdef Py_ssize_t u0, u1
@@ -463,9 +660,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             pack(panel, W + (k * H + u) * kdim, kdim, 1, H, min(nr, u1 - u))
             panel += H * nr
     # The input projection of every step first, z = bias + E @ W[:, H:].T (its own columns),
-    # as products of INPUT_ROWS rows: they stay in cache while every panel passes over them.
-    # Per step, only the recurrent weights are read again.
-    for r in range(0, T * B, INPUT_ROWS):
+    # in products of INPUT_ROWS rows: per step, only the recurrent weights are read again.
+    for r from 0 <= r < T * B by INPUT_ROWS:
         rows = min(INPUT_ROWS, T * B - r)
         panel = own
         for k in range(blocks):
@@ -478,7 +674,7 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         zt = z + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
-        # z[t][:, own columns] += STM_{t-1} @ W[those rows, :H].T (every thread's, alone)
+        # Alone, thread 0 also takes the other threads' columns, over the panels they packed.
         for m in range(0 if alone else index, team.size if alone else index + 1):
             add_recurrent(team, m, <const floating*> s.STM_prev, zt)
         failed = run_shared_gates(team, index, FORWARD, &s, failed, alone)
@@ -492,23 +688,168 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
 
 
-cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
-    """carry[:, thread ``member``'s units] += dz[t] @ W[:, those units], over the panels of
-    W[:, units] ``member`` packed (all KH rows)."""
-    cdef Py_ssize_t nr = panel_width(floating is float), u0, u1, u
+cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
+                        floating* zt) noexcept nogil:
+    """zt[:, columns of thread ``member``'s units] += STM_{t-1} @ W[those rows, :H].T, over the
+    recurrent panels ``member`` packed (after its input panels, see forward_member)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, D = team.D, KH = team.KH
+    cdef Py_ssize_t u0, u1, u, k, blocks = KH // H
     unit_range(team, member, &u0, &u1)
-    cdef floating* panel = <floating*> team.panels + member * team.units * team.KH
-    for u from u0 <= u < u1 by nr:
-        product(team.B, dzt, team.KH, team.KH, NULL, 0, 0, panel, NULL, carry + u, team.H,
-                min(nr, u1 - u))
-        panel += team.KH * nr
+    cdef floating* panel = (<floating*> team.panels + member * blocks * team.units * (H + D)
+                            + blocks * panel_count(u1 - u0, nr) * nr * D)
+    for k in range(blocks):
+        for u from u0 <= u < u1 by nr:
+            product(team.B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + k * H + u, KH,
+                    min(nr, u1 - u))
+            panel += H * nr
+
+
+cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
+                               floating* precision) noexcept nogil:
+    """Sequences that have ended (t >= lengths[b]) keep their memories: STM_t and LTM_t of
+    units s.e.u0..u1 repeat those of the step before."""
+    cdef Py_ssize_t b, j, H = s.e.H
+    cdef floating* STM_t = <floating*> s.STM_t
+    cdef floating* LTM_t = <floating*> s.LTM_t
+    cdef const floating* STM_prev = <const floating*> s.STM_prev
+    cdef const floating* LTM_prev = <const floating*> s.LTM_prev
+    for b in range(s.e.B):
+        if s.e.t >= lengths[b]:
+            for j in range(b * H + s.e.u0, b * H + s.e.u1):
+                STM_t[j] = STM_prev[j]
+                LTM_t[j] = LTM_prev[j]
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward pass: backpropagation through time
+#
+# Forward, step t of a sequence (t = 0 .. T-1; STM_{-1}, LTM_{-1} the initial state) computes
+#     z_t = W [STM_{t-1}, E_t] + b            (the pre-activations of every gate's blocks)
+# and from z_t and LTM_{t-1} the gates compute f_t, i_t, N_t, LTM_t, U_t, V_t and y_t = STM_t.
+# A gate's gradient reaches STM_{t-1} only through dz_t (a step has no dSTM_prev), so all that
+# step t sends back to STM_{t-1} is W[:, :H]^T dz_t. Backward runs t = T-1 down to 0, with c
+# what step t + 1 sent back to STM_t (at t = T-1: dstm[0], the final STM's gradient):
+#     dSTM_t = dy_t + c,   then c = 0
+#     the gates, in reverse role order (use, remember, learn, forget), given dSTM_t and dLTM_t
+#     (what step t + 1 sent back to LTM_t; at t = T-1 the final LTM's gradient), add into
+#         dz_t, df_t, di_t, dN_t, dU_t, dV_t  (zeroed at the start of the step),
+#         dLTM_t                  (the part through STM_t: a Use gate reads LTM_t),
+#         dLTM_{t-1}              (zeroed first: e.g. remember's f_t ⊙ dLTM_t),
+#         the gradients of their extra parameters (a peephole's p, summed over the steps)
+#     c += W[:, :H]^T dz_t    (= dSTM_{t-1} - dy_{t-1}; needs all of dz_t: the step's barrier)
+# and after step 0, c and dLTM_{-1} are the gradients of the initial state (dstm[0], dltm[0]).
+# Past its length, step t of sequence b is the identity in the forward pass (STM_t = STM_{t-1},
+# LTM_t = LTM_{t-1}): there its dy_t is ignored, c passes through unchanged, dLTM_{t-1} =
+# dLTM_t, and its gates see dSTM_t = dLTM_t = 0, so its dz_t is 0.
+# Then, over all T * B rows at once: each gate's finish (the place for a gradient that is one
+# product over the whole tape), and the weights phase, sums over t (and the sequences):
+#     dW[:, :H] += Σ_t dz_t STM_{t-1}^T,   dW[:, H:] += Σ_t dz_t E_t^T,   db += Σ_t dz_t,
+#     dx_t = W[:, H:]^T dz_t.
+# ---------------------------------------------------------------------------------------------
+
+def backward_scratch(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                     int threads, bint single):
+    """The numbers of scratch :func:`backward` wants for a call of these sizes."""
+    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
+    cdef GradientScratch G = weights_scratch(D, H, KH, P.units, single)
+    return backward_panels(KH, H, &P, single) + P.team * G.size
+
+
+def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:, ::1] stm0,
+             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
+             floating[:, :, ::1] y, floating[:, :, ::1] dy, floating[:, :, ::1] dstm,
+             floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
+             floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
+             size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
+             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
+             Py_ssize_t alone_at=-1):
+    """Backpropagation through time over a tape the forward pass kept (S = T).
+
+    In: dy (T, B, H); dstm[0] the gradient of the final STM, dltm[T % 2] that of the final LTM.
+    Out: dstm[0] and dltm[0], the gradients of the initial STM and LTM; dz (T, B, KH) and dacts
+    (5, T, B, H) (any content: each step zeroes its own); dW, dbias, dx (zeroed by the caller)
+    and the gates' extra parameter gradients, whose addresses ``dparams[g]`` lists for gate g
+    (zeroed by the caller). work holds T * B rows; ``scratch`` at least
+    :func:`backward_scratch` numbers.
+    Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
+    untouched and ignore its dy.
+    Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
+    Returns -1, or the step at which a gate failed (T for a failure in finish).
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
+    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
+    cdef Py_ssize_t failed
+    cdef bint single = floating is float
+    cdef Team team
+    cdef StepAny s
+    threads = threads_for(gates, threads)
+    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
+    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
+    check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
+    check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
+                (5, T, B, H))
+    check_shape("ltm", (ltm.shape[0], ltm.shape[1], ltm.shape[2]), (T + 1, B, H))
+    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
+    check_shape("dy", (dy.shape[0], dy.shape[1], dy.shape[2]), (T, B, H))
+    check_shape("dstm", (dstm.shape[0], dstm.shape[1], dstm.shape[2]), (2, B, H))
+    check_shape("dltm", (dltm.shape[0], dltm.shape[1], dltm.shape[2]), (2, B, H))
+    check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (T, B, KH))
+    check_shape("dacts", (dacts.shape[0], dacts.shape[1], dacts.shape[2], dacts.shape[3]),
+                (5, T, B, H))
+    check_shape("dW", (dW.shape[0], dW.shape[1]), (KH, H + D))
+    check_shape("dbias", (dbias.shape[0],), (KH,))
+    check_shape("dx", (dx.shape[0], dx.shape[1], dx.shape[2]), (T, B, D))
+    check_shape("dparams", (dparams.shape[0],), (4,))
+    if work.shape[0] < max(T * B, B) or work.shape[1] != H:
+        raise ValueError(f"work must have at least {max(T * B, B)} rows of {H}; got "
+                         f"{(work.shape[0], work.shape[1])}")
+    if lengths is not None:
+        check_shape("lengths", (lengths.shape[0],), (B,))
+    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
+    cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
+    cdef GradientScratch G = weights_scratch(D, H, KH, P.units, single)
+    cdef Py_ssize_t needed = panels + P.team * G.size
+    if scratch.shape[0] < needed:
+        raise ValueError(f"scratch holds {scratch.shape[0]} numbers; this call needs {needed}")
+    if T == 0:
+        return -1
+    # Without blocks there is nothing to multiply (P has no threads): the time loop still runs
+    # the gates, on this thread.
+    set_up_team(&team, gates, &P, T, B, D, H, KH, acts.shape[1], forget_preactivation, alone_at,
+                single)
+    team.phase = BACKWARD
+    team.W = &W[0, 0] if KH > 0 else NULL
+    team.z = &z[0, 0, 0] if KH > 0 else NULL
+    team.dz = &dz[0, 0, 0] if KH > 0 else NULL
+    team.dW = &dW[0, 0] if KH > 0 else NULL
+    team.dbias = &dbias[0] if KH > 0 else NULL
+    team.x = &x[0, 0, 0] if B * D > 0 else NULL
+    team.dx = &dx[0, 0, 0] if B * D > 0 else NULL
+    team.stm0, team.y = &stm0[0, 0], &y[0, 0, 0]
+    team.acts, team.ltm = &acts[0, 0, 0, 0], &ltm[0, 0, 0]
+    team.work = &work[0, 0]
+    team.panels = &scratch[0] if panels > 0 else NULL   # then the weight gradients' scratch
+    team.lengths = &lengths[0] if lengths is not None else NULL
+    team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
+    team.dacts = &dacts[0, 0, 0, 0]
+    team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
+    with nogil:
+        failed = run_team(&team)
+        if failed < 0:
+            s = sequence_step(&team, <floating*> NULL)
+            if run_shared_gates(&team, 0, FINISH, &s, False, True):
+                failed = T
+        if failed < 0 and P.team > 0:
+            team.phase, team.panels = WEIGHTS, &scratch[panels]
+            run_team(&team)
+    return failed
 
 
 cdef void backward_member(Team* team, int index, floating* precision) noexcept nogil:
-    """Thread ``index``'s part of backpropagation through time: units [u0, u1) of every gate
-    (all units of a gate that mixes them, on thread 0) and of dL/dSTM_{t-1}, one barrier per
-    step (dz[t] must be complete before dL/dSTM_{t-1} = dz[t] @ W[:, :H] reads it); from the
-    step at which thread 0 goes alone, thread 0 runs every unit."""
+    """Thread ``index``'s part of the backward time loop: units [u0, u1) of every gate (all
+    units of a gate that mixes them, on thread 0) and of the carry to STM_{t-1}, one barrier
+    per step (all of dz[t] must be there before the carry reads it); from the step at which
+    thread 0 goes alone, thread 0 runs every unit."""
     cdef Py_ssize_t T = team.T, B = team.B, H = team.H, KH = team.KH, BH = team.B * team.H
     cdef Py_ssize_t nr = panel_width(floating is float)
     cdef Py_ssize_t u0, u1
@@ -516,31 +857,36 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     unit_range(team, index, &u0, &u1)
     cdef const floating* W = <const floating*> team.W
     cdef const floating* dy = <const floating*> team.dy
+    cdef floating* z = <floating*> team.z
     cdef floating* dz = <floating*> team.dz
     cdef floating* dacts = <floating*> team.dacts
     cdef floating* dltm = <floating*> team.dltm
-    cdef floating* carry = <floating*> team.dstm             # dL/dSTM_t sent back from step t + 1
+    cdef floating* carry = <floating*> team.dstm             # c: what step t + 1 sent to STM_t
     cdef floating* dSTM_t = <floating*> team.dstm + BH
-    cdef floating* panel = <floating*> team.panels + index * team.units * KH
+    cdef floating* panel
     cdef floating* dLTM_t
     cdef floating* dLTM_prev
-    cdef floating* dzt
+    cdef floating* zt = NULL
+    cdef floating* dzt = NULL
     cdef bint failed = False, alone = False
     cdef int m
     cdef StepEnd end
     cdef StepAny s = member_step(team, u0, u1)
     s.dSTM_t = dSTM_t
-    # Panels of W[:, u:u + nr] over all KH rows: dL/dSTM_{t-1} for this thread's units.
-    for u from u0 <= u < u1 by nr:
-        pack(panel, W + u, 1, H + team.D, KH, min(nr, u1 - u))
-        panel += KH * nr
+    if KH > 0:
+        # Panels of W[:, u:u + nr] over all KH rows: the carry to this thread's units.
+        panel = <floating*> team.panels + index * team.units * KH
+        for u from u0 <= u < u1 by nr:
+            pack(panel, W + u, 1, H + team.D, KH, min(nr, u1 - u))
+            panel += KH * nr
     for t in range(T - 1, -1, -1):
-        dzt = dz + t * B * KH
-        point_at_step(&s, t, <floating*> team.z + t * B * KH, <floating*> team.acts, team.kept,
-                      <floating*> team.ltm, <floating*> team.y, <const floating*> team.stm0,
-                      team.forget_preactivation)
+        if KH > 0:
+            zt, dzt = z + t * B * KH, dz + t * B * KH
+        point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
+                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
         s.dz = dzt
-        s.ds_t = NULL if team.forget_preactivation < 0 else dzt + team.forget_preactivation
+        s.ds_t = NULL if team.forget_preactivation < 0 or dzt == NULL else (
+            dzt + team.forget_preactivation)
         s.df_t, s.di_t, s.dN_t = dacts + t * BH, dacts + (T + t) * BH, dacts + (2 * T + t) * BH
         s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
         s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
@@ -561,7 +907,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
                     carry[j] = 0
                     dLTM_prev[j] = 0
             else:
-                # Past its end, a sequence's gradients skip the step (see backward below).
+                # Past its end the step was the identity: the carry stays for the step before,
+                # dLTM goes straight to it, and the gates see zero.
                 for j in range(b * H + u0, b * H + u1):
                     dSTM_t[j] = 0
                     dLTM_prev[j] = dLTM_t[j]
@@ -574,58 +921,55 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             alone = True
             u0, u1 = 0, H
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
-        # carry[:, u0:u1] += dz[t] @ W[:, u0:u1] (finished sequences' dz is 0: carry stays)
-        for m in range(0 if alone else index, team.size if alone else index + 1):
-            add_carry(team, m, dzt, carry)
+        if KH > 0:
+            # carry[:, u0:u1] += dz[t] @ W[:, u0:u1]; alone, thread 0 takes every thread's units
+            for m in range(0 if alone else index, team.size if alone else index + 1):
+                add_carry(team, m, dzt, carry)
 
 
-cdef void* member_main(void* argument) noexcept nogil:
-    cdef Member* member = <Member*> argument
-    if gk_wait_for_start(&member.team.start) > 0:
-        run_member(member.team, member.index)
-    return NULL
+cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
+    """carry[:, thread ``member``'s units] += dz[t] @ W[:, those units], over the panels of
+    W[:, units] ``member`` packed (all KH rows)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), u0, u1, u
+    unit_range(team, member, &u0, &u1)
+    cdef floating* panel = <floating*> team.panels + member * team.units * team.KH
+    for u from u0 <= u < u1 by nr:
+        product(team.B, dzt, team.KH, team.KH, NULL, 0, 0, panel, NULL, carry + u, team.H,
+                min(nr, u1 - u))
+        panel += team.KH * nr
 
 
-cdef inline void run_member(Team* team, int index) noexcept nogil:
-    if team.phase == WEIGHTS:
-        if team.single:
-            weights_member(team, index, <float*> NULL)
-        else:
-            weights_member(team, index, <double*> NULL)
-    elif team.phase == BACKWARD:
-        if team.single:
-            backward_member(team, index, <float*> NULL)
-        else:
-            backward_member(team, index, <double*> NULL)
-    elif team.single:
-        forward_member(team, index, <float*> NULL)
-    else:
-        forward_member(team, index, <double*> NULL)
-
-
-# Rows of the whole sequence (T * B) that one pass of the weight gradients takes at a time:
-# their dz and [STM_{t-1}, E_t] stay in cache while every panel passes over them.
-DEF GRADIENT_ROWS = 256
-DEF INPUT_GRADIENT_ROWS = 48
-
-
-cdef Py_ssize_t weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, Py_ssize_t units,
-                                bint single) noexcept nogil:
-    """Numbers of scratch one thread of the weight gradients needs (see weights_member)."""
-    cdef Py_ssize_t nr = panel_width(single)
-    return ((KH // H) * units * GRADIENT_ROWS + ((H + D + nr - 1) // nr) * nr * GRADIENT_ROWS
-            + ((D + nr - 1) // nr) * nr * KH)
+cdef StepAny sequence_step(Team* team, floating* precision) noexcept nogil:
+    """The step the gates' finish sees: every array spans all T * B rows of the tape (e.B =
+    T * B, e.t = -1, no STM_prev), all units, on this thread."""
+    cdef Py_ssize_t TBH = team.T * team.B * team.H
+    cdef floating* dacts = <floating*> team.dacts
+    cdef StepAny s = member_step(team, 0, team.H)
+    s.barrier = NULL
+    point_at_step(&s, 0, <floating*> team.z, <floating*> team.acts, team.kept,
+                  <floating*> team.ltm, <floating*> team.y, <const floating*> team.stm0,
+                  team.forget_preactivation)
+    s.e.t, s.e.B = -1, team.T * team.B
+    s.STM_prev = NULL
+    s.dz = team.dz
+    s.ds_t = NULL if team.forget_preactivation < 0 or team.dz == NULL else (
+        <floating*> team.dz + team.forget_preactivation)
+    s.df_t, s.di_t, s.dN_t = dacts, dacts + TBH, dacts + 2 * TBH
+    s.dU_t, s.dV_t = dacts + 3 * TBH, dacts + 4 * TBH
+    return s
 
 
 cdef void weights_member(Team* team, int index, floating* precision) noexcept nogil:
-    """Thread ``index``'s part of the weight gradients, after the last backward step:
+    """Thread ``index``'s part of the weights phase, after the last backward step:
     dW and dbias for the rows of its units in every block, each a sum over all T * B rows
     (dW[c] += Σ_r dz[r, c] [STM_{r-B} | E_r], STM_{-B..-1} = stm0), and its share of the
     rows of dx = dz @ W[:, H:]. No barrier: every thread writes its own rows."""
     cdef Py_ssize_t B = team.B, D = team.D, H = team.H, KH = team.KH, kdim = team.H + team.D
     cdef Py_ssize_t TB = team.T * team.B, nr = panel_width(floating is float)
-    cdef Py_ssize_t u0 = index * team.units, u1 = min(H, u0 + team.units), own = u1 - u0
+    cdef Py_ssize_t u0, u1, own
     cdef Py_ssize_t blocks = KH // H, r, rc, l, j, k, u, c, column, i, n, r0, r1
+    unit_range(team, index, &u0, &u1)
+    own = u1 - u0
     cdef const floating* dz = <const floating*> team.dz
     cdef const floating* x = <const floating*> team.x
     cdef const floating* W = <const floating*> team.W
@@ -633,13 +977,13 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
     cdef floating* dW = <floating*> team.dW
     cdef floating* dbias = <floating*> team.dbias
     cdef floating* dx = <floating*> team.dx
-    cdef floating* dz_t = <floating*> team.panels + index * weights_scratch(D, H, KH, team.units,
-                                                                             floating is float)
-    cdef floating* rows = dz_t + blocks * team.units * GRADIENT_ROWS
-    cdef floating* input_panels = rows + ((kdim + nr - 1) // nr) * nr * GRADIENT_ROWS
+    cdef GradientScratch G = weights_scratch(D, H, KH, team.units, floating is float)
+    cdef floating* dz_t = <floating*> team.panels + index * G.size
+    cdef floating* rows = dz_t + G.rows
+    cdef floating* input_panels = dz_t + G.input_panels
     cdef floating* panel
     cdef floating total
-    for r in range(0, TB, GRADIENT_ROWS):
+    for r from 0 <= r < TB by GRADIENT_ROWS:
         rc = min(GRADIENT_ROWS, TB - r)
         # dz[r:r + rc, own columns].T, one row per column (block by block), summed into dbias
         i = 0
@@ -677,361 +1021,84 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
         pack(input_panels + (j // nr) * nr * KH, W + H + j, 1, kdim, KH, min(nr, D - j))
     r0 = min(TB, index * ((TB + team.size - 1) // team.size))
     r1 = min(TB, r0 + (TB + team.size - 1) // team.size)
-    for r in range(r0, r1, INPUT_GRADIENT_ROWS):
+    for r from r0 <= r < r1 by INPUT_GRADIENT_ROWS:
         rc = min(INPUT_GRADIENT_ROWS, r1 - r)
         for j from 0 <= j < D by nr:
             product_unsplit(rc, dz + r * KH, KH, KH, input_panels + (j // nr) * nr * KH,
                             dx + r * D + j, D, min(nr, D - j))
 
 
-cdef Py_ssize_t run_team(Team* team) noexcept nogil:
-    """Run the pass on ``team.size`` threads, this one included (on this one alone if
-    the system will not start another). Returns -1, or the first step at which a gate failed.
-    The weight gradients after a backward pass that went alone run on this thread too: each
-    thread's part is its own rows, so this thread runs them one after another."""
-    cdef pthread_t threads[MAX_TEAM]
-    cdef Member members[MAX_TEAM]
-    cdef int m, started = 1
-    cdef Py_ssize_t failed = -1
-    if team.phase == WEIGHTS and team.alone_after >= 0:
-        for m in range(team.size):
-            run_member(team, m)
-        return -1
-    team.alone_after = -1
-    gk_start_init(&team.start)
-    gk_barrier_init(&team.barrier, team.size)
-    for m in range(team.size):
-        team.failed[m] = -1
-    team.started = 0
-    for m in range(1, team.size):
-        members[m].team, members[m].index = team, m
-        if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
-            break
-        started += 1
-    if started < team.size:
-        gk_set_start(&team.start, -1)
-        for m in range(1, started):
-            pthread_join(threads[m], NULL)
-        team.size, team.units = 1, team.H
-        gk_barrier_init(&team.barrier, 1)
-    else:
-        gk_set_start(&team.start, 1)
-    run_member(team, 0)
-    for m in range(1, team.size):
-        pthread_join(threads[m], NULL)
-    for m in range(team.size):
-        if team.failed[m] >= 0 and (failed < 0 or team.failed[m] < failed):
-            failed = team.failed[m]
-    return failed
+cdef struct GradientScratch:     # one thread's scratch of the weights phase, in numbers
+    Py_ssize_t rows              # after dz^T of its columns: [STM_{t-1}, E_t] of GRADIENT_ROWS rows
+    Py_ssize_t input_panels      # then the panels of W[:, H:], for dx
+    Py_ssize_t size
 
 
-cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
-                               floating* precision) noexcept nogil:
-    """Sequences that have ended (t >= lengths[b]) keep their memories: STM_t and LTM_t of
-    units s.e.u0..u1 repeat those of the step before."""
-    cdef Py_ssize_t b, j, H = s.e.H
-    cdef floating* STM_t = <floating*> s.STM_t
-    cdef floating* LTM_t = <floating*> s.LTM_t
-    cdef const floating* STM_prev = <const floating*> s.STM_prev
-    cdef const floating* LTM_prev = <const floating*> s.LTM_prev
-    for b in range(s.e.B):
-        if s.e.t >= lengths[b]:
-            for j in range(b * H + s.e.u0, b * H + s.e.u1):
-                STM_t[j] = STM_prev[j]
-                LTM_t[j] = LTM_prev[j]
-
-
-cdef struct Layout:
-    Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
-    Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
-
-
-cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
-                   Plan* P) noexcept nogil:
-    cdef Layout L
-    L.kept = T if keep else 1
-    L.z = 0
-    L.acts = L.z + T * B * KH
-    L.ltm = L.acts + 5 * L.kept * B * H
-    L.work = L.ltm + (L.kept + 1) * B * H
-    L.panels = L.work + B * H
-    L.size = L.panels + P.panels
-    return L
-
-
-def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                     bint keep, int threads, bint single):
-    """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
-    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
-    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
-    return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
-                    "ltm": (L.ltm, (L.kept + 1, B, H))}
-
-
-def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
-            floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
-            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
-            Py_ssize_t alone_at=-1):
-    """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
-    step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
-    whatever it measures, so that the tests can reach that path.)
-
-    ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
-    pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
-    the packed weights (tiled loop); the caller puts the initial LTM in ltm[0]. (One buffer,
-    not five: each typed buffer an argument costs the call a fraction of a microsecond to
-    acquire.) Sequence b lasts
-    ``lengths[b]`` steps (T if ``lengths`` is None): from then on its memories stay as they
-    were (its rows of y repeat its last STM; the caller blanks them). ``forget_preactivation``
-    is the column of s_t in z, or -1 if the forget gate has none. Gates written in Python run
-    on this thread only."""
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
-    cdef Py_ssize_t t, r, j, b, failed = -1
-    cdef bint single = floating is float
-    cdef StepAny s
-    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
-    threads = threads_for(gates, threads)
-    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
-    check_shape("bias", (bias.shape[0],), (KH,))
-    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
-    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
-    if lengths is not None:
-        check_shape("lengths", (lengths.shape[0],), (B,))
-    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
-    if workspace.shape[0] < L.size:
-        raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
-    cdef floating* base = &workspace[0]
-    cdef floating* z = base + L.z
-    cdef floating* acts = base + L.acts
-    cdef floating* ltm = base + L.ltm
-    cdef floating* zt = NULL
-    cdef floating* y0 = &y[0, 0, 0] if T > 0 else NULL
-    cdef Team team
-    if P.team > 0:
-        team.size, team.units, team.single = P.team, P.units, single
-        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, L.kept
-        team.forget_preactivation = forget_preactivation
-        team.W, team.bias, team.x = &W[0, 0], &bias[0], &x[0, 0, 0]
-        team.stm0, team.y = &stm0[0, 0], y0
-        team.z, team.acts, team.ltm = z, acts, ltm
-        team.work, team.panels = base + L.work, base + L.panels
-        team.lengths = &lengths[0] if lengths is not None else NULL
-        team.phase, team.alone_at = FORWARD, alone_at
-        for j, gate in enumerate(gates):
-            team.gates[j], team.mixes[j], team.syncs[j] = <void*> gate, gate.mixes_units, gate.syncs
-        with nogil:
-            failed = run_team(&team)
-        return failed
-    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
-    s.error = 0
-    s.barrier = NULL
-    s.work = base + L.work
-    s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
-    s.dLTM_t = s.dLTM_prev = NULL
-    cdef bint ragged = lengths is not None
-    with nogil:
-        if KH > 0 and T > 0:
-            # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
-            for r in range(T * B):
-                for j in range(KH):
-                    z[r * KH + j] = bias[j]
-            add_products(z, KH, &x[0, 0, 0], D, &W[0, H], H + D, T * B, KH, D)
-        for t in range(T):
-            if KH > 0:
-                zt = z + t * B * KH
-            point_at_step(&s, t, zt, acts, L.kept, ltm, y0, &stm0[0, 0], forget_preactivation)
-            if KH > 0:
-                # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
-                add_products(zt, KH, <const floating*> s.STM_prev, H, &W[0, 0], H + D, B, KH, H)
-            if not (run_gate(<void*> forget, FORWARD, &s, single, NULL)
-                    and run_gate(<void*> learn, FORWARD, &s, single, NULL)
-                    and run_gate(<void*> remember, FORWARD, &s, single, NULL)
-                    and run_gate(<void*> use, FORWARD, &s, single, NULL)):
-                failed = t
-                break
-            if ragged:
-                hold_finished(&s, &lengths[0], <floating*> NULL)
-    return failed
-
-
-cdef Plan backward_plan(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                       int threads, bint single) noexcept nogil:
-    """The forward pass's plan, but tiled where forward is plain (the plain loop is for the
-    fixed cost of a call; backward's products are worth packing): 0 threads only without
-    blocks or steps."""
-    cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    if P.team == 0 and KH > 0 and T > 0:
-        P.team, P.units = 1, H
-    return P
-
-
-cdef Py_ssize_t backward_panels(Py_ssize_t KH, Py_ssize_t H, Plan* P, bint single) noexcept nogil:
-    """Numbers in every thread's panels of W[:, :H] (its units, over all KH rows)."""
+cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
+                                     Py_ssize_t units, bint single) noexcept nogil:
+    """Where weights_member's buffers lie in the scratch of one thread of ``units`` units."""
     cdef Py_ssize_t nr = panel_width(single)
-    if P.team == 0:
-        return 0
-    return KH * nr * ((P.team - 1) * (P.units // nr) + (H - (P.team - 1) * P.units + nr - 1) // nr)
+    cdef GradientScratch G
+    G.rows = (KH // H) * units * GRADIENT_ROWS
+    G.input_panels = G.rows + panel_count(H + D, nr) * nr * GRADIENT_ROWS
+    G.size = G.input_panels + panel_count(D, nr) * nr * KH
+    return G
 
 
-def backward_scratch(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                     int threads, bint single):
-    """The numbers of scratch :func:`backward` wants for a call of these sizes."""
-    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
-    return backward_panels(KH, H, &P, single) + P.team * weights_scratch(D, H, KH, P.units, single)
+# ---------------------------------------------------------------------------------------------
+# Helpers of both passes
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
+                               Py_ssize_t kept, floating* ltm, floating* y, const floating* stm0,
+                               Py_ssize_t forget_preactivation) noexcept nogil:
+    """Point the step's forward fields at step t of the buffers (see the module docstring):
+    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, y T steps, each B * H."""
+    cdef Py_ssize_t BH = s.e.B * s.e.H, k = t % kept
+    s.e.t = t
+    s.z = z
+    s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
+    s.STM_prev = stm0 if t == 0 else y + (t - 1) * BH
+    s.LTM_prev, s.LTM_t = ltm + (t % (kept + 1)) * BH, ltm + ((t + 1) % (kept + 1)) * BH
+    s.f_t, s.i_t, s.N_t = acts + k * BH, acts + (kept + k) * BH, acts + (2 * kept + k) * BH
+    s.U_t, s.V_t = acts + (3 * kept + k) * BH, acts + (4 * kept + k) * BH
+    s.STM_t = y + t * BH
 
 
-def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:, ::1] stm0,
-             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
-             floating[:, :, ::1] y, floating[:, :, ::1] dy, floating[:, :, ::1] dstm,
-             floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
-             floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
-             size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
-             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
-             Py_ssize_t alone_at=-1):
-    """Backpropagation through time over a tape the forward pass kept (S = T).
-
-    In: dy (T, B, H); dstm[0] = dL/dSTM_T; dltm[T % 2] = dL/dLTM_T. Out: dstm[0] = dL/dSTM_0,
-    dltm[0] = dL/dLTM_0, dz (T, B, KH) and dacts (5, T, B, H) (any content when KH > 0: each
-    step zeroes its own; zeroed by the caller when KH = 0), dW, dbias, dx (zeroed by the
-    caller) and the gates' extra parameter gradients, whose addresses ``dparams[g]`` lists for
-    gate g (zeroed by the caller). work holds T * B rows; ``scratch`` at least
-    :func:`backward_scratch` numbers.
-    Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
-    untouched and ignore its dy.
-    Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
-    Returns -1, or the step at which a gate failed (T for a failure in finish).
-    """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
-    cdef Py_ssize_t t, r, j, b, k, failed = -1
-    cdef floating* dLTM_t
-    cdef floating* dLTM_prev
-    cdef bint ragged = lengths is not None
-    cdef bint single = floating is float
-    cdef StepAny s
-    cdef floating* zt = NULL
-    cdef floating* dzt = NULL
-    cdef floating* dyt
-    cdef floating* carry = &dstm[0, 0, 0]          # dL/dSTM_t sent back from step t + 1
-    cdef floating* dSTM_t = &dstm[1, 0, 0]
-    cdef Gate forget = gates[0], learn = gates[1], remember = gates[2], use = gates[3]
-    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = B, H, 0, H, KH
-    s.error = 0
-    s.barrier = NULL                # one thread here, and in the gates' finish
-    s.work = &work[0, 0]
-    s.dSTM_t = dSTM_t
-    threads = threads_for(gates, threads)
-    check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
-    check_shape("stm0", (stm0.shape[0], stm0.shape[1]), (B, H))
-    check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
-    check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
-                (5, T, B, H))
-    check_shape("ltm", (ltm.shape[0], ltm.shape[1], ltm.shape[2]), (T + 1, B, H))
-    check_shape("y", (y.shape[0], y.shape[1], y.shape[2]), (T, B, H))
-    check_shape("dy", (dy.shape[0], dy.shape[1], dy.shape[2]), (T, B, H))
-    check_shape("dstm", (dstm.shape[0], dstm.shape[1], dstm.shape[2]), (2, B, H))
-    check_shape("dltm", (dltm.shape[0], dltm.shape[1], dltm.shape[2]), (2, B, H))
-    check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (T, B, KH))
-    check_shape("dacts", (dacts.shape[0], dacts.shape[1], dacts.shape[2], dacts.shape[3]),
-                (5, T, B, H))
-    check_shape("dW", (dW.shape[0], dW.shape[1]), (KH, H + D))
-    check_shape("dbias", (dbias.shape[0],), (KH,))
-    check_shape("dx", (dx.shape[0], dx.shape[1], dx.shape[2]), (T, B, D))
-    check_shape("dparams", (dparams.shape[0],), (4,))
-    if work.shape[0] < max(T * B, B) or work.shape[1] != H:
-        raise ValueError(f"work must have at least {max(T * B, B)} rows of {H}; got "
-                         f"{(work.shape[0], work.shape[1])}")
-    if lengths is not None:
-        check_shape("lengths", (lengths.shape[0],), (B,))
-    cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
-    cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
-    cdef Team team
-    if scratch.shape[0] < panels + P.team * weights_scratch(D, H, KH, P.units, single):
-        raise ValueError(f"scratch holds {scratch.shape[0]} numbers; this call needs "
-                         f"{panels + P.team * weights_scratch(D, H, KH, P.units, single)}")
-    if P.team > 0:
-        team.size, team.units, team.single, team.phase = P.team, P.units, single, BACKWARD
-        team.alone_at = alone_at
-        team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, acts.shape[1]
-        team.forget_preactivation = forget_preactivation
-        team.W, team.x, team.stm0, team.y = &W[0, 0], &x[0, 0, 0], &stm0[0, 0], &y[0, 0, 0]
-        team.z, team.acts, team.ltm = &z[0, 0, 0], &acts[0, 0, 0, 0], &ltm[0, 0, 0]
-        team.work = &work[0, 0]
-        team.panels = &scratch[0]         # the panels, then the scratch of the weight gradients
-        team.lengths = &lengths[0] if lengths is not None else NULL
-        team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
-        team.dz, team.dacts = &dz[0, 0, 0], &dacts[0, 0, 0, 0]
-        team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
-        team.dW, team.dbias, team.dx = &dW[0, 0], &dbias[0], &dx[0, 0, 0]
-        for j, gate in enumerate(gates):
-            team.gates[j], team.mixes[j], team.syncs[j] = <void*> gate, gate.mixes_units, gate.syncs
-    with nogil:
-        if P.team > 0:
-            failed = run_team(&team)
-        else:
-            # No blocks (KH = 0): no products, only the gates.
-            for t in range(T - 1, -1, -1):
-                point_at_step(&s, t, zt, &acts[0, 0, 0, 0], acts.shape[1], &ltm[0, 0, 0],
-                              &y[0, 0, 0], &stm0[0, 0], forget_preactivation)
-                s.dz = dzt
-                s.ds_t = NULL               # no blocks: no pre-activations
-                s.df_t, s.di_t, s.dN_t = &dacts[0, t, 0, 0], &dacts[1, t, 0, 0], &dacts[2, t, 0, 0]
-                s.dU_t, s.dV_t = &dacts[3, t, 0, 0], &dacts[4, t, 0, 0]
-                s.dLTM_t, s.dLTM_prev = &dltm[(t + 1) % 2, 0, 0], &dltm[t % 2, 0, 0]
-                dyt, dLTM_t, dLTM_prev = &dy[t, 0, 0], <floating*> s.dLTM_t, <floating*> s.dLTM_prev
-                for b in range(B):
-                    if not ragged or t < lengths[b]:
-                        for j in range(H):
-                            k = b * H + j
-                            dSTM_t[k] = dyt[k] + carry[k]
-                            carry[k] = 0
-                            dLTM_prev[k] = 0
-                    else:
-                        # Past its end, a sequence's gradients skip the step: carry stays as it is,
-                        # dLTM goes straight to the step before, and its gates see zero.
-                        for j in range(H):
-                            k = b * H + j
-                            dSTM_t[k] = 0
-                            dLTM_prev[k] = dLTM_t[k]
-                            dLTM_t[k] = 0
-                if not (run_gate(<void*> use, BACKWARD, &s, single, &dparams[3, 0])
-                        and run_gate(<void*> remember, BACKWARD, &s, single, &dparams[2, 0])
-                        and run_gate(<void*> learn, BACKWARD, &s, single, &dparams[1, 0])
-                        and run_gate(<void*> forget, BACKWARD, &s, single, &dparams[0, 0])):
-                    failed = t
-                    break
-        if failed < 0 and T > 0:
-            point_at_sequence(&s, z, acts, ltm, y, stm0, dz, dacts, forget_preactivation)
-            if not (run_gate(<void*> use, FINISH, &s, single, &dparams[3, 0])
-                    and run_gate(<void*> remember, FINISH, &s, single, &dparams[2, 0])
-                    and run_gate(<void*> learn, FINISH, &s, single, &dparams[1, 0])
-                    and run_gate(<void*> forget, FINISH, &s, single, &dparams[0, 0])):
-                failed = T
-        if failed < 0 and P.team > 0:
-            # The weight gradients, sums over all T * B rows: dW[:, :H] = Σ_t dz[t].T @ STM_{t-1},
-            # dW[:, H:] = Σ_t dz[t].T @ E_t, dbias = Σ_t dz[t]; and dx = dz @ W[:, H:].
-            team.phase, team.panels = WEIGHTS, &scratch[panels]
-            run_team(&team)
-    return failed
+cdef check_shape(str name, tuple shape, tuple expected):
+    """The kernels index their buffers through raw pointers, so a buffer of the wrong size would
+    be read or written out of bounds in any build: refuse it first."""
+    if shape != expected:
+        raise ValueError(f"{name} must have shape {expected}; got {shape}")
 
 
-cdef int point_at_sequence(StepAny* s, floating[:, :, ::1] z, floating[:, :, :, ::1] acts,
-                           floating[:, :, ::1] ltm, floating[:, :, ::1] y, floating[:, ::1] stm0,
-                           floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
-                           Py_ssize_t forget_preactivation) except -1 nogil:
-    """Point the step at all T * B rows of the tape at once, for the gates' finish."""
-    cdef bint has_blocks = z.shape[2] > 0
-    point_at_step(s, 0, &z[0, 0, 0] if has_blocks else NULL, &acts[0, 0, 0, 0], acts.shape[1],
-                  &ltm[0, 0, 0], &y[0, 0, 0], &stm0[0, 0], forget_preactivation)
-    s.e.t, s.e.B = -1, y.shape[0] * y.shape[1]
-    s.STM_prev = NULL
-    s.dz = &dz[0, 0, 0] if has_blocks else NULL
-    s.ds_t = NULL if forget_preactivation < 0 or not has_blocks else (
-        <floating*> s.dz + forget_preactivation)
-    s.dSTM_t = s.dLTM_t = s.dLTM_prev = NULL
-    s.df_t, s.di_t, s.dN_t = &dacts[0, 0, 0, 0], &dacts[1, 0, 0, 0], &dacts[2, 0, 0, 0]
-    s.dU_t, s.dV_t = &dacts[3, 0, 0, 0], &dacts[4, 0, 0, 0]
-    return 0
+# The tiled loop's products (gatekit/_tiles.h): weights packed once per call into panels of
+# panel_width() columns, each product done in register tiles.
+
+cdef inline void pack(floating* panel, const floating* w, Py_ssize_t column_stride,
+                      Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        gk_pack_float(panel, w, column_stride, l_stride, k, n)
+    else:
+        gk_pack_double(panel, w, column_stride, l_stride, k, n)
+
+
+cdef inline void product(Py_ssize_t rows, const floating* a1, Py_ssize_t lda1, Py_ssize_t k1,
+                         const floating* a2, Py_ssize_t lda2, Py_ssize_t k2,
+                         const floating* panel, const floating* bias, floating* c,
+                         Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        gk_product_float(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+    else:
+        gk_product_double(rows, a1, lda1, k1, a2, lda2, k2, panel, bias, c, ldc, n)
+
+
+cdef inline void product_unsplit(Py_ssize_t rows, const floating* a, Py_ssize_t lda,
+                                 Py_ssize_t k, const floating* panel, floating* c,
+                                 Py_ssize_t ldc, Py_ssize_t n) noexcept nogil:
+    """c += a @ panel, each row summed alike whatever the number of rows (see _tiles.h): for
+    products whose rows are a thread's share."""
+    if floating is float:
+        gk_product_unsplit_float(rows, a, lda, k, panel, c, ldc, n)
+    else:
+        gk_product_unsplit_double(rows, a, lda, k, panel, c, ldc, n)
