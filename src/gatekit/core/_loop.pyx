@@ -33,6 +33,8 @@ import numpy as np
 
 from gatekit.core._gate import PythonGate
 
+__all__ = ["backward", "backward_scratch", "forward", "plan", "threads_for", "workspace_layout"]
+
 
 cdef extern from "_tiles.h" nogil:
     ctypedef struct gk_barrier:
@@ -1072,7 +1074,7 @@ cdef check_shape(str name, tuple shape, tuple expected):
         raise ValueError(f"{name} must have shape {expected}; got {shape}")
 
 
-# The tiled loop's products (gatekit/_tiles.h): weights packed once per call into panels of
+# The tiled loop's products (gatekit/core/_tiles.h): weights packed once per call into panels of
 # panel_width() columns, each product done in register tiles.
 
 cdef inline void pack(floating* panel, const floating* w, Py_ssize_t column_stride,

@@ -449,8 +449,6 @@ class Cell:
         try:
             dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
             dacts = spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H)
-            if KH == 0:
-                dacts[...] = 0          # without blocks the gates run alone; they add into it
             failed = _loop.backward(
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
