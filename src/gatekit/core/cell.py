@@ -8,9 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gatekit.core import instruction_sets
-
-from gatekit.core import plugins
+from gatekit.core import instruction_sets, plugins
 from gatekit.core._gate import MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
 __all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",

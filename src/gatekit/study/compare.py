@@ -22,10 +22,8 @@ import warnings
 
 import numpy as np
 
-from gatekit.study import sweep
-
 from gatekit.io.files import atomic_write
-from gatekit.study import tasks
+from gatekit.study import sweep, tasks
 
 __all__ = ["add_arguments", "compare", "Comparison", "curve_matrix", "EPILOG", "folder_records",
            "format_table", "group_records", "HYPERPARAMETERS", "main", "make_specs", "parse_task",
