@@ -101,8 +101,10 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
 
     errors, differences = {}, {}
     for name, array in inputs.items():
-        flat = array.reshape(-1)                 # a view: perturbing it perturbs the cell
-        picked = rng.choice(flat.size, size=min(max_entries, flat.size), replace=False)
+        # .flat writes through even where the parameter is a strided view (a block that reads
+        # part of [STM_{t-1}, E_t]), where reshape would perturb a copy
+        flat = array.flat
+        picked = rng.choice(array.size, size=min(max_entries, array.size), replace=False)
         numeric = np.array([(4 * centred(flat, i, eps / 2) - centred(flat, i, eps)) / 3
                             for i in picked])
         got = analytic[name].reshape(-1)[picked]

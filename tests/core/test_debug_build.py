@@ -44,7 +44,7 @@ def _buffers(cell, x, **undersized):
 def _call_kernel(cell, b):
     return _loop.forward(cell.gates, b["W"], b["bias"], b["x"], b["stm0"], b["y"],
                          b["workspace"], False, np.full(b["x"].shape[1], b["x"].shape[0], np.intp),
-                         cell._forget_preactivation, THREADS)
+                         cell._forget_preactivation, cell._reads, THREADS)
 
 
 def test_kernel_refuses_a_small_workspace(cell):

@@ -21,16 +21,20 @@
 ctypedef struct Extent:
     Py_ssize_t t             # the time step
     Py_ssize_t B, H          # rows (sequences) and units of every (B, H) array
+    Py_ssize_t D             # the event's width: E_t is (B, D), row stride D
     Py_ssize_t u0, u1        # the units this call computes
     Py_ssize_t ldz           # row stride of z
 
 ctypedef struct StepFloat:
     Extent e
     # Forward: the step's quantities (in backward: what the forward pass kept of the step).
-    float* z                 # pre-activations W_k [STM_{t-1}, E_t] + b_k of every block k
+    float* z                 # pre-activations of every block k: W_k [STM_{t-1}, E_t] + b_k, or
+                             # W_k E_t + b_k, or W_k STM_{t-1} + b_k, by what k reads;
+                             # block k of a gate starts at column self.column[k]
     const float* s_t         # the forget gate's full pre-activation (in z), or NULL if none
     const float* STM_prev
     const float* LTM_prev
+    const float* E_t         # the event, (B, D) with row stride D
     float* f_t               # forget factor
     float* i_t               # ignore factor
     float* N_t               # combined new information
@@ -51,6 +55,10 @@ ctypedef struct StepFloat:
     float* dV_t
     float* dLTM_t
     float* dLTM_prev
+    float* dSTM_prev         # the gates' share of d/dSTM_{t-1} that does not pass through z
+                             # (an elementwise use of STM_{t-1}; a product of it that waits
+                             # for a gate); the loop adds W^T dz itself
+    float* dE_t              # likewise d/dE_t, (B, D): the loop adds W^T dz after the last step
     float** dparam           # gradients of this gate's extra parameters, in declared order
     void* barrier            # the threads of the call, for sync() (gates that set `syncs`)
     int error                # set non-zero by a gate that failed; the loop then stops
@@ -62,6 +70,7 @@ ctypedef struct StepDouble:
     const double* s_t
     const double* STM_prev
     const double* LTM_prev
+    const double* E_t
     double* f_t
     double* i_t
     double* N_t
@@ -80,6 +89,8 @@ ctypedef struct StepDouble:
     double* dV_t
     double* dLTM_t
     double* dLTM_prev
+    double* dSTM_prev
+    double* dE_t
     double** dparam
     void* barrier
     int error
@@ -91,6 +102,9 @@ ctypedef fused floating:
 
 cdef class Gate:
     cdef readonly Py_ssize_t offset     # column of this gate's first block in a row of z
+    cdef Py_ssize_t column[8]           # column of each of its blocks, in declared order: the
+                                        # blocks of a gate that all read the same lie side by
+                                        # side (column[k] = offset + k * H), others need not
     cdef readonly Py_ssize_t input_size, hidden_size
     cdef void* param[8]                 # data of this gate's extra parameters, in declared order
     cdef list _bound                    # keeps the arrays behind `param` alive

@@ -12,6 +12,17 @@ A gate class declares, as class attributes:
     gives the cell the parameters ``W_k`` of shape ``(H, H + D)`` (acting on
     ``[STM_{t-1}, E_t]``, STM columns first) and ``b_k`` of shape ``(H,)``; the time loop computes
     ``z_k = W_k [STM_{t-1}, E_t] + b_k`` for every block in one matrix product per step.
+``reads``
+    What some of its blocks read instead, ``{block: "event" | "STM"}``: a block that reads the
+    event only has ``W_k`` of shape ``(H, D)`` and ``z_k = W_k E_t + b_k``, computed for every
+    step before the time loop starts (minGRU, minLSTM, MUT1's update gate); one that reads the
+    STM only has ``W_k`` of shape ``(H, H)`` and ``z_k = W_k STM_{t-1} + b_k`` (with its own bias:
+    GRU's ``b_hn``). Two blocks of one gate, one of each, keep the input and recurrent parts of
+    a pre-activation apart (GRU's candidate, whose reset gate multiplies the recurrent part
+    only). The per-step product covers only the blocks that read the STM, and the weights a
+    block does not read are neither stored in its parameter nor trained. A Cython gate finds
+    block ``k`` at column ``self.column[k]`` of ``z``: blocks that read alike lie side by side
+    from ``self.offset``, so a gate whose blocks all read alike may use ``offset + k * H``.
 ``params``
     Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
     example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
@@ -59,7 +70,7 @@ cdef extern from *:
     """
     int GATEKIT_DEBUG
 
-__all__ = ["DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512", "MAX_PARAMS",
+__all__ = ["BLOCK_READS", "DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512", "MAX_BLOCKS", "MAX_PARAMS",
            "no_backward_message", "PythonGate", "ROLE_OUTPUTS", "ROLES", "StepArrays"]
 
 #: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
@@ -105,6 +116,9 @@ ROLE_OUTPUTS = {
     "use": ("U_t", "V_t", "STM_t"),
 }
 MAX_PARAMS = 8
+MAX_BLOCKS = 8
+#: What a block may read besides [STM_{t-1}, E_t] (see ``Gate.reads``).
+BLOCK_READS = ("event", "STM")
 
 
 cdef class Gate:
@@ -115,6 +129,7 @@ cdef class Gate:
     blocks = ()
     params = {}
     init = {}
+    reads = {}
     definition = None
     backward_definition = None
     trace = None
@@ -123,11 +138,46 @@ cdef class Gate:
     syncs = 0
     differentiable = False
 
-    def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0):
+    def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,
+                 columns=None):
+        cdef Py_ssize_t k
+        blocks = tuple(type(self).blocks)
+        if columns is None:
+            columns = [offset + k * hidden_size for k in range(len(blocks))]
+        if len(columns) != len(blocks) or len(blocks) > MAX_BLOCKS:
+            raise ValueError(f"gate {type(self).name!r}: one column per block (at most "
+                             f"{MAX_BLOCKS}) expected; got {len(columns)} for blocks {blocks}")
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.offset = offset
+        self.offset = columns[0] if blocks else offset
+        for k in range(len(blocks)):
+            self.column[k] = columns[k]
         self._bound = []
+
+    @property
+    def columns(self):
+        """The column of each of its blocks in a row of the pre-activations ``z``."""
+        cdef Py_ssize_t k
+        return tuple([self.column[k] for k in range(len(type(self).blocks))])
+
+    @classmethod
+    def block_reads(cls, block):
+        """What block ``block`` reads: ``"both"`` ([STM_{t-1}, E_t]), ``"event"`` or ``"STM"``."""
+        return cls.reads.get(block, "both")
+
+    @classmethod
+    def shapes(cls, input_size, hidden_size):
+        """The shape of each of its parameters, by name, for a cell of these sizes: ``W_k`` and
+        ``b_k`` of every block (by what it reads), then its ``params``."""
+        D, H = input_size, hidden_size
+        columns = {"both": H + D, "event": D, "STM": H}
+        shapes = {}
+        for block in cls.blocks:
+            shapes[f"W_{block}"] = (H, columns[cls.block_reads(block)])
+            shapes[f"b_{block}"] = (H,)
+        for name, dims in dict(cls.params).items():
+            shapes[name] = tuple(H if dim == "H" else D for dim in dims)
+        return shapes
 
     @classmethod
     def provides(cls):
@@ -231,9 +281,9 @@ cdef class PythonGate(Gate):
     def forward(self, step):
         """Compute this gate's outputs for one step, in place: ``step.f_t[...] = ...``.
 
-        ``step`` has ``t``, ``z(block)`` (a block's pre-activation, ``W [STM_{t-1}, E_t] + b``),
-        ``s_t`` (the forget gate's pre-activation, or None), ``STM_prev`` and ``LTM_prev``
-        (read-only), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
+        ``step`` has ``t``, ``z(block)`` (a block's pre-activation, ``W [STM_{t-1}, E_t] + b``,
+        or what the block ``reads``), ``s_t`` (the forget gate's pre-activation, or None),
+        ``STM_prev``, ``LTM_prev`` and ``E_t`` (read-only, ``E_t`` (B, D)), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
         ``STM_t`` of this step, all of shape ``(B, H)``.
 
         The arrays are views on the loop's buffers, and keep those buffers alive: one kept
@@ -247,7 +297,8 @@ cdef class PythonGate(Gate):
 
         Besides the forward arrays of the step, ``step`` has ``dz(block)``, ``ds_t``, ``dSTM_t``
         (read it, don't write it), ``df_t``, ``di_t``, ``dN_t``, ``dU_t``, ``dV_t``, ``dLTM_t``,
-        ``dLTM_prev`` and ``dparams[name]``. A gate that does not override this cannot be
+        ``dLTM_prev``, ``dSTM_prev`` and ``dE_t`` (for a use of ``STM_prev`` or ``E_t`` outside
+        ``z``; the loop adds what passes through ``z``) and ``dparams[name]``. A gate that does not override this cannot be
         trained: asking for gradients raises NotImplementedError before any work is done.
         """
         raise NotImplementedError(no_backward_message(type(self)))
@@ -297,9 +348,9 @@ class StepArrays:
     """One time step as NumPy arrays, for :class:`PythonGate`: views on the loop's buffers,
     named like the fields of the compiled step (gradients are None outside backward)."""
 
-    def __init__(self, t, hidden_size, offset, blocks, z, dz, dparams, **arrays):
+    def __init__(self, t, hidden_size, columns, blocks, z, dz, dparams, **arrays):
         self.t = t
-        self._hidden_size, self._offset, self._blocks = hidden_size, offset, blocks
+        self._hidden_size, self._columns, self._blocks = hidden_size, columns, blocks
         self._z, self._dz = z, dz
         self.dparams = dparams
         self.__dict__.update(arrays)
@@ -309,7 +360,7 @@ class StepArrays:
             k = self._blocks.index(block)
         except ValueError:
             raise KeyError(f"this gate has no block {block!r}; its blocks are {self._blocks}") from None
-        start = self._offset + k * self._hidden_size
+        start = self._columns[k]
         return buffer[:, start:start + self._hidden_size]
 
     def z(self, block):
@@ -352,12 +403,13 @@ cdef _step_arrays(step_t* s, PythonGate gate):
                 array.shape)
             k += 1
     return StepArrays(
-        s.e.t, H, gate.offset, tuple(type(gate).blocks),
+        s.e.t, H, gate.columns, tuple(type(gate).blocks),
         _view(s.z, B, ldz, owner), _view(s.dz, B, ldz, owner), dparams,
         s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, owner, False)[:, :H],
         ds_t=None if s.ds_t == NULL else _view(s.ds_t, B, ldz, owner)[:, :H],
         STM_prev=_view(s.STM_prev, B, H, owner, False),
         LTM_prev=_view(s.LTM_prev, B, H, owner, False),
+        E_t=_view(s.E_t, B, s.e.D, owner, False),
         f_t=_view(s.f_t, B, H, owner), i_t=_view(s.i_t, B, H, owner),
         N_t=_view(s.N_t, B, H, owner), U_t=_view(s.U_t, B, H, owner),
         V_t=_view(s.V_t, B, H, owner), LTM_t=_view(s.LTM_t, B, H, owner),
@@ -365,7 +417,8 @@ cdef _step_arrays(step_t* s, PythonGate gate):
         df_t=_view(s.df_t, B, H, owner), di_t=_view(s.di_t, B, H, owner),
         dN_t=_view(s.dN_t, B, H, owner), dU_t=_view(s.dU_t, B, H, owner),
         dV_t=_view(s.dV_t, B, H, owner), dLTM_t=_view(s.dLTM_t, B, H, owner),
-        dLTM_prev=_view(s.dLTM_prev, B, H, owner))
+        dLTM_prev=_view(s.dLTM_prev, B, H, owner), dSTM_prev=_view(s.dSTM_prev, B, H, owner),
+        dE_t=_view(s.dE_t, B, s.e.D, owner))
 
 
 cdef void out_of_memory(Gate gate, int* error) noexcept nogil:

@@ -8,7 +8,11 @@ step unless a gate is written in Python (it takes the GIL back for itself).
 
 Buffers, for T steps of B sequences, D inputs, H units and K blocks (KH = K * H columns):
 W (KH, H + D) with the STM columns first, bias (KH,), x (T, B, D), z (T, B, KH) the
-pre-activations; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
+pre-activations. The blocks come in three runs, by what they read: STM_{t-1} only (columns
+[0, first_input)), [STM_{t-1}, E_t], then E_t only (columns [recurrent_end, KH)); the loop
+computes the input product E_t W[:, H:]^T for columns [first_input, KH) and the recurrent
+product STM_{t-1} W[:, :H]^T for columns [0, recurrent_end) only, so the unread columns of W
+(zeros) cost a block nothing in the time loop; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
 ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .. T - 1, so
 STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for
@@ -118,6 +122,7 @@ cdef struct StepAny:
     const void* s_t
     const void* STM_prev
     const void* LTM_prev
+    const void* E_t
     void* f_t
     void* i_t
     void* N_t
@@ -136,6 +141,8 @@ cdef struct StepAny:
     void* dV_t
     void* dLTM_t
     void* dLTM_prev
+    void* dSTM_prev
+    void* dE_t
     void** dparam
     void* barrier
     int error
@@ -250,6 +257,8 @@ cdef struct Team:
     int syncs[4]             # barriers the gate waits at itself, per step (gates that share work)
     bint single
     Py_ssize_t T, B, D, H, KH, kept, units, forget_preactivation
+    Py_ssize_t first_input   # the first column of z with an input product
+    Py_ssize_t recurrent_end # the columns of z before this one have a recurrent product
     const void* W
     const void* bias
     const void* x
@@ -281,7 +290,7 @@ cdef struct Member:
 
 cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t B,
                      Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, Py_ssize_t kept,
-                     Py_ssize_t forget_preactivation, Py_ssize_t alone_at,
+                     Py_ssize_t forget_preactivation, tuple reads, Py_ssize_t alone_at,
                      bint single) except -1:
     """The sizes and the gates of a call, for the team of ``P`` (one thread, this one, if P has
     none); the caller points the team at the buffers. Only a team of several threads splits
@@ -291,6 +300,11 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     cdef int g
     if len(gates) != 4:
         raise ValueError(f"gates must hold one gate per role (4); got {len(gates)}")
+    if not (len(reads) == 2 and 0 <= reads[0] <= reads[1] <= KH
+            and (H == 0 or (reads[0] % H == 0 and reads[1] % H == 0))):
+        raise ValueError(f"reads must be (first_input, recurrent_end), whole blocks with "
+                         f"0 <= first_input <= recurrent_end <= {KH}; got {reads!r}")
+    team.first_input, team.recurrent_end = reads
     team.size, team.units, team.single = max(1, P.team), P.units, single
     team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
     team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
@@ -375,12 +389,12 @@ cdef inline StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexce
     """A thread's step: units u0..u1 of every row, the call's scratch and barrier (none on one
     thread), no gradients yet (backward points them at each step)."""
     cdef StepAny s
-    s.e.B, s.e.H, s.e.u0, s.e.u1, s.e.ldz = team.B, team.H, u0, u1, team.KH
+    s.e.B, s.e.H, s.e.D, s.e.u0, s.e.u1, s.e.ldz = team.B, team.H, team.D, u0, u1, team.KH
     s.error = 0
     s.barrier = &team.barrier if team.size > 1 else NULL
     s.work = team.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
-    s.dLTM_t = s.dLTM_prev = NULL
+    s.dLTM_t = s.dLTM_prev = s.dSTM_prev = s.dE_t = NULL
     return s
 
 
@@ -522,8 +536,8 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
-            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
-            Py_ssize_t alone_at=-1):
+            const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
+            int threads, Py_ssize_t alone_at=-1):
     """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
     step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
     whatever it measures, so that the tests can reach that path.)
@@ -534,7 +548,9 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     not five: each typed buffer an argument costs the call a fraction of a microsecond to
     acquire.) Sequence b lasts ``lengths[b]`` steps (T if ``lengths`` is None): from then on
     its memories stay as they were (its rows of y repeat its last STM; the caller blanks them).
-    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none.
+    ``forget_preactivation`` is the column of s_t in z, or -1 if the forget gate has none;
+    ``reads`` = (first_input, recurrent_end), the columns of z that the input and the recurrent
+    products leave out (see the module docstring).
     Gates written in Python run on this thread only."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = stm0.shape[1], KH = W.shape[0]
@@ -553,7 +569,8 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     if workspace.shape[0] < L.size:
         raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
     cdef floating* base = &workspace[0]
-    set_up_team(&team, gates, &P, T, B, D, H, KH, L.kept, forget_preactivation, alone_at, single)
+    set_up_team(&team, gates, &P, T, B, D, H, KH, L.kept, forget_preactivation, reads, alone_at,
+                single)
     team.phase = FORWARD
     team.W = &W[0, 0] if KH > 0 else NULL
     team.bias = &bias[0] if KH > 0 else NULL
@@ -575,6 +592,7 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
     """The plain loop, on this thread: every product a few dot products (add_products), every
     gate over all units. Returns -1, or the step at which a gate failed."""
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
+    cdef Py_ssize_t first_input = team.first_input, recurrent_end = team.recurrent_end
     cdef Py_ssize_t t, r, j
     cdef const floating* W = <const floating*> team.W
     cdef const floating* bias = <const floating*> team.bias
@@ -586,15 +604,17 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
         for r in range(T * B):
             for j in range(KH):
                 z[r * KH + j] = bias[j]
-        add_products(z, KH, <const floating*> team.x, D, W + H, H + D, T * B, KH, D)
+        add_products(z + first_input, KH, <const floating*> team.x, D,
+                     W + first_input * (H + D) + H, H + D, T * B, KH - first_input, D)
     for t in range(T):
         if KH > 0:
             zt = z + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
-                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
+                      <floating*> team.y, <const floating*> team.stm0, <const floating*> team.x,
+                      team.forget_preactivation)
         if KH > 0:
             # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
-            add_products(zt, KH, <const floating*> s.STM_prev, H, W, H + D, B, KH, H)
+            add_products(zt, KH, <const floating*> s.STM_prev, H, W, H + D, B, recurrent_end, H)
         if run_shared_gates(team, 0, FORWARD, &s, False, True):
             return t
         if team.lengths != NULL:
@@ -638,7 +658,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
     cdef Py_ssize_t u0, u1
-    cdef Py_ssize_t t, k, u, r, rows, column, blocks = KH // H
+    cdef Py_ssize_t t, k, u, r, j, rows, column, blocks = KH // H
+    cdef Py_ssize_t first_block = team.first_input // H, recurrent_blocks = team.recurrent_end // H
     unit_range(team, index, &u0, &u1)
     cdef const floating* W = <const floating*> team.W
     cdef const floating* bias = <const floating*> team.bias
@@ -646,27 +667,36 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef floating* z = <floating*> team.z
     cdef floating* zt
     cdef floating* own = <floating*> team.panels + index * blocks * team.units * kdim
-    cdef floating* panel = own
+    cdef Py_ssize_t block_panels = panel_count(u1 - u0, nr) * nr     # numbers per unit of depth
+    cdef floating* panel
     cdef bint failed = False, alone = False
     cdef int m
     cdef StepEnd end
     cdef StepAny s = member_step(team, u0, u1)
     # Each thread packs its own share, so it starts out in the cache that reads it: the
-    # panels of W[:, H:] (input columns), then those of W[:, :H] (recurrent), D and H long.
-    for k in range(blocks):
+    # panels of W[:, H:] (input columns, D long) of the blocks that read the event, then those
+    # of W[:, :H] (recurrent, H long) of the blocks that read the STM, each block in its place.
+    for k in range(first_block, blocks):
+        panel = own + k * block_panels * D
         for u from u0 <= u < u1 by nr:
             pack(panel, W + (k * H + u) * kdim + H, kdim, 1, D, min(nr, u1 - u))
             panel += D * nr
-    for k in range(blocks):
+    for k in range(recurrent_blocks):
+        panel = own + blocks * block_panels * D + k * block_panels * H
         for u from u0 <= u < u1 by nr:
             pack(panel, W + (k * H + u) * kdim, kdim, 1, H, min(nr, u1 - u))
             panel += H * nr
     # The input projection of every step first, z = bias + E @ W[:, H:].T (its own columns),
     # in products of INPUT_ROWS rows: per step, only the recurrent weights are read again.
+    # Blocks that read the STM only start from their bias.
+    for r in range(T * B):
+        for k in range(first_block):
+            for j in range(k * H + u0, k * H + u1):
+                z[r * KH + j] = bias[j]
     for r from 0 <= r < T * B by INPUT_ROWS:
         rows = min(INPUT_ROWS, T * B - r)
-        panel = own
-        for k in range(blocks):
+        for k in range(first_block, blocks):
+            panel = own + k * block_panels * D
             for u from u0 <= u < u1 by nr:
                 column = k * H + u
                 product(rows, x + r * D, D, D, NULL, 0, 0, panel, bias + column,
@@ -675,7 +705,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     for t in range(T):
         zt = z + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
-                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
+                      <floating*> team.y, <const floating*> team.stm0, x,
+                      team.forget_preactivation)
         # Alone, thread 0 also takes the other threads' columns, over the panels they packed.
         for m in range(0 if alone else index, team.size if alone else index + 1):
             add_recurrent(team, m, <const floating*> s.STM_prev, zt)
@@ -699,7 +730,7 @@ cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
     unit_range(team, member, &u0, &u1)
     cdef floating* panel = (<floating*> team.panels + member * blocks * team.units * (H + D)
                             + blocks * panel_count(u1 - u0, nr) * nr * D)
-    for k in range(blocks):
+    for k in range(team.recurrent_end // H):
         for u from u0 <= u < u1 by nr:
             product(team.B, STM_prev, H, H, NULL, 0, 0, panel, NULL, zt + k * H + u, KH,
                     min(nr, u1 - u))
@@ -727,18 +758,21 @@ cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
 #
 # Forward, step t of a sequence (t = 0 .. T-1; STM_{-1}, LTM_{-1} the initial state) computes
 #     z_t = W [STM_{t-1}, E_t] + b            (the pre-activations of every gate's blocks)
-# and from z_t and LTM_{t-1} the gates compute f_t, i_t, N_t, LTM_t, U_t, V_t and y_t = STM_t.
-# A gate's gradient reaches STM_{t-1} only through dz_t (a step has no dSTM_prev), so all that
-# step t sends back to STM_{t-1} is W[:, :H]^T dz_t. Backward runs t = T-1 down to 0, with c
-# what step t + 1 sent back to STM_t (at t = T-1: dstm[0], the final STM's gradient):
+# and from z_t, LTM_{t-1}, STM_{t-1} and E_t the gates compute f_t, i_t, N_t, LTM_t, U_t, V_t
+# and y_t = STM_t. A gate's gradient reaches STM_{t-1} through dz_t and through what it adds
+# into dSTM_prev itself. Backward runs t = T-1 down to 0, with c what step t + 1 sent back to
+# STM_t (at t = T-1: dstm[0], the final STM's gradient):
 #     dSTM_t = dy_t + c,   then c = 0
 #     the gates, in reverse role order (use, remember, learn, forget), given dSTM_t and dLTM_t
 #     (what step t + 1 sent back to LTM_t; at t = T-1 the final LTM's gradient), add into
 #         dz_t, df_t, di_t, dN_t, dU_t, dV_t  (zeroed at the start of the step),
 #         dLTM_t                  (the part through STM_t: a Use gate reads LTM_t),
 #         dLTM_{t-1}              (zeroed first: e.g. remember's f_t ⊙ dLTM_t),
+#         dSTM_{t-1} = c          (its uses of STM_{t-1} outside z_t),
+#         dE_t = dx_t             (likewise, of E_t),
 #         the gradients of their extra parameters (a peephole's p, summed over the steps)
-#     c += W[:, :H]^T dz_t    (= dSTM_{t-1} - dy_{t-1}; needs all of dz_t: the step's barrier)
+#     c += W[:, :H]^T dz_t    (= dSTM_{t-1} - dy_{t-1}; needs all of dz_t: the step's barrier;
+#                              the rows of the blocks that read the STM only)
 # and after step 0, c and dLTM_{-1} are the gradients of the initial state (dstm[0], dltm[0]).
 # Past its length, step t of sequence b is the identity in the forward pass (STM_t = STM_{t-1},
 # LTM_t = LTM_{t-1}): there its dy_t is ignored, c passes through unchanged, dLTM_{t-1} =
@@ -746,7 +780,7 @@ cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
 # Then, over all T * B rows at once: each gate's finish (the place for a gradient that is one
 # product over the whole tape), and the weights phase, sums over t (and the sequences):
 #     dW[:, :H] += Σ_t dz_t STM_{t-1}^T,   dW[:, H:] += Σ_t dz_t E_t^T,   db += Σ_t dz_t,
-#     dx_t = W[:, H:]^T dz_t.
+#     dx_t += W[:, H:]^T dz_t.
 # ---------------------------------------------------------------------------------------------
 
 def backward_scratch(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
@@ -763,8 +797,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] dltm, floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
-             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, int threads,
-             Py_ssize_t alone_at=-1):
+             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
+             int threads, Py_ssize_t alone_at=-1):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] the gradient of the final STM, dltm[T % 2] that of the final LTM.
@@ -817,8 +851,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         return -1
     # Without blocks there is nothing to multiply (P has no threads): the time loop still runs
     # the gates, on this thread.
-    set_up_team(&team, gates, &P, T, B, D, H, KH, acts.shape[1], forget_preactivation, alone_at,
-                single)
+    set_up_team(&team, gates, &P, T, B, D, H, KH, acts.shape[1], forget_preactivation, reads,
+                alone_at, single)
     team.phase = BACKWARD
     team.W = &W[0, 0] if KH > 0 else NULL
     team.z = &z[0, 0, 0] if KH > 0 else NULL
@@ -873,20 +907,24 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef bint failed = False, alone = False
     cdef int m
     cdef StepEnd end
+    cdef Py_ssize_t recurrent_end = team.recurrent_end
     cdef StepAny s = member_step(team, u0, u1)
-    s.dSTM_t = dSTM_t
-    if KH > 0:
-        # Panels of W[:, u:u + nr] over all KH rows: the carry to this thread's units.
+    s.dSTM_t, s.dSTM_prev = dSTM_t, carry
+    if recurrent_end > 0:
+        # Panels of W[:, u:u + nr] over the rows of the blocks that read the STM: the carry to
+        # this thread's units.
         panel = <floating*> team.panels + index * team.units * KH
         for u from u0 <= u < u1 by nr:
-            pack(panel, W + u, 1, H + team.D, KH, min(nr, u1 - u))
-            panel += KH * nr
+            pack(panel, W + u, 1, H + team.D, recurrent_end, min(nr, u1 - u))
+            panel += recurrent_end * nr
     for t in range(T - 1, -1, -1):
         if KH > 0:
             zt, dzt = z + t * B * KH, dz + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
-                      <floating*> team.y, <const floating*> team.stm0, team.forget_preactivation)
+                      <floating*> team.y, <const floating*> team.stm0, <const floating*> team.x,
+                      team.forget_preactivation)
         s.dz = dzt
+        s.dE_t = NULL if team.dx == NULL else <floating*> team.dx + t * B * team.D
         s.ds_t = NULL if team.forget_preactivation < 0 or dzt == NULL else (
             dzt + team.forget_preactivation)
         s.df_t, s.di_t, s.dN_t = dacts + t * BH, dacts + (T + t) * BH, dacts + (2 * T + t) * BH
@@ -923,7 +961,7 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             alone = True
             u0, u1 = 0, H
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
-        if KH > 0:
+        if recurrent_end > 0:
             # carry[:, u0:u1] += dz[t] @ W[:, u0:u1]; alone, thread 0 takes every thread's units
             for m in range(0 if alone else index, team.size if alone else index + 1):
                 add_carry(team, m, dzt, carry)
@@ -931,14 +969,14 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
 
 cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
     """carry[:, thread ``member``'s units] += dz[t] @ W[:, those units], over the panels of
-    W[:, units] ``member`` packed (all KH rows)."""
-    cdef Py_ssize_t nr = panel_width(floating is float), u0, u1, u
+    W[:, units] ``member`` packed (the rows of the blocks that read the STM)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), u0, u1, u, rows = team.recurrent_end
     unit_range(team, member, &u0, &u1)
     cdef floating* panel = <floating*> team.panels + member * team.units * team.KH
     for u from u0 <= u < u1 by nr:
-        product(team.B, dzt, team.KH, team.KH, NULL, 0, 0, panel, NULL, carry + u, team.H,
+        product(team.B, dzt, team.KH, rows, NULL, 0, 0, panel, NULL, carry + u, team.H,
                 min(nr, u1 - u))
-        panel += team.KH * nr
+        panel += rows * nr
 
 
 cdef StepAny sequence_step(Team* team, floating* precision) noexcept nogil:
@@ -950,10 +988,10 @@ cdef StepAny sequence_step(Team* team, floating* precision) noexcept nogil:
     s.barrier = NULL
     point_at_step(&s, 0, <floating*> team.z, <floating*> team.acts, team.kept,
                   <floating*> team.ltm, <floating*> team.y, <const floating*> team.stm0,
-                  team.forget_preactivation)
+                  <const floating*> team.x, team.forget_preactivation)
     s.e.t, s.e.B = -1, team.T * team.B
-    s.STM_prev = NULL
-    s.dz = team.dz
+    s.STM_prev = s.dSTM_prev = NULL
+    s.dz, s.dE_t = team.dz, team.dx
     s.ds_t = NULL if team.forget_preactivation < 0 or team.dz == NULL else (
         <floating*> team.dz + team.forget_preactivation)
     s.df_t, s.di_t, s.dN_t = dacts, dacts + TBH, dacts + 2 * TBH
@@ -1053,11 +1091,13 @@ cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
 
 cdef inline void point_at_step(StepAny* s, Py_ssize_t t, floating* z, floating* acts,
                                Py_ssize_t kept, floating* ltm, floating* y, const floating* stm0,
-                               Py_ssize_t forget_preactivation) noexcept nogil:
+                               const floating* x, Py_ssize_t forget_preactivation) noexcept nogil:
     """Point the step's forward fields at step t of the buffers (see the module docstring):
-    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, y T steps, each B * H."""
+    acts holds 5 slots of ``kept`` steps, ltm ``kept + 1`` memories, y T steps, each B * H;
+    x T steps of B * D."""
     cdef Py_ssize_t BH = s.e.B * s.e.H, k = t % kept
     s.e.t = t
+    s.E_t = NULL if x == NULL else x + t * s.e.B * s.e.D
     s.z = z
     s.s_t = NULL if forget_preactivation < 0 or z == NULL else z + forget_preactivation
     s.STM_prev = stm0 if t == 0 else y + (t - 1) * BH

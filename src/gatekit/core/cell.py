@@ -15,6 +15,10 @@ __all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", 
            "refuse_changed_parameters", "Tape", "THREADS", "writable"]
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
+# The runs of packed blocks, in order, and the columns of W each reads ([STM_{t-1}, E_t]).
+_RUNS = ("STM", "both", "event")
+_COLUMNS = {"both": lambda H: slice(None), "event": lambda H: slice(H, None),
+            "STM": lambda H: slice(0, H)}
 _loop = instruction_sets.load("_loop")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -244,28 +248,40 @@ class Cell:
         self._check_composition(classes)
         self._classes = classes
 
-        blocks = [(cls, block) for cls in classes for block in cls.blocks]
-        self._weights = np.empty((len(blocks) * H, H + D), self.dtype)
-        self._bias = np.empty(len(blocks) * H, self.dtype)
-        arrays, offsets, sources = {}, {}, {}
+        # The packed blocks, in three runs by what they read (STM only, both, event only), each
+        # in role and declared order: the loop's products then skip whole runs of columns. The
+        # columns a block does not read stay zero and belong to no parameter.
+        blocks = sorted(((cls, block) for cls in classes for block in cls.blocks),
+                        key=lambda entry: _RUNS.index(entry[0].block_reads(entry[1])))
+        self._weights = np.zeros((len(blocks) * H, H + D), self.dtype)
+        self._bias = np.zeros(len(blocks) * H, self.dtype)
+        self._blocks = {}                       # block name: (first row, columns of W it reads)
+        arrays, sources, columns = {}, {}, {cls: {} for cls in classes}
         for k, (cls, block) in enumerate(blocks):
-            offsets.setdefault(cls, k * H)
-            for kind, rows in (("W", self._weights), ("b", self._bias)):
-                _add_parameter(arrays, sources, f"{kind}_{block}", rows[k * H:(k + 1) * H],
-                               (cls, f"block {block!r}"), registry)
+            read = _COLUMNS[cls.block_reads(block)](H)
+            self._blocks[block] = (k * H, read)
+            columns[cls][block] = k * H
+            rows = slice(k * H, (k + 1) * H)
+            _add_parameter(arrays, sources, f"W_{block}", self._weights[rows, read],
+                           (cls, f"block {block!r}"), registry)
+            _add_parameter(arrays, sources, f"b_{block}", self._bias[rows],
+                           (cls, f"block {block!r}"), registry)
+        runs = [cls.block_reads(block) for cls, block in blocks]
+        self._reads = (runs.count("STM") * H, (len(runs) - runs.count("event")) * H)
         for cls in classes:
-            for name, shape in cls.params.items():
-                dims = tuple(H if dim == "H" else D for dim in shape)
-                _add_parameter(arrays, sources, name, np.empty(dims, self.dtype),
+            shapes = cls.shapes(D, H)
+            for name in cls.params:
+                _add_parameter(arrays, sources, name, np.zeros(shapes[name], self.dtype),
                                (cls, f"parameter {name!r}"), registry)
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
-        self.gates = tuple(cls(D, H, offsets.get(cls, 0)) for cls in classes)
+        self.gates = tuple(cls(D, H, 0, [columns[cls][block] for block in cls.blocks])
+                           for cls in classes)
         for gate in self.gates:
             gate.bind(arrays)
-        forget_gate = classes[0]
-        self._forget_preactivation = offsets[forget_gate] if (
+        forget_gate = self.gates[0]
+        self._forget_preactivation = forget_gate.offset if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
 
     @staticmethod
@@ -359,7 +375,8 @@ class Cell:
         self._hold_buffers(buffers)
         try:
             failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
-                                   keep, lengths, self._forget_preactivation, threads)
+                                   keep, lengths, self._forget_preactivation, self._reads,
+                                   threads)
             if failed >= 0:
                 self._raise_gate_error(failed)
             final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
@@ -451,7 +468,7 @@ class Cell:
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
-                self._forget_preactivation, threads)
+                self._forget_preactivation, self._reads, threads)
         finally:
             self._release_buffers(buffers)
             for name, buffer in spares.items():
@@ -504,12 +521,9 @@ class Cell:
         ``dweights`` and ``dbias``, the others fresh zeros."""
         H = self.hidden_size
         grads = {}
-        k = 0
-        for gate in self.gates:
-            for block in type(gate).blocks:
-                grads[f"W_{block}"] = dweights[k * H:(k + 1) * H]
-                grads[f"b_{block}"] = dbias[k * H:(k + 1) * H]
-                k += 1
+        for block, (row, read) in self._blocks.items():
+            grads[f"W_{block}"] = dweights[row:row + H, read]
+            grads[f"b_{block}"] = dbias[row:row + H]
         for name, array in self.params.items():
             grads.setdefault(name, np.zeros_like(array))
         return {name: grads[name] for name in self.params}

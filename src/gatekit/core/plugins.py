@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from gatekit.core import hookspecs
-from gatekit.core._gate import Gate, ROLE_OUTPUTS, ROLES
+from gatekit.core._gate import BLOCK_READS, Gate, MAX_BLOCKS, ROLE_OUTPUTS, ROLES
 from gatekit.core.task import Task
 
 __all__ = ["BLOCK_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "GateEntry", "gates",
@@ -119,6 +119,14 @@ def _check_gate_class(cls, plugin):
         raise PluginError(f"{where}: name {cls.name!r} is not an identifier")
     if not all(isinstance(b, str) and b.isidentifier() for b in cls.blocks):
         raise PluginError(f"{where}: blocks {cls.blocks!r} must be a tuple of identifiers")
+    reads = dict(cls.reads)
+    for block, read in reads.items():
+        if block not in cls.blocks or read not in BLOCK_READS:
+            raise PluginError(f"{where}: reads {reads!r} must map some of its blocks "
+                              f"{tuple(cls.blocks)!r} to one of {BLOCK_READS!r}")
+    if len(cls.blocks) > MAX_BLOCKS:
+        raise PluginError(f"{where}: declares {len(cls.blocks)} blocks; at most {MAX_BLOCKS} "
+                          "are supported")
     for name, shape in dict(cls.params).items():
         if not (name.isidentifier() and all(dim in ("H", "D") for dim in shape)):
             raise PluginError(f"{where}: parameter {name!r} has shape {shape!r}; "

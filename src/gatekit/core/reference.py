@@ -11,7 +11,8 @@ takes arguments named after the quantities it reads and returns a dict of what i
 ``i_t``         ignore factor (the input gate);  ``N_t`` the combined new information
 ``LTM_t``       the new long-term memory
 ``U_t, V_t``    the two factors of the Use gate;  ``STM_t = U_t ⊙ V_t`` the new STM and output
-``W_k, b_k``    weights (H, H + D), acting on [STM_{t-1}, E_t] with STM columns first, and bias
+``W_k, b_k``    weights (H, H + D), acting on [STM_{t-1}, E_t] with STM columns first, and bias;
+                (H, D) for a block that reads the event only, (H, H) for one that reads the STM
 ``p_k``         peephole weights (H,), a per-unit weight on the memory
 ==============  ==============================================================
 
@@ -23,14 +24,18 @@ import inspect
 
 import numpy as np
 
-__all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_none",
+__all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_event",
+           "forget_event_backward", "forget_min", "forget_min_backward", "forget_none",
            "forget_none_backward", "forget_peephole", "forget_peephole_backward", "forward",
            "JANET_BETA", "learn", "learn_backward", "learn_coupled", "learn_coupled_backward",
            "learn_janet", "learn_janet_backward", "learn_linear", "learn_linear_backward",
-           "learn_linear_peephole", "learn_linear_peephole_backward", "learn_no_ignore",
-           "learn_no_ignore_backward", "learn_peephole", "learn_peephole_backward", "linear",
-           "linear_backward", "merge", "remember", "remember_backward", "sigmoid", "step", "use",
-           "use_backward", "use_course", "use_course_backward", "use_linear",
+           "learn_linear_peephole", "learn_linear_peephole_backward", "learn_mgu",
+           "learn_mgu_backward", "learn_min", "learn_min_backward", "learn_mut1",
+           "learn_mut1_backward", "learn_no_ignore", "learn_no_ignore_backward", "learn_peephole",
+           "learn_peephole_backward", "learn_reset", "learn_reset_backward", "linear",
+           "linear_backward", "linear_event", "linear_event_backward", "linear_stm",
+           "linear_stm_backward", "merge", "remember", "remember_backward", "sigmoid", "step",
+           "use", "use_backward", "use_course", "use_course_backward", "use_linear",
            "use_linear_backward", "use_linear_peephole", "use_linear_peephole_backward",
            "use_literal", "use_literal_backward", "use_memory", "use_memory_backward",
            "use_no_output_gate", "use_no_output_gate_backward", "use_peephole",
@@ -47,6 +52,16 @@ def sigmoid(x):
 def linear(W, STM_prev, E_t, b):
     """W [STM_{t-1}, E_t] + b, for a batch: rows are sequences."""
     return np.concatenate([STM_prev, E_t], axis=-1) @ W.T + b
+
+
+def linear_event(W, E_t, b):
+    """W E_t + b: a block that reads the event only."""
+    return E_t @ W.T + b
+
+
+def linear_stm(W, STM_prev, b):
+    """W STM_{t-1} + b: a block that reads the STM only."""
+    return STM_prev @ W.T + b
 
 
 # --- Forget gate: what to keep of the long-term memory -----------------------------------------
@@ -66,6 +81,21 @@ def forget_peephole(STM_prev, E_t, LTM_prev, W_f, b_f, p_f):
 def forget_none(LTM_prev):
     """f_t = 1: nothing is ever forgotten (NFG, the LSTM of 1997)."""
     return {"f_t": np.ones_like(LTM_prev)}
+
+
+def forget_event(E_t, W_f, b_f):
+    """f_t = σ(W_f E_t + b_f): a forget gate that reads the event only (minGRU's and MUT1's
+    update gate z_t = 1 - f_t, with W_f = -W_z and b_f = -b_z)."""
+    s_t = linear_event(W_f, E_t, b_f)
+    return {"s_t": s_t, "f_t": sigmoid(s_t)}
+
+
+def forget_min(E_t, W_f, b_f, W_i, b_i):
+    """minLSTM (Feng et al. 2024): f = σ(W_f E_t + b_f), i = σ(W_i E_t + b_i), normalised so
+    that the learn gate's i_t = 1 - f_t is i / (f + i):  f_t = f / (f + i)."""
+    f = sigmoid(linear_event(W_f, E_t, b_f))
+    i = sigmoid(linear_event(W_i, E_t, b_i))
+    return {"f_t": f / (f + i)}
 
 
 # --- Learn gate: combine, then ignore ----------------------------------------------------------
@@ -118,6 +148,39 @@ def learn_janet(STM_prev, E_t, s_t, W_n, b_n):
     where s_t is the forget gate's pre-activation (JANET, van der Westhuizen & Lasenby 2018)."""
     N_t = np.tanh(linear(W_n, STM_prev, E_t, b_n))
     return {"i_t": 1.0 - sigmoid(s_t - JANET_BETA), "N_t": N_t}
+
+
+def learn_min(E_t, f_t, W_n, b_n):
+    """N_t = W_n E_t + b_n (linear, the event only), i_t = 1 - f_t   (minGRU, minLSTM)"""
+    return {"i_t": 1.0 - f_t, "N_t": linear_event(W_n, E_t, b_n)}
+
+
+def learn_reset(STM_prev, E_t, f_t, W_r, b_r, W_n, b_n, W_hn, b_hn):
+    """GRU's candidate, as torch.nn.GRU computes it (Cho et al. 2014):
+    r_t = σ(W_r [STM_{t-1}, E_t] + b_r)                       the reset gate
+    N_t = tanh(W_n E_t + b_n + r_t ⊙ (W_hn STM_{t-1} + b_hn))  it resets the recurrent part only
+    i_t = 1 - f_t                                              (f_t: GRU's update gate z_t)"""
+    r_t = sigmoid(linear(W_r, STM_prev, E_t, b_r))
+    N_t = np.tanh(linear_event(W_n, E_t, b_n) + r_t * linear_stm(W_hn, STM_prev, b_hn))
+    return {"i_t": 1.0 - f_t, "N_t": N_t}
+
+
+def learn_mgu(STM_prev, E_t, f_t, W_n, b_n, W_hn):
+    """MGU (Zhou et al. 2016), whose one gate is i_t = 1 - f_t (MGU's f):
+    N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + W_n E_t + b_n), W_hn of shape (H, H)"""
+    i_t = 1.0 - f_t
+    N_t = np.tanh((i_t * STM_prev) @ W_hn.T + linear_event(W_n, E_t, b_n))
+    return {"i_t": i_t, "N_t": N_t}
+
+
+def learn_mut1(STM_prev, E_t, f_t, W_r, b_r, W_hh, b_h):
+    """MUT1 (Jozefowicz et al. 2015), with D = H:
+    r_t = σ(W_r [STM_{t-1}, E_t] + b_r)
+    N_t = tanh(W_hh (r_t ⊙ STM_{t-1}) + tanh(E_t) + b_h), W_hh of shape (H, H)
+    i_t = 1 - f_t                       (f_t: 1 - MUT1's z, a forget gate that reads the event)"""
+    r_t = sigmoid(linear(W_r, STM_prev, E_t, b_r))
+    N_t = np.tanh((r_t * STM_prev) @ W_hh.T + np.tanh(E_t) + b_h)
+    return {"i_t": 1.0 - f_t, "N_t": N_t}
 
 
 # --- Remember gate: the new long-term memory ---------------------------------------------------
@@ -206,6 +269,16 @@ def linear_backward(dz, W, STM_prev, E_t, name):
             "dSTM_prev": d_stm_event[:, :H], "dE_t": d_stm_event[:, H:]}
 
 
+def linear_event_backward(dz, W, E_t, name):
+    """Gradients of z = W_k E_t + b_k given dz, for block ``name`` = k."""
+    return {f"dW_{name}": dz.T @ E_t, f"db_{name}": dz.sum(axis=0), "dE_t": dz @ W}
+
+
+def linear_stm_backward(dz, W, STM_prev, name):
+    """Gradients of z = W_k STM_{t-1} + b_k given dz, for block ``name`` = k."""
+    return {f"dW_{name}": dz.T @ STM_prev, f"db_{name}": dz.sum(axis=0), "dSTM_prev": dz @ W}
+
+
 def merge(*contributions):
     """Sum gradient contributions that share a name."""
     total = {}
@@ -229,6 +302,19 @@ def forget_peephole_backward(STM_prev, E_t, LTM_prev, f_t, df_t, ds_t, W_f, p_f)
 
 def forget_none_backward():
     return {}
+
+
+def forget_event_backward(E_t, f_t, df_t, ds_t, W_f):
+    return linear_event_backward(ds_t + df_t * f_t * (1 - f_t), W_f, E_t, "f")
+
+
+def forget_min_backward(E_t, df_t, W_f, b_f, W_i, b_i):
+    # f_t = f / (f + i): df_t/df = i / (f + i)², df_t/di = -f / (f + i)²
+    f = sigmoid(linear_event(W_f, E_t, b_f))
+    i = sigmoid(linear_event(W_i, E_t, b_i))
+    total = (f + i) ** 2
+    return merge(linear_event_backward(df_t * i / total * f * (1 - f), W_f, E_t, "f"),
+                 linear_event_backward(-df_t * f / total * i * (1 - i), W_i, E_t, "i"))
 
 
 def learn_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n, W_i):
@@ -272,6 +358,39 @@ def learn_janet_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n):
     # i_t = 1 - σ(s_t - β), so di_t/ds_t = -σ(s_t - β)(1 - σ(s_t - β)) = -(1 - i_t) i_t
     return merge(linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n"),
                  {"ds_t": -di_t * i_t * (1 - i_t)})
+
+
+def learn_min_backward(E_t, dN_t, di_t, W_n):
+    return merge(linear_event_backward(dN_t, W_n, E_t, "n"), {"df_t": -di_t})
+
+
+def learn_reset_backward(STM_prev, E_t, N_t, dN_t, di_t, W_r, b_r, W_n, W_hn, b_hn):
+    r_t = sigmoid(linear(W_r, STM_prev, E_t, b_r))
+    recurrent = linear_stm(W_hn, STM_prev, b_hn)
+    da = dN_t * (1 - N_t ** 2)                      # through tanh
+    return merge(linear_event_backward(da, W_n, E_t, "n"),
+                 linear_stm_backward(da * r_t, W_hn, STM_prev, "hn"),
+                 linear_backward(da * recurrent * r_t * (1 - r_t), W_r, STM_prev, E_t, "r"),
+                 {"df_t": -di_t})
+
+
+def learn_mgu_backward(STM_prev, E_t, i_t, N_t, dN_t, di_t, W_n, W_hn):
+    da = dN_t * (1 - N_t ** 2)
+    reset = i_t * STM_prev                          # what W_hn reads
+    d_reset = da @ W_hn
+    return merge(linear_event_backward(da, W_n, E_t, "n"),
+                 {"dW_hn": da.T @ reset, "dSTM_prev": d_reset * i_t,
+                  "df_t": -(di_t + d_reset * STM_prev)})
+
+
+def learn_mut1_backward(STM_prev, E_t, N_t, dN_t, di_t, W_r, b_r, W_hh):
+    r_t = sigmoid(linear(W_r, STM_prev, E_t, b_r))
+    da = dN_t * (1 - N_t ** 2)
+    reset = r_t * STM_prev
+    d_reset = da @ W_hh
+    return merge(linear_backward(d_reset * STM_prev * r_t * (1 - r_t), W_r, STM_prev, E_t, "r"),
+                 {"dW_hh": da.T @ reset, "db_h": da.sum(axis=0), "dSTM_prev": d_reset * r_t,
+                  "dE_t": da * (1 - np.tanh(E_t) ** 2), "df_t": -di_t})
 
 
 def remember_backward(LTM_prev, f_t, N_t, i_t, dLTM_t):

@@ -192,14 +192,10 @@ def _check_registered(stored, meta):
 
 
 def _cell_shapes(classes, D, H):
-    """The parameters a cell of these gate classes has, by the gate contract: each block ``k``
-    of a gate is ``W_k`` (H, H + D) and ``b_k`` (H,); its own ``params`` are in H and D."""
+    """The parameters a cell of these gate classes has, by the gate contract (``Gate.shapes``)."""
     shapes = {}
     for cls in classes:
-        for block in cls.blocks:
-            shapes[f"W_{block}"], shapes[f"b_{block}"] = (H, H + D), (H,)
-        for name, dims in cls.params.items():
-            shapes[name] = tuple(H if dim == "H" else D for dim in dims)
+        shapes.update(cls.shapes(D, H))
     return shapes
 
 
