@@ -70,7 +70,8 @@ class MinLearn(gatekit.PythonGate):
 
 
 class MguLearn(gatekit.PythonGate):
-    """MGU: N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n): its gradient reaches STM_{t-1} outside z."""
+    """MGU: N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n), whose gradient reaches STM_{t-1}
+    outside z."""
     role, name, blocks = "learn", "tr_mgu", ("n",)
     reads = {"n": "event"}
     params = {"W_hn": ("H", "H")}

@@ -70,7 +70,8 @@ cdef extern from *:
     """
     int GATEKIT_DEBUG
 
-__all__ = ["BLOCK_READS", "DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512", "MAX_BLOCKS", "MAX_PARAMS",
+__all__ = ["BLOCK_READS", "DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512",
+           "MAX_BLOCKS", "MAX_PARAMS",
            "no_backward_message", "PythonGate", "ROLE_OUTPUTS", "ROLES", "StepArrays"]
 
 #: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
@@ -283,7 +284,8 @@ cdef class PythonGate(Gate):
 
         ``step`` has ``t``, ``z(block)`` (a block's pre-activation, ``W [STM_{t-1}, E_t] + b``,
         or what the block ``reads``), ``s_t`` (the forget gate's pre-activation, or None),
-        ``STM_prev``, ``LTM_prev`` and ``E_t`` (read-only, ``E_t`` (B, D)), and the arrays ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
+        ``STM_prev``, ``LTM_prev`` and ``E_t`` (read-only, ``E_t`` (B, D)), and the arrays
+        ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
         ``STM_t`` of this step, all of shape ``(B, H)``.
 
         The arrays are views on the loop's buffers, and keep those buffers alive: one kept
@@ -298,7 +300,8 @@ cdef class PythonGate(Gate):
         Besides the forward arrays of the step, ``step`` has ``dz(block)``, ``ds_t``, ``dSTM_t``
         (read it, don't write it), ``df_t``, ``di_t``, ``dN_t``, ``dU_t``, ``dV_t``, ``dLTM_t``,
         ``dLTM_prev``, ``dSTM_prev`` and ``dE_t`` (for a use of ``STM_prev`` or ``E_t`` outside
-        ``z``; the loop adds what passes through ``z``) and ``dparams[name]``. A gate that does not override this cannot be
+        ``z``; the loop adds what passes through ``z``) and ``dparams[name]``. A gate that does
+        not override this cannot be
         trained: asking for gradients raises NotImplementedError before any work is done.
         """
         raise NotImplementedError(no_backward_message(type(self)))

@@ -12,7 +12,8 @@ pre-activations. The blocks come in three runs, by what they read: STM_{t-1} onl
 [0, first_input)), [STM_{t-1}, E_t], then E_t only (columns [recurrent_end, KH)); the loop
 computes the input product E_t W[:, H:]^T for columns [first_input, KH) and the recurrent
 product STM_{t-1} W[:, :H]^T for columns [0, recurrent_end) only, so the unread columns of W
-(zeros) cost a block nothing in the time loop; acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t of step t at [:, t % S];
+(zeros) cost a block nothing in the time loop. acts (5, S, B, H) holds f_t, i_t, N_t, U_t, V_t
+of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
 ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .. T - 1, so
 STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for

@@ -256,11 +256,10 @@ class Cell:
         self._weights = np.zeros((len(blocks) * H, H + D), self.dtype)
         self._bias = np.zeros(len(blocks) * H, self.dtype)
         self._blocks = {}                       # block name: (first row, columns of W it reads)
-        arrays, sources, columns = {}, {}, {cls: {} for cls in classes}
+        arrays, sources = {}, {}
         for k, (cls, block) in enumerate(blocks):
             read = _COLUMNS[cls.block_reads(block)](H)
             self._blocks[block] = (k * H, read)
-            columns[cls][block] = k * H
             rows = slice(k * H, (k + 1) * H)
             _add_parameter(arrays, sources, f"W_{block}", self._weights[rows, read],
                            (cls, f"block {block!r}"), registry)
@@ -276,7 +275,7 @@ class Cell:
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
-        self.gates = tuple(cls(D, H, 0, [columns[cls][block] for block in cls.blocks])
+        self.gates = tuple(cls(D, H, 0, [self._blocks[block][0] for block in cls.blocks])
                            for cls in classes)
         for gate in self.gates:
             gate.bind(arrays)
