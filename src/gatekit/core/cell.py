@@ -514,7 +514,7 @@ class Cell:
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
-                self._forget_preactivation, self._reads, threads, -1, tape.mem, dmem)
+                self._forget_preactivation, self._reads, threads, mem=tape.mem, dmem=dmem)
         finally:
             self._release_buffers(buffers)
             for name, buffer in spares.items():
