@@ -187,11 +187,10 @@ class LSTM:
             return zeros, zeros
         names = ("stm", "ltm") + self.memories
         if not (isinstance(state, (tuple, list)) and len(state) in {2, len(names)}):
-            what = ", ".join(names)
-            raise TypeError(f"state must be ({what}) of arrays of shape "
-                            f"(D * num_layers, B, hidden_size) = {shape}"
-                            + (", or only (stm, ltm)" if self.memories else "")
-                            + f"; got {type(state).__name__}")
+            what = "a pair (stm, ltm)" + (f" or ({', '.join(names)})" if self.memories else "")
+            raise TypeError(f"state must be {what} of arrays of shape "
+                            f"(D * num_layers, B, hidden_size) = {shape}; got "
+                            f"{type(state).__name__}")
         return tuple(as_float_array(f"state[{k}] ({name})", value, self.dtype, shape)
                      for k, (name, value) in enumerate(zip(names, state)))
 
@@ -201,8 +200,9 @@ class LSTM:
         if dstate is None:
             return (None,) * len(names)
         if not (isinstance(dstate, (tuple, list)) and len(dstate) in {2, len(names)}):
-            what = ", ".join(f"d{name}" for name in names)
-            raise TypeError(f"dstate must be ({what}) of arrays of shape "
+            what = "a pair (dstm, dltm)" + (
+                f" or ({', '.join(f'd{name}' for name in names)})" if self.memories else "")
+            raise TypeError(f"dstate must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}, or None; got "
                             f"{type(dstate).__name__}")
         dstate = tuple(dstate) + (None,) * (len(names) - len(dstate))
