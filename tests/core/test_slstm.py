@@ -4,12 +4,15 @@ the stabilised form, and the unstabilised one where it does not overflow (the ou
 agree: h does not depend on the stabiliser m); finite differences for every gradient, the
 initial n and m included; 1, 2 and 3 threads; ragged batches; layers; save and load; the
 trace; pre-activations around 100, where the unstabilised form overflows."""
+import json
+
 import numpy as np
 import pytest
 
 import gatekit
 from gatekit.core import plugins, reference
 from gatekit.core.cell import _loop
+from gatekit.io.saving import LoadError
 from gatekit.testing import check_gate, gradcheck
 from support import assert_close, dtype_id, numerical_gradient, rel_error, reverse_each, sigmoid
 
@@ -416,3 +419,17 @@ def test_check_gate_accepts_the_slstm_gates(gate):
 def test_learn_gate_needs_the_forget_gate_that_makes_its_input_factor():
     with pytest.raises(ValueError, match="learn gate 'slstm' reads i_t"):
         gatekit.Cell(D, H, "slstm", forget="standard")
+
+
+def test_load_refuses_a_file_whose_memories_the_gates_no_longer_keep(tmp_path):
+    path = tmp_path / "slstm.npz"
+    gatekit.save(slstm(seed=14), path)
+    with np.load(path) as stored:
+        entries = {name: stored[name] for name in stored.files}
+    meta = json.loads(str(entries["meta"]))
+    assert meta["memories"] == ["m", "n"]
+    meta["memories"] = ["n"]
+    entries["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **entries)
+    with pytest.raises(LoadError, match=r"extra memories \('n',\).*keep \('m', 'n'\)"):
+        gatekit.load(path)

@@ -366,8 +366,10 @@ class Cell:
 
     def forward(self, x, state=None, keep=False, lengths=None):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
-        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
-        the :class:`Tape` that :meth:`backward` needs.
+        or zeros; a cell with extra memories (:attr:`memories`) takes them after these, or
+        starts them at their gates' initial values. Returns ``y`` (T, B, H) and the final
+        ``(STM, LTM)`` (then the extra memories); with ``keep=True`` also the :class:`Tape` that
+        :meth:`backward` needs.
 
         ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
         after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
