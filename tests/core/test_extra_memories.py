@@ -226,3 +226,18 @@ def test_two_gates_declaring_one_memory_name_are_refused(register):
     register(make_plugin(gates=[AveragedUse, AveragedForget]), name="test-memory-clash")
     with pytest.raises(ValueError, match="memory 'a' of use gate 'averaged' is declared already"):
         gatekit.Cell(D, H, forget="averaged_forget", use="averaged")
+
+
+def test_raw_loop_refuses_gates_with_memories_and_no_room_for_them():
+    # The compiled gates write their memories through raw pointers: a call of the loop that
+    # gives them none is refused before any step.
+    from gatekit.core.cell import _loop
+    cell = gatekit.Cell(D, H, "slstm", dtype=np.float64, seed=8)
+    T, B = 3, 2
+    KH = cell._weights.shape[0]
+    size, _ = _loop.workspace_layout(T, B, D, H, KH, False, 1, False)
+    x, stm0, y = np.zeros((T, B, D)), np.zeros((B, H)), np.zeros((T, B, H))
+    with pytest.raises(ValueError, match=r"the gates keep 2 extra memories \('m', 'n'\); "
+                                         "this call has 0"):
+        _loop.forward(cell.gates, cell._weights, cell._bias, x, stm0, y, np.zeros(size), False,
+                      None, cell._forget_preactivation, cell._reads, 1)

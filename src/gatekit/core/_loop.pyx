@@ -597,6 +597,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     team.z, team.acts, team.ltm = base + L.z, base + L.acts, base + L.ltm
     team.work, team.panels = base + L.work, base + L.panels
     team.lengths = &lengths[0] if lengths is not None else NULL
+    check_memories(gates, memories)
     if memories > 0:
         team.M, team.mem = memories, base + L.mem
     with nogil:
@@ -797,6 +798,16 @@ cdef inline void point_memories(StepAny* s, Py_ssize_t t, Team* team,
         s.dmem_prev = <floating*> team.dmem + (t % 2) * size
 
 
+cdef check_memories(tuple gates, Py_ssize_t M):
+    """The gates were built for a cell of M extra memories (their slots lie within M): a gate
+    with memories given none would write through NULL."""
+    cdef Gate gate
+    for gate in gates:
+        if gate is not None and len(gate.cell_memories) != M:
+            raise ValueError(f"the gates keep {len(gate.cell_memories)} extra memories "
+                             f"{gate.cell_memories}; this call has {M}")
+
+
 cdef inline void hold_finished_memories(StepAny* s, Py_ssize_t M, const Py_ssize_t* lengths,
                                         floating* precision) noexcept nogil:
     """Sequences that have ended keep their extra memories too (see hold_finished)."""
@@ -924,6 +935,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Py_ssize_t M = 0 if mem is None else mem.shape[1]
+    check_memories(gates, M)
     if M > 0:
         check_shape("mem", (mem.shape[0], mem.shape[1], mem.shape[2], mem.shape[3]),
                     (T + 1, M, B, H))
