@@ -8,6 +8,7 @@ import pytest
 
 import gatekit
 from gatekit.core import reference
+from gatekit.core.plugins import PluginError
 from gatekit.testing import check_gate, gradcheck
 from support import assert_close, dtype_id, make_plugin, sigmoid
 
@@ -241,3 +242,11 @@ def test_raw_loop_refuses_gates_with_memories_and_no_room_for_them():
                                          "this call has 0"):
         _loop.forward(cell.gates, cell._weights, cell._bias, x, stm0, y, np.zeros(size), False,
                       None, cell._forget_preactivation, cell._reads, 1)
+
+
+@pytest.mark.parametrize("memories", [("1a",), ("a", "a"), ("a", "b", "c", "d", "e"),
+                                      {"a": "zero"}, "a"])
+def test_bad_memory_declarations_are_refused_at_registration(register, memories):
+    bad = type("BadMemories", (AveragedUse,), {"name": "bad_memories", "memories": memories})
+    with pytest.raises(PluginError, match="memories .* must be a tuple of at most 4"):
+        register(make_plugin(gates=[bad]), name="test-bad-memories")
