@@ -77,8 +77,8 @@ def slstm(dtype=np.float64, seed=0, **kwargs):
 def random_state(B, rng, dtype):
     """A consistent state: n > 0 (it is a sum of exponentials) and c of n's order."""
     n = rng.uniform(0.5, 2.0, (B, H))
-    return (rng.uniform(-1, 1, (B, H)).astype(dtype), (n * rng.uniform(-1, 1, (B, H))).astype(dtype),
-            n.astype(dtype), rng.uniform(-1, 1, (B, H)).astype(dtype))
+    h, c, m = (rng.uniform(-1, 1, (B, H)) for _ in range(3))
+    return tuple(value.astype(dtype) for value in (h, n * c, n, m))
 
 
 def test_preset_gates_and_memories():
@@ -365,6 +365,8 @@ def test_stacked_bidirectional_layer_composes_its_cells():
     y_pair, final_pair = lstm(x, (h0, c0), lengths=lengths)
     y_zero, final_zero = lstm(x, (h0, c0, np.zeros_like(m0), np.zeros_like(n0)), lengths=lengths)
     np.testing.assert_array_equal(y_pair, y_zero)
+    for got, want in zip(final_pair, final_zero):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_reverse_direction_alone_matches_reversed_sequences():

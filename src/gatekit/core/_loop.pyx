@@ -19,8 +19,9 @@ ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .
 STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for
 backward, 1 otherwise. The gates' M extra memories (``Gate.memories``), if any, are kept as the
 LTM is: mem (S + 1, M, B, H), step t - 1's at [t % (S + 1)], step t's at [(t + 1) % (S + 1)]
-(see point_memories); a cell without them has no mem and does no work for it. ``forward`` takes z, acts, ltm and its scratch in one workspace
-(``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
+(see point_memories); a cell without them has no mem and does no work for it. ``forward``
+takes z, acts, ltm (and mem) and its scratch in one workspace (``workspace_layout`` says
+where); ``backward`` takes them as the arrays of the tape.
 
 The file reads top-down:
 
