@@ -17,8 +17,11 @@ of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
 ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .. T - 1, so
 STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for
-backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
-(``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
+backward, 1 otherwise. The gates' M extra memories (``Gate.memories``), if any, are kept as the
+LTM is: mem (S + 1, M, B, H), step t - 1's at [t % (S + 1)], step t's at [(t + 1) % (S + 1)]
+(see point_memories); a cell without them has no mem and does no work for it. ``forward``
+takes z, acts, ltm (and mem) and its scratch in one workspace (``workspace_layout`` says
+where); ``backward`` takes them as the arrays of the tape.
 
 The file reads top-down:
 
@@ -147,6 +150,10 @@ cdef struct StepAny:
     void** dparam
     void* barrier
     int error
+    const void* mem_prev
+    void* mem_t
+    void* dmem_t
+    void* dmem_prev
 
 
 def _check_layout():
@@ -282,6 +289,9 @@ cdef struct Team:
     void* dW
     void* dbias
     void* dx
+    Py_ssize_t M             # extra memories (Gate.memories): the loop's work for them, and
+    void* mem                # these buffers, exist only when M > 0 (see point_memories)
+    void* dmem
 
 
 cdef struct Member:
@@ -310,6 +320,7 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
     team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
     team.dparams, team.dparams_stride = NULL, 0
+    team.M, team.mem, team.dmem = 0, NULL, NULL
     for g in range(4):
         gate = gates[g]
         if gate is None:
@@ -396,6 +407,7 @@ cdef inline StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexce
     s.work = team.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = s.dSTM_prev = s.dE_t = NULL
+    s.mem_prev = s.mem_t = s.dmem_t = s.dmem_prev = NULL
     return s
 
 
@@ -508,22 +520,25 @@ cdef bint go_alone(Team* team) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 
 def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                     bint keep, int threads, bint single):
+                     bint keep, int threads, bint single, Py_ssize_t memories=0):
     """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
-    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
+    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ..., "mem": ...}``
+    (``mem`` holds the ``memories`` extra memories as ltm holds the LTM, slot by slot:
+    (kept + 1, memories, B, H))."""
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    cdef Layout L = layout(T, B, H, KH, keep, &P, memories)
     return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
-                    "ltm": (L.ltm, (L.kept + 1, B, H))}
+                    "ltm": (L.ltm, (L.kept + 1, B, H)),
+                    "mem": (L.mem, (L.kept + 1, memories, B, H))}
 
 
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
-    Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
+    Py_ssize_t z, acts, ltm, work, panels, mem, size    # offsets in the workspace, its size
 
 
 cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
-                   Plan* P) noexcept nogil:
+                   Plan* P, Py_ssize_t memories) noexcept nogil:
     cdef Layout L
     L.kept = T if keep else 1
     L.z = 0
@@ -531,17 +546,19 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
     L.ltm = L.acts + 5 * L.kept * B * H
     L.work = L.ltm + (L.kept + 1) * B * H
     L.panels = L.work + B * H
-    L.size = L.panels + P.panels
+    L.mem = L.panels + P.panels
+    L.size = L.mem + (L.kept + 1) * memories * B * H
     return L
 
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-            int threads, Py_ssize_t alone_at=-1):
+            int threads, Py_ssize_t alone_at=-1, Py_ssize_t memories=0):
     """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
     step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
-    whatever it measures, so that the tests can reach that path.)
+    whatever it measures, so that the tests can reach that path.) ``memories``: how many extra
+    memories the gates keep; the caller puts their initial values in mem[0] of the workspace.
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
@@ -566,7 +583,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    cdef Layout L = layout(T, B, H, KH, keep, &P, memories)
     if workspace.shape[0] < L.size:
         raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
     cdef floating* base = &workspace[0]
@@ -581,6 +598,9 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     team.z, team.acts, team.ltm = base + L.z, base + L.acts, base + L.ltm
     team.work, team.panels = base + L.work, base + L.panels
     team.lengths = &lengths[0] if lengths is not None else NULL
+    check_memories(gates, memories)
+    if memories > 0:
+        team.M, team.mem = memories, base + L.mem
     with nogil:
         if P.team > 0:
             failed = run_team(&team)
@@ -613,6 +633,8 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, <const floating*> team.x,
                       team.forget_preactivation)
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
         if KH > 0:
             # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
             add_products(zt, KH, <const floating*> s.STM_prev, H, W, H + D, B, recurrent_end, H)
@@ -620,6 +642,8 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
             return t
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
+            if team.M > 0:
+                hold_finished_memories(&s, team.M, team.lengths, <floating*> NULL)
     return -1
 
 
@@ -708,12 +732,16 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, x,
                       team.forget_preactivation)
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
         # Alone, thread 0 also takes the other threads' columns, over the panels they packed.
         for m in range(0 if alone else index, team.size if alone else index + 1):
             add_recurrent(team, m, <const floating*> s.STM_prev, zt)
         failed = run_shared_gates(team, index, FORWARD, &s, failed, alone)
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
+            if team.M > 0:
+                hold_finished_memories(&s, team.M, team.lengths, <floating*> NULL)
         end = end_of_step(team, index, t, failed, alone)
         if end == STOP or (end == GO_ALONE and index > 0):
             break
@@ -752,6 +780,67 @@ cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
             for j in range(b * H + s.e.u0, b * H + s.e.u1):
                 STM_t[j] = STM_prev[j]
                 LTM_t[j] = LTM_prev[j]
+
+
+# Extra memories (Gate.memories): M of them, kept slot by slot as the LTM is, each slot all M
+# memories at once, (M, B, H): the tape's mem (S + 1, M, B, H) holds those of step t - 1 at
+# [t % (S + 1)] and of step t at [(t + 1) % (S + 1)]; backward's dmem (2, M, B, H) alternates
+# as dltm does. The loop calls these only when M > 0, so a cell without extra memories pays
+# nothing for them.
+
+cdef inline void point_memories(StepAny* s, Py_ssize_t t, Team* team,
+                                floating* precision) noexcept nogil:
+    """Point the step's memories at step t (and, in backward, their gradients)."""
+    cdef Py_ssize_t size = team.M * team.B * team.H, slots = team.kept + 1
+    cdef floating* mem = <floating*> team.mem
+    s.mem_prev, s.mem_t = mem + (t % slots) * size, mem + ((t + 1) % slots) * size
+    if team.dmem != NULL:
+        s.dmem_t = <floating*> team.dmem + ((t + 1) % 2) * size
+        s.dmem_prev = <floating*> team.dmem + (t % 2) * size
+
+
+cdef check_memories(tuple gates, Py_ssize_t M):
+    """The gates were built for a cell of M extra memories (their slots lie within M): a gate
+    with memories given none would write through NULL."""
+    cdef Gate gate
+    for gate in gates:
+        if gate is not None and len(gate.cell_memories) != M:
+            raise ValueError(f"the gates keep {len(gate.cell_memories)} extra memories "
+                             f"{gate.cell_memories}; this call has {M}")
+
+
+cdef inline void hold_finished_memories(StepAny* s, Py_ssize_t M, const Py_ssize_t* lengths,
+                                        floating* precision) noexcept nogil:
+    """Sequences that have ended keep their extra memories too (see hold_finished)."""
+    cdef Py_ssize_t b, j, m, row, H = s.e.H, BH = s.e.B * s.e.H
+    cdef floating* mem_t = <floating*> s.mem_t
+    cdef const floating* mem_prev = <const floating*> s.mem_prev
+    for b in range(s.e.B):
+        if s.e.t >= lengths[b]:
+            for m in range(M):
+                row = m * BH + b * H
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    mem_t[j] = mem_prev[j]
+
+
+cdef inline void start_memory_gradients(StepAny* s, Py_ssize_t M, const Py_ssize_t* lengths,
+                                        floating* precision) noexcept nogil:
+    """At the start of a backward step, units u0..u1 of dmem_prev: zero for the gates to add
+    into, or, for a sequence past its end (the step was the identity), dmem_t passed straight
+    through, dmem_t then zero so its gates see none."""
+    cdef Py_ssize_t b, j, m, row, H = s.e.H, BH = s.e.B * s.e.H
+    cdef floating* dmem_t = <floating*> s.dmem_t
+    cdef floating* dmem_prev = <floating*> s.dmem_prev
+    for b in range(s.e.B):
+        for m in range(M):
+            row = m * BH + b * H
+            if lengths == NULL or s.e.t < lengths[b]:
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    dmem_prev[j] = 0
+            else:
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    dmem_prev[j] = dmem_t[j]
+                    dmem_t[j] = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,7 +888,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
              const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-             int threads, Py_ssize_t alone_at=-1):
+             int threads, Py_ssize_t alone_at=-1, floating[:, :, :, ::1] mem=None,
+             floating[:, :, :, ::1] dmem=None):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, H); dstm[0] the gradient of the final STM, dltm[T % 2] that of the final LTM.
@@ -811,6 +901,9 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
     Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
+    The gates' extra memories, if any: ``mem`` (T + 1, M, B, H) from the tape, and ``dmem``
+    (2, M, B, H), in: dmem[T % 2] the gradients of their final values; out: dmem[0], those of
+    their initial values.
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -842,6 +935,15 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                          f"{(work.shape[0], work.shape[1])}")
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
+    cdef Py_ssize_t M = 0 if mem is None else mem.shape[1]
+    check_memories(gates, M)
+    if M > 0:
+        check_shape("mem", (mem.shape[0], mem.shape[1], mem.shape[2], mem.shape[3]),
+                    (T + 1, M, B, H))
+        if dmem is None:
+            raise ValueError("dmem must be given with mem")
+        check_shape("dmem", (dmem.shape[0], dmem.shape[1], dmem.shape[2], dmem.shape[3]),
+                    (2, M, B, H))
     cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
     cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
     cdef GradientScratch G = weights_scratch(D, H, KH, P.units, single)
@@ -870,6 +972,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
     team.dacts = &dacts[0, 0, 0, 0]
     team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
+    if M > 0 and B * H > 0:
+        team.M, team.mem, team.dmem = M, &mem[0, 0, 0, 0], &dmem[0, 0, 0, 0]
     with nogil:
         failed = run_team(&team)
         if failed < 0:
@@ -954,6 +1058,9 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
                     dSTM_t[j] = 0
                     dLTM_prev[j] = dLTM_t[j]
                     dLTM_t[j] = 0
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
+            start_memory_gradients(&s, team.M, team.lengths, <floating*> NULL)
         failed = run_shared_gates(team, index, BACKWARD, &s, failed, alone)
         end = end_of_step(team, index, t, failed, alone)
         if end == STOP or (end == GO_ALONE and index > 0):

@@ -25,6 +25,9 @@ VARIANTS = {
              "Greff's CIFG: vanilla with coupled input and forget gates, i_t = 1 - f_t"),
     "janet": ({"learn": "janet", "use": "memory"},
               "JANET: forget gate only, i_t = 1 - σ(s_t - 1), STM_t = LTM_t"),
+    "slstm": ({"forget": "slstm", "learn": "slstm", "use": "slstm"},
+              "xLSTM's sLSTM, stabilised: exponential gates, memories n_t (normaliser) and m_t "
+              "(stabiliser), STM_t = σ(õ) ⊙ LTM_t / n_t"),
 }
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gatekit.core import instruction_sets, plugins
-from gatekit.core._gate import MAX_PARAMS, no_backward_message, PythonGate, ROLES
+from gatekit.core._gate import MAX_MEMORIES, MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
 __all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",
            "refuse_changed_parameters", "Tape", "THREADS", "writable"]
@@ -204,9 +204,11 @@ class Tape:
     step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
     backward pass reads it and does not change it, so it can be used more than once."""
 
-    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths):
+    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths, mem=None):
         self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
         self.z, self.acts, self.ltm = z, acts, ltm
+        # The gates' extra memories, (T + 1, M, B, H) as ltm, or None without any.
+        self.mem = mem
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
         # The activations hold for these parameters only: backward checks they are unchanged.
@@ -227,7 +229,9 @@ class Cell:
 
     Calling the cell runs it over a sequence: ``y, (stm, ltm) = cell(x, state=None)`` with
     ``x`` of shape (T, B, input_size); ``y`` (T, B, hidden_size) holds the short-term memory of
-    every step and ``(stm, ltm)`` the final short- and long-term memories.
+    every step and ``(stm, ltm)`` the final short- and long-term memories. A cell whose gates
+    keep extra memories (``memories``, e.g. sLSTM's ``("n", "m")``) returns them after these:
+    ``(stm, ltm, n, m)``.
 
     ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
     environment variable at import, else the CPUs the process may run on). A call splits the
@@ -275,17 +279,45 @@ class Cell:
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
-        self.gates = tuple(cls(D, H, 0, [self._blocks[block][0] for block in cls.blocks])
-                           for cls in classes)
+        self._memory_defaults = self._collect_memories(classes, arrays)
+        self.gates = tuple(cls(D, H, 0, [self._blocks[block][0] for block in cls.blocks],
+                               self.memories) for cls in classes)
         for gate in self.gates:
             gate.bind(arrays)
         forget_gate = self.gates[0]
         self._forget_preactivation = forget_gate.offset if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
 
+    @property
+    def memories(self):
+        """The names of the gates' extra memories, in the order they take in ``state``
+        (after the STM and the LTM); ``()`` for a cell without any."""
+        return tuple(self._memory_defaults)
+
+    @staticmethod
+    def _collect_memories(classes, params):
+        """The extra memories of the gates, in role and declared order: ``{name: initial}``."""
+        memories, owners = {}, {}
+        reserved = {"STM", "LTM", "E", "f", "i", "N", "U", "V", "s"}
+        for cls in classes:
+            for name, value in cls.memory_defaults().items():
+                if name in memories or name in reserved or name in params:
+                    first = owners.get(name, "the cell")
+                    raise ValueError(f"memory {name!r} of {cls.role} gate {cls.name!r} is "
+                                     f"declared already (by {first}); the memories of a cell's "
+                                     "gates share one namespace with its quantities and "
+                                     "parameters")
+                memories[name], owners[name] = value, f"{cls.role} gate {cls.name!r}"
+        if len(memories) > MAX_MEMORIES:
+            raise ValueError(f"the gates of this cell declare {len(memories)} extra memories "
+                             f"({', '.join(memories)}); at most {MAX_MEMORIES} are supported")
+        return memories
+
     @staticmethod
     def _check_composition(classes):
         known = set(INPUTS)
+        for cls in classes:
+            known |= {f"{name}_prev" for name in cls.memory_defaults()}
         for cls in classes:
             known |= {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"}
             known |= set(cls.params)
@@ -334,8 +366,10 @@ class Cell:
 
     def forward(self, x, state=None, keep=False, lengths=None):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
-        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
-        the :class:`Tape` that :meth:`backward` needs.
+        or zeros; a cell with extra memories (:attr:`memories`) takes them after these, or
+        starts them at their gates' initial values. Returns ``y`` (T, B, H) and the final
+        ``(STM, LTM)`` (then the extra memories); with ``keep=True`` also the :class:`Tape` that
+        :meth:`backward` needs.
 
         ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
         after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
@@ -354,12 +388,15 @@ class Cell:
         else:
             x, stm0 = writable(x), writable(stm0)
         H, KH = self.hidden_size, self._weights.shape[0]
+        memories0 = self._initial_memories(state, B)
+        M = len(memories0)
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
-            return y, (stm0.copy(), ltm0.copy())
+            return y, (stm0.copy(), ltm0.copy(), *(m.copy() for m in memories0))
         threads = self._call_threads()
         single = self.dtype == np.float32
-        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
+        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single,
+                                              M)
         # Without a tape the workspace is scratch, reused; a tape keeps its own.
         workspace = np.empty(size, self.dtype) if keep else self._spares.take(
             "workspace", size, self.dtype)
@@ -370,20 +407,26 @@ class Cell:
 
         ltm = buffer("ltm")
         ltm[0] = ltm0
+        mem = buffer("mem") if M else None
+        if M:
+            mem[0] = memories0
         buffers = (workspace, x, stm0, y)
         self._hold_buffers(buffers)
         try:
             failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
                                    keep, lengths, self._forget_preactivation, self._reads,
-                                   threads)
+                                   threads, memories=M)
             if failed >= 0:
                 self._raise_gate_error(failed)
             final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+            if M:
+                final += tuple(mem[T % len(mem)].copy())
         finally:
             self._release_buffers(buffers)
             if not keep:
                 self._spares.give("workspace", workspace)
-        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
+        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths,
+                    mem) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
@@ -391,7 +434,8 @@ class Cell:
     def trace(self, x, state=None, lengths=None):
         """Every quantity the gates compute at every step, by the symbols of the equations:
         ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
-        the forget gate provides it, and what each gate's ``trace`` adds; each (T, B, ...).
+        the forget gate provides it, ``n_t`` for each extra memory ``n``, and what each gate's
+        ``trace`` adds; each (T, B, ...).
         The values are those of :meth:`forward` (the same compiled run). Padded steps of a
         ragged batch are NaN."""
         y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
@@ -402,6 +446,8 @@ class Cell:
         if self._forget_preactivation >= 0:
             start = self._forget_preactivation
             quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
+        for k, name in enumerate(self.memories):
+            quantities[f"{name}_t"] = tape.mem[1:, k]
         known = {**self.params, **quantities}
         for gate in self.gates:
             extra = type(gate).trace
@@ -417,13 +463,15 @@ class Cell:
             traced[name] = value
         return traced
 
-    def backward(self, tape, dy, dstm=None, dltm=None):
+    def backward(self, tape, dy, dstm=None, dltm=None, dmemories=None):
         """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
 
         ``dy`` (T, B, H) is the gradient of the loss with respect to the outputs ``y``; ``dstm``
-        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None). Returns a dict
-        with one gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"``, each
-        of the shape and dtype of what it is the gradient of.
+        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None);
+        ``dmemories``, with respect to the final extra memories (``{name: (B, H)}``, or one per
+        name of ``memories`` in order; a missing or None one is zero). Returns a dict with one
+        gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"`` and, for each
+        extra memory ``n``, ``"n0"``, each of the shape and dtype of what it is the gradient of.
         """
         if not isinstance(tape, Tape):
             raise TypeError(f"tape must be the Tape from cell.forward(x, keep=True); got "
@@ -444,6 +492,7 @@ class Cell:
         dstm_carry[0] = 0 if dstm is None else as_float_array("dstm", dstm, self.dtype, (B, H))
         dltm_carry = np.empty((2, B, H), self.dtype)
         dltm_carry[T % 2] = 0 if dltm is None else as_float_array("dltm", dltm, self.dtype, (B, H))
+        dmem = self._final_memory_gradients(dmemories, T, B) if self.memories else None
 
         dweights = np.zeros_like(self._weights)
         dbias = np.zeros_like(self._bias)
@@ -458,7 +507,7 @@ class Cell:
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
-        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares)
+        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares, dmem)
         self._hold_buffers(buffers)
         try:
             dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
@@ -467,7 +516,7 @@ class Cell:
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
-                self._forget_preactivation, self._reads, threads)
+                self._forget_preactivation, self._reads, threads, mem=tape.mem, dmem=dmem)
         finally:
             self._release_buffers(buffers)
             for name, buffer in spares.items():
@@ -475,7 +524,34 @@ class Cell:
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
+        for k, name in enumerate(self.memories):
+            grads[f"{name}0"] = dmem[0, k].copy()
         return grads
+
+    def _final_memory_gradients(self, dmemories, T, B):
+        """The (2, M, B, H) buffer backward alternates in, with the gradients of the final
+        extra memories at [T % 2]."""
+        names = self.memories
+        dmem = np.empty((2, len(names), B, self.hidden_size), self.dtype)
+        dmem[T % 2] = 0
+        if dmemories is None:
+            return dmem
+        if isinstance(dmemories, Mapping):
+            unknown = [name for name in dmemories if name not in names]
+            if unknown:
+                raise ValueError(f"dmemories names {', '.join(map(repr, unknown))}; this cell's "
+                                 f"extra memories are {names}")
+            given = [dmemories.get(name) for name in names]
+        else:
+            given = list(dmemories)
+            if len(given) != len(names):
+                raise ValueError(f"dmemories must hold one gradient per extra memory {names}; "
+                                 f"got {len(given)}")
+        for k, (name, value) in enumerate(zip(names, given)):
+            if value is not None:
+                dmem[T % 2, k] = as_float_array(f"dmemories[{name!r}]", value, self.dtype,
+                                                (B, self.hidden_size))
+        return dmem
 
     def _hold_buffers(self, buffers):
         for gate in self.gates:
@@ -531,11 +607,26 @@ class Cell:
         shape = (B, self.hidden_size)
         if state is None:
             return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
-                            f"(B, hidden_size) = {shape}; got {type(state).__name__}")
+        sizes = (2, 2 + len(self.memories)) if self.memories else (2,)
+        if not (isinstance(state, (tuple, list)) and len(state) in sizes):
+            what = ("a pair (stm, ltm)" if not self.memories else
+                    f"(stm, ltm) or (stm, ltm, {', '.join(self.memories)})")
+            raise TypeError(f"state must be {what} of arrays of shape (B, hidden_size) = "
+                            f"{shape}; got {type(state).__name__}"
+                            + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
         return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
                 as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+
+    def _initial_memories(self, state, B):
+        """The extra memories' initial values, (M, B, H): from ``state`` after the STM and the
+        LTM, else the gates' declared initial values."""
+        shape = (B, self.hidden_size)
+        given = state[2:] if state is not None else ()
+        memories = np.empty((len(self.memories), *shape), self.dtype)
+        for k, (name, initial) in enumerate(self._memory_defaults.items()):
+            memories[k] = (as_float_array(f"state[{2 + k}] ({name})", given[k], self.dtype, shape)
+                           if given else initial)
+        return memories
 
     def _raise_gate_error(self, step):
         for role, gate in zip(ROLES, self.gates):

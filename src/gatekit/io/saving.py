@@ -9,7 +9,9 @@ The file is an ``.npz`` archive, written atomically (:func:`gatekit.io.files.ato
   each role, and for the variant and every gate the plugin that registered it, that plugin's
   version and the distribution that installs it (``null`` for a plugin registered at run
   time; files written before the distribution was recorded lack it); a layer adds
-  ``num_layers``, ``bidirectional``, ``dropout`` and ``batch_first``.
+  ``num_layers``, ``bidirectional``, ``dropout`` and ``batch_first``; a model whose gates keep
+  extra memories (``Gate.memories``) adds ``memories``, their names in state order (files of
+  models without any, and files written before memories existed, have none).
 
 Loading reads with no unpickling, so a file never runs code, and trusts nothing in it: it
 checks every array header against the bytes stored, the metadata's types and values, and the
@@ -85,6 +87,8 @@ def save(model, path):
             "dtype": model.dtype.name, "variant": variant, "gates": gates}
     if kind == "LSTM":
         meta.update({field: getattr(model, field) for field in LAYER_FIELDS})
+    if model.memories:
+        meta["memories"] = list(model.memories)
     arrays = {f"param/{name}": np.asarray(array) for name, array in model.params.items()}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
@@ -279,6 +283,7 @@ def load(path):
         _check_registered(stored, meta)
         _check_parameters(stored, meta, _declared_shapes(stored, meta))
         model = _build(stored, meta)
+        _check_memories(stored, meta, model)
         for name, target in model.params.items():
             array = stored.read(f"param/{name}")
             if array.shape != target.shape:
@@ -286,6 +291,19 @@ def load(path):
                                    f"declare {target.shape}")
             target[...] = array
     return model
+
+
+def _check_memories(stored, meta, model):
+    """The extra memories the file's gates kept must be those the registered gates keep now:
+    the state a caller carries from before the save has them in that order."""
+    saved = meta.get("memories", [])
+    if not (isinstance(saved, list) and all(isinstance(name, str) for name in saved)):
+        raise stored.error(f"is damaged: its memories should be a list of names; they are "
+                           f"{saved!r}")
+    if tuple(saved) != model.memories:
+        raise stored.error(f"was saved from gates that keep the extra memories {tuple(saved)}; "
+                           f"the registered gates {_gate_list(meta)} keep {model.memories}: "
+                           "install the plugin version that wrote it")
 
 
 def _gate_list(meta):

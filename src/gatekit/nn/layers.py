@@ -60,7 +60,8 @@ class LSTM:
     ``batch_first=True``; outputs ``y`` (T, B, D * hidden_size) (or batch first), the forward
     direction in the first ``hidden_size`` features; states ``(stm, ltm)`` each
     (D * num_layers, B, hidden_size) in the order of :attr:`cell_names`, whatever
-    ``batch_first``.
+    ``batch_first``, followed by the cells' extra memories (:attr:`memories`) if their gates
+    keep any: ``(stm, ltm, n, m)`` for ``variant="slstm"``.
 
     ``dropout`` zeroes each output of every layer but the last with that probability (scaling
     the others by 1 / (1 - dropout)), in training mode only (:meth:`train`, the default, and
@@ -114,6 +115,12 @@ class LSTM:
     @property
     def directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def memories(self):
+        """The names of the cells' extra memories, in the order they take in the state after
+        the STM and the LTM (see :attr:`gatekit.Cell.memories`)."""
+        return self.cells["l0"].memories
 
     @property
     def cell_names(self):
@@ -172,27 +179,40 @@ class LSTM:
         return y, state
 
     def _initial_state(self, state, B):
+        """The initial state as a tuple: (stm, ltm), then the extra memories if ``state``
+        gives them (else each cell starts them at their declared values)."""
         shape = (self.directions * self.num_layers, B, self.hidden_size)
         if state is None:
             zeros = np.zeros(shape, self.dtype)
             return zeros, zeros
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
+        names = ("stm", "ltm") + self.memories
+        if not (isinstance(state, (tuple, list)) and len(state) in {2, len(names)}):
+            what = "a pair (stm, ltm)" + (f" or ({', '.join(names)})" if self.memories else "")
+            raise TypeError(f"state must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}; got "
                             f"{type(state).__name__}")
-        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
-                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+        return tuple(as_float_array(f"state[{k}] ({name})", value, self.dtype, shape)
+                     for k, (name, value) in enumerate(zip(names, state)))
 
     def _final_gradient(self, dstate, B):
         shape = (self.directions * self.num_layers, B, self.hidden_size)
+        names = ("stm", "ltm") + self.memories
         if dstate is None:
-            return None, None
-        if not (isinstance(dstate, (tuple, list)) and len(dstate) == 2):
-            raise TypeError("dstate must be a pair (dstm, dltm) of arrays of shape "
+            return (None,) * len(names)
+        if not (isinstance(dstate, (tuple, list)) and len(dstate) in {2, len(names)}):
+            what = "a pair (dstm, dltm)" + (
+                f" or ({', '.join(f'd{name}' for name in names)})" if self.memories else "")
+            raise TypeError(f"dstate must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}, or None; got "
                             f"{type(dstate).__name__}")
+        dstate = tuple(dstate) + (None,) * (len(names) - len(dstate))
         return tuple(None if d is None else as_float_array(f"dstate[{k}]", d, self.dtype, shape)
                      for k, d in enumerate(dstate))
+
+    def _initial_memories(self, B):
+        """Each extra memory's declared initial value in every cell, (D * num_layers, B, H)."""
+        values = [cell._initial_memories(None, B) for cell in self.cells.values()]
+        return tuple(np.stack([value[m] for value in values]) for m in range(len(self.memories)))
 
     def _dropout_mask(self, shape):
         if self.dropout >= 1:
@@ -221,7 +241,7 @@ class LSTM:
         :meth:`eval` mode). ``state`` and ``lengths`` are as for ``forward``;
         padded steps of a ragged batch are NaN.
         """
-        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
+        x, lengths, state0 = self._inputs(x, state, lengths)
         T, B, _ = x.shape
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
@@ -233,7 +253,8 @@ class LSTM:
             for direction in range(self.directions):
                 name = self.cell_names[k]
                 seen = layer_input if direction == 0 else layer_input[index, columns]
-                trace = self.cells[name].trace(seen, (stm0[k], ltm0[k]), lengths=lengths)
+                trace = self.cells[name].trace(seen, tuple(s[k] for s in state0),
+                                               lengths=lengths)
                 if direction == 1:
                     trace = {key: value[index, columns] for key, value in trace.items()}
                 traces[name] = trace
@@ -251,21 +272,24 @@ class LSTM:
         (B integers in [1, T], in any order) makes a ragged batch, as a packed sequence does in
         PyTorch: sequence b ends after ``lengths[b]`` steps; its later outputs are zeros, the
         forward direction's final state is that of its last step, and the reverse direction
-        starts at its last step. Returns ``y`` and the final ``(stm, ltm)``; with ``keep=True``
-        also the :class:`LayerTape` that :meth:`backward` needs.
+        starts at its last step. Returns ``y`` and the final ``(stm, ltm)`` (and extra memories,
+        as the state); with ``keep=True`` also the :class:`LayerTape` that :meth:`backward`
+        needs. The extra memories of a ragged sequence are those of its last step, as its LTM.
         """
-        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
+        x, lengths, state0 = self._inputs(x, state, lengths)
         T, B, _ = x.shape
         if T == 0:          # no step: the state passes through unchanged
             y = np.zeros((B, 0, self.directions * self.hidden_size) if self.batch_first else
                          (0, B, self.directions * self.hidden_size), self.dtype)
-            final = (stm0.copy(), ltm0.copy())
+            final = tuple(s.copy() for s in state0)
+            if len(final) == 2:
+                final += self._initial_memories(B)
             if not keep:
                 return y, final
             return y, final, LayerTape(self, [], [None] * self.num_layers, None, None, T, B)
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
-        stm, ltm = np.empty_like(stm0), np.empty_like(ltm0)
+        final = tuple(np.empty_like(state0[0]) for _ in range(2 + len(self.memories)))
         tapes, masks = [], []
         layer_input = x
         k = 0
@@ -280,8 +304,11 @@ class LSTM:
             for direction in range(self.directions):
                 cell = self.cells[self.cell_names[k]]
                 seen = layer_input if direction == 0 else layer_input[index, columns]
-                result = cell.forward(seen, (stm0[k], ltm0[k]), keep=keep, lengths=lengths)
-                y, (stm[k], ltm[k]) = result[0], result[1]
+                result = cell.forward(seen, tuple(s[k] for s in state0), keep=keep,
+                                      lengths=lengths)
+                y = result[0]
+                for whole, value in zip(final, result[1]):
+                    whole[k] = value
                 if keep:
                     tapes.append(result[2])
                 outputs.append(y if direction == 0 else y[index, columns])
@@ -291,8 +318,8 @@ class LSTM:
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not keep:
-            return y, (stm, ltm)
-        return y, (stm, ltm), LayerTape(self, tapes, masks, lengths, index, T, B)
+            return y, final
+        return y, final, LayerTape(self, tapes, masks, lengths, index, T, B)
 
     def backward(self, tape, dy, dstate=None):
         """Backpropagation through every layer and direction over a :class:`LayerTape` from
@@ -300,8 +327,9 @@ class LSTM:
 
         ``dy`` is the gradient with respect to ``y`` (shaped like ``y``); ``dstate`` =
         (dstm, dltm), each (D * num_layers, B, hidden_size), the gradient with respect to the
-        final state (zero if None; either may be None). Returns a dict with the gradient of
-        every name of ``params`` plus ``"x"`` (shaped like ``x``), ``"stm0"`` and ``"ltm0"``
+        final state (zero if None; either may be None), followed by those of the extra memories
+        if any. Returns a dict with the gradient of every name of ``params`` plus ``"x"``
+        (shaped like ``x``), ``"stm0"`` and ``"ltm0"`` and ``"n0"`` for each extra memory ``n``
         (shaped like the state).
         """
         if not isinstance(tape, LayerTape):
@@ -319,7 +347,8 @@ class LSTM:
         dy = as_float_array("dy", dy, self.dtype, shape)
         if self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        dstm, dltm = self._final_gradient(dstate, B)
+        dstm, dltm, *dmemories = self._final_gradient(dstate, B)
+        memory_keys = [f"{name}0" for name in self.memories]
         if T == 0:
             grads = {name: np.zeros_like(array) for name, array in self.params.items()}
             x_shape = (B, 0, self.input_size) if self.batch_first else (0, B, self.input_size)
@@ -327,11 +356,14 @@ class LSTM:
             grads.update(x=np.zeros(x_shape, self.dtype),
                          stm0=zeros.copy() if dstm is None else dstm.copy(),
                          ltm0=zeros.copy() if dltm is None else dltm.copy())
+            grads.update({key: zeros.copy() if d is None else d.copy()
+                          for key, d in zip(memory_keys, dmemories)})
             return grads
         columns = np.arange(B)[None, :]
         grads = {}
         dstm0 = np.empty((D * self.num_layers, B, H), self.dtype)
         dltm0 = np.empty_like(dstm0)
+        dmemories0 = {key: np.empty_like(dstm0) for key in memory_keys}
         d_output = dy
         for layer in reversed(range(self.num_layers)):
             d_input = None
@@ -344,12 +376,15 @@ class LSTM:
                     d_y = d_y[tape.index, columns]
                 cell_grads = cell.backward(tape.tapes[k], d_y,
                                            None if dstm is None else dstm[k],
-                                           None if dltm is None else dltm[k])
+                                           None if dltm is None else dltm[k],
+                                           [None if d is None else d[k] for d in dmemories])
                 dx = cell_grads.pop("x")
                 if direction == 1:
                     dx = dx[tape.index, columns]
                 d_input = dx if d_input is None else d_input + dx
                 dstm0[k], dltm0[k] = cell_grads.pop("stm0"), cell_grads.pop("ltm0")
+                for key, whole in dmemories0.items():
+                    whole[k] = cell_grads.pop(key)
                 grads.update({f"{name}.{symbol}": g for symbol, g in cell_grads.items()})
             if tape.masks[layer] is not None:
                 d_input = d_input * tape.masks[layer]
@@ -358,5 +393,5 @@ class LSTM:
         dx = d_output
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        grads.update(x=np.ascontiguousarray(dx), stm0=dstm0, ltm0=dltm0)
+        grads.update(x=np.ascontiguousarray(dx), stm0=dstm0, ltm0=dltm0, **dmemories0)
         return grads
