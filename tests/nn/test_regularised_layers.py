@@ -193,3 +193,27 @@ def test_a_file_with_a_bad_option_is_refused(tmp_path):
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
     with pytest.raises(LoadError, match=r"is damaged: zoneout\[1\] .* got 1.5"):
         gatekit.load(path)
+
+
+def test_a_resumed_training_run_draws_the_masks_of_a_straight_run(tmp_path):
+    task = gatekit.tasks.AddingProblem(length=10)
+
+    def fresh():
+        cell = gatekit.Cell(task.input_size, 8, "standard", seed=14, zoneout=(0.1, 0.05),
+                            recurrent_dropout=0.2)
+        model = gatekit.training.Model(cell, task.output_size, seed=14)
+        return model, gatekit.optimisers.Adam(model.params, lr=1e-2)
+
+    def fit(model, optimizer, steps, **options):
+        return gatekit.training.train(model, lambda rng: task.sample(8, rng), task.loss,
+                                      optimizer, steps, clip=1.0, progress=False, **options)
+
+    straight, optimizer = fresh()
+    fit(straight, optimizer, 30)
+    path = tmp_path / "run.npz"
+    resumed, optimizer = fresh()
+    fit(resumed, optimizer, 20, checkpoint=path, checkpoint_every=10)
+    resumed, optimizer = fresh()
+    fit(resumed, optimizer, 30, checkpoint=path)
+    for name, array in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], array, err_msg=name)
