@@ -326,6 +326,35 @@ def test_the_same_seed_draws_the_same_masks_and_each_call_new_ones():
                                   a.draw_masks(5, 2)["zoneout_STM"])
 
 
+def test_a_call_applies_the_masks_draw_masks_gives():
+    # A call in training computes its zoneout masks inside the compiled loop, from keys drawn
+    # for it; draw_masks computes the masks of the same keys in NumPy. Two cells of one seed
+    # draw the same keys: the one's call and the other's masks must agree to the bit.
+    for dtype in DTYPES:
+        drawing = gatekit.Cell(6, 40, "peephole", dtype=dtype, seed=35, **BOTH)
+        given = gatekit.Cell(6, 40, "peephole", dtype=dtype, seed=35, **BOTH)
+        x, state = random_inputs(drawing, 30, 5, seed=36)
+        for _ in range(2):
+            y, final, tape = drawing.forward(x, state, keep=True)
+            masks = given.draw_masks(30, 5)
+            assert_same_bits(y, given(x, state, masks=masks)[0], "y")
+            for name in masks:
+                assert_same_bits(tape.masks[name], masks[name], name)
+            dy = np.ones_like(y)
+            _, _, given_tape = given.forward(x, state, keep=True, masks=masks)
+            got, want = drawing.backward(tape, dy), given.backward(given_tape, dy)
+            for name in want:
+                assert_same_bits(got[name], want[name], f"d{name}")
+
+
+def test_the_loop_and_numpy_hash_alike():
+    from gatekit.core.cell import _mix32
+    for key, t, index in [(0, 0, 0), (2 ** 32 - 1, 7, 12345), (123456789, 2 ** 20, 2 ** 31)]:
+        step_key = _mix32(np.array([key], np.uint32)
+                          + np.array([t], np.uint32) * np.uint32(0x9E3779B9))
+        assert _loop.zoneout_hash(key, t, index) == int(_mix32(step_key ^ np.uint32(index))[0])
+
+
 def test_masks_have_the_rates_asked_for():
     cell = gatekit.Cell(2, 200, seed=30, zoneout=(0.3, 0.1), recurrent_dropout=0.25)
     masks = cell.draw_masks(50, 40)

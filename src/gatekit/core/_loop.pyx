@@ -34,12 +34,13 @@ The file reads top-down:
 Each section starts with what it offers and goes on with what that calls.
 """
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
+from libc.stdint cimport uint32_t
 import numpy as np
 
 from gatekit.core._gate import PythonGate
 
 __all__ = ["backward", "backward_scratch", "forward", "plan", "regulariser_buffers", "threads_for",
-           "workspace_layout"]
+           "workspace_layout", "zoneout_hash"]
 
 
 cdef extern from "_tiles.h" nogil:
@@ -288,6 +289,8 @@ cdef struct Team:
     const void* zone_ltm     # (T, B, H) zoneout masks of the LTM, 1 where LTM_{t-1} is kept
     const void* zone_stm     # likewise of the STM
     double rate_ltm, rate_stm    # without masks (evaluation): z_c and z_h, the expectation
+    uint32_t key_ltm, key_stm    # drawn masks, computed where they apply (see zoneout_hash):
+    uint32_t below_ltm, below_stm    # a unit keeps its memory where its hash is below these
     void* candidates         # (kept, B, H): LTM~_t as the gates computed it, when it is zoned
     const void* dropout      # (B, H) recurrent dropout mask, 0 or 1 / (1 - p), or NULL
     void* dropped            # (size, B, H): each thread's copy of the masked STM_{t-1}
@@ -321,6 +324,7 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
     team.dparams, team.dparams_stride = NULL, 0
     team.regularised, team.rate_ltm, team.rate_stm = False, 0, 0
+    team.key_ltm = team.key_stm = team.below_ltm = team.below_stm = 0
     team.zone_ltm = team.zone_stm = team.dropout = NULL
     team.candidates = team.dropped = team.inner = NULL
     for g in range(4):
@@ -1141,7 +1145,11 @@ cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
 # Zoneout (Krueger et al. 2017) runs the gates as they are, the use gate reading the candidate
 # LTM~_t, then keeps each unit's previous memories with probability z_c (LTM) and z_h (STM):
 #     LTM_t = d ⊙ LTM_{t-1} + (1 - d) ⊙ LTM~_t,   STM_t = d' ⊙ STM_{t-1} + (1 - d') ⊙ STM~_t,
-# d, d' the step's masks (0 or 1), or z_c, z_h in evaluation (their expectation). The gates'
+# d, d' the step's masks (0 or 1), or z_c, z_h in evaluation (their expectation). Masks drawn
+# for a call are not stored: unit j of sequence b at step t keeps its memory where
+# zoneout_hash(key, t, b * H + j) < below (below = z 2^32, key drawn for the call), computed
+# where it applies, on the thread of the unit, in forward and again in backward
+# (gatekit.core.cell computes the same numbers in NumPy for the tape's masks). The gates'
 # LTM_t is then LTM~_t (kept apart, in `candidates`, for backward); the ltm buffer and y hold
 # the zoned memories, which the next step reads. Backward, with G_L and G_S the gradients of
 # the zoned LTM_t and STM_t, the gates see dLTM_t = (1 - d) ⊙ G_L and dSTM_t = (1 - d') ⊙ G_S,
@@ -1155,16 +1163,42 @@ cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
 # length the step is the identity, as without regularisers (its gates see zero gradients).
 # ---------------------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* lowbias32 (C. Wellons): a bijection of 32-bit words whose every output bit depends on
+     * every input bit; two multiplies, so a loop of it vectorises. */
+    static inline uint32_t gk_mix32(uint32_t x) {
+        x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+        return x;
+    }
+    static inline uint32_t gk_step_key(uint32_t key, uint32_t t) {
+        return gk_mix32(key + t * 0x9e3779b9U);
+    }
+    """
+    uint32_t gk_mix32(uint32_t x) nogil
+    uint32_t gk_step_key(uint32_t key, uint32_t t) nogil
+
+
+def zoneout_hash(key, t, index):
+    """The hash of unit ``index`` = b * H + j of step t under the call's ``key``
+    (gk_mix32(gk_step_key(key, t) ^ index)): the compiled loop's own, for the tests."""
+    return gk_mix32(gk_step_key(<uint32_t> key, <uint32_t> t) ^ <uint32_t> index)
+
+
 def regulariser_buffers():
     """The order of the ``regularisers`` tuple :func:`forward` and :func:`backward` take:
     ``zone_ltm`` and ``zone_stm`` (T, B, H) zoneout masks, 1 where the memory keeps its previous
-    value, or None (then ``rate_ltm``, ``rate_stm``, numbers, stand for them: evaluation);
+    value, or None (then ``rate_ltm``, ``rate_stm``, numbers, stand for them in evaluation, and
+    ``hashed`` = (key_ltm, key_stm, below_ltm, below_stm) for masks drawn for the call: a unit
+    keeps its memory where :func:`zoneout_hash` is below ``below``, 0 for none);
     ``candidates`` (S, B, H), where the gates' LTM~_t goes when the LTM is zoned (kept for
     backward), else None; ``dropout`` (B, H) the recurrent dropout mask, or None; ``dropped``
-    (threads, B, H) scratch, for the masked STM_{t-1} of each thread; ``inner`` (B, H) scratch
-    of backward."""
+    (threads + 2, B, H) scratch: the masked STM_{t-1} of each thread, then the zoneout masks of
+    a step of the LTM and of the STM (each thread its own units); ``inner`` (B, H) scratch of
+    backward."""
     return ("zone_ltm", "zone_stm", "rate_ltm", "rate_stm", "candidates", "dropout", "dropped",
-            "inner")
+            "inner", "hashed")
 
 
 cdef int set_regularisers(Team* team, tuple regularisers, int threads, Py_ssize_t kept,
@@ -1174,11 +1208,14 @@ cdef int set_regularisers(Team* team, tuple regularisers, int threads, Py_ssize_
     cdef Py_ssize_t T = team.T, B = team.B, H = team.H
     cdef floating[:, :, ::1] steps
     cdef floating[:, ::1] rows
-    if len(regularisers) != 8:
+    if len(regularisers) != 9:
         raise ValueError(f"regularisers must hold {regulariser_buffers()}; got "
                          f"{len(regularisers)} items")
-    zone_ltm, zone_stm, rate_ltm, rate_stm, candidates, dropout, dropped, inner = regularisers
+    (zone_ltm, zone_stm, rate_ltm, rate_stm, candidates, dropout, dropped, inner,
+     hashed) = regularisers
     team.rate_ltm, team.rate_stm = float(rate_ltm), float(rate_stm)
+    if hashed is not None:
+        team.key_ltm, team.key_stm, team.below_ltm, team.below_stm = hashed
     for name, masks in (("zone_ltm", zone_ltm), ("zone_stm", zone_stm)):
         if masks is not None and T * B * H > 0:
             steps = masks
@@ -1187,7 +1224,7 @@ cdef int set_regularisers(Team* team, tuple regularisers, int threads, Py_ssize_
                 team.zone_ltm = &steps[0, 0, 0]
             else:
                 team.zone_stm = &steps[0, 0, 0]
-    if (team.zone_ltm != NULL or team.rate_ltm != 0) and T * B * H > 0:
+    if (team.zone_ltm != NULL or team.rate_ltm != 0 or team.below_ltm != 0) and T * B * H > 0:
         if candidates is None:
             raise ValueError("a zoned LTM needs the candidates buffer")
         steps = candidates
@@ -1197,13 +1234,13 @@ cdef int set_regularisers(Team* team, tuple regularisers, int threads, Py_ssize_
         rows = dropout
         check_shape("dropout", (rows.shape[0], rows.shape[1]), (B, H))
         team.dropout = &rows[0, 0]
+    if B * H > 0:
         steps = dropped
-        if steps.shape[0] < threads or steps.shape[1] != B or steps.shape[2] != H:
-            raise ValueError(f"dropped must have shape ({threads} or more, {B}, {H}); got "
+        if steps.shape[0] < threads + 2 or steps.shape[1] != B or steps.shape[2] != H:
+            raise ValueError(f"dropped must have shape ({threads + 2} or more, {B}, {H}); got "
                              f"{(steps.shape[0], steps.shape[1], steps.shape[2])}")
         team.dropped = &steps[0, 0, 0]
-    team.regularised = (team.candidates != NULL or team.zone_stm != NULL or team.rate_stm != 0
-                        or team.dropout != NULL)
+    team.regularised = (team.candidates != NULL or stm_zoned(team) or team.dropout != NULL)
     if team.regularised and team.phase == BACKWARD:
         rows = inner
         check_shape("inner", (rows.shape[0], rows.shape[1]), (B, H))
@@ -1228,54 +1265,79 @@ cdef inline void regularise_reads(Team* team, StepAny* s, int index,
         s.STM_prev = copy
 
 
+cdef inline bint stm_zoned(Team* team) noexcept nogil:
+    return team.zone_stm != NULL or team.rate_stm != 0 or team.below_stm != 0
+
+
+cdef inline void keep_factors(floating* keep, const floating* masks, double rate, uint32_t key,
+                              uint32_t below, Py_ssize_t t, Py_ssize_t B, Py_ssize_t H,
+                              Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """keep[b * H + j] for units u0..u1 of step t: the zoneout mask given (``masks``), or
+    drawn (``below`` > 0: 1 where the unit's hash is below it), or the rate (evaluation)."""
+    cdef Py_ssize_t b, j, at = t * B * H
+    cdef uint32_t step_key = gk_step_key(key, <uint32_t> t)
+    cdef floating value = <floating> rate
+    for b in range(B):
+        if masks != NULL:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = masks[at + j]
+        elif below != 0:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = 1 if gk_mix32(step_key ^ <uint32_t> j) < below else 0
+        else:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = value
+
+
 cdef inline void zone(Team* team, StepAny* s, const floating* STM_prev,
                       floating* LTM_t) noexcept nogil:
     """Zoneout of units s.e.u0..u1 after the gates: ``LTM_t`` (the ltm buffer's) from LTM~_t,
     and STM_t (y_t) in place; then point the step back at the unmasked STM_{t-1} and the zoned
     LTM_t (which hold_finished reads)."""
-    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, at = s.e.t * B * H, b, j
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, b, j
     cdef const floating* LTM_prev = <const floating*> s.LTM_prev
     cdef const floating* candidate = <const floating*> s.LTM_t
     cdef floating* STM_t = <floating*> s.STM_t
-    cdef const floating* masks
-    cdef floating rate
+    # the step's zoneout masks, in scratch that every thread shares (each its own units)
+    cdef floating* keep = <floating*> team.dropped + team.size * B * H
     if team.candidates != NULL:
-        masks, rate = <const floating*> team.zone_ltm, <floating> team.rate_ltm
+        keep_factors(keep, <const floating*> team.zone_ltm, team.rate_ltm, team.key_ltm,
+                     team.below_ltm, s.e.t, B, H, u0, u1)
         for b in range(B):
-            if masks != NULL:
-                for j in range(b * H + u0, b * H + u1):
-                    LTM_t[j] = masks[at + j] * LTM_prev[j] + (1 - masks[at + j]) * candidate[j]
-            else:
-                for j in range(b * H + u0, b * H + u1):
-                    LTM_t[j] = rate * LTM_prev[j] + (1 - rate) * candidate[j]
-    if team.zone_stm != NULL or team.rate_stm != 0:
-        masks, rate = <const floating*> team.zone_stm, <floating> team.rate_stm
+            for j in range(b * H + u0, b * H + u1):
+                LTM_t[j] = keep[j] * LTM_prev[j] + (1 - keep[j]) * candidate[j]
+    if stm_zoned(team):
+        keep_factors(keep, <const floating*> team.zone_stm, team.rate_stm, team.key_stm,
+                     team.below_stm, s.e.t, B, H, u0, u1)
         for b in range(B):
-            if masks != NULL:
-                for j in range(b * H + u0, b * H + u1):
-                    STM_t[j] = masks[at + j] * STM_prev[j] + (1 - masks[at + j]) * STM_t[j]
-            else:
-                for j in range(b * H + u0, b * H + u1):
-                    STM_t[j] = rate * STM_prev[j] + (1 - rate) * STM_t[j]
+            for j in range(b * H + u0, b * H + u1):
+                STM_t[j] = keep[j] * STM_prev[j] + (1 - keep[j]) * STM_t[j]
     s.STM_prev, s.LTM_t = STM_prev, LTM_t
 
 
-cdef inline void zone_backward(Team* team, StepAny* s, const floating* dy,
-                               floating* carry, floating* inner) noexcept nogil:
+cdef inline void zone_backward(Team* team, StepAny* s, const floating* dy, floating* carry,
+                               floating* inner) noexcept nogil:
     """The start of backward step t under the regularisers, units s.e.u0..u1: the gradients
     the gates see (dSTM_t, dLTM_t of the candidates), what zoneout sends straight to the
     memories of step t - 1 (carry, dLTM_prev), and ``inner`` zeroed for the gates. Past a
     sequence's length, the identity."""
-    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, at = s.e.t * B * H, b, j
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, b, j
     cdef floating* dSTM_t = <floating*> s.dSTM_t
     cdef floating* dLTM_t = <floating*> s.dLTM_t
     cdef floating* dLTM_prev = <floating*> s.dLTM_prev
-    cdef const floating* zone_ltm = <const floating*> team.zone_ltm
-    cdef const floating* zone_stm = <const floating*> team.zone_stm
-    cdef bint ltm_zoned = team.candidates != NULL
-    cdef bint stm_zoned = team.zone_stm != NULL or team.rate_stm != 0
-    cdef floating rate_ltm = <floating> team.rate_ltm, rate_stm = <floating> team.rate_stm
-    cdef floating keep, total
+    cdef floating* keep_ltm = <floating*> team.dropped + team.size * B * H
+    cdef floating* keep_stm = keep_ltm + B * H
+    cdef floating total
+    if team.candidates != NULL:
+        keep_factors(keep_ltm, <const floating*> team.zone_ltm, team.rate_ltm, team.key_ltm,
+                     team.below_ltm, s.e.t, B, H, u0, u1)
+    else:
+        keep_factors(keep_ltm, <const floating*> NULL, 0, 0, 0, s.e.t, B, H, u0, u1)
+    if stm_zoned(team):
+        keep_factors(keep_stm, <const floating*> team.zone_stm, team.rate_stm, team.key_stm,
+                     team.below_stm, s.e.t, B, H, u0, u1)
+    else:
+        keep_factors(keep_stm, <const floating*> NULL, 0, 0, 0, s.e.t, B, H, u0, u1)
     for b in range(B):
         for j in range(b * H + u0, b * H + u1):
             inner[j] = 0
@@ -1287,16 +1349,10 @@ cdef inline void zone_backward(Team* team, StepAny* s, const floating* dy,
             continue
         for j in range(b * H + u0, b * H + u1):
             total = dy[j] + carry[j]
-            keep = 0
-            if stm_zoned:
-                keep = rate_stm if zone_stm == NULL else zone_stm[at + j]
-            dSTM_t[j] = (1 - keep) * total
-            carry[j] = keep * total
-            keep = 0
-            if ltm_zoned:
-                keep = rate_ltm if zone_ltm == NULL else zone_ltm[at + j]
-            dLTM_prev[j] = keep * dLTM_t[j]
-            dLTM_t[j] = (1 - keep) * dLTM_t[j]
+            dSTM_t[j] = (1 - keep_stm[j]) * total
+            carry[j] = keep_stm[j] * total
+            dLTM_prev[j] = keep_ltm[j] * dLTM_t[j]
+            dLTM_t[j] = (1 - keep_ltm[j]) * dLTM_t[j]
 
 
 cdef inline void unmask_carry(Team* team, Py_ssize_t u0, Py_ssize_t u1, floating* carry,

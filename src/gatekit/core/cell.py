@@ -192,6 +192,67 @@ def _mask_generator(seed):
         pool_size=sequence.pool_size))
 
 
+def _mix32(x):
+    """lowbias32 on uint32 arrays, wrapping as C does: the compiled loop's gk_mix32."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _below(rate):
+    """The hashes below which a unit is picked with probability ``rate`` (in [0, 1))."""
+    return int(rate * 2 ** 32)
+
+
+class _DrawnMasks:
+    """The masks of one call in training, as the keys they come from: the compiled loop
+    computes each zoneout mask where it applies it, forward and backward, so that no (T, B, H)
+    mask is drawn or stored; unit j of sequence b at step t keeps its memory where
+    mix32(mix32(key + t * 0x9e3779b9) ^ (b * H + j)) < z 2^32. :meth:`arrays` computes the same
+    masks in NumPy (for the tape, the trace and the reference). The recurrent dropout mask,
+    (B, H), is computed here: 0 where mix32(mix32(key) ^ (b * H + j)) < p 2^32."""
+
+    def __init__(self, cell, T, B):
+        H = cell.hidden_size
+        if B * H >= 2 ** 32:
+            raise ValueError(f"masks are drawn for at most 2**32 units of a step; got B * H = "
+                             f"{B * H}")
+        # One key per mask and call: the LTM's and the STM's zoneout, the dropout.
+        self.keys = tuple(int(key) for key in cell.mask_rng.integers(0, 2 ** 32, 3, np.uint64))
+        self.below = tuple(_below(z) for z in cell.zoneout)
+        self.shape, self.dtype = (T, B, H), cell.dtype
+        self.dropout = None
+        p = cell.recurrent_dropout
+        if p > 0:
+            hashes = _mix32(_mix32(np.array([self.keys[2]], np.uint32))
+                            ^ np.arange(B * H, dtype=np.uint32))
+            keep = (hashes >= np.uint32(_below(p))).reshape(B, H)
+            self.dropout = keep.astype(self.dtype) / self.dtype.type(1 - p)
+        self._arrays = None
+
+    def loop_keys(self):
+        return (self.keys[0], self.keys[1], self.below[0], self.below[1])
+
+    def _zoneout(self, stream, rate):
+        if self.below[stream] == 0:
+            return rate
+        T, B, H = self.shape
+        steps = np.arange(T, dtype=np.uint32) * np.uint32(0x9E3779B9)
+        step_keys = _mix32(np.array([self.keys[stream]], np.uint32) + steps)
+        hashes = _mix32(step_keys[:, None] ^ np.arange(B * H, dtype=np.uint32)[None, :])
+        return (hashes < np.uint32(self.below[stream])).astype(self.dtype).reshape(T, B, H)
+
+    def arrays(self, zoneout):
+        """The masks as :meth:`Cell.draw_masks` returns them (computed once)."""
+        if self._arrays is None:
+            self._arrays = {"zoneout_LTM": self._zoneout(0, zoneout[0]),
+                            "zoneout_STM": self._zoneout(1, zoneout[1]),
+                            "dropout_STM": self.dropout}
+        return self._arrays
+
+
 def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
@@ -245,13 +306,21 @@ class Tape:
     def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths, masks=None, candidates=None):
         self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
         self.z, self.acts, self.ltm = z, acts, ltm
-        # The regularisers' masks of the call (see Cell.draw_masks) and, when the LTM is zoned,
-        # the LTM~_t the gates computed before zoneout.
-        self.masks, self.candidates = masks, candidates
+        # The regularisers' masks of the call (see Cell.draw_masks), or the keys of the masks
+        # drawn for it, and, when the LTM is zoned, the LTM~_t the gates computed.
+        self._masks, self.candidates = masks, candidates
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
         # The activations hold for these parameters only: backward checks they are unchanged.
         self.params = cell._parameter_snapshot()
+
+    @property
+    def masks(self):
+        """The zoneout and recurrent dropout masks of the call, as ``Cell.draw_masks`` returns
+        them; None for a cell without regularisers."""
+        if isinstance(self._masks, _DrawnMasks):
+            return self._masks.arrays(self.cell.zoneout)
+        return self._masks
 
     def __repr__(self):
         T, B, _ = self.x.shape
@@ -397,23 +466,14 @@ class Cell:
         - ``"dropout_STM"``: in training with recurrent dropout, a (B, H) array, 0 with
           probability p and 1 / (1 - p) elsewhere, one per sequence for every step; else None.
 
-        In training each call draws new masks from :attr:`mask_rng` (seeded from ``seed``).
+        In training each call draws new masks from :attr:`mask_rng` (seeded from ``seed``): the
+        masks a call of the cell would draw next, whatever the cell's dtype.
         """
-        T, B, H = int(T), _size("B", B), self.hidden_size
-        z_c, z_h = self.zoneout
-        masks = {"zoneout_LTM": z_c, "zoneout_STM": z_h, "dropout_STM": None}
+        T, B = int(T), _size("B", B)
         if not self.training:
-            return masks
-        # Drawn in float32 whatever the cell's dtype, so a float64 copy draws the same masks.
-        for name, rate in (("zoneout_LTM", z_c), ("zoneout_STM", z_h)):
-            if rate > 0:
-                masks[name] = (self.mask_rng.random((T, B, H), np.float32) < rate).astype(
-                    self.dtype)
-        p = self.recurrent_dropout
-        if p > 0:
-            keep = self.mask_rng.random((B, H), np.float32) >= p
-            masks["dropout_STM"] = keep.astype(self.dtype) / self.dtype.type(1 - p)
-        return masks
+            z_c, z_h = self.zoneout
+            return {"zoneout_LTM": z_c, "zoneout_STM": z_h, "dropout_STM": None}
+        return _DrawnMasks(self, T, B).arrays(self.zoneout)
 
     @property
     def gate_names(self):
@@ -453,7 +513,7 @@ class Cell:
         if masks is not None:
             masks = self._check_masks(masks, T, B)
         elif self.regularised:
-            masks = self.draw_masks(T, B)
+            masks = _DrawnMasks(self, T, B) if self.training else self.draw_masks(T, B)
         if keep:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()
@@ -574,13 +634,13 @@ class Cell:
         sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
-        if tape.masks is not None:
+        if tape._masks is not None:
             plan_threads = max(1, _loop.plan(T, B, D, H, KH, threads, self.dtype == np.float32)[0])
-            sizes.update(inner=B * H, dropped=plan_threads * B * H)
+            sizes.update(inner=B * H, dropped=(plan_threads + 2) * B * H)
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
         regularisers = None
-        if tape.masks is not None:
-            regularisers = self._loop_masks(tape.masks, tape.candidates,
+        if tape._masks is not None:
+            regularisers = self._loop_masks(tape._masks, tape.candidates,
                                             spares["dropped"][:sizes["dropped"]].reshape(-1, B, H),
                                             spares["inner"][:B * H].reshape(B, H))
         buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares)
@@ -622,13 +682,17 @@ class Cell:
         return checked
 
     def _loop_masks(self, masks, candidates, dropped, inner):
-        """The regularisers tuple of the compiled loop (_loop.regulariser_buffers)."""
+        """The regularisers tuple of the compiled loop (_loop.regulariser_buffers), for masks
+        given (a dict) or drawn for the call (their keys)."""
+        if isinstance(masks, _DrawnMasks):
+            return (None, None, 0.0, 0.0, candidates, masks.dropout, dropped, inner,
+                    masks.loop_keys())
         rates = {name: 0.0 if isinstance(value, np.ndarray) else value
                  for name, value in masks.items() if name != "dropout_STM"}
         arrays = {name: value if isinstance(value, np.ndarray) else None
                   for name, value in masks.items()}
         return (arrays["zoneout_LTM"], arrays["zoneout_STM"], rates["zoneout_LTM"],
-                rates["zoneout_STM"], candidates, arrays["dropout_STM"], dropped, inner)
+                rates["zoneout_STM"], candidates, arrays["dropout_STM"], dropped, inner, None)
 
     def _regularisers(self, masks, T, B, kept, threads, keep):
         """The loop's regularisers for a forward call, with its buffers: LTM~_t of every kept
@@ -637,15 +701,19 @@ class Cell:
         candidates = None
         team = max(1, _loop.plan(T, B, self.input_size, H, self._weights.shape[0], threads,
                                  self.dtype == np.float32)[0])
-        scratch = {"dropped": self._spares.take("dropped", team * B * H, self.dtype)}
-        if isinstance(masks["zoneout_LTM"], np.ndarray) or masks["zoneout_LTM"] != 0:
+        scratch = {"dropped": self._spares.take("dropped", (team + 2) * B * H, self.dtype)}
+        if isinstance(masks, _DrawnMasks):
+            zoned = masks.below[0] != 0
+        else:
+            zoned = isinstance(masks["zoneout_LTM"], np.ndarray) or masks["zoneout_LTM"] != 0
+        if zoned:
             size = kept * B * H
             if keep:
                 candidates = np.empty((kept, B, H), self.dtype)
             else:
                 scratch["candidates"] = self._spares.take("candidates", size, self.dtype)
                 candidates = scratch["candidates"][:size].reshape(kept, B, H)
-        dropped = scratch["dropped"][:team * B * H].reshape(team, B, H)
+        dropped = scratch["dropped"][:(team + 2) * B * H].reshape(team + 2, B, H)
         return self._loop_masks(masks, candidates, dropped, None), scratch
 
     def _traced_masks(self, tape, T, B):
