@@ -122,7 +122,8 @@ def test_a_newer_format_is_refused_clearly(tmp_path):
     gatekit.save(gatekit.Cell(2, 3), path)
     rewrite(path, lambda meta: meta.update(format=io.FORMAT + 1, gatekit="9.0"))
     with pytest.raises(io.LoadError, match=rf"file format {io.FORMAT + 1}, written by gatekit "
-                                           rf"9.0; .* reads formats up to {io.FORMAT}: upgrade gatekit"):
+                                           rf"9.0; .* reads formats up to {io.FORMAT}: "
+                                           r"upgrade gatekit"):
         gatekit.load(path)
 
 

@@ -1144,7 +1144,7 @@ cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
 #
 # Zoneout (Krueger et al. 2017) runs the gates as they are, the use gate reading the candidate
 # LTM~_t, then keeps each unit's previous memories with probability z_c (LTM) and z_h (STM):
-#     LTM_t = d ⊙ LTM_{t-1} + (1 - d) ⊙ LTM~_t,   STM_t = d' ⊙ STM_{t-1} + (1 - d') ⊙ STM~_t,
+#     LTM_t = d ⊙ LTM_{t-1} + (1 - d) ⊙ LTM~_t,  STM_t = d' ⊙ STM_{t-1} + (1 - d') ⊙ STM~_t,
 # d, d' the step's masks (0 or 1), or z_c, z_h in evaluation (their expectation). Masks drawn
 # for a call are not stored: unit j of sequence b at step t keeps its memory where
 # zoneout_hash(key, t, b * H + j) < below (below = z 2^32, key drawn for the call), computed
