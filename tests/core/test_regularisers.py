@@ -328,6 +328,10 @@ def test_the_same_seed_draws_the_same_masks_and_each_call_new_ones():
     copy = a.copy(np.float64)
     np.testing.assert_array_equal(copy.draw_masks(5, 2)["zoneout_STM"],
                                   a.draw_masks(5, 2)["zoneout_STM"])
+    # A cell seeded with a generator of another kind copies alike.
+    mersenne = gatekit.Cell(3, 8, seed=np.random.Generator(np.random.MT19937(1)), **BOTH)
+    np.testing.assert_array_equal(mersenne.copy().draw_masks(5, 2)["dropout_STM"],
+                                  mersenne.draw_masks(5, 2)["dropout_STM"])
 
 
 def test_a_call_applies_the_masks_draw_masks_gives():

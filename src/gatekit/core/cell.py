@@ -1,5 +1,6 @@
 """The memory cell: four gates composed, parameters named after the equations, and the checks
 that stand between a caller and the compiled time loop."""
+import copy
 import inspect
 import math
 import numbers
@@ -428,15 +429,18 @@ class Cell:
                 array[...] = fixed[name]
 
     def copy(self, dtype=None):
-        """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
-        this cell's)."""
+        """A new cell with the same gates, options, mode and a copy of the parameters, in
+        ``dtype`` (by default this cell's); its mask generator starts from a copy of this
+        cell's."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
                      dtype=self.dtype if dtype is None else dtype, threads=self.threads,
                      zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout)
         for name, array in self.params.items():
             other.params[name] = array
         other.training = self.training
-        other.mask_rng.bit_generator.state = self.mask_rng.bit_generator.state
+        # a generator of the same kind in the same state: the copy draws the masks this cell
+        # would draw next
+        other.mask_rng = copy.deepcopy(self.mask_rng)
         return other
 
     def train(self, mode=True):
@@ -567,6 +571,9 @@ class Cell:
         """Every quantity the gates compute at every step, by the symbols of the equations:
         ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
         the forget gate provides it, and what each gate's ``trace`` adds; each (T, B, ...).
+        With zoneout or recurrent dropout also the call's masks (``zoneout_LTM``,
+        ``zoneout_STM``, ``dropout_STM``, numbers in evaluation broadcast) and, when the LTM is
+        zoned, ``LTM_candidate`` (LTM~_t, before zoneout; ``LTM_t`` and ``STM_t`` are zoned).
         The values are those of :meth:`forward` (the same compiled run). Padded steps of a
         ragged batch are NaN."""
         y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
