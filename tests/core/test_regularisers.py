@@ -234,6 +234,58 @@ def test_one_two_and_three_threads_give_the_same_bits_and_the_reference(variant,
     assert_close(dtype, y[:12], y_ref, "y")
 
 
+class _GoingAlone:
+    """The compiled loop as the cell sees it, with every pass told to go on with thread 0 alone
+    after step ``at`` (what a team does on a busy machine)."""
+
+    def __init__(self, loop, at):
+        self._loop, self._at = loop, at
+
+    def forward(self, *arguments, **options):
+        return self._loop.forward(*arguments, alone_at=self._at, **options)
+
+    def backward(self, *arguments, **options):
+        return self._loop.backward(*arguments, alone_at=self._at, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=np.dtype)
+def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
+    from gatekit.core import cell as cell_module
+    D, H, T, B = 24, 96, 40, 24
+    team = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=3, **BOTH)
+    solo = team.copy()
+    solo.threads = 1
+    assert _loop.plan(T, B, D, H, team._weights.shape[0], 3, dtype == np.float32)[0] >= 2
+    x, state = random_inputs(team, T, B, seed=38)
+    dy = np.random.default_rng(39).standard_normal((T, B, H)).astype(dtype)
+    lengths = np.random.default_rng(40).integers(T // 2, T + 1, B)
+    masks = team.draw_masks(T, B)
+    y1, final1, tape = solo.forward(x, state, keep=True, lengths=lengths, masks=masks)
+    grads1 = solo.backward(tape, dy)
+    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, 17))
+    y, final, tape = team.forward(x, state, keep=True, lengths=lengths, masks=masks)
+    grads = team.backward(tape, dy)
+    assert_same_bits(y, y1, "y")
+    assert_same_bits(final[1], final1[1], "ltm")
+    for name in grads:
+        assert_same_bits(grads[name], grads1[name], f"d{name}")
+    # Masks drawn for the call (computed in the loop): twins of one seed draw the same.
+    twin = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=1, **BOTH)
+    monkeypatch.undo()
+    y1, _, tape1 = twin.forward(x, state, keep=True, lengths=lengths)
+    grads1 = twin.backward(tape1, dy)
+    drawing = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=3, **BOTH)
+    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, 17))
+    y, _, tape = drawing.forward(x, state, keep=True, lengths=lengths)
+    grads = drawing.backward(tape, dy)
+    assert_same_bits(y, y1, "y (drawn masks)")
+    for name in grads:
+        assert_same_bits(grads[name], grads1[name], f"d{name} (drawn masks)")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES, ids=np.dtype)
 def test_ragged_batches_match_each_sequence_run_alone(dtype, threads):
