@@ -474,6 +474,12 @@ def test_bad_options_are_refused_by_name(options, message):
         gatekit.LSTM(3, 4, **options)
 
 
+def test_repr_shows_the_options_of_a_regularised_cell():
+    assert repr(gatekit.Cell(3, 4, seed=0, **BOTH)).endswith(
+        "dtype=float32, zoneout=(0.3, 0.2), recurrent_dropout=0.4)")
+    assert "zoneout" not in repr(gatekit.Cell(3, 4, seed=0))
+
+
 def test_bad_masks_are_refused_by_name():
     cell = gatekit.Cell(3, 4, seed=0, **BOTH)
     x = np.zeros((5, 2, 3), np.float32)

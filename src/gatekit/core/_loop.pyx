@@ -29,6 +29,8 @@ The file reads top-down:
   weights), then a thread's part of the tiled loop;
 - the backward pass: the recurrence it computes, ``backward``, a thread's part of the time loop,
   then of the weight gradients that follow it;
+- the regularisers of the recurrence (zoneout, recurrent dropout), which both passes apply
+  around the gates of a step when a call has them;
 - helpers that both passes use: pointing the step at step t, the products over packed weights.
 
 Each section starts with what it offers and goes on with what that calls.

@@ -486,8 +486,10 @@ class Cell:
 
     def __repr__(self):
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        regularisers = (f", zoneout={self.zoneout}, recurrent_dropout={self.recurrent_dropout}"
+                        if self.regularised else "")
         return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
+                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name}{regularisers})")
 
     def __call__(self, x, state=None, lengths=None, masks=None):
         """``cell.forward(x, state, lengths=lengths)`` without a tape: ``y, (stm, ltm)``."""
