@@ -23,6 +23,9 @@ __all__ = ["BASELINE", "LOOP_VARIANTS", "ONE_THREAD", "Contender", "Prepared", "
 #: The contender every ratio of a group is taken to, and the same on one thread.
 BASELINE = "gatekit-standard"
 ONE_THREAD = "gatekit-standard-1thread"
+#: ``standard`` with zoneout and recurrent dropout, in training (new masks at every call).
+REGULARISED = "gatekit-standard-regularised"
+REGULARISERS = {"zoneout": (0.1, 0.05), "recurrent_dropout": 0.25}
 
 
 class Unavailable(Exception):
@@ -87,6 +90,10 @@ def _gatekit_builder(variant):
 
 def _one_thread_builder(case, settings):
     return prepare_gatekit(case, "standard", threads=1)
+
+
+def _regularised_builder(case, settings):
+    return prepare_gatekit(case, "standard", **REGULARISERS)
 
 
 def _kernel_builder(build):
@@ -164,6 +171,9 @@ def gatekit_contenders(families=FAMILIES):
             if name == "standard":
                 found.append(Contender(ONE_THREAD, "gatekit standard, threads=1", "gatekit",
                                        _one_thread_builder))
+                found.append(Contender(REGULARISED, "gatekit standard, zoneout=(0.1, 0.05), "
+                                       "recurrent_dropout=0.25", "gatekit",
+                                       _regularised_builder))
         found.append(Contender("reference-standard", "gatekit.reference standard (NumPy)",
                                "gatekit", _reference_builder,
                                lambda case: case.mode == "forward" and case.shape != "fixed"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from gatekit.io.files import atomic_write
 
 from harness.cases import FAMILIES, LOADS, Case, cases, group_name, process_name
-from harness.contenders import BASELINE, ONE_THREAD, kernel_contender
+from harness.contenders import BASELINE, ONE_THREAD, REGULARISED, kernel_contender
 from harness.lineup import contenders
 from harness.machine import environment
 from harness.torch_contenders import TORCH_BASELINE
@@ -111,6 +111,9 @@ def issue_targets():
     found += [Target("gatekit `standard` / `torch.nn.LSTM`, same load", BASELINE,
                      TORCH_BASELINE, Case.named("S1", mode=mode), None, 0.5)
               for mode in both_modes]
+    found += [Target("zoneout and recurrent dropout / without (`standard`)", REGULARISED,
+                     BASELINE, Case.named(shape, mode=mode), None, 1.15)
+              for shape in ("S1", "S3") for mode in both_modes]
     found += [Target("`GATEKIT_KERNELS=baseline` / `avx2` (`standard`)",
                      kernel_contender("baseline"), kernel_contender("avx2"),
                      Case.named(shape, mode=mode), None, 2.0)

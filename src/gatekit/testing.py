@@ -53,7 +53,7 @@ def _relative_error(analytic, numeric):
 
 
 def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_entries=40,
-              seed=0, raise_on_failure=True):
+              seed=0, raise_on_failure=True, masks=None):
     """Compare ``cell.backward`` with centred finite differences, in float64.
 
     The loss is a fixed random projection of every output and of the final STM and LTM (and
@@ -69,7 +69,9 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     |numeric|)`` (norms over its checked entries). The absolute part is there because the
     differences carry an absolute rounding error of about 1e-16 |loss| / eps per entry: a
     gradient that is correct but tiny (1e-7, a saturated gate) is measured only to ~1e-4
-    relative. Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
+    relative. Every evaluation of the loss applies the same zoneout and recurrent dropout
+    ``masks`` (by default, for a cell with regularisers, one draw of ``cell.draw_masks``).
+    Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
     worst gradient when one fails (unless ``raise_on_failure`` is False).
     """
     cell = cell.copy(np.float64)
@@ -84,9 +86,11 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
         state += tuple(np.array(value) for value in cell._initial_memories(None, B))
     dy, dstm, dltm = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
     dmemories = {name: rng.standard_normal((B, H)) for name in cell.memories}
+    if masks is None and cell.regularised:
+        masks = cell.draw_masks(T, B)
 
     def loss():
-        y, (stm, ltm, *memories) = cell(x, state)
+        y, (stm, ltm, *memories) = cell(x, state, masks=masks)
         return (np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
                 + sum(np.sum(value * dmemories[name])
                       for name, value in zip(cell.memories, memories)))
@@ -100,7 +104,7 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
         flat[index] = kept
         return (plus - minus) / (2 * step)
 
-    _, _, tape = cell.forward(x, state, keep=True)
+    _, _, tape = cell.forward(x, state, keep=True, masks=masks)
     analytic = cell.backward(tape, dy, dstm, dltm, dmemories)
     inputs = dict(cell.params)
     inputs.update(x=x, stm0=state[0], ltm0=state[1])

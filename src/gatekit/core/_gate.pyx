@@ -73,6 +73,15 @@ A gate class declares, as class attributes:
     Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
     many times each of its forward and backward steps calls ``sync(s.barrier)``
     (gatekit/core/_gate.pxd).
+
+A gate needs nothing to run under the regularisers of the recurrence (``zoneout=``,
+``recurrent_dropout=``, options of every cell): with recurrent dropout the step's ``STM_prev``
+is the STM the gates read, ``m ⊙ STM_{t-1}``, in the recurrent product and in a gate's own
+reads alike, and ``dSTM_prev`` is the gradient with respect to it; with zoneout the gates
+compute the candidates (``LTM_t`` is LTM~_t, also in ``finish``, and the use gate's ``STM_t``
+is STM~_t) and ``dLTM_t``, ``dSTM_t`` are their gradients, while ``LTM_prev`` is the zoned
+memory of the step before. The loop zones and masks around the gates. The one thing a gate
+must not do is read ``STM_t`` in its backward step: under zoneout it holds the zoned STM.
 """
 import numpy as np
 cimport numpy as cnp

@@ -1,5 +1,6 @@
 """The memory cell: four gates composed, parameters named after the equations, and the checks
 that stand between a caller and the compiled time loop."""
+import copy
 import inspect
 import math
 import numbers
@@ -11,8 +12,9 @@ import numpy as np
 from gatekit.core import instruction_sets, plugins
 from gatekit.core._gate import MAX_MEMORIES, MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
-__all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",
-           "refuse_changed_parameters", "Tape", "THREADS", "writable"]
+__all__ = ["as_float_array", "Cell", "check_lengths", "check_recurrent_dropout", "check_zoneout",
+           "FLOAT_DTYPES", "INPUTS", "MASKS", "Parameters", "refuse_changed_parameters", "Tape",
+           "THREADS", "writable"]
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 # The runs of packed blocks, in order, and the columns of W each reads ([STM_{t-1}, E_t]).
@@ -154,6 +156,104 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(array, dtype=np.intp)
 
 
+# The masks of one call of a cell with regularisers (see Cell.draw_masks), by name.
+MASKS = ("zoneout_LTM", "zoneout_STM", "dropout_STM")
+# The cell's mask generator is a stream of its seed apart from the parameters' own.
+_MASK_STREAM = 0x6d61736b
+
+
+def _probability(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1); got {value!r}")
+    return float(value)
+
+
+def check_zoneout(zoneout):
+    """``zoneout`` as a pair of floats (z_c, z_h), each a probability in [0, 1)."""
+    if not (isinstance(zoneout, (tuple, list)) and len(zoneout) == 2):
+        raise ValueError(f"zoneout must be a pair (z_c, z_h) of probabilities in [0, 1), for "
+                         f"the LTM and the STM; got {zoneout!r}")
+    return (_probability("zoneout[0] (z_c, of the LTM)", zoneout[0]),
+            _probability("zoneout[1] (z_h, of the STM)", zoneout[1]))
+
+
+def check_recurrent_dropout(p):
+    """``p`` as a float, a probability in [0, 1)."""
+    return _probability("recurrent_dropout", p)
+
+
+def _mask_generator(seed):
+    """The generator of a cell's masks: a stream of ``seed`` that the parameters' draws do not
+    touch, so the same seed gives the same parameters with or without regularisers."""
+    if isinstance(seed, (np.random.Generator, np.random.BitGenerator)):
+        return np.random.default_rng(seed).spawn(1)[0]
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return np.random.default_rng(np.random.SeedSequence(
+        sequence.entropy, spawn_key=(*sequence.spawn_key, _MASK_STREAM),
+        pool_size=sequence.pool_size))
+
+
+def _mix32(x):
+    """lowbias32 on uint32 arrays, wrapping as C does: the compiled loop's gk_mix32."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _below(rate):
+    """The hashes below which a unit is picked with probability ``rate`` (in [0, 1))."""
+    return int(rate * 2 ** 32)
+
+
+class _DrawnMasks:
+    """The masks of one call in training, as the keys they come from: the compiled loop
+    computes each zoneout mask where it applies it, forward and backward, so that no (T, B, H)
+    mask is drawn or stored; unit j of sequence b at step t keeps its memory where
+    mix32(mix32(key + t * 0x9e3779b9) ^ (b * H + j)) < z 2^32. :meth:`arrays` computes the same
+    masks in NumPy (for the tape, the trace and the reference). The recurrent dropout mask,
+    (B, H), is computed here: 0 where mix32(mix32(key) ^ (b * H + j)) < p 2^32."""
+
+    def __init__(self, cell, T, B):
+        H = cell.hidden_size
+        if B * H >= 2 ** 32:
+            raise ValueError(f"masks are drawn for at most 2**32 units of a step; got B * H = "
+                             f"{B * H}")
+        # One key per mask and call: the LTM's and the STM's zoneout, the dropout.
+        self.keys = tuple(int(key) for key in cell.mask_rng.integers(0, 2 ** 32, 3, np.uint64))
+        self.below = tuple(_below(z) for z in cell.zoneout)
+        self.shape, self.dtype = (T, B, H), cell.dtype
+        self.dropout = None
+        p = cell.recurrent_dropout
+        if p > 0:
+            hashes = _mix32(_mix32(np.array([self.keys[2]], np.uint32))
+                            ^ np.arange(B * H, dtype=np.uint32))
+            keep = (hashes >= np.uint32(_below(p))).reshape(B, H)
+            self.dropout = keep.astype(self.dtype) / self.dtype.type(1 - p)
+        self._arrays = None
+
+    def loop_keys(self):
+        return (self.keys[0], self.keys[1], self.below[0], self.below[1])
+
+    def _zoneout(self, stream, rate):
+        if self.below[stream] == 0:
+            return rate
+        T, B, H = self.shape
+        steps = np.arange(T, dtype=np.uint32) * np.uint32(0x9E3779B9)
+        step_keys = _mix32(np.array([self.keys[stream]], np.uint32) + steps)
+        hashes = _mix32(step_keys[:, None] ^ np.arange(B * H, dtype=np.uint32)[None, :])
+        return (hashes < np.uint32(self.below[stream])).astype(self.dtype).reshape(T, B, H)
+
+    def arrays(self, zoneout):
+        """The masks as :meth:`Cell.draw_masks` returns them (computed once)."""
+        if self._arrays is None:
+            self._arrays = {"zoneout_LTM": self._zoneout(0, zoneout[0]),
+                            "zoneout_STM": self._zoneout(1, zoneout[1]),
+                            "dropout_STM": self.dropout}
+        return self._arrays
+
+
 def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
@@ -204,15 +304,27 @@ class Tape:
     step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
     backward pass reads it and does not change it, so it can be used more than once."""
 
-    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths, mem=None):
+    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths, mem=None, masks=None,
+                 candidates=None):
         self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
         self.z, self.acts, self.ltm = z, acts, ltm
         # The gates' extra memories, (T + 1, M, B, H) as ltm, or None without any.
         self.mem = mem
+        # The regularisers' masks of the call (see Cell.draw_masks), or the keys of the masks
+        # drawn for it, and, when the LTM is zoned, the LTM~_t the gates computed.
+        self._masks, self.candidates = masks, candidates
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
         # The activations hold for these parameters only: backward checks they are unchanged.
         self.params = cell._parameter_snapshot()
+
+    @property
+    def masks(self):
+        """The zoneout and recurrent dropout masks of the call, as ``Cell.draw_masks`` returns
+        them; None for a cell without regularisers."""
+        if isinstance(self._masks, _DrawnMasks):
+            return self._masks.arrays(self.cell.zoneout)
+        return self._masks
 
     def __repr__(self):
         T, B, _ = self.x.shape
@@ -236,11 +348,20 @@ class Cell:
     ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
     environment variable at import, else the CPUs the process may run on). A call splits the
     units between threads only when its steps are large enough to gain from it.
+
+    ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` regularise the recurrence in training
+    mode (:meth:`train`, the default; :meth:`eval` turns them into their expectation): see
+    :meth:`draw_masks` and the training page of the documentation.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
-                 remember=None, use=None, dtype=np.float32, seed=None, threads=None):
+                 remember=None, use=None, dtype=np.float32, seed=None, threads=None,
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0):
         self.input_size = D = _size("input_size", input_size)
+        self.zoneout = check_zoneout(zoneout)
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.training = True
+        self.mask_rng = _mask_generator(seed)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.dtype = _float_dtype(dtype)
         self.threads = None if threads is None else _threads("threads", threads)
@@ -341,13 +462,55 @@ class Cell:
                 array[...] = fixed[name]
 
     def copy(self, dtype=None):
-        """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
-        this cell's)."""
+        """A new cell with the same gates, options, mode and a copy of the parameters, in
+        ``dtype`` (by default this cell's); its mask generator starts from a copy of this
+        cell's."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
-                     dtype=self.dtype if dtype is None else dtype, threads=self.threads)
+                     dtype=self.dtype if dtype is None else dtype, threads=self.threads,
+                     zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout)
         for name, array in self.params.items():
             other.params[name] = array
+        other.training = self.training
+        # a generator of the same kind in the same state: the copy draws the masks this cell
+        # would draw next
+        other.mask_rng = copy.deepcopy(self.mask_rng)
         return other
+
+    def train(self, mode=True):
+        """Training mode (the default): each call draws new zoneout and recurrent dropout masks.
+        Returns the cell."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: zoneout and recurrent dropout give way to their expectation (the
+        memories mix with their previous values in the proportions z_c, z_h; no dropout).
+        Returns the cell."""
+        return self.train(False)
+
+    @property
+    def regularised(self):
+        """Whether the cell has zoneout or recurrent dropout."""
+        return self.zoneout != (0.0, 0.0) or self.recurrent_dropout > 0
+
+    def draw_masks(self, T, B):
+        """The masks a call over T steps of B sequences applies, in the cell's mode, as a dict
+        (``gatekit.reference.forward`` takes the same):
+
+        - ``"zoneout_LTM"``, ``"zoneout_STM"``: in training, (T, B, H) arrays of 0 and 1 (1 where
+          the unit keeps its previous memory, with probability z_c, z_h); in evaluation, and
+          in training without zoneout, the number z_c, z_h (their expectation);
+        - ``"dropout_STM"``: in training with recurrent dropout, a (B, H) array, 0 with
+          probability p and 1 / (1 - p) elsewhere, one per sequence for every step; else None.
+
+        In training each call draws new masks from :attr:`mask_rng` (seeded from ``seed``): the
+        masks a call of the cell would draw next, whatever the cell's dtype.
+        """
+        T, B = int(T), _size("B", B)
+        if not self.training:
+            z_c, z_h = self.zoneout
+            return {"zoneout_LTM": z_c, "zoneout_STM": z_h, "dropout_STM": None}
+        return _DrawnMasks(self, T, B).arrays(self.zoneout)
 
     @property
     def gate_names(self):
@@ -356,15 +519,17 @@ class Cell:
 
     def __repr__(self):
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        regularisers = (f", zoneout={self.zoneout}, recurrent_dropout={self.recurrent_dropout}"
+                        if self.regularised else "")
         return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
+                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name}{regularisers})")
 
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x, state=None, lengths=None, masks=None):
         """``cell.forward(x, state, lengths=lengths)`` without a tape: ``y, (stm, ltm)``."""
-        y, state = self.forward(x, state, lengths=lengths)
+        y, state = self.forward(x, state, lengths=lengths, masks=masks)
         return y, state
 
-    def forward(self, x, state=None, keep=False, lengths=None):
+    def forward(self, x, state=None, keep=False, lengths=None, masks=None):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
         or zeros; a cell with extra memories (:attr:`memories`) takes them after these, or
         starts them at their gates' initial values. Returns ``y`` (T, B, H) and the final
@@ -374,6 +539,11 @@ class Cell:
         ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
         after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
         its last step, and its padded steps take no part in the gradients.
+
+        ``masks`` (as :meth:`draw_masks` returns them) fixes the zoneout and recurrent dropout
+        masks of the call, whatever the cell's options and mode; by default a cell with
+        regularisers draws them (in training) or applies their expectation (in evaluation).
+        The tape keeps them for the backward pass.
         """
         x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
         T, B, _ = x.shape
@@ -381,6 +551,10 @@ class Cell:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
         lengths = check_lengths(lengths, T, B)
+        if masks is not None:
+            masks = self._check_masks(masks, T, B)
+        elif self.regularised:
+            masks = _DrawnMasks(self, T, B) if self.training else self.draw_masks(T, B)
         if keep:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()
@@ -410,12 +584,16 @@ class Cell:
         mem = buffer("mem") if M else None
         if M:
             mem[0] = memories0
+        regularisers = candidates = None
+        if masks is not None:
+            regularisers, scratch = self._regularisers(masks, T, B, len(ltm) - 1, threads, keep)
+            candidates = regularisers[4]
         buffers = (workspace, x, stm0, y)
         self._hold_buffers(buffers)
         try:
             failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
                                    keep, lengths, self._forget_preactivation, self._reads,
-                                   threads, memories=M)
+                                   threads, memories=M, regularisers=regularisers)
             if failed >= 0:
                 self._raise_gate_error(failed)
             final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
@@ -425,8 +603,11 @@ class Cell:
             self._release_buffers(buffers)
             if not keep:
                 self._spares.give("workspace", workspace)
-        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths,
-                    mem) if keep else None
+            if regularisers is not None:
+                for name, spare in scratch.items():
+                    self._spares.give(name, spare)
+        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths, mem, masks,
+                    candidates) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
@@ -436,6 +617,9 @@ class Cell:
         ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
         the forget gate provides it, ``n_t`` for each extra memory ``n``, and what each gate's
         ``trace`` adds; each (T, B, ...).
+        With zoneout or recurrent dropout also the call's masks (``zoneout_LTM``,
+        ``zoneout_STM``, ``dropout_STM``, numbers in evaluation broadcast) and, when the LTM is
+        zoned, ``LTM_candidate`` (LTM~_t, before zoneout; ``LTM_t`` and ``STM_t`` are zoned).
         The values are those of :meth:`forward` (the same compiled run). Padded steps of a
         ragged batch are NaN."""
         y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
@@ -448,6 +632,8 @@ class Cell:
             quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
         for k, name in enumerate(self.memories):
             quantities[f"{name}_t"] = tape.mem[1:, k]
+        if tape.masks is not None:
+            quantities.update(self._traced_masks(tape, T, B))
         known = {**self.params, **quantities}
         for gate in self.gates:
             extra = type(gate).trace
@@ -506,7 +692,15 @@ class Cell:
         sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
+        if tape._masks is not None:
+            plan_threads = max(1, _loop.plan(T, B, D, H, KH, threads, self.dtype == np.float32)[0])
+            sizes.update(inner=B * H, dropped=(plan_threads + 2) * B * H)
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        regularisers = None
+        if tape._masks is not None:
+            regularisers = self._loop_masks(tape._masks, tape.candidates,
+                                            spares["dropped"][:sizes["dropped"]].reshape(-1, B, H),
+                                            spares["inner"][:B * H].reshape(B, H))
         buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares, dmem)
         self._hold_buffers(buffers)
         try:
@@ -516,7 +710,8 @@ class Cell:
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
-                self._forget_preactivation, self._reads, threads, mem=tape.mem, dmem=dmem)
+                self._forget_preactivation, self._reads, threads, mem=tape.mem, dmem=dmem,
+                regularisers=regularisers)
         finally:
             self._release_buffers(buffers)
             for name, buffer in spares.items():
@@ -552,6 +747,70 @@ class Cell:
                 dmem[T % 2, k] = as_float_array(f"dmemories[{name!r}]", value, self.dtype,
                                                 (B, self.hidden_size))
         return dmem
+    def _check_masks(self, masks, T, B):
+        """Masks given to forward, checked and in the cell's dtype (see draw_masks)."""
+        H = self.hidden_size
+        if not isinstance(masks, Mapping) or set(masks) != set(MASKS):
+            raise ValueError(f"masks must be a dict with the keys {', '.join(MASKS)} (as "
+                             f"cell.draw_masks(T, B) returns it); got {masks!r:.200}")
+        checked = {}
+        for name, shape in (("zoneout_LTM", (T, B, H)), ("zoneout_STM", (T, B, H)),
+                            ("dropout_STM", (B, H))):
+            value = masks[name]
+            if value is None and name == "dropout_STM":
+                checked[name] = None
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+                    name != "dropout_STM"):
+                checked[name] = _probability(f"masks[{name!r}]", value)
+            else:
+                checked[name] = as_float_array(f"masks[{name!r}]", value, self.dtype, shape)
+        return checked
+
+    def _loop_masks(self, masks, candidates, dropped, inner):
+        """The regularisers tuple of the compiled loop (_loop.regulariser_buffers), for masks
+        given (a dict) or drawn for the call (their keys)."""
+        if isinstance(masks, _DrawnMasks):
+            return (None, None, 0.0, 0.0, candidates, masks.dropout, dropped, inner,
+                    masks.loop_keys())
+        rates = {name: 0.0 if isinstance(value, np.ndarray) else value
+                 for name, value in masks.items() if name != "dropout_STM"}
+        arrays = {name: value if isinstance(value, np.ndarray) else None
+                  for name, value in masks.items()}
+        return (arrays["zoneout_LTM"], arrays["zoneout_STM"], rates["zoneout_LTM"],
+                rates["zoneout_STM"], candidates, arrays["dropout_STM"], dropped, inner, None)
+
+    def _regularisers(self, masks, T, B, kept, threads, keep):
+        """The loop's regularisers for a forward call, with its buffers: LTM~_t of every kept
+        step when the LTM is zoned (the tape's own when ``keep``), the threads' scratch."""
+        H = self.hidden_size
+        candidates = None
+        team = max(1, _loop.plan(T, B, self.input_size, H, self._weights.shape[0], threads,
+                                 self.dtype == np.float32)[0])
+        scratch = {"dropped": self._spares.take("dropped", (team + 2) * B * H, self.dtype)}
+        if isinstance(masks, _DrawnMasks):
+            zoned = masks.below[0] != 0
+        else:
+            zoned = isinstance(masks["zoneout_LTM"], np.ndarray) or masks["zoneout_LTM"] != 0
+        if zoned:
+            size = kept * B * H
+            if keep:
+                candidates = np.empty((kept, B, H), self.dtype)
+            else:
+                scratch["candidates"] = self._spares.take("candidates", size, self.dtype)
+                candidates = scratch["candidates"][:size].reshape(kept, B, H)
+        dropped = scratch["dropped"][:(team + 2) * B * H].reshape(team + 2, B, H)
+        return self._loop_masks(masks, candidates, dropped, None), scratch
+
+    def _traced_masks(self, tape, T, B):
+        """What the regularisers add to a trace: the masks of the call (numbers in
+        evaluation) and the LTM~_t the gates computed before zoneout."""
+        traced = {}
+        for name, value in tape.masks.items():
+            if value is not None:
+                traced[name] = np.broadcast_to(value, (T, B, self.hidden_size))
+        if tape.candidates is not None:
+            traced["LTM_candidate"] = tape.candidates
+        return traced
 
     def _hold_buffers(self, buffers):
         for gate in self.gates:

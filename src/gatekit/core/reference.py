@@ -21,6 +21,9 @@ takes arguments named after the quantities it reads and returns a dict of what i
 :func:`forward` runs any cell one step at a time by calling its gates' definitions in role
 order (forget, learn, remember, use), passing each the quantities its argument names ask for.
 This module never imports the compiled core; it only reads ``cell.gates`` and ``cell.params``.
+
+Zoneout and recurrent dropout take their masks explicitly (``masks=``, as
+``cell.draw_masks(T, B)`` returns them), so that the reference runs the same call as the cell.
 """
 import inspect
 
@@ -43,7 +46,7 @@ __all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_e
            "use_linear_backward", "use_linear_peephole", "use_linear_peephole_backward",
            "use_literal", "use_literal_backward", "use_memory", "use_memory_backward",
            "use_no_output_gate", "use_no_output_gate_backward", "use_peephole",
-           "use_peephole_backward", "use_slstm", "use_slstm_backward"]
+           "use_peephole_backward", "use_slstm", "use_slstm_backward", "zoneout"]
 
 #: JANET's shift of the learn gate against the forget gate: i_t = 1 - σ(s_t - β).
 JANET_BETA = 1.0
@@ -506,6 +509,28 @@ def use_memory_backward(dSTM_t):
     return {"dLTM_t": dSTM_t}
 
 
+# --- The regularisers of the recurrence ------------------------------------------------------
+
+def zoneout(previous, candidate, keep):
+    """Zoneout (Krueger et al. 2017): memory = d ⊙ previous + (1 - d) ⊙ candidate, with d the
+    step's mask (1 where the unit keeps its previous memory), or z, its expectation."""
+    return keep * previous + (1 - keep) * candidate
+
+
+def _regularisers(masks, T, B, H, dtype):
+    """The masks of a call (see ``forward``): the zoneout masks of step t as a function of t,
+    and the recurrent dropout mask (ones when there is none)."""
+    if masks is None:
+        masks = {"zoneout_LTM": 0.0, "zoneout_STM": 0.0, "dropout_STM": None}
+    zone = {}
+    for name in ("zoneout_LTM", "zoneout_STM"):
+        value = np.asarray(masks[name], dtype=dtype)
+        zone[name] = (lambda t, v=value: v[t]) if value.ndim else (lambda t, v=value: v)
+    dropout = masks["dropout_STM"]
+    dropout = np.ones((B, H), dtype) if dropout is None else np.asarray(dropout, dtype=dtype)
+    return zone["zoneout_LTM"], zone["zoneout_STM"], dropout
+
+
 # --- The cell ---------------------------------------------------------------------------------
 
 def call_definition(definition, known, zero=None):
@@ -552,13 +577,18 @@ def step(cell, E_t, STM_prev, LTM_prev, dtype=None, memories=None):
     return known
 
 
-def forward(cell, x, state=None, dtype=None):
+def forward(cell, x, state=None, dtype=None, masks=None):
     """Run ``cell`` over ``x`` (T, B, D), one step at a time.
 
     Computes in ``dtype`` (the cell's own by default; pass ``np.float64`` to check a float32
     cell against exact arithmetic). Returns ``y`` (T, B, H), the STM of every step, and the final
     ``(STM, LTM)``, like ``cell(x)``, followed by the final extra memories if the gates keep
     any (``state`` likewise may carry their initial values after the STM and the LTM).
+
+    ``masks`` (``{"zoneout_LTM", "zoneout_STM", "dropout_STM"}``, as ``cell.draw_masks``
+    returns them; None: no regulariser) applies zoneout and recurrent dropout: the gates read
+    ``m ⊙ STM_{t-1}`` (m = ``dropout_STM``; the STM carried on stays unmasked) and compute the
+    candidates LTM~_t, STM~_t, which zoneout mixes with LTM_{t-1}, STM_{t-1}.
     """
     dtype = np.dtype(cell.dtype if dtype is None else dtype)
     x = np.asarray(x, dtype=dtype)
@@ -569,16 +599,19 @@ def forward(cell, x, state=None, dtype=None):
     else:
         STM, LTM = (np.asarray(a, dtype=dtype) for a in state[:2])
     memories = initial_memories(cell, B, dtype, state)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
     y = np.empty((T, B, H), dtype)
     for t in range(T):
-        quantities = step(cell, x[t], STM, LTM, dtype, memories)
-        STM, LTM = quantities["STM_t"], quantities["LTM_t"]
+        quantities = step(cell, x[t], dropout * STM, LTM, dtype, memories)
+        LTM = zoneout(LTM, quantities["LTM_t"], zone_LTM(t))
+        STM = zoneout(STM, quantities["STM_t"], zone_STM(t))
         memories = {name: quantities[f"{name}_t"] for name in memories}
         y[t] = STM
     return y, (STM, LTM, *memories.values())
 
 
-def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemories=None):
+def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemories=None,
+             masks=None):
     """Backpropagation through time, one step and one gate at a time.
 
     ``dy`` (T, B, H) is the gradient of the loss with respect to every output, ``dstm`` and
@@ -586,6 +619,9 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
     with respect to the final extra memories (zero if None). Returns a dict with the gradient
     of every parameter of ``cell.params``, and ``"x"``, ``"stm0"``, ``"ltm0"`` and, for each
     extra memory ``n``, ``"n0"``.
+    ``masks`` as for :func:`forward`: with zoneout mask d, the gates see (1 - d) ⊙ the gradient
+    of the zoned memory and d ⊙ it goes to the previous one; with recurrent dropout, what the
+    gates send to the STM they read reaches STM_{t-1} times the mask.
     """
     dtype = np.dtype(cell.dtype if dtype is None else dtype)
     x = np.asarray(x, dtype=dtype)
@@ -594,10 +630,12 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
     zero = np.zeros((B, H), dtype)
     STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state[:2])
     memories = initial_memories(cell, B, dtype, state)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
     steps = []
     for t in range(T):
-        steps.append(step(cell, x[t], STM, LTM, dtype, memories))
-        STM, LTM = steps[-1]["STM_t"], steps[-1]["LTM_t"]
+        steps.append(step(cell, x[t], dropout * STM, LTM, dtype, memories))
+        LTM = zoneout(LTM, steps[-1]["LTM_t"], zone_LTM(t))
+        STM = zoneout(STM, steps[-1]["STM_t"], zone_STM(t))
         memories = {name: steps[-1][f"{name}_t"] for name in memories}
 
     grads = {name: np.zeros(value.shape, dtype) for name, value in cell.params.items()}
@@ -609,7 +647,8 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
     dy = np.asarray(dy, dtype=dtype)
     for t in reversed(range(T)):
         known = dict(steps[t])
-        known.update(dSTM_t=dy[t] + dSTM_next, dLTM_t=dLTM_next)
+        dSTM_t, dLTM_t = dy[t] + dSTM_next, dLTM_next      # of the zoned memories
+        known.update(dSTM_t=(1 - zone_STM(t)) * dSTM_t, dLTM_t=(1 - zone_LTM(t)) * dLTM_t)
         known.update({f"d{name}_t": value for name, value in dMEM_next.items()})
         for gate in reversed(cell.gates):            # use, remember, learn, forget
             contributions = call_definition(type(gate).backward_definition, known, zero)
@@ -619,7 +658,8 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
             if "d" + name in known:
                 grads[name] += known["d" + name]
         grads["x"][t] = known.get("dE_t", 0)
-        dSTM_next, dLTM_next = known.get("dSTM_prev", zero), known.get("dLTM_prev", zero)
+        dSTM_next = zone_STM(t) * dSTM_t + dropout * known.get("dSTM_prev", zero)
+        dLTM_next = zone_LTM(t) * dLTM_t + known.get("dLTM_prev", zero)
         dMEM_next = {name: known.get(f"d{name}_prev", zero) for name in memories}
     grads["stm0"], grads["ltm0"] = dSTM_next, dLTM_next
     for name, value in dMEM_next.items():

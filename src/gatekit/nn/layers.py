@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 from gatekit.core.cell import (Cell, Parameters, _float_dtype, _size, as_float_array,
-                               check_lengths, refuse_changed_parameters)
+                               check_lengths, check_recurrent_dropout, check_zoneout,
+                               refuse_changed_parameters)
 
 __all__ = ["cell_names", "LayerTape", "LSTM", "reversal_index"]
 
@@ -70,6 +71,10 @@ class LSTM:
 
     ``threads`` caps the threads of each cell's calls (see :class:`gatekit.Cell`).
 
+    ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` are options of every cell (see
+    :class:`gatekit.Cell`): each cell draws its own masks, from its own stream of ``seed``, in
+    training mode; :meth:`eval` puts every cell in evaluation mode with the layer.
+
     ``seed`` also draws every cell's parameters (each its own stream). ``params`` maps
     ``"l0.W_f"``, ``"l0_reverse.W_f"``, ... to views on the cells' parameters (writing into
     them changes the layer); ``cells`` maps ``"l0"``, ``"l0_reverse"``, ... to the cells.
@@ -77,7 +82,8 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  variant="standard", forget=None, learn=None, remember=None, use=None,
-                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None):
+                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None,
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0):
         self.input_size = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.num_layers = _size("num_layers", num_layers)
@@ -95,22 +101,37 @@ class LSTM:
                           f"(dropout={self.dropout}, num_layers=1)", UserWarning, stacklevel=2)
         self.dtype = _float_dtype(dtype)
         self.variant = variant
+        self.zoneout = check_zoneout(zoneout)
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.cells = {}
         self.training = True
         directions = 2 if self.bidirectional else 1
         streams = np.random.SeedSequence(seed).spawn(self.num_layers * directions + 1)
         gates = {"forget": forget, "learn": learn, "remember": remember, "use": use}
-        self.cells = {}
         for k, name in enumerate(cell_names(self.num_layers, self.bidirectional)):
             layer = k // directions
             size = self.input_size if layer == 0 else directions * H
             self.cells[name] = Cell(size, H, variant, **gates, dtype=self.dtype,
-                                    seed=streams[k], threads=threads)
+                                    seed=streams[k], threads=threads, zoneout=self.zoneout,
+                                    recurrent_dropout=self.recurrent_dropout)
         self.dropout_rng = np.random.default_rng(streams[-1])
         self.params = Parameters({f"{name}.{symbol}": array
                                   for name, cell in self.cells.items()
                                   for symbol, array in cell.params.items()})
 
     # --- description ---------------------------------------------------------------------------
+
+    @property
+    def training(self):
+        """Training mode (dropout, zoneout and recurrent dropout on); setting it sets every
+        cell's mode too."""
+        return self._training
+
+    @training.setter
+    def training(self, mode):
+        self._training = bool(mode)
+        for cell in self.cells.values():
+            cell.training = self._training
 
     @property
     def directions(self):
@@ -142,34 +163,43 @@ class LSTM:
 
     def __repr__(self):
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        regularisers = ""
+        if self.zoneout != (0.0, 0.0) or self.recurrent_dropout > 0:
+            regularisers = (f", zoneout={self.zoneout}, "
+                            f"recurrent_dropout={self.recurrent_dropout}")
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
                 f"variant={self.variant!r}, {gates}, dropout={self.dropout}, "
-                f"batch_first={self.batch_first}, dtype={self.dtype.name})")
+                f"batch_first={self.batch_first}, dtype={self.dtype.name}{regularisers})")
 
     def train(self, mode=True):
-        """Training mode (dropout on, if any); returns the layer."""
+        """Training mode (dropout, zoneout and recurrent dropout on, if any); returns the
+        layer."""
         self.training = bool(mode)
         return self
 
     def eval(self):
-        """Evaluation mode (no dropout); returns the layer."""
+        """Evaluation mode (no dropout; zoneout and recurrent dropout give way to their
+        expectation); returns the layer."""
         return self.train(False)
 
     def copy(self, dtype=None):
         """A new layer with the same configuration, mode and a copy of the parameters, in
         ``dtype`` (by default this layer's). Its dropout generator starts from a copy of this
-        layer's generator state."""
+        layer's generator state, and each cell's mask generator from its cell's."""
         other = LSTM(self.input_size, self.hidden_size, self.num_layers,
                      bidirectional=self.bidirectional, variant=self.variant, **self.gate_names,
                      dropout=0.0, batch_first=self.batch_first,
                      dtype=self.dtype if dtype is None else dtype,
-                     threads=self.cells[next(iter(self.cells))].threads)
+                     threads=self.cells[next(iter(self.cells))].threads, zoneout=self.zoneout,
+                     recurrent_dropout=self.recurrent_dropout)
         other.dropout = self.dropout
         other.training = self.training
         for name, array in self.params.items():
             other.params[name] = array
         other.dropout_rng.bit_generator.state = self.dropout_rng.bit_generator.state
+        for name, cell in self.cells.items():
+            other.cells[name].mask_rng.bit_generator.state = cell.mask_rng.bit_generator.state
         return other
 
     # --- running -------------------------------------------------------------------------------
@@ -237,8 +267,9 @@ class LSTM:
         Every trace is in the time order of ``x`` and (T, B, ...) whatever ``batch_first``: the
         reverse direction's quantities are put back in forward time, so step t of every trace is
         step t of ``x``. ``E_t`` of a layer above the first is what that cell reads: the layer
-        below's outputs. Dropout is not applied (the values are those of the layer in
-        :meth:`eval` mode). ``state`` and ``lengths`` are as for ``forward``;
+        below's outputs. Dropout between layers is not applied; the cells' zoneout and recurrent
+        dropout follow the layer's mode, as in :meth:`forward` (in training, new masks, which
+        the traces show). ``state`` and ``lengths`` are as for ``forward``;
         padded steps of a ragged batch are NaN.
         """
         x, lengths, state0 = self._inputs(x, state, lengths)
