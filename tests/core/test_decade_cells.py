@@ -435,3 +435,10 @@ def test_gru_matches_torch_gru_outputs_state_and_every_gradient(dtype, T, B, D, 
     same(grads["b_n"], b_ih[rows["n"]], "bias_ih n")
     same(grads["W_hn"], w_hh[rows["n"]], "weight_hh n")
     same(grads["b_hn"], b_hh[rows["n"]], "bias_hh n")
+
+
+def test_two_gates_that_share_the_step_work_between_threads_are_refused():
+    # mgu's product and course's both use the step's work: in one cell, a thread could overwrite
+    # what another is still reading.
+    with pytest.raises(ValueError, match=r"learn gate 'mgu' and use gate 'course' both share"):
+        gatekit.Cell(3, 4, "mgu", use="course")
