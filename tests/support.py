@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.core import reference
+from gatekit.core import plugins, reference
+from gatekit.core._gate import ROLES
 
 # The repository (the README, the examples).
 REPO = Path(__file__).resolve().parent.parent
@@ -23,16 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 # The variants and gates gatekit itself ships (third-party plugins may add more to
 # gatekit.variants() / gatekit.gates(); those are tested too where we iterate over variants()).
 BUILTIN_VARIANTS = ("standard", "course", "literal", "peephole", "nig", "nfg", "nog", "niaf",
-                    "noaf", "cifg", "janet")
+                    "noaf", "cifg", "janet", "gru", "mingru", "minlstm", "mgu", "mut1")
 BUILTIN_GATES = {
-    "forget": ("standard", "peephole", "none"),
-    "learn": ("standard", "peephole", "no_ignore", "linear", "linear_peephole", "coupled", "janet"),
+    "forget": ("standard", "peephole", "none", "event", "min"),
+    "learn": ("standard", "peephole", "no_ignore", "linear", "linear_peephole", "coupled", "janet",
+              "min", "reset", "mgu", "mut1"),
     "remember": ("standard",),
     "use": ("standard", "peephole", "linear", "linear_peephole", "no_output_gate", "memory",
             "literal", "course"),
 }
 # Forget gates that hand their pre-activation s_t to later gates (JANET's learn gate needs it).
-FORGET_WITH_S_T = ("standard", "peephole")
+FORGET_WITH_S_T = ("standard", "peephole", "event")
 
 # float64 core against float64 reference: same maths, different summation order (BLAS vs
 # NumPy matmul), so only rounding differences of order 1e-16 * T * (H + D) remain.
@@ -64,6 +66,13 @@ def needs(module):
                                reason=f"{module} cannot be imported; {INSTALL[module]}")
 
 
+def input_size_for(variant, D, H, **gates):
+    """D, or H for a composition with a gate that needs input_size == hidden_size (MUT1's learn
+    gate adds the event to the memory unit by unit)."""
+    classes = plugins.registry().compose(variant, {role: gates.get(role) for role in ROLES})
+    return H if any(cls.input_size_is_hidden_size for cls in classes) else D
+
+
 def dtype_id(dtype):
     """A test id for a dtype: ``float32``, ``float64``."""
     return np.dtype(dtype).name
@@ -81,6 +90,8 @@ def random_inputs(cell, T, B, seed=0, state=True, scale=1.0):
     H = cell.hidden_size
     stm0 = rng.uniform(-1, 1, (B, H)).astype(cell.dtype)
     ltm0 = rng.uniform(-2, 2, (B, H)).astype(cell.dtype)
+    if cell.one_memory:                 # its STM is its LTM: one memory, given twice
+        ltm0 = stm0.copy()
     return x, (stm0, ltm0)
 
 

@@ -15,12 +15,19 @@ from gatekit.core import reference
 from gatekit.core.cell import _loop
 from gatekit.testing import gradcheck
 
-from support import BUILTIN_VARIANTS, assert_close, assert_same_bits, random_inputs, rel_error, \
-    sigmoid
+from support import BUILTIN_VARIANTS, assert_close, assert_same_bits, input_size_for, \
+    random_inputs, rel_error, sigmoid
 
 DTYPES = [np.float64, np.float32]
 # Options that switch on every path: both memories zoned and the STM the gates read dropped.
 BOTH = dict(zoneout=(0.3, 0.2), recurrent_dropout=0.4)
+# A cell with one memory (use gate memory: its STM is its LTM) is zoned once, at one rate.
+ONE_MEMORY_BOTH = dict(zoneout=(0.3, 0.3), recurrent_dropout=0.4)
+
+
+def both_for(variant, **gates):
+    """BOTH, or ONE_MEMORY_BOTH for a composition with one memory."""
+    return ONE_MEMORY_BOTH if gatekit.Cell(4, 4, variant, **gates).one_memory else BOTH
 OPTIONS = [BOTH, dict(zoneout=(0.5, 0.0)), dict(zoneout=(0.0, 0.4)),
            dict(recurrent_dropout=0.5)]
 
@@ -98,7 +105,8 @@ def test_the_standard_cell_computes_the_equations_of_zoneout_and_recurrent_dropo
 @pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=np.dtype)
 def test_every_variant_matches_the_reference_under_the_same_masks(variant, dtype):
-    cell = gatekit.Cell(3, 5, variant, dtype=dtype, seed=2, **BOTH)
+    cell = gatekit.Cell(input_size_for(variant, 3, 5), 5, variant, dtype=dtype, seed=2,
+                        **both_for(variant))
     x, state = random_inputs(cell, 12, 3, seed=3)
     y, (stm, ltm), tape = cell.forward(x, state, keep=True)
     y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64,
@@ -137,7 +145,7 @@ def test_each_regulariser_alone_matches_the_reference(options, dtype):
                                      "literal", "noaf"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_every_gradient_agrees_with_finite_differences(variant, mode):
-    cell = gatekit.Cell(3, 4, variant, dtype=np.float64, seed=8, **BOTH)
+    cell = gatekit.Cell(3, 4, variant, dtype=np.float64, seed=8, **both_for(variant))
     getattr(cell, mode)()
     x, state = random_inputs(cell, 9, 3, seed=9)
     gradcheck(cell, x, state)
@@ -188,7 +196,7 @@ class _MaskedRead:
 def test_a_python_gate_reading_stm_prev_reads_it_masked(register):
     register(_MaskedRead(), name="tests.core.test_regularisers")
     cell = gatekit.Cell(4, 5, "standard", learn="rg_mgu", use="memory", dtype=np.float64,
-                        seed=13, **BOTH)
+                        seed=13, **ONE_MEMORY_BOTH)
     x, state = random_inputs(cell, 8, 3, seed=14)
     y, _, tape = cell.forward(x, state, keep=True)
     y_ref, _ = reference.forward(cell, x, state, masks=tape.masks)
@@ -490,3 +498,19 @@ def test_bad_masks_are_refused_by_name():
         cell(x, masks={"zoneout_LTM": 0.0})
     with pytest.raises(ValueError, match=r"masks\['zoneout_STM'\] must be a probability"):
         cell(x, masks={**masks, "zoneout_STM": 2.0})
+
+
+@pytest.mark.parametrize("variant", ["gru", "janet", "mingru"])
+def test_one_memory_cell_is_zoned_with_one_mask(variant):
+    """A cell whose STM is its LTM keeps them equal under zoneout (one memory, one mask), so its
+    final state can be given back as its next state; two different rates are refused."""
+    cell = gatekit.Cell(3, 4, variant, zoneout=(0.4, 0.4), seed=2)
+    x = np.random.default_rng(5).standard_normal((12, 3, 3)).astype(np.float32)
+    masks = cell.draw_masks(12, 3)
+    assert np.array_equal(masks["zoneout_LTM"], masks["zoneout_STM"])
+    assert 0 < masks["zoneout_LTM"].mean() < 1
+    y, (stm, ltm) = cell(x)
+    assert np.array_equal(stm, ltm)
+    cell(x, state=(stm, ltm))
+    with pytest.raises(ValueError, match=r"zoneout must be \(z, z\)"):
+        gatekit.Cell(3, 4, variant, zoneout=(0.4, 0.2))

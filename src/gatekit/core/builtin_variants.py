@@ -25,6 +25,21 @@ VARIANTS = {
              "Greff's CIFG: vanilla with coupled input and forget gates, i_t = 1 - f_t"),
     "janet": ({"learn": "janet", "use": "memory"},
               "JANET: forget gate only, i_t = 1 - σ(s_t - 1), STM_t = LTM_t"),
+    "gru": ({"learn": "reset", "use": "memory"},
+            "GRU as torch.nn.GRU computes it: f_t = z, i_t = 1 - z, "
+            "N_t = tanh(W_n E_t + b_n + r ⊙ (W_hn STM_{t-1} + b_hn)), STM_t = LTM_t"),
+    "mgu": ({"learn": "mgu", "use": "memory"},
+            "MGU: one gate, i_t = 1 - f_t (MGU's f), N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + W_n E_t "
+            "+ b_n), STM_t = LTM_t"),
+    "mut1": ({"forget": "event", "learn": "mut1", "use": "memory"},
+             "MUT1: f_t = σ(W_f E_t + b_f) (1 - MUT1's z), N_t = tanh(W_hh (r ⊙ STM_{t-1}) + "
+             "tanh(E_t) + b_h), STM_t = LTM_t; input_size = hidden_size"),
+    "mingru": ({"forget": "event", "learn": "min", "use": "memory"},
+               "minGRU: f_t = σ(W_f E_t + b_f) (1 - minGRU's z), N_t = W_n E_t + b_n, "
+               "i_t = 1 - f_t, STM_t = LTM_t"),
+    "minlstm": ({"forget": "min", "learn": "min", "use": "memory"},
+                "minLSTM: f_t = σ(z_f) / (σ(z_f) + σ(z_i)) from the event, N_t = W_n E_t + b_n, "
+                "i_t = 1 - f_t, STM_t = LTM_t"),
     "slstm": ({"forget": "slstm", "learn": "slstm", "use": "slstm"},
               "xLSTM's sLSTM, stabilised: exponential gates, memories n_t (normaliser) and m_t "
               "(stabiliser), STM_t = σ(õ) ⊙ LTM_t / n_t"),

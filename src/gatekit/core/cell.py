@@ -222,6 +222,9 @@ class _DrawnMasks:
                              f"{B * H}")
         # One key per mask and call: the LTM's and the STM's zoneout, the dropout.
         self.keys = tuple(int(key) for key in cell.mask_rng.integers(0, 2 ** 32, 3, np.uint64))
+        if cell.one_memory:
+            # One memory, one mask: the STM, which is the LTM, is zoned where the LTM is.
+            self.keys = (self.keys[0], self.keys[0], self.keys[2])
         self.below = tuple(_below(z) for z in cell.zoneout)
         self.shape, self.dtype = (T, B, H), cell.dtype
         self.dropout = None
@@ -371,7 +374,15 @@ class Cell:
         classes = registry.compose(variant, {"forget": forget, "learn": learn,
                                              "remember": remember, "use": use})
         self._check_composition(classes)
+        for cls in classes:
+            if cls.input_size_is_hidden_size and D != H:
+                raise ValueError(f"{cls.role} gate {cls.name!r} adds the event to the memory unit "
+                                 f"by unit, so input_size must equal hidden_size; got input_size "
+                                 f"({D}) and hidden_size ({H})")
         self._classes = classes
+        if self.one_memory and self.zoneout[0] != self.zoneout[1]:
+            raise ValueError(f"zoneout must be (z, z) for this cell: its STM is its LTM (use gate "
+                             f"{classes[3].name!r}), one memory, zoned once; got {zoneout!r}")
 
         # The packed blocks, in three runs by what they read (STM only, both, event only), each
         # in role and declared order: the loop's products then skip whole runs of columns. The
@@ -449,6 +460,10 @@ class Cell:
                 raise ValueError(f"{cls.role} gate {cls.name!r} reads {', '.join(missing)}, which "
                                  "no earlier gate of this composition provides")
             known |= set(cls.provides())
+        sharing = [f"{cls.role} gate {cls.name!r}" for cls in classes if cls.syncs]
+        if len(sharing) > 1:
+            raise ValueError(f"{' and '.join(sharing)} both share the step's work between "
+                             "threads (syncs); a cell may have one such gate")
 
     def reset_parameters(self, seed=None):
         """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``,
@@ -511,6 +526,13 @@ class Cell:
             z_c, z_h = self.zoneout
             return {"zoneout_LTM": z_c, "zoneout_STM": z_h, "dropout_STM": None}
         return _DrawnMasks(self, T, B).arrays(self.zoneout)
+
+    @property
+    def one_memory(self):
+        """True when the cell's STM is its LTM (Use gate ``memory``: GRU, minGRU, JANET...): a
+        state given to it is one memory twice, and the gradient of that memory is
+        ``grads["stm0"] + grads["ltm0"]``."""
+        return bool(self._classes[3].stm_is_ltm)
 
     @property
     def gate_names(self):
@@ -873,8 +895,13 @@ class Cell:
             raise TypeError(f"state must be {what} of arrays of shape (B, hidden_size) = "
                             f"{shape}; got {type(state).__name__}"
                             + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
-        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
-                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+        stm = as_float_array("state[0] (stm)", state[0], self.dtype, shape)
+        ltm = as_float_array("state[1] (ltm)", state[1], self.dtype, shape)
+        if self.one_memory and not np.array_equal(stm, ltm):
+            raise ValueError(f"state[0] (stm) must equal state[1] (ltm): this cell's STM is its "
+                             f"LTM (use gate {self.gate_names['use']!r}), one memory; they "
+                             f"differ by up to {np.nanmax(np.abs(stm - ltm)):.3g}")
+        return stm, ltm
 
     def _initial_memories(self, state, B):
         """The extra memories' initial values, (M, B, H): from ``state`` after the STM and the

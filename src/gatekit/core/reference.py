@@ -514,6 +514,9 @@ def use_memory_backward(dSTM_t):
 def zoneout(previous, candidate, keep):
     """Zoneout (Krueger et al. 2017): memory = d ⊙ previous + (1 - d) ⊙ candidate, with d the
     step's mask (1 where the unit keeps its previous memory), or z, its expectation."""
+    if np.ndim(keep) == 0 and keep == 0:
+        # No zoneout is no arithmetic: 0 * inf would turn an infinite memory into NaN.
+        return candidate
     return keep * previous + (1 - keep) * candidate
 
 
