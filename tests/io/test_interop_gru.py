@@ -344,6 +344,46 @@ def _with_threads(model, threads):
     return again
 
 
+def steps_for_a_team(cell, B, threads):
+    """The fewest steps (up to 512) with which a forward call of B sequences of ``cell`` runs the
+    tiled loop on ``threads`` threads, or None."""
+    from gatekit.core.cell import _loop
+    KH = cell._weights.shape[0]
+    for T in range(1, 513):
+        team, _ = _loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
+                             cell.dtype == np.float32)
+        if team == threads:
+            return T
+    return None
+
+
+@needs_torch
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_converted_torch_gru_on_a_team_of_threads_matches_pytorch(threads):
+    # Large enough a call that the compiled loop splits the units between `threads` threads.
+    D, H, B = 24, 40, 73
+    torch.manual_seed(2)
+    module = torch.nn.GRU(D, H, dtype=torch.float64)
+    gru = _with_threads(interop.from_torch(module), threads)
+    T = steps_for_a_team(gru.cells["l0"], B, threads)
+    assert T is not None, f"no call of {B} sequences runs on {threads} threads"
+    rng = np.random.default_rng(3)
+    x, h0 = rng.standard_normal((T, B, D)), rng.standard_normal((1, B, H))
+    dy, dh = rng.standard_normal((T, B, H)), rng.standard_normal((1, B, H))
+    tx, th0 = torch.tensor(x, requires_grad=True), torch.tensor(h0, requires_grad=True)
+    ty, th = module(tx, th0)
+    ((ty * torch.from_numpy(dy)).sum() + (th * torch.from_numpy(dh)).sum()).backward()
+    y, (stm, _), tape = gru.forward(x, (h0, h0.copy()), keep=True)
+    grads = gru.backward(tape, dy, (dh, np.zeros_like(dh)))
+    assert_relatively_close(y, ty.detach().numpy(), 1e-10, "y")
+    assert_relatively_close(stm, th.detach().numpy(), 1e-10, "final stm")
+    want = torch_gru_grads_by_gatekit_name(module, lambda suffix: suffix[1:] + ".")
+    want.update(x=tx.grad.numpy(), h0=th0.grad.numpy())
+    grads["h0"] = grads["stm0"] + grads["ltm0"]
+    for name in want:
+        assert_relatively_close(grads[name], want[name], 1e-10, name)
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 def test_converted_torch_grucell_matches_over_a_sequence(dtype, tol):
