@@ -176,3 +176,20 @@ def test_correct_torch_nn_gru():
           np.concatenate([grads["b_r"], grads["b_f"], grads["b_n"]]))
     close("dbias_hh_l0", got["bias_hh_l0"].numpy(),
           np.concatenate([grads["b_r"], grads["b_f"], grads["b_hn"]]))
+
+
+@pytest.mark.parametrize("variant", NEW_CELLS)
+def test_correct_jax_scan_of_issue_13s_cells(variant):
+    jax = require(import_jax)
+    cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
+    run, params = jax_loop(cell)
+    xj, dyj = jax.numpy.asarray(x), jax.numpy.asarray(dy)
+    y_j, (h_j, _) = jax.jit(run)(params, xj)
+    close("y", y_j, y)
+    close("final STM", h_j, stm)
+    fwdbwd, _ = jax_callable(run, params, xj, dyj, "fwdbwd")
+    dparams, dx = fwdbwd()
+    close("dx", dx, grads["x"])
+    assert sorted(dparams) == sorted(cell.params)
+    for name, grad in dparams.items():
+        close(f"d{name}", grad, grads[name])
