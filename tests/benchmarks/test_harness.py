@@ -175,13 +175,14 @@ def test_the_d_equals_h_shapes_time_only_the_contenders_that_ask_for_them():
     square, s6 = at("S1sq"), at("S6", "fwdbwd")
     assert {"gatekit-standard", "torch-nn-LSTM"} <= square & s6
     assert "gatekit-course" not in square | s6 and "torch-nn-GRU" not in square | s6
-    assert "torch-loop-mut1" in square and "torch-loop-mut1" not in s6
-    assert {"torch-loop-mingru", "torch-loop-minlstm"}.isdisjoint(s6)
+    for loop in ("torch-loop-mut1", "jax-scan-mut1"):
+        assert loop in square and loop not in s6
+    assert {"torch-loop-mingru", "torch-loop-minlstm", "jax-scan-mingru"}.isdisjoint(s6)
     for shape in ("S1", "S2", "S3"):                    # D != H
         found = at(shape)
-        assert "torch-loop-mut1" not in found and "gatekit-mut1" not in found
+        assert {"torch-loop-mut1", "jax-scan-mut1", "gatekit-mut1"}.isdisjoint(found)
         assert {"torch-nn-GRU", "torch-loop-gru", "torch-loop-mgu", "torch-loop-mingru",
-                "torch-loop-minlstm"} <= found
+                "torch-loop-minlstm", "jax-scan-gru", "jax-scan-minlstm"} <= found
     assert "torch-loop-mut1" in at("S4")                 # D = H
     registered = builtin_variants()              # gatekit times its built-in variants
     for cell, shapes in {"mut1": ("S1sq", "S6", "S4"), "mingru": ("S6", "S1"),
