@@ -158,8 +158,8 @@ def test_torch_gru_round_trip_keeps_b_hn_apart_and_sums_the_other_biases():
     H = 4
     for key in (k for k in state if k.startswith("bias_hh")):
         assert np.all(state[key][:2 * H] == 0)                   # r and z: summed into bias_ih
-        name = key.replace("bias_hh_", "").replace("_reverse", "_reverse")
-        assert np.array_equal(state[key][2 * H:], gru.params[f"{name}.b_hn"])
+        cell = key.removeprefix("bias_hh_")                     # l0, l0_reverse, ...
+        assert np.array_equal(state[key][2 * H:], gru.params[f"{cell}.b_hn"])
     # PyTorch's equations on the exported state compute what the gatekit layer computes
     x = np.random.default_rng(1).standard_normal((5, 2, 3))
     y_want, _ = stacked(torch_directions(state, 2, True), x, torch_gru_step)
