@@ -724,6 +724,10 @@ def to_keras(model):
 # --- ONNX ----------------------------------------------------------------------------------------
 
 def _onnx_gates(model):
+    if model.proj_size is not None:
+        raise ValueError(f"ONNX has no LSTM with a projected STM; this model has "
+                         f"proj_size={model.proj_size}. Only PyTorch's (torch.nn.LSTM("
+                         "proj_size=P)) converts")
     names = model.gate_names
     for role, allowed in ONNX_GATES.items():
         if names[role] not in allowed:
