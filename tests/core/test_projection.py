@@ -355,3 +355,66 @@ def test_layer_gradients_match_finite_differences(bidirectional):
             assert abs(grads[name][position] - numeric) <= 1e-6 * max(1, abs(numeric)), (
                 name, position, grads[name][position], numeric)
         del flat
+
+
+# --- Threads: a call large enough splits its units and its projection between threads --------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_crew_of_threads_matches_the_equations_forward_and_backward(dtype, threads):
+    from gatekit.core import _projection
+    T, B, D, H, P = 60, 16, 16, 64, 30          # P not a multiple of the threads
+    cell = gatekit.Cell(D, H, proj_size=P, dtype=dtype, seed=27, threads=threads)
+    assert _projection.crew_size(T, B, D, H, P, 4 * H, threads, cell.gates) == threads
+    x, state = inputs(cell, T, B, seed=28)
+    lengths = np.random.default_rng(29).integers(1, T + 1, B)
+    rng = np.random.default_rng(30)
+    dy, dstm, dltm = (rng.standard_normal((T, B, P)), rng.standard_normal((B, P)),
+                      rng.standard_normal((B, H)))
+    y, (stm, ltm), tape = cell.forward(x, state, keep=True, lengths=lengths)
+    grads = cell.backward(tape, dy, dstm, dltm)
+    expected_y, expected_h, expected_c = projected_lstm(params64(cell), x, *state, lengths)
+    tol = dict(atol=F64_ATOL, rtol=0) if dtype == np.float64 else dict(atol=1e-4, rtol=1e-3)
+    for got, want in ((y, expected_y), (stm, expected_h), (ltm, expected_c)):
+        np.testing.assert_allclose(got, want, **tol)
+    # the ragged batch's gradients: each sequence alone, cut to its length, by the equations
+    total = {name: np.zeros_like(value) for name, value in params64(cell).items()}
+    for b, n in enumerate(lengths):
+        one = equation_gradients(params64(cell), x[:n, b:b + 1], state[0][b:b + 1],
+                                 state[1][b:b + 1], dy[:n, b:b + 1], dstm[b:b + 1],
+                                 dltm[b:b + 1])
+        for name in total:
+            total[name] += one[name]
+        np.testing.assert_allclose(grads["x"][:n, b], one["x"][:, 0], **tol)
+        np.testing.assert_allclose(grads["stm0"][b], one["stm0"][0], **tol)
+        np.testing.assert_allclose(grads["ltm0"][b], one["ltm0"][0], **tol)
+    for name, value in total.items():
+        scale = max(1.0, np.abs(value).max())
+        np.testing.assert_allclose(grads[name] / scale, value / scale, **tol, err_msg=name)
+
+
+def test_a_crew_gives_the_bits_of_one_thread():
+    x, state = None, None
+    results = []
+    for threads in (1, 2, 3):
+        cell = gatekit.Cell(16, 64, proj_size=30, dtype=np.float64, seed=31, threads=threads)
+        if x is None:
+            x, state = inputs(cell, 60, 16, seed=32)
+        y, final, tape = cell.forward(x, state, keep=True)
+        grads = cell.backward(tape, np.ones_like(y))
+        results.append((y, final, grads))
+    for y, final, grads in results[1:]:
+        np.testing.assert_array_equal(y, results[0][0])
+        np.testing.assert_array_equal(final[1], results[0][1][1])
+        for name, value in grads.items():
+            np.testing.assert_array_equal(value, results[0][2][name], err_msg=name)
+
+
+def test_gates_with_barriers_of_their_own_run_the_call_on_one_thread():
+    from gatekit.core import _projection
+    cell = gatekit.Cell(16, 64, "course", proj_size=30, dtype=np.float64, seed=33, threads=3)
+    assert _projection.crew_size(60, 16, 16, 64, 30, 4 * 64, 3, cell.gates) == 1
+    x, state = inputs(cell, 60, 4, seed=34)
+    y, _ = cell(x, state)
+    ref_y, _ = reference.forward(cell, x, state)
+    np.testing.assert_allclose(y, ref_y, atol=F64_ATOL, rtol=0)

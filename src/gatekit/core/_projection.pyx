@@ -14,15 +14,19 @@ gatekit.core._loop (S = T with a tape, else 1), y (T, B, P) the projected STM of
 stm0 (B, P). ``reads`` = (first_input, recurrent_end) as in _loop: the input product fills
 columns [first_input, KH) of z, the recurrent product columns [0, recurrent_end).
 
-Each step's products are whole matrix products on the calling thread (gatekit's register
-tiles, _tiles.h): a projected cell runs on one thread. Backward, with g_t = d/dSTM_t (P wide:
+The products run in gatekit's register tiles (_tiles.h). A call large enough for it (see
+plan_crew) splits between threads: each computes its share of the H units of every block and
+of the gates, and its share of the P columns of the projection and of the carry, with two
+barriers per step; gates that mix units or wait at barriers of their own run the call on one
+thread. Backward, with g_t = d/dSTM_t (P wide:
 dy_t plus what step t + 1 sent back), the gates see dSTM_t = g_t W_hr (the gradient of
 U_t ⊙ V_t), step t - 1 gets g_{t-1} += dz_t W[:, :P] (the rows of the blocks that read the
 STM), and after the last step the weight gradients are each one product over all T * B rows:
 dW_hr = Σ_t g_t^T (U_t ⊙ V_t), dW[:, :P] = Σ_t dz_t^T STM_{t-1}, dW[:, P:] = Σ_t dz_t^T E_t,
 db = Σ_t dz_t, dx_t += dz_t W[:, P:].
 """
-from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
+from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, gemm,
+                                 gk_barrier, gk_barrier_wait)
 
 from gatekit.core._gate import PythonGate
 
@@ -76,13 +80,62 @@ _check_layout()
 
 cdef enum:
     OUT_OF_MEMORY = -2      # what the loops return when a product could not allocate its panel
+    MAX_CREW = 16
+    # As in gatekit.core._loop's plan: multiply-adds per call below which a second thread
+    # costs more than it saves, and per step that each thread must have (a barrier costs about
+    # a microsecond, a scheduler's wake-up tens of them).
+    THREADED_CALL_WORK = 4194304
+    THREAD_STEP_WORK = 32768
+
+cdef extern from "_tiles.h" nogil:
+    ctypedef struct gk_start:
+        pass
+    void gk_barrier_init(gk_barrier* barrier, int size)
+    void gk_start_init(gk_start* start)
+    int gk_wait_for_start(gk_start* start)
+    void gk_set_start(gk_start* start, int value)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_attr_t:
+        pass
+    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
+                       void* (*run)(void*) noexcept nogil, void* argument)
+    int pthread_join(pthread_t thread, void** result)
+
+
+def crew_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t P,
+              Py_ssize_t KH, int threads, tuple gates):
+    """The threads a call of these sizes runs on (see plan_crew)."""
+    return plan_crew(T, B, D, H, P, KH, threads, gates_share(gates))
+
+
+cdef bint gates_share(tuple gates):
+    """Whether the gates can run on a share of the units each: none mixes them, none waits
+    at barriers of its own (those run the call on one thread)."""
+    return all(not gate.mixes_units and gate.syncs == 0 for gate in gates)
+
+
+cdef int plan_crew(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t P,
+                   Py_ssize_t KH, int threads, bint share) noexcept nogil:
+    """Threads for a call: each shares the units of every block and of the projection, with
+    two barriers per step, where the call and each thread's share of a step are large
+    enough (the thresholds of gatekit.core._loop)."""
+    cdef Py_ssize_t step_work = B * KH * (P + D) + B * P * H
+    cdef Py_ssize_t crew = max(1, min(threads, MAX_CREW))
+    if not share:
+        return 1
+    while crew > 1 and (T * step_work < THREADED_CALL_WORK * crew
+                        or step_work < THREAD_STEP_WORK * crew or crew > min(H, P)):
+        crew -= 1
+    return <int> crew
 
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1] W_hr,
             floating[:, :, ::1] x, floating[:, ::1] stm0, floating[:, :, ::1] y,
             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
             floating[:, :, ::1] uv, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-            Py_ssize_t forget_preactivation, tuple reads):
+            Py_ssize_t forget_preactivation, tuple reads, int threads=1):
     """Run the projected cell over every step of ``x``; the caller puts the initial LTM in
     ltm[0]. Sequence b lasts ``lengths[b]`` steps (None: all T): from then on its memories
     stay as they were. Returns -1, the step at which a gate failed, or -2 if a product could
@@ -114,59 +167,304 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1
     cdef int g
     for g in range(4):
         gate_list[g] = <void*> gates[g]
+    cdef Crew crew
+    set_up_crew(&crew, gate_list, T, B, D, H, P, KH, S, first_input, recurrent_end,
+                forget_preactivation, ends, floating is float,
+                plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
+    crew.W, crew.bias, crew.W_hr, crew.x = &W[0, 0], &bias[0], &W_hr[0, 0], &x[0, 0, 0]
+    crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]
+    crew.ltm, crew.uv, crew.work = &ltm[0, 0, 0], &uv[0, 0, 0], &work[0, 0]
     cdef Py_ssize_t failed
     with nogil:
-        failed = forward_loop(gate_list, &W[0, 0], &bias[0], &W_hr[0, 0], &x[0, 0, 0],
-                              &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0],
-                              &ltm[0, 0, 0], &uv[0, 0, 0], &work[0, 0], ends, T, B, D, H, P,
-                              KH, S, first_input, recurrent_end, forget_preactivation)
+        failed = run_crew(&crew)
     return failed
 
 
-cdef Py_ssize_t forward_loop(void** gates, const floating* W, const floating* bias,
-                             const floating* W_hr, const floating* x, const floating* stm0,
-                             floating* y, floating* z, floating* acts, floating* ltm,
-                             floating* uv, floating* work, const Py_ssize_t* lengths,
-                             Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H,
-                             Py_ssize_t P, Py_ssize_t KH, Py_ssize_t S, Py_ssize_t first_input,
-                             Py_ssize_t recurrent_end,
-                             Py_ssize_t forget_preactivation) noexcept nogil:
-    cdef Py_ssize_t t, r, j, b, BH = B * H, BP = B * P, kdim = P + D
+cdef void set_up_crew(Crew* crew, void** gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D,
+                      Py_ssize_t H, Py_ssize_t P, Py_ssize_t KH, Py_ssize_t S,
+                      Py_ssize_t first_input, Py_ssize_t recurrent_end,
+                      Py_ssize_t forget_preactivation, const Py_ssize_t* lengths, bint single,
+                      int size) noexcept:
+    cdef int g
+    for g in range(4):
+        crew.gates[g] = gates[g]
+    crew.size, crew.single, crew.backward, crew.lengths = size, single, False, lengths
+    crew.T, crew.B, crew.D, crew.H, crew.P, crew.KH, crew.S = T, B, D, H, P, KH, S
+    crew.first_input, crew.recurrent_end = first_input, recurrent_end
+    crew.forget_preactivation = forget_preactivation
+    crew.x = crew.dy = crew.carry = crew.dltm = crew.dz = crew.dacts = crew.dx = NULL
+    crew.dparams, crew.dparams_stride, crew.dprojected, crew.scratch = NULL, 0, NULL, NULL
+
+
+# The crew: the threads of one call. Thread m computes units [u0, u1) of every block and of
+# the gates (split of H), and columns [p0, p1) of the projection and of the carry (split of
+# P); two barriers per step keep them in step (all of U_t ⊙ V_t before the projection, all of
+# STM_t before the next step's recurrent product; backward, all of g_t before dSTM_t, all of
+# dz_t before the carry).
+
+cdef struct Crew:
+    int size
+    gk_start start           # 1 once every thread exists; -1 if one could not be started
+    gk_barrier barrier
+    Py_ssize_t failed[MAX_CREW]     # the step at which each thread saw a gate fail, or -1
+    bint out_of_memory[MAX_CREW]
+    void* gates[4]
+    Py_ssize_t T, B, D, H, P, KH, S, first_input, recurrent_end, forget_preactivation
+    const void* W
+    const void* bias
+    const void* W_hr
+    const void* x
+    const void* stm0
+    void* y
+    void* z
+    void* acts
+    void* ltm
+    void* uv
+    void* work
+    const Py_ssize_t* lengths
+    bint single
+    bint backward
+    const void* dy
+    void* carry
+    void* dltm
+    void* dz
+    void* dacts
+    void* dx
+    size_t* dparams
+    Py_ssize_t dparams_stride
+    void* dprojected
+    void* scratch
+
+
+cdef struct CrewMember:
+    Crew* crew
+    int index
+
+
+cdef inline void share(Py_ssize_t n, int size, int index, Py_ssize_t* start,
+                       Py_ssize_t* end) noexcept nogil:
+    """Thread ``index``'s share of n things among ``size`` threads."""
+    cdef Py_ssize_t each = (n + size - 1) // size
+    start[0] = min(n, index * each)
+    end[0] = min(n, start[0] + each)
+
+
+cdef Py_ssize_t run_crew(Crew* crew) noexcept nogil:
+    """Run the pass on crew.size threads, this one included (on this one alone if the system
+    will not start another). Returns -1, -2 (out of memory) or the first failed step."""
+    cdef pthread_t threads[MAX_CREW]
+    cdef CrewMember members[MAX_CREW]
+    cdef int m, started = 1
+    cdef Py_ssize_t failed = -1
+    for m in range(MAX_CREW):
+        crew.failed[m], crew.out_of_memory[m] = -1, False
+    gk_start_init(&crew.start)
+    gk_barrier_init(&crew.barrier, crew.size)
+    for m in range(1, crew.size):
+        members[m].crew, members[m].index = crew, m
+        if pthread_create(&threads[m], NULL, crew_main, &members[m]) != 0:
+            break
+        started += 1
+    if started < crew.size:
+        # each share is fixed by the crew's size: those started leave, this thread runs alone
+        gk_set_start(&crew.start, -1)
+        for m in range(1, started):
+            pthread_join(threads[m], NULL)
+        crew.size = 1
+        gk_barrier_init(&crew.barrier, 1)
+    else:
+        gk_set_start(&crew.start, 1)
+    crew_member(crew, 0)
+    for m in range(1, crew.size):
+        pthread_join(threads[m], NULL)
+    for m in range(crew.size):
+        if crew.out_of_memory[m]:
+            return OUT_OF_MEMORY
+        if crew.failed[m] >= 0 and (failed < 0 or crew.failed[m] < failed):
+            failed = crew.failed[m]
+    return failed
+
+
+cdef void* crew_main(void* argument) noexcept nogil:
+    cdef CrewMember* member = <CrewMember*> argument
+    if gk_wait_for_start(&member.crew.start) > 0:
+        crew_member(member.crew, member.index)
+    return NULL
+
+
+cdef inline void crew_member(Crew* crew, int index) noexcept nogil:
+    if crew.backward:
+        if crew.single:
+            backward_member(crew, index, <float*> NULL)
+        else:
+            backward_member(crew, index, <double*> NULL)
+    elif crew.single:
+        forward_member(crew, index, <float*> NULL)
+    else:
+        forward_member(crew, index, <double*> NULL)
+
+
+cdef inline bint meet(Crew* crew, int index, Py_ssize_t t, bint failed) noexcept nogil:
+    """Record this thread's failure at step t, wait for the others; whether any has failed
+    (every thread then stops at this step)."""
+    cdef int m
+    if failed and crew.failed[index] < 0:
+        crew.failed[index] = t
+    if crew.size > 1:
+        gk_barrier_wait(&crew.barrier)
+    for m in range(crew.size):
+        if crew.failed[m] >= 0 or crew.out_of_memory[m]:
+            return True
+    return False
+
+
+cdef void forward_member(Crew* crew, int index, floating* precision) noexcept nogil:
+    """Thread ``index``'s part of the forward pass."""
+    cdef Py_ssize_t T = crew.T, B = crew.B, D = crew.D, H = crew.H, P = crew.P, KH = crew.KH
+    cdef Py_ssize_t S = crew.S, first_input = crew.first_input
+    cdef Py_ssize_t t, r, j, b, k, u0, u1, p0, p1, BH = B * H, BP = B * P, kdim = P + D
+    cdef const floating* W = <const floating*> crew.W
+    cdef const floating* bias = <const floating*> crew.bias
+    cdef const floating* W_hr = <const floating*> crew.W_hr
+    cdef const floating* x = <const floating*> crew.x
+    cdef const floating* stm0 = <const floating*> crew.stm0
+    cdef floating* y = <floating*> crew.y
+    cdef floating* z = <floating*> crew.z
     cdef floating* zt
     cdef const floating* STM_prev
     cdef floating* STM_t
-    cdef StepAny s = blank_step(B, H, D, KH, work)
-    # The input product of every step at once: z = bias + E W[:, P:]^T (its own columns).
-    for r in range(T * B):
-        for j in range(KH):
-            z[r * KH + j] = bias[j]
-    if KH > first_input and D > 0:
-        if gemm(False, True, T * B, KH - first_input, D, x, D, W + first_input * kdim + P, kdim,
-                <floating> 1, z + first_input, KH) < 0:
-            return OUT_OF_MEMORY
+    cdef bint failed = False
+    cdef int ok = 0
+    share(H, crew.size, index, &u0, &u1)
+    share(P, crew.size, index, &p0, &p1)
+    cdef StepAny s = blank_step(B, H, D, KH, crew.work)
+    s.e.u0, s.e.u1 = u0, u1
+    if u1 > u0:
+        # The input product of every step at once, this thread's columns of each block that
+        # reads the event: z = bias + E W[:, P:]^T.
+        for r in range(T * B):
+            for k in range(KH // H):
+                for j in range(k * H + u0, k * H + u1):
+                    z[r * KH + j] = bias[j]
+        if D > 0:
+            for k in range(first_input // H, KH // H):
+                ok |= gemm(False, True, T * B, u1 - u0, D, x, D, W + (k * H + u0) * kdim + P,
+                           kdim, <floating> 1, z + k * H + u0, KH)
+    crew.out_of_memory[index] = ok < 0
     for t in range(T):
         zt = z + t * B * KH
         STM_prev = stm0 if t == 0 else y + (t - 1) * BP
         STM_t = y + t * BP
-        if recurrent_end > 0:
-            if gemm(False, True, B, recurrent_end, P, STM_prev, P, W, kdim, <floating> 1, zt,
-                    KH) < 0:
-                return OUT_OF_MEMORY
-        point_at_step(&s, t, zt, acts, S, ltm, uv, x, forget_preactivation)
-        if not run_gates(gates, &s, NULL, floating is float):
-            return t
-        # The projection: STM_t = (U_t ⊙ V_t) W_hr^T.
-        if gemm(False, True, B, P, H, <floating*> s.STM_t, H, W_hr, H, <floating> 0, STM_t,
-                P) < 0:
-            return OUT_OF_MEMORY
-        if lengths != NULL:
-            for b in range(B):
-                if t >= lengths[b]:
-                    for j in range(P):
-                        STM_t[b * P + j] = STM_prev[b * P + j]
-                    for j in range(b * H, (b + 1) * H):
-                        (<floating*> s.LTM_t)[j] = (<const floating*> s.LTM_prev)[j]
-    return -1
+        if u1 > u0:
+            for k in range(crew.recurrent_end // H):
+                ok |= gemm(False, True, B, u1 - u0, P, STM_prev, P, W + (k * H + u0) * kdim,
+                           kdim, <floating> 1, zt + k * H + u0, KH)
+            point_at_step(&s, t, zt, <floating*> crew.acts, S, <floating*> crew.ltm,
+                          <floating*> crew.uv, x, crew.forget_preactivation)
+            failed = not run_gates(crew.gates, &s, NULL, floating is float)
+            if crew.lengths != NULL and not failed:
+                for b in range(B):
+                    if t >= crew.lengths[b]:
+                        for j in range(b * H + u0, b * H + u1):
+                            (<floating*> s.LTM_t)[j] = (<const floating*> s.LTM_prev)[j]
+        if ok < 0:
+            crew.out_of_memory[index] = True
+        if meet(crew, index, t, failed):
+            return
+        # The projection, this thread's columns: STM_t = (U_t ⊙ V_t) W_hr^T.
+        if p1 > p0:
+            ok |= gemm(False, True, B, p1 - p0, H, <floating*> crew.uv + (t % S) * BH, H,
+                       W_hr + p0 * H, H, <floating> 0, STM_t + p0, P)
+            if crew.lengths != NULL:
+                for b in range(B):
+                    if t >= crew.lengths[b]:
+                        for j in range(b * P + p0, b * P + p1):
+                            STM_t[j] = STM_prev[j]
+        if ok < 0:
+            crew.out_of_memory[index] = True
+        if meet(crew, index, t, False):
+            return
+
+
+cdef void backward_member(Crew* crew, int index, floating* precision) noexcept nogil:
+    """Thread ``index``'s part of the backward time loop (the gates' finish and the weight
+    gradients follow on the calling thread)."""
+    cdef Py_ssize_t T = crew.T, B = crew.B, D = crew.D, H = crew.H, P = crew.P, KH = crew.KH
+    cdef Py_ssize_t t, b, j, k, u0, u1, p0, p1, BH = B * H, BP = B * P, kdim = P + D
+    cdef const floating* W = <const floating*> crew.W
+    cdef const floating* W_hr = <const floating*> crew.W_hr
+    cdef const floating* dy = <const floating*> crew.dy
+    cdef floating* carry = <floating*> crew.carry
+    cdef floating* dltm = <floating*> crew.dltm
+    cdef floating* dz = <floating*> crew.dz
+    cdef floating* dacts = <floating*> crew.dacts
+    cdef floating* dx = <floating*> crew.dx
+    cdef floating* dSTM_t = <floating*> crew.scratch          # g_t W_hr: d/d(U_t ⊙ V_t)
+    cdef floating* unread = <floating*> crew.scratch + BH     # what a gate adds to dSTM_prev
+    cdef floating* zt
+    cdef floating* dzt
+    cdef floating* g_t
+    cdef floating* dLTM_t
+    cdef floating* dLTM_prev
+    cdef bint failed = False
+    cdef int ok = 0
+    share(H, crew.size, index, &u0, &u1)
+    share(P, crew.size, index, &p0, &p1)
+    cdef StepAny s = blank_step(B, H, D, KH, crew.work)
+    s.e.u0, s.e.u1 = u0, u1
+    s.dSTM_t, s.dSTM_prev = dSTM_t, unread
+    for t in range(T - 1, -1, -1):
+        zt, dzt = <floating*> crew.z + t * B * KH, dz + t * B * KH
+        g_t = <floating*> crew.dprojected + t * BP
+        point_at_step(&s, t, zt, <floating*> crew.acts, T, <floating*> crew.ltm,
+                      <floating*> crew.uv, <const floating*> crew.x, crew.forget_preactivation)
+        s.dz = dzt
+        s.ds_t = NULL if crew.forget_preactivation < 0 else dzt + crew.forget_preactivation
+        s.dE_t = NULL if dx == NULL else dx + t * B * D
+        s.df_t, s.di_t, s.dN_t = dacts + t * BH, dacts + (T + t) * BH, dacts + (2 * T + t) * BH
+        s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
+        s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
+        dLTM_t, dLTM_prev = <floating*> s.dLTM_t, <floating*> s.dLTM_prev
+        # The gates add into dz, dacts and dSTM_prev: each thread zeroes its units first.
+        for b in range(B):
+            for k in range(KH // H):
+                for j in range(b * KH + k * H + u0, b * KH + k * H + u1):
+                    dzt[j] = 0
+            for k in range(5):
+                for j in range((k * T + t) * BH + b * H + u0, (k * T + t) * BH + b * H + u1):
+                    dacts[j] = 0
+            for j in range(b * H + u0, b * H + u1):
+                unread[j] = 0
+            if crew.lengths == NULL or t < crew.lengths[b]:
+                for j in range(b * P + p0, b * P + p1):
+                    g_t[j] = dy[t * BP + j] + carry[j]
+                    carry[j] = 0
+                for j in range(b * H + u0, b * H + u1):
+                    dLTM_prev[j] = 0
+            else:
+                # Past its end the step was the identity: the carry stays for the step before,
+                # dLTM goes straight to it, and the gates see zero.
+                for j in range(b * P + p0, b * P + p1):
+                    g_t[j] = 0
+                for j in range(b * H + u0, b * H + u1):
+                    dLTM_prev[j] = dLTM_t[j]
+                    dLTM_t[j] = 0
+        if meet(crew, index, t, False):
+            return
+        if u1 > u0:
+            ok |= gemm(False, False, B, u1 - u0, P, <const floating*> g_t, P, W_hr + u0, H,
+                       <floating> 0, dSTM_t + u0, H)
+            failed = not run_gates(crew.gates, &s, crew.dparams, floating is float,
+                                   crew.dparams_stride, True)
+        if ok < 0:
+            crew.out_of_memory[index] = True
+        if meet(crew, index, t, failed):
+            return
+        if crew.recurrent_end > 0 and p1 > p0:
+            ok |= gemm(False, False, B, p1 - p0, crew.recurrent_end, <const floating*> dzt, KH,
+                       W + p0, kdim, <floating> 1, carry + p0, P)
+            if ok < 0:
+                crew.out_of_memory[index] = True
 
 
 def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:, :, ::1] x,
@@ -177,7 +475,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
              floating[::1] dbias, floating[:, ::1] dW_hr, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[:, :, ::1] dprojected,
              floating[:, :, ::1] scratch, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation, tuple reads):
+             Py_ssize_t forget_preactivation, tuple reads, int threads=1):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, P); dstm (B, P) the gradient of the final STM, dltm[T % 2] that of the final
@@ -226,82 +524,47 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
     cdef int g
     for g in range(4):
         gate_list[g] = <void*> gates[g]
+    cdef Crew crew
+    set_up_crew(&crew, gate_list, T, B, D, H, P, KH, T, first_input, recurrent_end,
+                forget_preactivation, ends, floating is float,
+                plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
+    crew.backward = True
+    crew.W, crew.W_hr, crew.x = &W[0, 0], &W_hr[0, 0], &x[0, 0, 0] if D > 0 else NULL
+    crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]
+    crew.ltm, crew.uv, crew.work = &ltm[0, 0, 0], &uv[0, 0, 0], &work[0, 0]
+    crew.dy, crew.carry, crew.dltm, crew.dz = &dy[0, 0, 0], &dstm[0, 0], &dltm[0, 0, 0], &dz[0, 0, 0]
+    crew.dacts, crew.dx = &dacts[0, 0, 0, 0], &dx[0, 0, 0] if D > 0 else NULL
+    crew.dparams, crew.dparams_stride = &dparams[0, 0], dparams.shape[1]
+    crew.dprojected, crew.scratch = &dprojected[0, 0, 0], &scratch[0, 0, 0]
     cdef Py_ssize_t failed
     with nogil:
-        failed = backward_loop(gate_list, &W[0, 0], &W_hr[0, 0],
-                               &x[0, 0, 0] if D > 0 else NULL, &stm0[0, 0], &z[0, 0, 0],
-                               &acts[0, 0, 0, 0], &ltm[0, 0, 0], &uv[0, 0, 0], &y[0, 0, 0],
-                               &dy[0, 0, 0], &dstm[0, 0], &dltm[0, 0, 0], &dz[0, 0, 0],
-                               &dacts[0, 0, 0, 0], &dW[0, 0], &dbias[0], &dW_hr[0, 0],
-                               &dx[0, 0, 0] if D > 0 else NULL, &dparams[0, 0],
-                               dparams.shape[1], &work[0, 0], &dprojected[0, 0, 0],
-                               &scratch[0, 0, 0], ends, T, B, D, H, P, KH, first_input,
-                               recurrent_end, forget_preactivation)
+        failed = run_crew(&crew)
+        if failed == -1:
+            failed = finish_and_weights(gate_list, &W[0, 0], &x[0, 0, 0] if D > 0 else NULL,
+                                        &stm0[0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0],
+                                        &ltm[0, 0, 0], &uv[0, 0, 0], &y[0, 0, 0], &dz[0, 0, 0],
+                                        &dacts[0, 0, 0, 0], &dW[0, 0], &dbias[0],
+                                        &dW_hr[0, 0], &dx[0, 0, 0] if D > 0 else NULL,
+                                        &dparams[0, 0], dparams.shape[1], &work[0, 0],
+                                        &dprojected[0, 0, 0], T, B, D, H, P, KH, first_input,
+                                        recurrent_end, forget_preactivation)
     return failed
 
 
-cdef Py_ssize_t backward_loop(void** gates, const floating* W, const floating* W_hr,
-                              const floating* x, const floating* stm0, floating* z,
-                              floating* acts, floating* ltm, floating* uv, const floating* y,
-                              const floating* dy, floating* carry, floating* dltm, floating* dz,
-                              floating* dacts, floating* dW, floating* dbias, floating* dW_hr,
-                              floating* dx, size_t* dparams, Py_ssize_t dparams_stride,
-                              floating* work, floating* dprojected, floating* scratch,
-                              const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
-                              Py_ssize_t D, Py_ssize_t H, Py_ssize_t P, Py_ssize_t KH,
-                              Py_ssize_t first_input, Py_ssize_t recurrent_end,
-                              Py_ssize_t forget_preactivation) noexcept nogil:
-    cdef Py_ssize_t t, b, j, k, r, BH = B * H, BP = B * P, kdim = P + D, TB = T * B
-    cdef floating* zt
-    cdef floating* dzt
-    cdef floating* g_t
-    cdef floating* dSTM_t = scratch               # g_t W_hr: d/d(U_t ⊙ V_t)
-    cdef floating* unread = scratch + BH          # what a gate adds into dSTM_prev: none may
-    cdef floating* dLTM_t
-    cdef floating* dLTM_prev
+cdef Py_ssize_t finish_and_weights(void** gates, const floating* W, const floating* x,
+                                   const floating* stm0, floating* z, floating* acts,
+                                   floating* ltm, floating* uv, const floating* y,
+                                   floating* dz, floating* dacts, floating* dW, floating* dbias,
+                                   floating* dW_hr, floating* dx, size_t* dparams,
+                                   Py_ssize_t dparams_stride, floating* work,
+                                   floating* dprojected, Py_ssize_t T, Py_ssize_t B,
+                                   Py_ssize_t D, Py_ssize_t H, Py_ssize_t P, Py_ssize_t KH,
+                                   Py_ssize_t first_input, Py_ssize_t recurrent_end,
+                                   Py_ssize_t forget_preactivation) noexcept nogil:
+    """After the last backward step, on this thread: the gates' finish, then the weight
+    gradients, each one product over all T * B rows."""
+    cdef Py_ssize_t r, j, BH = B * H, kdim = P + D, TB = T * B
     cdef StepAny s = blank_step(B, H, D, KH, work)
-    s.dSTM_t, s.dSTM_prev = dSTM_t, unread
-    for t in range(T - 1, -1, -1):
-        zt, dzt, g_t = z + t * B * KH, dz + t * B * KH, dprojected + t * BP
-        point_at_step(&s, t, zt, acts, T, ltm, uv, x, forget_preactivation)
-        s.dz = dzt
-        s.ds_t = NULL if forget_preactivation < 0 else dzt + forget_preactivation
-        s.dE_t = NULL if dx == NULL else dx + t * B * D
-        s.df_t, s.di_t, s.dN_t = dacts + t * BH, dacts + (T + t) * BH, dacts + (2 * T + t) * BH
-        s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
-        s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
-        dLTM_t, dLTM_prev = <floating*> s.dLTM_t, <floating*> s.dLTM_prev
-        for j in range(B * KH):
-            dzt[j] = 0
-        for k in range(5):
-            for j in range((k * T + t) * BH, (k * T + t + 1) * BH):
-                dacts[j] = 0
-        for j in range(BH):
-            unread[j] = 0
-        for b in range(B):
-            if lengths == NULL or t < lengths[b]:
-                for j in range(b * P, (b + 1) * P):
-                    g_t[j] = dy[t * BP + j] + carry[j]
-                    carry[j] = 0
-                for j in range(b * H, (b + 1) * H):
-                    dLTM_prev[j] = 0
-            else:
-                # Past its end the step was the identity: the carry stays for the step before,
-                # dLTM goes straight to it, and the gates see zero.
-                for j in range(b * P, (b + 1) * P):
-                    g_t[j] = 0
-                for j in range(b * H, (b + 1) * H):
-                    dLTM_prev[j] = dLTM_t[j]
-                    dLTM_t[j] = 0
-        if gemm(False, False, B, H, P, <const floating*> g_t, P, W_hr, H, <floating> 0, dSTM_t,
-                H) < 0:
-            return OUT_OF_MEMORY
-        if not run_gates(gates, &s, dparams, floating is float, dparams_stride, True):
-            return t
-        if recurrent_end > 0:
-            if gemm(False, False, B, P, recurrent_end, <const floating*> dzt, KH, W, kdim,
-                    <floating> 1, carry, P) < 0:
-                return OUT_OF_MEMORY
     # The gates' finish, over the whole tape.
     point_at_step(&s, 0, z, acts, T, ltm, uv, x, forget_preactivation)
     s.e.t, s.e.B = -1, TB

@@ -364,8 +364,8 @@ class Cell:
     ``torch.nn.LSTM(proj_size=P)``): the gates compute U_t ⊙ V_t at width H, and the STM carried
     on and output is STM_t = W_hr (U_t ⊙ V_t), P wide, with the parameter ``W_hr`` (P, H); the
     blocks read [STM_{t-1}, E_t] through ``W_k`` (H, P + D). The LTM stays H wide. Only gates
-    that read STM_{t-1} through their blocks alone compose with it; a projected cell runs on
-    one thread and has no zoneout or recurrent dropout.
+    that read STM_{t-1} through their blocks alone compose with it; a projected cell has no
+    zoneout or recurrent dropout.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
@@ -694,7 +694,8 @@ class Cell:
         buffers = (x, stm0, y)
         failed = _projection.forward(self.gates, self._weights, self._bias, self._projection, x,
                                      stm0, y, z, acts, ltm, uv, np.empty((B, H), self.dtype),
-                                     lengths, self._forget_preactivation, self._reads)
+                                     lengths, self._forget_preactivation, self._reads,
+                                     self._call_threads())
         if failed == -2:
             raise MemoryError("the projected loop could not allocate a product's scratch")
         if failed >= 0:
@@ -732,7 +733,7 @@ class Cell:
             np.empty((T, B, KH), self.dtype), np.empty((5, T, B, H), self.dtype), dweights,
             dbias, grads["W_hr"], dx, dparams, np.empty((T * B, H), self.dtype),
             np.empty((T, B, P), self.dtype), np.empty((2, B, H), self.dtype), tape.lengths,
-            self._forget_preactivation, self._reads)
+            self._forget_preactivation, self._reads, self._call_threads())
         if failed == -2:
             raise MemoryError("the projected loop could not allocate a product's scratch")
         if failed >= 0:
