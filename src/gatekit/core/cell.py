@@ -691,7 +691,6 @@ class Cell:
         ltm = np.empty((kept + 1, B, H), self.dtype)
         uv = np.empty((kept, B, H), self.dtype)
         ltm[0] = ltm0
-        buffers = (x, stm0, y)
         failed = _projection.forward(self.gates, self._weights, self._bias, self._projection, x,
                                      stm0, y, z, acts, ltm, uv, np.empty((B, H), self.dtype),
                                      lengths, self._forget_preactivation, self._reads,
@@ -705,7 +704,6 @@ class Cell:
         if keep:
             tape = Tape(self, x, stm0, z, acts, ltm, y, lengths)
             tape.uv = uv
-        del buffers
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
