@@ -18,10 +18,12 @@ The products run in gatekit's register tiles (_tiles.h). A call large enough for
 plan_crew) splits between threads: each computes its share of the H units of every block and
 of the gates, and its share of the P columns of the projection and of the carry, with two
 barriers per step; gates that mix units or wait at barriers of their own run the call on one
-thread. Backward, with g_t = d/dSTM_t (P wide:
-dy_t plus what step t + 1 sent back), the gates see dSTM_t = g_t W_hr (the gradient of
-U_t ⊙ V_t), step t - 1 gets g_{t-1} += dz_t W[:, :P] (the rows of the blocks that read the
-STM), and after the last step the weight gradients are each one product over all T * B rows:
+thread.
+
+Backward, with g_t = d/dSTM_t (P wide: dy_t plus what step t + 1 sent back), the gates see
+dSTM_t = g_t W_hr (the gradient of U_t ⊙ V_t), step t - 1 gets g_{t-1} += dz_t W[:, :P] (the
+rows of the blocks that read the STM), and after the last step, on the calling thread, the
+gates' finish and the weight gradients, each one product over all T * B rows:
 dW_hr = Σ_t g_t^T (U_t ⊙ V_t), dW[:, :P] = Σ_t dz_t^T STM_{t-1}, dW[:, P:] = Σ_t dz_t^T E_t,
 db = Σ_t dz_t, dx_t += dz_t W[:, P:].
 """
@@ -30,7 +32,7 @@ from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, 
 
 from gatekit.core._gate import PythonGate
 
-__all__ = ["backward", "forward"]
+__all__ = ["backward", "crew_size", "forward"]
 
 
 # The gates' step, untyped: StepFloat and StepDouble differ only in the type their data
