@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gatekit.core import instruction_sets, plugins
+from gatekit.core import instruction_sets, plugins, reference
 from gatekit.core._gate import MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
 __all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",
@@ -20,6 +20,11 @@ _RUNS = ("STM", "both", "event")
 _COLUMNS = {"both": lambda H: slice(None), "event": lambda H: slice(H, None),
             "STM": lambda H: slice(0, H)}
 _loop = instruction_sets.load("_loop")
+_scan = instruction_sets.load("_scan")
+# A composition that runs as a scan does so, when ``Cell.scan`` is None, from this many rows
+# (steps × sequences) on: below it the time loop's fixed cost per call is the smaller (see
+# docs/cells-and-gates.md, "The scan").
+SCAN_ROWS = 64
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -154,6 +159,26 @@ def check_lengths(lengths, T, B):
     return np.ascontiguousarray(array, dtype=np.intp)
 
 
+def _scan_refusal(classes, blocks):
+    """Why a composition of these gate classes cannot run as a scan, or None if it can: the
+    scan needs every block to read the event only, and the remember gate's
+    LTM_t = f_t ⊙ LTM_{t-1} + i_t ⊙ N_t to be the only reader of the previous memories."""
+    stm_blocks = [block for cls, block in blocks if cls.block_reads(block) != "event"]
+    if stm_blocks:
+        return f"its blocks {', '.join(map(repr, stm_blocks))} read the STM"
+    for cls in classes:
+        if cls.role == "remember":
+            if cls.definition is not reference.remember:
+                return (f"its remember gate {cls.name!r} is not the standard "
+                        "LTM_t = f_t ⊙ LTM_{t-1} + i_t ⊙ N_t")
+            continue
+        previous = [name for name in ("STM_prev", "LTM_prev")
+                    if name in inspect.signature(cls.definition).parameters]
+        if previous:
+            return f"its {cls.role} gate {cls.name!r} reads {' and '.join(previous)}"
+    return None
+
+
 def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
@@ -232,10 +257,15 @@ class Cell:
     ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
     environment variable at import, else the CPUs the process may run on). A call splits the
     units between threads only when its steps are large enough to gain from it.
+
+    ``scan``: a composition in which only the remember gate carries anything from one step to
+    the next (minGRU, minLSTM) can run as a scan over the whole sequence instead of the time
+    loop (docs/cells-and-gates.md, "The scan"): ``None`` (default) where that is faster,
+    ``True`` always, ``False`` never. An attribute, which may be changed later.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
-                 remember=None, use=None, dtype=np.float32, seed=None, threads=None):
+                 remember=None, use=None, dtype=np.float32, seed=None, threads=None, scan=None):
         self.input_size = D = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.dtype = _float_dtype(dtype)
@@ -282,6 +312,30 @@ class Cell:
         forget_gate = self.gates[0]
         self._forget_preactivation = forget_gate.offset if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
+        self._scan_refusal = _scan_refusal(classes, blocks)
+        self.scan = scan
+
+    @property
+    def scan(self):
+        """Whether calls run as a scan over the whole sequence: None where it is faster (a
+        composition that can, from SCAN_ROWS steps × sequences), True always, False never."""
+        return self._scan
+
+    @scan.setter
+    def scan(self, value):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"scan must be None, True or False; got {value!r}")
+        if value and self._scan_refusal is not None:
+            raise ValueError(f"scan=True: this composition cannot run as a scan, since "
+                             f"{self._scan_refusal}")
+        self._scan = value
+
+    def _takes_scan(self, T, B):
+        """Whether a call of T steps of B sequences runs as a scan. (Anything that carries a
+        step's STM or LTM to the next other than the remember gate rules it out here.)"""
+        if self._scan is False or self._scan_refusal is not None or T == 0:
+            return False
+        return self._scan is True or T * B >= SCAN_ROWS
 
     @staticmethod
     def _check_composition(classes):
@@ -312,7 +366,8 @@ class Cell:
         """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
         this cell's)."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
-                     dtype=self.dtype if dtype is None else dtype, threads=self.threads)
+                     dtype=self.dtype if dtype is None else dtype, threads=self.threads,
+                     scan=self.scan)
         for name, array in self.params.items():
             other.params[name] = array
         return other
@@ -357,6 +412,8 @@ class Cell:
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
             return y, (stm0.copy(), ltm0.copy())
+        if self._takes_scan(T, B):
+            return self._scan_forward(x, stm0, ltm0, y, keep, lengths)
         threads = self._call_threads()
         single = self.dtype == np.float32
         size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
@@ -384,6 +441,40 @@ class Cell:
             if not keep:
                 self._spares.give("workspace", workspace)
         tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
+        if lengths is not None:
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
+        return (y, final) if not keep else (y, final, tape)
+
+    def _scan_forward(self, x, stm0, ltm0, y, keep, lengths):
+        """forward() as a scan: the same results and the same tape as the time loop's."""
+        T, B, _ = x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        S = T if keep else min(T, _scan.chunk_steps(B))
+        shapes = {"z": (S, B, KH), "acts": (5, S, B, H), "ltm": (S + 1, B, H),
+                  "work": (S * B, H)}
+        size = sum(math.prod(shape) for shape in shapes.values())
+        workspace = np.empty(size, self.dtype) if keep else self._spares.take(
+            "workspace", size, self.dtype)
+        buffers, offset = {}, 0
+        for name, shape in shapes.items():
+            buffers[name] = workspace[offset:offset + math.prod(shape)].reshape(shape)
+            offset += math.prod(shape)
+        ltm = buffers["ltm"]
+        ltm[0] = ltm0
+        held = (workspace, x, stm0, y)
+        self._hold_buffers(held)
+        try:
+            failed = _scan.forward(self.gates, self._weights, self._bias, x, y, buffers["z"],
+                                   buffers["acts"], ltm, buffers["work"], lengths,
+                                   self._forget_preactivation, self._call_threads())
+            if failed >= 0:
+                self._raise_gate_error(failed)
+            final = (y[-1].copy(), ltm[(T - 1) % S + 1].copy())
+        finally:
+            self._release_buffers(held)
+            if not keep:
+                self._spares.give("workspace", workspace)
+        tape = Tape(self, x, stm0, buffers["z"], buffers["acts"], ltm, y, lengths) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
@@ -454,6 +545,9 @@ class Cell:
                 dparams[g, k] = grads[name].ctypes.data
         dx = np.zeros((T, B, D), self.dtype)
         threads = self._call_threads()
+        if self._takes_scan(T, B):
+            return self._scan_backward(tape, dy, dstm_carry[0], dltm_carry[T % 2], dweights,
+                                       dbias, grads, dparams, dx, threads)
         sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
@@ -475,6 +569,35 @@ class Cell:
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
+        return grads
+
+    def _scan_backward(self, tape, dy, dstm, dltm, dweights, dbias, grads, dparams, dx, threads):
+        """backward() of a cell that runs as a scan, over a tape of either path."""
+        T, B, _ = tape.x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        S = min(T, _scan.chunk_steps(B))
+        sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": T * B * H,
+                 "drows": 2 * S * B * H}
+        spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        dltm = dltm.copy()
+        buffers = (tape, dy, dstm, dltm, dweights, dbias, dx, grads, spares)
+        self._hold_buffers(buffers)
+        try:
+            failed = _scan.backward(
+                self.gates, self._weights, tape.x, tape.z, tape.acts, tape.ltm, tape.y, dy,
+                dstm, dltm, spares["dz"][:sizes["dz"]].reshape(T, B, KH),
+                spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H),
+                spares["drows"][:sizes["drows"]].reshape(2, S, B, H), dweights, dbias, dx,
+                dparams, spares["work"][:sizes["work"]].reshape(T * B, H), tape.lengths,
+                self._forget_preactivation, threads)
+        finally:
+            self._release_buffers(buffers)
+            for name, buffer in spares.items():
+                self._spares.give(name, buffer)
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        # Nothing reads the initial STM.
+        grads.update(x=dx, stm0=np.zeros((B, H), self.dtype), ltm0=dltm)
         return grads
 
     def _hold_buffers(self, buffers):
