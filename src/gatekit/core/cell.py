@@ -24,7 +24,7 @@ _scan = instruction_sets.load("_scan")
 # A composition that runs as a scan does so, when ``Cell.scan`` is None, from this many rows
 # (steps × sequences) on: below it the time loop's fixed cost per call is the smaller (see
 # docs/cells-and-gates.md, "The scan").
-SCAN_ROWS = 64
+SCAN_ROWS = 256
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -450,15 +450,14 @@ class Cell:
         T, B, _ = x.shape
         H, KH = self.hidden_size, self._weights.shape[0]
         S = T if keep else min(T, _scan.chunk_steps(B))
-        shapes = {"z": (S, B, KH), "acts": (5, S, B, H), "ltm": (S + 1, B, H),
-                  "work": (S * B, H)}
-        size = sum(math.prod(shape) for shape in shapes.values())
-        workspace = np.empty(size, self.dtype) if keep else self._spares.take(
-            "workspace", size, self.dtype)
-        buffers, offset = {}, 0
-        for name, shape in shapes.items():
-            buffers[name] = workspace[offset:offset + math.prod(shape)].reshape(shape)
-            offset += math.prod(shape)
+        sizes = (S * B * KH, 5 * S * B * H, (S + 1) * B * H, S * B * H)
+        workspace = np.empty(sum(sizes), self.dtype) if keep else self._spares.take(
+            "workspace", sum(sizes), self.dtype)
+        ends = np.cumsum(sizes)
+        buffers = {"z": workspace[:ends[0]].reshape(S, B, KH),
+                   "acts": workspace[ends[0]:ends[1]].reshape(5, S, B, H),
+                   "ltm": workspace[ends[1]:ends[2]].reshape(S + 1, B, H),
+                   "work": workspace[ends[2]:ends[3]].reshape(S * B, H)}
         ltm = buffers["ltm"]
         ltm[0] = ltm0
         held = (workspace, x, stm0, y)
