@@ -73,7 +73,7 @@ class _Gates:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def gates():
+def registered_gates():
     name = gatekit.register_plugin(_Gates(), name="tests.core.test_scan")
     yield
     gatekit.unregister_plugin(name)
@@ -410,3 +410,26 @@ def test_a_failing_gate_raises_through_the_scan():
             cell(np.zeros((5, 2, 3), np.float32))
     finally:
         gatekit.unregister_plugin(name)
+
+
+@pytest.mark.parametrize("kind, gates", KINDS)
+def test_a_tape_of_either_path_is_read_back_by_either(kind, gates):
+    cell = make(kind, gates, 3, 8)
+    x, state = inputs(cell, 2 * _scan.chunk_steps(2) + 1, 2)
+    dy = np.random.default_rng(9).standard_normal((x.shape[0], 2, 8))
+    gradients = {}
+    for recorded in (True, False):
+        cell.scan = recorded
+        _, _, tape = cell.forward(x, state, keep=True, lengths=np.array([x.shape[0], 9]))
+        for read in (True, False):
+            cell.scan = read
+            gradients[recorded, read] = cell.backward(tape, dy)
+    expected = gradients[False, False]
+    for paths, grads in gradients.items():
+        for name in expected:
+            assert_close(np.float64, grads[name], expected[name], f"d{name} {paths}")
+
+
+def test_python_gates_run_the_scan_on_one_thread():
+    cell = make("minlstm", "python", 64, 48, threads=3)
+    assert _scan.team_size(cell.gates, *THREADED[:2], 64, 48, 144, 3) == (1, 48)
