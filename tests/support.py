@@ -23,16 +23,17 @@ REPO = Path(__file__).resolve().parent.parent
 # The variants and gates gatekit itself ships (third-party plugins may add more to
 # gatekit.variants() / gatekit.gates(); those are tested too where we iterate over variants()).
 BUILTIN_VARIANTS = ("standard", "course", "literal", "peephole", "nig", "nfg", "nog", "niaf",
-                    "noaf", "cifg", "janet")
+                    "noaf", "cifg", "janet", "gru", "mingru", "minlstm")
 BUILTIN_GATES = {
-    "forget": ("standard", "peephole", "none"),
-    "learn": ("standard", "peephole", "no_ignore", "linear", "linear_peephole", "coupled", "janet"),
+    "forget": ("standard", "peephole", "none", "event", "min"),
+    "learn": ("standard", "peephole", "no_ignore", "linear", "linear_peephole", "coupled", "janet",
+              "min", "reset"),
     "remember": ("standard",),
     "use": ("standard", "peephole", "linear", "linear_peephole", "no_output_gate", "memory",
             "literal", "course"),
 }
 # Forget gates that hand their pre-activation s_t to later gates (JANET's learn gate needs it).
-FORGET_WITH_S_T = ("standard", "peephole")
+FORGET_WITH_S_T = ("standard", "peephole", "event")
 
 # float64 core against float64 reference: same maths, different summation order (BLAS vs
 # NumPy matmul), so only rounding differences of order 1e-16 * T * (H + D) remain.
@@ -81,6 +82,8 @@ def random_inputs(cell, T, B, seed=0, state=True, scale=1.0):
     H = cell.hidden_size
     stm0 = rng.uniform(-1, 1, (B, H)).astype(cell.dtype)
     ltm0 = rng.uniform(-2, 2, (B, H)).astype(cell.dtype)
+    if cell.one_memory:                 # its STM is its LTM: one memory, given twice
+        ltm0 = stm0.copy()
     return x, (stm0, ltm0)
 
 

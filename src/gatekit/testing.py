@@ -62,7 +62,9 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     accurate to O(eps⁴) while keeping rounding noise at about 1e-16 |loss| / eps (with a plain
     centred difference and a tiny step, that noise swamps small gradients). Each parameter,
     ``x`` and the initial state is checked on at most ``max_entries`` of its entries, drawn at
-    random. A float32 cell is checked through a float64 copy of it.
+    random. A float32 cell is checked through a float64 copy of it. A cell with one memory
+    (``cell.one_memory``) is given ``state[0]`` as both halves, and the gradient checked is that
+    of the one memory, ``stm0 + ltm0``, under the name ``memory0``.
 
     A gradient passes when ``|analytic - numeric| <= atol + tolerance * max(|analytic|,
     |numeric|)`` (norms over its checked entries). The absolute part is there because the
@@ -79,6 +81,10 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     if state is None:
         state = (np.zeros((B, H)), np.zeros((B, H)))
     state = tuple(np.array(a, dtype=np.float64) for a in state)
+    if cell.one_memory:
+        # One array for both halves: a difference moves the one memory, whose gradient is the
+        # sum of the two halves'.
+        state = (state[0], state[0])
     dy, dstm, dltm = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
 
     def loss():
@@ -97,7 +103,11 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     _, _, tape = cell.forward(x, state, keep=True)
     analytic = cell.backward(tape, dy, dstm, dltm)
     inputs = dict(cell.params)
-    inputs.update(x=x, stm0=state[0], ltm0=state[1])
+    if cell.one_memory:
+        inputs.update(x=x, memory0=state[0])
+        analytic["memory0"] = analytic["stm0"] + analytic["ltm0"]
+    else:
+        inputs.update(x=x, stm0=state[0], ltm0=state[1])
 
     errors, differences = {}, {}
     for name, array in inputs.items():
@@ -160,6 +170,8 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
         D, H, T, B = input_size, hidden_size, steps, batch
         x = rng.standard_normal((T, B, D))
         state = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
+        if Cell(D, H, variant, **{gate.role: gate.name}).one_memory:
+            state = (state[0], state[0])
         for dtype, tol in FORWARD_TOLERANCES:
             cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed)
             y, (stm, ltm) = cell(x, state)
@@ -168,7 +180,7 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
                     raise GradcheckError(f"{what}: expected {shape} {np.dtype(dtype)}, got "
                                          f"{array.shape} {array.dtype}")
             _matches_definition(gate, cell, x, state, tol, f"{np.dtype(dtype)}")
-        _check_threaded(gate, variant, D, threaded_steps, rng, seed)
+        _check_threaded(gate, variant, D, H, threaded_steps, rng, seed)
         if not _differentiable(gate):
             return
         cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=np.float64, seed=seed)
@@ -207,7 +219,7 @@ def _matches_definition(gate, cell, x, state, tol, where):
                                  f"differs from its definition\n{error}") from None
 
 
-def _check_threaded(gate, variant, D, T, rng, seed):
+def _check_threaded(gate, variant, D, hidden_size, T, rng, seed):
     """The gate on two threads that each compute a share of the units. Each unit's arithmetic
     does not depend on how the units are shared, so two threads must give one thread's results
     bit for bit, forward and backward: a difference is the gate writing outside its units
@@ -217,6 +229,8 @@ def _check_threaded(gate, variant, D, T, rng, seed):
     by two cells in two Python threads at once instead (see :func:`_check_python_threads`)."""
     from gatekit.core.cell import _differentiable, _loop
     B, H = 16, 64
+    # A gate checked on an event as wide as the memory may need it so (MUT1's tanh(E_t)).
+    D = H if D == hidden_size else D
     python_gate = issubclass(gate, PythonGate)
     for dtype, tol in FORWARD_TOLERANCES:
         # A Python gate runs on one thread whatever the cell allows: one cell is enough.

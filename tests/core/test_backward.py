@@ -56,6 +56,8 @@ def make_case(variant, T, B, D, H, *, dtype=np.float64, seed=0, overrides=None):
 
     x = draw(T, B, D)
     state = (draw(B, H), draw(B, H))
+    if cell.one_memory:                 # its STM is its LTM: one memory, given twice
+        state = (state[0], state[0].copy())
     dy, dstm, dltm = draw(T, B, H), draw(B, H), draw(B, H)
     return cell, x, state, dy, dstm, dltm
 
@@ -107,8 +109,10 @@ def test_variant_backward_matches_reference_float64(variant, shape, final_gradie
     got = core_backward(cell, x, state, dy, dstm, dltm)
     want = reference.backward(cell, x, dy, state, dstm, dltm, dtype=np.float64)
     assert_gradients_match(cell, got, want, F64_TOL, x.shape)
-    # The oracle itself is not degenerate: the input and initial-STM gradients are nonzero.
-    assert np.linalg.norm(want["x"]) > 0 and np.linalg.norm(want["stm0"]) > 0
+    # The oracle itself is not degenerate: the input and initial-STM gradients are nonzero (of
+    # a cell with one memory, which its gates may read as the LTM only: that memory's gradient).
+    memory0 = want["stm0"] + want["ltm0"] if cell.one_memory else want["stm0"]
+    assert np.linalg.norm(want["x"]) > 0 and np.linalg.norm(memory0) > 0
 
 
 def test_literal_use_gate_sends_no_gradient_to_initial_ltm_through_outputs():
@@ -139,24 +143,31 @@ def test_variant_backward_matches_finite_differences(variant, dtype, shape):
     cell, x, state, _, _, _ = make_case(variant, T, B, D, H, dtype=dtype, seed=11 * T + H)
     result = gradcheck(cell, x, state, tolerance=1e-6, max_entries=12)
     assert result, result.errors
-    assert set(result.errors) == set(cell.params) | {"x", "stm0", "ltm0"}
+    memory = {"memory0"} if cell.one_memory else {"stm0", "ltm0"}
+    assert set(result.errors) == set(cell.params) | {"x"} | memory
 
 
 def richardson_gradients(cell, x, state, dy, dstm, dltm, h=1e-2):
     """Every entry of every gradient of L = sum(y dy) + sum(STM_T dstm) + sum(LTM_T dltm) by
     centred differences at steps h and h/10, Richardson-extrapolated to cancel the h^2 term:
     (100 D(h/10) - D(h)) / 99. Error O(h^4) + O(1e-16 |L| / h); written here, independent of
-    gatekit.testing. float64 cells only."""
+    gatekit.testing. float64 cells only. A cell with one memory gets one array as both halves
+    of its state, whose gradient comes as ``memory0``."""
     assert cell.dtype == np.float64
     x = np.array(x, dtype=np.float64)
     state = tuple(np.array(a, dtype=np.float64) for a in state)
+    if cell.one_memory:
+        state = (state[0], state[0])
 
     def loss():
         y, (stm, ltm) = cell(x, state)
         return np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
 
     inputs = dict(cell.params)
-    inputs.update(x=x, stm0=state[0], ltm0=state[1])
+    if cell.one_memory:
+        inputs.update(x=x, memory0=state[0])
+    else:
+        inputs.update(x=x, stm0=state[0], ltm0=state[1])
     numeric = {}
     for name, array in inputs.items():
         flat = array.reshape(-1)
@@ -184,6 +195,10 @@ def test_tiny_cell_matches_richardson_differences(case, seed):
     cell, x, state, dy, dstm, dltm = make_case(variant, 1, 1, 2, 1, seed=seed, overrides=overrides)
     got = core_backward(cell, x, state, dy, dstm, dltm)
     numeric = richardson_gradients(cell, x, state, dy, dstm, dltm)
+    if cell.one_memory:
+        memory0 = numeric.pop("memory0")
+        assert rel_error(got["stm0"] + got["ltm0"], memory0) <= 1e-6, (got, memory0)
+        numeric.update(stm0=got["stm0"], ltm0=got["ltm0"])      # checked through their sum
     assert_gradients_match(cell, got, numeric, 1e-6, x.shape)
 
 

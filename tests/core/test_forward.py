@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gatekit
+from gatekit.core import plugins
 
 from support import (BUILTIN_GATES, BUILTIN_VARIANTS, FORGET_WITH_S_T, assert_matches_reference,
                      random_inputs)
@@ -73,16 +74,24 @@ def test_named_compositions_match_reference(overrides, dtype):
     assert_matches_reference(cell, x, state)
 
 
-def _valid(forget, learn):
-    return learn != "janet" or forget in FORGET_WITH_S_T
+def _names(role, gate):
+    cls = plugins.registry().gates[role][gate].cls
+    return {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"} | set(cls.params)
+
+
+def _valid(forget, learn, remember, use):
+    """JANET's learn gate reads s_t; the gates of a cell share one namespace of parameters."""
+    names = [_names(role, gate) for role, gate in zip(BUILTIN_GATES, (forget, learn, remember, use))]
+    disjoint = sum(len(n) for n in names) == len(set().union(*names))
+    return (learn != "janet" or forget in FORGET_WITH_S_T) and disjoint
 
 
 ALL_COMBINATIONS = list(itertools.product(*BUILTIN_GATES.values()))
-VALID_COMBINATIONS = [c for c in ALL_COMBINATIONS if _valid(c[0], c[1])]
+VALID_COMBINATIONS = [c for c in ALL_COMBINATIONS if _valid(*c)]
 
 
 def test_every_valid_combination_of_builtin_gates_matches_reference():
-    # All 160 valid compositions of the built-in gates in float64 (cheap at this size), each
+    # Every valid composition of the built-in gates in float64 (cheap at this size), each
     # from a nonzero state; collected failures are reported together.
     failures = []
     for k, (forget, learn, remember, use) in enumerate(VALID_COMBINATIONS):
@@ -117,9 +126,10 @@ def test_janet_learn_gate_without_forget_preactivation_is_rejected(variant, use)
         gatekit.Cell(3, 4, variant=variant, forget="none", learn="janet", use=use)
 
 
-def test_invalid_combinations_are_exactly_the_janet_ones_without_s_t():
-    invalid = [c for c in ALL_COMBINATIONS if not _valid(c[0], c[1])]
-    assert len(invalid) == len(BUILTIN_GATES["use"])       # forget=none, learn=janet, any use
+def test_invalid_combinations_are_exactly_janet_without_s_t_and_shared_names():
+    invalid = [c for c in ALL_COMBINATIONS if not _valid(*c)]
+    # forget none or min with learn janet; forget min (block i) with a learn gate of block i
+    assert len(invalid) == (2 + 4) * len(BUILTIN_GATES["use"])
     for forget, learn, remember, use in invalid:
         with pytest.raises(ValueError):
             gatekit.Cell(2, 2, forget=forget, learn=learn, remember=remember, use=use)

@@ -331,18 +331,19 @@ def reference_tape(cell, x, state):
     for t in range(T):
         E_t = np.asarray(x[t], np.float64)
         known = reference.step(cell, E_t, stm, ltm, dtype=np.float64)
-        k = 0
         for gate in cell.gates:
             cls = type(gate)
-            for block in cls.blocks:
-                zk = reference.linear(params[f"W_{block}"], stm, E_t, params[f"b_{block}"])
+            for block, column in zip(cls.blocks, gate.columns):
+                W, b = params[f"W_{block}"], params[f"b_{block}"]
+                zk = {"both": lambda: reference.linear(W, stm, E_t, b),
+                      "event": lambda: reference.linear_event(W, E_t, b),
+                      "STM": lambda: reference.linear_stm(W, stm, b)}[cls.block_reads(block)]()
                 term = PEEPHOLE_TERMS.get((cls.role, cls.name, block))
                 if term is not None:
                     zk = zk + params[term[0]] * known[term[1]]
                 if cls.role == "forget" and "s_t" in known:
                     np.testing.assert_allclose(zk, known["s_t"], rtol=0, atol=1e-12)
-                z[t, :, k * H:(k + 1) * H] = zk
-                k += 1
+                z[t, :, column:column + H] = zk
         for slot, name in enumerate(ACTS):
             acts[slot, t] = np.broadcast_to(known[name], (B, H))
         stm, ltm = known["STM_t"], known["LTM_t"]

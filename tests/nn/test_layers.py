@@ -42,7 +42,10 @@ def reference_lstm(lstm, x, state=None):
 
 def draw_state(rng, lstm, B):
     shape = (lstm.directions * lstm.num_layers, B, lstm.hidden_size)
-    return rng.standard_normal(shape), rng.standard_normal(shape)
+    stm, ltm = rng.standard_normal(shape), rng.standard_normal(shape)
+    if lstm.cell(0).one_memory:         # its STM is its LTM: one memory, given twice
+        ltm = stm.copy()
+    return stm, ltm
 
 
 # --- shapes and parameters -----------------------------------------------------------------------

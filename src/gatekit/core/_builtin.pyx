@@ -137,6 +137,32 @@ cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, flo
     product_rows(STM_t, U_t, V_t, e)
 
 
+# --- Kernels of the one-memory cells (GRU, minGRU, minLSTM) -------------------------------------
+
+cdef inline void min_forget_rows(floating* f_t, const floating* z_f, const floating* z_i,
+                                 Extent* e) noexcept nogil:
+    """minLSTM: f_t = σ(z_f) / (σ(z_f) + σ(z_i))"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j
+    cdef floating keep, take
+    for b in range(B):
+        for j in range(u0, u1):
+            keep = sigmoid(z_f[b * ldz + j])
+            take = sigmoid(z_i[b * ldz + j])
+            f_t[b * H + j] = keep / (keep + take)
+
+
+cdef inline void reset_learn_rows(floating* N_t, const floating* z_r, const floating* z_n,
+                                  const floating* z_hn, Extent* e) noexcept nogil:
+    """GRU's candidate: N_t = tanh(z_n + σ(z_r) ⊙ z_hn)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * ldz + j
+            N_t[b * H + j] = tanh_(z_n[k] + sigmoid(z_r[k]) * z_hn[k])
+
+
 # --- Backward kernels: they add (+=) into gradients, using the forward outputs ---------------
 
 cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const floating* dout,
@@ -278,6 +304,40 @@ cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating
     return 0
 
 
+cdef inline void min_forget_backward_rows(floating* dz_f, floating* dz_i, const floating* z_f,
+                                          const floating* z_i, const floating* f_t,
+                                          const floating* df_t, Extent* e) noexcept nogil:
+    """f_t = a / (a + c), a = σ(z_f), c = σ(z_i): ∂f_t/∂z_f = f_t (1 - f_t)(1 - a) and
+    ∂f_t/∂z_i = -f_t (1 - f_t)(1 - c), so the quotient's square is never formed."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating shared
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * ldz + j
+            shared = df_t[b * H + j] * f_t[b * H + j] * (1 - f_t[b * H + j])
+            dz_f[k] += shared * (1 - sigmoid(z_f[k]))
+            dz_i[k] -= shared * (1 - sigmoid(z_i[k]))
+
+
+cdef inline void reset_learn_backward_rows(floating* dz_r, floating* dz_n, floating* dz_hn,
+                                           const floating* z_r, const floating* z_hn,
+                                           const floating* N_t, const floating* dN_t,
+                                           Extent* e) noexcept nogil:
+    """N_t = tanh(z_n + r ⊙ z_hn), r = σ(z_r), recomputed from z (the tape keeps it)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k, m
+    cdef floating da, r
+    for b in range(B):
+        for j in range(u0, u1):
+            k, m = b * ldz + j, b * H + j
+            da = dN_t[m] * (1 - N_t[m] * N_t[m])
+            r = sigmoid(z_r[k])
+            dz_n[k] += da
+            dz_hn[k] += da * r
+            dz_r[k] += da * z_hn[k] * r * (1 - r)
+
+
 # --- Forget ---------------------------------------------------------------------------------------
 
 cdef class ForgetStandard(Gate):
@@ -342,6 +402,40 @@ cdef class ForgetNone(Gate):
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         pass
+
+
+cdef class ForgetEvent(ForgetStandard):
+    """f_t = σ(W_f E_t + b_f): the forget factor of minGRU and MUT1 (1 - their update gate z)."""
+    role, name, blocks = "forget", "event", ("f",)
+    reads = {"f": "event"}
+    outputs = ("s_t", "f_t")
+    definition = staticmethod(reference.forget_event)
+    backward_definition = staticmethod(reference.forget_event_backward)
+    differentiable = True
+
+
+cdef class ForgetMin(Gate):
+    """minLSTM's normalised forget factor f_t = σ(z_f) / (σ(z_f) + σ(z_i)), both blocks reading
+    the event only (its learn gate `min` takes i_t = 1 - f_t, minLSTM's normalised i)."""
+    role, name, blocks = "forget", "min", ("f", "i")
+    reads = {"f": "event", "i": "event"}
+    definition = staticmethod(reference.forget_min)
+    backward_definition = staticmethod(reference.forget_min_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        min_forget_rows(s.f_t, s.z + self.column[0], s.z + self.column[1], &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        min_forget_rows(s.f_t, s.z + self.column[0], s.z + self.column[1], &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        min_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                 s.z + self.column[0], s.z + self.column[1], s.f_t, s.df_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        min_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                 s.z + self.column[0], s.z + self.column[1], s.f_t, s.df_t, &s.e)
 
 
 # --- Learn (blocks: n combines, i ignores) --------------------------------------------------------
@@ -515,6 +609,64 @@ cdef class LearnJanet(Gate):
         janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
 
 
+cdef class LearnMin(Gate):
+    """minGRU's and minLSTM's: N_t = W_n E_t + b_n (linear, the event only), i_t = 1 - f_t."""
+    role, name, blocks = "learn", "min", ("n",)
+    reads = {"n": "event"}
+    definition = staticmethod(reference.learn_min)
+    backward_definition = staticmethod(reference.learn_min_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+
+cdef class LearnReset(Gate):
+    """GRU's candidate as torch.nn.GRU computes it: N_t = tanh(z_n + σ(z_r) ⊙ z_hn) with z_n
+    reading the event only and z_hn the STM only (the reset gate scales the recurrent part,
+    its bias b_hn included), i_t = 1 - f_t."""
+    role, name, blocks = "learn", "reset", ("r", "n", "hn")
+    reads = {"n": "event", "hn": "STM"}
+    definition = staticmethod(reference.learn_reset)
+    backward_definition = staticmethod(reference.learn_reset_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        reset_learn_rows(s.N_t, s.z + self.column[0], s.z + self.column[1], s.z + self.column[2],
+                         &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        reset_learn_rows(s.N_t, s.z + self.column[0], s.z + self.column[1], s.z + self.column[2],
+                         &s.e)
+        one_minus_rows(s.i_t, s.f_t, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        reset_learn_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                  s.dz + self.column[2], s.z + self.column[0],
+                                  s.z + self.column[2], s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        reset_learn_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                  s.dz + self.column[2], s.z + self.column[0],
+                                  s.z + self.column[2], s.N_t, s.dN_t, &s.e)
+        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
+
+
 # --- Remember -------------------------------------------------------------------------------------
 
 cdef class RememberStandard(Gate):
@@ -655,6 +807,7 @@ cdef class UseNoOutputGate(Gate):
 
 cdef class UseMemory(Gate):
     role, name = "use", "memory"
+    stm_is_ltm = True
     definition = staticmethod(reference.use_memory)
     backward_definition = staticmethod(reference.use_memory_backward)
     differentiable = True
@@ -749,9 +902,9 @@ cdef class UseCourse(Gate):
 
 
 BUILTIN_GATES = (
-    ForgetStandard, ForgetPeephole, ForgetNone,
+    ForgetStandard, ForgetPeephole, ForgetNone, ForgetEvent, ForgetMin,
     LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
-    LearnJanet,
+    LearnJanet, LearnMin, LearnReset,
     RememberStandard,
     UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
     UseLiteral, UseCourse,

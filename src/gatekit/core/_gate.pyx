@@ -59,7 +59,11 @@ A gate class declares, as class attributes:
 ``syncs``
     Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
     many times each of its forward and backward steps calls ``sync(s.barrier)``
-    (gatekit/core/_gate.pxd).
+    (gatekit/core/_gate.pxd). Such a gate shares the step's ``work`` between the threads, so a
+    cell has at most one gate with ``syncs``.
+``stm_is_ltm``
+    True for a Use gate whose STM is the LTM (``memory``): the cell then has one memory, and
+    refuses an initial state whose two halves differ.
 """
 import numpy as np
 cimport numpy as cnp
@@ -141,6 +145,7 @@ cdef class Gate:
     outputs = None
     mixes_units = False
     syncs = 0
+    stm_is_ltm = False
     differentiable = False
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,

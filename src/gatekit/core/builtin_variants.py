@@ -25,6 +25,15 @@ VARIANTS = {
              "Greff's CIFG: vanilla with coupled input and forget gates, i_t = 1 - f_t"),
     "janet": ({"learn": "janet", "use": "memory"},
               "JANET: forget gate only, i_t = 1 - σ(s_t - 1), STM_t = LTM_t"),
+    "gru": ({"learn": "reset", "use": "memory"},
+            "GRU as torch.nn.GRU computes it: f_t = z, i_t = 1 - z, "
+            "N_t = tanh(W_n E_t + b_n + r ⊙ (W_hn STM_{t-1} + b_hn)), STM_t = LTM_t"),
+    "mingru": ({"forget": "event", "learn": "min", "use": "memory"},
+               "minGRU: f_t = σ(W_f E_t + b_f) (1 - minGRU's z), N_t = W_n E_t + b_n, "
+               "i_t = 1 - f_t, STM_t = LTM_t"),
+    "minlstm": ({"forget": "min", "learn": "min", "use": "memory"},
+                "minLSTM: f_t = σ(z_f) / (σ(z_f) + σ(z_i)) from the event, N_t = W_n E_t + b_n, "
+                "i_t = 1 - f_t, STM_t = LTM_t"),
 }
 
 

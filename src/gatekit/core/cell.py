@@ -350,6 +350,10 @@ class Cell:
                 raise ValueError(f"{cls.role} gate {cls.name!r} reads {', '.join(missing)}, which "
                                  "no earlier gate of this composition provides")
             known |= set(cls.provides())
+        sharing = [f"{cls.role} gate {cls.name!r}" for cls in classes if cls.syncs]
+        if len(sharing) > 1:
+            raise ValueError(f"{' and '.join(sharing)} both share the step's work between "
+                             "threads (syncs); a cell may have one such gate")
 
     def reset_parameters(self, seed=None):
         """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``,
@@ -371,6 +375,13 @@ class Cell:
         for name, array in self.params.items():
             other.params[name] = array
         return other
+
+    @property
+    def one_memory(self):
+        """True when the cell's STM is its LTM (Use gate ``memory``: GRU, minGRU, JANET...): a
+        state given to it is one memory twice, and the gradient of that memory is
+        ``grads["stm0"] + grads["ltm0"]``."""
+        return bool(self._classes[3].stm_is_ltm)
 
     @property
     def gate_names(self):
@@ -656,8 +667,13 @@ class Cell:
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
                             f"(B, hidden_size) = {shape}; got {type(state).__name__}")
-        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
-                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+        stm = as_float_array("state[0] (stm)", state[0], self.dtype, shape)
+        ltm = as_float_array("state[1] (ltm)", state[1], self.dtype, shape)
+        if self.one_memory and not np.array_equal(stm, ltm):
+            raise ValueError(f"state[0] (stm) must equal state[1] (ltm): this cell's STM is its "
+                             f"LTM (use gate {self.gate_names['use']!r}), one memory; they "
+                             f"differ by up to {np.nanmax(np.abs(stm - ltm)):.3g}")
+        return stm, ltm
 
     def _raise_gate_error(self, step):
         for role, gate in zip(ROLES, self.gates):
