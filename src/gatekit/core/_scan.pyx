@@ -289,7 +289,8 @@ cdef StepAny chunk_step(Scan* sc, Py_ssize_t t0, Py_ssize_t steps, Py_ssize_t sl
     s.U_t, s.V_t = acts + (3 * kept + slot) * BH, acts + (4 * kept + slot) * BH
     s.LTM_t = <floating*> sc.ltm + (slot + 1) * BH
     s.STM_t = <floating*> sc.y + t0 * BH
-    s.work = <floating*> sc.work + (t0 % kept) * BH
+    # Scratch of the call's first rows: each chunk's gates are done with it before the next.
+    s.work = sc.work
     return s
 
 
@@ -327,7 +328,8 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     """Run the cell over every step of ``x`` (T, B, D) as a scan. ``z`` (S, B, KH), ``acts``
     (5, S, B, H) and ``ltm`` (S + 1, B, H) keep S = T steps (a tape) or S = chunk_steps(B)
     (scratch; then ltm ends with the last chunk's, at ``(T - 1) % S + 1``); the caller puts
-    the initial LTM in ltm[0]. ``work`` has S * B rows. ``W`` (KH, H + D): every block reads
+    the initial LTM in ltm[0]. ``work`` has the rows of a chunk, chunk_steps(B) * B (or T * B
+    if fewer). ``W`` (KH, H + D): every block reads
     the event only. Sequence b lasts ``lengths[b]`` steps (None: T), after which its memories
     stay as they were. Returns -1, or the first step of the chunk at which a gate failed."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -343,7 +345,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
                 (5, S, B, H))
     check_shape("ltm", (ltm.shape[0], ltm.shape[1], ltm.shape[2]), (S + 1, B, H))
-    check_shape("work", (work.shape[0], work.shape[1]), (S * B, H))
+    check_shape("work", (work.shape[0], work.shape[1]), (min(T, max(1, CHUNK_ROWS // B)) * B, H))
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     if T == 0:

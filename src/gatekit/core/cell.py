@@ -461,14 +461,15 @@ class Cell:
         T, B, _ = x.shape
         H, KH = self.hidden_size, self._weights.shape[0]
         S = T if keep else min(T, _scan.chunk_steps(B))
-        sizes = (S * B * KH, 5 * S * B * H, (S + 1) * B * H, S * B * H)
+        chunk = min(T, _scan.chunk_steps(B))
+        sizes = (S * B * KH, 5 * S * B * H, (S + 1) * B * H, chunk * B * H)
         workspace = np.empty(sum(sizes), self.dtype) if keep else self._spares.take(
             "workspace", sum(sizes), self.dtype)
         ends = np.cumsum(sizes)
         buffers = {"z": workspace[:ends[0]].reshape(S, B, KH),
                    "acts": workspace[ends[0]:ends[1]].reshape(5, S, B, H),
                    "ltm": workspace[ends[1]:ends[2]].reshape(S + 1, B, H),
-                   "work": workspace[ends[2]:ends[3]].reshape(S * B, H)}
+                   "work": workspace[ends[2]:ends[3]].reshape(chunk * B, H)}
         ltm = buffers["ltm"]
         ltm[0] = ltm0
         held = (workspace, x, stm0, y)
