@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import gatekit
-from gatekit.core import reference
+from gatekit.core import plugins, reference
+from gatekit.core._gate import ROLES
 
 # The repository (the README, the examples).
 REPO = Path(__file__).resolve().parent.parent
@@ -23,11 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 # The variants and gates gatekit itself ships (third-party plugins may add more to
 # gatekit.variants() / gatekit.gates(); those are tested too where we iterate over variants()).
 BUILTIN_VARIANTS = ("standard", "course", "literal", "peephole", "nig", "nfg", "nog", "niaf",
-                    "noaf", "cifg", "janet", "gru", "mingru", "minlstm")
+                    "noaf", "cifg", "janet", "gru", "mingru", "minlstm", "mgu", "mut1")
 BUILTIN_GATES = {
     "forget": ("standard", "peephole", "none", "event", "min"),
     "learn": ("standard", "peephole", "no_ignore", "linear", "linear_peephole", "coupled", "janet",
-              "min", "reset"),
+              "min", "reset", "mgu", "mut1"),
     "remember": ("standard",),
     "use": ("standard", "peephole", "linear", "linear_peephole", "no_output_gate", "memory",
             "literal", "course"),
@@ -63,6 +64,13 @@ def needs(module):
     skipped, when it is absent or present but unable to start."""
     return pytest.importorskip(module, exc_type=ImportError,
                                reason=f"{module} cannot be imported; {INSTALL[module]}")
+
+
+def input_size_for(variant, D, H, **gates):
+    """D, or H for a composition with a gate that needs input_size == hidden_size (MUT1's learn
+    gate adds the event to the memory unit by unit)."""
+    classes = plugins.registry().compose(variant, {role: gates.get(role) for role in ROLES})
+    return H if any(cls.input_size_is_hidden_size for cls in classes) else D
 
 
 def dtype_id(dtype):

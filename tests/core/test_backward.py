@@ -19,7 +19,7 @@ import gatekit
 from gatekit.core import reference
 from gatekit.testing import gradcheck
 
-from support import (BUILTIN_VARIANTS, PythonForget, centred_difference, rel_error,
+from support import (BUILTIN_VARIANTS, PythonForget, centred_difference, input_size_for, rel_error,
                      run_in_threads, sigmoid)
 
 VARIANTS = gatekit.variants()
@@ -48,6 +48,7 @@ F64_TOL = 1e-9
 def make_case(variant, T, B, D, H, *, dtype=np.float64, seed=0, overrides=None):
     """A cell and random, nonzero inputs, initial state and upstream gradients (all already of
     the cell's dtype, so the core and the reference see exactly the same numbers)."""
+    D = input_size_for(variant, D, H, **(overrides or {}))
     cell = gatekit.Cell(D, H, variant, **(overrides or {}), dtype=dtype, seed=seed)
     rng = np.random.default_rng(1000 + seed)
 

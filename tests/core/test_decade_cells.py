@@ -14,7 +14,7 @@ from gatekit.testing import check_gate, gradcheck
 
 from support import assert_close, centred_difference, needs, sigmoid
 
-PRESETS = ["gru", "mingru", "minlstm"]
+PRESETS = ["gru", "mingru", "minlstm", "mgu", "mut1"]
 DTYPES = [np.float64, np.float32]
 GATES = {
     "gru": {"forget": "standard", "learn": "reset", "remember": "standard", "use": "memory"},
@@ -346,7 +346,8 @@ def test_layer_gradients_agree_with_finite_differences(kind):
 # --- The gates on their own ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind, role", [("gru", "learn"), ("mingru", "forget"),
-                                        ("minlstm", "forget"), ("minlstm", "learn")])
+                                        ("minlstm", "forget"), ("minlstm", "learn"),
+                                        ("mgu", "learn"), ("mut1", "learn")])
 def test_each_gate_passes_check_gate(kind, role):
     gate = plugins.registry().gates[role][GATES[kind][role]].cls
     size = 4 if kind == "mut1" else 3
@@ -368,6 +369,11 @@ def test_a_one_memory_cell_refuses_a_state_whose_halves_differ(kind):
 def test_a_two_memory_cell_takes_halves_that_differ():
     cell = gatekit.Cell(3, 4, "standard")
     cell(np.zeros((2, 1, 3)), (np.ones((1, 4)), np.zeros((1, 4))))
+
+
+def test_mut1_refuses_an_event_of_another_size():
+    with pytest.raises(ValueError, match=r"mut1.*input_size \(3\).*hidden_size \(4\)"):
+        gatekit.Cell(3, 4, "mut1")
 
 
 # --- GRU against PyTorch ----------------------------------------------------------------------
@@ -429,3 +435,10 @@ def test_gru_matches_torch_gru_outputs_state_and_every_gradient(dtype, T, B, D, 
     same(grads["b_n"], b_ih[rows["n"]], "bias_ih n")
     same(grads["W_hn"], w_hh[rows["n"]], "weight_hh n")
     same(grads["b_hn"], b_hh[rows["n"]], "bias_hh n")
+
+
+def test_two_gates_that_share_the_step_work_between_threads_are_refused():
+    # mgu's product and course's both use the step's work: in one cell, a thread could overwrite
+    # what another is still reading.
+    with pytest.raises(ValueError, match=r"learn gate 'mgu' and use gate 'course' both share"):
+        gatekit.Cell(3, 4, "mgu", use="course")

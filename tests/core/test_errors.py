@@ -7,7 +7,8 @@ import pytest
 
 import gatekit
 
-from support import BUILTIN_GATES, BUILTIN_VARIANTS, assert_matches_reference, random_inputs
+from support import (BUILTIN_GATES, BUILTIN_VARIANTS, assert_matches_reference, input_size_for,
+                     random_inputs)
 
 D, H = 3, 4
 
@@ -227,7 +228,8 @@ def test_empty_sequence_returns_empty_y_and_initial_state(with_state, dtype):
 @pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_input_propagates_like_reference(variant, bad):
-    cell = gatekit.Cell(D, H, variant=variant, dtype=np.float64, seed=6)
+    cell = gatekit.Cell(input_size_for(variant, D, H), H, variant=variant, dtype=np.float64,
+                        seed=6)
     x, state = random_inputs(cell, 6, 3, seed=7)
     x[2, 1, 0] = bad            # sequence 1, step 2; sequences 0 and 2 stay finite
     y, (stm, ltm) = cell(x, state)

@@ -11,7 +11,7 @@ import gatekit
 from gatekit.core import plugins
 
 from support import (BUILTIN_GATES, BUILTIN_VARIANTS, FORGET_WITH_S_T, assert_matches_reference,
-                     random_inputs)
+                     input_size_for, random_inputs)
 
 DTYPES = [np.float64, np.float32]
 
@@ -39,7 +39,8 @@ def test_builtin_variants_are_registered():
 @pytest.mark.parametrize("variant", gatekit.variants())
 def test_variant_matches_reference(variant, shape, dtype):
     T, B, D, H = shape
-    cell = gatekit.Cell(D, H, variant=variant, dtype=dtype, seed=hash(shape) % 1000)
+    cell = gatekit.Cell(input_size_for(variant, D, H), H, variant=variant, dtype=dtype,
+                        seed=hash(shape) % 1000)
     # From zeros, and from a nonzero initial state (which exercises every path from the state).
     x, state = random_inputs(cell, T, B, seed=1)
     assert_matches_reference(cell, x)
@@ -49,7 +50,8 @@ def test_variant_matches_reference(variant, shape, dtype):
 @pytest.mark.parametrize("variant", gatekit.variants())
 def test_variant_float32_tracks_float64_reference_over_longer_sequence(variant):
     # T = 12, the longest the float32 tolerance is argued for in support.py.
-    cell = gatekit.Cell(4, 6, variant=variant, dtype=np.float32, seed=3)
+    cell = gatekit.Cell(input_size_for(variant, 4, 6), 6, variant=variant, dtype=np.float32,
+                        seed=3)
     x, state = random_inputs(cell, 12, 3, seed=4)
     assert_matches_reference(cell, x, state)
 
@@ -74,16 +76,28 @@ def test_named_compositions_match_reference(overrides, dtype):
     assert_matches_reference(cell, x, state)
 
 
+def _class(role, gate):
+    return plugins.registry().gates[role][gate].cls
+
+
 def _names(role, gate):
-    cls = plugins.registry().gates[role][gate].cls
+    cls = _class(role, gate)
     return {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"} | set(cls.params)
 
 
 def _valid(forget, learn, remember, use):
-    """JANET's learn gate reads s_t; the gates of a cell share one namespace of parameters."""
-    names = [_names(role, gate) for role, gate in zip(BUILTIN_GATES, (forget, learn, remember, use))]
+    """JANET's learn gate reads s_t; the gates of a cell share one namespace of parameters; one
+    gate at most shares the step's work between threads (syncs)."""
+    gates = tuple(zip(BUILTIN_GATES, (forget, learn, remember, use)))
+    names = [_names(role, gate) for role, gate in gates]
     disjoint = sum(len(n) for n in names) == len(set().union(*names))
-    return (learn != "janet" or forget in FORGET_WITH_S_T) and disjoint
+    sharing = sum(1 for role, gate in gates if _class(role, gate).syncs)
+    return (learn != "janet" or forget in FORGET_WITH_S_T) and disjoint and sharing <= 1
+
+
+def _input_size(learn, D, H):
+    """MUT1's learn gate adds the event to the memory unit by unit: D = H."""
+    return H if learn == "mut1" else D
 
 
 ALL_COMBINATIONS = list(itertools.product(*BUILTIN_GATES.values()))
@@ -95,8 +109,8 @@ def test_every_valid_combination_of_builtin_gates_matches_reference():
     # from a nonzero state; collected failures are reported together.
     failures = []
     for k, (forget, learn, remember, use) in enumerate(VALID_COMBINATIONS):
-        cell = gatekit.Cell(3, 4, forget=forget, learn=learn, remember=remember, use=use,
-                            dtype=np.float64, seed=k)
+        cell = gatekit.Cell(_input_size(learn, 3, 4), 4, forget=forget, learn=learn,
+                            remember=remember, use=use, dtype=np.float64, seed=k)
         x, state = random_inputs(cell, 5, 2, seed=1000 + k)
         try:
             assert_matches_reference(cell, x, state)
@@ -111,8 +125,9 @@ def test_random_sample_of_combinations_in_float32_matches_reference():
     for k in picks:
         forget, learn, remember, use = VALID_COMBINATIONS[k]
         D, H = rng.integers(1, 7, size=2)
-        cell = gatekit.Cell(int(D), int(H), forget=forget, learn=learn, remember=remember,
-                            use=use, dtype=np.float32, seed=int(k))
+        cell = gatekit.Cell(_input_size(learn, int(D), int(H)), int(H), forget=forget,
+                            learn=learn, remember=remember, use=use, dtype=np.float32,
+                            seed=int(k))
         x, state = random_inputs(cell, int(rng.integers(1, 10)), int(rng.integers(1, 4)),
                                  seed=int(k))
         assert_matches_reference(cell, x, state)
@@ -128,8 +143,9 @@ def test_janet_learn_gate_without_forget_preactivation_is_rejected(variant, use)
 
 def test_invalid_combinations_are_exactly_janet_without_s_t_and_shared_names():
     invalid = [c for c in ALL_COMBINATIONS if not _valid(*c)]
-    # forget none or min with learn janet; forget min (block i) with a learn gate of block i
-    assert len(invalid) == (2 + 4) * len(BUILTIN_GATES["use"])
+    # forget none or min with learn janet; forget min (block i) with a learn gate of block i;
+    # learn mgu or mut1 (syncs) with use course (syncs), whatever the forget gate
+    assert len(invalid) == (2 + 4) * len(BUILTIN_GATES["use"]) + 2 * len(BUILTIN_GATES["forget"])
     for forget, learn, remember, use in invalid:
         with pytest.raises(ValueError):
             gatekit.Cell(2, 2, forget=forget, learn=learn, remember=remember, use=use)
@@ -140,7 +156,7 @@ def test_invalid_combinations_are_exactly_janet_without_s_t_and_shared_names():
        variant=st.sampled_from(gatekit.variants()), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**32 - 1), with_state=st.booleans())
 def test_random_cells_match_reference(T, B, D, H, variant, dtype, seed, with_state):
-    cell = gatekit.Cell(D, H, variant=variant, dtype=dtype, seed=seed)
+    cell = gatekit.Cell(input_size_for(variant, D, H), H, variant=variant, dtype=dtype, seed=seed)
     x, state = random_inputs(cell, T, B, seed=seed, state=with_state)
     assert_matches_reference(cell, x, state)
 

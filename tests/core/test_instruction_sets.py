@@ -18,6 +18,8 @@ worst = {np.float64: 0.0, np.float32: 0.0}
 # (7, 3, 5, 6) runs the plain loop, (9, 7, 5, 37) the tiled one (gatekit.core._loop.plan).
 for (T, B, D, H), variant in itertools.product([(7, 3, 5, 6), (9, 7, 5, 37)], gatekit.variants()):
     for dtype in worst:
+        if gatekit.Cell(H, H, variant).gate_names["learn"] == "mut1":
+            D = H                   # MUT1 adds the event to the memory unit by unit
         cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=1)
         x = rng.standard_normal((T, B, D)) * 2
         y, _ = cell(x)

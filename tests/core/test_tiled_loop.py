@@ -31,8 +31,8 @@ from gatekit.core import reference
 from gatekit.core.cell import _loop
 
 from support import (BUILTIN_VARIANTS, THREAD_TIMEOUT, assert_close, assert_matches_reference,
-                     assert_same_bits, child_env, dtype_id, make_plugin, needs, random_inputs,
-                     run_in_threads)
+                     assert_same_bits, child_env, dtype_id, input_size_for, make_plugin, needs,
+                     random_inputs, run_in_threads)
 
 DTYPES = [np.float64, np.float32]
 FEW_STEPS = 8                    # from T = 8 on, a batch of <= 4 sequences is tiled
@@ -161,6 +161,7 @@ VARIANT_SHAPE = dict(D=24, H=40, B=29)
 @pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 def test_variant_one_thread(variant, dtype):
     D, H, B = VARIANT_SHAPE["D"], VARIANT_SHAPE["H"], VARIANT_SHAPE["B"]
+    D = input_size_for(variant, D, H)
     T = 30                           # T * B = 870 rows: 4 * 192 + 102 in the input product
     cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=11, threads=1)
     assert_tiled(cell, T, B, team=1)
@@ -173,6 +174,7 @@ def test_variant_one_thread(variant, dtype):
 @pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 def test_variant_two_threads(variant, dtype):
     D, H, B = VARIANT_SHAPE["D"], VARIANT_SHAPE["H"], VARIANT_SHAPE["B"]
+    D = input_size_for(variant, D, H)
     cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=12, threads=2)
     T = steps_for(cell, B, 2)
     assert_tiled(cell, T, B, team=2)
@@ -200,7 +202,8 @@ def three_thread_call(variant, dtype, seed):
     """A cell of THREE_THREAD_SHAPES, and the steps T and sequences B of a call of it that runs
     on three threads."""
     shape = THREE_THREAD_SHAPES[np.dtype(dtype)]
-    cell = gatekit.Cell(shape["D"], shape["H"], variant, dtype=dtype, seed=seed, threads=3)
+    cell = gatekit.Cell(input_size_for(variant, shape["D"], shape["H"]), shape["H"], variant,
+                        dtype=dtype, seed=seed, threads=3)
     B = shape["B"]
     T = steps_for(cell, B, 3)
     assert_tiled(cell, T, B, team=3)
@@ -374,6 +377,7 @@ def assert_tape_matches_reference(cell, x, state):
 @pytest.mark.parametrize("variant", BUILTIN_VARIANTS)
 def test_tape_matches_reference(variant, dtype, threads):
     D, H, B = 24, 40, 37                           # B = 6 * 6 + 1 = 3 * 12 + 1
+    D = input_size_for(variant, D, H)
     cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=16, threads=threads)
     T = steps_for(cell, B, 2)
     assert_tiled(cell, T, B, team=threads)

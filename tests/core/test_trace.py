@@ -11,7 +11,7 @@ import gatekit
 from gatekit.core import reference
 from gatekit.study import pictures as visual
 
-from support import F64_ATOL, assert_close, random_inputs, sigmoid
+from support import F64_ATOL, assert_close, input_size_for, random_inputs, sigmoid
 
 T, B, D, H = 7, 3, 4, 5
 NOT_TRACED = ("STM_prev", "LTM_prev", "E_t")   # E_t is the input, checked on its own
@@ -44,7 +44,7 @@ def reference_steps(cell, x, state=None, lengths=None):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("variant", gatekit.variants())
 def test_trace_matches_reference_for_every_variant(variant, dtype):
-    cell = gatekit.Cell(D, H, variant, dtype=dtype, seed=3)
+    cell = gatekit.Cell(input_size_for(variant, D, H), H, variant, dtype=dtype, seed=3)
     x, state = random_inputs(cell, T, B, seed=1)
     traced = cell.trace(x, state)
     expected = reference_steps(cell, x, state)
@@ -52,7 +52,7 @@ def test_trace_matches_reference_for_every_variant(variant, dtype):
     # (e.g. the floored plugin's phi_f, checked in that plugin's tests).
     extra = set(traced) - set(expected) - {"E_t"}
     assert not extra or any(type(gate).trace is not None for gate in cell.gates), extra
-    assert traced["E_t"].shape == (T, B, D)
+    assert traced["E_t"].shape == (T, B, cell.input_size)
     np.testing.assert_array_equal(traced["E_t"], x)
     for name, value in expected.items():
         assert traced[name].shape == (T, B, H), name

@@ -18,7 +18,7 @@ import gatekit
 from gatekit.core import plugins
 from gatekit.io import saving as io
 
-from support import child_env
+from support import child_env, input_size_for
 
 
 def stored(path):
@@ -44,7 +44,7 @@ def rewrite(path, change_meta=None, change_arrays=None):
 @pytest.mark.parametrize("variant", gatekit.variants())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_variant_cell_round_trips(tmp_path, variant, dtype):
-    cell = gatekit.Cell(3, 4, variant, dtype=dtype, seed=1)
+    cell = gatekit.Cell(input_size_for(variant, 3, 4), 4, variant, dtype=dtype, seed=1)
     path = tmp_path / "cell.npz"
     gatekit.save(cell, path)
     loaded = gatekit.load(path)
@@ -55,7 +55,7 @@ def test_every_variant_cell_round_trips(tmp_path, variant, dtype):
     for name, value in cell.params.items():
         np.testing.assert_array_equal(loaded.params[name], value)
         assert loaded.params[name].dtype == dtype
-    x = np.random.default_rng(1).standard_normal((5, 2, 3)).astype(dtype)
+    x = np.random.default_rng(1).standard_normal((5, 2, cell.input_size)).astype(dtype)
     np.testing.assert_array_equal(loaded(x)[0], cell(x)[0])
 
 

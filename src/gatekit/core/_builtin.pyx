@@ -163,6 +163,55 @@ cdef inline void reset_learn_rows(floating* N_t, const floating* z_r, const floa
             N_t[b * H + j] = tanh_(z_n[k] + sigmoid(z_r[k]) * z_hn[k])
 
 
+# --- Kernels of the candidates with a second recurrent product (MGU, MUT1) ----------------------
+# N_t = tanh(W (g ⊙ STM_{t-1}) + c) with g a gate (MGU: i_t; MUT1: the reset gate σ(z_r)) and c
+# what does not wait for it. Each thread forms its units of g ⊙ STM_{t-1} in work, then (after
+# sync) its units of the product, from all of them; as course_use does.
+
+cdef inline int gated_candidate(floating* N_t, const floating* W, floating* work,
+                                void* barrier, Extent* e) noexcept nogil:
+    """N_t = tanh(N_t + work @ W.T) on this thread's units, N_t holding c and work this
+    thread's units of g ⊙ STM_{t-1}. -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    sync(barrier)
+    # N_t[:, u0:u1] += work @ W[u0:u1].T
+    if gemm(False, True, B, u1 - u0, H, work, H, W + u0 * H, H, 1, N_t + u0, H) < 0:
+        return -1
+    tanh_rows(N_t, N_t, H, e)
+    return 0
+
+
+cdef inline int mgu_learn(floating* N_t, floating* i_t, const floating* f_t,
+                          const floating* z_n, const floating* STM_prev, const floating* W_hn,
+                          floating* work, void* barrier, Extent* e) noexcept nogil:
+    """MGU: i_t = 1 - f_t, N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n)"""
+    cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            i_t[k] = 1 - f_t[k]
+            work[k] = i_t[k] * STM_prev[k]
+            N_t[k] = z_n[b * ldz + j]
+    return gated_candidate(N_t, W_hn, work, barrier, e)
+
+
+cdef inline int mut1_learn(floating* N_t, floating* i_t, const floating* f_t,
+                           const floating* z_r, const floating* E_t, const floating* STM_prev,
+                           const floating* W_hh, const floating* b_h, floating* work,
+                           void* barrier, Extent* e) noexcept nogil:
+    """MUT1: i_t = 1 - f_t, N_t = tanh(W_hh (σ(z_r) ⊙ STM_{t-1}) + tanh(E_t) + b_h), D = H"""
+    cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            i_t[k] = 1 - f_t[k]
+            work[k] = sigmoid(z_r[b * ldz + j]) * STM_prev[k]
+            N_t[k] = tanh_(E_t[k]) + b_h[j]
+    return gated_candidate(N_t, W_hh, work, barrier, e)
+
+
 # --- Backward kernels: they add (+=) into gradients, using the forward outputs ---------------
 
 cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const floating* dout,
@@ -336,6 +385,87 @@ cdef inline void reset_learn_backward_rows(floating* dz_r, floating* dz_n, float
             dz_n[k] += da
             dz_hn[k] += da * r
             dz_r[k] += da * z_hn[k] * r * (1 - r)
+
+
+# The backward of a gated candidate leaves in dN_t the gradient of its pre-activation and, once
+# it has used di_t, the product's input g ⊙ STM_{t-1} in di_t: the finish then forms the weight
+# gradient as one product over the whole sequence (the loop hands finish no STM_{t-1}).
+
+cdef inline int gated_candidate_backward(floating* dN_t, floating* work, const floating* N_t,
+                                         const floating* W, void* barrier,
+                                         Extent* e) noexcept nogil:
+    """dN_t becomes the gradient of N_t's pre-activation, then (after sync) work[:, u0:u1] the
+    gradient of this thread's units of g ⊙ STM_{t-1}. -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dN_t[k] *= 1 - N_t[k] * N_t[k]
+    sync(barrier)
+    # work[:, u0:u1] = dN_pre @ W[:, u0:u1]
+    if gemm(False, False, B, u1 - u0, H, dN_t, H, W + u0, H, 0, work + u0, H) < 0:
+        return -1
+    return 0
+
+
+cdef inline int mgu_learn_backward(floating* dz_n, floating* dN_t, floating* di_t,
+                                   floating* df_t, floating* dSTM_prev, const floating* N_t,
+                                   const floating* i_t, const floating* STM_prev,
+                                   const floating* W_hn, floating* work, void* barrier,
+                                   Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    if gated_candidate_backward(dN_t, work, N_t, W_hn, barrier, e) < 0:
+        return -1
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dz_n[b * ldz + j] += dN_t[k]
+            dSTM_prev[k] += work[k] * i_t[k]
+            # i_t = 1 - f_t, read both by W_hn's input and by the remember gate
+            df_t[k] -= di_t[k] + work[k] * STM_prev[k]
+            di_t[k] = i_t[k] * STM_prev[k]
+    return 0
+
+
+cdef inline int mut1_learn_backward(floating* dz_r, floating* dN_t, floating* di_t,
+                                    floating* df_t, floating* dSTM_prev, floating* dE_t,
+                                    const floating* z_r, const floating* N_t,
+                                    const floating* E_t, const floating* STM_prev,
+                                    const floating* W_hh, floating* work, void* barrier,
+                                    Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, k
+    cdef floating r, event
+    if gated_candidate_backward(dN_t, work, N_t, W_hh, barrier, e) < 0:
+        return -1
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            r = sigmoid(z_r[b * ldz + j])
+            event = tanh_(E_t[k])
+            dz_r[b * ldz + j] += work[k] * STM_prev[k] * r * (1 - r)
+            dSTM_prev[k] += work[k] * r
+            dE_t[k] += dN_t[k] * (1 - event * event)
+            df_t[k] -= di_t[k]
+            di_t[k] = r * STM_prev[k]
+    return 0
+
+
+cdef inline int gated_candidate_finish(floating* dW, floating* db, const floating* dN_pre,
+                                       const floating* inputs, Extent* e) noexcept nogil:
+    """Over all T * B rows at once: dW += dN_pre.T @ (g ⊙ STM_{t-1}) and, if db is not NULL,
+    db += Σ dN_pre. -1 if out of memory."""
+    cdef Py_ssize_t B = e.B, H = e.H
+    cdef Py_ssize_t r, j
+    if gemm(True, False, H, H, B, dN_pre, H, inputs, H, 1, dW, H) < 0:
+        return -1
+    if db != NULL:
+        for r in range(B):
+            for j in range(H):
+                db[j] += dN_pre[r * H + j]
+    return 0
 
 
 # --- Forget ---------------------------------------------------------------------------------------
@@ -667,6 +797,92 @@ cdef class LearnReset(Gate):
         add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
 
 
+cdef class LearnMgu(Gate):
+    """MGU's candidate: i_t = 1 - f_t (MGU's one gate), N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n)
+    with z_n reading the event only: a second recurrent product that waits for the gate."""
+    role, name, blocks = "learn", "mgu", ("n",)
+    reads = {"n": "event"}
+    params = {"W_hn": ("H", "H")}
+    definition = staticmethod(reference.learn_mgu)
+    backward_definition = staticmethod(reference.learn_mgu_backward)
+    syncs = 1
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        if mgu_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.STM_prev, <float*> self.param[0],
+                     s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        if mgu_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.STM_prev, <double*> self.param[0],
+                     s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        if mgu_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.N_t,
+                              s.i_t, s.STM_prev, <float*> self.param[0], s.work, s.barrier,
+                              &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        if mgu_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.N_t,
+                              s.i_t, s.STM_prev, <double*> self.param[0], s.work, s.barrier,
+                              &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        if gated_candidate_finish(s.dparam[0], <float*> NULL, s.dN_t, s.di_t, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        if gated_candidate_finish(s.dparam[0], <double*> NULL, s.dN_t, s.di_t, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+
+cdef class LearnMut1(Gate):
+    """MUT1's candidate: N_t = tanh(W_hh (σ(z_r) ⊙ STM_{t-1}) + tanh(E_t) + b_h), i_t = 1 - f_t;
+    tanh(E_t) joins the memory unit by unit, so the event has as many entries as the memory."""
+    role, name, blocks = "learn", "mut1", ("r",)
+    params = {"W_hh": ("H", "H"), "b_h": ("H",)}
+    definition = staticmethod(reference.learn_mut1)
+    backward_definition = staticmethod(reference.learn_mut1_backward)
+    input_size_is_hidden_size = True
+    syncs = 1
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        if mut1_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.E_t, s.STM_prev,
+                      <float*> self.param[0], <float*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        if mut1_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.E_t, s.STM_prev,
+                      <double*> self.param[0], <double*> self.param[1], s.work, s.barrier,
+                      &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        if mut1_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.dE_t,
+                               s.z + self.offset, s.N_t, s.E_t, s.STM_prev,
+                               <float*> self.param[0], s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        if mut1_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.dE_t,
+                               s.z + self.offset, s.N_t, s.E_t, s.STM_prev,
+                               <double*> self.param[0], s.work, s.barrier, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_float(self, StepFloat* s) noexcept nogil:
+        if gated_candidate_finish(s.dparam[0], s.dparam[1], s.dN_t, s.di_t, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+    cdef void finish_double(self, StepDouble* s) noexcept nogil:
+        if gated_candidate_finish(s.dparam[0], s.dparam[1], s.dN_t, s.di_t, &s.e) < 0:
+            out_of_memory(self, &s.error)
+
+
 # --- Remember -------------------------------------------------------------------------------------
 
 cdef class RememberStandard(Gate):
@@ -904,7 +1120,7 @@ cdef class UseCourse(Gate):
 BUILTIN_GATES = (
     ForgetStandard, ForgetPeephole, ForgetNone, ForgetEvent, ForgetMin,
     LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
-    LearnJanet, LearnMin, LearnReset,
+    LearnJanet, LearnMin, LearnReset, LearnMgu, LearnMut1,
     RememberStandard,
     UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
     UseLiteral, UseCourse,

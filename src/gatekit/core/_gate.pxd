@@ -45,6 +45,9 @@ ctypedef struct StepFloat:
     float* work              # scratch, (B, H)
     # Backward: gradients of the loss. Gates add (+=) into them; each starts the step at zero,
     # except dLTM_t (holding what step t + 1 sent back) and dSTM_t (complete, read-only).
+    # Once it has read the gradient of its own output, a gate may leave there what its finish
+    # needs (course: dU_t, the gradient of U_t's pre-activation; mgu, mut1: dN_t likewise and,
+    # in di_t, the gated STM_{t-1} their product read, since finish has no STM_prev).
     float* dz                # d/dz, the layout of z
     float* ds_t              # the forget gate's block of dz, or NULL
     const float* dSTM_t

@@ -61,6 +61,9 @@ A gate class declares, as class attributes:
     many times each of its forward and backward steps calls ``sync(s.barrier)``
     (gatekit/core/_gate.pxd). Such a gate shares the step's ``work`` between the threads, so a
     cell has at most one gate with ``syncs``.
+``input_size_is_hidden_size``
+    True for a gate that adds the event to the memory unit by unit (MUT1's ``tanh(E_t)``): a
+    cell with it refuses an ``input_size`` other than its ``hidden_size``.
 ``stm_is_ltm``
     True for a Use gate whose STM is the LTM (``memory``): the cell then has one memory, and
     refuses an initial state whose two halves differ.
@@ -146,6 +149,7 @@ cdef class Gate:
     mixes_units = False
     syncs = 0
     stm_is_ltm = False
+    input_size_is_hidden_size = False
     differentiable = False
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,

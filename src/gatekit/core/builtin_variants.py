@@ -28,6 +28,12 @@ VARIANTS = {
     "gru": ({"learn": "reset", "use": "memory"},
             "GRU as torch.nn.GRU computes it: f_t = z, i_t = 1 - z, "
             "N_t = tanh(W_n E_t + b_n + r ⊙ (W_hn STM_{t-1} + b_hn)), STM_t = LTM_t"),
+    "mgu": ({"learn": "mgu", "use": "memory"},
+            "MGU: one gate, i_t = 1 - f_t (MGU's f), N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + W_n E_t "
+            "+ b_n), STM_t = LTM_t"),
+    "mut1": ({"forget": "event", "learn": "mut1", "use": "memory"},
+             "MUT1: f_t = σ(W_f E_t + b_f) (1 - MUT1's z), N_t = tanh(W_hh (r ⊙ STM_{t-1}) + "
+             "tanh(E_t) + b_h), STM_t = LTM_t; input_size = hidden_size"),
     "mingru": ({"forget": "event", "learn": "min", "use": "memory"},
                "minGRU: f_t = σ(W_f E_t + b_f) (1 - minGRU's z), N_t = W_n E_t + b_n, "
                "i_t = 1 - f_t, STM_t = LTM_t"),

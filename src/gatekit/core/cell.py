@@ -276,6 +276,11 @@ class Cell:
         classes = registry.compose(variant, {"forget": forget, "learn": learn,
                                              "remember": remember, "use": use})
         self._check_composition(classes)
+        for cls in classes:
+            if cls.input_size_is_hidden_size and D != H:
+                raise ValueError(f"{cls.role} gate {cls.name!r} adds the event to the memory unit "
+                                 f"by unit, so input_size must equal hidden_size; got input_size "
+                                 f"({D}) and hidden_size ({H})")
         self._classes = classes
 
         # The packed blocks, in three runs by what they read (STM only, both, event only), each

@@ -461,8 +461,8 @@ def folder_records(results, first=()):
 
 EPILOG = """\
 variants: a variant (gatekit.variants(): standard, course, literal, peephole, nig, nfg, nog,
-  niaf, noaf, cifg, janet, gru, mingru, minlstm, and those of plugins), optionally with gates
-  swapped:
+  niaf, noaf, cifg, janet, gru, mingru, minlstm, mgu, mut1 (whose input_size must equal
+  hidden_size), and those of plugins), optionally with gates swapped:
   standard+forget=peephole, course+learn=coupled+use=peephole (roles: forget, learn,
   remember, use; gate names: gatekit.gates()).
 tasks: NAME, NAME:LENGTH, or NAME:key=value,... with length, the task's options and any run

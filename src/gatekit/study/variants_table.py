@@ -42,20 +42,27 @@ def deviation(cell, x):
 
 def variant_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0):
     """One row per registered variant: name, parameter count, µs per step in float32 and
-    float64 at ``shape`` (T, B, D, H), and the deviation from the reference at ``check_shape``."""
+    float64 at ``shape`` (T, B, D, H), and the deviation from the reference at ``check_shape``.
+    A variant whose event must be as wide as its memory (MUT1) reads D = H entries."""
     T, B, D, H = shape
     rng = np.random.default_rng(seed)
     x_timed = rng.standard_normal((T, B, D))
     x_check = rng.standard_normal(check_shape[:3])
+    square_rng = np.random.default_rng(seed)
+    x_square = (square_rng.standard_normal((T, B, H)),
+                square_rng.standard_normal((*check_shape[:2], check_shape[3])))
+    registry = plugins.registry()
     rows = []
     for name in plugins.variants():
+        square = any(cls.input_size_is_hidden_size for cls in registry.compose(name, {}))
+        timed, checked = x_square if square else (x_timed, x_check)
         row = {"variant": name}
         for dtype in ("float32", "float64"):
-            cell = Cell(D, H, name, dtype=dtype, seed=seed)
-            x = x_timed.astype(dtype)
+            cell = Cell(timed.shape[2], H, name, dtype=dtype, seed=seed)
+            x = timed.astype(dtype)
             row[f"us_per_step_{dtype}"] = median_seconds(lambda: cell(x)) / T * 1e6
-            check = Cell(check_shape[2], check_shape[3], name, dtype=dtype, seed=seed)
-            row[f"deviation_{dtype}"] = deviation(check, x_check.astype(dtype))
+            check = Cell(checked.shape[2], check_shape[3], name, dtype=dtype, seed=seed)
+            row[f"deviation_{dtype}"] = deviation(check, checked.astype(dtype))
         row["parameters"] = sum(a.size for a in cell.params.values())
         rows.append(row)
     return rows
@@ -66,8 +73,9 @@ def format_table(rows, shape):
     width = max([len("variant"), *(len(row["variant"]) for row in rows)])
     header = (f"{'variant':<{width}} {'params':>8} {'f32 µs/step':>12} {'f64 µs/step':>12} "
               f"{'f32 vs ref':>11} {'f64 vs ref':>11}")
-    lines = [f"Every registered variant at T={T}, B={B}, D={D}, H={H}; deviation = largest "
-             "|cell - reference| over outputs and final LTM, against the float64 reference.",
+    lines = [f"Every registered variant at T={T}, B={B}, D={D} (D = H where a gate needs it, as "
+             f"mut1's), H={H}; deviation = largest |cell - reference| over outputs and final "
+             "LTM, against the float64 reference.",
              header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row['variant']:<{width}} {row['parameters']:>8} "
