@@ -152,6 +152,15 @@ def test_only_compositions_without_a_recurrent_read_can_scan():
         gatekit.Cell(3, 4, scan="yes")
 
 
+def test_of_the_built_in_variants_mingru_and_minlstm_scan():
+    from support import BUILTIN_VARIANTS
+    scanning = {variant for variant in (*BUILTIN_VARIANTS, "gru", "mgu", "mut1", "mingru",
+                                        "minlstm") if variant in gatekit.variants()
+                and gatekit.Cell(4, 4, variant)._scan_refusal is None}
+    assert scanning == {"mingru", "minlstm"} & set(gatekit.variants())
+    assert gatekit.Cell(4, 4, "mingru").scan is None
+
+
 def test_the_automatic_choice_follows_the_documented_rule():
     cell = make("minlstm", "python", 3, 4, scan=None)
     assert cell.scan is None
