@@ -18,15 +18,17 @@ Backward runs the chunks from the last: the use gate's backward over the chunk's
 ``dSTM_t = dy_t``, since nothing reads the STM, plus the final STM's gradient at each
 sequence's last step) leaves in ``dLTM_t`` what reaches the LTM through the output, then the
 reverse recurrence ``dLTM_{t-1} = f_t ⊙ (dLTM_t + what the use gate sent)`` gives ``df_t``,
-``di_t``, ``dN_t``, then the learn and forget gates' backward over the rows gives dz. After the
-last chunk, the gates' ``finish`` (all T × B rows, as the time loop's), then the weight
-gradients and dx as products over all rows.
+``di_t``, ``dN_t``, then the learn and forget gates' backward over the rows gives dz; then the
+gates' ``finish`` over the chunk's rows (a sum over rows, as the time loop's over all T × B),
+the weight gradients of the chunk's rows and its rows of dx, as products. So the gradients of
+a chunk stay in scratch of a chunk's size, where the time loop keeps those of every step.
 
-Threads split the units, each computing every phase on its own units with no barrier at all:
-the gates are row-wise, and the recurrence is independent per unit. (It is sequential in T:
-on a CPU the B × units lanes of a step already fill the vectors, and a blocked scan over T
-would read and write each chunk twice.) dx needs all units of dz: a second team, which
-splits the rows, computes it with the weight gradients.
+Threads split the units, each computing every phase on its own units: the gates are row-wise,
+and the recurrence is independent per unit, so the forward pass meets no barrier at all. (It
+is sequential in T: on a CPU the B × units lanes of a step already fill the vectors, and a
+blocked scan over T would pass over the memories twice.) Backward meets three barriers a
+chunk: dx and the gates' finish need all units of the chunk's dz, and the next chunk reuses
+its scratch.
 
 The tape is the time loop's (z (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y), so a tape
 of either path can be read back by either.
@@ -42,6 +44,10 @@ __all__ = ["backward", "chunk_steps", "forward", "team_size"]
 cdef extern from "_tiles.h" nogil:
     ctypedef struct gk_start:
         pass
+    ctypedef struct gk_barrier:
+        pass
+    void gk_barrier_init(gk_barrier* barrier, int size)
+    void gk_barrier_wait(gk_barrier* barrier)
     void gk_start_init(gk_start* start)
     int gk_wait_for_start(gk_start* start)
     void gk_set_start(gk_start* start, int value)
@@ -112,12 +118,12 @@ _check_layout()
 cdef enum Phase:
     FORWARD = 0
     BACKWARD = 1
-    WEIGHTS = 2
-    FINISH = 3
+    FINISH = 2
 
 
 cdef struct Scan:
     int size                 # threads
+    gk_barrier barrier       # backward: the threads meet after each chunk's gates (see below)
     Py_ssize_t units         # units per thread (the last may have fewer)
     Phase phase
     bint single
@@ -125,6 +131,7 @@ cdef struct Scan:
     Py_ssize_t T, B, D, H, KH, chunk, kept, forget_preactivation
     Py_ssize_t failed[MAX_TEAM]      # the first step of the chunk at which a gate failed, or -1
     bint out_of_memory       # a product could not allocate its copy of a panel
+    bint finish_failed       # a gate's finish failed (backward)
     const Py_ssize_t* lengths
     const void* W
     const void* bias
@@ -138,8 +145,8 @@ cdef struct Scan:
     const void* dy
     const void* dstm         # the final STM's gradient
     void* dltm               # in: the final LTM's gradient; out: the initial LTM's
-    void* dz
-    void* dacts
+    void* dz                 # (chunk, B, KH): d/dz of a chunk's rows
+    void* dacts              # (5, chunk, B, H): d/df_t ... d/dV_t of a chunk's rows
     void* dstm_rows          # (chunk, B, H): dSTM_t of a chunk's rows
     void* dltm_rows          # (chunk, B, H): what the use gate sends to LTM_t
     size_t* dparams
@@ -189,10 +196,10 @@ cdef void set_up(Scan* sc, tuple gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D
     sc.size = plan(gates, T, B, D, H, KH, threads, &sc.units)
     sc.single = single
     sc.T, sc.B, sc.D, sc.H, sc.KH, sc.kept = T, B, D, H, KH, kept
-    sc.chunk = max(1, CHUNK_ROWS // B)
+    sc.chunk = min(T, max(1, CHUNK_ROWS // B))      # the steps of a chunk's scratch
     sc.forget_preactivation = forget_preactivation
     sc.dparams, sc.dparams_stride = NULL, 0
-    sc.out_of_memory = False
+    sc.out_of_memory = sc.finish_failed = False
 
 
 cdef check_shape(str name, tuple shape, tuple expected):
@@ -212,9 +219,9 @@ cdef struct Member:
 
 
 cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
-    """Run the phase on ``sc.size`` threads, this one included (on this one alone, one member
-    after another, if the system will not start another). Returns -1, or the first step of
-    the chunk at which a gate failed."""
+    """Run the phase on ``sc.size`` threads, this one included (on this one alone, with every
+    unit, if the system will not start another). Returns -1, or the first step of the chunk
+    at which a gate failed."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
     cdef gk_start start
@@ -228,10 +235,16 @@ cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
         if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
             break
         started += 1
-    gk_set_start(&start, 1)
+    if started < sc.size:
+        # The others wait at barriers for threads that do not exist: this one takes every unit.
+        gk_set_start(&start, -1)
+        for m in range(1, started):
+            pthread_join(threads[m], NULL)
+        sc.size, sc.units, started = 1, sc.H, 1
+    else:
+        gk_set_start(&start, 1)
+    gk_barrier_init(&sc.barrier, sc.size)
     run_member(sc, 0)
-    for m in range(started, sc.size):
-        run_member(sc, m)
     for m in range(1, started):
         pthread_join(threads[m], NULL)
     for m in range(sc.size):
@@ -253,15 +266,10 @@ cdef void run_member(Scan* sc, int index) noexcept nogil:
             forward_member(sc, index, <float*> NULL)
         else:
             forward_member(sc, index, <double*> NULL)
-    elif sc.phase == BACKWARD:
-        if sc.single:
-            backward_member(sc, index, <float*> NULL)
-        else:
-            backward_member(sc, index, <double*> NULL)
     elif sc.single:
-        weights_member(sc, index, <float*> NULL)
+        backward_member(sc, index, <float*> NULL)
     else:
-        weights_member(sc, index, <double*> NULL)
+        backward_member(sc, index, <double*> NULL)
 
 
 cdef inline void unit_range(Scan* sc, int index, Py_ssize_t* u0, Py_ssize_t* u1) noexcept nogil:
@@ -452,17 +460,15 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y (T, B, H).
 
     In: dy (T, B, H); dstm and dltm (B, H) the gradients of the final STM and LTM. Out: dltm
-    the gradient of the initial LTM (the initial STM's is zero: nothing reads it); dz, dacts
-    (any content: each chunk zeroes its own), dW, dbias, dx (zeroed by the caller) and the
-    gates' extra parameter gradients at ``dparams[g]``. ``drows`` (2, chunk_steps(B), B, H) is
-    scratch, ``work`` T * B rows of H. Returns -1, or the first step of the chunk at which a
-    gate failed (T for a failure in finish)."""
+    the gradient of the initial LTM (the initial STM's is zero: nothing reads it), dW, dbias,
+    dx (zeroed by the caller) and the gates' extra parameter gradients at ``dparams[g]``.
+    Scratch of one chunk's rows, C = min(T, chunk_steps(B)): dz (C, B, KH), dacts
+    (5, C, B, H), drows (2, C, B, H) and work (C * B, H). Returns -1, or the first step of the
+    chunk at which a gate failed (T for a failure in finish)."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
-    cdef Py_ssize_t H = y.shape[2], KH = W.shape[0]
+    cdef Py_ssize_t H = y.shape[2], KH = W.shape[0], C = min(T, max(1, CHUNK_ROWS // B))
     cdef Py_ssize_t failed
     cdef Scan sc
-    cdef StepAny s
-    cdef int g
     check_shape("W", (W.shape[0], W.shape[1]), (KH, H + D))
     check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (T, B, KH))
     check_shape("acts", (acts.shape[0], acts.shape[1], acts.shape[2], acts.shape[3]),
@@ -472,16 +478,16 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     check_shape("dy", (dy.shape[0], dy.shape[1], dy.shape[2]), (T, B, H))
     check_shape("dstm", (dstm.shape[0], dstm.shape[1]), (B, H))
     check_shape("dltm", (dltm.shape[0], dltm.shape[1]), (B, H))
-    check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (T, B, KH))
+    check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (C, B, KH))
     check_shape("dacts", (dacts.shape[0], dacts.shape[1], dacts.shape[2], dacts.shape[3]),
-                (5, T, B, H))
+                (5, C, B, H))
     check_shape("drows", (drows.shape[0], drows.shape[1], drows.shape[2], drows.shape[3]),
-                (2, min(T, max(1, CHUNK_ROWS // B)), B, H))
+                (2, C, B, H))
     check_shape("dW", (dW.shape[0], dW.shape[1]), (KH, H + D))
     check_shape("dbias", (dbias.shape[0],), (KH,))
     check_shape("dx", (dx.shape[0], dx.shape[1], dx.shape[2]), (T, B, D))
     check_shape("dparams", (dparams.shape[0],), (4,))
-    check_shape("work", (work.shape[0], work.shape[1]), (T * B, H))
+    check_shape("work", (work.shape[0], work.shape[1]), (C * B, H))
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     if T == 0:
@@ -502,50 +508,67 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     sc.lengths = &lengths[0] if lengths is not None else NULL
     with nogil:
         failed = run_team(&sc)
-        if failed < 0:
-            # Each gate's finish once over all T * B rows, as after the time loop.
-            s = finish_step(&sc, <floating*> NULL)
-            for g in range(3, -1, -1):
-                if not run_gate(&sc, g, FINISH, &s):
-                    failed = T
-                    break
-        if failed < 0 and KH > 0:
-            sc.phase = WEIGHTS
-            run_team(&sc)
     if sc.out_of_memory:
         raise MemoryError("out of memory in the scan's weight gradients")
-    return failed
+    return T if failed < 0 and sc.finish_failed else failed
 
 
-cdef StepAny finish_step(Scan* sc, floating* precision) noexcept nogil:
-    cdef Py_ssize_t TBH = sc.T * sc.B * sc.H
+cdef StepAny backward_step(Scan* sc, Py_ssize_t t0, Py_ssize_t steps, Py_ssize_t u0,
+                           Py_ssize_t u1, floating* precision) noexcept nogil:
+    """The step of a chunk's rows in backward: the tape's steps t0 .. t0 + steps - 1, the
+    gradients in the chunk's scratch."""
+    cdef Py_ssize_t CBH = sc.chunk * sc.B * sc.H
     cdef floating* dacts = <floating*> sc.dacts
-    cdef StepAny s = chunk_step(sc, 0, sc.T, 0, 0, sc.H, precision)
-    s.LTM_prev = sc.ltm
-    s.dz, s.dE_t = sc.dz, sc.dx
-    s.ds_t = NULL if sc.forget_preactivation < 0 or sc.dz == NULL else (
-        <floating*> sc.dz + sc.forget_preactivation)
-    s.df_t, s.di_t, s.dN_t = dacts, dacts + TBH, dacts + 2 * TBH
-    s.dU_t, s.dV_t = dacts + 3 * TBH, dacts + 4 * TBH
+    cdef StepAny s = chunk_step(sc, t0, steps, t0, u0, u1, precision)
+    s.LTM_prev = <floating*> sc.ltm + t0 * sc.B * sc.H
+    s.dz = sc.dz
+    s.ds_t = NULL if sc.forget_preactivation < 0 or s.dz == NULL else (
+        <floating*> s.dz + sc.forget_preactivation)
+    s.dE_t = <floating*> sc.dx + t0 * sc.B * sc.D
+    s.df_t, s.di_t, s.dN_t = dacts, dacts + CBH, dacts + 2 * CBH
+    s.dU_t, s.dV_t = dacts + 3 * CBH, dacts + 4 * CBH
+    s.dSTM_t, s.dLTM_t = sc.dstm_rows, sc.dltm_rows
     return s
 
 
+cdef bint meet(Scan* sc) noexcept nogil:
+    """Wait for the other threads; whether a gate has failed on any."""
+    cdef int m
+    if sc.size > 1:
+        gk_barrier_wait(&sc.barrier)
+    for m in range(sc.size):
+        if sc.failed[m] >= 0:
+            return True
+    return False
+
+
 cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nogil:
-    """Thread ``index``'s units of every chunk, from the last: dSTM_t, the use gate's backward,
-    the reverse recurrence (df_t, di_t, dN_t), the learn and forget gates' backward."""
-    cdef Py_ssize_t T = sc.T, B = sc.B, H = sc.H, KH = sc.KH, BH = B * H
+    """Thread ``index``'s part of every chunk, from the last: on its units, dSTM_t, the use
+    gate's backward, the reverse recurrence (df_t, di_t, dN_t), the learn and forget gates'
+    backward; then, once every thread has its units of the chunk's dz (a barrier), the gates'
+    finish over the chunk's rows on thread 0 (a barrier), the weight gradients of its units'
+    rows of W and its share of the chunk's rows of dx (a barrier before the next chunk reuses
+    the scratch). A thread whose gate failed still meets the others; they all stop at the
+    chunk's first barrier."""
+    cdef Py_ssize_t T = sc.T, B = sc.B, D = sc.D, H = sc.H, KH = sc.KH, BH = B * H
+    cdef Py_ssize_t CBH = sc.chunk * BH, kdim = H + D
     cdef Py_ssize_t blocks = KH // H if H > 0 else 0, chunk = sc.chunk
-    cdef Py_ssize_t u0, u1, t0, t, steps, rows, k, r, b, j, end, length
+    cdef Py_ssize_t u0, u1, t0, t, steps, rows, k, r, b, j, c, end, length, share, r0, r1
     cdef const Py_ssize_t* lengths = sc.lengths
     cdef const floating* dy = <const floating*> sc.dy
     cdef const floating* dstm = <const floating*> sc.dstm
     cdef const floating* ltm = <const floating*> sc.ltm
     cdef const floating* acts = <const floating*> sc.acts
+    cdef const floating* x = <const floating*> sc.x
+    cdef const floating* W = <const floating*> sc.W
     cdef floating* carry = <floating*> sc.dltm
     cdef floating* dacts = <floating*> sc.dacts
     cdef floating* dS = <floating*> sc.dstm_rows
     cdef floating* dL = <floating*> sc.dltm_rows
-    cdef floating* dz
+    cdef floating* dz = <floating*> sc.dz
+    cdef floating* dW = <floating*> sc.dW
+    cdef floating* dbias = <floating*> sc.dbias
+    cdef floating* dx = <floating*> sc.dx
     cdef floating* df
     cdef floating* di
     cdef floating* dn
@@ -556,103 +579,98 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     cdef floating* lane
     cdef StepAny s
     cdef int g
+    cdef bint failed = False
     unit_range(sc, index, &u0, &u1)
-    if u0 >= u1:
-        return
     end = T
     while end > 0:
         t0 = ((end - 1) // chunk) * chunk
         steps = end - t0
         rows = steps * B
-        s = chunk_step(sc, t0, steps, t0, u0, u1, precision)
-        s.LTM_prev = ltm + t0 * BH
-        s.dz = NULL if KH == 0 else <floating*> sc.dz + t0 * B * KH
-        s.ds_t = NULL if sc.forget_preactivation < 0 or s.dz == NULL else (
-            <floating*> s.dz + sc.forget_preactivation)
-        s.dE_t = <floating*> sc.dx + t0 * B * sc.D
-        s.df_t, s.di_t, s.dN_t = dacts + t0 * BH, dacts + (T + t0) * BH, dacts + (2 * T + t0) * BH
-        s.dU_t, s.dV_t = dacts + (3 * T + t0) * BH, dacts + (4 * T + t0) * BH
-        s.dSTM_t, s.dLTM_t = dS, dL
-        # The gates add into dz, dacts and dLTM_t: zero this thread's units of the chunk.
-        dz = <floating*> s.dz
-        for r in range(rows):
-            for k in range(blocks):
-                for j in range(k * H + u0, k * H + u1):
-                    dz[r * KH + j] = 0
-            for k in range(5):
-                lane = dacts + (k * T + t0) * BH + r * H
-                for j in range(u0, u1):
-                    lane[j] = 0
-            for j in range(r * H + u0, r * H + u1):
-                dL[j] = 0
-        # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
-        # final STM's gradient; past its end, nothing.
-        for t in range(steps):
-            for b in range(B):
-                length = T if lengths == NULL else lengths[b]
-                lane = dS + t * BH + b * H
-                if t0 + t < length:
-                    for j in range(u0, u1):
-                        lane[j] = dy[(t0 + t) * BH + b * H + j]
-                    if t0 + t == length - 1:
-                        for j in range(u0, u1):
-                            lane[j] += dstm[b * H + j]
-                else:
+        if u0 < u1 and not failed:
+            s = backward_step(sc, t0, steps, u0, u1, precision)
+            # The gates add into dz, dacts and dLTM_t: zero this thread's units of the chunk.
+            for r in range(rows):
+                for k in range(blocks):
+                    for j in range(r * KH + k * H + u0, r * KH + k * H + u1):
+                        dz[j] = 0
+                for k in range(5):
+                    lane = dacts + k * CBH + r * H
                     for j in range(u0, u1):
                         lane[j] = 0
-        if not run_gate(sc, 3, BACKWARD, &s):
-            sc.failed[index] = t0
-            return
-        # The remember gate, step by step from the chunk's last: carry is dLTM_t.
-        for t in range(steps - 1, -1, -1):
-            f = acts + (t0 + t) * BH
-            i, n = f + T * BH, f + 2 * T * BH
-            df = dacts + (t0 + t) * BH
-            di, dn = df + T * BH, df + 2 * T * BH
-            prev = ltm + (t0 + t) * BH
-            for b in range(B):
-                if lengths == NULL or t0 + t < lengths[b]:
-                    lane = dL + t * BH
-                    for j in range(b * H + u0, b * H + u1):
-                        carry[j] += lane[j]
-                        df[j] += carry[j] * prev[j]
-                        di[j] += carry[j] * n[j]
-                        dn[j] += carry[j] * i[j]
-                        carry[j] = carry[j] * f[j]
-        for g in range(1, -1, -1):
-            if not run_gate(sc, g, BACKWARD, &s):
+                for j in range(r * H + u0, r * H + u1):
+                    dL[j] = 0
+            # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
+            # final STM's gradient; past its end, nothing.
+            for t in range(steps):
+                for b in range(B):
+                    length = T if lengths == NULL else lengths[b]
+                    lane = dS + t * BH + b * H
+                    if t0 + t < length:
+                        for j in range(u0, u1):
+                            lane[j] = dy[(t0 + t) * BH + b * H + j]
+                        if t0 + t == length - 1:
+                            for j in range(u0, u1):
+                                lane[j] += dstm[b * H + j]
+                    else:
+                        for j in range(u0, u1):
+                            lane[j] = 0
+            failed = not run_gate(sc, 3, BACKWARD, &s)
+            if not failed:
+                # The remember gate, step by step from the chunk's last: carry is dLTM_t.
+                for t in range(steps - 1, -1, -1):
+                    f = acts + (t0 + t) * BH
+                    i, n = f + T * BH, f + 2 * T * BH
+                    df = dacts + t * BH
+                    di, dn = df + CBH, df + 2 * CBH
+                    prev = ltm + (t0 + t) * BH
+                    for b in range(B):
+                        if lengths == NULL or t0 + t < lengths[b]:
+                            lane = dL + t * BH
+                            for j in range(b * H + u0, b * H + u1):
+                                carry[j] += lane[j]
+                                df[j] += carry[j] * prev[j]
+                                di[j] += carry[j] * n[j]
+                                dn[j] += carry[j] * i[j]
+                                carry[j] = carry[j] * f[j]
+                for g in range(1, -1, -1):
+                    if not failed:
+                        failed = not run_gate(sc, g, BACKWARD, &s)
+            if failed:
                 sc.failed[index] = t0
-                return
-        end = t0
-
-
-cdef void weights_member(Scan* sc, int index, floating* precision) noexcept nogil:
-    """Thread ``index``'s share of the weight gradients (the rows of its units in every block:
-    dW[:, H:] += dz^T E, db += Σ dz) and of the rows of dx += dz W[:, H:]."""
-    cdef Py_ssize_t TB = sc.T * sc.B, D = sc.D, H = sc.H, KH = sc.KH, kdim = sc.H + sc.D
-    cdef Py_ssize_t u0, u1, r, rc, k, j, c, r0, r1, share
-    cdef const floating* dz = <const floating*> sc.dz
-    cdef const floating* x = <const floating*> sc.x
-    cdef const floating* W = <const floating*> sc.W
-    cdef floating* dW = <floating*> sc.dW
-    cdef floating* dbias = <floating*> sc.dbias
-    cdef floating* dx = <floating*> sc.dx
-    unit_range(sc, index, &u0, &u1)
-    if u0 < u1:
-        for r from 0 <= r < TB by GRADIENT_ROWS:
-            rc = min(GRADIENT_ROWS, TB - r)
-            for k in range(KH // H):
+        if meet(sc):
+            return
+        if index == 0:
+            # Each gate's finish over the chunk's rows, all units: the place for a gradient
+            # that is one product over many rows (a sum over rows, so chunk by chunk).
+            s = backward_step(sc, t0, steps, 0, H, precision)
+            for g in range(3, -1, -1):
+                if not run_gate(sc, g, FINISH, &s):
+                    # Not in sc.failed: the others may still be reading that after the barrier.
+                    sc.finish_failed = True
+                    break
+        if sc.size > 1:
+            gk_barrier_wait(&sc.barrier)
+        if sc.finish_failed:
+            return
+        if KH > 0:
+            # dW[:, H:] += dz^T E and db += Σ dz over the chunk's rows, for this thread's
+            # units of every block
+            for k in range(blocks):
                 c = k * H + u0
-                if gemm(True, False, u1 - u0, D, rc, dz + r * KH + c, KH, x + r * D, D, 1,
-                        dW + c * kdim + H, kdim) != 0:
+                if u0 < u1 and gemm(True, False, u1 - u0, D, rows, dz + c, KH,
+                                    x + t0 * B * D, D, 1, dW + c * kdim + H, kdim) != 0:
                     sc.out_of_memory = True
-                for j in range(rc):
-                    for c in range(k * H + u0, k * H + u1):
-                        dbias[c] += dz[(r + j) * KH + c]
-    share = (TB + sc.size - 1) // sc.size
-    r0 = min(TB, index * share)
-    r1 = min(TB, r0 + share)
-    for r from r0 <= r < r1 by GRADIENT_ROWS:
-        rc = min(GRADIENT_ROWS, r1 - r)
-        if gemm(False, False, rc, D, KH, dz + r * KH, KH, W + H, kdim, 1, dx + r * D, D) != 0:
-            sc.out_of_memory = True
+                for r in range(rows):
+                    for j in range(c, k * H + u1):
+                        dbias[j] += dz[r * KH + j]
+            # dx += dz W[:, H:] for this thread's share of the chunk's rows
+            share = (rows + sc.size - 1) // sc.size
+            r0 = min(rows, index * share)
+            r1 = min(rows, r0 + share)
+            if r1 > r0 and gemm(False, False, r1 - r0, D, KH, dz + r0 * KH, KH, W + H, kdim, 1,
+                                dx + (t0 * B + r0) * D, D) != 0:
+                sc.out_of_memory = True
+        # Before the next chunk's gates reuse the scratch.
+        if sc.size > 1:
+            gk_barrier_wait(&sc.barrier)
+        end = t0

@@ -591,9 +591,9 @@ class Cell:
         """backward() of a cell that runs as a scan, over a tape of either path."""
         T, B, _ = tape.x.shape
         H, KH = self.hidden_size, self._weights.shape[0]
-        S = min(T, _scan.chunk_steps(B))
-        sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": T * B * H,
-                 "drows": 2 * S * B * H}
+        C = min(T, _scan.chunk_steps(B))
+        sizes = {"dz": C * B * KH, "dacts": 5 * C * B * H, "work": C * B * H,
+                 "drows": 2 * C * B * H}
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
         dltm = dltm.copy()
         buffers = (tape, dy, dstm, dltm, dweights, dbias, dx, grads, spares)
@@ -601,10 +601,10 @@ class Cell:
         try:
             failed = _scan.backward(
                 self.gates, self._weights, tape.x, tape.z, tape.acts, tape.ltm, tape.y, dy,
-                dstm, dltm, spares["dz"][:sizes["dz"]].reshape(T, B, KH),
-                spares["dacts"][:sizes["dacts"]].reshape(5, T, B, H),
-                spares["drows"][:sizes["drows"]].reshape(2, S, B, H), dweights, dbias, dx,
-                dparams, spares["work"][:sizes["work"]].reshape(T * B, H), tape.lengths,
+                dstm, dltm, spares["dz"][:sizes["dz"]].reshape(C, B, KH),
+                spares["dacts"][:sizes["dacts"]].reshape(5, C, B, H),
+                spares["drows"][:sizes["drows"]].reshape(2, C, B, H), dweights, dbias, dx,
+                dparams, spares["work"][:sizes["work"]].reshape(C * B, H), tape.lengths,
                 self._forget_preactivation, threads)
         finally:
             self._release_buffers(buffers)
