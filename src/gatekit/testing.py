@@ -142,7 +142,8 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
       (1e-6 relative) and, if it has a ``backward_definition``, against the reference backward
       (1e-9 relative);
     - the same forward (and backward) on a batch large enough for the time loop to split the
-      units between two threads (``threaded_steps`` steps or more, of 16 sequences, 64 units):
+      units between two threads (``threaded_steps`` steps or more, of 16 sequences, 64 units,
+      an event of 64 entries too when ``input_size == hidden_size``, as MUT1's gate needs):
       two threads must give one thread's results bit for bit (a gate that writes outside its
       units [u0, u1) without setting ``mixes_units`` fails here), and one thread's forward must
       match the definition within the tolerances above (a failure there is not about threads:
@@ -150,7 +151,8 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
     - for a gate written in Python: two cells with it, run at once in two Python threads, give
       what each gives alone (a gate that keeps state outside its instance fails here).
 
-    The gate need not be registered: it is registered for the duration of the check. Raises
+    A cell with one memory (``cell.one_memory``) is given one array as both halves of its
+    state. The gate need not be registered: it is registered for the duration of the check. Raises
     :class:`GradcheckError` (an AssertionError) on the first failure; returns None.
     """
     from gatekit.core import plugins

@@ -10,6 +10,7 @@ import pytest
 import gatekit
 from gatekit.core import plugins, reference
 from gatekit.core.cell import _loop
+from gatekit.study import sweep, tasks
 from gatekit.testing import check_gate, gradcheck
 
 from support import assert_close, centred_difference, needs, sigmoid
@@ -442,3 +443,11 @@ def test_two_gates_that_share_the_step_work_between_threads_are_refused():
     # what another is still reading.
     with pytest.raises(ValueError, match=r"learn gate 'mgu' and use gate 'course' both share"):
         gatekit.Cell(3, 4, "mgu", use="course")
+
+
+def test_a_sweep_refuses_mut1_on_a_task_whose_input_is_not_as_wide_as_its_memory():
+    task = {"name": "temporal_order", "length": 10}
+    size = tasks.make(**task).input_size
+    with pytest.raises(ValueError, match=rf"'mut1'.*input size \({size}\).*hidden_size={size + 1}"):
+        sweep.make_spec("mut1", task, 0, hidden_size=size + 1)
+    assert sweep.make_spec("mut1", task, 0, hidden_size=size)["hidden_size"] == size

@@ -152,9 +152,17 @@ def make_spec(variant, task, seed, **settings):
     if unknown:
         raise TypeError(f"unknown run settings {sorted(unknown)}; known: "
                         f"{', '.join(SPEC_DEFAULTS)}")
-    parse_variant(variant)
+    name, overrides = parse_variant(variant)
     spec = normalize({"variant": variant, "task": task, "seed": seed, **settings})
     json.dumps(spec)                    # a spec is plain JSON values
+    # Refused here rather than in the run, so that a sweep does not start with a run that fails.
+    if any(cls.input_size_is_hidden_size
+           for cls in plugins.registry().compose(name, overrides)):
+        size = tasks.make(**spec["task"]).input_size
+        if spec["hidden_size"] != size:
+            raise ValueError(f"variant {variant!r} adds the event to the memory unit by unit, so "
+                             f"hidden_size must be the task's input size ({size}); got "
+                             f"hidden_size={spec['hidden_size']}")
     return spec
 
 
