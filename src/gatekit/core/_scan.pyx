@@ -65,8 +65,6 @@ cdef enum:
     # Rows (steps × sequences) of one chunk: its z, gate outputs and memories of one thread's
     # units stay in that thread's cache (1 MiB of L2 here) from the product to the use gate.
     CHUNK_ROWS = 256
-    # The rows of a weight gradient's product, dz[rows, units]^T @ E[rows], at a time.
-    GRADIENT_ROWS = 256
     MAX_TEAM = 16
     # Units per thread are a multiple of this (whole vectors, whole panels of the products).
     UNIT_STEP = 16
