@@ -46,7 +46,7 @@ test: install
 # LOAD=busy times every family with one CPU-bound process beside it, LOAD=idle,busy both (twice
 # as long). Quick run: make bench SHAPES=S1,fixed. More: BENCH_FLAGS="--families gatekit
 # --budget 3" (the options of `python benchmarks/run.py run --help`).
-SHAPES ?= S1,S2,S3,S4,S5,fixed
+SHAPES ?= S1,S2,S3,S4,S5,S1sq,S6,fixed
 REPORT ?= .benchmarks/report.md
 LOAD ?= idle
 BENCH_FLAGS ?=

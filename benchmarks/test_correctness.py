@@ -1,6 +1,8 @@
 """Correctness guards (untimed): the PyTorch and JAX versions that the suite times compute what
 gatekit's variant computes with the same parameters, at a small shape in float64 to 1e-10:
 outputs, final memories, and the gradients of sum(y * dy) with respect to x and every parameter.
+Issue 13's cells (gru, mgu, mut1, mingru, minlstm) likewise, as PyTorch Python loops, and gru as
+torch.nn.GRU.
 
 They run with the timed suite disabled, in a few seconds:
 ``pytest benchmarks --benchmark-disable -k correct`` (``make bench`` runs them first).
@@ -9,25 +11,28 @@ import numpy as np
 import pytest
 
 from harness.cases import Case, inputs
-from harness.contenders import LOOP_VARIANTS, Unavailable, gatekit_cell
+from harness.contenders import (LOOP_VARIANTS, NEEDS_D_EQUALS_H, NEW_CELLS, Unavailable,
+                                gatekit_cell)
 from harness.jax_contenders import import_jax, jax_callable, jax_loop
-from harness.torch_contenders import (import_torch, torch_callable, torch_lstm_model,
-                                      torch_loop_model)
+from harness.torch_contenders import (import_torch, new_cell_parameters, torch_callable,
+                                      torch_gru_model, torch_lstm_model, torch_loop_model)
 
 pytestmark = pytest.mark.correctness
 
 SMALL = Case("small", T=7, B=3, D=5, H=4, dtype="float64", mode="fwdbwd")
+SMALL_SQUARE = Case("small", T=7, B=3, D=4, H=4, dtype="float64", mode="fwdbwd")   # D = H
 TOLERANCE = 1e-10
 
 
 def gatekit_run(variant):
     """A float64 cell of ``variant`` with every parameter drawn anew (peepholes included), its
     inputs, and its outputs and gradients."""
-    cell = gatekit_cell(SMALL, variant)
+    case = SMALL_SQUARE if variant in NEEDS_D_EQUALS_H else SMALL
+    cell = require(lambda: gatekit_cell(case, variant))
     rng = np.random.default_rng(7)
     for name, array in cell.params.items():
         array[...] = rng.uniform(-0.8, 0.8, array.shape)
-    x, dy = inputs(SMALL, seed=3)
+    x, dy = inputs(case, seed=3)
     x *= 1.5
     y, (stm, ltm), tape = cell.forward(x, keep=True)
     return cell, x, dy, (y, stm, ltm), cell.backward(tape, dy)
@@ -49,7 +54,8 @@ def close(name, got, want):
 
 
 def require(loader):
-    """The library ``loader`` (``import_torch`` or ``import_jax``) imports, or skip."""
+    """What ``loader`` gives (``import_torch``, ``import_jax``, a cell of a variant), or skip
+    with the reason it is unavailable."""
     try:
         return loader()
     except Unavailable as reason:
@@ -125,3 +131,65 @@ def test_correct_jax_scan(variant):
     assert sorted(dparams) == sorted(want)
     for name, grad in dparams.items():
         close(f"d{name}", grad, want[name])
+
+
+@pytest.mark.parametrize("variant", NEW_CELLS)
+def test_correct_torch_loop_of_issue_13s_cells(variant):
+    torch = require(import_torch)
+    cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
+    np.testing.assert_array_equal(stm, ltm)         # one memory
+    model = torch_loop_model(cell)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    y_t, (h_t, _) = torch_callable(model, xt, dyt, "forward")()
+    close("y", y_t.numpy(), y)
+    close("final STM", h_t.numpy(), stm)
+
+    got = torch_callable(model, xt, dyt, "fwdbwd")()
+    want = new_cell_parameters(grads, model.copies)
+    close("dx", got[0].numpy(), grads["x"])
+    names = [name for name, _ in model.named_parameters()]
+    assert sorted(names) == sorted(want)
+    assert sorted(s for symbols in model.copies.values() for s in symbols) == sorted(cell.params)
+    for name, grad in zip(names, got[1:]):
+        close(f"d{name}", grad.numpy(), want[name])
+
+
+def test_correct_torch_nn_gru():
+    torch = require(import_torch)
+    cell, x, dy, (y, stm, ltm), grads = gatekit_run("gru")
+    model = torch_gru_model(cell)
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    y_t, h_t = torch_callable(model, xt, dyt, "forward")()
+    close("y", y_t.numpy(), y)
+    close("final STM", h_t[0].numpy(), stm)
+
+    got = dict(zip(["x"] + [name for name, _ in model.named_parameters()],
+                   torch_callable(model, xt, dyt, "fwdbwd")()))
+    H = cell.hidden_size
+    close("dx", got["x"].numpy(), grads["x"])
+    # Rows r, z, n: gatekit's r, f, then n (input) and hn (recurrent).
+    close("dweight_ih_l0", got["weight_ih_l0"].numpy(),
+          np.concatenate([grads["W_r"][:, H:], grads["W_f"][:, H:], grads["W_n"]]))
+    close("dweight_hh_l0", got["weight_hh_l0"].numpy(),
+          np.concatenate([grads["W_r"][:, :H], grads["W_f"][:, :H], grads["W_hn"]]))
+    close("dbias_ih_l0", got["bias_ih_l0"].numpy(),
+          np.concatenate([grads["b_r"], grads["b_f"], grads["b_n"]]))
+    close("dbias_hh_l0", got["bias_hh_l0"].numpy(),
+          np.concatenate([grads["b_r"], grads["b_f"], grads["b_hn"]]))
+
+
+@pytest.mark.parametrize("variant", NEW_CELLS)
+def test_correct_jax_scan_of_issue_13s_cells(variant):
+    jax = require(import_jax)
+    cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
+    run, params = jax_loop(cell)
+    xj, dyj = jax.numpy.asarray(x), jax.numpy.asarray(dy)
+    y_j, (h_j, _) = jax.jit(run)(params, xj)
+    close("y", y_j, y)
+    close("final STM", h_j, stm)
+    fwdbwd, _ = jax_callable(run, params, xj, dyj, "fwdbwd")
+    dparams, dx = fwdbwd()
+    close("dx", dx, grads["x"])
+    assert sorted(dparams) == sorted(cell.params)
+    for name, grad in dparams.items():
+        close(f"d{name}", grad, grads[name])

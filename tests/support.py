@@ -106,14 +106,17 @@ def assert_close(dtype, actual, expected, what):
 
 def assert_matches_reference(cell, x, state=None, result=None):
     """The core's (y, (stm, ltm)), run here or given as ``result``, agree with the float64
-    reference within the dtype's tolerance."""
-    y, (stm, ltm) = cell(x, state) if result is None else result
-    y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64)
+    reference within the dtype's tolerance; so do the extra memories of a cell that keeps any
+    (sLSTM's m and n), which are left out of the pair returned."""
+    y, (stm, ltm, *memories) = cell(x, state) if result is None else result
+    y_ref, (stm_ref, ltm_ref, *memories_ref) = reference.forward(cell, x, state, dtype=np.float64)
     T, B = np.shape(x)[:2]
     H = cell.hidden_size
     assert y.shape == (T, B, H) and stm.shape == (B, H) and ltm.shape == (B, H)
     assert y.dtype == stm.dtype == ltm.dtype == cell.dtype
-    for name, actual, expected in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref)):
+    assert len(memories) == len(memories_ref) == len(cell.memories)
+    for name, actual, expected in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref),
+                                   *zip(cell.memories, memories, memories_ref)):
         assert_close(cell.dtype, actual, expected, name)
     return y, (stm, ltm)
 

@@ -4,8 +4,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_SHAPES", "DTYPES", "FAMILIES", "KERNEL_FAMILIES", "LOADS", "MODES",
-           "MODE_LABELS", "SEED", "SHAPES", "Case", "cases", "group_name", "inputs",
+__all__ = ["COMMON_SHAPES", "DEFAULT_SHAPES", "DTYPES", "FAMILIES", "KERNEL_FAMILIES", "LOADS",
+           "MODES", "MODE_LABELS", "SEED", "SHAPES", "Case", "cases", "group_name", "inputs",
            "parse_list", "process_name"]
 
 #: name: (T, B, D, H)
@@ -15,8 +15,16 @@ SHAPES = {
     "S3": (200, 32, 128, 256),
     "S4": (100, 64, 512, 512),
     "S5": (50, 128, 1024, 1024),
+    # D = H, for the cells that need it (mut1 adds tanh(E_t) to its candidate): S1 so...
+    "S1sq": (1000, 1, 64, 64),
+    # ...and issue 13's shape for mingru and minlstm against standard (their scan over T)
+    "S6": (1000, 32, 256, 256),
     "fixed": (1, 1, 64, 64),          # the fixed cost of one call
 }
+#: The shapes at which every contender runs; at the others only the contenders that ask for them
+#: (``Contender.applies``): gatekit ``standard`` and ``torch.nn.LSTM`` everywhere, the cells that
+#: need D = H at S1sq and S6, mingru and minlstm at S6.
+COMMON_SHAPES = ("S1", "S2", "S3", "S4", "S5")
 DTYPES = {name: ("float32", "float64") if name in ("S1", "S2") else ("float32",)
           for name in SHAPES}
 MODES = {name: ("forward",) if name == "fixed" else ("forward", "fwdbwd") for name in SHAPES}

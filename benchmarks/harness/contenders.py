@@ -13,16 +13,20 @@ import numpy as np
 from gatekit.core import plugins, reference
 from gatekit.core.cell import Cell
 
-from harness.cases import FAMILIES, KERNEL_FAMILIES, SEED, inputs
+from harness.cases import COMMON_SHAPES, FAMILIES, KERNEL_FAMILIES, SEED, inputs
 from harness.timing import Settings
 
-__all__ = ["BASELINE", "LOOP_VARIANTS", "ONE_THREAD", "Contender", "Prepared", "Unavailable",
-           "builtin_variants", "gatekit_callable", "gatekit_cell", "gatekit_contenders",
-           "kernel_contender", "prepare_gatekit", "stacked_parameters"]
+__all__ = ["BASELINE", "EXTRA_SHAPES", "LOOP_VARIANTS", "NEEDS_D_EQUALS_H", "NEW_CELLS",
+           "ONE_THREAD", "Contender", "Prepared", "Unavailable", "builtin_variants",
+           "gatekit_callable", "gatekit_cell", "gatekit_contenders", "kernel_contender",
+           "prepare_gatekit", "stacked_parameters", "variant_applies"]
 
 #: The contender every ratio of a group is taken to, and the same on one thread.
 BASELINE = "gatekit-standard"
 ONE_THREAD = "gatekit-standard-1thread"
+#: ``standard`` with zoneout and recurrent dropout, in training (new masks at every call).
+REGULARISED = "gatekit-standard-regularised"
+REGULARISERS = {"zoneout": (0.1, 0.05), "recurrent_dropout": 0.25}
 
 
 class Unavailable(Exception):
@@ -42,13 +46,34 @@ class Contender:
     label: str                  # for the report
     family: str
     builder: object             # builder(case, settings) -> Prepared, or raises Unavailable
-    applies: object = None      # applies(case) -> bool; None: every case but "fixed"
+    applies: object = None      # applies(case) -> bool; None: the cases of COMMON_SHAPES
 
     def applies_to(self, case):
-        return case.shape != "fixed" if self.applies is None else self.applies(case)
+        return case.shape in COMMON_SHAPES if self.applies is None else self.applies(case)
 
     def build(self, case, settings=Settings()):
         return self.builder(case, settings)
+
+
+#: Issue 13's cells, in the report's order (slstm and layernorm join when their presets do).
+NEW_CELLS = ("gru", "mgu", "mut1", "mingru", "minlstm")
+#: Variants whose candidate adds tanh(E_t) to the H units: they run only where D = H.
+NEEDS_D_EQUALS_H = ("mut1",)
+#: The shapes beyond COMMON_SHAPES at which a variant runs (``standard`` runs at every shape).
+EXTRA_SHAPES = {"mut1": ("S1sq", "S6"), "mingru": ("S6",), "minlstm": ("S6",)}
+
+
+def variant_applies(variant):
+    """Where a contender of ``variant`` runs: :data:`~harness.cases.COMMON_SHAPES` and the
+    variant's :data:`EXTRA_SHAPES` (``standard``: every case), where its sizes fit it."""
+    if variant == "standard":
+        return lambda case: True
+
+    def applies(case):
+        if variant in NEEDS_D_EQUALS_H and case.D != case.H:
+            return False
+        return case.shape in COMMON_SHAPES or case.shape in EXTRA_SHAPES.get(variant, ())
+    return applies
 
 
 def builtin_variants():
@@ -58,7 +83,10 @@ def builtin_variants():
 
 
 def gatekit_cell(case, variant="standard", seed=SEED, **options):
-    """The gatekit cell of ``variant`` for ``case``: the parameters every contender copies."""
+    """The gatekit cell of ``variant`` for ``case``: the parameters every contender copies.
+    :class:`Unavailable` if no installed gatekit registers ``variant``."""
+    if variant not in plugins.variants():
+        raise Unavailable(f"variant {variant!r} is not registered in this gatekit")
     return Cell(case.D, case.H, variant, dtype=case.dtype, seed=seed, **options)
 
 
@@ -87,6 +115,10 @@ def _gatekit_builder(variant):
 
 def _one_thread_builder(case, settings):
     return prepare_gatekit(case, "standard", threads=1)
+
+
+def _regularised_builder(case, settings):
+    return prepare_gatekit(case, "standard", **REGULARISERS)
 
 
 def _kernel_builder(build):
@@ -158,12 +190,14 @@ def gatekit_contenders(families=FAMILIES):
     found = []
     if "gatekit" in families:
         for name in builtin_variants():
-            found.append(Contender(
-                f"gatekit-{name}", f"gatekit {name}", "gatekit", _gatekit_builder(name),
-                (lambda case: True) if name == "standard" else None))
+            found.append(Contender(f"gatekit-{name}", f"gatekit {name}", "gatekit",
+                                   _gatekit_builder(name), variant_applies(name)))
             if name == "standard":
                 found.append(Contender(ONE_THREAD, "gatekit standard, threads=1", "gatekit",
                                        _one_thread_builder))
+                found.append(Contender(REGULARISED, "gatekit standard, zoneout=(0.1, 0.05), "
+                                       "recurrent_dropout=0.25", "gatekit",
+                                       _regularised_builder))
         found.append(Contender("reference-standard", "gatekit.reference standard (NumPy)",
                                "gatekit", _reference_builder,
                                lambda case: case.mode == "forward" and case.shape != "fixed"))

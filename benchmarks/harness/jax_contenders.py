@@ -1,14 +1,16 @@
-"""JAX's contenders: ``course``, ``peephole`` and ``cifg`` as ``jax.jit`` of a ``jax.lax.scan``
-over time, with the parameters of gatekit's cell of that variant; compiled when built, the
-compile time kept apart from the timed call. JAX is imported when a contender is built: without
-it, each is :class:`~harness.contenders.Unavailable`."""
+"""JAX's contenders: ``course``, ``peephole`` and ``cifg``, and issue 13's cells (``gru``,
+``mgu``, ``mut1``, ``mingru``, ``minlstm``) as ``jax.jit`` of a ``jax.lax.scan`` over time, with
+the parameters of gatekit's cell of that variant; compiled when built, the compile time kept apart
+from the timed call. JAX is imported when a contender is built: without it, each is
+:class:`~harness.contenders.Unavailable`."""
 import time
 
 from harness.cases import inputs
-from harness.contenders import (LOOP_VARIANTS, Contender, Prepared, Unavailable, gatekit_cell,
-                                stacked_parameters)
+from harness.contenders import (LOOP_VARIANTS, NEW_CELLS, Contender, Prepared, Unavailable,
+                                gatekit_cell, stacked_parameters, variant_applies)
 
-__all__ = ["import_jax", "jax_callable", "jax_contenders", "jax_loop", "jax_step"]
+__all__ = ["import_jax", "jax_callable", "jax_contenders", "jax_loop", "jax_new_cell_step",
+           "jax_step"]
 
 
 def import_jax():
@@ -54,14 +56,61 @@ def jax_step(variant):
     return step
 
 
+def jax_new_cell_step(variant):
+    """One time step of one of issue 13's cells for ``jax.lax.scan``: ``(h, x_t) -> (h, h)``,
+    reading ``params`` under gatekit's names (W_f, b_f, W_r, ...), as REFERENCE.md writes the
+    cell; its one memory is ``h``."""
+    jax = import_jax()
+    jnp, sigmoid = jax.numpy, jax.nn.sigmoid
+
+    def step(p, h, x_t):
+        both = jnp.concatenate([h, x_t], axis=1)
+        if variant == "gru":
+            r = sigmoid(both @ p["W_r"].T + p["b_r"])
+            f = sigmoid(both @ p["W_f"].T + p["b_f"])
+            n = jnp.tanh(x_t @ p["W_n"].T + p["b_n"] + r * (h @ p["W_hn"].T + p["b_hn"]))
+            h = f * h + (1 - f) * n
+        elif variant == "mgu":
+            f = sigmoid(both @ p["W_f"].T + p["b_f"])
+            i = 1 - f
+            h = f * h + i * jnp.tanh((i * h) @ p["W_hn"].T + x_t @ p["W_n"].T + p["b_n"])
+        elif variant == "mut1":
+            f = sigmoid(x_t @ p["W_f"].T + p["b_f"])
+            r = sigmoid(both @ p["W_r"].T + p["b_r"])
+            n = jnp.tanh((r * h) @ p["W_hh"].T + jnp.tanh(x_t) + p["b_h"])
+            h = f * h + (1 - f) * n
+        elif variant == "mingru":
+            f = sigmoid(x_t @ p["W_f"].T + p["b_f"])
+            h = f * h + (1 - f) * (x_t @ p["W_n"].T + p["b_n"])
+        elif variant == "minlstm":
+            f = sigmoid(x_t @ p["W_f"].T + p["b_f"])
+            i = sigmoid(x_t @ p["W_i"].T + p["b_i"])
+            h = (f * h + i * (x_t @ p["W_n"].T + p["b_n"])) / (f + i)
+        else:
+            raise ValueError(f"no JAX version of variant {variant!r}")
+        return h, h
+    return step
+
+
 def jax_loop(cell):
     """``(run, params)``: ``run(params, x) -> (y, (h, c))`` the variant of ``cell`` as a
-    ``jax.lax.scan`` over time (not jitted), and ``cell``'s parameters as JAX arrays."""
+    ``jax.lax.scan`` over time (not jitted), and ``cell``'s parameters as JAX arrays (stacked
+    as :func:`~harness.contenders.stacked_parameters` stacks them; issue 13's cells under
+    gatekit's names, with ``c`` = ``h``)."""
     jax = import_jax()
     jnp = jax.numpy
+    H = cell.hidden_size
+    if cell.variant in NEW_CELLS:
+        params = {name: jnp.asarray(array) for name, array in cell.params.items()}
+        one_memory = jax_new_cell_step(cell.variant)
+
+        def run(params, x):
+            h, y = jax.lax.scan(lambda h, x_t: one_memory(params, h, x_t),
+                                jnp.zeros((x.shape[1], H), x.dtype), x)
+            return y, (h, h)
+        return run, params
     params = {name: jnp.asarray(array) for name, array in stacked_parameters(cell).items()}
     step = jax_step(cell.variant)
-    H = cell.hidden_size
 
     def run(params, x):
         zero = jnp.zeros((x.shape[1], H), x.dtype)
@@ -100,5 +149,11 @@ def _jax_loop_builder(variant):
 
 def jax_contenders():
     """The ``jax`` family, in the report's order."""
-    return [Contender(f"jax-scan-{variant}", f"jax scan {variant}", "jax",
-                      _jax_loop_builder(variant)) for variant in LOOP_VARIANTS]
+    found = [Contender(f"jax-scan-{variant}", f"jax scan {variant}", "jax",
+                       _jax_loop_builder(variant)) for variant in LOOP_VARIANTS]
+    for variant in NEW_CELLS:
+        applies = variant_applies(variant)          # as gatekit's cell, but S6 (as PyTorch's)
+        found.append(Contender(f"jax-scan-{variant}", f"jax scan {variant}", "jax",
+                               _jax_loop_builder(variant),
+                               lambda case, applies=applies: case.shape != "S6" and applies(case)))
+    return found

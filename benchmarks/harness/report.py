@@ -9,10 +9,10 @@ from pathlib import Path
 from gatekit.io.files import atomic_write
 
 from harness.cases import FAMILIES, LOADS, Case, cases, group_name, process_name
-from harness.contenders import BASELINE, ONE_THREAD, kernel_contender
+from harness.contenders import BASELINE, NEW_CELLS, ONE_THREAD, REGULARISED, kernel_contender
 from harness.lineup import contenders
 from harness.machine import environment
-from harness.torch_contenders import TORCH_BASELINE
+from harness.torch_contenders import TORCH_BASELINE, TORCH_GRU
 
 __all__ = ["LOAD_TITLES", "NOISY_SHARE", "Target", "format_seconds", "issue_targets",
            "load_run", "render", "result_files", "target_rows", "write_text"]
@@ -100,8 +100,18 @@ class Target:
     limit: float
 
 
+#: Issue 13's cells against ``standard`` at the same shape: the shapes and the limit. mut1 needs
+#: D = H, so it is held at S1sq and S6 rather than S1 and S3. slstm (<= 1.3) and layernorm
+#: (<= 1.5) join when their presets do.
+CELLS_VS_STANDARD = {"mgu": (("S1", "S3"), 1.3), "mut1": (("S1sq", "S6"), 1.3),
+                     "mingru": (("S6",), 0.5), "minlstm": (("S6",), 0.5)}
+#: ``gru`` against ``torch.nn.GRU``: (shape, mode) -> limit.
+GRU_VS_TORCH = {("S1", "forward"): 0.8, ("S3", "forward"): 1.2, ("S1", "fwdbwd"): 0.8,
+                ("S3", "fwdbwd"): 1.3}
+
+
 def issue_targets():
-    """The robustness issue's targets, float32."""
+    """The robustness issue's targets and issue 13's (its cells), float32."""
     both_modes = ("forward", "fwdbwd")
     found = [Target("default threads / `threads=1`, one CPU-bound process beside", BASELINE,
                     ONE_THREAD, Case.named(shape, mode=mode), "busy", 1.2)
@@ -111,10 +121,24 @@ def issue_targets():
     found += [Target("gatekit `standard` / `torch.nn.LSTM`, same load", BASELINE,
                      TORCH_BASELINE, Case.named("S1", mode=mode), None, 0.5)
               for mode in both_modes]
+    found += [Target("zoneout and recurrent dropout / without (`standard`)", REGULARISED,
+                     BASELINE, Case.named(shape, mode=mode), None, 1.15)
+              for shape in ("S1", "S3") for mode in both_modes]
     found += [Target("`GATEKIT_KERNELS=baseline` / `avx2` (`standard`)",
                      kernel_contender("baseline"), kernel_contender("avx2"),
                      Case.named(shape, mode=mode), None, 2.0)
               for shape in ("S1", "S3") for mode in both_modes]
+    found += [Target("gatekit `gru` / `torch.nn.GRU`, same load", "gatekit-gru", TORCH_GRU,
+                     Case.named(shape, mode=mode), None, limit)
+              for (shape, mode), limit in GRU_VS_TORCH.items()]
+    found += [Target(f"gatekit `{variant}` / `standard`, same shape", f"gatekit-{variant}",
+                     BASELINE, Case.named(shape, mode=mode), None, limit)
+              for variant, (shapes, limit) in CELLS_VS_STANDARD.items()
+              for shape in shapes for mode in both_modes]
+    found += [Target(f"gatekit `{variant}` / the same cell as a PyTorch Python loop",
+                     f"gatekit-{variant}", f"torch-loop-{variant}",
+                     Case.named("S1sq" if variant == "mut1" else "S1", mode=mode), None, 0.1)
+              for variant in NEW_CELLS for mode in both_modes]
     return found
 
 

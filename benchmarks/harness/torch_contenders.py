@@ -1,18 +1,23 @@
 """PyTorch's contenders: ``torch.nn.LSTM`` (the fused kernel) with the parameters of gatekit's
-``standard``, and ``course``, ``peephole`` and ``cifg`` written as a PyTorch user writes a custom
-cell, with the parameters of gatekit's cell of that variant. PyTorch is imported when a contender
-is built: without it, each is :class:`~harness.contenders.Unavailable`."""
+``standard`` and ``torch.nn.GRU`` with those of gatekit's ``gru``; ``course``, ``peephole`` and
+``cifg``, and issue 13's cells (``gru``, ``mgu``, ``mut1``, ``mingru``, ``minlstm``), written as a
+PyTorch user writes a custom cell, with the parameters of gatekit's cell of that variant. PyTorch
+is imported when a contender is built: without it, each is
+:class:`~harness.contenders.Unavailable`."""
 import numpy as np
 
-from harness.cases import inputs
-from harness.contenders import (LOOP_VARIANTS, Contender, Prepared, Unavailable, gatekit_cell,
-                                stacked_parameters)
+from harness.cases import COMMON_SHAPES, inputs
+from harness.contenders import (LOOP_VARIANTS, NEW_CELLS, Contender, Prepared, Unavailable,
+                                gatekit_cell, stacked_parameters, variant_applies)
 
-__all__ = ["TORCH_BASELINE", "import_torch", "torch_callable", "torch_cells", "torch_contenders",
-           "torch_lstm_model", "torch_loop_model"]
+__all__ = ["TORCH_BASELINE", "TORCH_GRU", "import_torch", "new_cell_parameters",
+           "torch_callable", "torch_cells", "torch_contenders", "torch_gru_model",
+           "torch_lstm_model", "torch_loop_model", "torch_new_cells"]
 
 #: ``torch.nn.LSTM``: the second column of ratios in the report.
 TORCH_BASELINE = "torch-nn-LSTM"
+#: ``torch.nn.GRU``: the peer of gatekit's ``gru``.
+TORCH_GRU = "torch-nn-GRU"
 
 
 def import_torch():
@@ -109,6 +114,127 @@ def torch_cells():
     return _TORCH_CELLS
 
 
+_NEW_CELLS = {}
+
+
+def torch_new_cells():
+    """Issue 13's cells as a PyTorch user writes them: an ``nn.Module`` stepped in a Python loop,
+    one ``Linear`` for the gate blocks that read ``cat([h, x_t])``, one for those that read
+    ``x_t`` only and one for a recurrent product of its own. Each module's ``copies`` maps its
+    parameters to the gatekit parameters stacked into them (rows, in order); the state is
+    ``(h, h)``, as gatekit's one-memory cells have it."""
+    if _NEW_CELLS:
+        return _NEW_CELLS
+    torch = import_torch()
+    nn = torch.nn
+
+    class OneMemoryLoop(nn.Module):
+        copies = {}
+
+        def __init__(self, input_size, hidden_size, dtype=torch.float32):
+            super().__init__()
+            self.hidden_size = hidden_size
+            self.build(input_size, hidden_size, dtype)
+
+        def forward(self, x, state=None):
+            h = x.new_zeros(x.shape[1], self.hidden_size) if state is None else state[0]
+            ys = []
+            for t in range(x.shape[0]):
+                h = self.step(x[t], h)
+                ys.append(h)
+            return torch.stack(ys), (h, h)
+
+    class GRU(OneMemoryLoop):
+        """r, f = σ(..) on [h, x]; n = tanh(W_n x + b_n + r ⊙ (W_hn h + b_hn));
+        h = f ⊙ h + (1 - f) ⊙ n (f is torch.nn.GRU's z)."""
+        copies = {"gates.weight": ("W_r", "W_f"), "gates.bias": ("b_r", "b_f"),
+                  "event.weight": ("W_n",), "event.bias": ("b_n",),
+                  "recurrent.weight": ("W_hn",), "recurrent.bias": ("b_hn",)}
+
+        def build(self, D, H, dtype):
+            self.gates = nn.Linear(H + D, 2 * H, dtype=dtype)
+            self.event = nn.Linear(D, H, dtype=dtype)
+            self.recurrent = nn.Linear(H, H, dtype=dtype)
+
+        def step(self, x_t, h):
+            r, f = torch.sigmoid(self.gates(torch.cat([h, x_t], dim=1))).chunk(2, dim=1)
+            n = torch.tanh(self.event(x_t) + r * self.recurrent(h))
+            return f * h + (1 - f) * n
+
+    class MGU(OneMemoryLoop):
+        """f = σ(W_f [h, x] + b_f), i = 1 - f (MGU's gate);
+        n = tanh(W_hn (i ⊙ h) + W_n x + b_n); h = f ⊙ h + i ⊙ n."""
+        copies = {"gate.weight": ("W_f",), "gate.bias": ("b_f",), "event.weight": ("W_n",),
+                  "event.bias": ("b_n",), "recurrent.weight": ("W_hn",)}
+
+        def build(self, D, H, dtype):
+            self.gate = nn.Linear(H + D, H, dtype=dtype)
+            self.event = nn.Linear(D, H, dtype=dtype)
+            self.recurrent = nn.Linear(H, H, bias=False, dtype=dtype)
+
+        def step(self, x_t, h):
+            f = torch.sigmoid(self.gate(torch.cat([h, x_t], dim=1)))
+            i = 1 - f
+            return f * h + i * torch.tanh(self.recurrent(i * h) + self.event(x_t))
+
+    class MUT1(OneMemoryLoop):
+        """f = σ(W_f x + b_f) (1 - MUT1's z), r = σ(W_r [h, x] + b_r);
+        n = tanh(W_hh (r ⊙ h) + tanh(x) + b_h); h = f ⊙ h + (1 - f) ⊙ n. D = H."""
+        copies = {"event.weight": ("W_f",), "event.bias": ("b_f",), "gate.weight": ("W_r",),
+                  "gate.bias": ("b_r",), "recurrent.weight": ("W_hh",),
+                  "recurrent.bias": ("b_h",)}
+
+        def build(self, D, H, dtype):
+            self.event = nn.Linear(D, H, dtype=dtype)
+            self.gate = nn.Linear(H + D, H, dtype=dtype)
+            self.recurrent = nn.Linear(H, H, dtype=dtype)
+
+        def step(self, x_t, h):
+            f = torch.sigmoid(self.event(x_t))
+            r = torch.sigmoid(self.gate(torch.cat([h, x_t], dim=1)))
+            n = torch.tanh(self.recurrent(r * h) + torch.tanh(x_t))
+            return f * h + (1 - f) * n
+
+    class MinGRU(OneMemoryLoop):
+        """f = σ(W_f x + b_f), n = W_n x + b_n; h = f ⊙ h + (1 - f) ⊙ n."""
+        copies = {"event.weight": ("W_f", "W_n"), "event.bias": ("b_f", "b_n")}
+
+        def build(self, D, H, dtype):
+            self.event = nn.Linear(D, 2 * H, dtype=dtype)
+
+        def step(self, x_t, h):
+            z_f, n = self.event(x_t).chunk(2, dim=1)
+            f = torch.sigmoid(z_f)
+            return f * h + (1 - f) * n
+
+    class MinLSTM(OneMemoryLoop):
+        """f, i = σ(W_f x + b_f), σ(W_i x + b_i), n = W_n x + b_n;
+        h = f / (f + i) ⊙ h + i / (f + i) ⊙ n."""
+        copies = {"event.weight": ("W_f", "W_i", "W_n"), "event.bias": ("b_f", "b_i", "b_n")}
+
+        def build(self, D, H, dtype):
+            self.event = nn.Linear(D, 3 * H, dtype=dtype)
+
+        def step(self, x_t, h):
+            z_f, z_i, n = self.event(x_t).chunk(3, dim=1)
+            f, i = torch.sigmoid(z_f), torch.sigmoid(z_i)
+            return (f * h + i * n) / (f + i)
+
+    _NEW_CELLS.update(gru=GRU, mgu=MGU, mut1=MUT1, mingru=MinGRU, minlstm=MinLSTM)
+    # slstm: its module goes here when the preset lands (two more memories: the state of its
+    # forward is (h, c, n, m), and its ``copies`` names W_i, W_f, W_n, W_v like the LSTM's).
+    return _NEW_CELLS
+
+
+def new_cell_parameters(cell, copies):
+    """The parameters of a module of :func:`torch_new_cells` from a gatekit ``cell`` of that
+    variant (or its gradients, a mapping of the same names): each module parameter the gatekit
+    arrays of ``copies`` stacked by rows, as NumPy arrays."""
+    arrays = getattr(cell, "params", cell)
+    return {name: np.concatenate([np.asarray(arrays[symbol]) for symbol in symbols])
+            for name, symbols in copies.items()}
+
+
 def _torch_dtype(torch, dtype):
     return {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
 
@@ -116,8 +242,17 @@ def _torch_dtype(torch, dtype):
 def torch_loop_model(cell):
     """The custom PyTorch cell of ``cell.variant`` (course, peephole or cifg) with ``cell``'s
     parameters copied in (:func:`~harness.contenders.stacked_parameters`): ``gates`` takes ``W``
-    and ``b``, then ``use`` takes W_u and b_u (``course``), or the peepholes theirs."""
+    and ``b``, then ``use`` takes W_u and b_u (``course``), or the peepholes theirs. Issue 13's
+    cells (:func:`torch_new_cells`) take theirs by their ``copies``."""
     torch = import_torch()
+    if cell.variant in NEW_CELLS:
+        model = torch_new_cells()[cell.variant](cell.input_size, cell.hidden_size,
+                                                dtype=_torch_dtype(torch, cell.dtype))
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, array in new_cell_parameters(cell, model.copies).items():
+                parameters[name].copy_(torch.from_numpy(array))
+        return model
     model = torch_cells()[cell.variant](cell.input_size, cell.hidden_size,
                                         dtype=_torch_dtype(torch, cell.dtype))
     stacked = {name: torch.from_numpy(array) for name, array in stacked_parameters(cell).items()}
@@ -152,6 +287,27 @@ def torch_lstm_model(cell):
     return model
 
 
+def torch_gru_model(cell):
+    """``torch.nn.GRU`` with the parameters of a gatekit ``gru`` cell: PyTorch's blocks r, z, n
+    are gatekit's r, f and n (input rows) with hn (recurrent rows); ``weight_hh_l0`` takes the
+    STM columns of W_r and W_f, then W_hn; ``bias_ih_l0`` the biases b_r, b_f, b_n, and
+    ``bias_hh_l0`` zeros, zeros and b_hn (the reset gate multiplies W_hn h + b_hn)."""
+    torch = import_torch()
+    if cell.variant != "gru":
+        raise ValueError(f"torch.nn.GRU runs the gru cell; got {cell!r}")
+    H, p = cell.hidden_size, {name: np.asarray(a) for name, a in cell.params.items()}
+    weight_ih = np.concatenate([p["W_r"][:, H:], p["W_f"][:, H:], p["W_n"]])
+    weight_hh = np.concatenate([p["W_r"][:, :H], p["W_f"][:, :H], p["W_hn"]])
+    bias_ih = np.concatenate([p["b_r"], p["b_f"], p["b_n"]])
+    bias_hh = np.concatenate([np.zeros(2 * H, cell.dtype), p["b_hn"]])
+    model = torch.nn.GRU(cell.input_size, H, dtype=_torch_dtype(torch, cell.dtype))
+    with torch.no_grad():
+        for name, array in (("weight_ih_l0", weight_ih), ("weight_hh_l0", weight_hh),
+                            ("bias_ih_l0", bias_ih), ("bias_hh_l0", bias_hh)):
+            getattr(model, name).copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    return model
+
+
 def torch_callable(model, x, dy, mode):
     """Forward under ``torch.no_grad()``; or forward, the loss ``sum(y * dy)`` and
     ``torch.autograd.grad`` of it with respect to ``x`` and every parameter."""
@@ -183,6 +339,10 @@ def _torch_lstm_builder(case, settings):
     return _torch_prepare(case, lambda case: ("standard", torch_lstm_model(gatekit_cell(case))))
 
 
+def _torch_gru_builder(case, settings):
+    return _torch_prepare(case, lambda case: ("gru", torch_gru_model(gatekit_cell(case, "gru"))))
+
+
 def _torch_loop_builder(variant):
     return lambda case, settings: _torch_prepare(
         case, lambda case: (variant, torch_loop_model(gatekit_cell(case, variant))))
@@ -195,4 +355,13 @@ def torch_contenders():
     for variant in LOOP_VARIANTS:
         found.append(Contender(f"torch-loop-{variant}", f"torch loop {variant}", "torch",
                                _torch_loop_builder(variant)))
+    found.append(Contender(TORCH_GRU, "torch.nn.GRU", "torch", _torch_gru_builder,
+                           lambda case: case.shape in COMMON_SHAPES))
+    for variant in NEW_CELLS:
+        # Where gatekit's cell runs, but S6: a Python loop at T = 1000, B = 32 times PyTorch's
+        # per-step overhead, which S1 shows already.
+        applies = variant_applies(variant)
+        found.append(Contender(f"torch-loop-{variant}", f"torch loop {variant}", "torch",
+                               _torch_loop_builder(variant),
+                               lambda case, applies=applies: case.shape != "S6" and applies(case)))
     return found

@@ -53,10 +53,11 @@ def _relative_error(analytic, numeric):
 
 
 def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_entries=40,
-              seed=0, raise_on_failure=True):
+              seed=0, raise_on_failure=True, masks=None):
     """Compare ``cell.backward`` with centred finite differences, in float64.
 
-    The loss is a fixed random projection of every output and of the final STM and LTM, so
+    The loss is a fixed random projection of every output and of the final STM and LTM (and
+    extra memories, whose initial values ``state`` may carry after the STM and the LTM), so
     every path through the cell is exercised. Each derivative is the Richardson extrapolation
     of centred differences with steps ``eps`` and ``eps / 2``, ``(4 D(eps/2) - D(eps)) / 3``,
     accurate to O(eps⁴) while keeping rounding noise at about 1e-16 |loss| / eps (with a plain
@@ -70,7 +71,9 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     |numeric|)`` (norms over its checked entries). The absolute part is there because the
     differences carry an absolute rounding error of about 1e-16 |loss| / eps per entry: a
     gradient that is correct but tiny (1e-7, a saturated gate) is measured only to ~1e-4
-    relative. Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
+    relative. Every evaluation of the loss applies the same zoneout and recurrent dropout
+    ``masks`` (by default, for a cell with regularisers, one draw of ``cell.draw_masks``).
+    Returns a :class:`GradcheckResult`; raises :class:`GradcheckError` naming the
     worst gradient when one fails (unless ``raise_on_failure`` is False).
     """
     cell = cell.copy(np.float64)
@@ -81,15 +84,22 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     if state is None:
         state = (np.zeros((B, H)), np.zeros((B, H)))
     state = tuple(np.array(a, dtype=np.float64) for a in state)
+    if len(state) == 2 and cell.memories:
+        state += tuple(np.array(value) for value in cell._initial_memories(None, B))
     if cell.one_memory:
         # One array for both halves: a difference moves the one memory, whose gradient is the
         # sum of the two halves'.
-        state = (state[0], state[0])
+        state = (state[0], state[0], *state[2:])
     dy, dstm, dltm = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    dmemories = {name: rng.standard_normal((B, H)) for name in cell.memories}
+    if masks is None and cell.regularised:
+        masks = cell.draw_masks(T, B)
 
     def loss():
-        y, (stm, ltm) = cell(x, state)
-        return np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
+        y, (stm, ltm, *memories) = cell(x, state, masks=masks)
+        return (np.sum(y * dy) + np.sum(stm * dstm) + np.sum(ltm * dltm)
+                + sum(np.sum(value * dmemories[name])
+                      for name, value in zip(cell.memories, memories)))
 
     def centred(flat, index, step):
         kept = flat[index]
@@ -100,14 +110,15 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
         flat[index] = kept
         return (plus - minus) / (2 * step)
 
-    _, _, tape = cell.forward(x, state, keep=True)
-    analytic = cell.backward(tape, dy, dstm, dltm)
+    _, _, tape = cell.forward(x, state, keep=True, masks=masks)
+    analytic = cell.backward(tape, dy, dstm, dltm, dmemories)
     inputs = dict(cell.params)
     if cell.one_memory:
         inputs.update(x=x, memory0=state[0])
         analytic["memory0"] = analytic["stm0"] + analytic["ltm0"]
     else:
         inputs.update(x=x, stm0=state[0], ltm0=state[1])
+    inputs.update({f"{name}0": value for name, value in zip(cell.memories, state[2:])})
 
     errors, differences = {}, {}
     for name, array in inputs.items():
@@ -135,7 +146,9 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
     """Conformance check for a new gate class: run it in place of its role's gate in
     ``variant`` and check, in float32 and float64,
 
-    - output shapes and dtypes;
+    - output shapes and dtypes (of the final extra memories too, for a gate that declares
+      ``memories``: they start from their initial values plus U(0, 1), so that a gate is not
+      checked at its defaults only);
     - the forward pass against the gate's NumPy ``definition`` (through
       ``gatekit.reference.forward``): 1e-10 absolute in float64, 1e-4 relative in float32;
     - if the gate is differentiable: its backward pass against centred finite differences
@@ -172,12 +185,20 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
         D, H, T, B = input_size, hidden_size, steps, batch
         x = rng.standard_normal((T, B, D))
         state = (rng.standard_normal((B, H)), rng.standard_normal((B, H)))
-        if Cell(D, H, variant, **{gate.role: gate.name}).one_memory:
-            state = (state[0], state[0])
+        probe = Cell(D, H, variant, **{gate.role: gate.name}, dtype=np.float64, seed=seed)
+        state += tuple(initial + rng.uniform(0, 1, (B, H))
+                       for initial in probe._initial_memories(None, B))
+        if probe.one_memory:
+            state = (state[0], state[0], *state[2:])
         for dtype, tol in FORWARD_TOLERANCES:
             cell = Cell(D, H, variant, **{gate.role: gate.name}, dtype=dtype, seed=seed)
-            y, (stm, ltm) = cell(x, state)
-            for what, array, shape in (("y", y, (T, B, H)), ("stm", stm, (B, H)), ("ltm", ltm, (B, H))):
+            y, (stm, ltm, *memories) = cell(x, state)
+            shapes = [("y", y, (T, B, H)), ("stm", stm, (B, H)), ("ltm", ltm, (B, H))]
+            shapes += [(name, array, (B, H)) for name, array in zip(cell.memories, memories)]
+            if len(memories) != len(cell.memories):
+                raise GradcheckError(f"the final state holds {len(memories)} extra memories; "
+                                     f"expected {len(cell.memories)} ({cell.memories})")
+            for what, array, shape in shapes:
                 if array.shape != shape or array.dtype != np.dtype(dtype):
                     raise GradcheckError(f"{what}: expected {shape} {np.dtype(dtype)}, got "
                                          f"{array.shape} {array.dtype}")
@@ -211,9 +232,10 @@ FORWARD_TOLERANCES = ((np.float64, dict(rtol=0, atol=1e-10)),
 def _matches_definition(gate, cell, x, state, tol, where):
     """The cell's forward against the gate's definition (the reference, in float64), within
     ``tol``; a failure says ``where`` (dtype, steps, threads) it happened."""
-    y, (stm, ltm) = cell(x, state)
-    y_ref, (stm_ref, ltm_ref) = reference.forward(cell, x, state, dtype=np.float64)
-    for what, got, want in (("y", y, y_ref), ("stm", stm, stm_ref), ("ltm", ltm, ltm_ref)):
+    y, final = cell(x, state)
+    y_ref, final_ref = reference.forward(cell, x, state, dtype=np.float64)
+    names = ("stm", "ltm") + cell.memories
+    for what, got, want in [("y", y, y_ref)] + list(zip(names, final, final_ref)):
         try:
             np.testing.assert_allclose(got, want, **tol)
         except AssertionError as error:
@@ -252,7 +274,7 @@ def _check_threaded(gate, variant, D, hidden_size, T, rng, seed):
         runs = {}
         for threads, cell in cells.items():
             y, state, tape = cell.forward(x, keep=True)
-            runs[threads] = {"y": y, "stm": state[0], "ltm": state[1]}
+            runs[threads] = {"y": y, **dict(zip(("stm", "ltm") + cell.memories, state))}
             if differentiable:
                 runs[threads].update({f"gradient of {name!r}": value for name, value in
                                       cell.backward(tape, dy).items()})

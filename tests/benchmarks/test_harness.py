@@ -21,7 +21,7 @@ BENCHMARKS = str(Path(__file__).resolve().parents[2] / "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 from harness import command, machine, report, runner  # noqa: E402
 from harness.cases import Case  # noqa: E402
-from harness.contenders import Unavailable  # noqa: E402
+from harness.contenders import Unavailable, builtin_variants  # noqa: E402
 from harness.lineup import contenders  # noqa: E402
 
 RUN = str(Path(BENCHMARKS) / "run.py")
@@ -34,7 +34,8 @@ def with_harness(env):
                                                               env.get("PYTHONPATH")])))
 
 
-DIMS = {"S1": (1000, 1, 32, 64), "S3": (200, 32, 128, 256)}
+DIMS = {"S1": (1000, 1, 32, 64), "S3": (200, 32, 128, 256), "S1sq": (1000, 1, 64, 64),
+        "S6": (1000, 32, 256, 256)}
 
 
 def result(group, contender_id, median, load="idle"):
@@ -120,6 +121,76 @@ def test_report_shows_busy_groups_apart_and_the_targets_table():
     assert "| torch-nn-LSTM | 4.000 ms | 4.0 µs | 3.64 | 1.00 |" in busy_table
 
 
+# Issue 13's cells, with medians chosen so that each ratio is easy to check by hand.
+CELL_RESULTS = [
+    result("S1 float32 forward", "gatekit-gru", 1.0e-3),
+    result("S1 float32 forward", "torch-nn-GRU", 2.0e-3),
+    result("S1 float32 forward", "torch-loop-gru", 40.0e-3),
+    result("S3 float32 fwdbwd", "gatekit-gru", 13.0e-3),
+    result("S3 float32 fwdbwd", "torch-nn-GRU", 10.0e-3),
+    result("S3 float32 forward", "gatekit-standard", 6.0e-3),
+    result("S3 float32 forward", "gatekit-mgu", 7.2e-3),
+    result("S1sq float32 forward", "gatekit-standard", 2.0e-3),
+    result("S1sq float32 forward", "gatekit-mut1", 3.0e-3),
+    result("S1sq float32 forward", "torch-loop-mut1", 40.0e-3),
+    result("S6 float32 fwdbwd", "gatekit-standard", 1.0),
+    result("S6 float32 fwdbwd", "gatekit-minlstm", 0.4),
+]
+
+
+def test_issue_13_targets_hold_each_cell_against_its_peer_in_its_group():
+    rows = {(row["what"], row["group"]): row for row in report.target_rows(CELL_RESULTS)}
+
+    def ratio(what, group):
+        return rows[(what, group)]["ratio"], rows[(what, group)]["verdict"]
+
+    gru = "gatekit `gru` / `torch.nn.GRU`, same load"
+    assert ratio(gru, "S1 float32 forward") == (pytest.approx(0.5), "met")
+    assert rows[(gru, "S1 float32 forward")]["limit"] == 0.8
+    assert ratio(gru, "S3 float32 fwdbwd") == (pytest.approx(1.3), "met")     # <= 1.3
+    assert ratio(gru, "S3 float32 forward") == (None, "not measured")
+    mgu = "gatekit `mgu` / `standard`, same shape"
+    assert ratio(mgu, "S3 float32 forward") == (pytest.approx(1.2), "met")
+    # mut1 needs D = H: it is held at S1sq and S6, never at S1 or S3.
+    mut1 = "gatekit `mut1` / `standard`, same shape"
+    assert ratio(mut1, "S1sq float32 forward") == (pytest.approx(1.5), "not met")
+    assert not any(what == mut1 and group.startswith(("S1 ", "S3 ")) for what, group in rows)
+    minlstm = "gatekit `minlstm` / `standard`, same shape"
+    assert ratio(minlstm, "S6 float32 fwdbwd") == (pytest.approx(0.4), "met")
+    assert rows[(minlstm, "S6 float32 fwdbwd")]["limit"] == 0.5
+    loop = "gatekit `{}` / the same cell as a PyTorch Python loop"
+    assert ratio(loop.format("gru"), "S1 float32 forward") == (pytest.approx(0.025), "met")
+    assert ratio(loop.format("mut1"), "S1sq float32 forward") == (pytest.approx(0.075), "met")
+    assert {what for what, _ in rows if "Python loop" in what} == {
+        loop.format(cell) for cell in ("gru", "mgu", "mut1", "mingru", "minlstm")}
+
+
+def test_the_d_equals_h_shapes_time_only_the_contenders_that_ask_for_them():
+    every = contenders()
+
+    def at(shape, mode="forward"):
+        case = Case.named(shape, mode=mode)
+        return {c.id for c in every if c.applies_to(case)}
+
+    square, s6 = at("S1sq"), at("S6", "fwdbwd")
+    assert {"gatekit-standard", "torch-nn-LSTM"} <= square & s6
+    assert "gatekit-course" not in square | s6 and "torch-nn-GRU" not in square | s6
+    for loop in ("torch-loop-mut1", "jax-scan-mut1"):
+        assert loop in square and loop not in s6
+    assert {"torch-loop-mingru", "torch-loop-minlstm", "jax-scan-mingru"}.isdisjoint(s6)
+    for shape in ("S1", "S2", "S3"):                    # D != H
+        found = at(shape)
+        assert {"torch-loop-mut1", "jax-scan-mut1", "gatekit-mut1"}.isdisjoint(found)
+        assert {"torch-nn-GRU", "torch-loop-gru", "torch-loop-mgu", "torch-loop-mingru",
+                "torch-loop-minlstm", "jax-scan-gru", "jax-scan-minlstm"} <= found
+    assert "torch-loop-mut1" in at("S4")                 # D = H
+    registered = builtin_variants()              # gatekit times its built-in variants
+    for cell, shapes in {"mut1": ("S1sq", "S6", "S4"), "mingru": ("S6", "S1"),
+                         "minlstm": ("S6", "S3")}.items():
+        if cell in registered:
+            assert all(f"gatekit-{cell}" in at(shape) for shape in shapes), cell
+
+
 def test_report_of_a_missing_folder_names_it(tmp_path):
     missing = tmp_path / "no-such-run"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -193,7 +264,7 @@ def test_run_command_refuses_an_unknown_shape_in_one_line(tmp_path):
                           env=dict(os.environ), capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == ("python benchmarks/run.py run: unknown shapes S9; known: "
-                                   "S1, S2, S3, S4, S5, fixed")
+                                   "S1, S2, S3, S4, S5, S1sq, S6, fixed")
     assert not (tmp_path / ".benchmarks").exists()
 
 

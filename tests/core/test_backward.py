@@ -73,11 +73,13 @@ def assert_gradients_match(cell, got, want, tol, x_shape):
     ``tol`` (relative, in norm) of ``want``."""
     T, B, D = x_shape
     H = cell.hidden_size
-    expected_names = set(cell.params) | {"x", "stm0", "ltm0"}
+    expected_names = (set(cell.params) | {"x", "stm0", "ltm0"}
+                      | {f"{name}0" for name in cell.memories})
     assert set(got) == expected_names
     assert set(want) >= expected_names
     shapes = {name: array.shape for name, array in cell.params.items()}
     shapes.update(x=(T, B, D), stm0=(B, H), ltm0=(B, H))
+    shapes.update({f"{name}0": (B, H) for name in cell.memories})
     errors = {}
     for name in sorted(expected_names):
         assert got[name].shape == shapes[name], name
@@ -145,7 +147,8 @@ def test_variant_backward_matches_finite_differences(variant, dtype, shape):
     result = gradcheck(cell, x, state, tolerance=1e-6, max_entries=12)
     assert result, result.errors
     memory = {"memory0"} if cell.one_memory else {"stm0", "ltm0"}
-    assert set(result.errors) == set(cell.params) | {"x"} | memory
+    assert set(result.errors) == (set(cell.params) | {"x"} | memory
+                                  | {f"{name}0" for name in cell.memories})
 
 
 def richardson_gradients(cell, x, state, dy, dstm, dltm, h=1e-2):

@@ -85,13 +85,14 @@ KINDS = [("mingru", "python"), ("minlstm", "python"), ("mingru", "compiled"),
          ("minlstm", "compiled")]
 
 
-def make(kind, gates, D, H, dtype=np.float64, seed=0, scan=True, threads=None):
+def make(kind, gates, D, H, dtype=np.float64, seed=0, scan=True, threads=None, **options):
     if gates == "python":
         return gatekit.Cell(D, H, "standard", **PYTHON[kind], dtype=dtype, seed=seed,
-                            scan=scan, threads=threads)
+                            scan=scan, threads=threads, **options)
     if kind not in gatekit.variants():
         pytest.skip(f"this build has no compiled {kind} preset")
-    return gatekit.Cell(D, H, kind, dtype=dtype, seed=seed, scan=scan, threads=threads)
+    return gatekit.Cell(D, H, kind, dtype=dtype, seed=seed, scan=scan, threads=threads,
+                        **options)
 
 
 def inputs(cell, T, B, seed=1):
@@ -159,6 +160,15 @@ def test_of_the_built_in_variants_mingru_and_minlstm_scan():
                 and gatekit.Cell(4, 4, variant)._scan_refusal is None}
     assert scanning == {"mingru", "minlstm"} & set(gatekit.variants())
     assert gatekit.Cell(4, 4, "mingru").scan is None
+
+
+@pytest.mark.parametrize("options", [dict(zoneout=(0.1, 0.1)), dict(recurrent_dropout=0.2)])
+def test_a_regularised_cell_never_scans(options):
+    """Zoneout and recurrent dropout act between steps: the time loop applies them."""
+    cell = make("minlstm", "python", 3, 4, scan=True, **options)
+    assert not cell._takes_scan(1000, 10)
+    cell.eval()
+    assert not cell._takes_scan(1000, 10)
 
 
 def test_the_automatic_choice_follows_the_documented_rule():

@@ -14,7 +14,9 @@ from gatekit.study import pictures as visual
 from support import F64_ATOL, assert_close, input_size_for, random_inputs, sigmoid
 
 T, B, D, H = 7, 3, 4, 5
-NOT_TRACED = ("STM_prev", "LTM_prev", "E_t")   # E_t is the input, checked on its own
+# E_t is the input, checked on its own; STM_prev, LTM_prev and an extra memory's n_prev are
+# the step before's STM_t, LTM_t and n_t
+NOT_TRACED = ("STM_prev", "LTM_prev", "E_t")
 
 
 def reference_steps(cell, x, state=None, lengths=None):
@@ -27,11 +29,15 @@ def reference_steps(cell, x, state=None, lengths=None):
     for b in range(steps_B):
         stm = np.zeros((1, cell.hidden_size)) if state is None else state[0][b:b + 1]
         ltm = np.zeros((1, cell.hidden_size)) if state is None else state[1][b:b + 1]
+        memories = reference.initial_memories(
+            cell, 1, np.float64, None if state is None else [s[b:b + 1] for s in state])
         for t in range(lengths[b]):
             known = reference.step(cell, x[t, b:b + 1], np.asarray(stm, np.float64),
-                                   np.asarray(ltm, np.float64), dtype=np.float64)
+                                   np.asarray(ltm, np.float64), dtype=np.float64,
+                                   memories=memories)
+            memories = {name: known[f"{name}_t"] for name in memories}
             for name, value in known.items():
-                if name in cell.params or name in NOT_TRACED:
+                if name in cell.params or name in NOT_TRACED or name.endswith("_prev"):
                     continue
                 value = np.broadcast_to(value, (1, value.shape[-1]))
                 array = out.setdefault(name, np.full((steps_T, steps_B, value.shape[-1]),

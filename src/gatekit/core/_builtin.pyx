@@ -7,8 +7,8 @@ compiler can vectorise. A gate's two methods of each kind (float, double) call t
 kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 - σ),
 tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
-from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid, tanh_,
-                                 gemm, out_of_memory, sync)
+from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, exp_, sigmoid,
+                                 tanh_, gemm, out_of_memory, sync)
 from gatekit.core import reference
 
 __all__ = ["BUILTIN_GATES", "matmul"]
@@ -353,6 +353,92 @@ cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating
     return 0
 
 
+# --- sLSTM (xLSTM, Beck et al. 2024): exponential gates, stabiliser m, normaliser n -----------
+
+cdef inline void slstm_forget_rows(floating* f_t, floating* i_t, floating* m_t,
+                                   const floating* m_prev, const floating* z_f,
+                                   const floating* z_i, Extent* e) noexcept nogil:
+    """m_t = max(f̃ + m_{t-1}, ĩ), f_t = exp(f̃ + m_{t-1} - m_t), i_t = exp(ĩ - m_t)"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating log_f, log_i, m
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            log_f = z_f[b * ldz + j] + m_prev[k]
+            log_i = z_i[b * ldz + j]
+            m = log_f if log_f >= log_i else log_i
+            m_t[k] = m
+            f_t[k] = exp_(log_f - m)
+            i_t[k] = exp_(log_i - m)
+
+
+cdef inline void slstm_forget_backward_rows(floating* dz_f, floating* dz_i, floating* dm_prev,
+                                            const floating* dm_t, const floating* df_t,
+                                            const floating* di_t, const floating* f_t,
+                                            const floating* i_t, const floating* m_prev,
+                                            const floating* z_f, const floating* z_i,
+                                            Extent* e) noexcept nogil:
+    """The gradient that reaches m_t (its own, less f_t's and i_t's through their exp) goes to
+    the side of the max it came from, the forget side at a tie (as forward's >=)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating dlog_f, dlog_i, dm
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dlog_f = df_t[k] * f_t[k]
+            dlog_i = di_t[k] * i_t[k]
+            dm = dm_t[k] - dlog_f - dlog_i
+            if z_f[b * ldz + j] + m_prev[k] >= z_i[b * ldz + j]:
+                dlog_f = dlog_f + dm
+            else:
+                dlog_i = dlog_i + dm
+            dz_f[b * ldz + j] += dlog_f
+            dz_i[b * ldz + j] += dlog_i
+            dm_prev[k] += dlog_f
+
+
+cdef inline void slstm_use_rows(floating* n_t, floating* U_t, floating* V_t, floating* STM_t,
+                                const floating* n_prev, const floating* f_t,
+                                const floating* i_t, const floating* LTM_t,
+                                const floating* z_v, Extent* e) noexcept nogil:
+    """n_t = f_t ⊙ n_{t-1} + i_t, U_t = LTM_t / n_t, V_t = σ(z_v), STM_t = U_t ⊙ V_t"""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating n, U, V
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            n = f_t[k] * n_prev[k] + i_t[k]
+            U = LTM_t[k] / n
+            V = sigmoid(z_v[b * ldz + j])
+            n_t[k], U_t[k], V_t[k], STM_t[k] = n, U, V, U * V
+
+
+cdef inline void slstm_use_backward_rows(floating* dz_v, floating* dLTM_t, floating* dU_t,
+                                         floating* dV_t, floating* df_t, floating* di_t,
+                                         floating* dn_prev, const floating* dn_t,
+                                         const floating* dSTM_t, const floating* U_t,
+                                         const floating* V_t, const floating* n_t,
+                                         const floating* n_prev, const floating* f_t,
+                                         Extent* e) noexcept nogil:
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k
+    cdef floating dU, dV, dn
+    for b in range(B):
+        for j in range(u0, u1):
+            k = b * H + j
+            dU = dSTM_t[k] * V_t[k]
+            dV = dSTM_t[k] * U_t[k]
+            dU_t[k] += dU
+            dV_t[k] += dV
+            dz_v[b * ldz + j] += dV * V_t[k] * (1 - V_t[k])
+            dLTM_t[k] += dU / n_t[k]
+            dn = dn_t[k] - dU * U_t[k] / n_t[k]          # U_t = LTM_t / n_t
+            df_t[k] += dn * n_prev[k]
+            di_t[k] += dn
+            dn_prev[k] += dn * f_t[k]
 cdef inline void min_forget_backward_rows(floating* dz_f, floating* dz_i, const floating* z_f,
                                           const floating* z_i, const floating* f_t,
                                           const floating* df_t, Extent* e) noexcept nogil:
@@ -1117,6 +1203,92 @@ cdef class UseCourse(Gate):
             out_of_memory(self, &s.error)
 
 
+cdef class ForgetSlstm(Gate):
+    """sLSTM's exponential forget and input gates and their stabiliser m, computed together:
+    the learn gate passes i_t on."""
+    role, name, blocks = "forget", "slstm", ("f", "i")
+    memories = ("m",)
+    outputs = ("f_t", "i_t")
+    definition = staticmethod(reference.forget_slstm)
+    backward_definition = staticmethod(reference.forget_slstm_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
+        slstm_forget_rows(s.f_t, s.i_t, s.mem_t + m, s.mem_prev + m, s.z + self.column[0],
+                          s.z + self.column[1], &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
+        slstm_forget_rows(s.f_t, s.i_t, s.mem_t + m, s.mem_prev + m, s.z + self.column[0],
+                          s.z + self.column[1], &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
+        slstm_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                   s.dmem_prev + m, s.dmem_t + m, s.df_t, s.di_t, s.f_t, s.i_t,
+                                   s.mem_prev + m, s.z + self.column[0], s.z + self.column[1],
+                                   &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
+        slstm_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
+                                   s.dmem_prev + m, s.dmem_t + m, s.df_t, s.di_t, s.f_t, s.i_t,
+                                   s.mem_prev + m, s.z + self.column[0], s.z + self.column[1],
+                                   &s.e)
+
+
+cdef class LearnSlstm(Gate):
+    """sLSTM's cell input N_t = tanh(z̃); i_t is the forget gate's (already in place)."""
+    role, name, blocks = "learn", "slstm", ("n",)
+    definition = staticmethod(reference.learn_slstm)
+    backward_definition = staticmethod(reference.learn_slstm_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
+
+
+cdef class UseSlstm(Gate):
+    """sLSTM's output, normalised by the memory n: STM_t = σ(õ) ⊙ LTM_t / n_t."""
+    role, name, blocks = "use", "slstm", ("v",)
+    memories = ("n",)
+    definition = staticmethod(reference.use_slstm)
+    backward_definition = staticmethod(reference.use_slstm_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
+        slstm_use_rows(s.mem_t + n, s.U_t, s.V_t, s.STM_t, s.mem_prev + n, s.f_t, s.i_t,
+                       s.LTM_t, s.z + self.offset, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
+        slstm_use_rows(s.mem_t + n, s.U_t, s.V_t, s.STM_t, s.mem_prev + n, s.f_t, s.i_t,
+                       s.LTM_t, s.z + self.offset, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
+        slstm_use_backward_rows(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.df_t, s.di_t,
+                                s.dmem_prev + n, s.dmem_t + n, s.dSTM_t, s.U_t, s.V_t,
+                                s.mem_t + n, s.mem_prev + n, s.f_t, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
+        slstm_use_backward_rows(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.df_t, s.di_t,
+                                s.dmem_prev + n, s.dmem_t + n, s.dSTM_t, s.U_t, s.V_t,
+                                s.mem_t + n, s.mem_prev + n, s.f_t, &s.e)
+
+
 BUILTIN_GATES = (
     ForgetStandard, ForgetPeephole, ForgetNone, ForgetEvent, ForgetMin,
     LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
@@ -1124,6 +1296,7 @@ BUILTIN_GATES = (
     RememberStandard,
     UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
     UseLiteral, UseCourse,
+    ForgetSlstm, LearnSlstm, UseSlstm,
 )
 
 

@@ -12,6 +12,10 @@
 # sync may read what all threads wrote before it (the course Use gate: LTM_{t-1} ⊙ f_t of its
 # own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
 #
+# A gate's extra memories (Gate.memories, in gatekit/core/_gate.pyx) come in the step's mem_*
+# fields, at the end of the structs; the gate that declares a memory writes all its units of
+# mem_t at every step, and in backward finds its d/d mem_t complete, as dLTM_t is.
+#
 # Write the maths once as a function over the `floating` fused type taking pointers and the
 # Extent, and call it from both methods (forward_float, forward_double): see gatekit/core/_builtin.pyx.
 # Copy the Extent's fields into locals before the loops: Python extensions build with
@@ -65,6 +69,14 @@ ctypedef struct StepFloat:
     float** dparam           # gradients of this gate's extra parameters, in declared order
     void* barrier            # the threads of the call, for sync() (gates that set `syncs`)
     int error                # set non-zero by a gate that failed; the loop then stops
+    # Extra memories (Gate.memories), carried from step to step like the LTM; NULL in a cell
+    # that has none. Each points at all of the cell's memories at once, (M, B, H): the gate's
+    # k-th memory starts at self.memory[k] * B * H (see Gate.memory). In finish: NULL.
+    const float* mem_prev    # their values at t - 1
+    float* mem_t             # their new values, written by the gate that declares each
+    float* dmem_t            # d/d mem_t: what step t + 1 sent back, plus what later gates of
+                             # this step added; complete when the declaring gate's backward runs
+    float* dmem_prev         # d/d mem_{t-1}: zero at the start of the step, gates add into it
 
 # The same fields, in double precision.
 ctypedef struct StepDouble:
@@ -97,6 +109,10 @@ ctypedef struct StepDouble:
     double** dparam
     void* barrier
     int error
+    const double* mem_prev
+    double* mem_t
+    double* dmem_t
+    double* dmem_prev
 
 ctypedef fused floating:
     float
@@ -112,6 +128,10 @@ cdef class Gate:
     cdef void* param[8]                 # data of this gate's extra parameters, in declared order
     cdef list _bound                    # keeps the arrays behind `param` alive
     cdef object _error                  # what a failed call raised, for the cell to re-raise
+    cdef Py_ssize_t memory[4]           # slot of each of its extra memories among the cell's
+                                        # (Gate.memories, declared order): the k-th starts at
+                                        # s.mem_t + memory[k] * B * H
+    cdef readonly tuple cell_memories   # the names of all of the cell's memories, by slot
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil
     cdef void forward_double(self, StepDouble* s) noexcept nogil
@@ -227,10 +247,20 @@ cdef extern from * nogil:
         return a < 0.625 ? small : large;
     }
     """
+    float gk_expf(float)
+    double gk_exp(double)
     float gk_sigmoidf(float)
     double gk_sigmoid(double)
     float gk_tanhf(float)
     double gk_tanh(double)
+
+
+cdef inline floating exp_(floating x) noexcept nogil:
+    """e^x, branch-free so loops calling it vectorise."""
+    if floating is float:
+        return gk_expf(x)
+    else:
+        return gk_exp(x)
 
 
 cdef inline floating sigmoid(floating x) noexcept nogil:

@@ -27,6 +27,23 @@ A gate class declares, as class attributes:
     Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
     example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
     and a Python gate as ``self.arrays[name]``.
+``memories``
+    Extra memories it keeps, besides the LTM, each (B, H) and carried from step to step like the
+    LTM (sLSTM's normaliser ``n`` and stabiliser ``m``): a tuple of names, ``("n", "m")``, or a
+    dict giving each its initial value, ``{"n": 0.0}`` (zeros otherwise). At most
+    ``MAX_MEMORIES`` per cell; their names share the namespace of ``STM``, ``LTM`` and the
+    parameters. A memory ``n`` has a previous value ``n_prev`` and a new one ``n_t`` at each
+    step: the gate that declares it writes ``n_t`` (every unit of its units, every step), any
+    gate may read ``n_prev``, and the gates after it ``n_t``. In backward, ``dn_t`` is complete
+    when the declaring gate runs (it holds what step t + 1 sent back and what later gates
+    added), and gates add into ``dn_prev``. A Cython gate finds its k-th memory at
+    ``s.mem_prev + self.memory[k] * B * H`` (likewise ``mem_t``, ``dmem_t``, ``dmem_prev``); a
+    Python gate as ``step.n_prev``, ``step.n_t``, ``step.dn_t``, ``step.dn_prev``; a NumPy
+    definition as the arguments and outputs ``n_prev`` and ``n_t``, its backward definition
+    ``dn_t`` and ``dn_prev``. They travel in ``state=`` after the STM and the LTM
+    (``y, (stm, ltm, n, m) = cell(x)``; a pair ``(stm, ltm)`` leaves them at their initial
+    values), in the tape, in ``Cell.trace`` (``n_t``), in layers, in ``gatekit.save``. A cell
+    without extra memories does no work for them.
 ``init``
     Initial values of some of its parameters, ``{name: number}``; the others are drawn from
     U(-1/sqrt(H), 1/sqrt(H)).
@@ -68,6 +85,15 @@ A gate class declares, as class attributes:
 ``stm_is_ltm``
     True for a Use gate whose STM is the LTM (``memory``): the cell then has one memory, and
     refuses an initial state whose two halves differ.
+
+A gate needs nothing to run under the regularisers of the recurrence (``zoneout=``,
+``recurrent_dropout=``, options of every cell): with recurrent dropout the step's ``STM_prev``
+is the STM the gates read, ``m ⊙ STM_{t-1}``, in the recurrent product and in a gate's own
+reads alike, and ``dSTM_prev`` is the gradient with respect to it; with zoneout the gates
+compute the candidates (``LTM_t`` is LTM~_t, also in ``finish``, and the use gate's ``STM_t``
+is STM~_t) and ``dLTM_t``, ``dSTM_t`` are their gradients, while ``LTM_prev`` is the zoned
+memory of the step before. The loop zones and masks around the gates. The one thing a gate
+must not do is read ``STM_t`` in its backward step: under zoneout it holds the zoned STM.
 """
 import numpy as np
 cimport numpy as cnp
@@ -83,7 +109,7 @@ cdef extern from *:
     int GATEKIT_DEBUG
 
 __all__ = ["BLOCK_READS", "DEBUG_BUILD", "elementwise", "Gate", "has_avx2_fma", "has_avx512",
-           "MAX_BLOCKS", "MAX_PARAMS",
+           "MAX_BLOCKS", "MAX_MEMORIES", "MAX_PARAMS",
            "no_backward_message", "PythonGate", "ROLE_OUTPUTS", "ROLES", "StepArrays"]
 
 #: True when the core was built with GATEKIT_DEBUG=1 (bounds checks on).
@@ -130,6 +156,7 @@ ROLE_OUTPUTS = {
 }
 MAX_PARAMS = 8
 MAX_BLOCKS = 8
+MAX_MEMORIES = 4
 #: What a block may read besides [STM_{t-1}, E_t] (see ``Gate.reads``).
 BLOCK_READS = ("event", "STM")
 
@@ -141,6 +168,7 @@ cdef class Gate:
     name = None
     blocks = ()
     params = {}
+    memories = ()
     init = {}
     reads = {}
     definition = None
@@ -154,8 +182,18 @@ cdef class Gate:
     differentiable = False
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,
-                 columns=None):
+                 columns=None, memories=None):
+        """``memories``: the names of all the extra memories of the cell the gate is part of,
+        in the order of their slots (by default its own, in declared order)."""
         cdef Py_ssize_t k
+        own = tuple(type(self).memory_defaults())
+        memories = own if memories is None else tuple(memories)
+        if len(memories) > MAX_MEMORIES or any(name not in memories for name in own):
+            raise ValueError(f"gate {type(self).name!r}: the cell's memories {memories} must "
+                             f"number at most {MAX_MEMORIES} and hold its own, {own}")
+        self.cell_memories = memories
+        for k in range(len(own)):
+            self.memory[k] = memories.index(own[k])
         blocks = tuple(type(self).blocks)
         if columns is None:
             columns = [offset + k * hidden_size for k in range(len(blocks))]
@@ -174,6 +212,20 @@ cdef class Gate:
         """The column of each of its blocks in a row of the pre-activations ``z``."""
         cdef Py_ssize_t k
         return tuple([self.column[k] for k in range(len(type(self).blocks))])
+
+    @property
+    def memory_slots(self):
+        """The slot of each of its own memories among the cell's (``self.memory[k]``)."""
+        cdef Py_ssize_t k
+        return tuple([self.memory[k] for k in range(len(type(self).memory_defaults()))])
+
+    @classmethod
+    def memory_defaults(cls):
+        """Its memories' initial values, ``{name: number}``, in declared order."""
+        memories = cls.memories
+        if isinstance(memories, dict):
+            return {name: float(value) for name, value in memories.items()}
+        return {name: 0.0 for name in memories}
 
     @classmethod
     def block_reads(cls, block):
@@ -197,7 +249,9 @@ cdef class Gate:
     @classmethod
     def provides(cls):
         """The quantities this gate produces."""
-        return tuple(cls.outputs) if cls.outputs is not None else ROLE_OUTPUTS[cls.role]
+        outputs = tuple(cls.outputs) if cls.outputs is not None else ROLE_OUTPUTS[cls.role]
+        return outputs + tuple(f"{name}_t" for name in cls.memory_defaults()
+                               if f"{name}_t" not in outputs)
 
     def bind(self, arrays):
         """Point the gate at its extra parameters (``arrays[name]`` for each name of ``params``,
@@ -300,7 +354,8 @@ cdef class PythonGate(Gate):
         or what the block ``reads``), ``s_t`` (the forget gate's pre-activation, or None),
         ``STM_prev``, ``LTM_prev`` and ``E_t`` (read-only, ``E_t`` (B, D)), and the arrays
         ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``,
-        ``STM_t`` of this step, all of shape ``(B, H)``.
+        ``STM_t`` of this step, all of shape ``(B, H)``; for each extra memory ``n`` of the
+        cell (see ``memories``), ``n_prev`` (read-only) and ``n_t``.
 
         The arrays are views on the loop's buffers, and keep those buffers alive: one kept
         after the call is safe to read and write, but a later call of the cell may reuse the
@@ -314,7 +369,8 @@ cdef class PythonGate(Gate):
         Besides the forward arrays of the step, ``step`` has ``dz(block)``, ``ds_t``, ``dSTM_t``
         (read it, don't write it), ``df_t``, ``di_t``, ``dN_t``, ``dU_t``, ``dV_t``, ``dLTM_t``,
         ``dLTM_prev``, ``dSTM_prev`` and ``dE_t`` (for a use of ``STM_prev`` or ``E_t`` outside
-        ``z``; the loop adds what passes through ``z``) and ``dparams[name]``. A gate that does
+        ``z``; the loop adds what passes through ``z``), ``dn_t`` and ``dn_prev`` for each extra
+        memory ``n``, and ``dparams[name]``. A gate that does
         not override this cannot be
         trained: asking for gradients raises NotImplementedError before any work is done.
         """
@@ -419,7 +475,7 @@ cdef _step_arrays(step_t* s, PythonGate gate):
             dparams[name] = _view(s.dparam[k], 1, <Py_ssize_t> array.size, owner).reshape(
                 array.shape)
             k += 1
-    return StepArrays(
+    step = StepArrays(
         s.e.t, H, gate.columns, tuple(type(gate).blocks),
         _view(s.z, B, ldz, owner), _view(s.dz, B, ldz, owner), dparams,
         s_t=None if s.s_t == NULL else _view(s.s_t, B, ldz, owner, False)[:, :H],
@@ -436,6 +492,24 @@ cdef _step_arrays(step_t* s, PythonGate gate):
         dV_t=_view(s.dV_t, B, H, owner), dLTM_t=_view(s.dLTM_t, B, H, owner),
         dLTM_prev=_view(s.dLTM_prev, B, H, owner), dSTM_prev=_view(s.dSTM_prev, B, H, owner),
         dE_t=_view(s.dE_t, B, s.e.D, owner))
+    if gate.cell_memories:
+        _add_memories(step, s, gate.cell_memories, owner)
+    return step
+
+
+cdef _add_memories(step, step_t* s, tuple names, owner):
+    """``n_prev``, ``n_t``, ``dn_t``, ``dn_prev`` of every memory ``n`` of the cell (None where
+    the loop has none: gradients outside backward, every memory in finish)."""
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, k
+    for k, name in enumerate(names):
+        setattr(step, f"{name}_prev", None if s.mem_prev == NULL else
+                _view(s.mem_prev + k * B * H, B, H, owner, False))
+        setattr(step, f"{name}_t", None if s.mem_t == NULL else
+                _view(s.mem_t + k * B * H, B, H, owner))
+        setattr(step, f"d{name}_t", None if s.dmem_t == NULL else
+                _view(s.dmem_t + k * B * H, B, H, owner))
+        setattr(step, f"d{name}_prev", None if s.dmem_prev == NULL else
+                _view(s.dmem_prev + k * B * H, B, H, owner))
 
 
 cdef void out_of_memory(Gate gate, int* error) noexcept nogil:

@@ -17,8 +17,11 @@ of step t at [:, t % S];
 ltm (S + 1, B, H) holds LTM_{t-1} at [t % (S + 1)] and LTM_t at [(t + 1) % (S + 1)], with
 ltm[0] = the initial LTM; y (T, B, H) receives STM_t. Steps are numbered t = 0 .. T - 1, so
 STM_{-1} and LTM_{-1} are the initial state. S is T when the forward pass keeps a tape for
-backward, 1 otherwise. ``forward`` takes z, acts, ltm and its scratch in one workspace
-(``workspace_layout`` says where); ``backward`` takes them as the arrays of the tape.
+backward, 1 otherwise. The gates' M extra memories (``Gate.memories``), if any, are kept as the
+LTM is: mem (S + 1, M, B, H), step t - 1's at [t % (S + 1)], step t's at [(t + 1) % (S + 1)]
+(see point_memories); a cell without them has no mem and does no work for it. ``forward``
+takes z, acts, ltm (and mem) and its scratch in one workspace (``workspace_layout`` says
+where); ``backward`` takes them as the arrays of the tape.
 
 The file reads top-down:
 
@@ -29,16 +32,20 @@ The file reads top-down:
   weights), then a thread's part of the tiled loop;
 - the backward pass: the recurrence it computes, ``backward``, a thread's part of the time loop,
   then of the weight gradients that follow it;
+- the regularisers of the recurrence (zoneout, recurrent dropout), which both passes apply
+  around the gates of a step when a call has them;
 - helpers that both passes use: pointing the step at step t, the products over packed weights.
 
 Each section starts with what it offers and goes on with what that calls.
 """
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
+from libc.stdint cimport uint32_t
 import numpy as np
 
 from gatekit.core._gate import PythonGate
 
-__all__ = ["backward", "backward_scratch", "forward", "plan", "threads_for", "workspace_layout"]
+__all__ = ["backward", "backward_scratch", "forward", "plan", "regulariser_buffers", "threads_for",
+           "workspace_layout", "zoneout_hash"]
 
 
 cdef extern from "_tiles.h" nogil:
@@ -147,6 +154,10 @@ cdef struct StepAny:
     void** dparam
     void* barrier
     int error
+    const void* mem_prev
+    void* mem_t
+    void* dmem_t
+    void* dmem_prev
 
 
 def _check_layout():
@@ -282,6 +293,20 @@ cdef struct Team:
     void* dW
     void* dbias
     void* dx
+    Py_ssize_t M             # extra memories (Gate.memories): the loop's work for them, and
+    void* mem                # these buffers, exist only when M > 0 (see point_memories)
+    void* dmem
+    # The regularisers of the recurrence (see set_regularisers); all NULL and 0 without them.
+    bint regularised         # any of the fields below in use
+    const void* zone_ltm     # (T, B, H) zoneout masks of the LTM, 1 where LTM_{t-1} is kept
+    const void* zone_stm     # likewise of the STM
+    double rate_ltm, rate_stm    # without masks (evaluation): z_c and z_h, the expectation
+    uint32_t key_ltm, key_stm    # drawn masks, computed where they apply (see zoneout_hash):
+    uint32_t below_ltm, below_stm    # a unit keeps its memory where its hash is below these
+    void* candidates         # (kept, B, H): LTM~_t as the gates computed it, when it is zoned
+    const void* dropout      # (B, H) recurrent dropout mask, 0 or 1 / (1 - p), or NULL
+    void* dropped            # (size, B, H): each thread's copy of the masked STM_{t-1}
+    void* inner              # backward, (B, H): d/d(the STM_{t-1} the gates read)
 
 
 cdef struct Member:
@@ -310,6 +335,11 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
     team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
     team.dparams, team.dparams_stride = NULL, 0
+    team.M, team.mem, team.dmem = 0, NULL, NULL
+    team.regularised, team.rate_ltm, team.rate_stm = False, 0, 0
+    team.key_ltm = team.key_stm = team.below_ltm = team.below_stm = 0
+    team.zone_ltm = team.zone_stm = team.dropout = NULL
+    team.candidates = team.dropped = team.inner = NULL
     for g in range(4):
         gate = gates[g]
         if gate is None:
@@ -396,6 +426,7 @@ cdef inline StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexce
     s.work = team.work
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = s.dSTM_prev = s.dE_t = NULL
+    s.mem_prev = s.mem_t = s.dmem_t = s.dmem_prev = NULL
     return s
 
 
@@ -508,22 +539,25 @@ cdef bint go_alone(Team* team) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 
 def workspace_layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
-                     bint keep, int threads, bint single):
+                     bint keep, int threads, bint single, Py_ssize_t memories=0):
     """The size of the workspace :func:`forward` wants, and where in it the buffers a caller
-    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ...}``."""
+    reads afterwards lie: ``{"z": (offset, shape), "acts": ..., "ltm": ..., "mem": ...}``
+    (``mem`` holds the ``memories`` extra memories as ltm holds the LTM, slot by slot:
+    (kept + 1, memories, B, H))."""
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    cdef Layout L = layout(T, B, H, KH, keep, &P, memories)
     return L.size, {"z": (L.z, (T, B, KH)), "acts": (L.acts, (5, L.kept, B, H)),
-                    "ltm": (L.ltm, (L.kept + 1, B, H))}
+                    "ltm": (L.ltm, (L.kept + 1, B, H)),
+                    "mem": (L.mem, (L.kept + 1, memories, B, H))}
 
 
 cdef struct Layout:
     Py_ssize_t kept                      # steps whose gate outputs are kept: T, or 1
-    Py_ssize_t z, acts, ltm, work, panels, size     # offsets in the workspace, its size
+    Py_ssize_t z, acts, ltm, work, panels, mem, size    # offsets in the workspace, its size
 
 
 cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint keep,
-                   Plan* P) noexcept nogil:
+                   Plan* P, Py_ssize_t memories) noexcept nogil:
     cdef Layout L
     L.kept = T if keep else 1
     L.z = 0
@@ -531,17 +565,21 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
     L.ltm = L.acts + 5 * L.kept * B * H
     L.work = L.ltm + (L.kept + 1) * B * H
     L.panels = L.work + B * H
-    L.size = L.panels + P.panels
+    L.mem = L.panels + P.panels
+    L.size = L.mem + (L.kept + 1) * memories * B * H
     return L
 
 
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-            int threads, Py_ssize_t alone_at=-1):
+            int threads, Py_ssize_t alone_at=-1, Py_ssize_t memories=0,
+            tuple regularisers=None):
     """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
     step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
-    whatever it measures, so that the tests can reach that path.)
+    whatever it measures, so that the tests can reach that path.) ``memories``: how many extra
+    memories the gates keep; the caller puts their initial values in mem[0] of the workspace.
+    ``regularisers``: zoneout and recurrent dropout, or None (see :func:`regulariser_buffers`).
 
     ``workspace`` holds, as :func:`workspace_layout` lays them out, z (T, B, KH) the
     pre-activations, acts and ltm (all steps when ``keep``, else the last), scratch rows, and
@@ -566,7 +604,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
     cdef Plan P = make_plan(T, B, D, H, KH, threads, single)
-    cdef Layout L = layout(T, B, H, KH, keep, &P)
+    cdef Layout L = layout(T, B, H, KH, keep, &P, memories)
     if workspace.shape[0] < L.size:
         raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
     cdef floating* base = &workspace[0]
@@ -581,6 +619,11 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
     team.z, team.acts, team.ltm = base + L.z, base + L.acts, base + L.ltm
     team.work, team.panels = base + L.work, base + L.panels
     team.lengths = &lengths[0] if lengths is not None else NULL
+    check_memories(gates, memories)
+    if memories > 0:
+        team.M, team.mem = memories, base + L.mem
+    if regularisers is not None:
+        set_regularisers(&team, regularisers, max(1, P.team), L.kept, <floating*> NULL)
     with nogil:
         if P.team > 0:
             failed = run_team(&team)
@@ -599,6 +642,8 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
     cdef const floating* bias = <const floating*> team.bias
     cdef floating* z = <floating*> team.z
     cdef floating* zt = NULL
+    cdef floating* zoned_ltm
+    cdef const floating* true_prev
     cdef StepAny s = member_step(team, 0, H)
     if KH > 0 and T > 0:
         # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
@@ -613,13 +658,22 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, <const floating*> team.x,
                       team.forget_preactivation)
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
+        zoned_ltm, true_prev = <floating*> s.LTM_t, <const floating*> s.STM_prev
+        if team.regularised:
+            regularise_reads(team, &s, 0, <floating*> NULL)
         if KH > 0:
             # z[t] += STM_{t-1} @ W[:, :H].T: the recurrent product of every gate at once.
             add_products(zt, KH, <const floating*> s.STM_prev, H, W, H + D, B, recurrent_end, H)
         if run_shared_gates(team, 0, FORWARD, &s, False, True):
             return t
+        if team.regularised:
+            zone(team, &s, true_prev, zoned_ltm)
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
+            if team.M > 0:
+                hold_finished_memories(&s, team.M, team.lengths, <floating*> NULL)
     return -1
 
 
@@ -673,6 +727,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef bint failed = False, alone = False
     cdef int m
     cdef StepEnd end
+    cdef floating* zoned_ltm
+    cdef const floating* true_prev
     cdef StepAny s = member_step(team, u0, u1)
     # Each thread packs its own share, so it starts out in the cache that reads it: the
     # panels of W[:, H:] (input columns, D long) of the blocks that read the event, then those
@@ -708,12 +764,21 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, x,
                       team.forget_preactivation)
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
+        zoned_ltm, true_prev = <floating*> s.LTM_t, <const floating*> s.STM_prev
+        if team.regularised:
+            regularise_reads(team, &s, index, <floating*> NULL)
         # Alone, thread 0 also takes the other threads' columns, over the panels they packed.
         for m in range(0 if alone else index, team.size if alone else index + 1):
             add_recurrent(team, m, <const floating*> s.STM_prev, zt)
         failed = run_shared_gates(team, index, FORWARD, &s, failed, alone)
+        if team.regularised and not failed:
+            zone(team, &s, true_prev, zoned_ltm)
         if team.lengths != NULL:
             hold_finished(&s, team.lengths, <floating*> NULL)
+            if team.M > 0:
+                hold_finished_memories(&s, team.M, team.lengths, <floating*> NULL)
         end = end_of_step(team, index, t, failed, alone)
         if end == STOP or (end == GO_ALONE and index > 0):
             break
@@ -752,6 +817,67 @@ cdef inline void hold_finished(StepAny* s, const Py_ssize_t* lengths,
             for j in range(b * H + s.e.u0, b * H + s.e.u1):
                 STM_t[j] = STM_prev[j]
                 LTM_t[j] = LTM_prev[j]
+
+
+# Extra memories (Gate.memories): M of them, kept slot by slot as the LTM is, each slot all M
+# memories at once, (M, B, H): the tape's mem (S + 1, M, B, H) holds those of step t - 1 at
+# [t % (S + 1)] and of step t at [(t + 1) % (S + 1)]; backward's dmem (2, M, B, H) alternates
+# as dltm does. The loop calls these only when M > 0, so a cell without extra memories pays
+# nothing for them.
+
+cdef inline void point_memories(StepAny* s, Py_ssize_t t, Team* team,
+                                floating* precision) noexcept nogil:
+    """Point the step's memories at step t (and, in backward, their gradients)."""
+    cdef Py_ssize_t size = team.M * team.B * team.H, slots = team.kept + 1
+    cdef floating* mem = <floating*> team.mem
+    s.mem_prev, s.mem_t = mem + (t % slots) * size, mem + ((t + 1) % slots) * size
+    if team.dmem != NULL:
+        s.dmem_t = <floating*> team.dmem + ((t + 1) % 2) * size
+        s.dmem_prev = <floating*> team.dmem + (t % 2) * size
+
+
+cdef check_memories(tuple gates, Py_ssize_t M):
+    """The gates were built for a cell of M extra memories (their slots lie within M): a gate
+    with memories given none would write through NULL."""
+    cdef Gate gate
+    for gate in gates:
+        if gate is not None and len(gate.cell_memories) != M:
+            raise ValueError(f"the gates keep {len(gate.cell_memories)} extra memories "
+                             f"{gate.cell_memories}; this call has {M}")
+
+
+cdef inline void hold_finished_memories(StepAny* s, Py_ssize_t M, const Py_ssize_t* lengths,
+                                        floating* precision) noexcept nogil:
+    """Sequences that have ended keep their extra memories too (see hold_finished)."""
+    cdef Py_ssize_t b, j, m, row, H = s.e.H, BH = s.e.B * s.e.H
+    cdef floating* mem_t = <floating*> s.mem_t
+    cdef const floating* mem_prev = <const floating*> s.mem_prev
+    for b in range(s.e.B):
+        if s.e.t >= lengths[b]:
+            for m in range(M):
+                row = m * BH + b * H
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    mem_t[j] = mem_prev[j]
+
+
+cdef inline void start_memory_gradients(StepAny* s, Py_ssize_t M, const Py_ssize_t* lengths,
+                                        floating* precision) noexcept nogil:
+    """At the start of a backward step, units u0..u1 of dmem_prev: zero for the gates to add
+    into, or, for a sequence past its end (the step was the identity), dmem_t passed straight
+    through, dmem_t then zero so its gates see none."""
+    cdef Py_ssize_t b, j, m, row, H = s.e.H, BH = s.e.B * s.e.H
+    cdef floating* dmem_t = <floating*> s.dmem_t
+    cdef floating* dmem_prev = <floating*> s.dmem_prev
+    for b in range(s.e.B):
+        for m in range(M):
+            row = m * BH + b * H
+            if lengths == NULL or s.e.t < lengths[b]:
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    dmem_prev[j] = 0
+            else:
+                for j in range(row + s.e.u0, row + s.e.u1):
+                    dmem_prev[j] = dmem_t[j]
+                    dmem_t[j] = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,8 +925,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
              const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-             int threads, Py_ssize_t alone_at=-1):
-    """Backpropagation through time over a tape the forward pass kept (S = T).
+             int threads, Py_ssize_t alone_at=-1, floating[:, :, :, ::1] mem=None,
+             floating[:, :, :, ::1] dmem=None, tuple regularisers=None):
+    """Backpropagation through time over a tape the forward pass kept (S = T), with the
+    ``regularisers`` of the forward pass that kept it, or None.
 
     In: dy (T, B, H); dstm[0] the gradient of the final STM, dltm[T % 2] that of the final LTM.
     Out: dstm[0] and dltm[0], the gradients of the initial STM and LTM; dz (T, B, KH) and dacts
@@ -811,6 +939,9 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
     Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
+    The gates' extra memories, if any: ``mem`` (T + 1, M, B, H) from the tape, and ``dmem``
+    (2, M, B, H), in: dmem[T % 2] the gradients of their final values; out: dmem[0], those of
+    their initial values.
     Returns -1, or the step at which a gate failed (T for a failure in finish).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
@@ -842,6 +973,15 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
                          f"{(work.shape[0], work.shape[1])}")
     if lengths is not None:
         check_shape("lengths", (lengths.shape[0],), (B,))
+    cdef Py_ssize_t M = 0 if mem is None else mem.shape[1]
+    check_memories(gates, M)
+    if M > 0:
+        check_shape("mem", (mem.shape[0], mem.shape[1], mem.shape[2], mem.shape[3]),
+                    (T + 1, M, B, H))
+        if dmem is None:
+            raise ValueError("dmem must be given with mem")
+        check_shape("dmem", (dmem.shape[0], dmem.shape[1], dmem.shape[2], dmem.shape[3]),
+                    (2, M, B, H))
     cdef Plan P = backward_plan(T, B, D, H, KH, threads, single)
     cdef Py_ssize_t panels = backward_panels(KH, H, &P, single)
     cdef GradientScratch G = weights_scratch(D, H, KH, P.units, single)
@@ -870,6 +1010,10 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     team.dy, team.dstm, team.dltm = &dy[0, 0, 0], &dstm[0, 0, 0], &dltm[0, 0, 0]
     team.dacts = &dacts[0, 0, 0, 0]
     team.dparams, team.dparams_stride = &dparams[0, 0], dparams.shape[1]
+    if M > 0 and B * H > 0:
+        team.M, team.mem, team.dmem = M, &mem[0, 0, 0, 0], &dmem[0, 0, 0, 0]
+    if regularisers is not None:
+        set_regularisers(&team, regularisers, max(1, P.team), T, <floating*> NULL)
     with nogil:
         failed = run_team(&team)
         if failed < 0:
@@ -910,7 +1054,10 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
     cdef StepEnd end
     cdef Py_ssize_t recurrent_end = team.recurrent_end
     cdef StepAny s = member_step(team, u0, u1)
-    s.dSTM_t, s.dSTM_prev = dSTM_t, carry
+    # With regularisers the gates' share of d/dSTM_{t-1} is with respect to the STM they read
+    # (masked by recurrent dropout): it goes to `inner`, and reaches the carry at the step's end.
+    cdef floating* inner = <floating*> team.inner if team.regularised else carry
+    s.dSTM_t, s.dSTM_prev = dSTM_t, inner
     if recurrent_end > 0:
         # Panels of W[:, u:u + nr] over the rows of the blocks that read the STM: the carry to
         # this thread's units.
@@ -932,6 +1079,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
         s.dU_t, s.dV_t = dacts + (3 * T + t) * BH, dacts + (4 * T + t) * BH
         s.dLTM_t, s.dLTM_prev = dltm + ((t + 1) % 2) * BH, dltm + (t % 2) * BH
         dLTM_t, dLTM_prev = <floating*> s.dLTM_t, <floating*> s.dLTM_prev
+        if team.regularised:
+            regularise_reads(team, &s, index, <floating*> NULL)
         # The gates add into dz and dacts: each thread zeroes its columns of step t first (the
         # caller hands over buffers it reuses, not zeros).
         for b in range(B):
@@ -941,7 +1090,9 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             for k in range(5):
                 for j in range((k * T + t) * BH + b * H + u0, (k * T + t) * BH + b * H + u1):
                     dacts[j] = 0
-        for b in range(B):
+        if team.regularised:
+            zone_backward(team, &s, dy + t * BH, carry, inner)
+        for b in range(B if not team.regularised else 0):
             if team.lengths == NULL or t < team.lengths[b]:
                 for j in range(b * H + u0, b * H + u1):
                     dSTM_t[j] = dy[t * BH + j] + carry[j]
@@ -954,6 +1105,9 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
                     dSTM_t[j] = 0
                     dLTM_prev[j] = dLTM_t[j]
                     dLTM_t[j] = 0
+        if team.M > 0:
+            point_memories(&s, t, team, <floating*> NULL)
+            start_memory_gradients(&s, team.M, team.lengths, <floating*> NULL)
         failed = run_shared_gates(team, index, BACKWARD, &s, failed, alone)
         end = end_of_step(team, index, t, failed, alone)
         if end == STOP or (end == GO_ALONE and index > 0):
@@ -965,7 +1119,9 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
         if recurrent_end > 0:
             # carry[:, u0:u1] += dz[t] @ W[:, u0:u1]; alone, thread 0 takes every thread's units
             for m in range(0 if alone else index, team.size if alone else index + 1):
-                add_carry(team, m, dzt, carry)
+                add_carry(team, m, dzt, inner)
+        if team.regularised:
+            unmask_carry(team, u0, u1, carry, inner)
 
 
 cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
@@ -991,6 +1147,8 @@ cdef StepAny sequence_step(Team* team, floating* precision) noexcept nogil:
                   <floating*> team.ltm, <floating*> team.y, <const floating*> team.stm0,
                   <const floating*> team.x, team.forget_preactivation)
     s.e.t, s.e.B = -1, team.T * team.B
+    if team.candidates != NULL:
+        s.LTM_t = team.candidates
     s.STM_prev = s.dSTM_prev = NULL
     s.dz, s.dE_t = team.dz, team.dx
     s.ds_t = NULL if team.forget_preactivation < 0 or team.dz == NULL else (
@@ -1052,6 +1210,11 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
                         panel[l * nr + column] = source[j + column]
                     else:
                         panel[l * nr + column] = x[(r + l) * D + j + column - H]
+                if j < H and team.dropout != NULL:
+                    # the gates read STM_{t-1} masked: so does the gradient of W[:, :H]
+                    source = <const floating*> team.dropout + ((r + l) % B) * H
+                    for column in range(min(n, H - j)):
+                        panel[l * nr + column] *= source[j + column]
         for j from 0 <= j < kdim by nr:
             panel = rows + (j // nr) * nr * rc
             for k in range(blocks):
@@ -1084,6 +1247,237 @@ cdef GradientScratch weights_scratch(Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH,
     G.input_panels = G.rows + panel_count(H + D, nr) * nr * GRADIENT_ROWS
     G.size = G.input_panels + panel_count(D, nr) * nr * KH
     return G
+
+
+# ---------------------------------------------------------------------------------------------
+# The regularisers of the recurrence: zoneout and recurrent dropout
+#
+# Zoneout (Krueger et al. 2017) runs the gates as they are, the use gate reading the candidate
+# LTM~_t, then keeps each unit's previous memories with probability z_c (LTM) and z_h (STM):
+#     LTM_t = d ⊙ LTM_{t-1} + (1 - d) ⊙ LTM~_t,  STM_t = d' ⊙ STM_{t-1} + (1 - d') ⊙ STM~_t,
+# d, d' the step's masks (0 or 1), or z_c, z_h in evaluation (their expectation). Masks drawn
+# for a call are not stored: unit j of sequence b at step t keeps its memory where
+# zoneout_hash(key, t, b * H + j) < below (below = z 2^32, key drawn for the call), computed
+# where it applies, on the thread of the unit, in forward and again in backward
+# (gatekit.core.cell computes the same numbers in NumPy for the tape's masks). The gates'
+# LTM_t is then LTM~_t (kept apart, in `candidates`, for backward); the ltm buffer and y hold
+# the zoned memories, which the next step reads. Backward, with G_L and G_S the gradients of
+# the zoned LTM_t and STM_t, the gates see dLTM_t = (1 - d) ⊙ G_L and dSTM_t = (1 - d') ⊙ G_S,
+# and d ⊙ G_L, d' ⊙ G_S go straight to LTM_{t-1}, STM_{t-1}.
+# Recurrent dropout (Gal & Ghahramani 2016) multiplies STM_{t-1} by a mask m of the sequence,
+# the same at every step, wherever the gates read it (the recurrent product, a gate's own
+# reads of STM_prev); the STM carried to the next step and output stays unmasked. Each thread
+# keeps its own full copy of m ⊙ STM_{t-1} (a product reads every unit of it), so no barrier is
+# added. The gradient the gates send to the STM they read (their dSTM_prev and W^T dz) goes to
+# `inner`, and the carry to STM_{t-1} gets m ⊙ inner at the end of the step. Past a sequence's
+# length the step is the identity, as without regularisers (its gates see zero gradients).
+# ---------------------------------------------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* lowbias32 (C. Wellons): a bijection of 32-bit words whose every output bit depends on
+     * every input bit; two multiplies, so a loop of it vectorises. */
+    static inline uint32_t gk_mix32(uint32_t x) {
+        x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+        return x;
+    }
+    static inline uint32_t gk_step_key(uint32_t key, uint32_t t) {
+        return gk_mix32(key + t * 0x9e3779b9U);
+    }
+    """
+    uint32_t gk_mix32(uint32_t x) nogil
+    uint32_t gk_step_key(uint32_t key, uint32_t t) nogil
+
+
+def zoneout_hash(key, t, index):
+    """The hash of unit ``index`` = b * H + j of step t under the call's ``key``
+    (gk_mix32(gk_step_key(key, t) ^ index)): the compiled loop's own, for the tests."""
+    return gk_mix32(gk_step_key(<uint32_t> key, <uint32_t> t) ^ <uint32_t> index)
+
+
+def regulariser_buffers():
+    """The order of the ``regularisers`` tuple :func:`forward` and :func:`backward` take:
+    ``zone_ltm`` and ``zone_stm`` (T, B, H) zoneout masks, 1 where the memory keeps its previous
+    value, or None (then ``rate_ltm``, ``rate_stm``, numbers, stand for them in evaluation, and
+    ``hashed`` = (key_ltm, key_stm, below_ltm, below_stm) for masks drawn for the call: a unit
+    keeps its memory where :func:`zoneout_hash` is below ``below``, 0 for none);
+    ``candidates`` (S, B, H), where the gates' LTM~_t goes when the LTM is zoned (kept for
+    backward), else None; ``dropout`` (B, H) the recurrent dropout mask, or None; ``dropped``
+    (threads + 2, B, H) scratch: the masked STM_{t-1} of each thread, then the zoneout masks of
+    a step of the LTM and of the STM (each thread its own units); ``inner`` (B, H) scratch of
+    backward."""
+    return ("zone_ltm", "zone_stm", "rate_ltm", "rate_stm", "candidates", "dropout", "dropped",
+            "inner", "hashed")
+
+
+cdef int set_regularisers(Team* team, tuple regularisers, int threads, Py_ssize_t kept,
+                          floating* precision) except -1:
+    """Point the team at the buffers of ``regularisers`` (see regulariser_buffers), after
+    checking their shapes: the loops index them through raw pointers."""
+    cdef Py_ssize_t T = team.T, B = team.B, H = team.H
+    cdef floating[:, :, ::1] steps
+    cdef floating[:, ::1] rows
+    if len(regularisers) != 9:
+        raise ValueError(f"regularisers must hold {regulariser_buffers()}; got "
+                         f"{len(regularisers)} items")
+    (zone_ltm, zone_stm, rate_ltm, rate_stm, candidates, dropout, dropped, inner,
+     hashed) = regularisers
+    team.rate_ltm, team.rate_stm = float(rate_ltm), float(rate_stm)
+    if hashed is not None:
+        team.key_ltm, team.key_stm, team.below_ltm, team.below_stm = hashed
+    for name, masks in (("zone_ltm", zone_ltm), ("zone_stm", zone_stm)):
+        if masks is not None and T * B * H > 0:
+            steps = masks
+            check_shape(name, (steps.shape[0], steps.shape[1], steps.shape[2]), (T, B, H))
+            if name == "zone_ltm":
+                team.zone_ltm = &steps[0, 0, 0]
+            else:
+                team.zone_stm = &steps[0, 0, 0]
+    if (team.zone_ltm != NULL or team.rate_ltm != 0 or team.below_ltm != 0) and T * B * H > 0:
+        if candidates is None:
+            raise ValueError("a zoned LTM needs the candidates buffer")
+        steps = candidates
+        check_shape("candidates", (steps.shape[0], steps.shape[1], steps.shape[2]), (kept, B, H))
+        team.candidates = &steps[0, 0, 0]
+    if dropout is not None and B * H > 0:
+        rows = dropout
+        check_shape("dropout", (rows.shape[0], rows.shape[1]), (B, H))
+        team.dropout = &rows[0, 0]
+    if B * H > 0:
+        steps = dropped
+        if steps.shape[0] < threads + 2 or steps.shape[1] != B or steps.shape[2] != H:
+            raise ValueError(f"dropped must have shape ({threads + 2} or more, {B}, {H}); got "
+                             f"{(steps.shape[0], steps.shape[1], steps.shape[2])}")
+        team.dropped = &steps[0, 0, 0]
+    team.regularised = (team.candidates != NULL or stm_zoned(team) or team.dropout != NULL)
+    if team.regularised and team.phase == BACKWARD:
+        rows = inner
+        check_shape("inner", (rows.shape[0], rows.shape[1]), (B, H))
+        team.inner = &rows[0, 0]
+    return 0
+
+
+cdef inline void regularise_reads(Team* team, StepAny* s, int index,
+                                  floating* precision) noexcept nogil:
+    """Point step t at what its gates read under the regularisers: LTM~_t (zoned after the
+    gates) and the masked STM_{t-1}, this thread's own copy of every unit."""
+    cdef Py_ssize_t BH = s.e.B * s.e.H, j
+    cdef floating* copy
+    cdef const floating* previous = <const floating*> s.STM_prev
+    cdef const floating* mask = <const floating*> team.dropout
+    if team.candidates != NULL:
+        s.LTM_t = <floating*> team.candidates + (s.e.t % team.kept) * BH
+    if mask != NULL:
+        copy = <floating*> team.dropped + index * BH
+        for j in range(BH):
+            copy[j] = previous[j] * mask[j]
+        s.STM_prev = copy
+
+
+cdef inline bint stm_zoned(Team* team) noexcept nogil:
+    return team.zone_stm != NULL or team.rate_stm != 0 or team.below_stm != 0
+
+
+cdef inline void keep_factors(floating* keep, const floating* masks, double rate, uint32_t key,
+                              uint32_t below, Py_ssize_t t, Py_ssize_t B, Py_ssize_t H,
+                              Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """keep[b * H + j] for units u0..u1 of step t: the zoneout mask given (``masks``), or
+    drawn (``below`` > 0: 1 where the unit's hash is below it), or the rate (evaluation)."""
+    cdef Py_ssize_t b, j, at = t * B * H
+    cdef uint32_t step_key = gk_step_key(key, <uint32_t> t)
+    cdef floating value = <floating> rate
+    for b in range(B):
+        if masks != NULL:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = masks[at + j]
+        elif below != 0:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = 1 if gk_mix32(step_key ^ <uint32_t> j) < below else 0
+        else:
+            for j in range(b * H + u0, b * H + u1):
+                keep[j] = value
+
+
+cdef inline void zone(Team* team, StepAny* s, const floating* STM_prev,
+                      floating* LTM_t) noexcept nogil:
+    """Zoneout of units s.e.u0..u1 after the gates: ``LTM_t`` (the ltm buffer's) from LTM~_t,
+    and STM_t (y_t) in place; then point the step back at the unmasked STM_{t-1} and the zoned
+    LTM_t (which hold_finished reads)."""
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, b, j
+    cdef const floating* LTM_prev = <const floating*> s.LTM_prev
+    cdef const floating* candidate = <const floating*> s.LTM_t
+    cdef floating* STM_t = <floating*> s.STM_t
+    # the step's zoneout masks, in scratch that every thread shares (each its own units)
+    cdef floating* keep = <floating*> team.dropped + team.size * B * H
+    if team.candidates != NULL:
+        keep_factors(keep, <const floating*> team.zone_ltm, team.rate_ltm, team.key_ltm,
+                     team.below_ltm, s.e.t, B, H, u0, u1)
+        for b in range(B):
+            for j in range(b * H + u0, b * H + u1):
+                LTM_t[j] = keep[j] * LTM_prev[j] + (1 - keep[j]) * candidate[j]
+    if stm_zoned(team):
+        keep_factors(keep, <const floating*> team.zone_stm, team.rate_stm, team.key_stm,
+                     team.below_stm, s.e.t, B, H, u0, u1)
+        for b in range(B):
+            for j in range(b * H + u0, b * H + u1):
+                STM_t[j] = keep[j] * STM_prev[j] + (1 - keep[j]) * STM_t[j]
+    s.STM_prev, s.LTM_t = STM_prev, LTM_t
+
+
+cdef inline void zone_backward(Team* team, StepAny* s, const floating* dy, floating* carry,
+                               floating* inner) noexcept nogil:
+    """The start of backward step t under the regularisers, units s.e.u0..u1: the gradients
+    the gates see (dSTM_t, dLTM_t of the candidates), what zoneout sends straight to the
+    memories of step t - 1 (carry, dLTM_prev), and ``inner`` zeroed for the gates. Past a
+    sequence's length, the identity."""
+    cdef Py_ssize_t B = s.e.B, H = s.e.H, u0 = s.e.u0, u1 = s.e.u1, b, j
+    cdef floating* dSTM_t = <floating*> s.dSTM_t
+    cdef floating* dLTM_t = <floating*> s.dLTM_t
+    cdef floating* dLTM_prev = <floating*> s.dLTM_prev
+    cdef floating* keep_ltm = <floating*> team.dropped + team.size * B * H
+    cdef floating* keep_stm = keep_ltm + B * H
+    cdef floating total
+    if team.candidates != NULL:
+        keep_factors(keep_ltm, <const floating*> team.zone_ltm, team.rate_ltm, team.key_ltm,
+                     team.below_ltm, s.e.t, B, H, u0, u1)
+    else:
+        keep_factors(keep_ltm, <const floating*> NULL, 0, 0, 0, s.e.t, B, H, u0, u1)
+    if stm_zoned(team):
+        keep_factors(keep_stm, <const floating*> team.zone_stm, team.rate_stm, team.key_stm,
+                     team.below_stm, s.e.t, B, H, u0, u1)
+    else:
+        keep_factors(keep_stm, <const floating*> NULL, 0, 0, 0, s.e.t, B, H, u0, u1)
+    for b in range(B):
+        for j in range(b * H + u0, b * H + u1):
+            inner[j] = 0
+        if team.lengths != NULL and s.e.t >= team.lengths[b]:
+            for j in range(b * H + u0, b * H + u1):
+                dSTM_t[j] = 0
+                dLTM_prev[j] = dLTM_t[j]
+                dLTM_t[j] = 0
+            continue
+        for j in range(b * H + u0, b * H + u1):
+            total = dy[j] + carry[j]
+            dSTM_t[j] = (1 - keep_stm[j]) * total
+            carry[j] = keep_stm[j] * total
+            dLTM_prev[j] = keep_ltm[j] * dLTM_t[j]
+            dLTM_t[j] = (1 - keep_ltm[j]) * dLTM_t[j]
+
+
+cdef inline void unmask_carry(Team* team, Py_ssize_t u0, Py_ssize_t u1, floating* carry,
+                              const floating* inner) noexcept nogil:
+    """The end of backward step t under the regularisers, units u0..u1: the carry to
+    STM_{t-1} gets what the gates sent to the STM they read, through the dropout mask."""
+    cdef Py_ssize_t B = team.B, H = team.H, b, j
+    cdef const floating* mask = <const floating*> team.dropout
+    for b in range(B):
+        if mask != NULL:
+            for j in range(b * H + u0, b * H + u1):
+                carry[j] += mask[j] * inner[j]
+        else:
+            for j in range(b * H + u0, b * H + u1):
+                carry[j] += inner[j]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,6 +103,10 @@ cdef struct StepAny:
     void** dparam
     void* barrier
     int error
+    const void* mem_prev
+    void* mem_t
+    void* dmem_t
+    void* dmem_prev
 
 
 def _check_layout():

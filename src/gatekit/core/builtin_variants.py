@@ -40,6 +40,9 @@ VARIANTS = {
     "minlstm": ({"forget": "min", "learn": "min", "use": "memory"},
                 "minLSTM: f_t = σ(z_f) / (σ(z_f) + σ(z_i)) from the event, N_t = W_n E_t + b_n, "
                 "i_t = 1 - f_t, STM_t = LTM_t"),
+    "slstm": ({"forget": "slstm", "learn": "slstm", "use": "slstm"},
+              "xLSTM's sLSTM, stabilised: exponential gates, memories n_t (normaliser) and m_t "
+              "(stabiliser), STM_t = σ(õ) ⊙ LTM_t / n_t"),
 }
 
 

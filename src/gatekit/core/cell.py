@@ -1,5 +1,6 @@
 """The memory cell: four gates composed, parameters named after the equations, and the checks
 that stand between a caller and the compiled time loop."""
+import copy
 import inspect
 import math
 import numbers
@@ -9,10 +10,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from gatekit.core import instruction_sets, plugins, reference
-from gatekit.core._gate import MAX_PARAMS, no_backward_message, PythonGate, ROLES
+from gatekit.core._gate import MAX_MEMORIES, MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
-__all__ = ["as_float_array", "Cell", "check_lengths", "FLOAT_DTYPES", "INPUTS", "Parameters",
-           "refuse_changed_parameters", "Tape", "THREADS", "writable"]
+__all__ = ["as_float_array", "Cell", "check_lengths", "check_recurrent_dropout", "check_zoneout",
+           "FLOAT_DTYPES", "INPUTS", "MASKS", "Parameters", "refuse_changed_parameters", "Tape",
+           "THREADS", "writable"]
 
 INPUTS = ("E_t", "STM_prev", "LTM_prev")
 # The runs of packed blocks, in order, and the columns of W each reads ([STM_{t-1}, E_t]).
@@ -179,6 +181,107 @@ def _scan_refusal(classes, blocks):
     return None
 
 
+# The masks of one call of a cell with regularisers (see Cell.draw_masks), by name.
+MASKS = ("zoneout_LTM", "zoneout_STM", "dropout_STM")
+# The cell's mask generator is a stream of its seed apart from the parameters' own.
+_MASK_STREAM = 0x6d61736b
+
+
+def _probability(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1); got {value!r}")
+    return float(value)
+
+
+def check_zoneout(zoneout):
+    """``zoneout`` as a pair of floats (z_c, z_h), each a probability in [0, 1)."""
+    if not (isinstance(zoneout, (tuple, list)) and len(zoneout) == 2):
+        raise ValueError(f"zoneout must be a pair (z_c, z_h) of probabilities in [0, 1), for "
+                         f"the LTM and the STM; got {zoneout!r}")
+    return (_probability("zoneout[0] (z_c, of the LTM)", zoneout[0]),
+            _probability("zoneout[1] (z_h, of the STM)", zoneout[1]))
+
+
+def check_recurrent_dropout(p):
+    """``p`` as a float, a probability in [0, 1)."""
+    return _probability("recurrent_dropout", p)
+
+
+def _mask_generator(seed):
+    """The generator of a cell's masks: a stream of ``seed`` that the parameters' draws do not
+    touch, so the same seed gives the same parameters with or without regularisers."""
+    if isinstance(seed, (np.random.Generator, np.random.BitGenerator)):
+        return np.random.default_rng(seed).spawn(1)[0]
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return np.random.default_rng(np.random.SeedSequence(
+        sequence.entropy, spawn_key=(*sequence.spawn_key, _MASK_STREAM),
+        pool_size=sequence.pool_size))
+
+
+def _mix32(x):
+    """lowbias32 on uint32 arrays, wrapping as C does: the compiled loop's gk_mix32."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def _below(rate):
+    """The hashes below which a unit is picked with probability ``rate`` (in [0, 1))."""
+    return int(rate * 2 ** 32)
+
+
+class _DrawnMasks:
+    """The masks of one call in training, as the keys they come from: the compiled loop
+    computes each zoneout mask where it applies it, forward and backward, so that no (T, B, H)
+    mask is drawn or stored; unit j of sequence b at step t keeps its memory where
+    mix32(mix32(key + t * 0x9e3779b9) ^ (b * H + j)) < z 2^32. :meth:`arrays` computes the same
+    masks in NumPy (for the tape, the trace and the reference). The recurrent dropout mask,
+    (B, H), is computed here: 0 where mix32(mix32(key) ^ (b * H + j)) < p 2^32."""
+
+    def __init__(self, cell, T, B):
+        H = cell.hidden_size
+        if B * H >= 2 ** 32:
+            raise ValueError(f"masks are drawn for at most 2**32 units of a step; got B * H = "
+                             f"{B * H}")
+        # One key per mask and call: the LTM's and the STM's zoneout, the dropout.
+        self.keys = tuple(int(key) for key in cell.mask_rng.integers(0, 2 ** 32, 3, np.uint64))
+        if cell.one_memory:
+            # One memory, one mask: the STM, which is the LTM, is zoned where the LTM is.
+            self.keys = (self.keys[0], self.keys[0], self.keys[2])
+        self.below = tuple(_below(z) for z in cell.zoneout)
+        self.shape, self.dtype = (T, B, H), cell.dtype
+        self.dropout = None
+        p = cell.recurrent_dropout
+        if p > 0:
+            hashes = _mix32(_mix32(np.array([self.keys[2]], np.uint32))
+                            ^ np.arange(B * H, dtype=np.uint32))
+            keep = (hashes >= np.uint32(_below(p))).reshape(B, H)
+            self.dropout = keep.astype(self.dtype) / self.dtype.type(1 - p)
+        self._arrays = None
+
+    def loop_keys(self):
+        return (self.keys[0], self.keys[1], self.below[0], self.below[1])
+
+    def _zoneout(self, stream, rate):
+        if self.below[stream] == 0:
+            return rate
+        T, B, H = self.shape
+        steps = np.arange(T, dtype=np.uint32) * np.uint32(0x9E3779B9)
+        step_keys = _mix32(np.array([self.keys[stream]], np.uint32) + steps)
+        hashes = _mix32(step_keys[:, None] ^ np.arange(B * H, dtype=np.uint32)[None, :])
+        return (hashes < np.uint32(self.below[stream])).astype(self.dtype).reshape(T, B, H)
+
+    def arrays(self, zoneout):
+        """The masks as :meth:`Cell.draw_masks` returns them (computed once)."""
+        if self._arrays is None:
+            self._arrays = {"zoneout_LTM": self._zoneout(0, zoneout[0]),
+                            "zoneout_STM": self._zoneout(1, zoneout[1]),
+                            "dropout_STM": self.dropout}
+        return self._arrays
+
+
 def _differentiable(cls):
     if issubclass(cls, PythonGate):
         return cls.is_differentiable()
@@ -229,13 +332,27 @@ class Tape:
     step's pre-activations, gate outputs and memories. Tied to the cell that recorded it; the
     backward pass reads it and does not change it, so it can be used more than once."""
 
-    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths):
+    def __init__(self, cell, x, stm0, z, acts, ltm, y, lengths, mem=None, masks=None,
+                 candidates=None):
         self.cell, self.x, self.stm0, self.lengths = cell, x, stm0, lengths
         self.z, self.acts, self.ltm = z, acts, ltm
+        # The gates' extra memories, (T + 1, M, B, H) as ltm, or None without any.
+        self.mem = mem
+        # The regularisers' masks of the call (see Cell.draw_masks), or the keys of the masks
+        # drawn for it, and, when the LTM is zoned, the LTM~_t the gates computed.
+        self._masks, self.candidates = masks, candidates
         # The caller may change the y it was given; the tape keeps its own.
         self.y = y.copy()
         # The activations hold for these parameters only: backward checks they are unchanged.
         self.params = cell._parameter_snapshot()
+
+    @property
+    def masks(self):
+        """The zoneout and recurrent dropout masks of the call, as ``Cell.draw_masks`` returns
+        them; None for a cell without regularisers."""
+        if isinstance(self._masks, _DrawnMasks):
+            return self._masks.arrays(self.cell.zoneout)
+        return self._masks
 
     def __repr__(self):
         T, B, _ = self.x.shape
@@ -252,21 +369,33 @@ class Cell:
 
     Calling the cell runs it over a sequence: ``y, (stm, ltm) = cell(x, state=None)`` with
     ``x`` of shape (T, B, input_size); ``y`` (T, B, hidden_size) holds the short-term memory of
-    every step and ``(stm, ltm)`` the final short- and long-term memories.
+    every step and ``(stm, ltm)`` the final short- and long-term memories. A cell whose gates
+    keep extra memories (``memories``, e.g. sLSTM's ``("n", "m")``) returns them after these:
+    ``(stm, ltm, n, m)``.
 
     ``threads`` caps the threads one call may use (default: the ``GATEKIT_NUM_THREADS``
     environment variable at import, else the CPUs the process may run on). A call splits the
     units between threads only when its steps are large enough to gain from it.
 
+    ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` regularise the recurrence in training
+    mode (:meth:`train`, the default; :meth:`eval` turns them into their expectation): see
+    :meth:`draw_masks` and the training page of the documentation.
+
     ``scan``: a composition in which only the remember gate carries anything from one step to
     the next (minGRU, minLSTM) can run as a scan over the whole sequence instead of the time
     loop (docs/cells-and-gates.md, "The scan"): ``None`` (default) where that is faster,
-    ``True`` always, ``False`` never. An attribute, which may be changed later.
+    ``True`` always, ``False`` never. An attribute, which may be changed later. A cell with
+    zoneout or recurrent dropout never scans.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
-                 remember=None, use=None, dtype=np.float32, seed=None, threads=None, scan=None):
+                 remember=None, use=None, dtype=np.float32, seed=None, threads=None,
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0, scan=None):
         self.input_size = D = _size("input_size", input_size)
+        self.zoneout = check_zoneout(zoneout)
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.training = True
+        self.mask_rng = _mask_generator(seed)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.dtype = _float_dtype(dtype)
         self.threads = None if threads is None else _threads("threads", threads)
@@ -282,6 +411,9 @@ class Cell:
                                  f"by unit, so input_size must equal hidden_size; got input_size "
                                  f"({D}) and hidden_size ({H})")
         self._classes = classes
+        if self.one_memory and self.zoneout[0] != self.zoneout[1]:
+            raise ValueError(f"zoneout must be (z, z) for this cell: its STM is its LTM (use gate "
+                             f"{classes[3].name!r}), one memory, zoned once; got {zoneout!r}")
 
         # The packed blocks, in three runs by what they read (STM only, both, event only), each
         # in role and declared order: the loop's products then skip whole runs of columns. The
@@ -310,14 +442,16 @@ class Cell:
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
-        self.gates = tuple(cls(D, H, 0, [self._blocks[block][0] for block in cls.blocks])
-                           for cls in classes)
+        self._memory_defaults = self._collect_memories(classes, arrays)
+        self.gates = tuple(cls(D, H, 0, [self._blocks[block][0] for block in cls.blocks],
+                               self.memories) for cls in classes)
         for gate in self.gates:
             gate.bind(arrays)
         forget_gate = self.gates[0]
         self._forget_preactivation = forget_gate.offset if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
-        self._scan_refusal = _scan_refusal(classes, blocks)
+        self._scan_refusal = _scan_refusal(classes, blocks) or (
+            "its gates carry extra memories" if self.memories else None)
         self.scan = scan
 
     @property
@@ -338,13 +472,41 @@ class Cell:
     def _takes_scan(self, T, B):
         """Whether a call of T steps of B sequences runs as a scan. (Anything that carries a
         step's STM or LTM to the next other than the remember gate rules it out here.)"""
-        if self._scan is False or self._scan_refusal is not None or T == 0:
+        if (self._scan is False or self._scan_refusal is not None or T == 0
+                or self.regularised):
             return False
         return self._scan is True or T * B >= SCAN_ROWS
+
+    @property
+    def memories(self):
+        """The names of the gates' extra memories, in the order they take in ``state``
+        (after the STM and the LTM); ``()`` for a cell without any."""
+        return tuple(self._memory_defaults)
+
+    @staticmethod
+    def _collect_memories(classes, params):
+        """The extra memories of the gates, in role and declared order: ``{name: initial}``."""
+        memories, owners = {}, {}
+        reserved = {"STM", "LTM", "E", "f", "i", "N", "U", "V", "s"}
+        for cls in classes:
+            for name, value in cls.memory_defaults().items():
+                if name in memories or name in reserved or name in params:
+                    first = owners.get(name, "the cell")
+                    raise ValueError(f"memory {name!r} of {cls.role} gate {cls.name!r} is "
+                                     f"declared already (by {first}); the memories of a cell's "
+                                     "gates share one namespace with its quantities and "
+                                     "parameters")
+                memories[name], owners[name] = value, f"{cls.role} gate {cls.name!r}"
+        if len(memories) > MAX_MEMORIES:
+            raise ValueError(f"the gates of this cell declare {len(memories)} extra memories "
+                             f"({', '.join(memories)}); at most {MAX_MEMORIES} are supported")
+        return memories
 
     @staticmethod
     def _check_composition(classes):
         known = set(INPUTS)
+        for cls in classes:
+            known |= {f"{name}_prev" for name in cls.memory_defaults()}
         for cls in classes:
             known |= {f"{kind}_{block}" for block in cls.blocks for kind in "Wb"}
             known |= set(cls.params)
@@ -372,14 +534,56 @@ class Cell:
                 array[...] = fixed[name]
 
     def copy(self, dtype=None):
-        """A new cell with the same gates and a copy of the parameters, in ``dtype`` (by default
-        this cell's)."""
+        """A new cell with the same gates, options, mode and a copy of the parameters, in
+        ``dtype`` (by default this cell's); its mask generator starts from a copy of this
+        cell's."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
                      dtype=self.dtype if dtype is None else dtype, threads=self.threads,
+                     zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
                      scan=self.scan)
         for name, array in self.params.items():
             other.params[name] = array
+        other.training = self.training
+        # a generator of the same kind in the same state: the copy draws the masks this cell
+        # would draw next
+        other.mask_rng = copy.deepcopy(self.mask_rng)
         return other
+
+    def train(self, mode=True):
+        """Training mode (the default): each call draws new zoneout and recurrent dropout masks.
+        Returns the cell."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: zoneout and recurrent dropout give way to their expectation (the
+        memories mix with their previous values in the proportions z_c, z_h; no dropout).
+        Returns the cell."""
+        return self.train(False)
+
+    @property
+    def regularised(self):
+        """Whether the cell has zoneout or recurrent dropout."""
+        return self.zoneout != (0.0, 0.0) or self.recurrent_dropout > 0
+
+    def draw_masks(self, T, B):
+        """The masks a call over T steps of B sequences applies, in the cell's mode, as a dict
+        (``gatekit.reference.forward`` takes the same):
+
+        - ``"zoneout_LTM"``, ``"zoneout_STM"``: in training, (T, B, H) arrays of 0 and 1 (1 where
+          the unit keeps its previous memory, with probability z_c, z_h); in evaluation, and
+          in training without zoneout, the number z_c, z_h (their expectation);
+        - ``"dropout_STM"``: in training with recurrent dropout, a (B, H) array, 0 with
+          probability p and 1 / (1 - p) elsewhere, one per sequence for every step; else None.
+
+        In training each call draws new masks from :attr:`mask_rng` (seeded from ``seed``): the
+        masks a call of the cell would draw next, whatever the cell's dtype.
+        """
+        T, B = int(T), _size("B", B)
+        if not self.training:
+            z_c, z_h = self.zoneout
+            return {"zoneout_LTM": z_c, "zoneout_STM": z_h, "dropout_STM": None}
+        return _DrawnMasks(self, T, B).arrays(self.zoneout)
 
     @property
     def one_memory(self):
@@ -395,22 +599,31 @@ class Cell:
 
     def __repr__(self):
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        regularisers = (f", zoneout={self.zoneout}, recurrent_dropout={self.recurrent_dropout}"
+                        if self.regularised else "")
         return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name})")
+                f"variant={self.variant!r}, {gates}, dtype={self.dtype.name}{regularisers})")
 
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x, state=None, lengths=None, masks=None):
         """``cell.forward(x, state, lengths=lengths)`` without a tape: ``y, (stm, ltm)``."""
-        y, state = self.forward(x, state, lengths=lengths)
+        y, state = self.forward(x, state, lengths=lengths, masks=masks)
         return y, state
 
-    def forward(self, x, state=None, keep=False, lengths=None):
+    def forward(self, x, state=None, keep=False, lengths=None, masks=None):
         """Run the cell over ``x`` (T, B, input_size) from ``state`` = (STM, LTM), each (B, H),
-        or zeros. Returns ``y`` (T, B, H) and the final ``(STM, LTM)``; with ``keep=True`` also
-        the :class:`Tape` that :meth:`backward` needs.
+        or zeros; a cell with extra memories (:attr:`memories`) takes them after these, or
+        starts them at their gates' initial values. Returns ``y`` (T, B, H) and the final
+        ``(STM, LTM)`` (then the extra memories); with ``keep=True`` also the :class:`Tape` that
+        :meth:`backward` needs.
 
         ``lengths`` (B integers in [1, T], in any order) makes a ragged batch: sequence b ends
         after ``lengths[b]`` steps; its later outputs are zeros, its final state is the one of
         its last step, and its padded steps take no part in the gradients.
+
+        ``masks`` (as :meth:`draw_masks` returns them) fixes the zoneout and recurrent dropout
+        masks of the call, whatever the cell's options and mode; by default a cell with
+        regularisers draws them (in training) or applies their expectation (in evaluation).
+        The tape keeps them for the backward pass.
         """
         x = as_float_array("x", x, self.dtype, (None, None, self.input_size))
         T, B, _ = x.shape
@@ -418,6 +631,10 @@ class Cell:
             raise ValueError("x must hold at least one sequence; got batch size 0")
         stm0, ltm0 = self._initial_state(state, B)
         lengths = check_lengths(lengths, T, B)
+        if masks is not None:
+            masks = self._check_masks(masks, T, B)
+        elif self.regularised:
+            masks = _DrawnMasks(self, T, B) if self.training else self.draw_masks(T, B)
         if keep:
             # The tape must not share memory with arrays the caller may change before backward.
             x = x.copy()
@@ -425,14 +642,17 @@ class Cell:
         else:
             x, stm0 = writable(x), writable(stm0)
         H, KH = self.hidden_size, self._weights.shape[0]
+        memories0 = self._initial_memories(state, B)
+        M = len(memories0)
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
-            return y, (stm0.copy(), ltm0.copy())
+            return y, (stm0.copy(), ltm0.copy(), *(m.copy() for m in memories0))
         if self._takes_scan(T, B):
             return self._scan_forward(x, stm0, ltm0, y, keep, lengths)
         threads = self._call_threads()
         single = self.dtype == np.float32
-        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single)
+        size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single,
+                                              M)
         # Without a tape the workspace is scratch, reused; a tape keeps its own.
         workspace = np.empty(size, self.dtype) if keep else self._spares.take(
             "workspace", size, self.dtype)
@@ -443,20 +663,33 @@ class Cell:
 
         ltm = buffer("ltm")
         ltm[0] = ltm0
+        mem = buffer("mem") if M else None
+        if M:
+            mem[0] = memories0
+        regularisers = candidates = None
+        if masks is not None:
+            regularisers, scratch = self._regularisers(masks, T, B, len(ltm) - 1, threads, keep)
+            candidates = regularisers[4]
         buffers = (workspace, x, stm0, y)
         self._hold_buffers(buffers)
         try:
             failed = _loop.forward(self.gates, self._weights, self._bias, x, stm0, y, workspace,
                                    keep, lengths, self._forget_preactivation, self._reads,
-                                   threads)
+                                   threads, memories=M, regularisers=regularisers)
             if failed >= 0:
                 self._raise_gate_error(failed)
             final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+            if M:
+                final += tuple(mem[T % len(mem)].copy())
         finally:
             self._release_buffers(buffers)
             if not keep:
                 self._spares.give("workspace", workspace)
-        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths) if keep else None
+            if regularisers is not None:
+                for name, spare in scratch.items():
+                    self._spares.give(name, spare)
+        tape = Tape(self, x, stm0, buffer("z"), buffer("acts"), ltm, y, lengths, mem, masks,
+                    candidates) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
@@ -498,7 +731,11 @@ class Cell:
     def trace(self, x, state=None, lengths=None):
         """Every quantity the gates compute at every step, by the symbols of the equations:
         ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
-        the forget gate provides it, and what each gate's ``trace`` adds; each (T, B, ...).
+        the forget gate provides it, ``n_t`` for each extra memory ``n``, and what each gate's
+        ``trace`` adds; each (T, B, ...).
+        With zoneout or recurrent dropout also the call's masks (``zoneout_LTM``,
+        ``zoneout_STM``, ``dropout_STM``, numbers in evaluation broadcast) and, when the LTM is
+        zoned, ``LTM_candidate`` (LTM~_t, before zoneout; ``LTM_t`` and ``STM_t`` are zoned).
         The values are those of :meth:`forward` (the same compiled run). Padded steps of a
         ragged batch are NaN."""
         y, _, tape = self.forward(x, state, keep=True, lengths=lengths)
@@ -509,6 +746,10 @@ class Cell:
         if self._forget_preactivation >= 0:
             start = self._forget_preactivation
             quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
+        for k, name in enumerate(self.memories):
+            quantities[f"{name}_t"] = tape.mem[1:, k]
+        if tape.masks is not None:
+            quantities.update(self._traced_masks(tape, T, B))
         known = {**self.params, **quantities}
         for gate in self.gates:
             extra = type(gate).trace
@@ -524,13 +765,15 @@ class Cell:
             traced[name] = value
         return traced
 
-    def backward(self, tape, dy, dstm=None, dltm=None):
+    def backward(self, tape, dy, dstm=None, dltm=None, dmemories=None):
         """Backpropagation through time over a :class:`Tape` from ``forward(..., keep=True)``.
 
         ``dy`` (T, B, H) is the gradient of the loss with respect to the outputs ``y``; ``dstm``
-        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None). Returns a dict
-        with one gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"``, each
-        of the shape and dtype of what it is the gradient of.
+        and ``dltm`` (B, H), with respect to the final STM and LTM (zero if None);
+        ``dmemories``, with respect to the final extra memories (``{name: (B, H)}``, or one per
+        name of ``memories`` in order; a missing or None one is zero). Returns a dict with one
+        gradient per name of ``params``, plus ``"x"``, ``"stm0"`` and ``"ltm0"`` and, for each
+        extra memory ``n``, ``"n0"``, each of the shape and dtype of what it is the gradient of.
         """
         if not isinstance(tape, Tape):
             raise TypeError(f"tape must be the Tape from cell.forward(x, keep=True); got "
@@ -551,6 +794,7 @@ class Cell:
         dstm_carry[0] = 0 if dstm is None else as_float_array("dstm", dstm, self.dtype, (B, H))
         dltm_carry = np.empty((2, B, H), self.dtype)
         dltm_carry[T % 2] = 0 if dltm is None else as_float_array("dltm", dltm, self.dtype, (B, H))
+        dmem = self._final_memory_gradients(dmemories, T, B) if self.memories else None
 
         dweights = np.zeros_like(self._weights)
         dbias = np.zeros_like(self._bias)
@@ -567,8 +811,16 @@ class Cell:
         sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
+        if tape._masks is not None:
+            plan_threads = max(1, _loop.plan(T, B, D, H, KH, threads, self.dtype == np.float32)[0])
+            sizes.update(inner=B * H, dropped=(plan_threads + 2) * B * H)
         spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
-        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares)
+        regularisers = None
+        if tape._masks is not None:
+            regularisers = self._loop_masks(tape._masks, tape.candidates,
+                                            spares["dropped"][:sizes["dropped"]].reshape(-1, B, H),
+                                            spares["inner"][:B * H].reshape(B, H))
+        buffers = (tape, dy, dstm_carry, dltm_carry, dweights, dbias, dx, grads, spares, dmem)
         self._hold_buffers(buffers)
         try:
             dz = spares["dz"][:sizes["dz"]].reshape(T, B, KH)
@@ -577,7 +829,8 @@ class Cell:
                 self.gates, self._weights, tape.x, tape.stm0, tape.z, tape.acts, tape.ltm,
                 tape.y, dy, dstm_carry, dltm_carry, dz, dacts, dweights, dbias, dx, dparams,
                 spares["work"][:sizes["work"]].reshape(-1, H), spares["scratch"], tape.lengths,
-                self._forget_preactivation, self._reads, threads)
+                self._forget_preactivation, self._reads, threads, mem=tape.mem, dmem=dmem,
+                regularisers=regularisers)
         finally:
             self._release_buffers(buffers)
             for name, buffer in spares.items():
@@ -585,6 +838,8 @@ class Cell:
         if failed >= 0:
             self._raise_gate_error(failed)
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
+        for k, name in enumerate(self.memories):
+            grads[f"{name}0"] = dmem[0, k].copy()
         return grads
 
     def _scan_backward(self, tape, dy, dstm, dltm, dweights, dbias, grads, dparams, dx, threads):
@@ -615,6 +870,95 @@ class Cell:
         # Nothing reads the initial STM.
         grads.update(x=dx, stm0=np.zeros((B, H), self.dtype), ltm0=dltm)
         return grads
+
+    def _final_memory_gradients(self, dmemories, T, B):
+        """The (2, M, B, H) buffer backward alternates in, with the gradients of the final
+        extra memories at [T % 2]."""
+        names = self.memories
+        dmem = np.empty((2, len(names), B, self.hidden_size), self.dtype)
+        dmem[T % 2] = 0
+        if dmemories is None:
+            return dmem
+        if isinstance(dmemories, Mapping):
+            unknown = [name for name in dmemories if name not in names]
+            if unknown:
+                raise ValueError(f"dmemories names {', '.join(map(repr, unknown))}; this cell's "
+                                 f"extra memories are {names}")
+            given = [dmemories.get(name) for name in names]
+        else:
+            given = list(dmemories)
+            if len(given) != len(names):
+                raise ValueError(f"dmemories must hold one gradient per extra memory {names}; "
+                                 f"got {len(given)}")
+        for k, (name, value) in enumerate(zip(names, given)):
+            if value is not None:
+                dmem[T % 2, k] = as_float_array(f"dmemories[{name!r}]", value, self.dtype,
+                                                (B, self.hidden_size))
+        return dmem
+    def _check_masks(self, masks, T, B):
+        """Masks given to forward, checked and in the cell's dtype (see draw_masks)."""
+        H = self.hidden_size
+        if not isinstance(masks, Mapping) or set(masks) != set(MASKS):
+            raise ValueError(f"masks must be a dict with the keys {', '.join(MASKS)} (as "
+                             f"cell.draw_masks(T, B) returns it); got {masks!r:.200}")
+        checked = {}
+        for name, shape in (("zoneout_LTM", (T, B, H)), ("zoneout_STM", (T, B, H)),
+                            ("dropout_STM", (B, H))):
+            value = masks[name]
+            if value is None and name == "dropout_STM":
+                checked[name] = None
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool) and (
+                    name != "dropout_STM"):
+                checked[name] = _probability(f"masks[{name!r}]", value)
+            else:
+                checked[name] = as_float_array(f"masks[{name!r}]", value, self.dtype, shape)
+        return checked
+
+    def _loop_masks(self, masks, candidates, dropped, inner):
+        """The regularisers tuple of the compiled loop (_loop.regulariser_buffers), for masks
+        given (a dict) or drawn for the call (their keys)."""
+        if isinstance(masks, _DrawnMasks):
+            return (None, None, 0.0, 0.0, candidates, masks.dropout, dropped, inner,
+                    masks.loop_keys())
+        rates = {name: 0.0 if isinstance(value, np.ndarray) else value
+                 for name, value in masks.items() if name != "dropout_STM"}
+        arrays = {name: value if isinstance(value, np.ndarray) else None
+                  for name, value in masks.items()}
+        return (arrays["zoneout_LTM"], arrays["zoneout_STM"], rates["zoneout_LTM"],
+                rates["zoneout_STM"], candidates, arrays["dropout_STM"], dropped, inner, None)
+
+    def _regularisers(self, masks, T, B, kept, threads, keep):
+        """The loop's regularisers for a forward call, with its buffers: LTM~_t of every kept
+        step when the LTM is zoned (the tape's own when ``keep``), the threads' scratch."""
+        H = self.hidden_size
+        candidates = None
+        team = max(1, _loop.plan(T, B, self.input_size, H, self._weights.shape[0], threads,
+                                 self.dtype == np.float32)[0])
+        scratch = {"dropped": self._spares.take("dropped", (team + 2) * B * H, self.dtype)}
+        if isinstance(masks, _DrawnMasks):
+            zoned = masks.below[0] != 0
+        else:
+            zoned = isinstance(masks["zoneout_LTM"], np.ndarray) or masks["zoneout_LTM"] != 0
+        if zoned:
+            size = kept * B * H
+            if keep:
+                candidates = np.empty((kept, B, H), self.dtype)
+            else:
+                scratch["candidates"] = self._spares.take("candidates", size, self.dtype)
+                candidates = scratch["candidates"][:size].reshape(kept, B, H)
+        dropped = scratch["dropped"][:(team + 2) * B * H].reshape(team + 2, B, H)
+        return self._loop_masks(masks, candidates, dropped, None), scratch
+
+    def _traced_masks(self, tape, T, B):
+        """What the regularisers add to a trace: the masks of the call (numbers in
+        evaluation) and the LTM~_t the gates computed before zoneout."""
+        traced = {}
+        for name, value in tape.masks.items():
+            if value is not None:
+                traced[name] = np.broadcast_to(value, (T, B, self.hidden_size))
+        if tape.candidates is not None:
+            traced["LTM_candidate"] = tape.candidates
+        return traced
 
     def _hold_buffers(self, buffers):
         for gate in self.gates:
@@ -670,9 +1014,13 @@ class Cell:
         shape = (B, self.hidden_size)
         if state is None:
             return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
-                            f"(B, hidden_size) = {shape}; got {type(state).__name__}")
+        sizes = (2, 2 + len(self.memories)) if self.memories else (2,)
+        if not (isinstance(state, (tuple, list)) and len(state) in sizes):
+            what = ("a pair (stm, ltm)" if not self.memories else
+                    f"(stm, ltm) or (stm, ltm, {', '.join(self.memories)})")
+            raise TypeError(f"state must be {what} of arrays of shape (B, hidden_size) = "
+                            f"{shape}; got {type(state).__name__}"
+                            + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
         stm = as_float_array("state[0] (stm)", state[0], self.dtype, shape)
         ltm = as_float_array("state[1] (ltm)", state[1], self.dtype, shape)
         if self.one_memory and not np.array_equal(stm, ltm):
@@ -680,6 +1028,17 @@ class Cell:
                              f"LTM (use gate {self.gate_names['use']!r}), one memory; they "
                              f"differ by up to {np.nanmax(np.abs(stm - ltm)):.3g}")
         return stm, ltm
+
+    def _initial_memories(self, state, B):
+        """The extra memories' initial values, (M, B, H): from ``state`` after the STM and the
+        LTM, else the gates' declared initial values."""
+        shape = (B, self.hidden_size)
+        given = state[2:] if state is not None else ()
+        memories = np.empty((len(self.memories), *shape), self.dtype)
+        for k, (name, initial) in enumerate(self._memory_defaults.items()):
+            memories[k] = (as_float_array(f"state[{2 + k}] ({name})", given[k], self.dtype, shape)
+                           if given else initial)
+        return memories
 
     def _raise_gate_error(self, step):
         for role, gate in zip(ROLES, self.gates):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from gatekit.core import hookspecs
-from gatekit.core._gate import BLOCK_READS, Gate, MAX_BLOCKS, ROLE_OUTPUTS, ROLES
+from gatekit.core._gate import BLOCK_READS, Gate, MAX_BLOCKS, MAX_MEMORIES, ROLE_OUTPUTS, ROLES
 from gatekit.core.task import Task
 
 __all__ = ["BLOCK_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "GateEntry", "gates",
@@ -131,6 +131,16 @@ def _check_gate_class(cls, plugin):
         if not (name.isidentifier() and all(dim in ("H", "D") for dim in shape)):
             raise PluginError(f"{where}: parameter {name!r} has shape {shape!r}; "
                               "expected a tuple of 'H' and 'D'")
+    memories = cls.memories
+    names = list(memories) if isinstance(memories, (tuple, list, dict)) else None
+    if (names is None or not all(isinstance(n, str) and n.isidentifier() for n in names)
+            or len(set(names)) != len(names) or len(names) > MAX_MEMORIES
+            or (isinstance(memories, dict) and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in memories.values()))):
+        raise PluginError(f"{where}: memories {memories!r} must be a tuple of at most "
+                          f"{MAX_MEMORIES} distinct identifiers, or a dict from them to "
+                          "initial values (numbers)")
     if not callable(cls.definition):
         raise PluginError(f"{where}: no NumPy `definition` for gatekit.reference")
     missing = set(ROLE_OUTPUTS[cls.role]) - set(cls.provides())

@@ -14,11 +14,16 @@ takes arguments named after the quantities it reads and returns a dict of what i
 ``W_k, b_k``    weights (H, H + D), acting on [STM_{t-1}, E_t] with STM columns first, and bias;
                 (H, D) for a block that reads the event only, (H, H) for one that reads the STM
 ``p_k``         peephole weights (H,), a per-unit weight on the memory
+``n_prev, n_t`` an extra memory ``n`` a gate declares (``memories``), before and after the
+                step, shape (B, H): sLSTM's normaliser ``n`` and stabiliser ``m``
 ==============  ==============================================================
 
 :func:`forward` runs any cell one step at a time by calling its gates' definitions in role
 order (forget, learn, remember, use), passing each the quantities its argument names ask for.
 This module never imports the compiled core; it only reads ``cell.gates`` and ``cell.params``.
+
+Zoneout and recurrent dropout take their masks explicitly (``masks=``, as
+``cell.draw_masks(T, B)`` returns them), so that the reference runs the same call as the cell.
 """
 import inspect
 
@@ -26,20 +31,22 @@ import numpy as np
 
 __all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_event",
            "forget_event_backward", "forget_min", "forget_min_backward", "forget_none",
-           "forget_none_backward", "forget_peephole", "forget_peephole_backward", "forward",
+           "forget_none_backward", "forget_peephole", "forget_peephole_backward",
+           "forget_slstm", "forget_slstm_backward", "forward", "initial_memories",
            "JANET_BETA", "learn", "learn_backward", "learn_coupled", "learn_coupled_backward",
            "learn_janet", "learn_janet_backward", "learn_linear", "learn_linear_backward",
            "learn_linear_peephole", "learn_linear_peephole_backward", "learn_mgu",
            "learn_mgu_backward", "learn_min", "learn_min_backward", "learn_mut1",
            "learn_mut1_backward", "learn_no_ignore", "learn_no_ignore_backward", "learn_peephole",
-           "learn_peephole_backward", "learn_reset", "learn_reset_backward", "linear",
+           "learn_peephole_backward", "learn_reset", "learn_reset_backward", "learn_slstm",
+           "learn_slstm_backward", "linear", "memory_names",
            "linear_backward", "linear_event", "linear_event_backward", "linear_stm",
            "linear_stm_backward", "merge", "remember", "remember_backward", "sigmoid", "step",
            "use", "use_backward", "use_course", "use_course_backward", "use_linear",
            "use_linear_backward", "use_linear_peephole", "use_linear_peephole_backward",
            "use_literal", "use_literal_backward", "use_memory", "use_memory_backward",
            "use_no_output_gate", "use_no_output_gate_backward", "use_peephole",
-           "use_peephole_backward"]
+           "use_peephole_backward", "use_slstm", "use_slstm_backward", "zoneout"]
 
 #: JANET's shift of the learn gate against the forget gate: i_t = 1 - σ(s_t - β).
 JANET_BETA = 1.0
@@ -96,6 +103,18 @@ def forget_min(E_t, W_f, b_f, W_i, b_i):
     f = sigmoid(linear_event(W_f, E_t, b_f))
     i = sigmoid(linear_event(W_i, E_t, b_i))
     return {"f_t": f / (f + i)}
+
+
+def forget_slstm(STM_prev, E_t, m_prev, W_f, b_f, W_i, b_i):
+    """sLSTM's exponential forget and input gates (Beck et al. 2024, xLSTM), stabilised
+    together by the memory m:
+    f̃ = W_f [STM_{t-1}, E_t] + b_f,  ĩ = W_i [STM_{t-1}, E_t] + b_i
+    m_t = max(f̃ + m_{t-1}, ĩ),  f_t = exp(f̃ + m_{t-1} - m_t),  i_t = exp(ĩ - m_t)
+    (the learn gate passes i_t on)."""
+    log_f = linear(W_f, STM_prev, E_t, b_f) + m_prev
+    log_i = linear(W_i, STM_prev, E_t, b_i)
+    m_t = np.maximum(log_f, log_i)
+    return {"f_t": np.exp(log_f - m_t), "i_t": np.exp(log_i - m_t), "m_t": m_t}
 
 
 # --- Learn gate: combine, then ignore ----------------------------------------------------------
@@ -183,6 +202,12 @@ def learn_mut1(STM_prev, E_t, f_t, W_r, b_r, W_hh, b_h):
     return {"i_t": 1.0 - f_t, "N_t": N_t}
 
 
+def learn_slstm(STM_prev, E_t, i_t, W_n, b_n):
+    """sLSTM: N_t = tanh(W_n [STM_{t-1}, E_t] + b_n) (xLSTM's z_t), and i_t the forget gate's
+    stabilised exponential input gate exp(ĩ - m_t)."""
+    return {"i_t": i_t, "N_t": np.tanh(linear(W_n, STM_prev, E_t, b_n))}
+
+
 # --- Remember gate: the new long-term memory ---------------------------------------------------
 
 def remember(LTM_prev, f_t, N_t, i_t):
@@ -244,6 +269,16 @@ def use_linear_peephole(STM_prev, E_t, LTM_t, W_v, b_v, p_v):
     (NOAF: no output activation)"""
     V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v) + p_v * LTM_t)
     return {"U_t": LTM_t, "V_t": V_t, "STM_t": LTM_t * V_t}
+
+
+def use_slstm(STM_prev, E_t, LTM_t, f_t, i_t, n_prev, W_v, b_v):
+    """sLSTM's normalised output:
+    n_t = f_t ⊙ n_{t-1} + i_t        the normaliser, a memory like the LTM
+    U_t = LTM_t / n_t,  V_t = σ(W_v [STM_{t-1}, E_t] + b_v),  STM_t = U_t ⊙ V_t"""
+    n_t = f_t * n_prev + i_t
+    U_t = LTM_t / n_t
+    V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
+    return {"n_t": n_t, "U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
 
 
 def use_memory(LTM_t):
@@ -315,6 +350,20 @@ def forget_min_backward(E_t, df_t, W_f, b_f, W_i, b_i):
     total = (f + i) ** 2
     return merge(linear_event_backward(df_t * i / total * f * (1 - f), W_f, E_t, "f"),
                  linear_event_backward(-df_t * f / total * i * (1 - i), W_i, E_t, "i"))
+
+
+def forget_slstm_backward(STM_prev, E_t, m_prev, f_t, i_t, df_t, di_t, dm_t, W_f, b_f, W_i, b_i):
+    # m_t = max(f̃ + m_{t-1}, ĩ) takes its gradient on the side it took its value from, the
+    # forget side at a tie (as the forward pass's >= does); f_t and i_t each send
+    # -their own gradient to m_t, and their own through exp to their pre-activation.
+    log_f = linear(W_f, STM_prev, E_t, b_f) + m_prev
+    log_i = linear(W_i, STM_prev, E_t, b_i)
+    dm = dm_t - df_t * f_t - di_t * i_t
+    forget_side = log_f >= log_i
+    dlog_f = df_t * f_t + np.where(forget_side, dm, 0.0)
+    dlog_i = di_t * i_t + np.where(forget_side, 0.0, dm)
+    return merge(linear_backward(dlog_f, W_f, STM_prev, E_t, "f"),
+                 linear_backward(dlog_i, W_i, STM_prev, E_t, "i"), {"dm_prev": dlog_f})
 
 
 def learn_backward(STM_prev, E_t, N_t, i_t, dN_t, di_t, W_n, W_i):
@@ -393,6 +442,11 @@ def learn_mut1_backward(STM_prev, E_t, N_t, dN_t, di_t, W_r, b_r, W_hh):
                   "dE_t": da * (1 - np.tanh(E_t) ** 2), "df_t": -di_t})
 
 
+def learn_slstm_backward(STM_prev, E_t, N_t, dN_t, W_n):
+    # i_t passes through: its gradient stays for the forget gate that made it
+    return linear_backward(dN_t * (1 - N_t ** 2), W_n, STM_prev, E_t, "n")
+
+
 def remember_backward(LTM_prev, f_t, N_t, i_t, dLTM_t):
     return {"dLTM_prev": dLTM_t * f_t, "df_t": dLTM_t * LTM_prev,
             "dN_t": dLTM_t * i_t, "di_t": dLTM_t * N_t}
@@ -443,8 +497,41 @@ def use_linear_peephole_backward(STM_prev, E_t, LTM_t, U_t, V_t, dSTM_t, W_v, p_
                  {"dLTM_t": dSTM_t * V_t + dz_v * p_v, "dp_v": (dz_v * LTM_t).sum(axis=0)})
 
 
+def use_slstm_backward(STM_prev, E_t, f_t, n_prev, n_t, U_t, V_t, dSTM_t, dn_t, W_v):
+    dU = dSTM_t * V_t
+    dz_v = dSTM_t * U_t * V_t * (1 - V_t)
+    dn = dn_t - dU * U_t / n_t                      # U_t = LTM_t / n_t
+    return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
+                 {"dLTM_t": dU / n_t, "df_t": dn * n_prev, "di_t": dn, "dn_prev": dn * f_t})
+
+
 def use_memory_backward(dSTM_t):
     return {"dLTM_t": dSTM_t}
+
+
+# --- The regularisers of the recurrence ------------------------------------------------------
+
+def zoneout(previous, candidate, keep):
+    """Zoneout (Krueger et al. 2017): memory = d ⊙ previous + (1 - d) ⊙ candidate, with d the
+    step's mask (1 where the unit keeps its previous memory), or z, its expectation."""
+    if np.ndim(keep) == 0 and keep == 0:
+        # No zoneout is no arithmetic: 0 * inf would turn an infinite memory into NaN.
+        return candidate
+    return keep * previous + (1 - keep) * candidate
+
+
+def _regularisers(masks, T, B, H, dtype):
+    """The masks of a call (see ``forward``): the zoneout masks of step t as a function of t,
+    and the recurrent dropout mask (ones when there is none)."""
+    if masks is None:
+        masks = {"zoneout_LTM": 0.0, "zoneout_STM": 0.0, "dropout_STM": None}
+    zone = {}
+    for name in ("zoneout_LTM", "zoneout_STM"):
+        value = np.asarray(masks[name], dtype=dtype)
+        zone[name] = (lambda t, v=value: v[t]) if value.ndim else (lambda t, v=value: v)
+    dropout = masks["dropout_STM"]
+    dropout = np.ones((B, H), dtype) if dropout is None else np.asarray(dropout, dtype=dtype)
+    return zone["zoneout_LTM"], zone["zoneout_STM"], dropout
 
 
 # --- The cell ---------------------------------------------------------------------------------
@@ -465,21 +552,46 @@ def call_definition(definition, known, zero=None):
     return definition(**arguments)
 
 
-def step(cell, E_t, STM_prev, LTM_prev, dtype=None):
-    """One time step of ``cell``: every quantity its gates compute, by name."""
+def memory_names(cell):
+    """The extra memories the gates of ``cell`` declare, in role and declared order (the
+    order they take in ``state`` after the STM and the LTM)."""
+    return tuple(name for gate in cell.gates for name in type(gate).memory_defaults())
+
+
+def initial_memories(cell, B, dtype, state=None):
+    """The extra memories' values before the first step, by name: those of ``state`` after
+    the STM and the LTM, else the gates' declared initial values."""
+    H = cell.hidden_size
+    given = tuple(state[2:]) if state is not None else ()
+    initial = {name: value for gate in cell.gates
+               for name, value in type(gate).memory_defaults().items()}
+    return {name: np.asarray(given[k], dtype=dtype) if given else np.full((B, H), value, dtype)
+            for k, (name, value) in enumerate(initial.items())}
+
+
+def step(cell, E_t, STM_prev, LTM_prev, dtype=None, memories=None):
+    """One time step of ``cell``: every quantity its gates compute, by name. ``memories``: the
+    extra memories' previous values, by name."""
     known = {name: np.asarray(value, dtype=dtype) for name, value in cell.params.items()}
     known.update(E_t=E_t, STM_prev=STM_prev, LTM_prev=LTM_prev)
+    known.update({f"{name}_prev": value for name, value in (memories or {}).items()})
     for gate in cell.gates:                      # forget, learn, remember, use
         known.update(call_definition(type(gate).definition, known))
     return known
 
 
-def forward(cell, x, state=None, dtype=None):
+def forward(cell, x, state=None, dtype=None, masks=None):
     """Run ``cell`` over ``x`` (T, B, D), one step at a time.
 
     Computes in ``dtype`` (the cell's own by default; pass ``np.float64`` to check a float32
     cell against exact arithmetic). Returns ``y`` (T, B, H), the STM of every step, and the final
-    ``(STM, LTM)``, like ``cell(x)``.
+    ``(STM, LTM)``, like ``cell(x)``, followed by the final extra memories if the gates keep
+    any (``state`` likewise may carry their initial values after the STM and the LTM).
+
+    ``masks`` (``{"zoneout_LTM", "zoneout_STM", "dropout_STM"}``, as ``cell.draw_masks``
+    returns them; None: no regulariser) applies zoneout and recurrent dropout: the gates read
+    ``m ⊙ STM_{t-1}`` (m = ``dropout_STM``; the STM carried on stays unmasked) and compute the
+    candidates LTM~_t, STM~_t, which zoneout mixes with LTM_{t-1}, STM_{t-1}.
     """
     dtype = np.dtype(cell.dtype if dtype is None else dtype)
     x = np.asarray(x, dtype=dtype)
@@ -488,41 +600,59 @@ def forward(cell, x, state=None, dtype=None):
     if state is None:
         STM, LTM = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
     else:
-        STM, LTM = (np.asarray(a, dtype=dtype) for a in state)
+        STM, LTM = (np.asarray(a, dtype=dtype) for a in state[:2])
+    memories = initial_memories(cell, B, dtype, state)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
     y = np.empty((T, B, H), dtype)
     for t in range(T):
-        quantities = step(cell, x[t], STM, LTM, dtype)
-        STM, LTM = quantities["STM_t"], quantities["LTM_t"]
+        quantities = step(cell, x[t], dropout * STM, LTM, dtype, memories)
+        LTM = zoneout(LTM, quantities["LTM_t"], zone_LTM(t))
+        STM = zoneout(STM, quantities["STM_t"], zone_STM(t))
+        memories = {name: quantities[f"{name}_t"] for name in memories}
         y[t] = STM
-    return y, (STM, LTM)
+    return y, (STM, LTM, *memories.values())
 
 
-def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None):
+def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemories=None,
+             masks=None):
     """Backpropagation through time, one step and one gate at a time.
 
     ``dy`` (T, B, H) is the gradient of the loss with respect to every output, ``dstm`` and
-    ``dltm`` (B, H) with respect to the final STM and LTM (zero if None). Returns a dict with
-    the gradient of every parameter of ``cell.params``, and ``"x"``, ``"stm0"``, ``"ltm0"``.
+    ``dltm`` (B, H) with respect to the final STM and LTM, ``dmemories`` ``{name: (B, H)}``
+    with respect to the final extra memories (zero if None). Returns a dict with the gradient
+    of every parameter of ``cell.params``, and ``"x"``, ``"stm0"``, ``"ltm0"`` and, for each
+    extra memory ``n``, ``"n0"``.
+    ``masks`` as for :func:`forward`: with zoneout mask d, the gates see (1 - d) ⊙ the gradient
+    of the zoned memory and d ⊙ it goes to the previous one; with recurrent dropout, what the
+    gates send to the STM they read reaches STM_{t-1} times the mask.
     """
     dtype = np.dtype(cell.dtype if dtype is None else dtype)
     x = np.asarray(x, dtype=dtype)
     T, B, _ = x.shape
     H = cell.hidden_size
     zero = np.zeros((B, H), dtype)
-    STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state)
+    STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state[:2])
+    memories = initial_memories(cell, B, dtype, state)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
     steps = []
     for t in range(T):
-        steps.append(step(cell, x[t], STM, LTM, dtype))
-        STM, LTM = steps[-1]["STM_t"], steps[-1]["LTM_t"]
+        steps.append(step(cell, x[t], dropout * STM, LTM, dtype, memories))
+        LTM = zoneout(LTM, steps[-1]["LTM_t"], zone_LTM(t))
+        STM = zoneout(STM, steps[-1]["STM_t"], zone_STM(t))
+        memories = {name: steps[-1][f"{name}_t"] for name in memories}
 
     grads = {name: np.zeros(value.shape, dtype) for name, value in cell.params.items()}
     grads["x"] = np.zeros_like(x)
     dSTM_next = zero if dstm is None else np.asarray(dstm, dtype=dtype)
     dLTM_next = zero if dltm is None else np.asarray(dltm, dtype=dtype)
+    dMEM_next = {name: zero if (dmemories or {}).get(name) is None
+                 else np.asarray(dmemories[name], dtype=dtype) for name in memories}
     dy = np.asarray(dy, dtype=dtype)
     for t in reversed(range(T)):
         known = dict(steps[t])
-        known.update(dSTM_t=dy[t] + dSTM_next, dLTM_t=dLTM_next)
+        dSTM_t, dLTM_t = dy[t] + dSTM_next, dLTM_next      # of the zoned memories
+        known.update(dSTM_t=(1 - zone_STM(t)) * dSTM_t, dLTM_t=(1 - zone_LTM(t)) * dLTM_t)
+        known.update({f"d{name}_t": value for name, value in dMEM_next.items()})
         for gate in reversed(cell.gates):            # use, remember, learn, forget
             contributions = call_definition(type(gate).backward_definition, known, zero)
             known.update(merge({name: known[name] for name in contributions if name in known},
@@ -531,6 +661,10 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None):
             if "d" + name in known:
                 grads[name] += known["d" + name]
         grads["x"][t] = known.get("dE_t", 0)
-        dSTM_next, dLTM_next = known.get("dSTM_prev", zero), known.get("dLTM_prev", zero)
+        dSTM_next = zone_STM(t) * dSTM_t + dropout * known.get("dSTM_prev", zero)
+        dLTM_next = zone_LTM(t) * dLTM_t + known.get("dLTM_prev", zero)
+        dMEM_next = {name: known.get(f"d{name}_prev", zero) for name in memories}
     grads["stm0"], grads["ltm0"] = dSTM_next, dLTM_next
+    for name, value in dMEM_next.items():
+        grads[f"{name}0"] = value
     return grads

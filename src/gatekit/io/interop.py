@@ -32,6 +32,30 @@ couples them the other way, ``i = 1 - f``, with the weights on the forget gate. 
 ONNX's forget slot as well, so the exported layer computes the same with or without the
 coupling; :func:`from_onnx` reads only the input slot of a coupled layer, as ONNX does.
 Every other gate composition is refused with a message that says so.
+
+The GRU (gatekit's variant ``gru``: forget ``standard``, learn ``reset``, use ``memory``) converts
+to and from ``torch.nn.GRU``/``GRUCell``, Keras ``GRU(reset_after=True)`` and ONNX ``GRU`` with
+``linear_before_reset=1``: the three forms in which the reset gate multiplies the recurrent part
+of the candidate, its bias included, which is what gatekit's block ``hn`` (``W_hn`` (H, H),
+``b_hn``) keeps apart. The update gate ``z`` of all three weighs the old state, so it is
+gatekit's forget factor ``f_t`` (block ``f``); the reset gate is block ``r``; the candidate's
+input part is block ``n`` (``W_n`` (H, D), ``b_n``). The update and reset gates' two biases are
+summed (exported whole in the input bias, zeros in the recurrent one); the candidate's stay
+apart:
+
+=========== ==================================================== ===========================
+library     arrays                                               gate order (gatekit block)
+=========== ==================================================== ===========================
+PyTorch     ``weight_ih_l{k}`` (3H, D), ``weight_hh_l{k}`` (3H, H), r, z, n
+            ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H,)             (``r``, ``f``, ``n``/``hn``)
+Keras       ``kernel`` (D, 3H), ``recurrent_kernel`` (H, 3H),    z, r, h
+            ``bias`` (2, 3H): input bias, recurrent bias         (``f``, ``r``, ``n``/``hn``)
+ONNX GRU    ``W`` (dirs, 3H, D), ``R`` (dirs, 3H, H),            z, r, h
+            ``B`` (dirs, 6H) = [Wb, Rb]                          (``f``, ``r``, ``n``/``hn``)
+=========== ==================================================== ===========================
+
+Keras' ``reset_after=False`` and ONNX's ``linear_before_reset=0`` (its default) reset the state
+before the recurrent product, a different cell, and are refused.
 """
 import re
 from collections.abc import Mapping
@@ -53,6 +77,14 @@ ONNX_GATES = {"forget": ("standard", "peephole"), "learn": ("standard", "peephol
 ONNX_ATTRIBUTES = {"hidden_size", "direction", "input_forget", "layout", "activations", "clip",
                    "activation_alpha", "activation_beta"}
 ONNX_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh", "tanh")
+
+GRU = {"forget": "standard", "learn": "reset", "remember": "standard", "use": "memory"}
+GRU_TORCH_ORDER = ("r", "f", "n")      # PyTorch: r, z, n
+GRU_KERAS_ORDER = ("f", "r", "n")      # Keras: z, r, h
+GRU_ONNX_ORDER = ("f", "r", "n")       # ONNX: z, r, h
+ONNX_GRU_ATTRIBUTES = {"hidden_size", "direction", "layout", "activations", "clip",
+                       "activation_alpha", "activation_beta", "linear_before_reset"}
+ONNX_GRU_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh")
 
 _TORCH_LAYER_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?")
 _TORCH_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -101,22 +133,61 @@ def _cells(model):
     raise TypeError(f"expected a gatekit.Cell or gatekit.LSTM; got {type(model).__name__}")
 
 
-def _require_standard(model, library):
+def _kind(model, library):
+    """``"lstm"`` for a model of standard gates, ``"gru"`` for one of the GRU's; refuses any
+    other composition."""
     names = model.gate_names
-    if names != STANDARD:
-        odd = ", ".join(f"{role}={name!r}" for role, name in names.items()
-                        if name != "standard")
-        raise ValueError(f"{library} runs only the standard LSTM cell; this model has "
-                         f"{odd} (variant {model.variant!r}). Only variant='standard' with "
-                         "standard gates converts")
+    if names == STANDARD:
+        return "lstm"
+    if names == GRU:
+        return "gru"
+    odd = ", ".join(f"{role}={name!r}" for role, name in names.items() if name != "standard")
+    raise ValueError(f"{library} runs only the standard LSTM cell and the GRU; this model has "
+                     f"{odd} (variant {model.variant!r}). Only variant='standard' with standard "
+                     f"gates or variant='gru' with the GRU's gates ({GRU}) converts")
 
 
-def _fill(cell, blocks):
-    """Write ``blocks[k] = (W_rec (H, H), W_in (H, D), b (H,))`` into the cell's ``W_k``,
-    ``b_k`` (the parameters are cast to the cell's dtype)."""
+def _lstm_params(blocks):
+    """``blocks[k] = (W_rec (H, H), W_in (H, D), b (H,))`` as the parameters ``W_k``, ``b_k``."""
+    params = {}
     for block, (recurrent, inputs, bias) in blocks.items():
-        cell.params[f"W_{block}"] = np.concatenate([recurrent, inputs], axis=1)
-        cell.params[f"b_{block}"] = bias
+        params[f"W_{block}"] = np.concatenate([recurrent, inputs], axis=1)
+        params[f"b_{block}"] = bias
+    return params
+
+
+def _gru_params(W_in, W_rec, b_in, b_rec, order):
+    """A GRU's stacked (3H, D), (3H, H), (3H,), (3H,) arrays, blocks in ``order``, as gatekit's
+    ``gru`` parameters: the update and reset gates' two biases summed, since the reset gate
+    multiplies only the candidate's recurrent part, whose bias ``b_hn`` stays apart."""
+    H = W_rec.shape[1]
+    rows = {block: slice(k * H, (k + 1) * H) for k, block in enumerate(order)}
+    params = {}
+    for block in ("f", "r"):
+        params[f"W_{block}"] = np.concatenate([W_rec[rows[block]], W_in[rows[block]]], axis=1)
+        params[f"b_{block}"] = _summed(b_in[rows[block]], b_rec[rows[block]])
+    params.update(W_n=W_in[rows["n"]], b_n=b_in[rows["n"]], W_hn=W_rec[rows["n"]],
+                  b_hn=b_rec[rows["n"]])
+    return params
+
+
+def _gru_stack(cell, order):
+    """A GRU cell's parameters stacked in ``order``: W_in (3H, D), W_rec (3H, H), b_in (3H,),
+    b_rec (3H,), with the update and reset gates' whole bias in b_in (zeros in b_rec)."""
+    H = cell.hidden_size
+    p = {name: np.asarray(array) for name, array in cell.params.items()}
+    zero = np.zeros(H, cell.dtype)
+    parts = ({"f": p["W_f"][:, H:], "r": p["W_r"][:, H:], "n": p["W_n"]},
+             {"f": p["W_f"][:, :H], "r": p["W_r"][:, :H], "n": p["W_hn"]},
+             {"f": p["b_f"], "r": p["b_r"], "n": p["b_n"]},
+             {"f": zero, "r": zero, "n": p["b_hn"]})
+    return tuple(np.concatenate([part[block] for block in order]) for part in parts)
+
+
+def _fill(cell, params):
+    """Write ``params`` into the cell (cast to the cell's dtype)."""
+    for name, value in params.items():
+        cell.params[name] = value
 
 
 def _split(W_in, W_rec, bias, order):
@@ -143,24 +214,29 @@ def _summed(*biases):
 
 # --- PyTorch -------------------------------------------------------------------------------------
 
+_TORCH_KINDS = {"lstm": ("LSTM", "LSTMCell", 4), "gru": ("GRU", "GRUCell", 3)}
+
+
 def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch_first=None,
                dropout=None):
-    """A gatekit model with the weights of a PyTorch LSTM.
+    """A gatekit model with the weights of a PyTorch LSTM or GRU.
 
-    ``source`` is a ``torch.nn.LSTM`` (gives a :class:`gatekit.LSTM` with its ``num_layers``,
-    ``bidirectional``, ``batch_first`` and ``dropout``), a ``torch.nn.LSTMCell`` (gives a
-    :class:`gatekit.Cell`), or the ``state_dict()`` of either, as tensors or NumPy arrays.
-    From a state dict, the layers and directions are read off the keys; ``num_layers=`` and
-    ``bidirectional=`` if given must agree with them, and ``batch_first=``/``dropout=`` set the
-    layer's. PyTorch's two biases are summed. ``dtype`` is the parameters' (float32 or float64;
-    by default the tensors'). ``proj_size > 0`` (``weight_hr_l{k}``) is refused: a gatekit cell
-    has no projection of its STM.
+    ``source`` is a ``torch.nn.LSTM`` or ``torch.nn.GRU`` (gives a :class:`gatekit.LSTM`, of
+    variant ``"gru"`` for a GRU, with its ``num_layers``, ``bidirectional``, ``batch_first`` and
+    ``dropout``), a ``torch.nn.LSTMCell`` or ``torch.nn.GRUCell`` (gives a :class:`gatekit.Cell`),
+    or the ``state_dict()`` of any of them, as tensors or NumPy arrays (an LSTM's and a GRU's are
+    told apart by ``weight_hh``: (4H, H) or (3H, H)). From a state dict, the layers and
+    directions are read off the keys; ``num_layers=`` and ``bidirectional=`` if given must agree
+    with them, and ``batch_first=``/``dropout=`` set the layer's. PyTorch's two biases are
+    summed, except the GRU candidate's: ``bias_hh``'s n block is ``b_hn``. ``dtype`` is the
+    parameters' (float32 or float64; by default the tensors'). ``proj_size > 0``
+    (``weight_hr_l{k}``) is refused: a gatekit cell has no projection of its STM.
     """
     config = {}
     if hasattr(source, "state_dict") and callable(source.state_dict):
         import torch    # a module was passed, so torch is there
-        if isinstance(source, torch.nn.LSTM):
-            if source.proj_size:
+        if isinstance(source, (torch.nn.LSTM, torch.nn.GRU)):
+            if getattr(source, "proj_size", 0):
                 raise ValueError(f"torch.nn.LSTM with proj_size={source.proj_size} is not "
                                  "supported: a gatekit cell has no projection of its STM "
                                  "(weight_hr); use proj_size=0")
@@ -173,34 +249,38 @@ def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch
             config.update({name: value for name, value in
                            (("batch_first", batch_first), ("dropout", dropout))
                            if value is not None})
-        elif isinstance(source, torch.nn.LSTMCell):
+        elif isinstance(source, (torch.nn.LSTMCell, torch.nn.GRUCell)):
             if any(v is not None for v in (num_layers, bidirectional, batch_first, dropout)):
-                raise ValueError("num_layers, bidirectional, batch_first and dropout describe a "
-                                 "torch.nn.LSTM; a torch.nn.LSTMCell converts to a gatekit.Cell")
+                kind = type(source).__name__
+                raise ValueError(f"num_layers, bidirectional, batch_first and dropout describe a "
+                                 f"torch.nn.{kind[:-4]}; a torch.nn.{kind} converts to a "
+                                 "gatekit.Cell")
         else:
-            raise TypeError(f"from_torch converts torch.nn.LSTM and torch.nn.LSTMCell (or their "
-                            f"state dicts); got {type(source).__name__}")
+            raise TypeError(f"from_torch converts torch.nn.LSTM, torch.nn.LSTMCell, "
+                            f"torch.nn.GRU and torch.nn.GRUCell (or their state dicts); got "
+                            f"{type(source).__name__}")
         state = source.state_dict()
     elif isinstance(source, Mapping):
         state = source
         config = {"num_layers": num_layers, "bidirectional": bidirectional,
                   "batch_first": batch_first, "dropout": dropout}
     else:
-        raise TypeError(f"from_torch takes a torch.nn.LSTM, a torch.nn.LSTMCell or a state dict; "
-                        f"got {type(source).__name__}")
+        raise TypeError(f"from_torch takes a torch.nn.LSTM, LSTMCell, GRU or GRUCell, or a state "
+                        f"dict; got {type(source).__name__}")
     arrays = {str(key): value for key, value in state.items()}
     if any(_TORCH_LAYER_KEY.fullmatch(key) for key in arrays):
-        return _lstm_from_torch(arrays, dtype, **config)
+        return _layers_from_torch(arrays, dtype, **config)
     if any(key in _TORCH_CELL_KEYS for key in arrays):
         if any(config.get(name) is not None for name in ("num_layers", "bidirectional",
                                                           "batch_first", "dropout")):
-            raise ValueError("the state dict is a torch.nn.LSTMCell's (weight_ih, weight_hh, ...), "
-                             "which converts to a gatekit.Cell; num_layers, bidirectional, "
-                             "batch_first and dropout apply to torch.nn.LSTM state dicts")
+            raise ValueError("the state dict is a torch.nn.LSTMCell's or GRUCell's (weight_ih, "
+                             "weight_hh, ...), which converts to a gatekit.Cell; num_layers, "
+                             "bidirectional, batch_first and dropout apply to torch.nn.LSTM "
+                             "and GRU state dicts")
         return _cell_from_torch(arrays, dtype)
-    raise ValueError("the state dict has none of the keys of torch.nn.LSTM (weight_ih_l0, "
-                     "weight_hh_l0, ...) or torch.nn.LSTMCell (weight_ih, weight_hh, ...); its "
-                     f"keys are {', '.join(arrays) or 'none'}")
+    raise ValueError("the state dict has none of the keys of torch.nn.LSTM or GRU (weight_ih_l0, "
+                     "weight_hh_l0, ...) or torch.nn.LSTMCell or GRUCell (weight_ih, weight_hh, "
+                     f"...); its keys are {', '.join(arrays) or 'none'}")
 
 
 def _check_keys(arrays, expected, what):
@@ -213,62 +293,75 @@ def _check_keys(arrays, expected, what):
                          f"{', '.join(map(repr, extra))}")
 
 
-def _torch_blocks(arrays, suffix, D, H, where):
-    """Check one cell's PyTorch arrays and return its blocks."""
+def _torch_blocks(arrays, suffix, D, H, where, kind):
+    """Check one cell's PyTorch arrays and return its gatekit parameters and the arrays read."""
+    G = _TORCH_KINDS[kind][2]
     W_ih = _to_numpy(arrays[f"weight_ih{suffix}"], f"weight_ih{suffix}")
     W_hh = _to_numpy(arrays[f"weight_hh{suffix}"], f"weight_hh{suffix}")
-    _check_shape(f"weight_ih{suffix}", W_ih, (4 * H, D), f"4 * hidden_size, {where}")
-    _check_shape(f"weight_hh{suffix}", W_hh, (4 * H, H), "4 * hidden_size, hidden_size")
+    _check_shape(f"weight_ih{suffix}", W_ih, (G * H, D), f"{G} * hidden_size, {where}")
+    _check_shape(f"weight_hh{suffix}", W_hh, (G * H, H), f"{G} * hidden_size, hidden_size")
     if f"bias_ih{suffix}" in arrays:
-        biases = [_to_numpy(arrays[f"bias_{kind}{suffix}"], f"bias_{kind}{suffix}")
-                  for kind in ("ih", "hh")]
-        for kind, b in zip(("ih", "hh"), biases):
-            _check_shape(f"bias_{kind}{suffix}", b, (4 * H,), "4 * hidden_size")
-        bias = _summed(*biases)
+        biases = [_to_numpy(arrays[f"bias_{part}{suffix}"], f"bias_{part}{suffix}")
+                  for part in ("ih", "hh")]
+        for part, b in zip(("ih", "hh"), biases):
+            _check_shape(f"bias_{part}{suffix}", b, (G * H,), f"{G} * hidden_size")
     else:
         biases = []
-        bias = np.zeros(4 * H)
-    return _split(W_ih, W_hh, bias, TORCH_ORDER), [W_ih, W_hh, *biases]
+    b_ih, b_hh = biases or (np.zeros(G * H), np.zeros(G * H))
+    if kind == "gru":
+        params = _gru_params(W_ih, W_hh, b_ih, b_hh, GRU_TORCH_ORDER)
+    else:
+        params = _lstm_params(_split(W_ih, W_hh, _summed(b_ih, b_hh), TORCH_ORDER))
+    return params, [W_ih, W_hh, *biases]
 
 
-def _hidden_size(arrays, key):
-    W_hh = _to_numpy(arrays[key], key)
-    if W_hh.ndim != 2 or W_hh.shape[0] != 4 * W_hh.shape[1] or W_hh.shape[1] == 0:
-        raise ValueError(f"{key} has shape {W_hh.shape}; expected (4 * hidden_size, hidden_size)")
-    return W_hh.shape[1]
-
-
-def _input_size(arrays, key):
-    W_ih = _to_numpy(arrays[key], key)
+def _sizes(arrays, suffix=""):
+    """The kind (``"lstm"`` or ``"gru"``), hidden size and input size of a state dict, read off
+    ``weight_hh`` (4H or 3H rows of H) and ``weight_ih`` (as many rows)."""
+    hh, ih = f"weight_hh{suffix}", f"weight_ih{suffix}"
+    W_hh, W_ih = _to_numpy(arrays[hh], hh), _to_numpy(arrays[ih], ih)
     if W_ih.ndim != 2 or W_ih.shape[1] == 0:
-        raise ValueError(f"{key} has shape {W_ih.shape}; expected (4 * hidden_size, input_size)")
-    return W_ih.shape[1]
+        raise ValueError(f"{ih} has shape {W_ih.shape}; expected (4 * hidden_size, input_size) "
+                         "for an LSTM or (3 * hidden_size, input_size) for a GRU")
+    if W_hh.ndim == 2 and W_hh.shape[1] > 0 and W_hh.shape[0] == W_ih.shape[0]:
+        for kind, (_, _, G) in _TORCH_KINDS.items():
+            if W_hh.shape[0] == G * W_hh.shape[1]:
+                return kind, W_hh.shape[1], W_ih.shape[1]
+    raise ValueError(f"{hh} has shape {W_hh.shape}; expected (4 * hidden_size, hidden_size) for "
+                     "an LSTM or (3 * hidden_size, hidden_size) for a GRU, with as many rows as "
+                     f"{ih} {W_ih.shape}")
+
+
+def _variant(kind):
+    return "gru" if kind == "gru" else "standard"
 
 
 def _cell_from_torch(arrays, dtype):
     expected = ["weight_ih", "weight_hh"]
     if "bias_ih" in arrays or "bias_hh" in arrays:
         expected += ["bias_ih", "bias_hh"]
-    _check_keys(arrays, expected, "torch.nn.LSTMCell")
-    H, D = _hidden_size(arrays, "weight_hh"), _input_size(arrays, "weight_ih")
-    blocks, read = _torch_blocks(arrays, "", D, H, "input_size")
-    cell = Cell(D, H, "standard", dtype=_result_dtype(read, dtype, "the tensors"))
-    _fill(cell, blocks)
+    if "weight_hh" not in arrays or "weight_ih" not in arrays:
+        _check_keys(arrays, expected, "torch.nn.LSTMCell or GRUCell")
+    kind, H, D = _sizes(arrays)
+    _check_keys(arrays, expected, f"torch.nn.{_TORCH_KINDS[kind][1]}")
+    params, read = _torch_blocks(arrays, "", D, H, "input_size", kind)
+    cell = Cell(D, H, _variant(kind), dtype=_result_dtype(read, dtype, "the tensors"))
+    _fill(cell, params)
     return cell
 
 
-def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_first=None,
-                     dropout=None):
+def _layers_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_first=None,
+                       dropout=None):
     layers, reverse, bias, projection = set(), False, False, []
     for key in arrays:
         match = _TORCH_LAYER_KEY.fullmatch(key)
         if match is None:
             continue
-        kind, layer, suffix = match.groups()
+        part, layer, suffix = match.groups()
         layers.add(int(layer))
         reverse |= suffix is not None
-        bias |= kind.startswith("bias")
-        if kind == "weight_hr":
+        bias |= part.startswith("bias")
+        if part == "weight_hr":
             projection.append(key)
     if projection:
         raise ValueError(f"the state dict has {', '.join(projection)}: a torch.nn.LSTM with "
@@ -279,7 +372,7 @@ def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_f
     if gaps:
         raise ValueError(f"the state dict has keys of layer l{found - 1} but none of layer "
                          f"{', '.join(f'l{layer}' for layer in gaps)} (no weight_ih_l{gaps[0]}, "
-                         f"weight_hh_l{gaps[0]}, ...); torch.nn.LSTM numbers its layers from l0")
+                         f"weight_hh_l{gaps[0]}, ...); PyTorch numbers its layers from l0")
     if num_layers is not None and num_layers != found:
         raise ValueError(f"num_layers={num_layers!r}, but the state dict holds layers up to "
                          f"l{found - 1} ({found} layer{'s' if found > 1 else ''})")
@@ -288,21 +381,22 @@ def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_f
                          f"{'has' if reverse else 'has no'} _reverse keys")
     suffixes = [f"_l{layer}{rev}" for layer in range(found)
                 for rev in (("", "_reverse") if reverse else ("",))]
-    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
-    _check_keys(arrays, [f"{kind}{suffix}" for suffix in suffixes for kind in kinds],
-                "torch.nn.LSTM")
-    H = _hidden_size(arrays, "weight_hh_l0")
-    D = _input_size(arrays, "weight_ih_l0")
+    parts = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+    expected = [f"{part}{suffix}" for suffix in suffixes for part in parts]
+    if "weight_hh_l0" not in arrays or "weight_ih_l0" not in arrays:
+        _check_keys(arrays, expected, "torch.nn.LSTM or GRU")
+    kind, H, D = _sizes(arrays, "_l0")
+    _check_keys(arrays, expected, f"torch.nn.{_TORCH_KINDS[kind][0]}")
     directions = 2 if reverse else 1
     converted, read = {}, []
     for suffix in suffixes:
         first = suffix.startswith("_l0")
         size, where = (D, "input_size") if first else (
             directions * H, f"{'2 * ' if reverse else ''}hidden_size, the previous layer's output")
-        converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where)
+        converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where, kind)
         read += arrays_read
     lstm = LSTM(D, H, found, bidirectional=reverse, batch_first=bool(batch_first),
-                dtype=_result_dtype(read, dtype, "the tensors"))
+                variant=_variant(kind), dtype=_result_dtype(read, dtype, "the tensors"))
     lstm.dropout = 0.0 if dropout is None else float(dropout)
     for name, cell in lstm.cells.items():
         _fill(cell, converted[f"_{name}"])
@@ -310,43 +404,50 @@ def _lstm_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch_f
 
 
 def to_torch(model, module=None):
-    """PyTorch weights of a gatekit ``standard`` model.
+    """PyTorch weights of a gatekit ``standard`` or ``gru`` model.
 
-    Returns the state dict of the equivalent ``torch.nn.LSTM`` (for a :class:`gatekit.LSTM`) or
-    ``torch.nn.LSTMCell`` (for a :class:`gatekit.Cell`) as NumPy arrays, with the whole bias in
-    ``bias_ih*`` and zeros in ``bias_hh*``; load it with
+    Returns the state dict of the equivalent ``torch.nn.LSTM``/``torch.nn.GRU`` (for a
+    :class:`gatekit.LSTM`) or ``torch.nn.LSTMCell``/``torch.nn.GRUCell`` (for a
+    :class:`gatekit.Cell`) as NumPy arrays, with the whole bias in ``bias_ih*`` and zeros in
+    ``bias_hh*``, except a GRU's ``b_hn`` in the n block of ``bias_hh*``; load it with
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})``.
 
-    With ``module=`` a ``torch.nn.LSTM``/``LSTMCell`` of the same sizes, copies the weights into
-    it and returns it; with ``module=True``, builds that module (same sizes, ``batch_first``,
+    With ``module=`` a module of that kind and of the same sizes, copies the weights into it and
+    returns it; with ``module=True``, builds that module (same sizes, ``batch_first``,
     ``dropout``, dtype) and returns it.
     """
-    _require_standard(model, "PyTorch")
+    kind = _kind(model, "PyTorch")
+    layer_name, cell_name, _ = _TORCH_KINDS[kind]
     state = {}
     for name, cell in _cells(model):
         suffix = f"_{name}" if name else ""
-        W_in, W_rec, bias = _stack(cell, TORCH_ORDER)
+        if kind == "gru":
+            W_in, W_rec, b_in, b_rec = _gru_stack(cell, GRU_TORCH_ORDER)
+        else:
+            W_in, W_rec, b_in = _stack(cell, TORCH_ORDER)
+            b_rec = np.zeros_like(b_in)
         state[f"weight_ih{suffix}"] = W_in
         state[f"weight_hh{suffix}"] = W_rec
-        state[f"bias_ih{suffix}"] = bias
-        state[f"bias_hh{suffix}"] = np.zeros_like(bias)
+        state[f"bias_ih{suffix}"] = b_in
+        state[f"bias_hh{suffix}"] = b_rec
     if module is None or module is False:
         return state
     import torch
     torch_dtype = {np.dtype(np.float32): torch.float32,
                    np.dtype(np.float64): torch.float64}[model.dtype]
+    layer_class, cell_class = getattr(torch.nn, layer_name), getattr(torch.nn, cell_name)
     if module is True:
         if isinstance(model, LSTM):
-            module = torch.nn.LSTM(model.input_size, model.hidden_size, model.num_layers,
-                                   batch_first=model.batch_first, dropout=model.dropout,
-                                   bidirectional=model.bidirectional, dtype=torch_dtype)
+            module = layer_class(model.input_size, model.hidden_size, model.num_layers,
+                                 batch_first=model.batch_first, dropout=model.dropout,
+                                 bidirectional=model.bidirectional, dtype=torch_dtype)
         else:
-            module = torch.nn.LSTMCell(model.input_size, model.hidden_size, dtype=torch_dtype)
+            module = cell_class(model.input_size, model.hidden_size, dtype=torch_dtype)
     elif isinstance(model, LSTM):
-        if not isinstance(module, torch.nn.LSTM):
-            raise TypeError(f"a gatekit.LSTM converts into a torch.nn.LSTM; got "
-                            f"{type(module).__name__}")
-        if module.proj_size:
+        if type(module) is not layer_class:
+            raise TypeError(f"a gatekit.LSTM of variant {model.variant!r} converts into a "
+                            f"torch.nn.{layer_name}; got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
             raise ValueError(f"module has proj_size={module.proj_size}; a gatekit cell has no "
                              "projection of its STM, so only proj_size=0 can receive its weights")
         for name in ("input_size", "hidden_size", "num_layers", "bidirectional"):
@@ -354,9 +455,9 @@ def to_torch(model, module=None):
                 raise ValueError(f"module has {name}={getattr(module, name)!r}; the gatekit "
                                  f"LSTM has {name}={getattr(model, name)!r}")
     else:
-        if not isinstance(module, torch.nn.LSTMCell):
-            raise TypeError(f"a gatekit.Cell converts into a torch.nn.LSTMCell; got "
-                            f"{type(module).__name__}")
+        if type(module) is not cell_class:
+            raise TypeError(f"a gatekit.Cell of variant {model.variant!r} converts into a "
+                            f"torch.nn.{cell_name}; got {type(module).__name__}")
         for name in ("input_size", "hidden_size"):
             if getattr(module, name) != getattr(model, name):
                 raise ValueError(f"module has {name}={getattr(module, name)!r}; the gatekit "
@@ -377,90 +478,134 @@ def to_torch(model, module=None):
 
 # --- Keras ---------------------------------------------------------------------------------------
 
+_KERAS_KINDS = {"LSTM": ("lstm", "layer"), "LSTMCell": ("lstm", "cell"),
+                "GRU": ("gru", "layer"), "GRUCell": ("gru", "cell")}
+_KERAS_GATES = {"lstm": 4, "gru": 3}
+
+
 def _activation_name(function):
     name = getattr(function, "__name__", None) or getattr(function, "name", None)
     return str(name).lower() if name is not None else repr(function)
 
 
-def _keras_layer_weights(layer, where):
-    """The weight list of one Keras ``LSTM``/``LSTMCell``, after checking it computes gatekit's
-    standard cell; and whether it runs backwards."""
+def _keras_layer_weights(layer, where, kind):
+    """The weight list of one Keras ``LSTM``/``LSTMCell``/``GRU``/``GRUCell``, after checking it
+    computes gatekit's standard cell or GRU; and whether it runs backwards."""
     cell = getattr(layer, "cell", layer)
+    name = "standard cell" if kind == "lstm" else "GRU"
     for attribute, want in (("activation", "tanh"), ("recurrent_activation", "sigmoid")):
         got = _activation_name(getattr(cell, attribute, None))
         if got != want:
-            raise ValueError(f"{where} has {attribute}={got!r}; gatekit's standard cell uses "
-                             f"{want!r}")
+            raise ValueError(f"{where} has {attribute}={got!r}; gatekit's {name} uses {want!r}")
+    if kind == "gru" and not getattr(cell, "reset_after", False):
+        raise ValueError(f"{where} has reset_after=False: its reset gate multiplies the state "
+                         "before the recurrent product, a cell gatekit's GRU is not (it resets "
+                         "the product, as reset_after=True, PyTorch and cuDNN do)")
     weights = [_to_numpy(w, f"{where} weight {k}") for k, w in enumerate(layer.get_weights())]
     if not weights:
         raise ValueError(f"{where} has no weights yet: build it (or call it once) first")
     return weights, bool(getattr(layer, "go_backwards", False))
 
 
+def _keras_weights_kind(weights, where):
+    """``"lstm"`` or ``"gru"``, read off a weight list's recurrent_kernel: (H, 4H) or (H, 3H)."""
+    recurrent = weights[1] if len(weights) > 1 else np.zeros(0)
+    if recurrent.ndim == 2 and recurrent.shape[0] > 0:
+        for kind, G in _KERAS_GATES.items():
+            if recurrent.shape[1] == G * recurrent.shape[0]:
+                return kind
+    raise ValueError(f"{where} recurrent_kernel has shape {recurrent.shape}; expected (units, "
+                     "4 * units) for an LSTM or (units, 3 * units) for a GRU")
+
+
 def _keras_source(source, where):
-    """One Keras layer (``LSTM``, ``LSTMCell`` or ``Bidirectional(LSTM)``) or its weight list,
-    as ``([weights of each direction], kind)`` with kind ``"cell"``, ``"layer"``."""
+    """One Keras layer (``LSTM``, ``LSTMCell``, ``GRU``, ``GRUCell`` or ``Bidirectional`` of a
+    layer) or its weight list, as ``([weights of each direction], kind, form)``: kind ``"lstm"``
+    or ``"gru"``, form ``"cell"`` or ``"layer"``."""
     if hasattr(source, "get_weights"):
-        kind = type(source).__name__
-        if kind == "Bidirectional":
+        name = type(source).__name__
+        if name == "Bidirectional":
             merge = getattr(source, "merge_mode", "concat")
             if merge != "concat":
                 raise ValueError(f"{where} has merge_mode={merge!r}; a bidirectional "
                                  "gatekit.LSTM concatenates the two directions (merge_mode="
                                  "'concat')")
-            forward, backwards = _keras_layer_weights(source.forward_layer, f"{where} forward")
+            inner = type(source.forward_layer).__name__
+            if _KERAS_KINDS.get(inner, (None, "cell"))[1] != "layer":
+                raise TypeError(f"{where} is a Bidirectional({inner}); from_keras converts "
+                                "Bidirectional(LSTM) and Bidirectional(GRU)")
+            kind = _KERAS_KINDS[inner][0]
+            forward, backwards = _keras_layer_weights(source.forward_layer, f"{where} forward",
+                                                      kind)
             backward, went_back = _keras_layer_weights(source.backward_layer,
-                                                       f"{where} backward")
+                                                       f"{where} backward", kind)
             if backwards or not went_back:
                 raise ValueError(f"{where}: its forward layer must run forwards and its backward "
                                  "layer backwards")
-            return [forward, backward], "layer"
-        if kind in ("LSTM", "LSTMCell"):
-            weights, backwards = _keras_layer_weights(source, where)
+            return [forward, backward], kind, "layer"
+        if name in _KERAS_KINDS:
+            kind, form = _KERAS_KINDS[name]
+            weights, backwards = _keras_layer_weights(source, where, kind)
             if backwards:
                 raise ValueError(f"{where} has go_backwards=True; gatekit runs a reverse "
                                  "direction only inside a bidirectional layer")
-            return [weights], "cell" if kind == "LSTMCell" else "layer"
-        raise TypeError(f"{where} is a Keras {kind}; from_keras converts LSTM, LSTMCell and "
-                        "Bidirectional(LSTM) layers")
+            return [weights], kind, form
+        raise TypeError(f"{where} is a Keras {name}; from_keras converts LSTM, LSTMCell, GRU, "
+                        "GRUCell and Bidirectional(LSTM or GRU) layers")
     weights = [_to_numpy(w, f"{where} weight {k}") for k, w in enumerate(source)]
     if len(weights) in (2, 3):
-        return [weights], "cell"
+        return [weights], _keras_weights_kind(weights, where), "cell"
     if len(weights) in (4, 6):
         half = len(weights) // 2
-        return [weights[:half], weights[half:]], "layer"
+        kind = _keras_weights_kind(weights[:half], where)
+        return [weights[:half], weights[half:]], kind, "layer"
     raise ValueError(f"{where} has {len(weights)} arrays; expected [kernel, recurrent_kernel, "
                      "bias] (3, or 2 without bias), or 6 (4) for a Bidirectional layer: the "
                      "forward layer's then the backward layer's")
 
 
-def _keras_blocks(weights, D, H, where):
+def _keras_blocks(weights, D, H, where, kind):
+    """One direction's Keras weights as gatekit parameters."""
+    G = _KERAS_GATES[kind]
     kernel, recurrent = weights[0], weights[1]
-    _check_shape(f"{where} kernel", kernel, (D, 4 * H), "input size, 4 * units")
-    _check_shape(f"{where} recurrent_kernel", recurrent, (H, 4 * H), "units, 4 * units")
+    _check_shape(f"{where} kernel", kernel, (D, G * H), f"input size, {G} * units")
+    _check_shape(f"{where} recurrent_kernel", recurrent, (H, G * H), f"units, {G} * units")
+    if kind == "lstm":
+        if len(weights) == 3:
+            bias = weights[2]
+            _check_shape(f"{where} bias", bias, (4 * H,), "4 * units")
+        else:
+            bias = np.zeros(4 * H)
+        return _lstm_params(_split(kernel.T, recurrent.T, bias, KERAS_ORDER))
     if len(weights) == 3:
         bias = weights[2]
-        _check_shape(f"{where} bias", bias, (4 * H,), "4 * units")
+        if bias.shape == (3 * H,):
+            raise ValueError(f"{where} bias has shape {bias.shape}, a GRU with "
+                             "reset_after=False, which gatekit's GRU is not (it resets the "
+                             "recurrent product: reset_after=True, whose bias is (2, 3 * units))")
+        _check_shape(f"{where} bias", bias, (2, 3 * H), "2, 3 * units: input, recurrent bias")
     else:
-        bias = np.zeros(4 * H)
-    return _split(kernel.T, recurrent.T, bias, KERAS_ORDER)
+        bias = np.zeros((2, 3 * H))
+    return _gru_params(kernel.T, recurrent.T, bias[0], bias[1], GRU_KERAS_ORDER)
 
 
 def from_keras(source, *, dtype=None, batch_first=True):
-    """A gatekit model with the weights of Keras LSTM layers.
+    """A gatekit model with the weights of Keras LSTM or GRU layers.
 
     ``source`` is one of:
 
-    - a Keras ``LSTMCell``, or its weights ``[kernel, recurrent_kernel, bias]`` (``bias``
-      optional): gives a :class:`gatekit.Cell`;
-    - a Keras ``LSTM`` layer or ``Bidirectional(LSTM)`` layer (or the 6 arrays of the latter's
-      ``get_weights()``: the forward layer's, then the backward layer's): gives a one-layer
-      :class:`gatekit.LSTM`;
+    - a Keras ``LSTMCell`` or ``GRUCell``, or its weights ``[kernel, recurrent_kernel, bias]``
+      (``bias`` optional): gives a :class:`gatekit.Cell`;
+    - a Keras ``LSTM`` or ``GRU`` layer or ``Bidirectional`` of one (or the 6 arrays of the
+      latter's ``get_weights()``: the forward layer's, then the backward layer's): gives a
+      one-layer :class:`gatekit.LSTM`;
     - a list of those, one per layer of a stack: gives a :class:`gatekit.LSTM` with that many
       layers.
 
-    Keras layers must use ``activation='tanh'`` and ``recurrent_activation='sigmoid'`` (the
-    defaults). Keras is batch-major, so the layer is ``batch_first=True`` unless asked
+    GRU weights (told from an LSTM's by ``recurrent_kernel``: (H, 3H) rather than (H, 4H)) give
+    the variant ``gru``; the GRU must be ``reset_after=True`` (Keras' default), with its bias
+    (2, 3H). Keras layers must use ``activation='tanh'`` and ``recurrent_activation='sigmoid'``
+    (the defaults). Keras is batch-major, so the layer is ``batch_first=True`` unless asked
     otherwise. ``dtype`` is the parameters' (by default the weights').
     """
     single = hasattr(source, "get_weights") or (
@@ -468,24 +613,29 @@ def from_keras(source, *, dtype=None, batch_first=True):
         and all(not isinstance(w, (list, tuple)) and not hasattr(w, "get_weights")
                 for w in source))
     if single:
-        directions, kind = _keras_source(source, "the Keras layer")
+        directions, kind, form = _keras_source(source, "the Keras layer")
         stack = [directions]
     else:
         if not isinstance(source, (list, tuple)) or not source:
-            raise TypeError("from_keras takes a Keras LSTM, LSTMCell or Bidirectional layer, its "
-                            "get_weights() list, or a non-empty list of those (one per layer); "
-                            f"got {type(source).__name__}")
-        stack, kind = [], "layer"
+            raise TypeError("from_keras takes a Keras LSTM, LSTMCell, GRU, GRUCell or "
+                            "Bidirectional layer, its get_weights() list, or a non-empty list of "
+                            f"those (one per layer); got {type(source).__name__}")
+        stack, form, kinds = [], "layer", []
         for k, layer in enumerate(source):
-            directions, _ = _keras_source(layer, f"layer {k}")
+            directions, layer_kind, _ = _keras_source(layer, f"layer {k}")
             stack.append(directions)
+            kinds.append(layer_kind)
+        if len(set(kinds)) != 1:
+            raise ValueError(f"every layer of the stack must be of one kind; got {kinds}")
+        kind = kinds[0]
     bidirectional = len(stack[0]) == 2
     if any(len(directions) != len(stack[0]) for directions in stack):
         raise ValueError("every layer of the stack must be bidirectional, or none")
+    G = _KERAS_GATES[kind]
     H = stack[0][0][1].shape[0] if stack[0][0][1].ndim == 2 else 0
-    if H == 0 or stack[0][0][1].shape != (H, 4 * H):
+    if H == 0 or stack[0][0][1].shape != (H, G * H):
         raise ValueError(f"layer 0 recurrent_kernel has shape {stack[0][0][1].shape}; expected "
-                         "(units, 4 * units)")
+                         f"(units, {G} * units)")
     D = stack[0][0][0].shape[0] if stack[0][0][0].ndim == 2 else 0
     converted = []
     for k, directions in enumerate(stack):
@@ -494,31 +644,39 @@ def from_keras(source, *, dtype=None, batch_first=True):
             where = "the Keras layer" if single else f"layer {k}"
             if d:
                 where += " (backward)"
-            converted.append(_keras_blocks(weights, size, H, where))
+            converted.append(_keras_blocks(weights, size, H, where, kind))
     dtype = _result_dtype([w for directions in stack for weights in directions for w in weights],
                           dtype, "the Keras weights")
-    if kind == "cell":
-        model = Cell(D, H, "standard", dtype=dtype)
+    if form == "cell":
+        model = Cell(D, H, _variant(kind), dtype=dtype)
     else:
         model = LSTM(D, H, len(stack), bidirectional=bidirectional, batch_first=batch_first,
-                     dtype=dtype)
-    for (_, cell), blocks in zip(_cells(model), converted):
-        _fill(cell, blocks)
+                     variant=_variant(kind), dtype=dtype)
+    for (_, cell), params in zip(_cells(model), converted):
+        _fill(cell, params)
     return model
 
 
 def to_keras(model):
-    """Keras weights of a gatekit ``standard`` model, as ``layer.set_weights`` takes them.
+    """Keras weights of a gatekit ``standard`` or ``gru`` model, as ``layer.set_weights`` takes
+    them.
 
     A :class:`gatekit.Cell` gives ``[kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H,)]``
-    (for a Keras ``LSTM(H)`` or ``LSTMCell(H)``). A :class:`gatekit.LSTM` gives one such list
-    per layer, with the forward direction's three arrays followed by the backward direction's
-    for a bidirectional layer (for ``Bidirectional(LSTM(H, return_sequences=True))``).
+    (for a Keras ``LSTM(H)`` or ``LSTMCell(H)``); a ``gru`` cell ``[kernel (D, 3H),
+    recurrent_kernel (H, 3H), bias (2, 3H)]`` (for ``GRU(H)``/``GRUCell(H)`` with
+    ``reset_after=True``; the update and reset gates' whole bias in the input row, ``b_hn`` in
+    the recurrent row). A :class:`gatekit.LSTM` gives one such list per layer, with the forward
+    direction's three arrays followed by the backward direction's for a bidirectional layer (for
+    ``Bidirectional(LSTM(H, return_sequences=True))`` or of a ``GRU``).
     """
-    _require_standard(model, "Keras")
+    kind = _kind(model, "Keras")
 
     def weights(cell):
-        W_in, W_rec, bias = _stack(cell, KERAS_ORDER)
+        if kind == "gru":
+            W_in, W_rec, b_in, b_rec = _gru_stack(cell, GRU_KERAS_ORDER)
+            bias = np.stack([b_in, b_rec])
+        else:
+            W_in, W_rec, bias = _stack(cell, KERAS_ORDER)
         return [np.ascontiguousarray(W_in.T), np.ascontiguousarray(W_rec.T), bias]
 
     if isinstance(model, Cell):
@@ -571,8 +729,26 @@ def _onnx_cell(cell, names):
     return W, R, B, np.concatenate([peep[k] for k in ONNX_PEEPHOLE_ORDER])
 
 
+def _gru_to_onnx(model):
+    cells = [cell for _, cell in _cells(model)]
+    directions = model.directions if isinstance(model, LSTM) else 1
+    layers = []
+    for k in range(len(cells) // directions):
+        parts = [_gru_stack(cell, GRU_ONNX_ORDER)
+                 for cell in cells[k * directions:(k + 1) * directions]]
+        layers.append({"W": np.stack([part[0] for part in parts]),
+                       "R": np.stack([part[1] for part in parts]),
+                       "B": np.stack([np.concatenate(part[2:]) for part in parts]),
+                       "hidden_size": model.hidden_size,
+                       "direction": "bidirectional" if directions == 2 else "forward",
+                       "linear_before_reset": 1,
+                       "layout": int(isinstance(model, LSTM) and model.batch_first)})
+    return layers[0] if isinstance(model, Cell) else layers
+
+
 def to_onnx(model):
-    """The inputs and attributes of ONNX ``LSTM`` operators computing what ``model`` computes.
+    """The inputs and attributes of ONNX ``LSTM`` operators computing what ``model`` computes,
+    or of ``GRU`` operators for a ``gru`` model.
 
     A :class:`gatekit.Cell` gives one dict: ``W`` (1, 4H, D), ``R`` (1, 4H, H), ``B`` (1, 8H)
     (the bias in the ``Wb`` half, zeros in ``Rb``), ``P`` (1, 3H) if a gate has peepholes, and
@@ -581,7 +757,14 @@ def to_onnx(model):
     layer), with ``direction="bidirectional"`` (first axis: forward, reverse) if it is, and
     ``layout=1`` if it is ``batch_first``. The gates must be ONNX's: standard, peephole
     (missing peepholes are zeros) or coupled input and forget (``input_forget=1``).
+
+    A ``gru`` model gives the same with ``W`` (dirs, 3H, D), ``R`` (dirs, 3H, H), ``B``
+    (dirs, 6H) (the update and reset gates' whole bias in ``Wb``, ``b_hn`` in ``Rb``'s h block),
+    no ``P`` nor ``input_forget``, and ``linear_before_reset=1``: the inputs of ONNX ``GRU``
+    nodes.
     """
+    if model.gate_names == GRU:
+        return _gru_to_onnx(model)
     names = _onnx_gates(model)
     cells = [cell for _, cell in _cells(model)]
     directions = model.directions if isinstance(model, LSTM) else 1
@@ -638,8 +821,103 @@ def _check_onnx_layer(layer, where):
     return directions, bool(input_forget), bool(layout)
 
 
+def _is_onnx_gru(layer):
+    """Whether ``layer`` holds an ONNX GRU's inputs: ``R`` of 3H rows (an LSTM's has 4H), or
+    the GRU's own attribute."""
+    if "linear_before_reset" in layer:
+        return True
+    R = np.shape(layer.get("R", ()))
+    return len(R) == 3 and R[2] > 0 and R[1] == 3 * R[2]
+
+
+def _check_onnx_gru_layer(layer, where):
+    unknown = [key for key in layer if key not in {"W", "R", "B"} | ONNX_GRU_ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; expected W, "
+                         f"R, optional B, and the GRU attributes {sorted(ONNX_GRU_ATTRIBUTES)}")
+    for key in ("W", "R"):
+        if key not in layer:
+            raise ValueError(f"{where} lacks {key!r}")
+    reset = layer.get("linear_before_reset", 0)
+    if reset != 1:
+        raise ValueError(f"{where} has linear_before_reset={reset!r}"
+                         f"{'' if 'linear_before_reset' in layer else ' (ONNX default)'}: its "
+                         "reset gate multiplies the state before the recurrent product, a cell "
+                         "gatekit's GRU is not; gatekit converts linear_before_reset=1 (the "
+                         "form of PyTorch and cuDNN)")
+    direction = layer.get("direction", "forward")
+    if isinstance(direction, bytes):
+        direction = direction.decode()
+    if direction not in ("forward", "bidirectional"):
+        raise ValueError(f"{where} has direction={direction!r}; gatekit runs 'forward' and "
+                         "'bidirectional' GRUs (a lone reverse direction has no gatekit "
+                         "equivalent)")
+    directions = 2 if direction == "bidirectional" else 1
+    activations = layer.get("activations")
+    if activations is not None:
+        got = tuple(a.decode() if isinstance(a, bytes) else str(a) for a in activations)
+        if tuple(a.lower() for a in got) != ONNX_GRU_DEFAULT_ACTIVATIONS * directions:
+            raise ValueError(f"{where} has activations={list(got)}; gatekit's GRU uses ONNX's "
+                             "defaults Sigmoid, Tanh (per direction)")
+    if layer.get("clip") is not None:
+        raise ValueError(f"{where} has clip={layer['clip']!r}; gatekit does not clip the "
+                         "pre-activations")
+    layout = layer.get("layout", 0)
+    if layout not in (0, 1):
+        raise ValueError(f"{where} has layout={layout!r}; expected 0 or 1")
+    return directions, bool(layout)
+
+
+def _gru_from_onnx(layers, single, dtype, where):
+    checked = [_check_onnx_gru_layer(layer, where(k)) for k, layer in enumerate(layers)]
+    if len(set(checked)) != 1:
+        raise ValueError("every layer must have the same direction and layout")
+    directions, batch_major = checked[0]
+    R0 = _to_numpy(layers[0]["R"], f"{where(0)} R")
+    if R0.ndim != 3 or R0.shape[1] != 3 * R0.shape[2] or R0.shape[2] == 0:
+        raise ValueError(f"{where(0)} R has shape {R0.shape}; expected (num_directions, "
+                         "3 * hidden_size, hidden_size)")
+    H = R0.shape[2]
+    W0 = _to_numpy(layers[0]["W"], f"{where(0)} W")
+    if W0.ndim != 3 or W0.shape[2] == 0:
+        raise ValueError(f"{where(0)} W has shape {W0.shape}; expected (num_directions, "
+                         "3 * hidden_size, input_size)")
+    D = W0.shape[2]
+    converted, read = [], []
+    for k, layer in enumerate(layers):
+        if layer.get("hidden_size", H) != H:
+            raise ValueError(f"{where(k)} has hidden_size={layer['hidden_size']!r}, but R has "
+                             f"hidden size {H}")
+        size = D if k == 0 else directions * H
+        W = _to_numpy(layer["W"], f"{where(k)} W")
+        R = _to_numpy(layer["R"], f"{where(k)} R")
+        _check_shape(f"{where(k)} W", W, (directions, 3 * H, size),
+                     "num_directions, 3 * hidden_size, input size")
+        _check_shape(f"{where(k)} R", R, (directions, 3 * H, H),
+                     "num_directions, 3 * hidden_size, hidden_size")
+        read += [W, R]
+        if layer.get("B") is not None:
+            B = _to_numpy(layer["B"], f"{where(k)} B")
+            _check_shape(f"{where(k)} B", B, (directions, 6 * H),
+                         "num_directions, 6 * hidden_size")
+            read.append(B)
+        else:
+            B = np.zeros((directions, 6 * H))
+        converted += [_gru_params(W[d], R[d], B[d, :3 * H], B[d, 3 * H:], GRU_ONNX_ORDER)
+                      for d in range(directions)]
+    dtype = _result_dtype(read, dtype, "the ONNX arrays")
+    if single and directions == 1 and not batch_major:
+        model = Cell(D, H, "gru", dtype=dtype)
+    else:
+        model = LSTM(D, H, len(layers), bidirectional=directions == 2, variant="gru",
+                     batch_first=batch_major, dtype=dtype)
+    for (_, cell), params in zip(_cells(model), converted):
+        _fill(cell, params)
+    return model
+
+
 def from_onnx(source, *, dtype=None):
-    """A gatekit model from the inputs and attributes of ONNX ``LSTM`` operators.
+    """A gatekit model from the inputs and attributes of ONNX ``LSTM`` or ``GRU`` operators.
 
     ``source`` is a dict with ``W`` (dirs, 4H, D), ``R`` (dirs, 4H, H), optional ``B``
     (dirs, 8H) and ``P`` (dirs, 3H), and optional attributes ``hidden_size``, ``direction``
@@ -651,11 +929,27 @@ def from_onnx(source, *, dtype=None):
     The gates follow the inputs: standard without ``P``, peephole gates with it, and with
     ``input_forget=1`` gatekit's coupled learn gate, whose forget gate is ONNX's input gate
     negated (variant ``cifg`` with ``P``).
+
+    A GRU's inputs (``R`` of 3H rows: ``W`` (dirs, 3H, D), ``R`` (dirs, 3H, H), optional ``B``
+    (dirs, 6H); attributes as above, without ``input_forget``, and ``linear_before_reset``,
+    which must be 1) give the variant ``gru``.
     """
     layers = [source] if isinstance(source, Mapping) else source
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise TypeError("from_onnx takes a dict of ONNX LSTM inputs and attributes, or a "
+        raise TypeError("from_onnx takes a dict of ONNX LSTM or GRU inputs and attributes, or a "
                         f"non-empty list of them; got {type(source).__name__}")
+    for k, layer in enumerate(layers):
+        if not isinstance(layer, Mapping):
+            raise TypeError(f"layer {k} must be a dict of ONNX LSTM or GRU inputs and "
+                            f"attributes; got {type(layer).__name__}")
+    grus = [_is_onnx_gru(layer) for layer in layers]
+    if any(grus):
+        where = (lambda k: "the ONNX GRU") if isinstance(source, Mapping) else (
+            lambda k: f"layer {k}")
+        if not all(grus):
+            raise ValueError("every layer must be a GRU or none: layers "
+                             f"{[k for k, gru in enumerate(grus) if not gru]} are LSTMs")
+        return _gru_from_onnx(layers, isinstance(source, Mapping), dtype, where)
     where = (lambda k: "the ONNX LSTM") if isinstance(source, Mapping) else (
         lambda k: f"layer {k}")
     checked = [_check_onnx_layer(layer, where(k)) for k, layer in enumerate(layers)]
@@ -725,9 +1019,7 @@ def from_onnx(source, *, dtype=None):
         model = LSTM(D, H, len(layers), bidirectional=directions == 2, variant=variant, **gates,
                      batch_first=batch_major, dtype=dtype)
     for (_, cell), (blocks, peep) in zip(_cells(model), converted):
-        _fill(cell, blocks)
-        for name, value in peep.items():
-            cell.params[name] = value
+        _fill(cell, {**_lstm_params(blocks), **peep})
     return model
 
 

@@ -9,7 +9,12 @@ The file is an ``.npz`` archive, written atomically (:func:`gatekit.io.files.ato
   each role, and for the variant and every gate the plugin that registered it, that plugin's
   version and the distribution that installs it (``null`` for a plugin registered at run
   time; files written before the distribution was recorded lack it); a layer adds
-  ``num_layers``, ``bidirectional``, ``dropout`` and ``batch_first``.
+  ``num_layers``, ``bidirectional``, ``dropout`` and ``batch_first``; a model whose gates keep
+  extra memories (``Gate.memories``) adds ``memories``, their names in state order (files of
+  models without any, and files written before memories existed, have none); a model with
+  zoneout or recurrent dropout adds ``zoneout`` ([z_c, z_h]) and ``recurrent_dropout``, and is
+  written as format 2 (so that a gatekit that would ignore them refuses the file); without
+  them, format 1.
 
 Loading reads with no unpickling, so a file never runs code, and trusts nothing in it: it
 checks every array header against the bytes stored, the metadata's types and values, and the
@@ -27,11 +32,13 @@ import numpy as np
 from gatekit.version import __version__
 from gatekit.core import plugins
 from gatekit.core._gate import ROLES
-from gatekit.core.cell import Cell
+from gatekit.core.cell import Cell, check_recurrent_dropout, check_zoneout
 from gatekit.nn.layers import cell_names, LSTM
 from gatekit.io.files import atomic_write, is_count, LoadError, StoredArrays
 
-FORMAT = 1
+FORMAT = 2
+# The format of a file whose model has no regulariser: what gatekit wrote before format 2.
+PLAIN_FORMAT = 1
 BUILTIN_PLUGIN = "gatekit.core.builtin_variants"
 LAYER_FIELDS = ("num_layers", "bidirectional", "dropout", "batch_first")
 WHAT = "gatekit model file"
@@ -80,11 +87,16 @@ def save(model, path):
         raise TypeError(f"gatekit.save writes a gatekit.Cell or gatekit.LSTM; got "
                         f"{type(model).__name__}")
     gates, variant = _provenance(model)
-    meta = {"format": FORMAT, "gatekit": __version__, "kind": kind,
-            "input_size": model.input_size, "hidden_size": model.hidden_size,
+    regularised = model.zoneout != (0.0, 0.0) or model.recurrent_dropout > 0
+    meta = {"format": FORMAT if regularised else PLAIN_FORMAT, "gatekit": __version__,
+            "kind": kind, "input_size": model.input_size, "hidden_size": model.hidden_size,
             "dtype": model.dtype.name, "variant": variant, "gates": gates}
     if kind == "LSTM":
         meta.update({field: getattr(model, field) for field in LAYER_FIELDS})
+    if model.memories:
+        meta["memories"] = list(model.memories)
+    if regularised:
+        meta.update(zoneout=list(model.zoneout), recurrent_dropout=model.recurrent_dropout)
     arrays = {f"param/{name}": np.asarray(array) for name, array in model.params.items()}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
@@ -135,6 +147,11 @@ def _read_meta(stored):
         if isinstance(meta["dropout"], bool) or not isinstance(meta["dropout"], numbers.Real):
             raise stored.error(f"is damaged: its dropout should be a number; it is "
                                f"{meta['dropout']!r}")
+    try:
+        meta["zoneout"] = check_zoneout(meta.get("zoneout", (0.0, 0.0)))
+        meta["recurrent_dropout"] = check_recurrent_dropout(meta.get("recurrent_dropout", 0.0))
+    except ValueError as error:
+        raise stored.error(f"is damaged: {error}") from None
     _check_origin(stored, "variant", meta["variant"])
     if not isinstance(meta["gates"], dict):
         raise stored.error(f"is damaged: its gates should map roles to gates; they are "
@@ -250,14 +267,15 @@ def _check_parameters(stored, meta, declared):
 
 def _build(stored, meta):
     gates = {role: entry["name"] for role, entry in meta["gates"].items()}
+    regularisers = {"zoneout": meta["zoneout"], "recurrent_dropout": meta["recurrent_dropout"]}
     try:
         if meta["kind"] == "Cell":
             return Cell(meta["input_size"], meta["hidden_size"], meta["variant"]["name"],
-                        **gates, dtype=meta["dtype"])
+                        **gates, dtype=meta["dtype"], **regularisers)
         return LSTM(meta["input_size"], meta["hidden_size"], meta["num_layers"],
                     bidirectional=meta["bidirectional"], variant=meta["variant"]["name"],
                     **gates, dropout=meta["dropout"], batch_first=meta["batch_first"],
-                    dtype=meta["dtype"])
+                    dtype=meta["dtype"], **regularisers)
     except (TypeError, ValueError) as error:
         raise stored.error(f"describes a {meta['kind']} that cannot be built: {error}") \
             from None
@@ -265,7 +283,8 @@ def _build(stored, meta):
 
 def load(path):
     """Read a cell or layer written by :func:`save`; returns a :class:`gatekit.Cell` or a
-    :class:`gatekit.LSTM` (in training mode, with its dropout generator freshly seeded).
+    :class:`gatekit.LSTM` (in training mode, with its zoneout and recurrent dropout options,
+    its dropout and mask generators freshly seeded).
 
     Never unpickles. Raises :class:`LoadError` (a ``ValueError``) naming the file and what is
     wrong: a damaged or malformed file, a file of a newer format, a gate or variant whose plugin
@@ -279,6 +298,7 @@ def load(path):
         _check_registered(stored, meta)
         _check_parameters(stored, meta, _declared_shapes(stored, meta))
         model = _build(stored, meta)
+        _check_memories(stored, meta, model)
         for name, target in model.params.items():
             array = stored.read(f"param/{name}")
             if array.shape != target.shape:
@@ -288,8 +308,21 @@ def load(path):
     return model
 
 
+def _check_memories(stored, meta, model):
+    """The extra memories the file's gates kept must be those the registered gates keep now:
+    the state a caller carries from before the save has them in that order."""
+    saved = meta.get("memories", [])
+    if not (isinstance(saved, list) and all(isinstance(name, str) for name in saved)):
+        raise stored.error(f"is damaged: its memories should be a list of names; they are "
+                           f"{saved!r}")
+    if tuple(saved) != model.memories:
+        raise stored.error(f"was saved from gates that keep the extra memories {tuple(saved)}; "
+                           f"the registered gates {_gate_list(meta)} keep {model.memories}: "
+                           "install the plugin version that wrote it")
+
+
 def _gate_list(meta):
     return ", ".join(f"{role}={entry['name']!r}" for role, entry in meta["gates"].items())
 
 
-__all__ = ["FORMAT", "LoadError", "load", "save"]
+__all__ = ["FORMAT", "LoadError", "load", "PLAIN_FORMAT", "save"]

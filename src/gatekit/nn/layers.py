@@ -15,7 +15,8 @@ import warnings
 import numpy as np
 
 from gatekit.core.cell import (Cell, Parameters, _float_dtype, _size, as_float_array,
-                               check_lengths, refuse_changed_parameters)
+                               check_lengths, check_recurrent_dropout, check_zoneout,
+                               refuse_changed_parameters)
 
 __all__ = ["cell_names", "LayerTape", "LSTM", "reversal_index"]
 
@@ -60,7 +61,8 @@ class LSTM:
     ``batch_first=True``; outputs ``y`` (T, B, D * hidden_size) (or batch first), the forward
     direction in the first ``hidden_size`` features; states ``(stm, ltm)`` each
     (D * num_layers, B, hidden_size) in the order of :attr:`cell_names`, whatever
-    ``batch_first``.
+    ``batch_first``, followed by the cells' extra memories (:attr:`memories`) if their gates
+    keep any: ``(stm, ltm, n, m)`` for ``variant="slstm"``.
 
     ``dropout`` zeroes each output of every layer but the last with that probability (scaling
     the others by 1 / (1 - dropout)), in training mode only (:meth:`train`, the default, and
@@ -69,6 +71,10 @@ class LSTM:
 
     ``threads`` caps the threads of each cell's calls (see :class:`gatekit.Cell`).
 
+    ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` are options of every cell (see
+    :class:`gatekit.Cell`): each cell draws its own masks, from its own stream of ``seed``, in
+    training mode; :meth:`eval` puts every cell in evaluation mode with the layer.
+
     ``seed`` also draws every cell's parameters (each its own stream). ``params`` maps
     ``"l0.W_f"``, ``"l0_reverse.W_f"``, ... to views on the cells' parameters (writing into
     them changes the layer); ``cells`` maps ``"l0"``, ``"l0_reverse"``, ... to the cells.
@@ -76,7 +82,8 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  variant="standard", forget=None, learn=None, remember=None, use=None,
-                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None):
+                 dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None,
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0):
         self.input_size = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.num_layers = _size("num_layers", num_layers)
@@ -94,16 +101,19 @@ class LSTM:
                           f"(dropout={self.dropout}, num_layers=1)", UserWarning, stacklevel=2)
         self.dtype = _float_dtype(dtype)
         self.variant = variant
+        self.zoneout = check_zoneout(zoneout)
+        self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.cells = {}
         self.training = True
         directions = 2 if self.bidirectional else 1
         streams = np.random.SeedSequence(seed).spawn(self.num_layers * directions + 1)
         gates = {"forget": forget, "learn": learn, "remember": remember, "use": use}
-        self.cells = {}
         for k, name in enumerate(cell_names(self.num_layers, self.bidirectional)):
             layer = k // directions
             size = self.input_size if layer == 0 else directions * H
             self.cells[name] = Cell(size, H, variant, **gates, dtype=self.dtype,
-                                    seed=streams[k], threads=threads)
+                                    seed=streams[k], threads=threads, zoneout=self.zoneout,
+                                    recurrent_dropout=self.recurrent_dropout)
         self.dropout_rng = np.random.default_rng(streams[-1])
         self.params = Parameters({f"{name}.{symbol}": array
                                   for name, cell in self.cells.items()
@@ -112,8 +122,26 @@ class LSTM:
     # --- description ---------------------------------------------------------------------------
 
     @property
+    def training(self):
+        """Training mode (dropout, zoneout and recurrent dropout on); setting it sets every
+        cell's mode too."""
+        return self._training
+
+    @training.setter
+    def training(self, mode):
+        self._training = bool(mode)
+        for cell in self.cells.values():
+            cell.training = self._training
+
+    @property
     def directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def memories(self):
+        """The names of the cells' extra memories, in the order they take in the state after
+        the STM and the LTM (see :attr:`gatekit.Cell.memories`)."""
+        return self.cells["l0"].memories
 
     @property
     def cell_names(self):
@@ -135,34 +163,43 @@ class LSTM:
 
     def __repr__(self):
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
+        regularisers = ""
+        if self.zoneout != (0.0, 0.0) or self.recurrent_dropout > 0:
+            regularisers = (f", zoneout={self.zoneout}, "
+                            f"recurrent_dropout={self.recurrent_dropout}")
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
                 f"variant={self.variant!r}, {gates}, dropout={self.dropout}, "
-                f"batch_first={self.batch_first}, dtype={self.dtype.name})")
+                f"batch_first={self.batch_first}, dtype={self.dtype.name}{regularisers})")
 
     def train(self, mode=True):
-        """Training mode (dropout on, if any); returns the layer."""
+        """Training mode (dropout, zoneout and recurrent dropout on, if any); returns the
+        layer."""
         self.training = bool(mode)
         return self
 
     def eval(self):
-        """Evaluation mode (no dropout); returns the layer."""
+        """Evaluation mode (no dropout; zoneout and recurrent dropout give way to their
+        expectation); returns the layer."""
         return self.train(False)
 
     def copy(self, dtype=None):
         """A new layer with the same configuration, mode and a copy of the parameters, in
         ``dtype`` (by default this layer's). Its dropout generator starts from a copy of this
-        layer's generator state."""
+        layer's generator state, and each cell's mask generator from its cell's."""
         other = LSTM(self.input_size, self.hidden_size, self.num_layers,
                      bidirectional=self.bidirectional, variant=self.variant, **self.gate_names,
                      dropout=0.0, batch_first=self.batch_first,
                      dtype=self.dtype if dtype is None else dtype,
-                     threads=self.cells[next(iter(self.cells))].threads)
+                     threads=self.cells[next(iter(self.cells))].threads, zoneout=self.zoneout,
+                     recurrent_dropout=self.recurrent_dropout)
         other.dropout = self.dropout
         other.training = self.training
         for name, array in self.params.items():
             other.params[name] = array
         other.dropout_rng.bit_generator.state = self.dropout_rng.bit_generator.state
+        for name, cell in self.cells.items():
+            other.cells[name].mask_rng.bit_generator.state = cell.mask_rng.bit_generator.state
         return other
 
     # --- running -------------------------------------------------------------------------------
@@ -172,27 +209,40 @@ class LSTM:
         return y, state
 
     def _initial_state(self, state, B):
+        """The initial state as a tuple: (stm, ltm), then the extra memories if ``state``
+        gives them (else each cell starts them at their declared values)."""
         shape = (self.directions * self.num_layers, B, self.hidden_size)
         if state is None:
             zeros = np.zeros(shape, self.dtype)
             return zeros, zeros
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise TypeError("state must be a pair (stm, ltm) of arrays of shape "
+        names = ("stm", "ltm") + self.memories
+        if not (isinstance(state, (tuple, list)) and len(state) in {2, len(names)}):
+            what = "a pair (stm, ltm)" + (f" or ({', '.join(names)})" if self.memories else "")
+            raise TypeError(f"state must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}; got "
                             f"{type(state).__name__}")
-        return (as_float_array("state[0] (stm)", state[0], self.dtype, shape),
-                as_float_array("state[1] (ltm)", state[1], self.dtype, shape))
+        return tuple(as_float_array(f"state[{k}] ({name})", value, self.dtype, shape)
+                     for k, (name, value) in enumerate(zip(names, state)))
 
     def _final_gradient(self, dstate, B):
         shape = (self.directions * self.num_layers, B, self.hidden_size)
+        names = ("stm", "ltm") + self.memories
         if dstate is None:
-            return None, None
-        if not (isinstance(dstate, (tuple, list)) and len(dstate) == 2):
-            raise TypeError("dstate must be a pair (dstm, dltm) of arrays of shape "
+            return (None,) * len(names)
+        if not (isinstance(dstate, (tuple, list)) and len(dstate) in {2, len(names)}):
+            what = "a pair (dstm, dltm)" + (
+                f" or ({', '.join(f'd{name}' for name in names)})" if self.memories else "")
+            raise TypeError(f"dstate must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}, or None; got "
                             f"{type(dstate).__name__}")
+        dstate = tuple(dstate) + (None,) * (len(names) - len(dstate))
         return tuple(None if d is None else as_float_array(f"dstate[{k}]", d, self.dtype, shape)
                      for k, d in enumerate(dstate))
+
+    def _initial_memories(self, B):
+        """Each extra memory's declared initial value in every cell, (D * num_layers, B, H)."""
+        values = [cell._initial_memories(None, B) for cell in self.cells.values()]
+        return tuple(np.stack([value[m] for value in values]) for m in range(len(self.memories)))
 
     def _dropout_mask(self, shape):
         if self.dropout >= 1:
@@ -217,11 +267,12 @@ class LSTM:
         Every trace is in the time order of ``x`` and (T, B, ...) whatever ``batch_first``: the
         reverse direction's quantities are put back in forward time, so step t of every trace is
         step t of ``x``. ``E_t`` of a layer above the first is what that cell reads: the layer
-        below's outputs. Dropout is not applied (the values are those of the layer in
-        :meth:`eval` mode). ``state`` and ``lengths`` are as for ``forward``;
+        below's outputs. Dropout between layers is not applied; the cells' zoneout and recurrent
+        dropout follow the layer's mode, as in :meth:`forward` (in training, new masks, which
+        the traces show). ``state`` and ``lengths`` are as for ``forward``;
         padded steps of a ragged batch are NaN.
         """
-        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
+        x, lengths, state0 = self._inputs(x, state, lengths)
         T, B, _ = x.shape
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
@@ -233,7 +284,8 @@ class LSTM:
             for direction in range(self.directions):
                 name = self.cell_names[k]
                 seen = layer_input if direction == 0 else layer_input[index, columns]
-                trace = self.cells[name].trace(seen, (stm0[k], ltm0[k]), lengths=lengths)
+                trace = self.cells[name].trace(seen, tuple(s[k] for s in state0),
+                                               lengths=lengths)
                 if direction == 1:
                     trace = {key: value[index, columns] for key, value in trace.items()}
                 traces[name] = trace
@@ -251,21 +303,24 @@ class LSTM:
         (B integers in [1, T], in any order) makes a ragged batch, as a packed sequence does in
         PyTorch: sequence b ends after ``lengths[b]`` steps; its later outputs are zeros, the
         forward direction's final state is that of its last step, and the reverse direction
-        starts at its last step. Returns ``y`` and the final ``(stm, ltm)``; with ``keep=True``
-        also the :class:`LayerTape` that :meth:`backward` needs.
+        starts at its last step. Returns ``y`` and the final ``(stm, ltm)`` (and extra memories,
+        as the state); with ``keep=True`` also the :class:`LayerTape` that :meth:`backward`
+        needs. The extra memories of a ragged sequence are those of its last step, as its LTM.
         """
-        x, lengths, (stm0, ltm0) = self._inputs(x, state, lengths)
+        x, lengths, state0 = self._inputs(x, state, lengths)
         T, B, _ = x.shape
         if T == 0:          # no step: the state passes through unchanged
             y = np.zeros((B, 0, self.directions * self.hidden_size) if self.batch_first else
                          (0, B, self.directions * self.hidden_size), self.dtype)
-            final = (stm0.copy(), ltm0.copy())
+            final = tuple(s.copy() for s in state0)
+            if len(final) == 2:
+                final += self._initial_memories(B)
             if not keep:
                 return y, final
             return y, final, LayerTape(self, [], [None] * self.num_layers, None, None, T, B)
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
-        stm, ltm = np.empty_like(stm0), np.empty_like(ltm0)
+        final = tuple(np.empty_like(state0[0]) for _ in range(2 + len(self.memories)))
         tapes, masks = [], []
         layer_input = x
         k = 0
@@ -280,8 +335,11 @@ class LSTM:
             for direction in range(self.directions):
                 cell = self.cells[self.cell_names[k]]
                 seen = layer_input if direction == 0 else layer_input[index, columns]
-                result = cell.forward(seen, (stm0[k], ltm0[k]), keep=keep, lengths=lengths)
-                y, (stm[k], ltm[k]) = result[0], result[1]
+                result = cell.forward(seen, tuple(s[k] for s in state0), keep=keep,
+                                      lengths=lengths)
+                y = result[0]
+                for whole, value in zip(final, result[1]):
+                    whole[k] = value
                 if keep:
                     tapes.append(result[2])
                 outputs.append(y if direction == 0 else y[index, columns])
@@ -291,8 +349,8 @@ class LSTM:
         if self.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         if not keep:
-            return y, (stm, ltm)
-        return y, (stm, ltm), LayerTape(self, tapes, masks, lengths, index, T, B)
+            return y, final
+        return y, final, LayerTape(self, tapes, masks, lengths, index, T, B)
 
     def backward(self, tape, dy, dstate=None):
         """Backpropagation through every layer and direction over a :class:`LayerTape` from
@@ -300,8 +358,9 @@ class LSTM:
 
         ``dy`` is the gradient with respect to ``y`` (shaped like ``y``); ``dstate`` =
         (dstm, dltm), each (D * num_layers, B, hidden_size), the gradient with respect to the
-        final state (zero if None; either may be None). Returns a dict with the gradient of
-        every name of ``params`` plus ``"x"`` (shaped like ``x``), ``"stm0"`` and ``"ltm0"``
+        final state (zero if None; either may be None), followed by those of the extra memories
+        if any. Returns a dict with the gradient of every name of ``params`` plus ``"x"``
+        (shaped like ``x``), ``"stm0"`` and ``"ltm0"`` and ``"n0"`` for each extra memory ``n``
         (shaped like the state).
         """
         if not isinstance(tape, LayerTape):
@@ -319,7 +378,8 @@ class LSTM:
         dy = as_float_array("dy", dy, self.dtype, shape)
         if self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        dstm, dltm = self._final_gradient(dstate, B)
+        dstm, dltm, *dmemories = self._final_gradient(dstate, B)
+        memory_keys = [f"{name}0" for name in self.memories]
         if T == 0:
             grads = {name: np.zeros_like(array) for name, array in self.params.items()}
             x_shape = (B, 0, self.input_size) if self.batch_first else (0, B, self.input_size)
@@ -327,11 +387,14 @@ class LSTM:
             grads.update(x=np.zeros(x_shape, self.dtype),
                          stm0=zeros.copy() if dstm is None else dstm.copy(),
                          ltm0=zeros.copy() if dltm is None else dltm.copy())
+            grads.update({key: zeros.copy() if d is None else d.copy()
+                          for key, d in zip(memory_keys, dmemories)})
             return grads
         columns = np.arange(B)[None, :]
         grads = {}
         dstm0 = np.empty((D * self.num_layers, B, H), self.dtype)
         dltm0 = np.empty_like(dstm0)
+        dmemories0 = {key: np.empty_like(dstm0) for key in memory_keys}
         d_output = dy
         for layer in reversed(range(self.num_layers)):
             d_input = None
@@ -344,12 +407,15 @@ class LSTM:
                     d_y = d_y[tape.index, columns]
                 cell_grads = cell.backward(tape.tapes[k], d_y,
                                            None if dstm is None else dstm[k],
-                                           None if dltm is None else dltm[k])
+                                           None if dltm is None else dltm[k],
+                                           [None if d is None else d[k] for d in dmemories])
                 dx = cell_grads.pop("x")
                 if direction == 1:
                     dx = dx[tape.index, columns]
                 d_input = dx if d_input is None else d_input + dx
                 dstm0[k], dltm0[k] = cell_grads.pop("stm0"), cell_grads.pop("ltm0")
+                for key, whole in dmemories0.items():
+                    whole[k] = cell_grads.pop(key)
                 grads.update({f"{name}.{symbol}": g for symbol, g in cell_grads.items()})
             if tape.masks[layer] is not None:
                 d_input = d_input * tape.masks[layer]
@@ -358,5 +424,5 @@ class LSTM:
         dx = d_output
         if self.batch_first:
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
-        grads.update(x=np.ascontiguousarray(dx), stm0=dstm0, ltm0=dltm0)
+        grads.update(x=np.ascontiguousarray(dx), stm0=dstm0, ltm0=dltm0, **dmemories0)
         return grads

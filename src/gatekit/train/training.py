@@ -162,6 +162,9 @@ def save_checkpoint(path, model, optimizer, rng, losses):
             "input_size": cell.input_size, "hidden_size": cell.hidden_size,
             "output_size": model.output_size, "optimizer": type(optimizer).__name__,
             "rng": rng.bit_generator.state}
+    if cell.regularised:
+        # so that a resumed run draws the zoneout and dropout masks the straight run draws
+        meta["mask_rng"] = cell.mask_rng.bit_generator.state
     arrays = {f"param/{name}": array for name, array in model.params.items()}
     arrays.update({f"optimizer/{key}": value for key, value in optimizer.state_dict().items()})
     arrays["losses"] = np.asarray(losses, dtype=np.float64)
@@ -200,11 +203,16 @@ def load_checkpoint(path, model, optimizer, rng):
                 raise stored.error(f"is damaged: its {key!r} is {int(arrays[key])}; a count "
                                    "of steps is at least 0")
         restored_rng = _restored_bit_generator(stored, meta.get("rng"), rng)
+        masks_rng = None
+        if "mask_rng" in meta:
+            masks_rng = _restored_bit_generator(stored, meta["mask_rng"], cell.mask_rng)
         for name, array in model.params.items():
             array[...] = arrays[f"param/{name}"]
         optimizer.load_state_dict({key[len("optimizer/"):]: arrays[key]
                                    for key in expected if key.startswith("optimizer/")})
         rng.bit_generator.state = restored_rng.state
+        if masks_rng is not None:
+            cell.mask_rng.bit_generator.state = masks_rng.state
         return losses
 
 
