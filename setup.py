@@ -38,7 +38,7 @@ def extension(name, source=None, extra=()):
                      extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE + list(extra))
 
 
-extensions = [extension(name) for name in ("_gate", "_builtin", "_loop", "_projection")]
+extensions = [extension(name) for name in ("_gate", "_builtin", "_loop", "_projection", "_scan")]
 
 
 # Each module once more per instruction set, picked at run time by gatekit.core.instruction_sets
@@ -60,7 +60,7 @@ def write_vector_source(name, build):
 
 
 if platform.machine().lower() in ("x86_64", "amd64") and not DEBUG:
-    for name in ("_builtin", "_loop"):
+    for name in ("_builtin", "_loop", "_scan"):
         for build, (_, flags) in VECTOR_BUILDS.items():
             write_vector_source(name, build)
             extensions.append(extension(f"{name}_{build}", extra=flags))

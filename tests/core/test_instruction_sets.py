@@ -46,7 +46,7 @@ def test_both_kernel_builds_match_the_reference(build, tmp_path):
 
 
 def test_this_process_uses_a_compiled_kernel_module():
-    for name in ("_builtin", "_loop"):
+    for name in ("_builtin", "_loop", "_scan"):
         assert kernels.load(name).__name__ in (f"gatekit.core.{name}", f"gatekit.core.{name}_avx2",
                                                 f"gatekit.core.{name}_avx512")
 

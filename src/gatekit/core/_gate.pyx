@@ -52,6 +52,11 @@ A gate class declares, as class attributes:
     the quantities it reads (``STM_prev``, ``LTM_prev``, ``E_t``, outputs of earlier gates such as
     ``f_t``, and parameters such as ``W_f``), returning a dict of what it produces.
     ``gatekit.reference`` runs it, one step at a time; the tests hold the fast path to it.
+    What it reads is a promise: in a cell whose blocks all read the event only, a gate whose
+    definition reads neither ``STM_prev`` nor ``LTM_prev`` may be called once for the rows of
+    many steps (``e.B`` = steps × sequences, ``e.t = -1``, ``STM_prev`` and ``LTM_prev`` not
+    for it to read; the scan of docs/cells-and-gates.md), so its kernel must treat rows alike;
+    its ``finish`` then runs once per such chunk of rows, so it must add a sum over rows.
 ``backward_definition``
     Optional: the NumPy gradients of ``definition`` (see ``gatekit.reference``), for
     ``gatekit.reference.backward``.

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gatekit.core import instruction_sets, plugins
+from gatekit.core import _projection, instruction_sets, plugins, reference
 from gatekit.core._gate import MAX_MEMORIES, MAX_PARAMS, no_backward_message, PythonGate, ROLES
 
 __all__ = ["as_float_array", "Cell", "check_lengths", "check_recurrent_dropout", "check_zoneout",
@@ -22,8 +22,11 @@ _RUNS = ("STM", "both", "event")
 _COLUMNS = {"both": lambda H: slice(None), "event": lambda H: slice(H, None),
             "STM": lambda H: slice(0, H)}
 _loop = instruction_sets.load("_loop")
-# The loop of a cell with a projected STM (proj_size=): one build, its products are gemm calls.
-from gatekit.core import _projection  # noqa: E402
+_scan = instruction_sets.load("_scan")
+# A composition that runs as a scan does so, when ``Cell.scan`` is None, from this many rows
+# (steps × sequences) on: below it the time loop's fixed cost per call is the smaller (see
+# docs/cells-and-gates.md, "The scan").
+SCAN_ROWS = 256
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -156,6 +159,26 @@ def check_lengths(lengths, T, B):
             raise ValueError(f"lengths[{b}] = {int(array[b])} is {what}; every length must lie "
                              f"in [1, {T}]")
     return np.ascontiguousarray(array, dtype=np.intp)
+
+
+def _scan_refusal(classes, blocks):
+    """Why a composition of these gate classes cannot run as a scan, or None if it can: the
+    scan needs every block to read the event only, and the remember gate's
+    LTM_t = f_t ⊙ LTM_{t-1} + i_t ⊙ N_t to be the only reader of the previous memories."""
+    stm_blocks = [block for cls, block in blocks if cls.block_reads(block) != "event"]
+    if stm_blocks:
+        return f"its blocks {', '.join(map(repr, stm_blocks))} read the STM"
+    for cls in classes:
+        if cls.role == "remember":
+            if cls.definition is not reference.remember:
+                return (f"its remember gate {cls.name!r} is not the standard "
+                        "LTM_t = f_t ⊙ LTM_{t-1} + i_t ⊙ N_t")
+            continue
+        previous = [name for name in ("STM_prev", "LTM_prev")
+                    if name in inspect.signature(cls.definition).parameters]
+        if previous:
+            return f"its {cls.role} gate {cls.name!r} reads {' and '.join(previous)}"
+    return None
 
 
 # The masks of one call of a cell with regularisers (see Cell.draw_masks), by name.
@@ -366,11 +389,16 @@ class Cell:
     blocks read [STM_{t-1}, E_t] through ``W_k`` (H, P + D). The LTM stays H wide. Only gates
     that read STM_{t-1} through their blocks alone compose with it; a projected cell has no
     zoneout or recurrent dropout.
+    ``scan``: a composition in which only the remember gate carries anything from one step to
+    the next (minGRU, minLSTM) can run as a scan over the whole sequence instead of the time
+    loop (docs/cells-and-gates.md, "The scan"): ``None`` (default) where that is faster,
+    ``True`` always, ``False`` never. An attribute, which may be changed later. A cell with
+    zoneout or recurrent dropout never scans.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
                  remember=None, use=None, dtype=np.float32, seed=None, threads=None,
-                 zoneout=(0.0, 0.0), recurrent_dropout=0.0, proj_size=None):
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0, proj_size=None, scan=None):
         self.input_size = D = _size("input_size", input_size)
         self.zoneout = check_zoneout(zoneout)
         self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
@@ -442,6 +470,32 @@ class Cell:
         forget_gate = self.gates[0]
         self._forget_preactivation = forget_gate.offset if (
             "s_t" in forget_gate.provides() and forget_gate.blocks) else -1
+        self._scan_refusal = _scan_refusal(classes, blocks) or (
+            "its gates carry extra memories" if self.memories else None)
+        self.scan = scan
+
+    @property
+    def scan(self):
+        """Whether calls run as a scan over the whole sequence: None where it is faster (a
+        composition that can, from SCAN_ROWS steps × sequences), True always, False never."""
+        return self._scan
+
+    @scan.setter
+    def scan(self, value):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"scan must be None, True or False; got {value!r}")
+        if value and self._scan_refusal is not None:
+            raise ValueError(f"scan=True: this composition cannot run as a scan, since "
+                             f"{self._scan_refusal}")
+        self._scan = value
+
+    def _takes_scan(self, T, B):
+        """Whether a call of T steps of B sequences runs as a scan. (Anything that carries a
+        step's STM or LTM to the next other than the remember gate rules it out here.)"""
+        if (self._scan is False or self._scan_refusal is not None or T == 0
+                or self.regularised):
+            return False
+        return self._scan is True or T * B >= SCAN_ROWS
 
     @property
     def memories(self):
@@ -524,7 +578,7 @@ class Cell:
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
                      dtype=self.dtype if dtype is None else dtype, threads=self.threads,
                      zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
-                     proj_size=self.proj_size)
+                     proj_size=self.proj_size, scan=self.scan)
         for name, array in self.params.items():
             other.params[name] = array
         other.training = self.training
@@ -635,6 +689,8 @@ class Cell:
         y = np.empty((T, B, H), self.dtype)
         if T == 0 and not keep:
             return y, (stm0.copy(), ltm0.copy(), *(m.copy() for m in memories0))
+        if self._takes_scan(T, B):
+            return self._scan_forward(x, stm0, ltm0, y, keep, lengths)
         threads = self._call_threads()
         single = self.dtype == np.float32
         size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single,
@@ -704,6 +760,40 @@ class Cell:
         if keep:
             tape = Tape(self, x, stm0, z, acts, ltm, y, lengths)
             tape.uv = uv
+        if lengths is not None:
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
+        return (y, final) if not keep else (y, final, tape)
+
+    def _scan_forward(self, x, stm0, ltm0, y, keep, lengths):
+        """forward() as a scan: the same results and the same tape as the time loop's."""
+        T, B, _ = x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        S = T if keep else min(T, _scan.chunk_steps(B))
+        chunk = min(T, _scan.chunk_steps(B))
+        sizes = (S * B * KH, 5 * S * B * H, (S + 1) * B * H, chunk * B * H)
+        workspace = np.empty(sum(sizes), self.dtype) if keep else self._spares.take(
+            "workspace", sum(sizes), self.dtype)
+        ends = np.cumsum(sizes)
+        buffers = {"z": workspace[:ends[0]].reshape(S, B, KH),
+                   "acts": workspace[ends[0]:ends[1]].reshape(5, S, B, H),
+                   "ltm": workspace[ends[1]:ends[2]].reshape(S + 1, B, H),
+                   "work": workspace[ends[2]:ends[3]].reshape(chunk * B, H)}
+        ltm = buffers["ltm"]
+        ltm[0] = ltm0
+        held = (workspace, x, stm0, y)
+        self._hold_buffers(held)
+        try:
+            failed = _scan.forward(self.gates, self._weights, self._bias, x, y, buffers["z"],
+                                   buffers["acts"], ltm, buffers["work"], lengths,
+                                   self._forget_preactivation, self._call_threads())
+            if failed >= 0:
+                self._raise_gate_error(failed)
+            final = (y[-1].copy(), ltm[(T - 1) % S + 1].copy())
+        finally:
+            self._release_buffers(held)
+            if not keep:
+                self._spares.give("workspace", workspace)
+        tape = Tape(self, x, stm0, buffers["z"], buffers["acts"], ltm, y, lengths) if keep else None
         if lengths is not None:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
@@ -820,6 +910,9 @@ class Cell:
                 dparams[g, k] = grads[name].ctypes.data
         dx = np.zeros((T, B, D), self.dtype)
         threads = self._call_threads()
+        if self._takes_scan(T, B):
+            return self._scan_backward(tape, dy, dstm_carry[0], dltm_carry[T % 2], dweights,
+                                       dbias, grads, dparams, dx, threads)
         sizes = {"dz": T * B * KH, "dacts": 5 * T * B * H, "work": max(T * B, B) * H,
                  "scratch": _loop.backward_scratch(T, B, D, H, KH, threads,
                                                    self.dtype == np.float32)}
@@ -852,6 +945,35 @@ class Cell:
         grads.update(x=dx, stm0=dstm_carry[0], ltm0=dltm_carry[0])
         for k, name in enumerate(self.memories):
             grads[f"{name}0"] = dmem[0, k].copy()
+        return grads
+
+    def _scan_backward(self, tape, dy, dstm, dltm, dweights, dbias, grads, dparams, dx, threads):
+        """backward() of a cell that runs as a scan, over a tape of either path."""
+        T, B, _ = tape.x.shape
+        H, KH = self.hidden_size, self._weights.shape[0]
+        C = min(T, _scan.chunk_steps(B))
+        sizes = {"dz": C * B * KH, "dacts": 5 * C * B * H, "work": C * B * H,
+                 "drows": 2 * C * B * H}
+        spares = {name: self._spares.take(name, size, self.dtype) for name, size in sizes.items()}
+        dltm = dltm.copy()
+        buffers = (tape, dy, dstm, dltm, dweights, dbias, dx, grads, spares)
+        self._hold_buffers(buffers)
+        try:
+            failed = _scan.backward(
+                self.gates, self._weights, tape.x, tape.z, tape.acts, tape.ltm, tape.y, dy,
+                dstm, dltm, spares["dz"][:sizes["dz"]].reshape(C, B, KH),
+                spares["dacts"][:sizes["dacts"]].reshape(5, C, B, H),
+                spares["drows"][:sizes["drows"]].reshape(2, C, B, H), dweights, dbias, dx,
+                dparams, spares["work"][:sizes["work"]].reshape(C * B, H), tape.lengths,
+                self._forget_preactivation, threads)
+        finally:
+            self._release_buffers(buffers)
+            for name, buffer in spares.items():
+                self._spares.give(name, buffer)
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        # Nothing reads the initial STM.
+        grads.update(x=dx, stm0=np.zeros((B, H), self.dtype), ltm0=dltm)
         return grads
 
     def _final_memory_gradients(self, dmemories, T, B):

@@ -1,6 +1,7 @@
 """Which build of the compiled modules runs here.
 
-``_builtin`` (the built-in gates) and ``_loop`` (the time loop) are compiled three times on
+``_builtin`` (the built-in gates), ``_loop`` (the time loop) and ``_scan`` (the scan over the
+whole sequence, for cells that allow it) are compiled three times on
 x86-64: for any x86-64 CPU, for AVX2 + FMA (``*_avx2``, twice the vector width of the
 baseline) and for AVX-512 (``*_avx512``, twice again, and 32 vector registers for the loop's
 matrix products). The widest build the CPU runs is used where it was built;
