@@ -29,6 +29,12 @@ ctypedef struct Extent:
     Py_ssize_t u0, u1        # the units this call computes
     Py_ssize_t ldz           # row stride of z
 
+# The loop's post-gate product (see StepFloat.post_product).
+ctypedef void (*ProductFloat)(const void* product, bint transposed, const float* A, float* C,
+                              const Extent* e) noexcept nogil
+ctypedef void (*ProductDouble)(const void* product, bint transposed, const double* A, double* C,
+                               const Extent* e) noexcept nogil
+
 ctypedef struct StepFloat:
     Extent e
     # Forward: the step's quantities (in backward: what the forward pass kept of the step).
@@ -77,6 +83,16 @@ ctypedef struct StepFloat:
     float* dmem_t            # d/d mem_t: what step t + 1 sent back, plus what later gates of
                              # this step added; complete when the declaring gate's backward runs
     float* dmem_prev         # d/d mem_{t-1}: zero at the start of the step, gates add into it
+    # The post-gate product (Gate.products), at the end so that plugins built before it keep
+    # their fields' offsets: `product` is the loop's handle on the declared (H, H) weight W, packed
+    # once per call, and post_product(s.product, transposed, A, C, &s.e) adds to units
+    # [e.u0, e.u1) of C (B rows, row stride H) those units of A @ W.T (forward), or with
+    # `transposed` of A @ W (backward: the gradient sent back through the product), A (B, H)
+    # with row stride H holding every unit. Call it after a sync(s.barrier) that follows
+    # writing A. Both NULL where the loop packed none (a gate without `products`, finish): a
+    # gate then falls back to gemm.
+    const void* product
+    ProductFloat post_product
 
 # The same fields, in double precision.
 ctypedef struct StepDouble:
@@ -113,6 +129,8 @@ ctypedef struct StepDouble:
     double* mem_t
     double* dmem_t
     double* dmem_prev
+    const void* product
+    ProductDouble post_product
 
 ctypedef fused floating:
     float
@@ -316,6 +334,25 @@ cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
         return gk_gemm_float(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
     else:
         return gk_gemm_double(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline int post_gate_product(const void* product, void* post_product, bint transposed,
+                                  const floating* A, floating* C, const floating* W,
+                                  const Extent* e) noexcept nogil:
+    """C[:, u0:u1] += A @ W.T, or with `transposed` A @ W, on this thread's units: through the
+    step's post_product (the weights the loop packed for its gate's `products`: pass
+    s.product and <void*> s.post_product) where the step has one, else through gemm. -1 if
+    gemm could not allocate (see gemm)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    if product != NULL:
+        if floating is float:
+            (<ProductFloat> post_product)(product, transposed, A, C, e)
+        else:
+            (<ProductDouble> post_product)(product, transposed, A, C, e)
+        return 0
+    if transposed:
+        return gemm(False, False, B, u1 - u0, H, A, H, W + u0, H, 1, C + u0, H)
+    return gemm(False, True, B, u1 - u0, H, A, H, W + u0 * H, H, 1, C + u0, H)
 
 
 cdef void out_of_memory(Gate gate, int* error) noexcept nogil
