@@ -10,7 +10,9 @@
 # thread while the others wait, or sets `syncs` = n and calls sync(s.barrier) exactly n times in
 # each forward and each backward step: every thread then writes its own units, and after a
 # sync may read what all threads wrote before it (the course Use gate: LTM_{t-1} ⊙ f_t of its
-# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
+# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)). A gate whose product is its own
+# (H, H) weight after another gate declares it in Gate.products: the loop packs it once per call
+# and the step's post_product computes a thread's units of it (see post_gate_product below).
 #
 # A gate's extra memories (Gate.memories, in gatekit/core/_gate.pyx) come in the step's mem_*
 # fields, at the end of the structs; the gate that declares a memory writes all its units of
