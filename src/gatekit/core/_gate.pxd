@@ -32,10 +32,10 @@ ctypedef struct Extent:
     Py_ssize_t ldz           # row stride of z
 
 # The loop's post-gate product (see StepFloat.post_product).
-ctypedef void (*ProductFloat)(const void* product, bint transposed, const float* A, float* C,
+ctypedef int (*ProductFloat)(const void* product, bint transposed, const float* A, float* C,
+                             const Extent* e) noexcept nogil
+ctypedef int (*ProductDouble)(const void* product, bint transposed, const double* A, double* C,
                               const Extent* e) noexcept nogil
-ctypedef void (*ProductDouble)(const void* product, bint transposed, const double* A, double* C,
-                               const Extent* e) noexcept nogil
 
 ctypedef struct StepFloat:
     Extent e
@@ -91,8 +91,10 @@ ctypedef struct StepFloat:
     # [e.u0, e.u1) of C (B rows, row stride H) those units of A @ W.T (forward), or with
     # `transposed` of A @ W (backward: the gradient sent back through the product), A (B, H)
     # with row stride H holding every unit. Call it after a sync(s.barrier) that follows
-    # writing A. Both NULL where the loop packed none (a gate without `products`, finish): a
-    # gate then falls back to gemm.
+    # writing A. It returns 0, or -1 having added nothing when asked for the product the pass
+    # did not pack (forward packs for A @ W.T, backward for A @ W). Both NULL where the loop
+    # packed none (a gate without `products`, finish). post_gate_product (below) falls back to
+    # gemm in either case.
     const void* product
     ProductFloat post_product
 
@@ -343,15 +345,15 @@ cdef inline int post_gate_product(const void* product, void* post_product, bint 
                                   const Extent* e) noexcept nogil:
     """C[:, u0:u1] += A @ W.T, or with `transposed` A @ W, on this thread's units: through the
     step's post_product (the weights the loop packed for its gate's `products`: pass
-    s.product and <void*> s.post_product) where the step has one, else through gemm. -1 if
-    gemm could not allocate (see gemm)."""
+    s.product and <void*> s.post_product) where the step has one packed this way round, else
+    through gemm. -1 if gemm could not allocate (see gemm)."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     if product != NULL:
         if floating is float:
-            (<ProductFloat> post_product)(product, transposed, A, C, e)
-        else:
-            (<ProductDouble> post_product)(product, transposed, A, C, e)
-        return 0
+            if (<ProductFloat> post_product)(product, transposed, A, C, e) == 0:
+                return 0
+        elif (<ProductDouble> post_product)(product, transposed, A, C, e) == 0:
+            return 0
     if transposed:
         return gemm(False, False, B, u1 - u0, H, A, H, W + u0, H, 1, C + u0, H)
     return gemm(False, True, B, u1 - u0, H, A, H, W + u0 * H, H, 1, C + u0, H)

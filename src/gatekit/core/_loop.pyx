@@ -1207,36 +1207,28 @@ cdef void pack_product(Team* team, int member, floating* precision) noexcept nog
         panel += H * nr
 
 
-cdef void post_product_float(const void* handle, bint transposed, const float* A, float* C,
-                             const Extent* e) noexcept nogil:
-    multiply_product(<Team*> handle, transposed, A, C, e)
+cdef int post_product_float(const void* handle, bint transposed, const float* A, float* C,
+                            const Extent* e) noexcept nogil:
+    return multiply_product(<Team*> handle, transposed, A, C, e)
 
 
-cdef void post_product_double(const void* handle, bint transposed, const double* A,
-                              double* C, const Extent* e) noexcept nogil:
-    multiply_product(<Team*> handle, transposed, A, C, e)
+cdef int post_product_double(const void* handle, bint transposed, const double* A,
+                             double* C, const Extent* e) noexcept nogil:
+    return multiply_product(<Team*> handle, transposed, A, C, e)
 
 
-cdef inline void multiply_product(Team* team, bint transposed, const floating* A, floating* C,
-                                  const Extent* e) noexcept nogil:
+cdef inline int multiply_product(Team* team, bint transposed, const floating* A, floating* C,
+                                 const Extent* e) noexcept nogil:
     """C[:, u0:u1] += A @ W.T (or A @ W) over the panels of the threads whose units make up
-    [e.u0, e.u1) (a thread's own, or all of them). A product asked the other way round than the
-    pass packed it runs on W itself."""
+    [e.u0, e.u1) (a thread's own, or all of them); 0. -1, adding nothing, for the product the
+    other way round than the pass packed it (the gate's post_gate_product then runs gemm)."""
     cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, B = e.B
-    cdef Py_ssize_t u0 = e.u0, u1 = e.u1, units = team.units, m, m0, m1, u, b, j, l
-    cdef const floating* W = <const floating*> team.post.W
+    cdef Py_ssize_t u0 = e.u0, u1 = e.u1, units = team.units, m, m0, m1, u
     cdef floating* panel
-    cdef floating total
-    if u1 <= u0:
-        return
     if transposed != team.post.transposed:
-        for b in range(B):
-            for j in range(u0, u1):
-                total = 0
-                for l in range(H):
-                    total = total + A[b * H + l] * (W[l * H + j] if transposed else W[j * H + l])
-                C[b * H + j] += total
-        return
+        return -1
+    if u1 <= u0:
+        return 0
     m = u0 // units
     while m < team.size and m * units < u1:
         m0, m1 = m * units, min(H, (m + 1) * units)
@@ -1245,6 +1237,7 @@ cdef inline void multiply_product(Team* team, bint transposed, const floating* A
             product(B, A, H, H, NULL, 0, 0, panel, NULL, C + u, H, min(nr, m1 - u))
             panel += H * nr
         m += 1
+    return 0
 
 
 cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
