@@ -8,7 +8,7 @@ kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 -
 tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, exp_, sigmoid,
-                                 tanh_, gemm, out_of_memory, sync)
+                                 tanh_, gemm, out_of_memory, post_gate_product, sync)
 from gatekit.core import reference
 
 __all__ = ["BUILTIN_GATES", "matmul"]
@@ -104,10 +104,11 @@ cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const 
 cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
                            const floating* LTM_prev, const floating* f_t,
                            const floating* W_u, const floating* b_u, floating* work,
-                           void* barrier, Extent* e) noexcept nogil:
+                           void* barrier, const void* product, void* post_product,
+                           Extent* e) noexcept nogil:
     """U_t = tanh(W_u (LTM_{t-1} ⊙ f_t) + b_u), V_t = σ(z_v), STM_t = U_t ⊙ V_t. Each thread
     forms its units of LTM_{t-1} ⊙ f_t, then (after sync) its units of the product, from all
-    of them. -1 if out of memory."""
+    of them, over the loop's packed W_u. -1 if out of memory."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j
     product_rows(work, LTM_prev, f_t, e)
@@ -116,7 +117,7 @@ cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floati
         for j in range(u0, u1):
             U_t[b * H + j] = b_u[j]
     # U_t[:, u0:u1] += work @ W_u[u0:u1].T
-    if gemm(False, True, B, u1 - u0, H, work, H, W_u + u0 * H, H, 1, U_t + u0, H) < 0:
+    if post_gate_product(product, post_product, False, work, U_t, W_u, e) < 0:
         return -1
     tanh_rows(U_t, U_t, H, e)
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
@@ -169,13 +170,14 @@ cdef inline void reset_learn_rows(floating* N_t, const floating* z_r, const floa
 # sync) its units of the product, from all of them; as course_use does.
 
 cdef inline int gated_candidate(floating* N_t, const floating* W, floating* work,
-                                void* barrier, Extent* e) noexcept nogil:
+                                void* barrier, const void* product, void* post_product,
+                                Extent* e) noexcept nogil:
     """N_t = tanh(N_t + work @ W.T) on this thread's units, N_t holding c and work this
     thread's units of g ⊙ STM_{t-1}. -1 if out of memory."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
     sync(barrier)
     # N_t[:, u0:u1] += work @ W[u0:u1].T
-    if gemm(False, True, B, u1 - u0, H, work, H, W + u0 * H, H, 1, N_t + u0, H) < 0:
+    if post_gate_product(product, post_product, False, work, N_t, W, e) < 0:
         return -1
     tanh_rows(N_t, N_t, H, e)
     return 0
@@ -183,7 +185,8 @@ cdef inline int gated_candidate(floating* N_t, const floating* W, floating* work
 
 cdef inline int mgu_learn(floating* N_t, floating* i_t, const floating* f_t,
                           const floating* z_n, const floating* STM_prev, const floating* W_hn,
-                          floating* work, void* barrier, Extent* e) noexcept nogil:
+                          floating* work, void* barrier, const void* product,
+                          void* post_product, Extent* e) noexcept nogil:
     """MGU: i_t = 1 - f_t, N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n)"""
     cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
@@ -193,13 +196,14 @@ cdef inline int mgu_learn(floating* N_t, floating* i_t, const floating* f_t,
             i_t[k] = 1 - f_t[k]
             work[k] = i_t[k] * STM_prev[k]
             N_t[k] = z_n[b * ldz + j]
-    return gated_candidate(N_t, W_hn, work, barrier, e)
+    return gated_candidate(N_t, W_hn, work, barrier, product, post_product, e)
 
 
 cdef inline int mut1_learn(floating* N_t, floating* i_t, const floating* f_t,
                            const floating* z_r, const floating* E_t, const floating* STM_prev,
                            const floating* W_hh, const floating* b_h, floating* work,
-                           void* barrier, Extent* e) noexcept nogil:
+                           void* barrier, const void* product, void* post_product,
+                           Extent* e) noexcept nogil:
     """MUT1: i_t = 1 - f_t, N_t = tanh(W_hh (σ(z_r) ⊙ STM_{t-1}) + tanh(E_t) + b_h), D = H"""
     cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
@@ -209,7 +213,7 @@ cdef inline int mut1_learn(floating* N_t, floating* i_t, const floating* f_t,
             i_t[k] = 1 - f_t[k]
             work[k] = sigmoid(z_r[b * ldz + j]) * STM_prev[k]
             N_t[k] = tanh_(E_t[k]) + b_h[j]
-    return gated_candidate(N_t, W_hh, work, barrier, e)
+    return gated_candidate(N_t, W_hh, work, barrier, product, post_product, e)
 
 
 # --- Backward kernels: they add (+=) into gradients, using the forward outputs ---------------
@@ -316,6 +320,7 @@ cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV
                                     const floating* V_t, const floating* LTM_prev,
                                     const floating* f_t, const floating* dSTM_t,
                                     const floating* W_u, floating* work, void* barrier,
+                                    const void* product, void* post_product,
                                     Extent* e) noexcept nogil:
     """Leaves in dU_t the gradient of U_t's pre-activation, for course_use_finish. Each thread
     forms its units of it, then (after sync) its units of dU_pre @ W_u, from all of them. -1 if
@@ -327,9 +332,10 @@ cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV
         for j in range(u0, u1):
             k = b * H + j
             dU_t[k] *= 1 - U_t[k] * U_t[k]
+            work[k] = 0
     sync(barrier)
     # work[:, u0:u1] = dU_pre @ W_u[:, u0:u1]: the gradient of LTM_{t-1} ⊙ f_t
-    if gemm(False, False, B, u1 - u0, H, dU_t, H, W_u + u0, H, 0, work + u0, H) < 0:
+    if post_gate_product(product, post_product, True, dU_t, work, W_u, e) < 0:
         return -1
     product_backward_rows(dLTM_prev, df_t, LTM_prev, f_t, work, e)
     sigmoid_backward_rows(dz_v, V_t, dV_t, <const floating*> NULL, LTM_prev,
@@ -479,6 +485,7 @@ cdef inline void reset_learn_backward_rows(floating* dz_r, floating* dz_n, float
 
 cdef inline int gated_candidate_backward(floating* dN_t, floating* work, const floating* N_t,
                                          const floating* W, void* barrier,
+                                         const void* product, void* post_product,
                                          Extent* e) noexcept nogil:
     """dN_t becomes the gradient of N_t's pre-activation, then (after sync) work[:, u0:u1] the
     gradient of this thread's units of g ⊙ STM_{t-1}. -1 if out of memory."""
@@ -488,9 +495,10 @@ cdef inline int gated_candidate_backward(floating* dN_t, floating* work, const f
         for j in range(u0, u1):
             k = b * H + j
             dN_t[k] *= 1 - N_t[k] * N_t[k]
+            work[k] = 0
     sync(barrier)
     # work[:, u0:u1] = dN_pre @ W[:, u0:u1]
-    if gemm(False, False, B, u1 - u0, H, dN_t, H, W + u0, H, 0, work + u0, H) < 0:
+    if post_gate_product(product, post_product, True, dN_t, work, W, e) < 0:
         return -1
     return 0
 
@@ -499,10 +507,11 @@ cdef inline int mgu_learn_backward(floating* dz_n, floating* dN_t, floating* di_
                                    floating* df_t, floating* dSTM_prev, const floating* N_t,
                                    const floating* i_t, const floating* STM_prev,
                                    const floating* W_hn, floating* work, void* barrier,
+                                   const void* product, void* post_product,
                                    Extent* e) noexcept nogil:
     cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
-    if gated_candidate_backward(dN_t, work, N_t, W_hn, barrier, e) < 0:
+    if gated_candidate_backward(dN_t, work, N_t, W_hn, barrier, product, post_product, e) < 0:
         return -1
     for b in range(B):
         for j in range(u0, u1):
@@ -520,11 +529,12 @@ cdef inline int mut1_learn_backward(floating* dz_r, floating* dN_t, floating* di
                                     const floating* z_r, const floating* N_t,
                                     const floating* E_t, const floating* STM_prev,
                                     const floating* W_hh, floating* work, void* barrier,
+                                    const void* product, void* post_product,
                                     Extent* e) noexcept nogil:
     cdef Py_ssize_t B = e.B, H = e.H, ldz = e.ldz, u0 = e.u0, u1 = e.u1
     cdef Py_ssize_t b, j, k
     cdef floating r, event
-    if gated_candidate_backward(dN_t, work, N_t, W_hh, barrier, e) < 0:
+    if gated_candidate_backward(dN_t, work, N_t, W_hh, barrier, product, post_product, e) < 0:
         return -1
     for b in range(B):
         for j in range(u0, u1):
@@ -889,6 +899,7 @@ cdef class LearnMgu(Gate):
     role, name, blocks = "learn", "mgu", ("n",)
     reads = {"n": "event"}
     params = {"W_hn": ("H", "H")}
+    products = ("W_hn",)
     definition = staticmethod(reference.learn_mgu)
     backward_definition = staticmethod(reference.learn_mgu_backward)
     syncs = 1
@@ -897,24 +908,24 @@ cdef class LearnMgu(Gate):
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         if mgu_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.STM_prev, <float*> self.param[0],
-                     s.work, s.barrier, &s.e) < 0:
+                     s.work, s.barrier, s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         if mgu_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.STM_prev, <double*> self.param[0],
-                     s.work, s.barrier, &s.e) < 0:
+                     s.work, s.barrier, s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_float(self, StepFloat* s) noexcept nogil:
         if mgu_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.N_t,
                               s.i_t, s.STM_prev, <float*> self.param[0], s.work, s.barrier,
-                              &s.e) < 0:
+                              s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         if mgu_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.N_t,
                               s.i_t, s.STM_prev, <double*> self.param[0], s.work, s.barrier,
-                              &s.e) < 0:
+                              s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void finish_float(self, StepFloat* s) noexcept nogil:
@@ -931,6 +942,7 @@ cdef class LearnMut1(Gate):
     tanh(E_t) joins the memory unit by unit, so the event has as many entries as the memory."""
     role, name, blocks = "learn", "mut1", ("r",)
     params = {"W_hh": ("H", "H"), "b_h": ("H",)}
+    products = ("W_hh",)
     definition = staticmethod(reference.learn_mut1)
     backward_definition = staticmethod(reference.learn_mut1_backward)
     input_size_is_hidden_size = True
@@ -941,25 +953,27 @@ cdef class LearnMut1(Gate):
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         if mut1_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.E_t, s.STM_prev,
                       <float*> self.param[0], <float*> self.param[1], s.work, s.barrier,
-                      &s.e) < 0:
+                      s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         if mut1_learn(s.N_t, s.i_t, s.f_t, s.z + self.offset, s.E_t, s.STM_prev,
                       <double*> self.param[0], <double*> self.param[1], s.work, s.barrier,
-                      &s.e) < 0:
+                      s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_float(self, StepFloat* s) noexcept nogil:
         if mut1_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.dE_t,
                                s.z + self.offset, s.N_t, s.E_t, s.STM_prev,
-                               <float*> self.param[0], s.work, s.barrier, &s.e) < 0:
+                               <float*> self.param[0], s.work, s.barrier, s.product,
+                               <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         if mut1_learn_backward(s.dz + self.offset, s.dN_t, s.di_t, s.df_t, s.dSTM_prev, s.dE_t,
                                s.z + self.offset, s.N_t, s.E_t, s.STM_prev,
-                               <double*> self.param[0], s.work, s.barrier, &s.e) < 0:
+                               <double*> self.param[0], s.work, s.barrier, s.product,
+                               <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void finish_float(self, StepFloat* s) noexcept nogil:
@@ -1165,6 +1179,7 @@ cdef class UseLiteral(Gate):
 cdef class UseCourse(Gate):
     role, name, blocks = "use", "course", ("v",)
     params = {"W_u": ("H", "H"), "b_u": ("H",)}
+    products = ("W_u",)
     definition = staticmethod(reference.use_course)
     backward_definition = staticmethod(reference.use_course_backward)
     syncs = 1
@@ -1173,25 +1188,25 @@ cdef class UseCourse(Gate):
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
         if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
                       <float*> self.param[0], <float*> self.param[1], s.work, s.barrier,
-                      &s.e) < 0:
+                      s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void forward_double(self, StepDouble* s) noexcept nogil:
         if course_use(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_prev, s.f_t,
                       <double*> self.param[0], <double*> self.param[1], s.work, s.barrier,
-                      &s.e) < 0:
+                      s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_float(self, StepFloat* s) noexcept nogil:
         if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
                                s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <float*> self.param[0],
-                               s.work, s.barrier, &s.e) < 0:
+                               s.work, s.barrier, s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         if course_use_backward(s.dz + self.offset, s.dU_t, s.dV_t, s.dLTM_prev, s.df_t, s.U_t,
                                s.V_t, s.LTM_prev, s.f_t, s.dSTM_t, <double*> self.param[0],
-                               s.work, s.barrier, &s.e) < 0:
+                               s.work, s.barrier, s.product, <void*> s.post_product, &s.e) < 0:
             out_of_memory(self, &s.error)
 
     cdef void finish_float(self, StepFloat* s) noexcept nogil:

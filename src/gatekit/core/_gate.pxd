@@ -10,7 +10,9 @@
 # thread while the others wait, or sets `syncs` = n and calls sync(s.barrier) exactly n times in
 # each forward and each backward step: every thread then writes its own units, and after a
 # sync may read what all threads wrote before it (the course Use gate: LTM_{t-1} ⊙ f_t of its
-# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)).
+# own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)). A gate whose product is its own
+# (H, H) weight after another gate declares it in Gate.products: the loop packs it once per call
+# and the step's post_product computes a thread's units of it (see post_gate_product below).
 #
 # A gate's extra memories (Gate.memories, in gatekit/core/_gate.pyx) come in the step's mem_*
 # fields, at the end of the structs; the gate that declares a memory writes all its units of
@@ -28,6 +30,12 @@ ctypedef struct Extent:
     Py_ssize_t D             # the event's width: E_t is (B, D), row stride D
     Py_ssize_t u0, u1        # the units this call computes
     Py_ssize_t ldz           # row stride of z
+
+# The loop's post-gate product (see StepFloat.post_product).
+ctypedef int (*ProductFloat)(const void* product, bint transposed, const float* A, float* C,
+                             const Extent* e) noexcept nogil
+ctypedef int (*ProductDouble)(const void* product, bint transposed, const double* A, double* C,
+                              const Extent* e) noexcept nogil
 
 ctypedef struct StepFloat:
     Extent e
@@ -77,6 +85,18 @@ ctypedef struct StepFloat:
     float* dmem_t            # d/d mem_t: what step t + 1 sent back, plus what later gates of
                              # this step added; complete when the declaring gate's backward runs
     float* dmem_prev         # d/d mem_{t-1}: zero at the start of the step, gates add into it
+    # The post-gate product (Gate.products), at the end so that plugins built before it keep
+    # their fields' offsets: `product` is the loop's handle on the declared (H, H) weight W, packed
+    # once per call, and post_product(s.product, transposed, A, C, &s.e) adds to units
+    # [e.u0, e.u1) of C (B rows, row stride H) those units of A @ W.T (forward), or with
+    # `transposed` of A @ W (backward: the gradient sent back through the product), A (B, H)
+    # with row stride H holding every unit. Call it after a sync(s.barrier) that follows
+    # writing A. It returns 0, or -1 having added nothing when asked for the product the pass
+    # did not pack (forward packs for A @ W.T, backward for A @ W). Both NULL where the loop
+    # packed none (a gate without `products`, finish). post_gate_product (below) falls back to
+    # gemm in either case.
+    const void* product
+    ProductFloat post_product
 
 # The same fields, in double precision.
 ctypedef struct StepDouble:
@@ -113,6 +133,8 @@ ctypedef struct StepDouble:
     double* mem_t
     double* dmem_t
     double* dmem_prev
+    const void* product
+    ProductDouble post_product
 
 ctypedef fused floating:
     float
@@ -316,6 +338,25 @@ cdef inline int gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_
         return gk_gemm_float(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
     else:
         return gk_gemm_double(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+
+
+cdef inline int post_gate_product(const void* product, void* post_product, bint transposed,
+                                  const floating* A, floating* C, const floating* W,
+                                  const Extent* e) noexcept nogil:
+    """C[:, u0:u1] += A @ W.T, or with `transposed` A @ W, on this thread's units: through the
+    step's post_product (the weights the loop packed for its gate's `products`: pass
+    s.product and <void*> s.post_product) where the step has one packed this way round, else
+    through gemm. -1 if gemm could not allocate (see gemm)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    if product != NULL:
+        if floating is float:
+            if (<ProductFloat> post_product)(product, transposed, A, C, e) == 0:
+                return 0
+        elif (<ProductDouble> post_product)(product, transposed, A, C, e) == 0:
+            return 0
+    if transposed:
+        return gemm(False, False, B, u1 - u0, H, A, H, W + u0, H, 1, C + u0, H)
+    return gemm(False, True, B, u1 - u0, H, A, H, W + u0 * H, H, 1, C + u0, H)
 
 
 cdef void out_of_memory(Gate gate, int* error) noexcept nogil

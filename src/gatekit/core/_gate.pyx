@@ -79,6 +79,20 @@ A gate class declares, as class attributes:
     many times each of its forward and backward steps calls ``sync(s.barrier)``
     (gatekit/core/_gate.pxd). Such a gate shares the step's ``work`` between the threads, so a
     cell has at most one gate with ``syncs``.
+``products``
+    For a gate with ``syncs`` whose product over ``H`` is its own recurrent product after
+    another gate (course's ``W_u (LTM_{t-1} ⊙ f_t)``, MGU's ``W_hn (i_t ⊙ STM_{t-1})``, MUT1's
+    ``W_hh (σ(z_r) ⊙ STM_{t-1})``): the name of that ``(H, H)`` parameter among its ``params``,
+    ``("W_u",)``. The loop then packs the weight once per call, each thread its own units (rows
+    of W forward, columns backward), and the step offers the product on them:
+    ``post_gate_product(s.product, <void*> s.post_product, transposed, A, C, W, &s.e)`` adds to
+    the thread's units of ``C`` those of ``A @ W.T``, or with ``transposed`` (in backward, the
+    gradient sent back to the product's input) of ``A @ W``, ``A`` and ``C`` (B, H). The rule:
+    write your units of ``A``, ``sync(s.barrier)``, then call it, then use your units of ``C``
+    (one of the gate's ``syncs``). Where the step has no packed product (``s.product`` NULL: a
+    gate without ``products``, or a gate driven by other code) the same call runs ``gemm``. The
+    weight's gradient is the gate's, one product over the whole sequence in ``finish``. At most
+    one gate of a cell declares a product, and that one product only.
 ``input_size_is_hidden_size``
     True for a gate that adds the event to the memory unit by unit (MUT1's ``tanh(E_t)``): a
     cell with it refuses an ``input_size`` other than its ``hidden_size``.
@@ -182,6 +196,7 @@ cdef class Gate:
     outputs = None
     mixes_units = False
     syncs = 0
+    products = ()
     stm_is_ltm = False
     stm_by_unit = False
     input_size_is_hidden_size = False

@@ -40,6 +40,7 @@ Each section starts with what it offers and goes on with what that calls.
 """
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
 from libc.stdint cimport uint32_t
+from libc.stdlib cimport malloc, free
 import numpy as np
 
 from gatekit.core._gate import PythonGate
@@ -158,6 +159,8 @@ cdef struct StepAny:
     void* mem_t
     void* dmem_t
     void* dmem_prev
+    const void* product
+    void* post_product
 
 
 def _check_layout():
@@ -255,6 +258,12 @@ cdef inline Py_ssize_t panel_width(bint single) noexcept nogil:
 # The team: the threads of one call
 # ---------------------------------------------------------------------------------------------
 
+cdef struct PostProduct:     # see set_up_product
+    const void* W            # the declared (H, H) weight, or NULL: no post-gate product
+    void* panels             # every thread's share of it, packed at the start of the pass
+    bint transposed          # packed for A @ W (backward) rather than A @ W.T (forward)
+
+
 cdef struct Team:
     int size                 # threads running the pass (1 for the plain loop)
     gk_start start           # 1 once every thread exists; -1 if one could not be started
@@ -307,6 +316,7 @@ cdef struct Team:
     const void* dropout      # (B, H) recurrent dropout mask, 0 or 1 / (1 - p), or NULL
     void* dropped            # (size, B, H): each thread's copy of the masked STM_{t-1}
     void* inner              # backward, (B, H): d/d(the STM_{t-1} the gates read)
+    PostProduct post         # the cell's post-gate product, if a gate declares one
 
 
 cdef struct Member:
@@ -340,6 +350,7 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.key_ltm = team.key_stm = team.below_ltm = team.below_stm = 0
     team.zone_ltm = team.zone_stm = team.dropout = NULL
     team.candidates = team.dropped = team.inner = NULL
+    team.post.W, team.post.panels, team.post.transposed = NULL, NULL, False
     for g in range(4):
         gate = gates[g]
         if gate is None:
@@ -427,6 +438,13 @@ cdef inline StepAny member_step(Team* team, Py_ssize_t u0, Py_ssize_t u1) noexce
     s.dz = s.ds_t = s.dSTM_t = s.df_t = s.di_t = s.dN_t = s.dU_t = s.dV_t = NULL
     s.dLTM_t = s.dLTM_prev = s.dSTM_prev = s.dE_t = NULL
     s.mem_prev = s.mem_t = s.dmem_t = s.dmem_prev = NULL
+    s.product, s.post_product = NULL, NULL
+    if team.post.W != NULL:
+        s.product = team
+        if team.single:
+            s.post_product = <void*> post_product_float
+        else:
+            s.post_product = <void*> post_product_double
     return s
 
 
@@ -624,11 +642,13 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         team.M, team.mem = memories, base + L.mem
     if regularisers is not None:
         set_regularisers(&team, regularisers, max(1, P.team), L.kept, <floating*> NULL)
+    set_up_product(&team, gates, False, <floating*> NULL)
     with nogil:
         if P.team > 0:
             failed = run_team(&team)
         else:
             failed = plain_forward(&team, <floating*> NULL)
+    free(team.post.panels)
     return failed
 
 
@@ -645,6 +665,8 @@ cdef Py_ssize_t plain_forward(Team* team, floating* precision) noexcept nogil:
     cdef floating* zoned_ltm
     cdef const floating* true_prev
     cdef StepAny s = member_step(team, 0, H)
+    if team.post.W != NULL:
+        pack_product(team, 0, <floating*> NULL)
     if KH > 0 and T > 0:
         # z[t, b] = bias + W[:, H:] @ x[t, b] for all steps at once: the input projection.
         for r in range(T * B):
@@ -743,6 +765,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         for u from u0 <= u < u1 by nr:
             pack(panel, W + (k * H + u) * kdim, kdim, 1, H, min(nr, u1 - u))
             panel += H * nr
+    if team.post.W != NULL:
+        pack_product(team, index, <floating*> NULL)
     # The input projection of every step first, z = bias + E @ W[:, H:].T (its own columns),
     # in products of INPUT_ROWS rows: per step, only the recurrent weights are read again.
     # Blocks that read the STM only start from their bias.
@@ -1014,6 +1038,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         team.M, team.mem, team.dmem = M, &mem[0, 0, 0, 0], &dmem[0, 0, 0, 0]
     if regularisers is not None:
         set_regularisers(&team, regularisers, max(1, P.team), T, <floating*> NULL)
+    set_up_product(&team, gates, True, <floating*> NULL)
     with nogil:
         failed = run_team(&team)
         if failed < 0:
@@ -1023,6 +1048,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         if failed < 0 and P.team > 0:
             team.phase, team.panels = WEIGHTS, &scratch[panels]
             run_team(&team)
+    free(team.post.panels)
     return failed
 
 
@@ -1065,6 +1091,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
         for u from u0 <= u < u1 by nr:
             pack(panel, W + u, 1, H + team.D, recurrent_end, min(nr, u1 - u))
             panel += recurrent_end * nr
+    if team.post.W != NULL:
+        pack_product(team, index, <floating*> NULL)
     for t in range(T - 1, -1, -1):
         if KH > 0:
             zt, dzt = z + t * B * KH, dz + t * B * KH
@@ -1124,6 +1152,94 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             unmask_carry(team, u0, u1, carry, inner)
 
 
+# ---------------------------------------------------------------------------------------------
+# Post-gate products (Gate.products): a gate's own recurrent product of an (H, H) weight it
+# owns, whose input waits for a gate of the step (course: W_u (LTM_{t-1} ⊙ f_t); MGU, MUT1:
+# W (g ⊙ STM_{t-1})). Like the step's main product, its weight is packed once per pass, each
+# thread packing the panels of its own units, and each thread computes its own units of it (after
+# the gate's sync); thread 0 alone goes over every thread's panels. Forward packs rows of W
+# (A @ W.T), backward columns (A @ W, the gradient sent back to the product's input), as the
+# carry does. The weight gradient is the gate's: one product over the whole tape in its finish.
+# ---------------------------------------------------------------------------------------------
+
+cdef int set_up_product(Team* team, tuple gates, bint transposed, floating* precision) except -1:
+    """Find the gate that declares a post-gate product (at most one per cell) and allocate
+    the team's panels for its weight; the threads pack them."""
+    cdef Gate gate
+    cdef Py_ssize_t nr = panel_width(floating is float), size
+    for gate in gates:
+        names = tuple(type(gate).products)
+        if not names:
+            continue
+        if team.post.W != NULL or len(names) != 1:
+            raise ValueError("a cell runs one post-gate product (Gate.products); gate "
+                             f"{type(gate).name!r} declares {names}")
+        team.post.W = gate.param[list(type(gate).params).index(names[0])]
+    if team.post.W == NULL or team.H == 0 or team.B == 0:
+        team.post.W = NULL
+        return 0
+    size = team.size * panel_count(team.units, nr) * nr * team.H
+    team.post.panels = malloc(size * sizeof(floating))
+    if team.post.panels == NULL:
+        raise MemoryError(f"could not allocate {size} numbers for a post-gate product's panels")
+    team.post.transposed = transposed
+    return 0
+
+
+cdef inline Py_ssize_t product_panels(Team* team, Py_ssize_t nr) noexcept nogil:
+    """Numbers in one thread's panels of the post-gate product (all of them but the last
+    thread's hold team.units units; thread 0 alone on a team that could not start holds H)."""
+    return panel_count(team.units, nr) * nr * team.H
+
+
+cdef void pack_product(Team* team, int member, floating* precision) noexcept nogil:
+    """Thread ``member`` packs its units of the post-gate product's weight: rows of W for the
+    forward pass, columns for the backward."""
+    cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, u0, u1, u
+    cdef const floating* W = <const floating*> team.post.W
+    unit_range(team, member, &u0, &u1)
+    cdef floating* panel = <floating*> team.post.panels + member * product_panels(team, nr)
+    for u from u0 <= u < u1 by nr:
+        if team.post.transposed:
+            pack(panel, W + u, 1, H, H, min(nr, u1 - u))
+        else:
+            pack(panel, W + u * H, H, 1, H, min(nr, u1 - u))
+        panel += H * nr
+
+
+cdef int post_product_float(const void* handle, bint transposed, const float* A, float* C,
+                            const Extent* e) noexcept nogil:
+    return multiply_product(<Team*> handle, transposed, A, C, e)
+
+
+cdef int post_product_double(const void* handle, bint transposed, const double* A,
+                             double* C, const Extent* e) noexcept nogil:
+    return multiply_product(<Team*> handle, transposed, A, C, e)
+
+
+cdef inline int multiply_product(Team* team, bint transposed, const floating* A, floating* C,
+                                 const Extent* e) noexcept nogil:
+    """C[:, u0:u1] += A @ W.T (or A @ W) over the panels of the threads whose units make up
+    [e.u0, e.u1) (a thread's own, or all of them); 0. -1, adding nothing, for the product the
+    other way round than the pass packed it (the gate's post_gate_product then runs gemm)."""
+    cdef Py_ssize_t nr = panel_width(floating is float), H = team.H, B = e.B
+    cdef Py_ssize_t u0 = e.u0, u1 = e.u1, units = team.units, m, m0, m1, u
+    cdef floating* panel
+    if transposed != team.post.transposed:
+        return -1
+    if u1 <= u0:
+        return 0
+    m = u0 // units
+    while m < team.size and m * units < u1:
+        m0, m1 = m * units, min(H, (m + 1) * units)
+        panel = <floating*> team.post.panels + m * product_panels(team, nr)
+        for u from m0 <= u < m1 by nr:
+            product(B, A, H, H, NULL, 0, 0, panel, NULL, C + u, H, min(nr, m1 - u))
+            panel += H * nr
+        m += 1
+    return 0
+
+
 cdef void add_carry(Team* team, int member, const floating* dzt, floating* carry) noexcept nogil:
     """carry[:, thread ``member``'s units] += dz[t] @ W[:, those units], over the panels of
     W[:, units] ``member`` packed (the rows of the blocks that read the STM)."""
@@ -1150,6 +1266,7 @@ cdef StepAny sequence_step(Team* team, floating* precision) noexcept nogil:
     if team.candidates != NULL:
         s.LTM_t = team.candidates
     s.STM_prev = s.dSTM_prev = NULL
+    s.product, s.post_product = NULL, NULL
     s.dz, s.dE_t = team.dz, team.dx
     s.ds_t = NULL if team.forget_preactivation < 0 or team.dz == NULL else (
         <floating*> team.dz + team.forget_preactivation)

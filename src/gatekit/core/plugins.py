@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import pluggy
 
 from gatekit.core import hookspecs
-from gatekit.core._gate import BLOCK_READS, Gate, MAX_BLOCKS, MAX_MEMORIES, ROLE_OUTPUTS, ROLES
+from gatekit.core._gate import (BLOCK_READS, Gate, MAX_BLOCKS, MAX_MEMORIES, PythonGate,
+                               ROLE_OUTPUTS, ROLES)
 from gatekit.core.task import Task
 
 __all__ = ["BLOCK_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "GateEntry", "gates",
@@ -141,6 +142,16 @@ def _check_gate_class(cls, plugin):
         raise PluginError(f"{where}: memories {memories!r} must be a tuple of at most "
                           f"{MAX_MEMORIES} distinct identifiers, or a dict from them to "
                           "initial values (numbers)")
+    products = cls.products
+    params = dict(cls.params)
+    if not (isinstance(products, (tuple, list)) and len(products) <= 1
+            and all(isinstance(name, str) and tuple(params.get(name, ())) == ("H", "H")
+                    for name in products)):
+        raise PluginError(f"{where}: products {products!r} must name at most one of its (H, H) "
+                          f"parameters {params!r}")
+    if products and (not cls.syncs or issubclass(cls, PythonGate)):
+        raise PluginError(f"{where}: a gate with products {tuple(products)!r} is a Cython gate "
+                          f"that shares its work (syncs >= 1); it has syncs = {cls.syncs!r}")
     if not callable(cls.definition):
         raise PluginError(f"{where}: no NumPy `definition` for gatekit.reference")
     missing = set(ROLE_OUTPUTS[cls.role]) - set(cls.provides())
