@@ -71,6 +71,8 @@ cdef struct StepAny:
     void* mem_t
     void* dmem_t
     void* dmem_prev
+    const void* product
+    void* post_product
 
 
 def _check_layout():
@@ -615,6 +617,8 @@ cdef inline StepAny blank_step(Py_ssize_t B, Py_ssize_t H, Py_ssize_t D, Py_ssiz
     s.dLTM_t = s.dLTM_prev = s.dSTM_prev = s.dE_t = NULL
     s.dparam = NULL
     s.mem_prev = s.mem_t = s.dmem_t = s.dmem_prev = NULL
+    # no packed post-gate product here: a gate's post_gate_product runs gemm
+    s.product = s.post_product = NULL
     return s
 
 

@@ -107,6 +107,8 @@ cdef struct StepAny:
     void* mem_t
     void* dmem_t
     void* dmem_prev
+    const void* product
+    void* post_product
 
 
 def _check_layout():
