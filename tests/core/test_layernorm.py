@@ -376,3 +376,41 @@ def test_two_normalising_gates_share_the_step_but_not_its_work():
     assert forget.syncs and use.syncs and not forget.uses_work and not use.uses_work
     with pytest.raises(ValueError, match=r"learn gate 'mgu' and use gate 'course' both share"):
         gatekit.Cell(4, 4, "mgu", use="course")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("team", [2, 3])
+def test_zoneout_and_recurrent_dropout_on_threads(team, dtype):
+    cell, T, B = threaded_call(dtype, team)
+    regularised = gatekit.Cell(16, 48, "layernorm", dtype=dtype, seed=8, threads=team,
+                               zoneout=(0.2, 0.1), recurrent_dropout=0.3)
+    for name in cell.params:
+        regularised.params[name] = cell.params[name]
+    rng = np.random.default_rng(30 + team)
+    x = rng.standard_normal((T, B, 16)).astype(dtype)
+    masks = regularised.draw_masks(T, B)
+    dy = rng.standard_normal((T, B, 48)).astype(dtype)
+    y, final, tape = regularised.forward(x, keep=True, masks=masks)
+    y_ref, final_ref = reference.forward(regularised, x, dtype=np.float64, masks=masks)
+    for what, got, want in zip(("y", "stm", "ltm"), (y, *final), (y_ref, *final_ref)):
+        assert_close(dtype, got, want, what)
+    grads = regularised.backward(tape, dy)
+    want = reference.backward(regularised, x, dy, dtype=np.float64, masks=masks)
+    for name in want:
+        assert rel_error(grads[name], want[name]) < (F64_TOL if dtype == np.float64
+                                                     else F32_GRAD_TOL), name
+    alone = regularised.copy()
+    alone.threads = 1
+    y1, _, tape1 = alone.forward(x, keep=True, masks=masks)
+    np.testing.assert_array_equal(y, y1)
+    grads1 = alone.backward(tape1, dy)
+    for name in grads1:
+        np.testing.assert_array_equal(grads[name], grads1[name], err_msg=name)
+
+
+def test_gradients_with_masks_against_finite_differences():
+    cell = layernorm(seed=31, zoneout=(0.3, 0.2), recurrent_dropout=0.25)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((7, 3, D))
+    state = random_state(3, rng, np.float64)
+    assert gradcheck(cell, x, state, masks=cell.draw_masks(7, 3))
