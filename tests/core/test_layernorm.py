@@ -170,14 +170,16 @@ def test_gradients_of_the_equations_by_finite_differences():
 
 def threaded_call(dtype, team):
     """A cell and a call of it that the plan gives ``team`` threads (3: 48 units are 3 panels
-    of 16 in float32, 6 of 8 in float64)."""
+    of 16 in float32, 6 of 8 in float64). Many sequences rather than many steps: float32
+    rounding grows along this cell's trajectory (test_float32_rounding_grows_in_the_reference_too),
+    past float32's tolerance after some 30 steps, in the reference run in float32 as well."""
     cell = gatekit.Cell(16, 48, "layernorm", dtype=dtype, seed=8, threads=team)
     rng = np.random.default_rng(team + 10)
     for name in ("g_x", "g_h", "g_c"):
         cell.params[name] = rng.uniform(0.5, 1.5, cell.params[name].shape)
     for name in ("b", "b_c"):
         cell.params[name] = rng.uniform(-0.5, 0.5, cell.params[name].shape)
-    B, T = 24, 8
+    B, T = 64, 8
     KH = cell._weights.shape[0]
     while _loop.plan(T, B, 16, 48, KH, team, dtype == np.float32)[0] < team:
         T *= 2
@@ -216,17 +218,44 @@ def test_threads(team, dtype):
         np.testing.assert_array_equal(grads[name], grads1[name], err_msg=name)
 
 
-def test_thread_zero_going_on_alone_changes_no_bit():
-    cell, T, B = threaded_call(np.float32, 2)
+class _GoingAlone:
+    """The compiled loop as the cell sees it, every pass told to go on with thread 0 alone
+    after step ``at`` (what a team does on a busy machine): the normalising gates then run
+    with all units and no barrier."""
+
+    def __init__(self, loop, at):
+        self._loop, self._at = loop, at
+
+    def forward(self, *arguments, **options):
+        return self._loop.forward(*arguments, alone_at=self._at, **options)
+
+    def backward(self, *arguments, **options):
+        return self._loop.backward(*arguments, alone_at=self._at, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
+    from gatekit.core import cell as cell_module
+    cell, T, B = threaded_call(dtype, 3)
     rng = np.random.default_rng(20)
-    x = rng.standard_normal((T, B, 16)).astype(np.float32)
-    y, final = cell(x)
-    alone = cell.copy()
-    alone.threads = 1
-    y1, final1 = alone(x)
+    x = rng.standard_normal((T, B, 16)).astype(dtype)
+    dy = rng.standard_normal((T, B, 48)).astype(dtype)
+    lengths = rng.integers(T // 2, T + 1, B)
+    solo = cell.copy()
+    solo.threads = 1
+    y1, final1, tape1 = solo.forward(x, keep=True, lengths=lengths)
+    grads1 = solo.backward(tape1, dy)
+    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, T // 2))
+    y, final, tape = cell.forward(x, keep=True, lengths=lengths)
+    grads = cell.backward(tape, dy)
     np.testing.assert_array_equal(y, y1)
     for got, want in zip(final, final1):
         np.testing.assert_array_equal(got, want)
+    for name in grads1:
+        np.testing.assert_array_equal(grads[name], grads1[name], err_msg=name)
 
 
 # --- Ragged batches, layers, save and load ---------------------------------------------------
