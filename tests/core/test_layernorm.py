@@ -11,7 +11,9 @@ import gatekit
 from gatekit.core import plugins, reference
 from gatekit.core.cell import _loop
 from gatekit.testing import check_gate, gradcheck
-from support import assert_close, dtype_id, numerical_gradient, rel_error, reverse_each, sigmoid
+from gatekit.core.plugins import PluginError
+from support import (assert_close, assert_matches_reference, dtype_id, make_plugin,
+                     numerical_gradient, random_inputs, rel_error, reverse_each, sigmoid)
 
 DTYPES = [np.float64, np.float32]
 D, H = 3, 4
@@ -443,3 +445,40 @@ def test_gradients_with_masks_against_finite_differences():
     x = rng.standard_normal((7, 3, D))
     state = random_state(3, rng, np.float64)
     assert gradcheck(cell, x, state, masks=cell.draw_masks(7, 3))
+
+
+# --- The declarations the preset brought: blocks without biases, rows of parameters ----------
+
+def forget_scaled(STM_prev, E_t, W_f, g):
+    """f_t = σ(g_0 ⊙ W_f [STM_{t-1}, E_t] + g_1): a bias of its own, after a gain."""
+    return {"f_t": sigmoid(np.concatenate([STM_prev, E_t], axis=-1) @ W_f.T * g[0] + g[1])}
+
+
+class ScaledForget(gatekit.PythonGate):
+    role, name, blocks = "forget", "scaled_py", ("f",)
+    block_biases = False
+    params = {"g": (2, "H")}
+    definition = staticmethod(forget_scaled)
+
+    def forward(self, step):
+        g = self.arrays["g"]
+        step.f_t[...] = sigmoid(g[0] * step.z("f") + g[1])
+
+
+def test_a_gate_without_block_biases_and_with_rows_of_parameters(register):
+    register(make_plugin(gates=[ScaledForget]), name="test-scaled")
+    cell = gatekit.Cell(3, 5, forget="scaled_py", dtype=np.float64, seed=0)
+    assert "b_f" not in cell.params and cell.params["g"].shape == (2, 5)
+    assert ScaledForget.shapes(3, 5)["g"] == (2, 5) and "b_f" not in ScaledForget.shapes(3, 5)
+    cell.params["g"] = np.random.default_rng(0).uniform(-1, 1, (2, 5))
+    assert_matches_reference(cell, *random_inputs(cell, 6, 2))
+
+
+@pytest.mark.parametrize("dims", [(0, "H"), (True, "H"), (2.0, "H"), ("B",)])
+def test_a_parameter_dimension_must_be_h_d_or_a_positive_integer(register, dims):
+    class Bad(ScaledForget):
+        name = "bad_dims_py"
+        params = {"g": dims}
+
+    with pytest.raises(PluginError, match="expected a tuple of 'H', 'D' and positive integers"):
+        register(make_plugin(gates=[Bad]), name="test-bad-dims")
