@@ -65,7 +65,8 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     ``x`` and the initial state is checked on at most ``max_entries`` of its entries, drawn at
     random. A float32 cell is checked through a float64 copy of it. A cell with one memory
     (``cell.one_memory``) is given ``state[0]`` as both halves, and the gradient checked is that
-    of the one memory, ``stm0 + ltm0``, under the name ``memory0``.
+    of the one memory, ``stm0 + ltm0``, under the name ``memory0``. A cell with a projected STM
+    (``proj_size``) is checked with its P-wide outputs and STM, and ``W_hr`` among the parameters.
 
     A gradient passes when ``|analytic - numeric| <= atol + tolerance * max(|analytic|,
     |numeric|)`` (norms over its checked entries). The absolute part is there because the
@@ -80,9 +81,10 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
     x = np.array(x, dtype=np.float64)
     T, B, _ = x.shape
     H = cell.hidden_size
+    R = H if cell.proj_size is None else cell.proj_size     # the STM's width
     rng = np.random.default_rng(seed)
     if state is None:
-        state = (np.zeros((B, H)), np.zeros((B, H)))
+        state = (np.zeros((B, R)), np.zeros((B, H)))
     state = tuple(np.array(a, dtype=np.float64) for a in state)
     if len(state) == 2 and cell.memories:
         state += tuple(np.array(value) for value in cell._initial_memories(None, B))
@@ -90,7 +92,7 @@ def gradcheck(cell, x, state=None, *, eps=1e-4, tolerance=1e-6, atol=1e-9, max_e
         # One array for both halves: a difference moves the one memory, whose gradient is the
         # sum of the two halves'.
         state = (state[0], state[0], *state[2:])
-    dy, dstm, dltm = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    dy, dstm, dltm = rng.standard_normal((T, B, R)), rng.standard_normal((B, R)), rng.standard_normal((B, H))
     dmemories = {name: rng.standard_normal((B, H)) for name in cell.memories}
     if masks is None and cell.regularised:
         masks = cell.draw_masks(T, B)

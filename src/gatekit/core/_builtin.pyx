@@ -1089,6 +1089,7 @@ cdef class LearnMgu(Gate):
     definition = staticmethod(reference.learn_mgu)
     backward_definition = staticmethod(reference.learn_mgu_backward)
     syncs = 1
+    stm_by_unit = True
     differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:
@@ -1131,6 +1132,7 @@ cdef class LearnMut1(Gate):
     backward_definition = staticmethod(reference.learn_mut1_backward)
     input_size_is_hidden_size = True
     syncs = 1
+    stm_by_unit = True
     differentiable = True
 
     cdef void forward_float(self, StepFloat* s) noexcept nogil:

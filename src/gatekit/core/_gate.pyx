@@ -97,6 +97,11 @@ A gate class declares, as class attributes:
 ``stm_is_ltm``
     True for a Use gate whose STM is the LTM (``memory``): the cell then has one memory, and
     refuses an initial state whose two halves differ.
+``stm_by_unit``
+    True for a gate that reads ``STM_prev`` itself, unit by unit against its own H-wide
+    quantities (MGU's ``f_t ⊙ STM_{t-1}``, MUT1's ``r ⊙ STM_{t-1}``), rather than only through
+    its blocks' products: a cell with a projected STM (``proj_size=``, where STM_{t-1} is P
+    wide and the gates are handed no ``STM_prev``) refuses it.
 
 A gate needs nothing to run under the regularisers of the recurrence (``zoneout=``,
 ``recurrent_dropout=``, options of every cell): with recurrent dropout the step's ``STM_prev``
@@ -192,6 +197,7 @@ cdef class Gate:
     uses_work = True
     block_biases = True
     stm_is_ltm = False
+    stm_by_unit = False
     input_size_is_hidden_size = False
     differentiable = False
 

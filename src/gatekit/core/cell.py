@@ -22,6 +22,8 @@ _RUNS = ("STM", "both", "event")
 _COLUMNS = {"both": lambda H: slice(None), "event": lambda H: slice(H, None),
             "STM": lambda H: slice(0, H)}
 _loop = instruction_sets.load("_loop")
+# The loop of a cell with a projected STM (proj_size=): one build, its products are gemm calls.
+from gatekit.core import _projection  # noqa: E402
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -313,6 +315,8 @@ class Tape:
         self.z, self.acts, self.ltm = z, acts, ltm
         # The gates' extra memories, (T + 1, M, B, H) as ltm, or None without any.
         self.mem = mem
+        # A projected cell's U_t ⊙ V_t of every step, (T, B, H) (y holds the projected STM_t).
+        self.uv = None
         # The regularisers' masks of the call (see Cell.draw_masks), or the keys of the masks
         # drawn for it, and, when the LTM is zoned, the LTM~_t the gates computed.
         self._masks, self.candidates = masks, candidates
@@ -355,11 +359,18 @@ class Cell:
     ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` regularise the recurrence in training
     mode (:meth:`train`, the default; :meth:`eval` turns them into their expectation): see
     :meth:`draw_masks` and the training page of the documentation.
+
+    ``proj_size=P`` projects the STM (LSTM with projection, Sak et al. 2014, as
+    ``torch.nn.LSTM(proj_size=P)``): the gates compute U_t ⊙ V_t at width H, and the STM carried
+    on and output is STM_t = W_hr (U_t ⊙ V_t), P wide, with the parameter ``W_hr`` (P, H); the
+    blocks read [STM_{t-1}, E_t] through ``W_k`` (H, P + D). The LTM stays H wide. Only gates
+    that read STM_{t-1} through their blocks alone compose with it; a projected cell has no
+    zoneout or recurrent dropout.
     """
 
     def __init__(self, input_size, hidden_size, variant="standard", *, forget=None, learn=None,
                  remember=None, use=None, dtype=np.float32, seed=None, threads=None,
-                 zoneout=(0.0, 0.0), recurrent_dropout=0.0):
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0, proj_size=None):
         self.input_size = D = _size("input_size", input_size)
         self.zoneout = check_zoneout(zoneout)
         self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
@@ -380,6 +391,11 @@ class Cell:
                                  f"by unit, so input_size must equal hidden_size; got input_size "
                                  f"({D}) and hidden_size ({H})")
         self._classes = classes
+        self.proj_size = None if proj_size is None else _size("proj_size", proj_size)
+        if self.proj_size is not None:
+            self._check_projection(classes)
+        # The width of the STM the blocks read: P when projected.
+        R = H if self.proj_size is None else self.proj_size
         if self.one_memory and self.zoneout[0] != self.zoneout[1]:
             raise ValueError(f"zoneout must be (z, z) for this cell: its STM is its LTM (use gate "
                              f"{classes[3].name!r}), one memory, zoned once; got {zoneout!r}")
@@ -389,12 +405,12 @@ class Cell:
         # columns a block does not read stay zero and belong to no parameter.
         blocks = sorted(((cls, block) for cls in classes for block in cls.blocks),
                         key=lambda entry: _RUNS.index(entry[0].block_reads(entry[1])))
-        self._weights = np.zeros((len(blocks) * H, H + D), self.dtype)
+        self._weights = np.zeros((len(blocks) * H, R + D), self.dtype)
         self._bias = np.zeros(len(blocks) * H, self.dtype)
         self._blocks = {}                       # block name: (first row, columns of W it reads)
         arrays, sources = {}, {}
         for k, (cls, block) in enumerate(blocks):
-            read = _COLUMNS[cls.block_reads(block)](H)
+            read = _COLUMNS[cls.block_reads(block)](R)
             self._blocks[block] = (k * H, read)
             rows = slice(k * H, (k + 1) * H)
             _add_parameter(arrays, sources, f"W_{block}", self._weights[rows, read],
@@ -409,6 +425,13 @@ class Cell:
             for name in cls.params:
                 _add_parameter(arrays, sources, name, np.zeros(shapes[name], self.dtype),
                                (cls, f"parameter {name!r}"), registry)
+        self._projection = None
+        if self.proj_size is not None:
+            if "W_hr" in arrays:
+                raise ValueError(f"parameter 'W_hr' of {sources['W_hr'][0].role} gate "
+                                 f"{sources['W_hr'][0].name!r} is the projection's name: this "
+                                 "gate cannot take part in a cell with proj_size")
+            self._projection = arrays["W_hr"] = np.zeros((self.proj_size, H), self.dtype)
         self.params = Parameters(arrays)
         self.reset_parameters(seed)
 
@@ -467,6 +490,24 @@ class Cell:
             raise ValueError(f"{' and '.join(sharing)} both share the step's work between "
                              "threads (syncs); a cell may have one such gate")
 
+    def _check_projection(self, classes):
+        """A projected STM is P wide and the gates are handed no STM_{t-1}: refuse the gates
+        that read it unit by unit, and what the projected loop does not carry."""
+        wide = [f"{cls.role} gate {cls.name!r}" for cls in classes
+                if issubclass(cls, PythonGate) or cls.stm_by_unit or cls.stm_is_ltm]
+        if wide:
+            raise ValueError(f"proj_size needs gates that read STM_{{t-1}} through their "
+                             f"blocks only; {' and '.join(wide)} read it unit by unit at width "
+                             "hidden_size (or are written in Python, or make the STM the LTM)")
+        keeping = [f"{cls.role} gate {cls.name!r}" for cls in classes if cls.memory_defaults()]
+        if keeping:
+            raise ValueError(f"proj_size is not supported with extra memories; "
+                             f"{' and '.join(keeping)} keep some")
+        if self.regularised:
+            raise ValueError(f"proj_size is not supported with zoneout or recurrent dropout; "
+                             f"got zoneout={self.zoneout!r}, "
+                             f"recurrent_dropout={self.recurrent_dropout!r}")
+
     def reset_parameters(self, seed=None):
         """Draw every parameter from U(-1/sqrt(H), 1/sqrt(H)), in the order of ``params``,
         except those a gate gives an initial value (its ``init``)."""
@@ -484,7 +525,8 @@ class Cell:
         cell's."""
         other = Cell(self.input_size, self.hidden_size, self.variant, **self.gate_names,
                      dtype=self.dtype if dtype is None else dtype, threads=self.threads,
-                     zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout)
+                     zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
+                     proj_size=self.proj_size)
         for name, array in self.params.items():
             other.params[name] = array
         other.training = self.training
@@ -545,6 +587,8 @@ class Cell:
         gates = ", ".join(f"{role}={name!r}" for role, name in self.gate_names.items())
         regularisers = (f", zoneout={self.zoneout}, recurrent_dropout={self.recurrent_dropout}"
                         if self.regularised else "")
+        if self.proj_size is not None:
+            regularisers += f", proj_size={self.proj_size}"
         return (f"Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"variant={self.variant!r}, {gates}, dtype={self.dtype.name}{regularisers})")
 
@@ -586,6 +630,8 @@ class Cell:
         else:
             x, stm0 = writable(x), writable(stm0)
         H, KH = self.hidden_size, self._weights.shape[0]
+        if self.proj_size is not None:
+            return self._forward_projected(x, stm0, ltm0, keep, lengths)
         memories0 = self._initial_memories(state, B)
         M = len(memories0)
         y = np.empty((T, B, H), self.dtype)
@@ -636,6 +682,65 @@ class Cell:
             y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         return (y, final) if not keep else (y, final, tape)
 
+    def _forward_projected(self, x, stm0, ltm0, keep, lengths):
+        """forward() of a cell with a projected STM (gatekit.core._projection)."""
+        T, B, _ = x.shape
+        H, P, KH = self.hidden_size, self.proj_size, self._weights.shape[0]
+        kept = T if keep else 1
+        y = np.empty((T, B, P), self.dtype)
+        z = np.empty((T, B, KH), self.dtype)
+        acts = np.empty((5, kept, B, H), self.dtype)
+        ltm = np.empty((kept + 1, B, H), self.dtype)
+        uv = np.empty((kept, B, H), self.dtype)
+        ltm[0] = ltm0
+        failed = _projection.forward(self.gates, self._weights, self._bias, self._projection, x,
+                                     stm0, y, z, acts, ltm, uv, np.empty((B, H), self.dtype),
+                                     lengths, self._forget_preactivation, self._reads,
+                                     self._call_threads())
+        if failed == -2:
+            raise MemoryError("the projected loop could not allocate a product's scratch")
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        tape = None
+        if keep:
+            tape = Tape(self, x, stm0, z, acts, ltm, y, lengths)
+            tape.uv = uv
+        if lengths is not None:
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
+        return (y, final) if not keep else (y, final, tape)
+
+    def _backward_projected(self, tape, dy, dstm, dltm):
+        """backward() of a cell with a projected STM (gatekit.core._projection)."""
+        T, B, D = tape.x.shape
+        H, P, KH = self.hidden_size, self.proj_size, self._weights.shape[0]
+        dy = writable(as_float_array("dy", dy, self.dtype, (T, B, P)))
+        dstm_carry = (np.zeros((B, P), self.dtype) if dstm is None else
+                      as_float_array("dstm", dstm, self.dtype, (B, P)).copy())
+        dltm_carry = np.empty((2, B, H), self.dtype)
+        dltm_carry[T % 2] = 0 if dltm is None else as_float_array("dltm", dltm, self.dtype, (B, H))
+        dweights = np.zeros_like(self._weights)
+        dbias = np.zeros_like(self._bias)
+        grads = self._gradient_views(dweights, dbias)
+        dparams = np.zeros((4, MAX_PARAMS), np.uintp)
+        for g, gate in enumerate(self.gates):
+            for k, name in enumerate(type(gate).params):
+                dparams[g, k] = grads[name].ctypes.data
+        dx = np.zeros((T, B, D), self.dtype)
+        failed = _projection.backward(
+            self.gates, self._weights, self._projection, tape.x, tape.stm0, tape.z, tape.acts,
+            tape.ltm, tape.uv, tape.y, dy, dstm_carry, dltm_carry,
+            np.empty((T, B, KH), self.dtype), np.empty((5, T, B, H), self.dtype), dweights,
+            dbias, grads["W_hr"], dx, dparams, np.empty((T * B, H), self.dtype),
+            np.empty((T, B, P), self.dtype), np.empty((2, B, H), self.dtype), tape.lengths,
+            self._forget_preactivation, self._reads, self._call_threads())
+        if failed == -2:
+            raise MemoryError("the projected loop could not allocate a product's scratch")
+        if failed >= 0:
+            self._raise_gate_error(failed)
+        grads.update(x=dx, stm0=dstm_carry, ltm0=dltm_carry[0])
+        return grads
+
     def trace(self, x, state=None, lengths=None):
         """Every quantity the gates compute at every step, by the symbols of the equations:
         ``E_t``, ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``, ``V_t``, ``STM_t``, ``s_t`` when
@@ -651,6 +756,8 @@ class Cell:
         quantities = {"E_t": tape.x, "f_t": tape.acts[0], "i_t": tape.acts[1],
                       "N_t": tape.acts[2], "LTM_t": tape.ltm[1:], "U_t": tape.acts[3],
                       "V_t": tape.acts[4], "STM_t": tape.y}
+        if self.proj_size is not None:
+            quantities["UV_t"] = tape.uv
         if self._forget_preactivation >= 0:
             start = self._forget_preactivation
             quantities["s_t"] = tape.z[:, :, start:start + self.hidden_size]
@@ -695,6 +802,8 @@ class Cell:
         changed = self._changed_since(tape.params)
         if changed:
             refuse_changed_parameters(changed)
+        if self.proj_size is not None:       # no extra memories: dmemories has none to give
+            return self._backward_projected(tape, dy, dstm, dltm)
         T, B, D = tape.x.shape
         H, KH = self.hidden_size, self._weights.shape[0]
         dy = writable(as_float_array("dy", dy, self.dtype, (T, B, H)))
@@ -849,9 +958,11 @@ class Cell:
     def _parameter_snapshot(self):
         """A copy of every parameter, for :meth:`_changed_since`: the packed block weights and
         biases as two arrays (one comparison each), the gates' other parameters by name."""
+        others = [name for cls in self._classes for name in cls.params]
+        if self.proj_size is not None:
+            others.append("W_hr")
         return {"packed": (self._weights.copy(), self._bias.copy()),
-                "others": {name: self.params[name].copy() for cls in self._classes
-                           for name in cls.params}}
+                "others": {name: self.params[name].copy() for name in others}}
 
     def _changed_since(self, snapshot):
         """The names of the parameters whose bits differ from ``snapshot``'s (NaN included)."""
@@ -888,8 +999,9 @@ class Cell:
 
     def _initial_state(self, state, B):
         shape = (B, self.hidden_size)
+        stm_shape = shape if self.proj_size is None else (B, self.proj_size)
         if state is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            return np.zeros(stm_shape, self.dtype), np.zeros(shape, self.dtype)
         sizes = (2, 2 + len(self.memories)) if self.memories else (2,)
         if not (isinstance(state, (tuple, list)) and len(state) in sizes):
             what = ("a pair (stm, ltm)" if not self.memories else
@@ -897,7 +1009,7 @@ class Cell:
             raise TypeError(f"state must be {what} of arrays of shape (B, hidden_size) = "
                             f"{shape}; got {type(state).__name__}"
                             + (f" of {len(state)}" if isinstance(state, (tuple, list)) else ""))
-        stm = as_float_array("state[0] (stm)", state[0], self.dtype, shape)
+        stm = as_float_array("state[0] (stm)", state[0], self.dtype, stm_shape)
         ltm = as_float_array("state[1] (ltm)", state[1], self.dtype, shape)
         if self.one_memory and not np.array_equal(stm, ltm):
             raise ValueError(f"state[0] (stm) must equal state[1] (ltm): this cell's STM is its "

@@ -16,6 +16,9 @@ takes arguments named after the quantities it reads and returns a dict of what i
 ``p_k``         peephole weights (H,), a per-unit weight on the memory
 ``n_prev, n_t`` an extra memory ``n`` a gate declares (``memories``), before and after the
                 step, shape (B, H): sLSTM's normaliser ``n`` and stabiliser ``m``
+``W_hr``        a projected cell's projection (P, H) (``proj_size=P``): the gates' STM_t is
+                then ``UV_t = U_t ⊙ V_t`` and the STM carried on is ``W_hr UV_t``, (B, P);
+                STM_prev and the STM columns of ``W_k`` are P wide
 ==============  ==============================================================
 
 :func:`forward` runs any cell one step at a time by calling its gates' definitions in role
@@ -43,9 +46,9 @@ __all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_e
            "learn_peephole_backward", "learn_reset", "learn_reset_backward", "learn_slstm",
            "learn_slstm_backward", "linear", "memory_names", "linear_backward", "linear_event",
            "LN_BLOCKS", "LN_EPSILON", "linear_event_backward", "linear_stm", "linear_stm_backward",
-           "merge", "remember", "remember_backward", "sigmoid", "step", "use", "use_backward",
-           "use_course", "use_course_backward", "use_linear", "use_layernorm",
-           "use_layernorm_backward", "use_linear_backward", "use_linear_peephole",
+           "merge", "project", "project_backward", "remember", "remember_backward", "sigmoid",
+           "step", "use", "use_backward", "use_course", "use_course_backward", "use_linear",
+           "use_layernorm", "use_layernorm_backward", "use_linear_backward", "use_linear_peephole",
            "use_linear_peephole_backward", "use_literal", "use_literal_backward", "use_memory",
            "use_memory_backward", "use_no_output_gate", "use_no_output_gate_backward",
            "use_peephole", "use_peephole_backward", "use_slstm", "use_slstm_backward", "zoneout"]
@@ -603,6 +606,17 @@ def use_layernorm_backward(LTM_t, U_t, V_t, dSTM_t, g_c):
 
 # --- The regularisers of the recurrence ------------------------------------------------------
 
+def project(UV_t, W_hr):
+    """The projection of an LSTM with projection (Sak et al. 2014): STM_t = W_hr (U_t ⊙ V_t),
+    for a batch, (B, P)."""
+    return UV_t @ W_hr.T
+
+
+def project_backward(UV_t, dSTM_t, W_hr):
+    """The gradients of the projection: d/d(U_t ⊙ V_t), the gates' dSTM_t, and dW_hr."""
+    return {"dUV_t": dSTM_t @ W_hr, "dW_hr": dSTM_t.T @ UV_t}
+
+
 def zoneout(previous, candidate, keep):
     """Zoneout (Krueger et al. 2017): memory = d ⊙ previous + (1 - d) ⊙ candidate, with d the
     step's mask (1 where the unit keeps its previous memory), or z, its expectation."""
@@ -669,7 +683,20 @@ def step(cell, E_t, STM_prev, LTM_prev, dtype=None, memories=None):
     known.update({f"{name}_prev": value for name, value in (memories or {}).items()})
     for gate in cell.gates:                      # forget, learn, remember, use
         known.update(call_definition(type(gate).definition, known))
+    if _projected(cell):
+        known["UV_t"] = known["STM_t"]
+        known["STM_t"] = project(known["UV_t"], known["W_hr"])
     return known
+
+
+def _projected(cell):
+    return getattr(cell, "proj_size", None) is not None
+
+
+def _refuse_masks_of_projection(cell, masks):
+    if _projected(cell) and masks is not None:
+        raise ValueError("a projected cell (proj_size) has no zoneout or recurrent dropout; "
+                         f"got masks={masks!r:.200}")
 
 
 def forward(cell, x, state=None, dtype=None, masks=None):
@@ -689,13 +716,15 @@ def forward(cell, x, state=None, dtype=None, masks=None):
     x = np.asarray(x, dtype=dtype)
     T, B, _ = x.shape
     H = cell.hidden_size
+    _refuse_masks_of_projection(cell, masks)
+    R = cell.proj_size if _projected(cell) else H          # the width of the STM
     if state is None:
-        STM, LTM = np.zeros((B, H), dtype), np.zeros((B, H), dtype)
+        STM, LTM = np.zeros((B, R), dtype), np.zeros((B, H), dtype)
     else:
         STM, LTM = (np.asarray(a, dtype=dtype) for a in state[:2])
     memories = initial_memories(cell, B, dtype, state)
-    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
-    y = np.empty((T, B, H), dtype)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, R, dtype)
+    y = np.empty((T, B, R), dtype)
     for t in range(T):
         quantities = step(cell, x[t], dropout * STM, LTM, dtype, memories)
         LTM = zoneout(LTM, quantities["LTM_t"], zone_LTM(t))
@@ -722,10 +751,14 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
     x = np.asarray(x, dtype=dtype)
     T, B, _ = x.shape
     H = cell.hidden_size
+    _refuse_masks_of_projection(cell, masks)
+    R = cell.proj_size if _projected(cell) else H          # the width of the STM
     zero = np.zeros((B, H), dtype)
-    STM, LTM = (zero, zero) if state is None else (np.asarray(a, dtype=dtype) for a in state[:2])
+    zero_STM = np.zeros((B, R), dtype)
+    STM, LTM = ((zero_STM, zero) if state is None
+                else (np.asarray(a, dtype=dtype) for a in state[:2]))
     memories = initial_memories(cell, B, dtype, state)
-    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, H, dtype)
+    zone_LTM, zone_STM, dropout = _regularisers(masks, T, B, R, dtype)
     steps = []
     for t in range(T):
         steps.append(step(cell, x[t], dropout * STM, LTM, dtype, memories))
@@ -735,7 +768,7 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
 
     grads = {name: np.zeros(value.shape, dtype) for name, value in cell.params.items()}
     grads["x"] = np.zeros_like(x)
-    dSTM_next = zero if dstm is None else np.asarray(dstm, dtype=dtype)
+    dSTM_next = zero_STM if dstm is None else np.asarray(dstm, dtype=dtype)
     dLTM_next = zero if dltm is None else np.asarray(dltm, dtype=dtype)
     dMEM_next = {name: zero if (dmemories or {}).get(name) is None
                  else np.asarray(dmemories[name], dtype=dtype) for name in memories}
@@ -744,6 +777,11 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
         known = dict(steps[t])
         dSTM_t, dLTM_t = dy[t] + dSTM_next, dLTM_next      # of the zoned memories
         known.update(dSTM_t=(1 - zone_STM(t)) * dSTM_t, dLTM_t=(1 - zone_LTM(t)) * dLTM_t)
+        if _projected(cell):
+            # the gates' STM_t is U_t ⊙ V_t: they see the gradient through the projection
+            projected = project_backward(known["UV_t"], known["dSTM_t"], known["W_hr"])
+            grads["W_hr"] += projected["dW_hr"]
+            known["dSTM_t"] = projected["dUV_t"]
         known.update({f"d{name}_t": value for name, value in dMEM_next.items()})
         for gate in reversed(cell.gates):            # use, remember, learn, forget
             contributions = call_definition(type(gate).backward_definition, known, zero)
@@ -753,7 +791,7 @@ def backward(cell, x, dy, state=None, dstm=None, dltm=None, dtype=None, dmemorie
             if "d" + name in known:
                 grads[name] += known["d" + name]
         grads["x"][t] = known.get("dE_t", 0)
-        dSTM_next = zone_STM(t) * dSTM_t + dropout * known.get("dSTM_prev", zero)
+        dSTM_next = zone_STM(t) * dSTM_t + dropout * known.get("dSTM_prev", zero_STM)
         dLTM_next = zone_LTM(t) * dLTM_t + known.get("dLTM_prev", zero)
         dMEM_next = {name: known.get(f"d{name}_prev", zero) for name in memories}
     grads["stm0"], grads["ltm0"] = dSTM_next, dLTM_next

@@ -137,6 +137,10 @@ def _kind(model, library):
     """``"lstm"`` for a model of standard gates, ``"gru"`` for one of the GRU's; refuses any
     other composition."""
     names = model.gate_names
+    if getattr(model, "proj_size", None) is not None and library != "PyTorch":
+        raise ValueError(f"{library} has no LSTM with a projected STM; this model has "
+                         f"proj_size={model.proj_size}. Only PyTorch's (torch.nn.LSTM("
+                         "proj_size=P)) converts")
     if names == STANDARD:
         return "lstm"
     if names == GRU:
@@ -191,15 +195,16 @@ def _fill(cell, params):
 
 
 def _split(W_in, W_rec, bias, order):
-    """PyTorch-like stacked (4H, D), (4H, H), (4H,) arrays as ``{block: (rec, in, b)}``."""
-    H = W_rec.shape[1]
+    """PyTorch-like stacked (4H, D), (4H, H or P), (4H,) arrays as ``{block: (rec, in, b)}``."""
+    H = W_in.shape[0] // len(order)
     return {block: (W_rec[k * H:(k + 1) * H], W_in[k * H:(k + 1) * H], bias[k * H:(k + 1) * H])
             for k, block in enumerate(order)}
 
 
 def _stack(cell, order):
-    """A standard cell's blocks stacked in ``order``: (4H, D), (4H, H), (4H,)."""
-    H = cell.hidden_size
+    """A standard cell's blocks stacked in ``order``: (4H, D), (4H, H), (4H,) (with a projected
+    STM of P features, (4H, P))."""
+    H = cell.hidden_size if cell.proj_size is None else cell.proj_size
     W = [np.asarray(cell.params[f"W_{block}"]) for block in order]
     W_in = np.concatenate([w[:, H:] for w in W])
     W_rec = np.concatenate([w[:, :H] for w in W])
@@ -229,17 +234,14 @@ def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch
     directions are read off the keys; ``num_layers=`` and ``bidirectional=`` if given must agree
     with them, and ``batch_first=``/``dropout=`` set the layer's. PyTorch's two biases are
     summed, except the GRU candidate's: ``bias_hh``'s n block is ``b_hn``. ``dtype`` is the
-    parameters' (float32 or float64; by default the tensors'). ``proj_size > 0``
-    (``weight_hr_l{k}``) is refused: a gatekit cell has no projection of its STM.
+    parameters' (float32 or float64; by default the tensors'). An LSTM with ``proj_size=P``
+    (``weight_hr_l{k}`` (P, H), ``weight_hh_l{k}`` (4H, P)) gives a layer with ``proj_size=P``,
+    whose cells' ``W_hr`` is ``weight_hr``.
     """
     config = {}
     if hasattr(source, "state_dict") and callable(source.state_dict):
         import torch    # a module was passed, so torch is there
         if isinstance(source, (torch.nn.LSTM, torch.nn.GRU)):
-            if getattr(source, "proj_size", 0):
-                raise ValueError(f"torch.nn.LSTM with proj_size={source.proj_size} is not "
-                                 "supported: a gatekit cell has no projection of its STM "
-                                 "(weight_hr); use proj_size=0")
             config = {"num_layers": source.num_layers, "bidirectional": source.bidirectional,
                       "batch_first": source.batch_first, "dropout": source.dropout}
             for name, value in (("num_layers", num_layers), ("bidirectional", bidirectional)):
@@ -293,13 +295,19 @@ def _check_keys(arrays, expected, what):
                          f"{', '.join(map(repr, extra))}")
 
 
-def _torch_blocks(arrays, suffix, D, H, where, kind):
-    """Check one cell's PyTorch arrays and return its gatekit parameters and the arrays read."""
+def _torch_blocks(arrays, suffix, D, H, where, kind, P=None):
+    """Check one cell's PyTorch arrays and return its gatekit parameters and the arrays read
+    (``P``: the projection's size, or None)."""
     G = _TORCH_KINDS[kind][2]
     W_ih = _to_numpy(arrays[f"weight_ih{suffix}"], f"weight_ih{suffix}")
     W_hh = _to_numpy(arrays[f"weight_hh{suffix}"], f"weight_hh{suffix}")
     _check_shape(f"weight_ih{suffix}", W_ih, (G * H, D), f"{G} * hidden_size, {where}")
-    _check_shape(f"weight_hh{suffix}", W_hh, (G * H, H), f"{G} * hidden_size, hidden_size")
+    if P is None:
+        _check_shape(f"weight_hh{suffix}", W_hh, (G * H, H), f"{G} * hidden_size, hidden_size")
+    else:
+        _check_shape(f"weight_hh{suffix}", W_hh, (G * H, P), f"{G} * hidden_size, proj_size")
+        W_hr = _to_numpy(arrays[f"weight_hr{suffix}"], f"weight_hr{suffix}")
+        _check_shape(f"weight_hr{suffix}", W_hr, (P, H), "proj_size, hidden_size")
     if f"bias_ih{suffix}" in arrays:
         biases = [_to_numpy(arrays[f"bias_{part}{suffix}"], f"bias_{part}{suffix}")
                   for part in ("ih", "hh")]
@@ -312,6 +320,9 @@ def _torch_blocks(arrays, suffix, D, H, where, kind):
         params = _gru_params(W_ih, W_hh, b_ih, b_hh, GRU_TORCH_ORDER)
     else:
         params = _lstm_params(_split(W_ih, W_hh, _summed(b_ih, b_hh), TORCH_ORDER))
+    if P is not None:
+        params["W_hr"] = W_hr
+        return params, [W_ih, W_hh, W_hr, *biases]
     return params, [W_ih, W_hh, *biases]
 
 
@@ -330,6 +341,19 @@ def _sizes(arrays, suffix=""):
     raise ValueError(f"{hh} has shape {W_hh.shape}; expected (4 * hidden_size, hidden_size) for "
                      "an LSTM or (3 * hidden_size, hidden_size) for a GRU, with as many rows as "
                      f"{ih} {W_ih.shape}")
+
+
+def _projected_sizes(arrays):
+    """``("lstm", H, D, P)`` of the state dict of a torch.nn.LSTM with proj_size = P: read off
+    ``weight_hr_l0`` (P, H) and ``weight_ih_l0`` (4H, D)."""
+    W_hr = _to_numpy(arrays["weight_hr_l0"], "weight_hr_l0")
+    W_ih = _to_numpy(arrays["weight_ih_l0"], "weight_ih_l0")
+    if W_hr.ndim != 2 or 0 in W_hr.shape or W_ih.ndim != 2 or W_ih.shape[1] == 0:
+        raise ValueError(f"weight_hr_l0 {W_hr.shape} and weight_ih_l0 {W_ih.shape} must be "
+                         "(proj_size, hidden_size) and (4 * hidden_size, input_size): a "
+                         "torch.nn.LSTM with proj_size")
+    P, H = W_hr.shape
+    return "lstm", H, W_ih.shape[1], P
 
 
 def _variant(kind):
@@ -363,10 +387,6 @@ def _layers_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch
         bias |= part.startswith("bias")
         if part == "weight_hr":
             projection.append(key)
-    if projection:
-        raise ValueError(f"the state dict has {', '.join(projection)}: a torch.nn.LSTM with "
-                         "proj_size > 0, which is not supported (a gatekit cell has no "
-                         "projection of its STM)")
     found = max(layers) + 1
     gaps = [layer for layer in range(found) if layer not in layers]
     if gaps:
@@ -382,21 +402,27 @@ def _layers_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch
     suffixes = [f"_l{layer}{rev}" for layer in range(found)
                 for rev in (("", "_reverse") if reverse else ("",))]
     parts = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+    parts += ("weight_hr",) if projection else ()
     expected = [f"{part}{suffix}" for suffix in suffixes for part in parts]
     if "weight_hh_l0" not in arrays or "weight_ih_l0" not in arrays:
         _check_keys(arrays, expected, "torch.nn.LSTM or GRU")
-    kind, H, D = _sizes(arrays, "_l0")
+    if projection:
+        kind, H, D, P = _projected_sizes(arrays)
+    else:
+        (kind, H, D), P = _sizes(arrays, "_l0"), None
     _check_keys(arrays, expected, f"torch.nn.{_TORCH_KINDS[kind][0]}")
     directions = 2 if reverse else 1
+    width, named = (H, "hidden_size") if P is None else (P, "proj_size")
     converted, read = {}, []
     for suffix in suffixes:
         first = suffix.startswith("_l0")
         size, where = (D, "input_size") if first else (
-            directions * H, f"{'2 * ' if reverse else ''}hidden_size, the previous layer's output")
-        converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where, kind)
+            directions * width, f"{'2 * ' if reverse else ''}{named}, the previous layer's output")
+        converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where, kind, P)
         read += arrays_read
     lstm = LSTM(D, H, found, bidirectional=reverse, batch_first=bool(batch_first),
-                variant=_variant(kind), dtype=_result_dtype(read, dtype, "the tensors"))
+                variant=_variant(kind), dtype=_result_dtype(read, dtype, "the tensors"),
+                proj_size=P)
     lstm.dropout = 0.0 if dropout is None else float(dropout)
     for name, cell in lstm.cells.items():
         _fill(cell, converted[f"_{name}"])
@@ -430,6 +456,8 @@ def to_torch(model, module=None):
         state[f"weight_hh{suffix}"] = W_rec
         state[f"bias_ih{suffix}"] = b_in
         state[f"bias_hh{suffix}"] = b_rec
+        if cell.proj_size is not None:
+            state[f"weight_hr{suffix}"] = np.array(cell.params["W_hr"])
     if module is None or module is False:
         return state
     import torch
@@ -438,18 +466,24 @@ def to_torch(model, module=None):
     layer_class, cell_class = getattr(torch.nn, layer_name), getattr(torch.nn, cell_name)
     if module is True:
         if isinstance(model, LSTM):
+            projection = {} if model.proj_size is None else {"proj_size": model.proj_size}
             module = layer_class(model.input_size, model.hidden_size, model.num_layers,
                                  batch_first=model.batch_first, dropout=model.dropout,
-                                 bidirectional=model.bidirectional, dtype=torch_dtype)
+                                 bidirectional=model.bidirectional, dtype=torch_dtype,
+                                 **projection)
+        elif model.proj_size is not None:
+            raise ValueError(f"torch.nn.{cell_name} has no projection; a gatekit.Cell with "
+                             f"proj_size={model.proj_size} converts to a state dict only "
+                             "(module=None), or as a layer (gatekit.LSTM) into torch.nn.LSTM")
         else:
             module = cell_class(model.input_size, model.hidden_size, dtype=torch_dtype)
     elif isinstance(model, LSTM):
         if type(module) is not layer_class:
             raise TypeError(f"a gatekit.LSTM of variant {model.variant!r} converts into a "
                             f"torch.nn.{layer_name}; got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"module has proj_size={module.proj_size}; a gatekit cell has no "
-                             "projection of its STM, so only proj_size=0 can receive its weights")
+        if (getattr(module, "proj_size", 0) or None) != model.proj_size:
+            raise ValueError(f"module has proj_size={module.proj_size}; the gatekit LSTM has "
+                             f"proj_size={model.proj_size or 0}")
         for name in ("input_size", "hidden_size", "num_layers", "bidirectional"):
             if getattr(module, name) != getattr(model, name):
                 raise ValueError(f"module has {name}={getattr(module, name)!r}; the gatekit "
@@ -690,6 +724,10 @@ def to_keras(model):
 # --- ONNX ----------------------------------------------------------------------------------------
 
 def _onnx_gates(model):
+    if model.proj_size is not None:
+        raise ValueError(f"ONNX has no LSTM with a projected STM; this model has "
+                         f"proj_size={model.proj_size}. Only PyTorch's (torch.nn.LSTM("
+                         "proj_size=P)) converts")
     names = model.gate_names
     for role, allowed in ONNX_GATES.items():
         if names[role] not in allowed:

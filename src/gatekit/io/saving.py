@@ -13,8 +13,9 @@ The file is an ``.npz`` archive, written atomically (:func:`gatekit.io.files.ato
   extra memories (``Gate.memories``) adds ``memories``, their names in state order (files of
   models without any, and files written before memories existed, have none); a model with
   zoneout or recurrent dropout adds ``zoneout`` ([z_c, z_h]) and ``recurrent_dropout``, and is
-  written as format 2 (so that a gatekit that would ignore them refuses the file); without
-  them, format 1.
+  written as format 2 (so that a gatekit that would ignore them refuses the file); a model
+  with a projected STM adds ``proj_size`` (and its cells' ``W_hr``) and is written as format 2
+  too; without any of these, format 1.
 
 Loading reads with no unpickling, so a file never runs code, and trusts nothing in it: it
 checks every array header against the bytes stored, the metadata's types and values, and the
@@ -88,7 +89,9 @@ def save(model, path):
                         f"{type(model).__name__}")
     gates, variant = _provenance(model)
     regularised = model.zoneout != (0.0, 0.0) or model.recurrent_dropout > 0
-    meta = {"format": FORMAT if regularised else PLAIN_FORMAT, "gatekit": __version__,
+    projected = model.proj_size is not None
+    meta = {"format": FORMAT if regularised or projected else PLAIN_FORMAT,
+            "gatekit": __version__,
             "kind": kind, "input_size": model.input_size, "hidden_size": model.hidden_size,
             "dtype": model.dtype.name, "variant": variant, "gates": gates}
     if kind == "LSTM":
@@ -97,6 +100,8 @@ def save(model, path):
         meta["memories"] = list(model.memories)
     if regularised:
         meta.update(zoneout=list(model.zoneout), recurrent_dropout=model.recurrent_dropout)
+    if projected:
+        meta["proj_size"] = model.proj_size
     arrays = {f"param/{name}": np.asarray(array) for name, array in model.params.items()}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(path, lambda stream: np.savez(stream, **arrays))
@@ -132,6 +137,9 @@ def _read_meta(stored):
     if meta["kind"] not in ("Cell", "LSTM"):
         raise stored.error(f"holds a {meta['kind']!r}; gatekit.load reads 'Cell' and 'LSTM'")
     counts = ["input_size", "hidden_size"] + (["num_layers"] if meta["kind"] == "LSTM" else [])
+    meta.setdefault("proj_size", None)
+    if meta["proj_size"] is not None:
+        counts.append("proj_size")
     for key in counts:
         if not is_count(meta[key]):
             raise stored.error(f"is damaged: its {key} should be a whole number from 1; it is "
@@ -208,11 +216,19 @@ def _check_registered(stored, meta):
                           UserWarning, stacklevel=3)
 
 
-def _cell_shapes(classes, D, H):
-    """The parameters a cell of these gate classes has, by the gate contract (``Gate.shapes``)."""
+def _cell_shapes(classes, D, H, P=None):
+    """The parameters a cell of these gate classes has, by the gate contract (``Gate.shapes``);
+    with a projected STM of P features, the blocks read P STM columns and ``W_hr`` is (P, H)."""
     shapes = {}
     for cls in classes:
         shapes.update(cls.shapes(D, H))
+        if P is not None:
+            for block in cls.blocks:
+                reads = cls.block_reads(block)
+                if reads != "event":
+                    shapes[f"W_{block}"] = (H, P + D if reads == "both" else P)
+    if P is not None:
+        shapes["W_hr"] = (P, H)
     return shapes
 
 
@@ -224,23 +240,23 @@ def _declared_shapes(stored, meta):
         classes = plugins.registry().compose(meta["variant"]["name"], gates)
     except ValueError as error:
         raise stored.error(f"describes gates that cannot be combined: {error}") from None
-    D, H = meta["input_size"], meta["hidden_size"]
+    D, H, P = meta["input_size"], meta["hidden_size"], meta["proj_size"]
     if meta["kind"] == "Cell":
-        return _cell_shapes(classes, D, H)
+        return _cell_shapes(classes, D, H, P)
     directions = 2 if meta["bidirectional"] else 1
     cells = directions * meta["num_layers"]
     stored_params = sum(1 for key in stored.headers if key.startswith("param/"))
     # Each cell has parameters of its own, so a file cannot hold more cells than parameters;
     # checked first, so that a huge num_layers costs nothing.
-    if _cell_shapes(classes, D, H) and cells > stored_params:
+    if _cell_shapes(classes, D, H, P) and cells > stored_params:
         raise stored.error(f"declares {meta['num_layers']} layer(s) of {directions} "
                            f"direction(s), {cells} cells, but stores only {stored_params} "
                            "parameters")
     shapes = {}
     for k, cell in enumerate(cell_names(meta["num_layers"], meta["bidirectional"])):
-        inputs = D if k < directions else directions * H
+        inputs = D if k < directions else directions * (H if P is None else P)
         shapes.update({f"{cell}.{name}": shape
-                       for name, shape in _cell_shapes(classes, inputs, H).items()})
+                       for name, shape in _cell_shapes(classes, inputs, H, P).items()})
     return shapes
 
 
@@ -267,7 +283,8 @@ def _check_parameters(stored, meta, declared):
 
 def _build(stored, meta):
     gates = {role: entry["name"] for role, entry in meta["gates"].items()}
-    regularisers = {"zoneout": meta["zoneout"], "recurrent_dropout": meta["recurrent_dropout"]}
+    regularisers = {"zoneout": meta["zoneout"], "recurrent_dropout": meta["recurrent_dropout"],
+                    "proj_size": meta["proj_size"]}
     try:
         if meta["kind"] == "Cell":
             return Cell(meta["input_size"], meta["hidden_size"], meta["variant"]["name"],

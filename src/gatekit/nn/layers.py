@@ -71,6 +71,10 @@ class LSTM:
 
     ``threads`` caps the threads of each cell's calls (see :class:`gatekit.Cell`).
 
+    ``proj_size=P`` projects every cell's STM to P features (see :class:`gatekit.Cell`), as
+    ``torch.nn.LSTM(proj_size=P)``: ``y`` is then (T, B, D * P), ``stm`` (D * num_layers, B, P)
+    (``ltm`` stays H wide), and layer ``l > 0`` reads ``D * P`` features.
+
     ``zoneout=(z_c, z_h)`` and ``recurrent_dropout=p`` are options of every cell (see
     :class:`gatekit.Cell`): each cell draws its own masks, from its own stream of ``seed``, in
     training mode; :meth:`eval` puts every cell in evaluation mode with the layer.
@@ -83,7 +87,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, *, bidirectional=False,
                  variant="standard", forget=None, learn=None, remember=None, use=None,
                  dropout=0.0, batch_first=False, dtype=np.float32, seed=None, threads=None,
-                 zoneout=(0.0, 0.0), recurrent_dropout=0.0):
+                 zoneout=(0.0, 0.0), recurrent_dropout=0.0, proj_size=None):
         self.input_size = _size("input_size", input_size)
         self.hidden_size = H = _size("hidden_size", hidden_size)
         self.num_layers = _size("num_layers", num_layers)
@@ -103,6 +107,7 @@ class LSTM:
         self.variant = variant
         self.zoneout = check_zoneout(zoneout)
         self.recurrent_dropout = check_recurrent_dropout(recurrent_dropout)
+        self.proj_size = None if proj_size is None else _size("proj_size", proj_size)
         self.cells = {}
         self.training = True
         directions = 2 if self.bidirectional else 1
@@ -110,10 +115,11 @@ class LSTM:
         gates = {"forget": forget, "learn": learn, "remember": remember, "use": use}
         for k, name in enumerate(cell_names(self.num_layers, self.bidirectional)):
             layer = k // directions
-            size = self.input_size if layer == 0 else directions * H
+            size = self.input_size if layer == 0 else directions * self.output_size
             self.cells[name] = Cell(size, H, variant, **gates, dtype=self.dtype,
                                     seed=streams[k], threads=threads, zoneout=self.zoneout,
-                                    recurrent_dropout=self.recurrent_dropout)
+                                    recurrent_dropout=self.recurrent_dropout,
+                                    proj_size=self.proj_size)
         self.dropout_rng = np.random.default_rng(streams[-1])
         self.params = Parameters({f"{name}.{symbol}": array
                                   for name, cell in self.cells.items()
@@ -136,6 +142,12 @@ class LSTM:
     @property
     def directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self):
+        """The features of each direction's output and STM: ``proj_size`` if set, else
+        ``hidden_size``."""
+        return self.hidden_size if self.proj_size is None else self.proj_size
 
     @property
     def memories(self):
@@ -167,6 +179,8 @@ class LSTM:
         if self.zoneout != (0.0, 0.0) or self.recurrent_dropout > 0:
             regularisers = (f", zoneout={self.zoneout}, "
                             f"recurrent_dropout={self.recurrent_dropout}")
+        if self.proj_size is not None:
+            regularisers += f", proj_size={self.proj_size}"
         return (f"LSTM(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
                 f"variant={self.variant!r}, {gates}, dropout={self.dropout}, "
@@ -192,7 +206,7 @@ class LSTM:
                      dropout=0.0, batch_first=self.batch_first,
                      dtype=self.dtype if dtype is None else dtype,
                      threads=self.cells[next(iter(self.cells))].threads, zoneout=self.zoneout,
-                     recurrent_dropout=self.recurrent_dropout)
+                     recurrent_dropout=self.recurrent_dropout, proj_size=self.proj_size)
         other.dropout = self.dropout
         other.training = self.training
         for name, array in self.params.items():
@@ -212,20 +226,26 @@ class LSTM:
         """The initial state as a tuple: (stm, ltm), then the extra memories if ``state``
         gives them (else each cell starts them at their declared values)."""
         shape = (self.directions * self.num_layers, B, self.hidden_size)
+        shapes = self._state_shapes(B)
         if state is None:
-            zeros = np.zeros(shape, self.dtype)
-            return zeros, zeros
+            return tuple(np.zeros(each, self.dtype) for each in shapes)
         names = ("stm", "ltm") + self.memories
         if not (isinstance(state, (tuple, list)) and len(state) in {2, len(names)}):
             what = "a pair (stm, ltm)" + (f" or ({', '.join(names)})" if self.memories else "")
             raise TypeError(f"state must be {what} of arrays of shape "
                             f"(D * num_layers, B, hidden_size) = {shape}; got "
                             f"{type(state).__name__}")
-        return tuple(as_float_array(f"state[{k}] ({name})", value, self.dtype, shape)
+        return tuple(as_float_array(f"state[{k}] ({name})", value, self.dtype, shapes[min(k, 1)])
                      for k, (name, value) in enumerate(zip(names, state)))
+
+    def _state_shapes(self, B):
+        """The shapes of the STM and of the LTM (and of every extra memory)."""
+        cells = self.directions * self.num_layers
+        return (cells, B, self.output_size), (cells, B, self.hidden_size)
 
     def _final_gradient(self, dstate, B):
         shape = (self.directions * self.num_layers, B, self.hidden_size)
+        shapes = self._state_shapes(B)
         names = ("stm", "ltm") + self.memories
         if dstate is None:
             return (None,) * len(names)
@@ -236,7 +256,8 @@ class LSTM:
                             f"(D * num_layers, B, hidden_size) = {shape}, or None; got "
                             f"{type(dstate).__name__}")
         dstate = tuple(dstate) + (None,) * (len(names) - len(dstate))
-        return tuple(None if d is None else as_float_array(f"dstate[{k}]", d, self.dtype, shape)
+        return tuple(None if d is None else as_float_array(f"dstate[{k}]", d, self.dtype,
+                                                           shapes[min(k, 1)])
                      for k, d in enumerate(dstate))
 
     def _initial_memories(self, B):
@@ -310,8 +331,8 @@ class LSTM:
         x, lengths, state0 = self._inputs(x, state, lengths)
         T, B, _ = x.shape
         if T == 0:          # no step: the state passes through unchanged
-            y = np.zeros((B, 0, self.directions * self.hidden_size) if self.batch_first else
-                         (0, B, self.directions * self.hidden_size), self.dtype)
+            y = np.zeros((B, 0, self.directions * self.output_size) if self.batch_first else
+                         (0, B, self.directions * self.output_size), self.dtype)
             final = tuple(s.copy() for s in state0)
             if len(final) == 2:
                 final += self._initial_memories(B)
@@ -320,7 +341,8 @@ class LSTM:
             return y, final, LayerTape(self, [], [None] * self.num_layers, None, None, T, B)
         index = reversal_index(lengths, T, B)
         columns = np.arange(B)[None, :]
-        final = tuple(np.empty_like(state0[0]) for _ in range(2 + len(self.memories)))
+        final = (np.empty_like(state0[0]),) + tuple(
+            np.empty_like(state0[1]) for _ in range(1 + len(self.memories)))
         tapes, masks = [], []
         layer_input = x
         k = 0
@@ -374,7 +396,8 @@ class LSTM:
         if changed:
             refuse_changed_parameters(changed)
         T, B, H, D = tape.T, tape.B, self.hidden_size, self.directions
-        shape = (B, T, D * H) if self.batch_first else (T, B, D * H)
+        R = self.output_size
+        shape = (B, T, D * R) if self.batch_first else (T, B, D * R)
         dy = as_float_array("dy", dy, self.dtype, shape)
         if self.batch_first:
             dy = dy.transpose(1, 0, 2)
@@ -385,16 +408,17 @@ class LSTM:
             x_shape = (B, 0, self.input_size) if self.batch_first else (0, B, self.input_size)
             zeros = np.zeros((D * self.num_layers, B, H), self.dtype)
             grads.update(x=np.zeros(x_shape, self.dtype),
-                         stm0=zeros.copy() if dstm is None else dstm.copy(),
+                         stm0=np.zeros((D * self.num_layers, B, R), self.dtype) if dstm is None
+                         else dstm.copy(),
                          ltm0=zeros.copy() if dltm is None else dltm.copy())
             grads.update({key: zeros.copy() if d is None else d.copy()
                           for key, d in zip(memory_keys, dmemories)})
             return grads
         columns = np.arange(B)[None, :]
         grads = {}
-        dstm0 = np.empty((D * self.num_layers, B, H), self.dtype)
-        dltm0 = np.empty_like(dstm0)
-        dmemories0 = {key: np.empty_like(dstm0) for key in memory_keys}
+        dstm0 = np.empty((D * self.num_layers, B, R), self.dtype)
+        dltm0 = np.empty((D * self.num_layers, B, H), self.dtype)
+        dmemories0 = {key: np.empty_like(dltm0) for key in memory_keys}
         d_output = dy
         for layer in reversed(range(self.num_layers)):
             d_input = None
@@ -402,7 +426,7 @@ class LSTM:
                 k = layer * D + direction
                 name = self.cell_names[k]
                 cell = self.cells[name]
-                d_y = d_output[:, :, direction * H:(direction + 1) * H]
+                d_y = d_output[:, :, direction * R:(direction + 1) * R]
                 if direction == 1:
                     d_y = d_y[tape.index, columns]
                 cell_grads = cell.backward(tape.tapes[k], d_y,
