@@ -482,3 +482,28 @@ def test_a_parameter_dimension_must_be_h_d_or_a_positive_integer(register, dims)
 
     with pytest.raises(PluginError, match="expected a tuple of 'H', 'D' and positive integers"):
         register(make_plugin(gates=[Bad]), name="test-bad-dims")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projected_stm(dtype, threads):
+    # proj_size: the gates read a P-wide STM through their recurrent blocks only, and the
+    # normalisations see what they see without it (4H pre-activations, H units of LTM_t).
+    cell = gatekit.Cell(16, 48, "layernorm", dtype=dtype, seed=40, proj_size=12,
+                        threads=threads)
+    assert cell.params["W_hf"].shape == (48, 12) and cell.params["W_hr"].shape == (12, 48)
+    rng = np.random.default_rng(40)
+    x = rng.standard_normal((8, 64, 16)).astype(dtype)
+    dy = rng.standard_normal((8, 64, 12)).astype(dtype)
+    y, final, tape = cell.forward(x, keep=True)
+    y_ref, final_ref = reference.forward(cell, x, dtype=np.float64)
+    for what, got, want in zip(("y", "stm", "ltm"), (y, *final), (y_ref, *final_ref)):
+        assert_close(dtype, got, want, what)
+    grads = cell.backward(tape, dy)
+    want = reference.backward(cell, x, dy, dtype=np.float64)
+    for name in want:
+        assert rel_error(grads[name], want[name]) < (F64_TOL if dtype == np.float64
+                                                     else F32_GRAD_TOL), name
+    alone = cell.copy()
+    alone.threads = 1
+    np.testing.assert_array_equal(alone(x)[0], y)

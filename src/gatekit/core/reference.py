@@ -320,7 +320,7 @@ def layer_norm_backward(dv_hat, v_hat, rstd):
 
 def _layernorm_products(E_t, STM_prev, W_x, W_h):
     """x̂ and ĥ, (B, 4, H): the two products normalised jointly over their 4H units."""
-    B, H = STM_prev.shape
+    B, H = E_t.shape[0], W_x[0].shape[0]      # (STM_prev is P wide under proj_size)
     x_hat, x_rstd = layer_norm(np.concatenate([E_t @ W.T for W in W_x], axis=-1))
     h_hat, h_rstd = layer_norm(np.concatenate([STM_prev @ W.T for W in W_h], axis=-1))
     return x_hat.reshape(B, 4, H), x_rstd, h_hat.reshape(B, 4, H), h_rstd
