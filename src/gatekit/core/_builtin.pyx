@@ -10,10 +10,12 @@ tanh' = 1 - tanh²), so the pre-activations need not be kept.
 from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, exp_, sigmoid,
                                  tanh_, gemm, out_of_memory, post_gate_product, sync)
 from gatekit.core import reference
+from libc.math cimport sqrt
 
 __all__ = ["BUILTIN_GATES", "matmul"]
 
 cdef double JANET_BETA = reference.JANET_BETA
+cdef double LN_EPSILON = reference.LN_EPSILON
 
 
 # --- Kernels ----------------------------------------------------------------------------------
@@ -565,6 +567,201 @@ cdef inline int gated_candidate_finish(floating* dW, floating* db, const floatin
 
 
 # --- Forget ---------------------------------------------------------------------------------------
+
+# --- Kernels of the LayerNorm LSTM ---------------------------------------------------------------
+# Its normalisations mix units: each thread waits (sync) until every thread has written what a
+# row's statistics read (the products; LTM_t; the gradients of the gates' outputs), then
+# computes every row's statistics over all units itself, in one fixed order, and uses them for
+# its own units. Every thread thus finds the same statistics, whatever the number of threads,
+# and no scratch is shared; the reductions cost O(B K H) per thread, against O(B K H (H + D))
+# for the products.
+
+cdef inline floating row_sum(const floating* v, const floating* w, Py_ssize_t n) noexcept nogil:
+    """Σ_j v[j] (w NULL) or Σ_j v[j] w[j], in 8 interleaved partial sums (vectorised)."""
+    cdef Py_ssize_t j, u, whole = n - n % 8
+    cdef floating partial[8]
+    cdef floating total = 0
+    for u in range(8):
+        partial[u] = 0
+    if w == NULL:
+        for j in range(0, whole, 8):
+            for u in range(8):
+                partial[u] += v[j + u]
+        for j in range(whole, n):
+            total += v[j]
+    else:
+        for j in range(0, whole, 8):
+            for u in range(8):
+                partial[u] += v[j + u] * w[j + u]
+        for j in range(whole, n):
+            total += v[j] * w[j]
+    for u in range(8):
+        total += partial[u]
+    return total
+
+
+cdef inline void row_statistics(const floating* v, Py_ssize_t n, floating* mean,
+                                floating* rstd) noexcept nogil:
+    """The mean of v[0:n] and 1 / sqrt(var + ε), var the biased variance (two passes: the
+    centred squares keep float32 accurate where the mean is large against the spread)."""
+    cdef Py_ssize_t j, u, whole = n - n % 8
+    cdef floating m = row_sum(v, <const floating*> NULL, n) / n
+    cdef floating partial[8]
+    cdef floating squares = 0, centred
+    for u in range(8):
+        partial[u] = 0
+    for j in range(0, whole, 8):
+        for u in range(8):
+            centred = v[j + u] - m
+            partial[u] += centred * centred
+    for j in range(whole, n):
+        centred = v[j] - m
+        squares += centred * centred
+    for u in range(8):
+        squares += partial[u]
+    mean[0] = m
+    rstd[0] = <floating> (1.0 / sqrt(squares / n + LN_EPSILON))
+
+
+cdef inline void layernorm_forget(floating* f_t, floating* i_t, floating* N_t, floating* V_t,
+                                  const floating* z_x, const floating* z_h,
+                                  const floating* g_x, const floating* g_h,
+                                  const floating* bias, void* barrier, Extent* e) noexcept nogil:
+    """a = g_x ⊙ LN(z_x) + g_h ⊙ LN(z_h) + b over the 4H columns of each product (blocks f, i,
+    n, v side by side); f_t, i_t, V_t = σ(a_f, a_i, a_v), N_t = tanh(a_n)."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k, c
+    cdef floating mx, rx, mh, rh
+    cdef const floating* zx
+    cdef const floating* zh
+    cdef floating* outs[4]
+    cdef floating* out
+    outs[0], outs[1], outs[2], outs[3] = f_t, i_t, N_t, V_t
+    sync(barrier)                       # every thread's share of the products is in z
+    for b in range(B):
+        zx, zh = z_x + b * ldz, z_h + b * ldz
+        row_statistics(zx, 4 * H, &mx, &rx)
+        row_statistics(zh, 4 * H, &mh, &rh)
+        for k in range(4):
+            out = outs[k] + b * H
+            for j in range(u0, u1):
+                c = k * H + j
+                out[j] = (g_x[c] * ((zx[c] - mx) * rx) + g_h[c] * ((zh[c] - mh) * rh)
+                          + bias[c])
+            if k == 2:
+                for j in range(u0, u1):
+                    out[j] = tanh_(out[j])
+            else:
+                for j in range(u0, u1):
+                    out[j] = sigmoid(out[j])
+
+
+cdef inline void layernorm_forget_backward(floating* dz_x, floating* dz_h, floating* df_t,
+                                           floating* di_t, floating* dN_t, floating* dV_t,
+                                           floating* dg_x, floating* dg_h, floating* dbias,
+                                           const floating* f_t, const floating* i_t,
+                                           const floating* N_t, const floating* V_t,
+                                           const floating* z_x, const floating* z_h,
+                                           const floating* g_x, const floating* g_h,
+                                           void* barrier, Extent* e) noexcept nogil:
+    """The gradients of the four pre-activations a (left in df_t, di_t, dN_t, dV_t, which
+    every thread then reads whole), of g_x, g_h, b, and of the two products before their
+    normalisation: dz = rstd (d - mean(d) - ẑ mean(d ⊙ ẑ)), d = g ⊙ da, over 4H columns."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
+    cdef Py_ssize_t b, j, k, c, r
+    cdef floating mx, rx, mh, rh, x_hat, h_hat, da, sx, sxx, sh, shh, n = 4 * H
+    cdef const floating* zx
+    cdef const floating* zh
+    cdef floating* das[4]
+    cdef const floating* outs[4]
+    das[0], das[1], das[2], das[3] = df_t, di_t, dN_t, dV_t
+    outs[0], outs[1], outs[2], outs[3] = f_t, i_t, N_t, V_t
+    for b in range(B):
+        zx, zh = z_x + b * ldz, z_h + b * ldz
+        row_statistics(zx, 4 * H, &mx, &rx)
+        row_statistics(zh, 4 * H, &mh, &rh)
+        for k in range(4):
+            for j in range(u0, u1):
+                r, c = b * H + j, k * H + j
+                if k == 2:
+                    da = das[k][r] * (1 - outs[k][r] * outs[k][r])
+                else:
+                    da = das[k][r] * outs[k][r] * (1 - outs[k][r])
+                das[k][r] = da
+                dg_x[c] += da * ((zx[c] - mx) * rx)
+                dg_h[c] += da * ((zh[c] - mh) * rh)
+                dbias[c] += da
+    sync(barrier)                       # every thread's da is in place
+    for b in range(B):
+        zx, zh = z_x + b * ldz, z_h + b * ldz
+        row_statistics(zx, 4 * H, &mx, &rx)
+        row_statistics(zh, 4 * H, &mh, &rh)
+        sx = sxx = sh = shh = 0
+        for k in range(4):
+            for j in range(H):
+                r, c = b * H + j, k * H + j
+                da = das[k][r]
+                sx += g_x[c] * da
+                sxx += g_x[c] * da * ((zx[c] - mx) * rx)
+                sh += g_h[c] * da
+                shh += g_h[c] * da * ((zh[c] - mh) * rh)
+        sx, sxx, sh, shh = sx / n, sxx / n, sh / n, shh / n
+        for k in range(4):
+            for j in range(u0, u1):
+                r, c = b * H + j, k * H + j
+                da = das[k][r]
+                x_hat, h_hat = (zx[c] - mx) * rx, (zh[c] - mh) * rh
+                dz_x[b * ldz + c] += rx * (g_x[c] * da - sx - x_hat * sxx)
+                dz_h[b * ldz + c] += rh * (g_h[c] * da - sh - h_hat * shh)
+
+
+cdef inline void layernorm_use(floating* U_t, floating* STM_t, const floating* V_t,
+                               const floating* LTM_t, const floating* g_c, const floating* b_c,
+                               void* barrier, Extent* e) noexcept nogil:
+    """U_t = tanh(g_c ⊙ LN(LTM_t) + b_c) over the H units, STM_t = U_t ⊙ V_t."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j
+    cdef floating mean, rstd
+    sync(barrier)                       # every thread's units of LTM_t are in place
+    for b in range(B):
+        row_statistics(LTM_t + b * H, H, &mean, &rstd)
+        for j in range(u0, u1):
+            U_t[b * H + j] = tanh_(g_c[j] * ((LTM_t[b * H + j] - mean) * rstd) + b_c[j])
+        for j in range(u0, u1):
+            STM_t[b * H + j] = U_t[b * H + j] * V_t[b * H + j]
+
+
+cdef inline void layernorm_use_backward(floating* dLTM_t, floating* dU_t, floating* dV_t,
+                                        floating* dg_c, floating* db_c, const floating* dSTM_t,
+                                        const floating* U_t, const floating* V_t,
+                                        const floating* LTM_t, const floating* g_c,
+                                        void* barrier, Extent* e) noexcept nogil:
+    """dV_t, g_c's and b_c's gradients, and dLTM_t through LN: the gradient of LN(LTM_t) is
+    left in dU_t, which every thread then reads whole."""
+    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
+    cdef Py_ssize_t b, j, r
+    cdef floating mean, rstd, du, c_hat, s1, s2
+    for b in range(B):
+        row_statistics(LTM_t + b * H, H, &mean, &rstd)
+        for j in range(u0, u1):
+            r = b * H + j
+            du = dSTM_t[r] * V_t[r] * (1 - U_t[r] * U_t[r])
+            dV_t[r] += dSTM_t[r] * U_t[r]
+            dg_c[j] += du * ((LTM_t[r] - mean) * rstd)
+            db_c[j] += du
+            dU_t[r] = g_c[j] * du
+    sync(barrier)                       # every thread's d LN(LTM_t) is in dU_t
+    for b in range(B):
+        row_statistics(LTM_t + b * H, H, &mean, &rstd)
+        s1 = row_sum(dU_t + b * H, <const floating*> NULL, H) / H
+        s2 = 0
+        for j in range(H):
+            s2 += dU_t[b * H + j] * ((LTM_t[b * H + j] - mean) * rstd)
+        s2 = s2 / H
+        for j in range(u0, u1):
+            r = b * H + j
+            dLTM_t[r] += rstd * (dU_t[r] - s1 - ((LTM_t[r] - mean) * rstd) * s2)
+
 
 cdef class ForgetStandard(Gate):
     role, name, blocks = "forget", "standard", ("f",)
@@ -1306,6 +1503,97 @@ cdef class UseSlstm(Gate):
                                 s.mem_t + n, s.mem_prev + n, s.f_t, &s.e)
 
 
+cdef class ForgetLayernorm(Gate):
+    """The LayerNorm LSTM's four pre-activations, normalised jointly, product by product: its
+    blocks are the input (x·) and recurrent (h·) parts of f, i, n and v, without biases; it
+    writes f_t, i_t, N_t and V_t (the learn and use gates take theirs from it)."""
+    role, name = "forget", "layernorm"
+    blocks = ("xf", "xi", "xn", "xv", "hf", "hi", "hn", "hv")
+    reads = {"xf": "event", "xi": "event", "xn": "event", "xv": "event",
+             "hf": "STM", "hi": "STM", "hn": "STM", "hv": "STM"}
+    block_biases = False
+    params = {"g_x": (4, "H"), "g_h": (4, "H"), "b": (4, "H")}
+    init = {"g_x": 1.0, "g_h": 1.0, "b": 0.0}
+    outputs = ("f_t", "i_t", "N_t", "V_t")
+    definition = staticmethod(reference.forget_layernorm)
+    backward_definition = staticmethod(reference.forget_layernorm_backward)
+    syncs = 1
+    uses_work = False
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        layernorm_forget(s.f_t, s.i_t, s.N_t, s.V_t, s.z + self.column[0], s.z + self.column[4],
+                         <float*> self.param[0], <float*> self.param[1], <float*> self.param[2],
+                         s.barrier, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        layernorm_forget(s.f_t, s.i_t, s.N_t, s.V_t, s.z + self.column[0], s.z + self.column[4],
+                         <double*> self.param[0], <double*> self.param[1],
+                         <double*> self.param[2], s.barrier, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        layernorm_forget_backward(s.dz + self.column[0], s.dz + self.column[4], s.df_t, s.di_t,
+                                  s.dN_t, s.dV_t, s.dparam[0], s.dparam[1], s.dparam[2],
+                                  s.f_t, s.i_t, s.N_t, s.V_t, s.z + self.column[0],
+                                  s.z + self.column[4], <float*> self.param[0],
+                                  <float*> self.param[1], s.barrier, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        layernorm_forget_backward(s.dz + self.column[0], s.dz + self.column[4], s.df_t, s.di_t,
+                                  s.dN_t, s.dV_t, s.dparam[0], s.dparam[1], s.dparam[2],
+                                  s.f_t, s.i_t, s.N_t, s.V_t, s.z + self.column[0],
+                                  s.z + self.column[4], <double*> self.param[0],
+                                  <double*> self.param[1], s.barrier, &s.e)
+
+
+cdef class LearnLayernorm(Gate):
+    """Nothing to compute: the layernorm forget gate wrote i_t and N_t."""
+    role, name = "learn", "layernorm"
+    definition = staticmethod(reference.learn_layernorm)
+    backward_definition = staticmethod(reference.learn_layernorm_backward)
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        pass
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        pass
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        pass
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        pass
+
+
+cdef class UseLayernorm(Gate):
+    """U_t = tanh(g_c ⊙ LN(LTM_t) + b_c) over the H units; V_t is the layernorm forget gate's."""
+    role, name = "use", "layernorm"
+    params = {"g_c": ("H",), "b_c": ("H",)}
+    init = {"g_c": 1.0, "b_c": 0.0}
+    definition = staticmethod(reference.use_layernorm)
+    backward_definition = staticmethod(reference.use_layernorm_backward)
+    syncs = 1
+    uses_work = False
+    differentiable = True
+
+    cdef void forward_float(self, StepFloat* s) noexcept nogil:
+        layernorm_use(s.U_t, s.STM_t, s.V_t, s.LTM_t, <float*> self.param[0],
+                      <float*> self.param[1], s.barrier, &s.e)
+
+    cdef void forward_double(self, StepDouble* s) noexcept nogil:
+        layernorm_use(s.U_t, s.STM_t, s.V_t, s.LTM_t, <double*> self.param[0],
+                      <double*> self.param[1], s.barrier, &s.e)
+
+    cdef void backward_float(self, StepFloat* s) noexcept nogil:
+        layernorm_use_backward(s.dLTM_t, s.dU_t, s.dV_t, s.dparam[0], s.dparam[1], s.dSTM_t,
+                               s.U_t, s.V_t, s.LTM_t, <float*> self.param[0], s.barrier, &s.e)
+
+    cdef void backward_double(self, StepDouble* s) noexcept nogil:
+        layernorm_use_backward(s.dLTM_t, s.dU_t, s.dV_t, s.dparam[0], s.dparam[1], s.dSTM_t,
+                               s.U_t, s.V_t, s.LTM_t, <double*> self.param[0], s.barrier, &s.e)
+
+
 BUILTIN_GATES = (
     ForgetStandard, ForgetPeephole, ForgetNone, ForgetEvent, ForgetMin,
     LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
@@ -1314,6 +1602,7 @@ BUILTIN_GATES = (
     UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
     UseLiteral, UseCourse,
     ForgetSlstm, LearnSlstm, UseSlstm,
+    ForgetLayernorm, LearnLayernorm, UseLayernorm,
 )
 
 

@@ -13,6 +13,14 @@
 # own units, sync, then its units of W_u (LTM_{t-1} ⊙ f_t)). A gate whose product is its own
 # (H, H) weight after another gate declares it in Gate.products: the loop packs it once per call
 # and the step's post_product computes a thread's units of it (see post_gate_product below).
+# A reduction over units, such as a
+# layer normalisation, takes the same shape without scratch: sync once what it reduces is
+# complete (the step's products, in z; LTM_t; in backward a gradient left in the gate's own
+# output gradients), then each thread computes every row's statistics over all units, in one
+# order, and writes its own units (the layernorm gates of gatekit/core/_builtin.pyx). Such a
+# gate sets `uses_work` False; several of them may be in a cell, beside at most one that
+# shares `work`. The gates of a step run on each thread in role order with no barrier between
+# them, so a gate that reads other threads' units syncs first, even for the products of z.
 #
 # A gate's extra memories (Gate.memories, in gatekit/core/_gate.pyx) come in the step's mem_*
 # fields, at the end of the structs; the gate that declares a memory writes all its units of

@@ -23,10 +23,16 @@ A gate class declares, as class attributes:
     block does not read are neither stored in its parameter nor trained. A Cython gate finds
     block ``k`` at column ``self.column[k]`` of ``z``: blocks that read alike lie side by side
     from ``self.offset``, so a gate whose blocks all read alike may use ``offset + k * H``.
+``block_biases``
+    False for a gate whose blocks have no bias ``b_k``: the loop's ``z_k`` is then the product
+    alone (the bias stays zero and is no parameter). For a gate that normalises its blocks'
+    pre-activations across units, where a bias before the normalisation would be undone by it
+    or mixed into the statistics, and that adds its own bias after (``layernorm``).
 ``params``
-    Its other parameters, ``{name: shape}`` with shapes written in ``"H"`` and ``"D"``, for
-    example ``{"p_f": ("H",)}``. They reach a Cython gate as ``self.param[k]`` (declared order)
-    and a Python gate as ``self.arrays[name]``.
+    Its other parameters, ``{name: shape}`` with shapes written in ``"H"``, ``"D"`` and positive
+    integers, for example ``{"p_f": ("H",)}`` or one row per block, ``{"g_x": (4, "H")}``.
+    They reach a Cython gate as ``self.param[k]`` (declared order, C-contiguous) and a Python
+    gate as ``self.arrays[name]``.
 ``memories``
     Extra memories it keeps, besides the LTM, each (B, H) and carried from step to step like the
     LTM (sLSTM's normaliser ``n`` and stabiliser ``m``): a tuple of names, ``("n", "m")``, or a
@@ -77,8 +83,19 @@ A gate class declares, as class attributes:
 ``syncs``
     Instead of ``mixes_units``, for a Cython gate that mixes units but can share the work: how
     many times each of its forward and backward steps calls ``sync(s.barrier)``
-    (gatekit/core/_gate.pxd). Such a gate shares the step's ``work`` between the threads, so a
-    cell has at most one gate with ``syncs``.
+    (gatekit/core/_gate.pxd). After a sync a thread may read what every thread wrote before
+    it. Two patterns: a product over units (course, mgu, mut1: each thread writes its units of
+    the product's input to ``work``, syncs, then computes its units of the product), and a
+    reduction over units, such as a normalisation over several gates' pre-activations or over
+    ``LTM_t`` (layernorm: sync once the quantity is complete, then every thread computes each
+    row's statistics over all units itself, in one order, and applies them to its own units;
+    in backward the gradient of the normalised quantity is left, own units, in a gradient the
+    gate has read, sync, and the same). The second needs no scratch and gives the same bits on
+    any number of threads; it costs O(B H) per thread against the products' O(B H (H + D)).
+``uses_work``
+    For a gate with ``syncs``: whether it shares the step's ``work`` between the threads
+    (True unless it says otherwise). A cell has at most one gate with ``syncs`` that uses
+    ``work``; gates with ``syncs`` that do not may be several in a cell.
 ``products``
     For a gate with ``syncs`` whose product over ``H`` is its own recurrent product after
     another gate (course's ``W_u (LTM_{t-1} ⊙ f_t)``, MGU's ``W_hn (i_t ⊙ STM_{t-1})``, MUT1's
@@ -197,6 +214,8 @@ cdef class Gate:
     mixes_units = False
     syncs = 0
     products = ()
+    uses_work = True
+    block_biases = True
     stm_is_ltm = False
     stm_by_unit = False
     input_size_is_hidden_size = False
@@ -262,9 +281,11 @@ cdef class Gate:
         shapes = {}
         for block in cls.blocks:
             shapes[f"W_{block}"] = (H, columns[cls.block_reads(block)])
-            shapes[f"b_{block}"] = (H,)
+            if cls.block_biases:
+                shapes[f"b_{block}"] = (H,)
         for name, dims in dict(cls.params).items():
-            shapes[name] = tuple(H if dim == "H" else D for dim in dims)
+            shapes[name] = tuple(H if dim == "H" else D if dim == "D" else int(dim)
+                                 for dim in dims)
         return shapes
 
     @classmethod

@@ -43,6 +43,10 @@ VARIANTS = {
     "slstm": ({"forget": "slstm", "learn": "slstm", "use": "slstm"},
               "xLSTM's sLSTM, stabilised: exponential gates, memories n_t (normaliser) and m_t "
               "(stabiliser), STM_t = σ(õ) ⊙ LTM_t / n_t"),
+    "layernorm": ({"forget": "layernorm", "learn": "layernorm", "use": "layernorm"},
+                  "LayerNorm LSTM (Ba et al., haste): a = g_x ⊙ LN(W_x E_t) + g_h ⊙ "
+                  "LN(W_h STM_{t-1}) + b over all four gates' 4H pre-activations, "
+                  "STM_t = σ(a_v) ⊙ tanh(g_c ⊙ LN(LTM_t) + b_c)"),
 }
 
 

@@ -443,8 +443,9 @@ class Cell:
             rows = slice(k * H, (k + 1) * H)
             _add_parameter(arrays, sources, f"W_{block}", self._weights[rows, read],
                            (cls, f"block {block!r}"), registry)
-            _add_parameter(arrays, sources, f"b_{block}", self._bias[rows],
-                           (cls, f"block {block!r}"), registry)
+            if cls.block_biases:
+                _add_parameter(arrays, sources, f"b_{block}", self._bias[rows],
+                               (cls, f"block {block!r}"), registry)
         runs = [cls.block_reads(block) for cls, block in blocks]
         self._reads = (runs.count("STM") * H, (len(runs) - runs.count("event")) * H)
         for cls in classes:
@@ -537,7 +538,8 @@ class Cell:
                 raise ValueError(f"{cls.role} gate {cls.name!r} reads {', '.join(missing)}, which "
                                  "no earlier gate of this composition provides")
             known |= set(cls.provides())
-        sharing = [f"{cls.role} gate {cls.name!r}" for cls in classes if cls.syncs]
+        sharing = [f"{cls.role} gate {cls.name!r}" for cls in classes
+                   if cls.syncs and cls.uses_work]
         if len(sharing) > 1:
             raise ValueError(f"{' and '.join(sharing)} both share the step's work between "
                              "threads (syncs); a cell may have one such gate")

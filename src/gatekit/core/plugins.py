@@ -129,9 +129,11 @@ def _check_gate_class(cls, plugin):
         raise PluginError(f"{where}: declares {len(cls.blocks)} blocks; at most {MAX_BLOCKS} "
                           "are supported")
     for name, shape in dict(cls.params).items():
-        if not (name.isidentifier() and all(dim in ("H", "D") for dim in shape)):
+        if not (name.isidentifier() and all(
+                dim in ("H", "D") or (isinstance(dim, int) and not isinstance(dim, bool)
+                                      and dim > 0) for dim in shape)):
             raise PluginError(f"{where}: parameter {name!r} has shape {shape!r}; "
-                              "expected a tuple of 'H' and 'D'")
+                              "expected a tuple of 'H', 'D' and positive integers")
     memories = cls.memories
     names = list(memories) if isinstance(memories, (tuple, list, dict)) else None
     if (names is None or not all(isinstance(n, str) and n.isidentifier() for n in names)

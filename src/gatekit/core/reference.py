@@ -35,22 +35,23 @@ import numpy as np
 __all__ = ["backward", "call_definition", "forget", "forget_backward", "forget_event",
            "forget_event_backward", "forget_min", "forget_min_backward", "forget_none",
            "forget_none_backward", "forget_peephole", "forget_peephole_backward",
-           "forget_slstm", "forget_slstm_backward", "forward", "initial_memories",
-           "JANET_BETA", "learn", "learn_backward", "learn_coupled", "learn_coupled_backward",
-           "learn_janet", "learn_janet_backward", "learn_linear", "learn_linear_backward",
+           "forget_layernorm", "forget_layernorm_backward", "forget_slstm",
+           "forget_slstm_backward", "forward", "initial_memories", "JANET_BETA", "learn",
+           "learn_backward", "learn_coupled", "learn_coupled_backward", "layer_norm",
+           "layer_norm_backward", "learn_janet", "learn_janet_backward", "learn_layernorm",
+           "learn_layernorm_backward", "learn_linear", "learn_linear_backward",
            "learn_linear_peephole", "learn_linear_peephole_backward", "learn_mgu",
            "learn_mgu_backward", "learn_min", "learn_min_backward", "learn_mut1",
            "learn_mut1_backward", "learn_no_ignore", "learn_no_ignore_backward", "learn_peephole",
            "learn_peephole_backward", "learn_reset", "learn_reset_backward", "learn_slstm",
-           "learn_slstm_backward", "linear", "memory_names",
-           "linear_backward", "linear_event", "linear_event_backward", "linear_stm",
-           "linear_stm_backward", "merge", "project", "project_backward", "remember",
-           "remember_backward", "sigmoid", "step",
-           "use", "use_backward", "use_course", "use_course_backward", "use_linear",
-           "use_linear_backward", "use_linear_peephole", "use_linear_peephole_backward",
-           "use_literal", "use_literal_backward", "use_memory", "use_memory_backward",
-           "use_no_output_gate", "use_no_output_gate_backward", "use_peephole",
-           "use_peephole_backward", "use_slstm", "use_slstm_backward", "zoneout"]
+           "learn_slstm_backward", "linear", "memory_names", "linear_backward", "linear_event",
+           "LN_BLOCKS", "LN_EPSILON", "linear_event_backward", "linear_stm", "linear_stm_backward",
+           "merge", "project", "project_backward", "remember", "remember_backward", "sigmoid",
+           "step", "use", "use_backward", "use_course", "use_course_backward", "use_linear",
+           "use_layernorm", "use_layernorm_backward", "use_linear_backward", "use_linear_peephole",
+           "use_linear_peephole_backward", "use_literal", "use_literal_backward", "use_memory",
+           "use_memory_backward", "use_no_output_gate", "use_no_output_gate_backward",
+           "use_peephole", "use_peephole_backward", "use_slstm", "use_slstm_backward", "zoneout"]
 
 #: JANET's shift of the learn gate against the forget gate: i_t = 1 - σ(s_t - β).
 JANET_BETA = 1.0
@@ -290,6 +291,65 @@ def use_memory(LTM_t):
     return {"U_t": LTM_t, "V_t": np.ones_like(LTM_t), "STM_t": LTM_t}
 
 
+# --- LayerNorm LSTM (Ba, Kiros & Hinton 2016, as haste's LayerNormLSTM) --------------------------
+# One forget gate computes all four pre-activations, since their normalisation is joint: the
+# input product W_x E_t and the recurrent product W_h STM_{t-1}, each over all 4H units of the
+# blocks f, i, n (the candidate, LN LSTM's g) and v (the output gate, o), are normalised apart,
+# scaled by their gains and summed with one bias b after the normalisation (so no block has a
+# bias of its own). The use gate normalises LTM_t over its H units. Like haste and Ba et al.,
+# the variance is the biased one (divided by the units) and ε = 1e-5 is added inside the root.
+
+#: ε of every layer normalisation, inside the square root: haste's.
+LN_EPSILON = 1e-5
+#: The blocks of the layernorm forget gate, in the order of the rows of g_x, g_h and b.
+LN_BLOCKS = ("f", "i", "n", "v")
+
+
+def layer_norm(v):
+    """(v - mean(v)) / sqrt(var(v) + ε) over the last axis (biased variance), and 1 / sqrt(...)."""
+    centred = v - v.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + LN_EPSILON)
+    return centred * rstd, rstd
+
+
+def layer_norm_backward(dv_hat, v_hat, rstd):
+    """The gradient of v given that of v̂ = layer_norm(v)."""
+    return rstd * (dv_hat - dv_hat.mean(axis=-1, keepdims=True)
+                   - v_hat * (dv_hat * v_hat).mean(axis=-1, keepdims=True))
+
+
+def _layernorm_products(E_t, STM_prev, W_x, W_h):
+    """x̂ and ĥ, (B, 4, H): the two products normalised jointly over their 4H units."""
+    B, H = E_t.shape[0], W_x[0].shape[0]      # (STM_prev is P wide under proj_size)
+    x_hat, x_rstd = layer_norm(np.concatenate([E_t @ W.T for W in W_x], axis=-1))
+    h_hat, h_rstd = layer_norm(np.concatenate([STM_prev @ W.T for W in W_h], axis=-1))
+    return x_hat.reshape(B, 4, H), x_rstd, h_hat.reshape(B, 4, H), h_rstd
+
+
+def forget_layernorm(E_t, STM_prev, W_xf, W_xi, W_xn, W_xv, W_hf, W_hi, W_hn, W_hv, g_x, g_h,
+                     b):
+    """a = g_x ⊙ LN(W_x E_t) + g_h ⊙ LN(W_h STM_{t-1}) + b, each LN over the 4H pre-activations
+    of the blocks f, i, n, v (rows of g_x, g_h, b); f_t = σ(a_f), i_t = σ(a_i),
+    N_t = tanh(a_n), V_t = σ(a_v)."""
+    x_hat, _, h_hat, _ = _layernorm_products(E_t, STM_prev, (W_xf, W_xi, W_xn, W_xv),
+                                             (W_hf, W_hi, W_hn, W_hv))
+    a = g_x * x_hat + g_h * h_hat + b
+    return {"f_t": sigmoid(a[:, 0]), "i_t": sigmoid(a[:, 1]), "N_t": np.tanh(a[:, 2]),
+            "V_t": sigmoid(a[:, 3])}
+
+
+def learn_layernorm():
+    """Nothing: the layernorm forget gate computed i_t and N_t with the other pre-activations."""
+    return {}
+
+
+def use_layernorm(LTM_t, V_t, g_c, b_c):
+    """U_t = tanh(g_c ⊙ LN(LTM_t) + b_c), LN over the H units; STM_t = U_t ⊙ V_t (V_t is the
+    layernorm forget gate's)."""
+    U_t = np.tanh(g_c * layer_norm(LTM_t)[0] + b_c)
+    return {"U_t": U_t, "STM_t": U_t * V_t}
+
+
 # --- Backward: the gradients, gate by gate ------------------------------------------------
 #
 # Each ``*_backward`` function pairs with the forward function of the same name. It reads the
@@ -511,6 +571,37 @@ def use_slstm_backward(STM_prev, E_t, f_t, n_prev, n_t, U_t, V_t, dSTM_t, dn_t, 
 
 def use_memory_backward(dSTM_t):
     return {"dLTM_t": dSTM_t}
+
+
+def forget_layernorm_backward(E_t, STM_prev, f_t, i_t, N_t, V_t, df_t, di_t, dN_t, dV_t,
+                              W_xf, W_xi, W_xn, W_xv, W_hf, W_hi, W_hn, W_hv, g_x, g_h):
+    W_x, W_h = (W_xf, W_xi, W_xn, W_xv), (W_hf, W_hi, W_hn, W_hv)
+    x_hat, x_rstd, h_hat, h_rstd = _layernorm_products(E_t, STM_prev, W_x, W_h)
+    B, _, H = x_hat.shape
+    da = np.stack([df_t * f_t * (1 - f_t), di_t * i_t * (1 - i_t), dN_t * (1 - N_t ** 2),
+                   dV_t * V_t * (1 - V_t)], axis=1)
+    dx = layer_norm_backward((g_x * da).reshape(B, -1), x_hat.reshape(B, -1), x_rstd)
+    dh = layer_norm_backward((g_h * da).reshape(B, -1), h_hat.reshape(B, -1), h_rstd)
+    dx, dh = dx.reshape(B, 4, H), dh.reshape(B, 4, H)
+    grads = {"dg_x": (da * x_hat).sum(axis=0), "dg_h": (da * h_hat).sum(axis=0),
+             "db": da.sum(axis=0), "dE_t": 0, "dSTM_prev": 0}
+    for k, block in enumerate(LN_BLOCKS):
+        grads[f"dW_x{block}"] = dx[:, k].T @ E_t
+        grads[f"dW_h{block}"] = dh[:, k].T @ STM_prev
+        grads["dE_t"] = grads["dE_t"] + dx[:, k] @ W_x[k]
+        grads["dSTM_prev"] = grads["dSTM_prev"] + dh[:, k] @ W_h[k]
+    return grads
+
+
+def learn_layernorm_backward():
+    return {}
+
+
+def use_layernorm_backward(LTM_t, U_t, V_t, dSTM_t, g_c):
+    c_hat, rstd = layer_norm(LTM_t)
+    du = dSTM_t * V_t * (1 - U_t ** 2)
+    return {"dV_t": dSTM_t * U_t, "dg_c": (du * c_hat).sum(axis=0), "db_c": du.sum(axis=0),
+            "dLTM_t": layer_norm_backward(g_c * du, c_hat, rstd)}
 
 
 # --- The regularisers of the recurrence ------------------------------------------------------
