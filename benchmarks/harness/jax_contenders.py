@@ -1,9 +1,8 @@
 """JAX's contenders: ``course``, ``peephole`` and ``cifg``, and issue 13's cells (``gru``,
 ``mgu``, ``mut1``, ``mingru``, ``minlstm``, ``slstm``, ``layernorm``) as ``jax.jit`` of a
-``jax.lax.scan`` over time, with
-the parameters of gatekit's cell of that variant; compiled when built, the compile time kept apart
-from the timed call. JAX is imported when a contender is built: without it, each is
-:class:`~harness.contenders.Unavailable`."""
+``jax.lax.scan`` over time, with the parameters of gatekit's cell of that variant; compiled when
+built, the compile time kept apart from the timed call. JAX is imported when a contender is
+built: without it, each is :class:`~harness.contenders.Unavailable`."""
 import time
 
 from harness.cases import inputs
@@ -11,8 +10,8 @@ from harness.contenders import (LOOP_VARIANTS, NEW_CELLS, Contender, Prepared, U
                                 carried_memories, gatekit_cell, stacked_parameters,
                                 variant_applies)
 
-__all__ = ["LN_EPSILON", "import_jax", "jax_callable", "jax_contenders", "jax_loop", "jax_new_cell_step",
-           "jax_step"]
+__all__ = ["LN_EPSILON", "import_jax", "jax_callable", "jax_contenders", "jax_loop",
+           "jax_new_cell_step", "jax_step"]
 
 
 #: ε of layernorm's normalisations, inside the square root: haste's (and torch.nn.LayerNorm's).
@@ -110,7 +109,7 @@ def jax_new_cell_step(variant):
             h = sigmoid(both @ p["W_v"].T + p["b_v"]) * c / n
             return (h, c, m, n), h
         elif variant == "layernorm":
-            c = state[1]
+            _, c = state
             z_x = jnp.concatenate([x_t @ p[f"W_x{k}"].T for k in "finv"], axis=1)
             z_h = jnp.concatenate([h @ p[f"W_h{k}"].T for k in "finv"], axis=1)
             a = (p["g_x"].reshape(-1) * layer_norm(z_x) + p["g_h"].reshape(-1) * layer_norm(z_h)

@@ -194,8 +194,10 @@ def test_every_issue_target_has_both_its_contenders_in_its_group():
 
 
 def test_each_of_issue_13s_cells_meets_a_pytorch_loop_and_a_jax_scan():
+    cells = ("gru", "mgu", "mut1", "mingru", "minlstm", "slstm", "layernorm")
+    assert NEW_CELLS == cells
     every = {c.id: c for c in contenders()}
-    for cell in NEW_CELLS:
+    for cell in cells:
         for peer, family in ((f"torch-loop-{cell}", "torch"), (f"jax-scan-{cell}", "jax")):
             assert every[peer].family == family
             shape = "S1sq" if cell == "mut1" else "S1"
