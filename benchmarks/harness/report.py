@@ -196,7 +196,8 @@ def render(benchmarks, skips, environments, meta=None):
                          "(see Machine); do not publish these numbers.")
         if meta.get("guards") is not None:
             lines.append(f"Correctness guards (the PyTorch and JAX versions against gatekit: "
-                         f"outputs and gradients, float64, to 1e-10): {meta['guards']}.")
+                         f"outputs, final memories and gradients, float64, to 1e-10): "
+                         f"{meta['guards']}.")
         lines.append("")
     env = environments.get("gatekit") or next(iter(environments.values()), None) or environment()
     lines += ["## Machine", "",
