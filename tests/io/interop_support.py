@@ -40,6 +40,12 @@ def torch_dtype(dtype):
     return {np.float32: torch.float32, np.float64: torch.float64}[dtype]
 
 
+def keras_numpy(outputs):
+    """A Keras layer's outputs (tensors of its backend) as NumPy arrays."""
+    return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
+            for o in outputs]
+
+
 def assert_relatively_close(got, want, tol, what):
     assert np.shape(got) == np.shape(want), what
     assert rel_error(got, want) <= tol, f"{what}: relative error {rel_error(got, want):.2e}"

@@ -12,8 +12,8 @@ import gatekit
 from gatekit import interop
 
 from interop_support import (KERAS_WARNING, TOLERANCES, assert_relatively_close, keras,
-                             needs_keras, needs_ort, needs_torch, ort, run_layers, torch,
-                             torch_dtype)
+                             keras_numpy, needs_keras, needs_ort, needs_torch, ort, run_layers,
+                             torch, torch_dtype)
 from support import rel_error, sigmoid
 
 pytestmark = KERAS_WARNING
@@ -436,11 +436,6 @@ def test_bad_keras_weights_are_refused_by_name(weights, message):
 
 
 # --- Keras itself --------------------------------------------------------------------------------
-
-def keras_numpy(outputs):
-    return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
-            for o in outputs]
-
 
 @needs_keras
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)

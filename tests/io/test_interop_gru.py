@@ -13,9 +13,9 @@ from gatekit import interop
 from gatekit.testing import gradcheck
 
 from interop_support import (KERAS_WARNING, TOLERANCES, assert_relatively_close, keras,
-                             needs_keras, needs_ort, needs_torch, ort, run_layers, torch,
-                             torch_dtype)
-from support import rel_error, sigmoid
+                             keras_numpy, needs_keras, needs_ort, needs_torch, ort, run_layers,
+                             torch, torch_dtype)
+from support import rel_error, sigmoid, steps_for_a_team
 
 pytestmark = KERAS_WARNING
 
@@ -284,19 +284,6 @@ def _with_threads(model, threads):
     return again
 
 
-def steps_for_a_team(cell, B, threads):
-    """The fewest steps (up to 512) with which a forward call of B sequences of ``cell`` runs the
-    tiled loop on ``threads`` threads, or None."""
-    from gatekit.core.cell import _loop
-    KH = cell._weights.shape[0]
-    for T in range(1, 513):
-        team, _ = _loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
-                             cell.dtype == np.float32)
-        if team == threads:
-            return T
-    return None
-
-
 @needs_torch
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_converted_torch_gru_on_a_team_of_threads_matches_pytorch(threads):
@@ -305,7 +292,7 @@ def test_converted_torch_gru_on_a_team_of_threads_matches_pytorch(threads):
     torch.manual_seed(2)
     module = torch.nn.GRU(D, H, dtype=torch.float64)
     gru = _with_threads(interop.from_torch(module), threads)
-    T = steps_for_a_team(gru.cells["l0"], B, threads)
+    T = steps_for_a_team(gru.cells["l0"], B, threads, multiple=1)
     assert T is not None, f"no call of {B} sequences runs on {threads} threads"
     rng = np.random.default_rng(3)
     x, h0 = rng.standard_normal((T, B, D)), rng.standard_normal((1, B, H))
@@ -491,11 +478,6 @@ def test_bad_keras_gru_weights_are_refused_by_name(weights, message):
     w = random_keras_gru_weights(np.random.default_rng(8), 3, 4)
     with pytest.raises(ValueError, match=message):
         interop.from_keras(weights(w))
-
-
-def keras_numpy(outputs):
-    return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
-            for o in outputs]
 
 
 @needs_keras
