@@ -88,12 +88,11 @@ ONNX_GRU_ATTRIBUTES = {"hidden_size", "direction", "layout", "activations", "cli
 ONNX_GRU_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh")
 
 
-
 class _Kind(NamedTuple):
     """What sets the converted cells apart, as data: one path converts both."""
     variant: str
     gates: dict
-    apart: tuple             # blocks whose recurrent part keeps its own weight and bias (W_hn, b_hn)
+    apart: tuple             # blocks whose recurrent part has its own weight and bias (W_hn)
     torch_classes: tuple     # the torch.nn layer and cell
     torch_order: tuple
     keras_order: tuple
