@@ -615,25 +615,18 @@ cdef inline int gated_candidate_finish(floating* dW, floating* db, const floatin
 # and no scratch is shared; the reductions cost O(B K H) per thread, against O(B K H (H + D))
 # for the products.
 
-cdef inline floating row_sum(const floating* v, const floating* w, Py_ssize_t n) noexcept nogil:
-    """Σ_j v[j] (w NULL) or Σ_j v[j] w[j], in 8 interleaved partial sums (vectorised)."""
+cdef inline floating row_sum(const floating* v, Py_ssize_t n) noexcept nogil:
+    """Σ_j v[j], in 8 interleaved partial sums (vectorised)."""
     cdef Py_ssize_t j, u, whole = n - n % 8
     cdef floating partial[8]
     cdef floating total = 0
     for u in range(8):
         partial[u] = 0
-    if w == NULL:
-        for j in range(0, whole, 8):
-            for u in range(8):
-                partial[u] += v[j + u]
-        for j in range(whole, n):
-            total += v[j]
-    else:
-        for j in range(0, whole, 8):
-            for u in range(8):
-                partial[u] += v[j + u] * w[j + u]
-        for j in range(whole, n):
-            total += v[j] * w[j]
+    for j in range(0, whole, 8):
+        for u in range(8):
+            partial[u] += v[j + u]
+    for j in range(whole, n):
+        total += v[j]
     for u in range(8):
         total += partial[u]
     return total
@@ -644,7 +637,7 @@ cdef inline void row_statistics(const floating* v, Py_ssize_t n, floating* mean,
     """The mean of v[0:n] and 1 / sqrt(var + ε), var the biased variance (two passes: the
     centred squares keep float32 accurate where the mean is large against the spread)."""
     cdef Py_ssize_t j, u, whole = n - n % 8
-    cdef floating m = row_sum(v, <const floating*> NULL, n) / n
+    cdef floating m = row_sum(v, n) / n
     cdef floating partial[8]
     cdef floating squares = 0, centred
     for u in range(8):
