@@ -362,23 +362,44 @@ cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating
 
 
 # --- sLSTM (xLSTM, Beck et al. 2024): exponential gates, stabiliser m, normaliser n -----------
+# Each loop writes one array: a loop that writes several, each of which might overlap what it
+# reads, needs more run-time overlap checks than the compiler makes, and stays scalar (the
+# exponentials then cost more than the step's products at small H). Recomputing a cheap
+# quantity in two loops costs less.
 
 cdef inline void slstm_forget_rows(floating* f_t, floating* i_t, floating* m_t,
                                    const floating* m_prev, const floating* z_f,
                                    const floating* z_i, Extent* e) noexcept nogil:
     """m_t = max(f̃ + m_{t-1}, ĩ), f_t = exp(f̃ + m_{t-1} - m_t), i_t = exp(ĩ - m_t)"""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    cdef floating log_f, log_i, m
+    cdef Py_ssize_t b, j
+    cdef floating log_f
+    cdef const floating* zf
+    cdef const floating* zi
+    cdef const floating* mp
+    cdef floating* m
     for b in range(B):
+        zf, zi, mp, m = z_f + b * ldz, z_i + b * ldz, m_prev + b * H, m_t + b * H
         for j in range(u0, u1):
-            k = b * H + j
-            log_f = z_f[b * ldz + j] + m_prev[k]
-            log_i = z_i[b * ldz + j]
-            m = log_f if log_f >= log_i else log_i
-            m_t[k] = m
-            f_t[k] = exp_(log_f - m)
-            i_t[k] = exp_(log_i - m)
+            log_f = zf[j] + mp[j]
+            m[j] = log_f if log_f >= zi[j] else zi[j]
+        for j in range(u0, u1):
+            f_t[b * H + j] = exp_(zf[j] + mp[j] - m[j])
+        for j in range(u0, u1):
+            i_t[b * H + j] = exp_(zi[j] - m[j])
+
+
+cdef inline floating slstm_dlog(bint forget_side, floating dm_t, floating df_t, floating di_t,
+                                floating f_t, floating i_t, floating log_f,
+                                floating log_i) noexcept nogil:
+    """The gradient of log f_t (forget_side) or of log i_t: its own, through its exp, and what
+    reaches m_t (its own, less f_t's and i_t's through their exp) if the max took its value from
+    this side (the forget side at a tie, as forward's >=)."""
+    cdef floating dlog_f = df_t * f_t, dlog_i = di_t * i_t
+    cdef floating dm = dm_t - dlog_f - dlog_i
+    if forget_side:
+        return dlog_f + dm if log_f >= log_i else dlog_f
+    return dlog_i if log_f >= log_i else dlog_i + dm
 
 
 cdef inline void slstm_forget_backward_rows(floating* dz_f, floating* dz_i, floating* dm_prev,
@@ -387,24 +408,22 @@ cdef inline void slstm_forget_backward_rows(floating* dz_f, floating* dz_i, floa
                                             const floating* i_t, const floating* m_prev,
                                             const floating* z_f, const floating* z_i,
                                             Extent* e) noexcept nogil:
-    """The gradient that reaches m_t (its own, less f_t's and i_t's through their exp) goes to
-    the side of the max it came from, the forget side at a tie (as forward's >=)."""
+    """dz_f and dm_prev get d log f_t, dz_i d log i_t (see slstm_dlog)."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
-    cdef floating dlog_f, dlog_i, dm
     for b in range(B):
         for j in range(u0, u1):
             k = b * H + j
-            dlog_f = df_t[k] * f_t[k]
-            dlog_i = di_t[k] * i_t[k]
-            dm = dm_t[k] - dlog_f - dlog_i
-            if z_f[b * ldz + j] + m_prev[k] >= z_i[b * ldz + j]:
-                dlog_f = dlog_f + dm
-            else:
-                dlog_i = dlog_i + dm
-            dz_f[b * ldz + j] += dlog_f
-            dz_i[b * ldz + j] += dlog_i
-            dm_prev[k] += dlog_f
+            dz_f[b * ldz + j] += slstm_dlog(True, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
+                                            z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
+        for j in range(u0, u1):
+            k = b * H + j
+            dm_prev[k] += slstm_dlog(True, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
+                                     z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
+        for j in range(u0, u1):
+            k = b * H + j
+            dz_i[b * ldz + j] += slstm_dlog(False, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
+                                            z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
 
 
 cdef inline void slstm_use_rows(floating* n_t, floating* U_t, floating* V_t, floating* STM_t,
@@ -414,14 +433,24 @@ cdef inline void slstm_use_rows(floating* n_t, floating* U_t, floating* V_t, flo
     """n_t = f_t ⊙ n_{t-1} + i_t, U_t = LTM_t / n_t, V_t = σ(z_v), STM_t = U_t ⊙ V_t"""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
-    cdef floating n, U, V
     for b in range(B):
         for j in range(u0, u1):
             k = b * H + j
-            n = f_t[k] * n_prev[k] + i_t[k]
-            U = LTM_t[k] / n
-            V = sigmoid(z_v[b * ldz + j])
-            n_t[k], U_t[k], V_t[k], STM_t[k] = n, U, V, U * V
+            n_t[k] = f_t[k] * n_prev[k] + i_t[k]
+        for j in range(u0, u1):
+            k = b * H + j
+            U_t[k] = LTM_t[k] / n_t[k]
+        for j in range(u0, u1):
+            V_t[b * H + j] = sigmoid(z_v[b * ldz + j])
+        for j in range(u0, u1):
+            k = b * H + j
+            STM_t[k] = U_t[k] * V_t[k]
+
+
+cdef inline floating slstm_dn(floating dn_t, floating dSTM_t, floating U_t, floating V_t,
+                              floating n_t) noexcept nogil:
+    """d n_t: its own gradient and U_t's through U_t = LTM_t / n_t."""
+    return dn_t - (dSTM_t * V_t) * U_t / n_t
 
 
 cdef inline void slstm_use_backward_rows(floating* dz_v, floating* dLTM_t, floating* dU_t,
@@ -433,20 +462,30 @@ cdef inline void slstm_use_backward_rows(floating* dz_v, floating* dLTM_t, float
                                          Extent* e) noexcept nogil:
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
     cdef Py_ssize_t b, j, k
-    cdef floating dU, dV, dn
     for b in range(B):
         for j in range(u0, u1):
             k = b * H + j
-            dU = dSTM_t[k] * V_t[k]
-            dV = dSTM_t[k] * U_t[k]
-            dU_t[k] += dU
-            dV_t[k] += dV
-            dz_v[b * ldz + j] += dV * V_t[k] * (1 - V_t[k])
-            dLTM_t[k] += dU / n_t[k]
-            dn = dn_t[k] - dU * U_t[k] / n_t[k]          # U_t = LTM_t / n_t
-            df_t[k] += dn * n_prev[k]
-            di_t[k] += dn
-            dn_prev[k] += dn * f_t[k]
+            dU_t[k] += dSTM_t[k] * V_t[k]
+        for j in range(u0, u1):
+            k = b * H + j
+            dV_t[k] += dSTM_t[k] * U_t[k]
+        for j in range(u0, u1):
+            k = b * H + j
+            dz_v[b * ldz + j] += (dSTM_t[k] * U_t[k]) * V_t[k] * (1 - V_t[k])
+        for j in range(u0, u1):
+            k = b * H + j
+            dLTM_t[k] += (dSTM_t[k] * V_t[k]) / n_t[k]
+        for j in range(u0, u1):
+            k = b * H + j
+            df_t[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k]) * n_prev[k]
+        for j in range(u0, u1):
+            k = b * H + j
+            di_t[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k])
+        for j in range(u0, u1):
+            k = b * H + j
+            dn_prev[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k]) * f_t[k]
+
+
 cdef inline void min_forget_backward_rows(floating* dz_f, floating* dz_i, const floating* z_f,
                                           const floating* z_i, const floating* f_t,
                                           const floating* df_t, Extent* e) noexcept nogil:
@@ -576,25 +615,18 @@ cdef inline int gated_candidate_finish(floating* dW, floating* db, const floatin
 # and no scratch is shared; the reductions cost O(B K H) per thread, against O(B K H (H + D))
 # for the products.
 
-cdef inline floating row_sum(const floating* v, const floating* w, Py_ssize_t n) noexcept nogil:
-    """Σ_j v[j] (w NULL) or Σ_j v[j] w[j], in 8 interleaved partial sums (vectorised)."""
+cdef inline floating row_sum(const floating* v, Py_ssize_t n) noexcept nogil:
+    """Σ_j v[j], in 8 interleaved partial sums (vectorised)."""
     cdef Py_ssize_t j, u, whole = n - n % 8
     cdef floating partial[8]
     cdef floating total = 0
     for u in range(8):
         partial[u] = 0
-    if w == NULL:
-        for j in range(0, whole, 8):
-            for u in range(8):
-                partial[u] += v[j + u]
-        for j in range(whole, n):
-            total += v[j]
-    else:
-        for j in range(0, whole, 8):
-            for u in range(8):
-                partial[u] += v[j + u] * w[j + u]
-        for j in range(whole, n):
-            total += v[j] * w[j]
+    for j in range(0, whole, 8):
+        for u in range(8):
+            partial[u] += v[j + u]
+    for j in range(whole, n):
+        total += v[j]
     for u in range(8):
         total += partial[u]
     return total
@@ -605,7 +637,7 @@ cdef inline void row_statistics(const floating* v, Py_ssize_t n, floating* mean,
     """The mean of v[0:n] and 1 / sqrt(var + ε), var the biased variance (two passes: the
     centred squares keep float32 accurate where the mean is large against the spread)."""
     cdef Py_ssize_t j, u, whole = n - n % 8
-    cdef floating m = row_sum(v, <const floating*> NULL, n) / n
+    cdef floating m = row_sum(v, n) / n
     cdef floating partial[8]
     cdef floating squares = 0, centred
     for u in range(8):
@@ -621,6 +653,34 @@ cdef inline void row_statistics(const floating* v, Py_ssize_t n, floating* mean,
         squares += partial[u]
     mean[0] = m
     rstd[0] = <floating> (1.0 / sqrt(squares / n + LN_EPSILON))
+
+
+cdef inline void normalised_sums(const floating* d, const floating* g, const floating* v,
+                                 floating mean, floating rstd, Py_ssize_t n,
+                                 floating* sums) noexcept nogil:
+    """sums[0] += Σ_j g[j] d[j] and sums[1] += Σ_j g[j] d[j] v̂[j], v̂ = (v - mean) rstd, over
+    j < n, in 8 interleaved partial sums (vectorised; a single running sum would not be)."""
+    cdef Py_ssize_t j, u, whole = n - n % 8
+    cdef floating plain[8]
+    cdef floating weighted[8]
+    cdef floating gd, total = 0, total_weighted = 0
+    for u in range(8):
+        plain[u] = 0
+        weighted[u] = 0
+    for j in range(0, whole, 8):
+        for u in range(8):
+            gd = g[j + u] * d[j + u]
+            plain[u] += gd
+            weighted[u] += gd * ((v[j + u] - mean) * rstd)
+    for j in range(whole, n):
+        gd = g[j] * d[j]
+        total += gd
+        total_weighted += gd * ((v[j] - mean) * rstd)
+    for u in range(8):
+        total += plain[u]
+        total_weighted += weighted[u]
+    sums[0] += total
+    sums[1] += total_weighted
 
 
 cdef inline void layernorm_forget(floating* f_t, floating* i_t, floating* N_t, floating* V_t,
@@ -666,53 +726,60 @@ cdef inline void layernorm_forget_backward(floating* dz_x, floating* dz_h, float
                                            void* barrier, Extent* e) noexcept nogil:
     """The gradients of the four pre-activations a (left in df_t, di_t, dN_t, dV_t, which
     every thread then reads whole), of g_x, g_h, b, and of the two products before their
-    normalisation: dz = rstd (d - mean(d) - ẑ mean(d ⊙ ẑ)), d = g ⊙ da, over 4H columns."""
+    normalisation: dz = rstd (d - mean(d) - ẑ mean(d ⊙ ẑ)), d = g ⊙ da, over 4H columns.
+    Each loop writes one array (see the sLSTM kernels); block k's columns start at k H."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k, c, r
-    cdef floating mx, rx, mh, rh, x_hat, h_hat, da, sx, sxx, sh, shh, n = 4 * H
+    cdef Py_ssize_t b, j, k
+    cdef floating mx, rx, mh, rh, sx, sxx, sh, shh, n = 4 * H
+    cdef floating sums_x[2]
+    cdef floating sums_h[2]
     cdef const floating* zx
     cdef const floating* zh
+    cdef const floating* out
+    cdef floating* da
+    cdef floating* dzx
+    cdef floating* dzh
     cdef floating* das[4]
     cdef const floating* outs[4]
     das[0], das[1], das[2], das[3] = df_t, di_t, dN_t, dV_t
     outs[0], outs[1], outs[2], outs[3] = f_t, i_t, N_t, V_t
     for b in range(B):
-        zx, zh = z_x + b * ldz, z_h + b * ldz
-        row_statistics(zx, 4 * H, &mx, &rx)
-        row_statistics(zh, 4 * H, &mh, &rh)
+        row_statistics(z_x + b * ldz, 4 * H, &mx, &rx)
+        row_statistics(z_h + b * ldz, 4 * H, &mh, &rh)
         for k in range(4):
+            da, out = das[k] + b * H, outs[k] + b * H
+            zx, zh = z_x + b * ldz + k * H, z_h + b * ldz + k * H
+            if k == 2:
+                for j in range(u0, u1):
+                    da[j] = da[j] * (1 - out[j] * out[j])
+            else:
+                for j in range(u0, u1):
+                    da[j] = da[j] * out[j] * (1 - out[j])
             for j in range(u0, u1):
-                r, c = b * H + j, k * H + j
-                if k == 2:
-                    da = das[k][r] * (1 - outs[k][r] * outs[k][r])
-                else:
-                    da = das[k][r] * outs[k][r] * (1 - outs[k][r])
-                das[k][r] = da
-                dg_x[c] += da * ((zx[c] - mx) * rx)
-                dg_h[c] += da * ((zh[c] - mh) * rh)
-                dbias[c] += da
+                dg_x[k * H + j] += da[j] * ((zx[j] - mx) * rx)
+            for j in range(u0, u1):
+                dg_h[k * H + j] += da[j] * ((zh[j] - mh) * rh)
+            for j in range(u0, u1):
+                dbias[k * H + j] += da[j]
     sync(barrier)                       # every thread's da is in place
     for b in range(B):
-        zx, zh = z_x + b * ldz, z_h + b * ldz
-        row_statistics(zx, 4 * H, &mx, &rx)
-        row_statistics(zh, 4 * H, &mh, &rh)
-        sx = sxx = sh = shh = 0
+        row_statistics(z_x + b * ldz, 4 * H, &mx, &rx)
+        row_statistics(z_h + b * ldz, 4 * H, &mh, &rh)
+        sums_x[0] = sums_x[1] = sums_h[0] = sums_h[1] = 0
         for k in range(4):
-            for j in range(H):
-                r, c = b * H + j, k * H + j
-                da = das[k][r]
-                sx += g_x[c] * da
-                sxx += g_x[c] * da * ((zx[c] - mx) * rx)
-                sh += g_h[c] * da
-                shh += g_h[c] * da * ((zh[c] - mh) * rh)
-        sx, sxx, sh, shh = sx / n, sxx / n, sh / n, shh / n
+            da = das[k] + b * H
+            zx, zh = z_x + b * ldz + k * H, z_h + b * ldz + k * H
+            normalised_sums(da, g_x + k * H, zx, mx, rx, H, sums_x)
+            normalised_sums(da, g_h + k * H, zh, mh, rh, H, sums_h)
+        sx, sxx, sh, shh = sums_x[0] / n, sums_x[1] / n, sums_h[0] / n, sums_h[1] / n
         for k in range(4):
+            da = das[k] + b * H
+            zx, zh = z_x + b * ldz + k * H, z_h + b * ldz + k * H
+            dzx, dzh = dz_x + b * ldz + k * H, dz_h + b * ldz + k * H
             for j in range(u0, u1):
-                r, c = b * H + j, k * H + j
-                da = das[k][r]
-                x_hat, h_hat = (zx[c] - mx) * rx, (zh[c] - mh) * rh
-                dz_x[b * ldz + c] += rx * (g_x[c] * da - sx - x_hat * sxx)
-                dz_h[b * ldz + c] += rh * (g_h[c] * da - sh - h_hat * shh)
+                dzx[j] += rx * (g_x[k * H + j] * da[j] - sx - ((zx[j] - mx) * rx) * sxx)
+            for j in range(u0, u1):
+                dzh[j] += rh * (g_h[k * H + j] * da[j] - sh - ((zh[j] - mh) * rh) * shh)
 
 
 cdef inline void layernorm_use(floating* U_t, floating* STM_t, const floating* V_t,
@@ -736,31 +803,35 @@ cdef inline void layernorm_use_backward(floating* dLTM_t, floating* dU_t, floati
                                         const floating* U_t, const floating* V_t,
                                         const floating* LTM_t, const floating* g_c,
                                         void* barrier, Extent* e) noexcept nogil:
-    """dV_t, g_c's and b_c's gradients, and dLTM_t through LN: the gradient of LN(LTM_t) is
-    left in dU_t, which every thread then reads whole."""
+    """dV_t, g_c's and b_c's gradients, and dLTM_t through LN: the gradient of U_t's
+    pre-activation is left in dU_t, which every thread then reads whole (d LN(LTM_t) is g_c
+    times it). Each loop writes one array (see the sLSTM kernels)."""
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j, r
-    cdef floating mean, rstd, du, c_hat, s1, s2
+    cdef Py_ssize_t b, j
+    cdef floating mean, rstd, s1, s2
+    cdef floating sums[2]
+    cdef const floating* ltm
+    cdef floating* du
     for b in range(B):
-        row_statistics(LTM_t + b * H, H, &mean, &rstd)
+        ltm, du = LTM_t + b * H, dU_t + b * H
+        row_statistics(ltm, H, &mean, &rstd)
         for j in range(u0, u1):
-            r = b * H + j
-            du = dSTM_t[r] * V_t[r] * (1 - U_t[r] * U_t[r])
-            dV_t[r] += dSTM_t[r] * U_t[r]
-            dg_c[j] += du * ((LTM_t[r] - mean) * rstd)
-            db_c[j] += du
-            dU_t[r] = g_c[j] * du
-    sync(barrier)                       # every thread's d LN(LTM_t) is in dU_t
+            dV_t[b * H + j] += dSTM_t[b * H + j] * U_t[b * H + j]
+        for j in range(u0, u1):
+            du[j] = dSTM_t[b * H + j] * V_t[b * H + j] * (1 - U_t[b * H + j] * U_t[b * H + j])
+        for j in range(u0, u1):
+            dg_c[j] += du[j] * ((ltm[j] - mean) * rstd)
+        for j in range(u0, u1):
+            db_c[j] += du[j]
+    sync(barrier)                       # every thread's units of dU_t are in place
     for b in range(B):
-        row_statistics(LTM_t + b * H, H, &mean, &rstd)
-        s1 = row_sum(dU_t + b * H, <const floating*> NULL, H) / H
-        s2 = 0
-        for j in range(H):
-            s2 += dU_t[b * H + j] * ((LTM_t[b * H + j] - mean) * rstd)
-        s2 = s2 / H
+        ltm, du = LTM_t + b * H, dU_t + b * H
+        row_statistics(ltm, H, &mean, &rstd)
+        sums[0] = sums[1] = 0
+        normalised_sums(du, g_c, ltm, mean, rstd, H, sums)
+        s1, s2 = sums[0] / H, sums[1] / H
         for j in range(u0, u1):
-            r = b * H + j
-            dLTM_t[r] += rstd * (dU_t[r] - s1 - ((LTM_t[r] - mean) * rstd) * s2)
+            dLTM_t[b * H + j] += rstd * (g_c[j] * du[j] - s1 - ((ltm[j] - mean) * rstd) * s2)
 
 
 cdef class ForgetStandard(Gate):

@@ -1284,6 +1284,7 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
     cdef Py_ssize_t TB = team.T * team.B, nr = panel_width(floating is float)
     cdef Py_ssize_t u0, u1, own
     cdef Py_ssize_t blocks = KH // H, r, rc, l, j, k, u, c, column, i, n, r0, r1
+    cdef Py_ssize_t first_input = team.first_input, recurrent_end = team.recurrent_end
     unit_range(team, index, &u0, &u1)
     own = u1 - u0
     cdef const floating* dz = <const floating*> team.dz
@@ -1335,18 +1336,25 @@ cdef void weights_member(Team* team, int index, floating* precision) noexcept no
         for j from 0 <= j < kdim by nr:
             panel = rows + (j // nr) * nr * rc
             for k in range(blocks):
+                # the columns of W a block does not read belong to no parameter
+                if (k * H < first_input and j >= H) or (k * H >= recurrent_end and j + nr <= H):
+                    continue
                 product_unsplit(own, dz_t + k * own * rc, rc, rc, panel,
                                 dW + (k * H + u0) * kdim + j, kdim, min(nr, kdim - j))
-    # dx[r0:r1] = dz[r0:r1] @ W[:, H:], over panels of W[:, H:] (all KH rows)
+    # dx[r0:r1] = dz[r0:r1] @ W[:, H:], over panels of W[first_input:, H:] (the rows before are
+    # blocks that read the STM only: zero there)
+    if first_input == KH:
+        return
     for j from 0 <= j < D by nr:
-        pack(input_panels + (j // nr) * nr * KH, W + H + j, 1, kdim, KH, min(nr, D - j))
+        pack(input_panels + (j // nr) * nr * KH, W + first_input * kdim + H + j, 1, kdim,
+             KH - first_input, min(nr, D - j))
     r0 = min(TB, index * ((TB + team.size - 1) // team.size))
     r1 = min(TB, r0 + (TB + team.size - 1) // team.size)
     for r from r0 <= r < r1 by INPUT_GRADIENT_ROWS:
         rc = min(INPUT_GRADIENT_ROWS, r1 - r)
         for j from 0 <= j < D by nr:
-            product_unsplit(rc, dz + r * KH, KH, KH, input_panels + (j // nr) * nr * KH,
-                            dx + r * D + j, D, min(nr, D - j))
+            product_unsplit(rc, dz + r * KH + first_input, KH, KH - first_input,
+                            input_panels + (j // nr) * nr * KH, dx + r * D + j, D, min(nr, D - j))
 
 
 cdef struct GradientScratch:     # one thread's scratch of the weights phase, in numbers
