@@ -208,3 +208,39 @@ def test_reference_runs_the_definition_itself(register_gate):
     assert np.abs(ltm_ref).max() == pytest.approx(0.05)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-13)
     np.testing.assert_allclose(ltm, ltm_ref, rtol=0, atol=1e-13)
+
+
+class MinLearn(gatekit.EquationGate):
+    """minGRU's candidate as an equation: an event-only block, N_t = W_n E_t + b_n + 0.1 tanh(N)
+    and i_t = 1 - f_t; it reads neither STM_prev nor LTM_prev, so its cell may scan."""
+    role, name, blocks = "learn", "min_eq", ("n",)
+    reads = {"n": "event"}
+
+    @staticmethod
+    def definition(E_t, f_t, W_n, b_n):
+        n = reference.linear_event(W_n, E_t, b_n)
+        return {"i_t": 1.0 - f_t, "N_t": n + 0.1 * np.tanh(n)}
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_a_scanning_cell(register_gate, scan):
+    """In a cell that scans, the gate is called once for the rows of many steps."""
+    register_gate(MinLearn)
+    cell = gatekit.Cell(4, 6, "mingru", learn="min_eq", dtype=np.float64, seed=0, scan=scan,
+                        threads=2)
+    assert cell.scan is scan
+    x = np.random.default_rng(1).standard_normal((30, 3, 4))
+    np.testing.assert_allclose(cell(x)[0], reference.forward(cell, x)[0], rtol=0, atol=1e-12)
+    gradcheck(cell, x[:6])
+
+
+@pytest.mark.parametrize("gate", [SoftFloorForget, AveragedUse], ids=lambda gate: gate.name)
+def test_zoneout_and_recurrent_dropout(register_gate, gate):
+    register_gate(gate)
+    cell = gatekit.Cell(4, 4, "standard", **{gate.role: gate.name}, dtype=np.float64, seed=0,
+                        zoneout=(0.2, 0.1), recurrent_dropout=0.3, threads=2)
+    x = np.random.default_rng(2).standard_normal((6, 3, 4))
+    masks = cell.draw_masks(6, 3)
+    np.testing.assert_allclose(cell(x, masks=masks)[0],
+                               reference.forward(cell, x, masks=masks)[0], rtol=0, atol=1e-12)
+    gradcheck(cell, x, masks=masks)

@@ -46,3 +46,19 @@ def test_against_the_equation(dtype, tolerance):
 def test_gradients():
     cell = gatekit.Cell(3, 5, "lecun_tanh", dtype=np.float64, seed=3, threads=2)
     gradcheck(cell, np.random.default_rng(4).standard_normal((6, 3, 3)))
+
+
+def test_in_a_compare_process_pool(tmp_path, monkeypatch):
+    """Spawned workers load the plugin through its entry point, build the gate into the cache
+    or find it there, and train with it."""
+    import json
+    from gatekit.study.compare import compare
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GATEKIT_CACHE_DIR", str(cache))
+    compare(["lecun_tanh"], tasks=("adding",), seeds=2, workers=2, steps=3, hidden_size=4,
+            batch_size=2, eval_size=4, eval_every=3, plots=False, progress=False,
+            out=str(tmp_path / "out"))
+    records = [json.loads(line)
+               for line in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    assert [record["status"] for record in records] == ["ok", "ok"], records
+    assert len(list(cache.glob("use-lecun_tanh-*.so"))) == 1
