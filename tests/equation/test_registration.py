@@ -100,6 +100,24 @@ def test_compile_false_keeps_a_python_gate(register_gate):
     np.testing.assert_allclose(cell(x)[0], reference.forward(cell, x)[0], atol=1e-13, rtol=0)
 
 
+def test_compile_false_runs_a_definition_outside_the_subset_forward(register_gate):
+    gate = _forget("sine_py", sine)
+    cls = register_gate(gate, compile=False)
+    assert issubclass(cls, gatekit.PythonGate) and not cls.is_differentiable()
+    cell = gatekit.Cell(3, 4, forget="sine_py", dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    p = cell.params
+    h, c = np.zeros((2, 4)), np.zeros((2, 4))
+    for t in range(5):
+        v = np.concatenate([h, x[t]], axis=1)
+        c = (np.sin(v @ p["W_f"].T + p["b_f"]) * p["p_f"] * c
+             + reference.sigmoid(v @ p["W_i"].T + p["b_i"]) * np.tanh(v @ p["W_n"].T + p["b_n"]))
+        h = np.tanh(c) * reference.sigmoid(v @ p["W_v"].T + p["b_v"])
+    np.testing.assert_allclose(cell(x)[0][-1], h, atol=1e-13, rtol=0)
+    with pytest.raises(NotImplementedError, match="no backward"):
+        cell.backward(cell.forward(x, keep=True)[2], np.ones((5, 2, 4)))
+
+
 GATE_MODULE = '''
 import sys, time
 import numpy as np

@@ -6,9 +6,12 @@ backward steps (``gatekit.core.codegen``), builds or finds the library in the bu
 (``gatekit.core.compiler``) and registers, under the gate's name, a subclass of it whose
 ``kernels`` are that library: a compiled gate (``gatekit.core._generated.GeneratedGate``) that
 runs without the GIL on every thread of a call. With ``compile=False`` (an argument of the
-registration or a class attribute) it registers instead a Python gate that evaluates the same
-traced expressions with NumPy.
+registration or a class attribute) it registers instead a Python gate that calls the definition
+on the step's arrays, and evaluates the traced gradients with NumPy in backward (a definition
+outside the traced subset then runs forward only).
 """
+import inspect
+
 import numpy as np
 
 from gatekit.core import codegen, compiler, equation
@@ -60,20 +63,28 @@ def _build(cls, compile):
         raise equation.UnsupportedOperation(
             f"gate {cls.name!r}: an equation gate's blocks have biases (reference.linear "
             "adds b_k); block_biases = False is for compiled gates")
-    traced = equation.trace(cls)
-    attributes = {
-        "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-        "built_from": cls,
-        "definition_hash": traced.fingerprint,
-        # A gate that reads these unit by unit needs them H wide (see Gate.stm_by_unit and
-        # Gate.input_size_is_hidden_size).
-        "stm_by_unit": "STM_prev" in traced.elementwise_reads,
-        "input_size_is_hidden_size": "E_t" in traced.elementwise_reads,
-    }
+    try:
+        traced = equation.trace(cls)
+    except equation.UnsupportedOperation:
+        if compile:
+            raise
+        traced = None
+    attributes = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                  "__doc__": cls.__doc__, "built_from": cls}
+    if traced is not None:
+        attributes.update({
+            "definition_hash": traced.fingerprint,
+            # A gate that reads these unit by unit needs them H wide (see Gate.stm_by_unit
+            # and Gate.input_size_is_hidden_size).
+            "stm_by_unit": "STM_prev" in traced.elementwise_reads,
+            "input_size_is_hidden_size": "E_t" in traced.elementwise_reads,
+        })
     if not compile:
         declared = {name: getattr(cls, name) for name in DECLARATIONS}
         declared.update({name: staticmethod(getattr(cls, name)) for name in FUNCTIONS
                          if getattr(cls, name) is not None})
+        if traced is None:          # runs forward only: nothing to differentiate
+            return type(cls.__name__, (DefinitionPythonGate,), {**declared, **attributes})
         seeded, gradients = traced.gradients()
         return type(cls.__name__, (TracedPythonGate,),
                     {**declared, **attributes, "traced": traced, "seeded": seeded,
@@ -83,9 +94,56 @@ def _build(cls, compile):
     return type(cls.__name__, (cls,), {**attributes, "kernels": kernels})
 
 
-class TracedPythonGate(PythonGate):
-    """An equation gate registered with ``compile=False``: its traced expressions and their
-    gradients evaluated with NumPy, one step at a time."""
+class DefinitionPythonGate(PythonGate):
+    """An equation gate registered with ``compile=False``: its definition called on the step's
+    arrays, one step at a time, its blocks' ``reference.linear`` answered by the loop's
+    pre-activations. Forward only, unless traced (:class:`TracedPythonGate`)."""
+
+    def forward(self, step):
+        cls = type(self)
+        known = {}
+        for name in inspect.signature(cls.definition).parameters:
+            block = name[2:] if name[:2] in ("W_", "b_") else None
+            if block in cls.blocks:
+                known[name] = _Weight(step.z(block)) if name[0] == "W" else _BIAS
+            elif name in cls.params:
+                known[name] = self.arrays[name]
+            else:
+                known[name] = getattr(step, name)
+        for name, value in cls.definition(**known).items():
+            target = step.z(cls.blocks[0]) if name == "s_t" else getattr(step, name)
+            target[...] = value
+
+
+class _Weight:
+    """A block's weight W_k: ``[STM_prev, E_t] @ W_k.T + b_k`` (or the event's, or the
+    STM's product) is the loop's pre-activation ``z``."""
+    __array_ufunc__ = None          # NumPy hands ``array @ W.T`` to __rmatmul__
+
+    def __init__(self, z):
+        self.z = z
+
+    @property
+    def T(self):
+        return self
+
+    def __rmatmul__(self, rows):
+        return self
+
+    def __add__(self, bias):
+        if bias is not _BIAS:
+            return NotImplemented
+        return self.z
+
+    __radd__ = __add__
+
+
+_BIAS = object()
+
+
+class TracedPythonGate(DefinitionPythonGate):
+    """An equation gate registered with ``compile=False`` whose definition is traced: its
+    backward evaluates the traced gradients with NumPy."""
     traced = None
     seeded = ()
     gradients = ()
@@ -101,14 +159,6 @@ class TracedPythonGate(PythonGate):
                 values[name] = getattr(step, name)
         return values
 
-    def forward(self, step):
-        traced = type(self).traced
-        names = [name for name in traced.outputs if name != "s_t"]
-        results = traced.graph.evaluate([traced.outputs[name] for name in names],
-                                        self._inputs(step))
-        for name, value in zip(names, results):
-            getattr(step, name)[...] = value
-
     def backward(self, step):
         cls = type(self)
         values = self._inputs(step)
@@ -122,4 +172,3 @@ class TracedPythonGate(PythonGate):
                 step.dparams[name][...] += np.broadcast_to(gradient, step.f_t.shape).sum(axis=0)
             else:
                 getattr(step, f"d{name}")[...] += gradient
-
