@@ -244,3 +244,44 @@ def test_zoneout_and_recurrent_dropout(register_gate, gate):
     np.testing.assert_allclose(cell(x, masks=masks)[0],
                                reference.forward(cell, x, masks=masks)[0], rtol=0, atol=1e-12)
     gradcheck(cell, x, masks=masks)
+
+
+class NormalisedForget(gatekit.EquationGate):
+    """Sums over units: f_t = σ(g ⊙ (s - mean(s)) / sqrt(var(s) + ε) + Σ_j s_j / 100), the
+    variance itself a mean of (s - mean(s))², so the sums are nested two deep."""
+    role, name, blocks = "forget", "normalised_eq", ("f",)
+    params = {"g_f": ("H",)}
+    init = {"g_f": 1.0}
+
+    @staticmethod
+    def definition(STM_prev, E_t, W_f, b_f, g_f):
+        s = reference.linear(W_f, STM_prev, E_t, b_f)
+        centred = s - s.mean(axis=-1, keepdims=True)
+        variance = np.mean(centred ** 2, axis=-1, keepdims=True)
+        return {"f_t": reference.sigmoid(g_f * centred / np.sqrt(variance + 1e-5)
+                                         + np.sum(s, axis=-1, keepdims=True) / 100)}
+
+
+def test_sums_over_units(register_gate):
+    """A gate that sums over units syncs once each way and sums every unit on every thread:
+    one thread's bits on two, the definition, finite differences."""
+    cls = register_gate(NormalisedForget)
+    assert cls.syncs == 1 and not cls.uses_work
+    check_gate(NormalisedForget, hidden_size=5)
+    cell = gatekit.Cell(3, 7, "standard", forget="normalised_eq", dtype=np.float64, seed=1,
+                        threads=3)
+    cell.params["g_f"][...] = np.linspace(0.5, 2, 7)
+    x = np.random.default_rng(3).standard_normal((5, 4, 3))
+    y, _ = cell(x)
+    p = {name: np.asarray(a) for name, a in cell.params.items()}
+    h, c = np.zeros((4, 7)), np.zeros((4, 7))
+    for t in range(5):
+        v = np.concatenate([h, x[t]], axis=1)
+        s = v @ p["W_f"].T + p["b_f"]
+        mu = s.sum(axis=1, keepdims=True) / 7
+        sd = np.sqrt(((s - mu) ** 2).sum(axis=1, keepdims=True) / 7 + 1e-5)
+        f = sigmoid(p["g_f"] * (s - mu) / sd + 7 * mu / 100)
+        c = f * c + sigmoid(v @ p["W_i"].T + p["b_i"]) * np.tanh(v @ p["W_n"].T + p["b_n"])
+        h = np.tanh(c) * sigmoid(v @ p["W_v"].T + p["b_v"])
+        np.testing.assert_allclose(y[t], h, rtol=0, atol=1e-12)
+    gradcheck(cell, x)

@@ -14,7 +14,7 @@
 #define GK_GENERATED_MAX_ARRAYS 48
 
 typedef struct {
-    ptrdiff_t B;                                  /* rows */
+    ptrdiff_t B, H;                               /* rows, and units of every row */
     ptrdiff_t u0, u1;                             /* the units [u0, u1) this call computes */
     void* array[GK_GENERATED_MAX_ARRAYS];         /* the kernel's arrays, in the generator's order */
     ptrdiff_t stride[GK_GENERATED_MAX_ARRAYS];    /* their row strides; 0 for a per-unit parameter */

@@ -13,7 +13,7 @@ long as a gate uses it.
 """
 import os
 
-from gatekit.core._gate cimport Gate, StepFloat, StepDouble
+from gatekit.core._gate cimport Gate, StepFloat, StepDouble, sync
 
 __all__ = ["GeneratedGate", "SLOT_KINDS"]
 
@@ -28,7 +28,7 @@ cdef extern from "<dlfcn.h>" nogil:
 cdef extern from "_generated.h" nogil:
     enum: GK_GENERATED_MAX_ARRAYS
     ctypedef struct gk_generated_args:
-        Py_ssize_t B, u0, u1
+        Py_ssize_t B, H, u0, u1
         void* array[GK_GENERATED_MAX_ARRAYS]
         Py_ssize_t stride[GK_GENERATED_MAX_ARRAYS]
     ctypedef void (*gk_generated_kernel)(const gk_generated_args* args) noexcept nogil
@@ -55,6 +55,7 @@ cdef class GeneratedGate(Gate):
     cdef void* handle
     cdef gk_generated_kernel run[4]          # forward float, forward double, backward float, double
     cdef int count[2]                        # arrays of the forward and backward kernels
+    cdef bint syncs_first                    # a gate that sums over units: see `call`
     cdef int kind[2][GK_GENERATED_MAX_ARRAYS]
     cdef Py_ssize_t key[2][GK_GENERATED_MAX_ARRAYS]
 
@@ -67,6 +68,7 @@ cdef class GeneratedGate(Gate):
             raise TypeError(f"{cls.__qualname__} has no compiled kernels: register it "
                             "(gatekit.register_gate) to compile it")
         self._open(kernels.library, kernels.symbols)
+        self.syncs_first = cls.syncs == 1
         blocks, params = tuple(cls.blocks), list(cls.params)
         for direction, slots in enumerate((kernels.forward_slots, kernels.backward_slots)):
             if len(slots) > MAX_ARRAYS:
@@ -126,7 +128,12 @@ cdef void call(GeneratedGate gate, step_t* s, int direction) noexcept nogil:
     cdef Py_ssize_t size = sizeof(float) if step_t is StepFloat else sizeof(double)
     cdef int kind
     cdef void* p
-    a.B, a.u0, a.u1 = B, s.e.u0, s.e.u1
+    if gate.syncs_first:
+        # A kernel that sums over units reads every unit of what it reads: other threads' units
+        # of z, of the earlier gates' outputs and, in backward, of the later gates' gradients.
+        # (Its one sync comes first, so a thread that fails below has synced as the others.)
+        sync(s.barrier)
+    a.B, a.H, a.u0, a.u1 = B, H, s.e.u0, s.e.u1
     for k in range(gate.count[direction]):
         kind, key, stride = gate.kind[direction][k], gate.key[direction][k], H
         if kind == 0:

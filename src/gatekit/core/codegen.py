@@ -137,33 +137,70 @@ def _expression(graph, node, dtype):
 
 
 def _kernel(graph, name, dtype, reads, writes):
-    """``gk_<name>``: the rows loop, calling ``<name>_row`` on each row's slices."""
+    """``gk_<name>``: the rows loop, calling ``<name>_row`` on each row's slices. The row
+    function first computes the row's sums over units, each in a loop over all H units (in
+    one order, so every thread gets the same bits), nested sums first, then its units."""
     roots = [node for node, _, _ in writes]
-    arrays = [f"x{k}" for k in range(len(reads))] + [f"y{k}" for k in range(len(writes))]
     parameters = ([f"const {dtype}* restrict x{k}" for k in range(len(reads))]
                   + [f"{dtype}* restrict y{k}" for k in range(len(writes))])
     loaded = {node: f"x{k}" for k, (node, _) in enumerate(reads)}
-    body = []
-    for node in graph.needed(roots):
-        op = graph.nodes[node][0]
+    sums = graph.reductions(roots)
+    lines = []
+    for level in _levels(graph, sums):
+        lines += [f"    {dtype} s{node} = 0;" for node in level]
+        body = _body(graph, [graph.nodes[node][1][0] for node in level], loaded, dtype)
+        body += [f"        s{node} += v{graph.nodes[node][1][0]};" for node in level]
+        lines.append(_loop("0", "H", body))
+    body = _body(graph, roots, loaded, dtype)
+    body += [f"        y{k}[j] {mode} v{node};" for k, (node, _, mode) in enumerate(writes)]
+    lines.append(_loop("u0", "u1", body))
+    row = (f"static inline void {name}_row(ptrdiff_t H, ptrdiff_t u0, ptrdiff_t u1, "
+           f"{', '.join(parameters)}) {{\n" + "\n".join(lines) + "\n}\n")
+    calls = ", ".join(f"({'const ' if k < len(reads) else ''}{dtype}*) args->array[{k}] "
+                      f"+ b * args->stride[{k}]" for k in range(len(parameters)))
+    kernel = (f"void gk_{name}(const gk_generated_args* args) {{\n"
+              f"    const ptrdiff_t B = args->B, H = args->H, u0 = args->u0, u1 = args->u1;\n"
+              f"    for (ptrdiff_t b = 0; b < B; ++b)\n"
+              f"        {name}_row(H, u0, u1{', ' if calls else ''}{calls});\n}}\n")
+    return row + "\n" + kernel
+
+
+def _loop(start, end, body):
+    return (f"#pragma GCC ivdep\n    for (ptrdiff_t j = {start}; j < {end}; ++j) {{\n"
+            + "\n".join(body) + "\n    }")
+
+
+def _body(graph, roots, loaded, dtype):
+    """One local per node ``roots`` need, in order; a sum over units is the row's ``s<node>``,
+    computed before."""
+    body, seen, stack = [], set(), list(roots)
+    while stack:                            # the nodes needed, not looking into sums
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            if graph.nodes[node][0] != "sum":
+                stack.extend(graph.nodes[node][1])
+    for node in sorted(seen):
+        op, _, value = graph.nodes[node]
         kind = "int" if op in ("lt", "le", "gt", "ge") else dtype
         if node in loaded:
             body.append(f"        const {dtype} v{node} = {loaded[node]}[j];")
+        elif op == "sum":
+            body.append(f"        const {dtype} v{node} = s{node};")
+        elif op == "input" and value == "H":
+            body.append(f"        const {dtype} v{node} = ({dtype}) H;")
         elif op == "input":
-            raise AssertionError(f"input {graph.nodes[node][2]} has no slot")  # pragma: no cover
+            raise AssertionError(f"input {value} has no slot")        # pragma: no cover
         else:
             body.append(f"        const {kind} v{node} = {_expression(graph, node, dtype)};")
-    for k, (node, _, mode) in enumerate(writes):
-        body.append(f"        y{k}[j] {mode} v{node};")
-    row = (f"static inline void {name}_row(ptrdiff_t u0, ptrdiff_t u1, {', '.join(parameters)})"
-           " {\n#pragma GCC ivdep\n    for (ptrdiff_t j = u0; j < u1; ++j) {\n"
-           + "\n".join(body) + "\n    }\n}\n")
-    total = len(arrays)
-    calls = ", ".join(f"({'const ' if k < len(reads) else ''}{dtype}*) args->array[{k}] "
-                      f"+ b * args->stride[{k}]" for k in range(total))
-    kernel = (f"void gk_{name}(const gk_generated_args* args) {{\n"
-              f"    const ptrdiff_t B = args->B, u0 = args->u0, u1 = args->u1;\n"
-              f"    for (ptrdiff_t b = 0; b < B; ++b)\n"
-              f"        {name}_row(u0, u1{', ' if calls else ''}{calls});\n}}\n")
-    return row + "\n" + kernel
+    return body
 
+
+def _levels(graph, sums):
+    """The sums grouped so that each group needs only the sums of the groups before it."""
+    level = {}
+    for node in sums:                       # in order: a sum's inner sums come first
+        inner = [k for k in graph.reductions([graph.nodes[node][1][0]])]
+        level[node] = 1 + max((level[k] for k in inner), default=0)
+    return [[node for node in sums if level[node] == n]
+            for n in range(1, max(level.values(), default=0) + 1)]

@@ -43,6 +43,7 @@ SUBSET = {
     "reference.sigmoid": "(1 / (1 + np.exp(-x)), written so or with the helper)",
     "reference.linear, linear_event, linear_stm": "of the gate's own blocks, with their bias",
     "np.ones_like, np.zeros_like": "",
+    ".sum(axis=-1, keepdims=True), .mean(...), np.sum, np.mean": "over units, each row's",
 }
 
 
@@ -65,6 +66,7 @@ NUMPY = {
     "mul": np.multiply, "div": np.divide, "maximum": np.maximum, "minimum": np.minimum,
     "pow": np.power, "lt": np.less, "le": np.less_equal, "gt": np.greater,
     "ge": np.greater_equal, "where": np.where,
+    "sum": lambda x: np.sum(x, axis=-1, keepdims=True),
 }
 
 
@@ -143,6 +145,21 @@ class Graph:
                     return inner[1][0]
         return None
 
+    def per_unit(self, node):
+        """Whether ``node`` varies from unit to unit (an input, or an operation on one), rather
+        than being one number per row (a sum over units, or what is made of sums and
+        numbers)."""
+        op, operands, value = self.nodes[node]
+        if op == "input":
+            return value != "H"
+        if op in ("const", "sum"):
+            return False
+        return any(self.per_unit(k) for k in operands)
+
+    def reductions(self, roots):
+        """The sums over units ``roots`` depend on."""
+        return [k for k in self.needed(roots) if self.nodes[k][0] == "sum"]
+
     def needed(self, roots):
         """The ids of the nodes ``roots`` depend on, ``roots`` included, in order."""
         seen, stack = set(), list(roots)
@@ -189,12 +206,18 @@ def differentiate(graph, seeds, leaves):
         op, operands, _ = graph.nodes[node]
 
         def send(target, gradient):
+            if g.nodes[target][0] in ("const", "input") and not g.per_unit(target):
+                return                                  # a number, or H
+            if g.per_unit(gradient) and not g.per_unit(target):
+                gradient = g.add("sum", gradient)    # a row's number feeds every unit
             contributions.setdefault(target, []).append(gradient)
 
         if op in ("input", "const") or op in COMPARISONS:
             continue
         x = operands[0]
-        if op == "neg":
+        if op == "sum":
+            send(x, adjoint)
+        elif op == "neg":
             send(x, g.add("neg", adjoint))
         elif op == "exp":
             send(x, g.add("mul", adjoint, node))
@@ -453,6 +476,12 @@ class Symbol(_Traced):
     def describe(self):
         return self.name or "a traced array"
 
+    def sum(self, axis=None, keepdims=False, **kwargs):
+        return _reduce(self.tracer, "sum", self, axis, keepdims, kwargs)
+
+    def mean(self, axis=None, keepdims=False, **kwargs):
+        return _reduce(self.tracer, "mean", self, axis, keepdims, kwargs)
+
     def __matmul__(self, other):
         if isinstance(other, _Partial) and other.kind == "transposed" and self.name in (
                 "STM_prev", "E_t"):
@@ -521,6 +550,18 @@ def _apply(tracer, name, inputs):
     return Symbol(tracer, graph.add(name, *nodes), boolean=name in COMPARISONS)
 
 
+def _reduce(tracer, how, x, axis, keepdims, other):
+    """A sum or mean over units, each row's: one number per row, which every unit may use."""
+    if axis not in (-1, 1) or not keepdims or other:
+        tracer.refuse(f".{how}() other than over units with keepdims, "
+                      f".{how}(axis=-1, keepdims=True)")
+    graph = tracer.graph
+    total = graph.add("sum", _operand(tracer, x, f".{how}()"))
+    if how == "mean":
+        total = graph.add("div", total, graph.input("H"))
+    return Symbol(tracer, total)
+
+
 def _where(tracer, condition, a, b):
     if not (isinstance(condition, Symbol) and condition.boolean):
         tracer.refuse("np.where with a condition that is not a comparison of traced arrays")
@@ -550,7 +591,11 @@ def _like(value):
 
 
 _FUNCTIONS = {np.where: _where, np.clip: _clip, np.concatenate: _concatenate,
-              np.ones_like: _like(1.0), np.zeros_like: _like(0.0)}
+              np.ones_like: _like(1.0), np.zeros_like: _like(0.0),
+              np.sum: lambda tracer, x, axis=None, keepdims=False, **other:
+                  _reduce(tracer, "sum", x, axis, keepdims, other),
+              np.mean: lambda tracer, x, axis=None, keepdims=False, **other:
+                  _reduce(tracer, "mean", x, axis, keepdims, other)}
 
 
 class Traced:
@@ -562,6 +607,12 @@ class Traced:
     def __init__(self, graph, inputs, outputs, elementwise_reads, parameters):
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
         self.elementwise_reads, self.parameters = elementwise_reads, parameters
+
+    @property
+    def reduces(self):
+        """Whether it sums over units: its compiled kernels then read every unit of their
+        inputs, so the gate syncs (once a step, each way) before it runs."""
+        return bool(self.graph.reductions(list(self.outputs.values())))
 
     def gradients(self):
         """The outputs whose gradients (``d:<name>`` inputs) seed backward (all but ``s_t``,
@@ -632,7 +683,7 @@ def trace(cls):
     inputs = {value: node for node, (op, _, value) in enumerate(graph.nodes) if op == "input"}
     roots = list(outputs.values())
     needed = set(graph.needed(roots))
-    inputs = {name: node for name, node in inputs.items() if node in needed}
+    inputs = {name: node for name, node in inputs.items() if node in needed and name != "H"}
     elementwise = {name for name in ("STM_prev", "E_t") if name in inputs}
     parameters = [name for name in inputs if name in params]
     return Traced(graph, inputs, outputs, elementwise, parameters)

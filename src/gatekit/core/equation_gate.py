@@ -79,6 +79,10 @@ def _build(cls, compile):
             "stm_by_unit": "STM_prev" in traced.elementwise_reads,
             "input_size_is_hidden_size": "E_t" in traced.elementwise_reads,
         })
+        if traced.reduces and compile:
+            # Sums over units: the kernels read every unit, once a sync has made them
+            # complete; each thread sums all units itself, so it needs no shared scratch.
+            attributes.update(syncs=1, uses_work=False)
     if not compile:
         declared = {name: getattr(cls, name) for name in DECLARATIONS}
         declared.update({name: staticmethod(getattr(cls, name)) for name in FUNCTIONS
