@@ -3,12 +3,13 @@
 An :class:`EquationGate` declares what any gate declares and a ``definition``, nothing else.
 When it is registered, :func:`trace` calls the definition once with symbolic arrays in place of
 everything the step offers and records what it computes as an expression graph (:class:`Graph`)
-of the operations of :data:`SUBSET`; equal subexpressions become one node (each node is looked
-up by its operation and operands before it is made), and ``1 / (1 + np.exp(-x))`` becomes the
-compiled gates' own sigmoid. :func:`differentiate` adds to the same
-graph the gradients, by reverse-mode differentiation, and ``gatekit.core.codegen`` writes C for
-both. Anything outside the subset raises :class:`UnsupportedOperation` at registration, naming
-the operation and the file and line of the definition.
+of the operations of the traced subset (the table of docs/writing-a-gate.md): equal
+subexpressions become one node (each node is looked up by its operation and operands before it
+is made), and ``1 / (1 + np.exp(-x))`` becomes the compiled gates' own sigmoid.
+:func:`differentiate` adds the gradients to the same graph, by reverse-mode differentiation,
+and ``gatekit.core.codegen`` writes C for both. Anything outside the subset raises
+:class:`UnsupportedOperation` at registration, naming the operation and the file and line of
+the call (in the definition, or in a helper it calls).
 
 What the step offers, and what the definition's arguments are bound to:
 
@@ -18,7 +19,8 @@ What the step offers, and what the definition's arguments are bound to:
 - ``STM_prev``, ``LTM_prev`` and ``E_t`` (unit by unit: a gate that uses ``E_t`` so needs
   ``input_size == hidden_size``), the outputs of earlier gates (``f_t``, ``s_t``, ``i_t``...),
   the memories (``n_prev``; ``n_t`` of an earlier gate), all (B, H);
-- its parameters of shape ``("H",)``, one number per unit; Python numbers.
+- its parameters of shape ``("H",)``, one number per unit; Python numbers;
+- ``H`` (an input named so), the number of units, for a mean over units.
 """
 import hashlib
 import inspect
@@ -31,21 +33,7 @@ import numpy as np
 
 from gatekit.core import reference
 
-__all__ = ["differentiate", "Graph", "SUBSET", "trace", "Traced", "UnsupportedOperation"]
-
-#: The traced subset, by what the definition writes: what the documentation's table lists.
-SUBSET = {
-    "+ - * / and unary -": "between arrays, per-unit parameters and numbers",
-    "** with a number": "either side: x ** 2, 2 ** x",
-    "np.exp, np.log, np.tanh, np.sqrt, np.abs": "unit by unit",
-    "np.maximum, np.minimum, np.clip": "",
-    "np.where(condition, a, b)": "the condition a comparison: < <= > >=",
-    "reference.sigmoid": "(1 / (1 + np.exp(-x)), written so or with the helper)",
-    "reference.linear, linear_event, linear_stm": "of the gate's own blocks, with their bias",
-    "np.ones_like, np.zeros_like": "",
-    ".sum(axis=-1, keepdims=True), .mean(...), np.sum, np.mean": "over units, each row's",
-}
-
+__all__ = ["differentiate", "Graph", "trace", "Traced", "UnsupportedOperation"]
 
 class UnsupportedOperation(TypeError):
     """A definition uses something the tracer cannot compile (raised at registration)."""

@@ -1,6 +1,8 @@
 """Finding gates and variants: the plugin manager and the registry built from it.
 
-Built-in gates are plugins listed in ``DEFAULT_PLUGINS``; third-party plugins are modules named
+A gate class registered by a plugin that is an ``EquationGate`` is compiled from its
+definition as it is registered (``gatekit.core.equation_gate``). Built-in gates are plugins
+listed in ``DEFAULT_PLUGINS``; third-party plugins are modules named
 by entry points in the ``gatekit`` group. Entry points are loaded lazily, on the first question
 about gates or variants, and once. ``GATEKIT_BLOCK_PLUGINS`` (comma-separated entry-point names,
 or ``*`` for all of them) keeps third-party plugins from loading.
@@ -22,8 +24,8 @@ from gatekit.core.hookspecs import hookimpl
 from gatekit.core.task import Task
 
 __all__ = ["BLOCK_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "GateEntry", "gates",
-           "plugin_manager", "PluginError", "register_gate", "register_plugin", "Registry", "registry", "TaskEntry",
-           "tasks", "unregister_plugin", "VariantEntry", "variants"]
+           "plugin_manager", "PluginError", "register_gate", "register_plugin", "Registry",
+           "registry", "TaskEntry", "tasks", "unregister_plugin", "VariantEntry", "variants"]
 
 ENTRY_POINT_GROUP = "gatekit"
 BLOCK_ENV = "GATEKIT_BLOCK_PLUGINS"
