@@ -242,3 +242,16 @@ def test_the_cache_folder_is_documented_and_movable(tmp_path, monkeypatch):
     monkeypatch.setenv("GATEKIT_CACHE_DIR", str(tmp_path / "elsewhere"))
     assert compiler.cache_dir() == tmp_path / "elsewhere"
     assert "GATEKIT_CACHE_DIR" in compiler.__doc__
+
+
+def test_each_instruction_set_is_built_when_needed(tmp_path):
+    """GATEKIT_KERNELS caps the build as it caps the core's: a capped process builds (and
+    uses) its own library beside the widest one."""
+    from gatekit.core import instruction_sets
+    cache = tmp_path / "cache"
+    script = _gate_script(tmp_path)
+    widest = _finish(_run(script, cache))
+    expected = (instruction_sets.builds() or ["baseline"])[0]
+    assert widest.endswith(f"-{expected}.so")
+    baseline = _finish(_run(script, cache, GATEKIT_KERNELS="baseline"))
+    assert baseline.endswith("-baseline.so") and os.path.exists(widest)
