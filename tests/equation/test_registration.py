@@ -255,3 +255,16 @@ def test_each_instruction_set_is_built_when_needed(tmp_path):
     assert widest.endswith(f"-{expected}.so")
     baseline = _finish(_run(script, cache, GATEKIT_KERNELS="baseline"))
     assert baseline.endswith("-baseline.so") and os.path.exists(widest)
+
+
+def test_register_gate_takes_any_gate(register_gate):
+    """register_gate is the one-gate plugin for gates of every kind, not only equations."""
+    class Halved(gatekit.PythonGate):
+        role, name, blocks = "forget", "halved_py", ("f",)
+        definition = staticmethod(lambda STM_prev, E_t, W_f, b_f: {
+            "f_t": reference.sigmoid(reference.linear(W_f, STM_prev, E_t, b_f)) / 2})
+
+        def forward(self, step):
+            step.f_t[...] = reference.sigmoid(step.z("f")) / 2
+    assert register_gate(Halved) is Halved
+    assert gatekit.core.plugins.plugin_manager().get_plugin("forget:halved_py") is not None
