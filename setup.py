@@ -38,7 +38,8 @@ def extension(name, source=None, extra=()):
                      extra_compile_args=["-O0", "-g"] if DEBUG else OPTIMISE + list(extra))
 
 
-extensions = [extension(name) for name in ("_gate", "_builtin", "_loop", "_projection", "_scan")]
+extensions = [extension(name) for name in ("_gate", "_builtin", "_loop", "_projection", "_scan",
+                                               "_generated")]
 
 
 # Each module once more per instruction set, picked at run time by gatekit.core.instruction_sets

@@ -16,7 +16,8 @@ from gatekit.version import __version__
 from gatekit.core._gate import Gate, PythonGate, StepArrays
 from gatekit.core.cell import Cell
 from gatekit.core.hookspecs import hookimpl
-from gatekit.core.plugins import gates, register_plugin, unregister_plugin, variants
+from gatekit.core.equation_gate import EquationGate
+from gatekit.core.plugins import gates, register_gate, register_plugin, unregister_plugin, variants
 from gatekit.nn.layers import LSTM
 from gatekit.io.saving import load, save
 
@@ -49,12 +50,12 @@ def __dir__():
 
 
 def get_include():
-    """The folder of gatekit's C headers (``_tiles.h``, which ``_gate.pxd`` includes): a Cython
-    gate plugin adds it to its extensions' ``include_dirs``."""
+    """The folder of gatekit's C headers (``_tiles.h`` and ``_fastmath.h``, which ``_gate.pxd``
+    includes): a Cython gate plugin adds it to its extensions' ``include_dirs``."""
     import os
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "core")
 
 
-__all__ = ["Cell", "Gate", "LSTM", "PythonGate", "StepArrays", "gates", "get_include", "hookimpl",
-           "load", "register_plugin", "save", "unregister_plugin", "variants", "__version__",
-           *_MODULES]
+__all__ = ["Cell", "EquationGate", "Gate", "LSTM", "PythonGate", "StepArrays", "gates",
+           "get_include", "hookimpl", "load", "register_gate", "register_plugin", "save",
+           "unregister_plugin", "variants", "__version__", *_MODULES]

@@ -179,8 +179,9 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
         def register_gates(self, register):
             register(gate)
 
-    registered = gate.name in plugins.registry().gates.get(gate.role, {}) and (
-        plugins.registry().gates[gate.role][gate.name].cls is gate)
+    entry = plugins.registry().gates.get(gate.role, {}).get(gate.name)
+    # An equation gate is registered as the class compiled from it.
+    registered = entry is not None and gate in (entry.cls, getattr(entry.cls, "built_from", None))
     name = None if registered else plugins.register_plugin(_Plugin(), name=f"check:{gate.__qualname__}")
     try:
         rng = np.random.default_rng(seed)

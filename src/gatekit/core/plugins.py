@@ -1,6 +1,8 @@
 """Finding gates and variants: the plugin manager and the registry built from it.
 
-Built-in gates are plugins listed in ``DEFAULT_PLUGINS``; third-party plugins are modules named
+A gate class registered by a plugin that is an ``EquationGate`` is compiled from its
+definition as it is registered (``gatekit.core.equation_gate``). Built-in gates are plugins
+listed in ``DEFAULT_PLUGINS``; third-party plugins are modules named
 by entry points in the ``gatekit`` group. Entry points are loaded lazily, on the first question
 about gates or variants, and once. ``GATEKIT_BLOCK_PLUGINS`` (comma-separated entry-point names,
 or ``*`` for all of them) keeps third-party plugins from loading.
@@ -17,11 +19,13 @@ import pluggy
 from gatekit.core import hookspecs
 from gatekit.core._gate import (BLOCK_READS, Gate, MAX_BLOCKS, MAX_MEMORIES, PythonGate,
                                ROLE_OUTPUTS, ROLES)
+from gatekit.core.equation_gate import build_gate, EquationGate
+from gatekit.core.hookspecs import hookimpl
 from gatekit.core.task import Task
 
 __all__ = ["BLOCK_ENV", "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "GateEntry", "gates",
-           "plugin_manager", "PluginError", "register_plugin", "Registry", "registry", "TaskEntry",
-           "tasks", "unregister_plugin", "VariantEntry", "variants"]
+           "plugin_manager", "PluginError", "register_gate", "register_plugin", "Registry",
+           "registry", "TaskEntry", "tasks", "unregister_plugin", "VariantEntry", "variants"]
 
 ENTRY_POINT_GROUP = "gatekit"
 BLOCK_ENV = "GATEKIT_BLOCK_PLUGINS"
@@ -64,7 +68,12 @@ class Registry:
     tasks: dict = field(default_factory=dict)
     plugin_versions: dict = field(default_factory=dict)
 
-    def add_gate(self, cls, plugin):
+    def add_gate(self, cls, plugin, compile=None):
+        """Register gate class ``cls``; an :class:`EquationGate` is compiled from its definition
+        first (a Python gate with ``compile=False``; ``None``: as the class says)."""
+        if isinstance(cls, type) and issubclass(cls, EquationGate) and cls.kernels is None:
+            _check_gate_class(cls, plugin)
+            cls = build_gate(cls, compile)
         _check_gate_class(cls, plugin)
         known = self.gates[cls.role]
         if cls.name in known:
@@ -260,6 +269,19 @@ def register_plugin(plugin, name=None):
             _registry = previous
             raise
         return registered
+
+
+def register_gate(cls, compile=None, name=None):
+    """Register one gate class at run time, as a plugin of its own (named ``name``, by default
+    ``"<role>:<name>"``) whose ``register_gates`` hook registers it; return the plugin's name.
+    An :class:`EquationGate` is compiled, unless ``compile=False``."""
+
+    class OneGate:
+        @hookimpl
+        def register_gates(self, register):
+            register(cls, compile=compile)
+
+    return register_plugin(OneGate(), name=name or f"{cls.role}:{cls.name}")
 
 
 def unregister_plugin(name):

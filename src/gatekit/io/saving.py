@@ -73,6 +73,10 @@ def _provenance(model):
     registry = plugins.registry()
     gates = {role: _origin(name, registry.gates[role][name].plugin)
              for role, name in model.gate_names.items()}
+    for role, entry in gates.items():
+        definition = getattr(registry.gates[role][entry["name"]].cls, "definition_hash", None)
+        if definition is not None:          # an equation gate: what its definition computes
+            entry["definition"] = definition
     return gates, _origin(model.variant, registry.variants[model.variant].plugin)
 
 
@@ -116,7 +120,7 @@ def _is_optional_text(value):
 def _check_origin(stored, where, entry):
     if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
             and all(_is_optional_text(entry.get(key))
-                    for key in ("plugin", "version", "distribution"))):
+                    for key in ("plugin", "version", "distribution", "definition"))):
         raise stored.error(f"is damaged: its {where} should be an object with a 'name' and "
                            f"the 'plugin', 'version' and 'distribution' it came from (text or "
                            f"null); it is {entry!r}")
@@ -188,8 +192,10 @@ def _where_from(entry):
             f"(pip install '{requirement}'), then load again")
 
 
-def _check_registered(stored, meta):
-    """Every gate and the variant the file names must be registered; names what to install."""
+def _check_registered(stored, meta, strict):
+    """Every gate and the variant the file names must be registered; names what to install.
+    An equation gate whose definition changed since the file was written warns, or with
+    ``strict`` refuses."""
     registry = plugins.registry()
     variant = meta["variant"]
     if variant["name"] not in registry.variants:
@@ -204,6 +210,9 @@ def _check_registered(stored, meta):
             plugin = registry.variants[entry["name"]].plugin
         else:
             plugin = registry.gates[role][entry["name"]].plugin
+        if role != "variant":
+            _check_definition(stored, role, entry, registry.gates[role][entry["name"]].cls,
+                              strict)
         if plugin != entry.get("plugin"):
             warnings.warn(f"{stored.path}: {role} {entry['name']!r} was saved from plugin "
                           f"{entry.get('plugin')!r} and is now registered by plugin {plugin!r}",
@@ -214,6 +223,18 @@ def _check_registered(stored, meta):
             warnings.warn(f"{stored.path}: {role} {entry['name']!r} was saved with plugin "
                           f"{plugin!r} version {saved}; version {version} is installed",
                           UserWarning, stacklevel=3)
+
+
+def _check_definition(stored, role, entry, cls, strict):
+    saved, now = entry.get("definition"), getattr(cls, "definition_hash", None)
+    if saved is None or saved == now:
+        return
+    message = (f"{role} gate {entry['name']!r} was saved with a definition that differs from "
+               f"the registered gate's (hash {saved[:12]}, now {str(now)[:12]}): the parameters "
+               "may not mean what they meant")
+    if strict:
+        raise stored.error(f"{message}; load(..., strict=False) loads it anyway")
+    warnings.warn(f"{stored.path}: {message}", UserWarning, stacklevel=4)
 
 
 def _cell_shapes(classes, D, H, P=None):
@@ -298,7 +319,7 @@ def _build(stored, meta):
             from None
 
 
-def load(path):
+def load(path, strict=False):
     """Read a cell or layer written by :func:`save`; returns a :class:`gatekit.Cell` or a
     :class:`gatekit.LSTM` (in training mode, with its zoneout and recurrent dropout options,
     its dropout and mask generators freshly seeded).
@@ -308,11 +329,12 @@ def load(path):
     is not installed (named, with the version and the distribution to install), a parameter
     missing, unexpected, of the wrong shape or of the wrong dtype. Nothing the file declares is
     allocated before it is checked against what the file stores. Warns when a gate's plugin
-    version differs from the one that wrote the file.
+    version differs from the one that wrote the file, and when an equation gate's definition
+    differs from the one it was saved with (``strict=True``: refuses it).
     """
     with StoredArrays(path, WHAT) as stored:
         meta = _read_meta(stored)
-        _check_registered(stored, meta)
+        _check_registered(stored, meta, strict)
         _check_parameters(stored, meta, _declared_shapes(stored, meta))
         model = _build(stored, meta)
         _check_memories(stored, meta, model)
