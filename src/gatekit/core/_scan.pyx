@@ -493,9 +493,9 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     backward; then, once every thread has its units of the chunk's dz (a barrier), the gates'
     finish over the chunk's rows on thread 0 (a barrier), the weight gradients of its units'
     rows of W and its share of the chunk's rows of dx (a barrier before the next chunk reuses
-    the scratch, where thread 0 may decide to go on alone over every unit and every row, the
-    others leaving). A thread whose gate failed still meets the others; they all stop at the
-    chunk's first barrier."""
+    the scratch, where thread 0 may decide to go on alone, doing every thread's part in turn
+    while the others leave). A thread whose gate failed still meets the others; they all stop
+    at the chunk's first barrier."""
     cdef Py_ssize_t T = sc.T, B = sc.B, D = sc.D, H = sc.H, KH = sc.KH, BH = B * H
     cdef Py_ssize_t CBH = sc.chunk * BH, kdim = H + D
     cdef Py_ssize_t blocks = KH // H if H > 0 else 0, chunk = sc.chunk
@@ -524,63 +524,65 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     cdef const floating* prev
     cdef floating* lane
     cdef StepAny s
-    cdef int g
+    cdef int g, m
     cdef bint failed = False, alone = False
-    unit_range(sc, index, &u0, &u1)
     end = T
     while end > 0:
         t0 = ((end - 1) // chunk) * chunk
         steps = end - t0
         rows = steps * B
-        if u0 < u1 and not failed:
-            s = backward_step(sc, t0, steps, u0, u1, precision)
-            # The gates add into dz, dacts and dLTM_t: zero this thread's units of the chunk.
-            for r in range(rows):
-                for k in range(blocks):
-                    for j in range(r * KH + k * H + u0, r * KH + k * H + u1):
-                        dz[j] = 0
-                for k in range(5):
-                    lane = dacts + k * CBH + r * H
-                    for j in range(u0, u1):
-                        lane[j] = 0
-                for j in range(r * H + u0, r * H + u1):
-                    dL[j] = 0
-            # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
-            # final STM's gradient; past its end, nothing.
-            for t in range(steps):
-                for b in range(B):
-                    length = T if lengths == NULL else lengths[b]
-                    lane = dS + t * BH + b * H
-                    if t0 + t < length:
-                        for j in range(u0, u1):
-                            lane[j] = dy[(t0 + t) * BH + b * H + j]
-                        if t0 + t == length - 1:
-                            for j in range(u0, u1):
-                                lane[j] += dstm[b * H + j]
-                    else:
+        # Alone, thread 0 takes every thread's units, as each would have: the same bits.
+        for m in range(0 if alone else index, sc.size if alone else index + 1):
+            unit_range(sc, m, &u0, &u1)
+            if u0 < u1 and not failed:
+                s = backward_step(sc, t0, steps, u0, u1, precision)
+                # The gates add into dz, dacts and dLTM_t: zero the thread's units of the chunk.
+                for r in range(rows):
+                    for k in range(blocks):
+                        for j in range(r * KH + k * H + u0, r * KH + k * H + u1):
+                            dz[j] = 0
+                    for k in range(5):
+                        lane = dacts + k * CBH + r * H
                         for j in range(u0, u1):
                             lane[j] = 0
-            failed = not run_gate(sc, 3, BACKWARD, &s)
-            if not failed:
-                # The remember gate, step by step from the chunk's last: carry is dLTM_t.
-                for t in range(steps - 1, -1, -1):
-                    f = acts + (t0 + t) * BH
-                    i, n = f + T * BH, f + 2 * T * BH
-                    df = dacts + t * BH
-                    di, dn = df + CBH, df + 2 * CBH
-                    prev = ltm + (t0 + t) * BH
+                    for j in range(r * H + u0, r * H + u1):
+                        dL[j] = 0
+                # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
+                # final STM's gradient; past its end, nothing.
+                for t in range(steps):
                     for b in range(B):
-                        if lengths == NULL or t0 + t < lengths[b]:
-                            lane = dL + t * BH
-                            for j in range(b * H + u0, b * H + u1):
-                                carry[j] += lane[j]
-                                df[j] += carry[j] * prev[j]
-                                di[j] += carry[j] * n[j]
-                                dn[j] += carry[j] * i[j]
-                                carry[j] = carry[j] * f[j]
-                for g in range(1, -1, -1):
-                    if not failed:
-                        failed = not run_gate(sc, g, BACKWARD, &s)
+                        length = T if lengths == NULL else lengths[b]
+                        lane = dS + t * BH + b * H
+                        if t0 + t < length:
+                            for j in range(u0, u1):
+                                lane[j] = dy[(t0 + t) * BH + b * H + j]
+                            if t0 + t == length - 1:
+                                for j in range(u0, u1):
+                                    lane[j] += dstm[b * H + j]
+                        else:
+                            for j in range(u0, u1):
+                                lane[j] = 0
+                failed = not run_gate(sc, 3, BACKWARD, &s)
+                if not failed:
+                    # The remember gate, step by step from the chunk's last: carry is dLTM_t.
+                    for t in range(steps - 1, -1, -1):
+                        f = acts + (t0 + t) * BH
+                        i, n = f + T * BH, f + 2 * T * BH
+                        df = dacts + t * BH
+                        di, dn = df + CBH, df + 2 * CBH
+                        prev = ltm + (t0 + t) * BH
+                        for b in range(B):
+                            if lengths == NULL or t0 + t < lengths[b]:
+                                lane = dL + t * BH
+                                for j in range(b * H + u0, b * H + u1):
+                                    carry[j] += lane[j]
+                                    df[j] += carry[j] * prev[j]
+                                    di[j] += carry[j] * n[j]
+                                    dn[j] += carry[j] * i[j]
+                                    carry[j] = carry[j] * f[j]
+                    for g in range(1, -1, -1):
+                        if not failed:
+                            failed = not run_gate(sc, g, BACKWARD, &s)
             if failed:
                 sc.failed[index] = t0
         if meet(sc, alone):
@@ -598,24 +600,26 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
             gk_barrier_wait(&sc.barrier)
         if sc.finish_failed:
             return
-        if KH > 0:
-            # dW[:, H:] += dz^T E and db += Σ dz over the chunk's rows, for this thread's
-            # units of every block
-            for k in range(blocks):
-                c = k * H + u0
-                if u0 < u1 and gemm(True, False, u1 - u0, D, rows, dz + c, KH,
-                                    x + t0 * B * D, D, 1, dW + c * kdim + H, kdim) != 0:
+        for m in range(0 if alone else index, sc.size if alone else index + 1):
+            unit_range(sc, m, &u0, &u1)
+            if KH > 0:
+                # dW[:, H:] += dz^T E and db += Σ dz over the chunk's rows, for this thread's
+                # units of every block
+                for k in range(blocks):
+                    c = k * H + u0
+                    if u0 < u1 and gemm(True, False, u1 - u0, D, rows, dz + c, KH,
+                                        x + t0 * B * D, D, 1, dW + c * kdim + H, kdim) != 0:
+                        sc.out_of_memory = True
+                    for r in range(rows):
+                        for j in range(c, k * H + u1):
+                            dbias[j] += dz[r * KH + j]
+                # dx += dz W[:, H:] for this thread's share of the chunk's rows
+                share = (rows + sc.size - 1) // sc.size
+                r0 = min(rows, m * share)
+                r1 = min(rows, r0 + share)
+                if r1 > r0 and gemm(False, False, r1 - r0, D, KH, dz + r0 * KH, KH, W + H, kdim,
+                                    1, dx + (t0 * B + r0) * D, D) != 0:
                     sc.out_of_memory = True
-                for r in range(rows):
-                    for j in range(c, k * H + u1):
-                        dbias[j] += dz[r * KH + j]
-            # dx += dz W[:, H:] for this thread's share of the chunk's rows
-            share = (rows + sc.size - 1) // sc.size
-            r0 = 0 if alone else min(rows, index * share)
-            r1 = rows if alone else min(rows, r0 + share)
-            if r1 > r0 and gemm(False, False, r1 - r0, D, KH, dz + r0 * KH, KH, W + H, kdim, 1,
-                                dx + (t0 * B + r0) * D, D) != 0:
-                sc.out_of_memory = True
         # Before the next chunk's gates reuse the scratch; the barrier where thread 0 judges.
         if sc.size > 1 and not alone and meet_at_end_of_step(
                 &sc.pace, &sc.barrier, sc.size, sc.failed, index, t0, False, False,
@@ -623,5 +627,4 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
             if index > 0:
                 return
             alone = True
-            u0, u1 = 0, H
         end = t0
