@@ -67,13 +67,7 @@ def test_going_alone_changes_no_bit(monkeypatch, register, variant, use, threads
     x = rng.standard_normal((T, B, D)).astype(dtype)
     state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     dy = rng.standard_normal((T, B, H)).astype(dtype)
-    lengths = rng.integers(T // 2, T + 1, size=B)
-    lengths[0] = T
-    want = [run(solo, x, state, dy), run(solo, x, state, dy, lengths)]
-    monkeypatch.setattr(cell_module, "_loop", LoopGoingAlone(cell_module._loop, at))
-    for ragged, expected in enumerate(want):
-        assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
-    assert_run_matches_the_reference(team, x, state, dy, dtype)
+    assert_going_alone_changes_no_bit(monkeypatch, "_loop", at, team, solo, x, state, dy, rng)
 
 
 # The projected loop: 60 steps of 16 sequences, H = 64 units and P = 30 projected (not a
@@ -94,13 +88,8 @@ def test_the_projected_loop_going_alone_changes_no_bit(monkeypatch, threads, at,
     state = (rng.standard_normal((PB, PP)).astype(dtype),
              rng.standard_normal((PB, PH)).astype(dtype))
     dy = rng.standard_normal((PT, PB, PP)).astype(dtype)
-    lengths = rng.integers(PT // 2, PT + 1, size=PB)
-    lengths[0] = PT
-    want = [run(solo, x, state, dy), run(solo, x, state, dy, lengths)]
-    monkeypatch.setattr(cell_module, "_projection", LoopGoingAlone(cell_module._projection, at))
-    for ragged, expected in enumerate(want):
-        assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
-    assert_run_matches_the_reference(team, x, state, dy, dtype)
+    assert_going_alone_changes_no_bit(monkeypatch, "_projection", at, team, solo, x, state, dy,
+                                      rng)
 
 
 # The scan: 128 steps of 16 sequences in chunks of 16 steps, 48 units on 3 threads of 16.
@@ -121,17 +110,26 @@ def test_the_scan_going_alone_changes_no_bit(monkeypatch, variant, threads, at, 
     h0 = rng.uniform(-1, 1, (SB, SH)).astype(dtype)
     state = (h0, h0.copy())                 # one memory: the STM is the LTM
     dy = rng.standard_normal((ST, SB, SH)).astype(dtype)
-    lengths = rng.integers(ST // 2, ST + 1, size=SB)
-    lengths[0] = ST
     # The scan's weight gradients are products over each thread's units, which round
     # differently from one product over all: thread 0 alone does each thread's in turn, so
     # going alone gives the bits of the team that does not, rather than those of one thread.
-    want = [run(team, x, state, dy), run(team, x, state, dy, lengths)]
-    monkeypatch.setattr(cell_module, "_scan",
-                        LoopGoingAlone(cell_module._scan, at, passes=("backward",)))
+    assert_going_alone_changes_no_bit(monkeypatch, "_scan", at, team, team, x, state, dy, rng,
+                                      passes=("backward",))
+
+
+def assert_going_alone_changes_no_bit(monkeypatch, loop, at, team, baseline, x, state, dy, rng,
+                                      passes=("forward", "backward")):
+    """``team``'s runs, with the ``passes`` of its compiled ``loop`` going alone after step
+    ``at``, give the bits of ``baseline``'s, on whole and ragged batches; and the equations."""
+    T, B = x.shape[:2]
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    lengths[0] = T
+    want = [run(baseline, x, state, dy), run(baseline, x, state, dy, lengths)]
+    monkeypatch.setattr(cell_module, loop,
+                        LoopGoingAlone(getattr(cell_module, loop), at, passes=passes))
     for ragged, expected in enumerate(want):
         assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
-    assert_run_matches_the_reference(team, x, state, dy, dtype)
+    assert_run_matches_the_reference(team, x, state, dy, x.dtype)
 
 
 def assert_same_run(actual, expected):
