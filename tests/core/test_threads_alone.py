@@ -2,9 +2,10 @@
 busy and the team's barrier waits say one thread would be faster).
 
 The switch depends on timing, so these tests make it happen at a chosen step through the
-compiled loop's ``alone_at`` argument, and check that the rest of the pass, now run by thread 0
-over every thread's packed weights, gives the same bits as one thread from the start, and the
-reference's result to rounding.
+compiled loops' ``alone_at`` argument, and check that the rest of the pass, now run by thread 0
+over every thread's share, gives the same bits as one thread from the start, and the
+reference's result to rounding: the time loop, the projected loop (forward and backward) and
+the scan (backward: its forward pass has no barrier to wait at, so nothing to judge).
 """
 import functools
 
@@ -28,13 +29,13 @@ class MixingUse(UseStandard):
 
 
 class LoopGoingAlone:
-    """``gatekit.core.cell``'s view of the compiled loop, with every forward and backward pass told
-    to go alone after step ``at``."""
+    """``gatekit.core.cell``'s view of a compiled loop, with each of its ``passes`` told to go
+    alone after step ``at``."""
 
-    def __init__(self, loop, at):
+    def __init__(self, loop, at, passes=("forward", "backward")):
         self._loop = loop
-        self.forward = functools.partial(loop.forward, alone_at=at)
-        self.backward = functools.partial(loop.backward, alone_at=at)
+        for name in passes:
+            setattr(self, name, functools.partial(getattr(loop, name), alone_at=at))
 
     def __getattr__(self, name):
         return getattr(self._loop, name)
@@ -66,25 +67,89 @@ def test_going_alone_changes_no_bit(monkeypatch, register, variant, use, threads
     x = rng.standard_normal((T, B, D)).astype(dtype)
     state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     dy = rng.standard_normal((T, B, H)).astype(dtype)
+    assert_going_alone_changes_no_bit(monkeypatch, "_loop", at, team, solo, x, state, dy, rng)
+
+
+# The projected loop: 60 steps of 16 sequences, H = 64 units and P = 30 projected (not a
+# multiple of the threads), split between 2 or 3 threads.
+PT, PB, PD, PH, PP = 60, 16, 16, 64, 30
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("at", [0, 23, PT - 1], ids=lambda at: f"at{at}")
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_projected_loop_going_alone_changes_no_bit(monkeypatch, threads, at, dtype):
+    team = gatekit.Cell(PD, PH, proj_size=PP, dtype=dtype, seed=5, threads=threads)
+    solo = gatekit.Cell(PD, PH, proj_size=PP, dtype=dtype, seed=5, threads=1)
+    assert cell_module._projection.crew_size(PT, PB, PD, PH, PP, team._weights.shape[0],
+                                             threads, team.gates) == threads
+    rng = np.random.default_rng(at + threads)
+    x = rng.standard_normal((PT, PB, PD)).astype(dtype)
+    state = (rng.standard_normal((PB, PP)).astype(dtype),
+             rng.standard_normal((PB, PH)).astype(dtype))
+    dy = rng.standard_normal((PT, PB, PP)).astype(dtype)
+    assert_going_alone_changes_no_bit(monkeypatch, "_projection", at, team, solo, x, state, dy,
+                                      rng)
+
+
+# The scan: 128 steps of 16 sequences in chunks of 16 steps, 48 units on 3 threads of 16.
+ST, SB, SD, SH = 128, 16, 64, 48
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("at", [0, 70, ST - 1], ids=lambda at: f"at{at}")
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("variant", ["minlstm", "mingru"])
+def test_the_scan_going_alone_changes_no_bit(monkeypatch, variant, threads, at, dtype):
+    team = gatekit.Cell(SD, SH, variant, dtype=dtype, seed=7, threads=threads, scan=True)
+    assert cell_module._scan.team_size(team.gates, ST, SB, SD, SH, team._weights.shape[0],
+                                       threads)[0] == threads
+    assert cell_module._scan.chunk_steps(SB) < ST // 4       # several chunks on either side
+    rng = np.random.default_rng(at + threads)
+    x = rng.standard_normal((ST, SB, SD)).astype(dtype)
+    h0 = rng.uniform(-1, 1, (SB, SH)).astype(dtype)
+    state = (h0, h0.copy())                 # one memory: the STM is the LTM
+    dy = rng.standard_normal((ST, SB, SH)).astype(dtype)
+    # The scan's weight gradients are products over each thread's units, which round
+    # differently from one product over all: thread 0 alone does each thread's in turn, so
+    # going alone gives the bits of the team that does not, rather than those of one thread.
+    assert_going_alone_changes_no_bit(monkeypatch, "_scan", at, team, team, x, state, dy, rng,
+                                      passes=("backward",))
+
+
+def assert_going_alone_changes_no_bit(monkeypatch, loop, at, team, baseline, x, state, dy, rng,
+                                      passes=("forward", "backward")):
+    """``team``'s runs, with the ``passes`` of its compiled ``loop`` going alone after step
+    ``at``, give the bits of ``baseline``'s, on whole and ragged batches; and the equations."""
+    T, B = x.shape[:2]
     lengths = rng.integers(T // 2, T + 1, size=B)
     lengths[0] = T
-    want = [run(solo, x, state, dy), run(solo, x, state, dy, lengths)]
-    monkeypatch.setattr(cell_module, "_loop", LoopGoingAlone(cell_module._loop, at))
-    for ragged, (y1, final1, grads1) in enumerate(want):
-        y, final, grads = run(team, x, state, dy, lengths if ragged else None)
-        assert_same_bits(y, y1, "y")
-        assert_same_bits(final[0], final1[0], "stm")
-        assert_same_bits(final[1], final1[1], "ltm")
-        assert set(grads) == set(grads1)
-        for name in grads:
-            assert_same_bits(grads[name], grads1[name], f"d{name}")
-    # And the equations: the run of one thread from the start is no oracle by itself.
-    y_ref, _ = reference.forward(team, x, state, dtype=np.float64)
-    grads_ref = reference.backward(team, x, dy, state, dtype=np.float64)
-    y, _, grads = run(team, x, state, dy)
+    want = [run(baseline, x, state, dy), run(baseline, x, state, dy, lengths)]
+    monkeypatch.setattr(cell_module, loop,
+                        LoopGoingAlone(getattr(cell_module, loop), at, passes=passes))
+    for ragged, expected in enumerate(want):
+        assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
+    assert_run_matches_the_reference(team, x, state, dy, x.dtype)
+
+
+def assert_same_run(actual, expected):
+    (y, final, grads), (y1, final1, grads1) = actual, expected
+    assert_same_bits(y, y1, "y")
+    assert_same_bits(final[0], final1[0], "stm")
+    assert_same_bits(final[1], final1[1], "ltm")
+    assert set(grads) == set(grads1)
+    for name in grads:
+        assert_same_bits(grads[name], grads1[name], f"d{name}")
+
+
+def assert_run_matches_the_reference(cell, x, state, dy, dtype):
+    """The equations: a run of one thread from the start is no oracle by itself."""
+    y_ref, _ = reference.forward(cell, x, state, dtype=np.float64)
+    grads_ref = reference.backward(cell, x, dy, state, dtype=np.float64)
+    y, _, grads = run(cell, x, state, dy)
     assert_close(dtype, y, y_ref, "y")
-    # A gradient sums T * B terms: bounded relative to its largest entry (observed: 2e-6 in
-    # float32, 4e-15 in float64).
+    # A gradient sums T * B terms: bounded relative to its largest entry (observed in the time
+    # loop: 2e-6 in float32, 4e-15 in float64).
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
     for name, want_grad in grads_ref.items():
         scale = max(1.0, np.abs(want_grad).max())

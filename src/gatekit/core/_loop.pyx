@@ -39,6 +39,11 @@ The file reads top-down:
 Each section starts with what it offers and goes on with what that calls.
 """
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
+from gatekit.core._step cimport StepAny, step_layout
+from gatekit.core._team cimport (
+    MAX_TEAM, Pace, StepEnd, GO_ON, STOP, GO_ALONE, gk_barrier, gk_barrier_init, gk_barrier_wait,
+    gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
+    start_pace)
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 import numpy as np
@@ -50,17 +55,6 @@ __all__ = ["backward", "backward_scratch", "forward", "plan", "regulariser_buffe
 
 
 cdef extern from "_tiles.h" nogil:
-    ctypedef struct gk_barrier:
-        pass
-    ctypedef struct gk_start:
-        pass
-    void gk_barrier_init(gk_barrier* barrier, int size)
-    void gk_barrier_wait(gk_barrier* barrier)
-    long long gk_barrier_waited(gk_barrier* barrier)
-    long long gk_now_ns()
-    void gk_start_init(gk_start* start)
-    int gk_wait_for_start(gk_start* start)
-    void gk_set_start(gk_start* start, int value)
     void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
     void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
@@ -80,15 +74,6 @@ cdef extern from "_tiles.h" nogil:
         GK_PANEL_FLOAT
         GK_PANEL_DOUBLE
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    ctypedef struct pthread_attr_t:
-        pass
-    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
-                       void* (*run)(void*) noexcept nogil, void* argument)
-    int pthread_join(pthread_t thread, void** result)
-
-
 # What the threads of a call run, in the order a backward call runs it (forward: FORWARD only).
 cdef enum Phase:
     FORWARD = 0
@@ -102,7 +87,6 @@ cdef enum:
     # a call) takes the plain loop: its products are too small to be worth packing the weights.
     FEW_SEQUENCES = 4
     FEW_STEPS = 8
-    MAX_TEAM = 16
     # Multiply-adds per call below which a second thread costs more (starting it, a barrier per
     # step) than it saves.
     THREADED_CALL_WORK = 4194304
@@ -110,9 +94,6 @@ cdef enum:
     # microsecond when the other thread is running, and a scheduler's wake-up (tens of
     # microseconds) when the machine is busy and it is not.
     THREAD_STEP_WORK = 32768
-    # How long a call runs as a team before thread 0 judges, from the time the team has waited
-    # at its barriers, whether one thread would be faster (see go_alone).
-    JUDGE_AFTER_NS = 2000000
 
 # Sizes: rows of the whole sequence (T * B) that one product over packed weights takes at a
 # time, so that they stay in cache while every panel passes over them.
@@ -122,50 +103,9 @@ cdef enum:
     INPUT_GRADIENT_ROWS = 48        # dz, for dx = dz @ W[:, H:]
 
 
-# StepFloat and StepDouble differ only in the type their data pointers point to. The loop is
-# written once over `floating`, so it fills this untyped twin and hands the gates a pointer to
-# it as the struct of its own precision; _check_layout() asserts the three layouts agree.
-cdef struct StepAny:
-    Extent e
-    void* z
-    const void* s_t
-    const void* STM_prev
-    const void* LTM_prev
-    const void* E_t
-    void* f_t
-    void* i_t
-    void* N_t
-    void* LTM_t
-    void* U_t
-    void* V_t
-    void* STM_t
-    void* work
-    void* dz
-    void* ds_t
-    const void* dSTM_t
-    void* df_t
-    void* di_t
-    void* dN_t
-    void* dU_t
-    void* dV_t
-    void* dLTM_t
-    void* dLTM_prev
-    void* dSTM_prev
-    void* dE_t
-    void** dparam
-    void* barrier
-    int error
-    const void* mem_prev
-    void* mem_t
-    void* dmem_t
-    void* dmem_prev
-    const void* product
-    void* post_product
-
-
 def _check_layout():
-    if not (sizeof(StepAny) == sizeof(StepFloat) == sizeof(StepDouble)):
-        raise ImportError("gatekit.core._loop: step structs disagree in layout")
+    """The offsets of the step's fields in the three structs (see gatekit/core/_step.pxd)."""
+    return step_layout("gatekit.core._loop")
 
 
 _check_layout()
@@ -268,10 +208,7 @@ cdef struct Team:
     int size                 # threads running the pass (1 for the plain loop)
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
-    long long started        # gk_now_ns() when the second step's barrier let thread 0 pass
-    long long waited_before  # the barrier's waits until then
-    Py_ssize_t alone_after   # the step after whose barrier thread 0 carries on alone, or -1
-    Py_ssize_t alone_at      # a step at which thread 0 goes alone whatever it measures (tests)
+    Pace pace                # whether, and after which step, thread 0 goes on alone
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
@@ -343,7 +280,8 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.first_input, team.recurrent_end = reads
     team.size, team.units, team.single = max(1, P.team), P.units, single
     team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
-    team.forget_preactivation, team.alone_at = forget_preactivation, alone_at
+    team.forget_preactivation = forget_preactivation
+    start_pace(&team.pace, alone_at)
     team.dparams, team.dparams_stride = NULL, 0
     team.M, team.mem, team.dmem = 0, NULL, NULL
     team.regularised, team.rate_ltm, team.rate_stm = False, 0, 0
@@ -369,34 +307,23 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     thread's part is its own rows, so this thread runs them one after another."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
-    cdef int m, started = 1
+    cdef int m, size = team.size
     cdef Py_ssize_t failed = -1
-    if team.phase == WEIGHTS and team.alone_after >= 0:
+    if team.phase == WEIGHTS and team.pace.alone_after >= 0:
         for m in range(team.size):
             run_member(team, m)
         return -1
-    team.alone_after = -1
-    gk_start_init(&team.start)
+    start_pace(&team.pace, team.pace.alone_at)
     gk_barrier_init(&team.barrier, team.size)
     for m in range(team.size):
         team.failed[m] = -1
-    team.started = 0
-    for m in range(1, team.size):
         members[m].team, members[m].index = team, m
-        if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
-            break
-        started += 1
-    if started < team.size:
-        gk_set_start(&team.start, -1)
-        for m in range(1, started):
-            pthread_join(threads[m], NULL)
-        team.size, team.units = 1, team.H
+    team.size = start_members(&team.start, threads, member_main, members, sizeof(Member), size)
+    if team.size < size:
+        team.units = team.H
         gk_barrier_init(&team.barrier, 1)
-    else:
-        gk_set_start(&team.start, 1)
     run_member(team, 0)
-    for m in range(1, team.size):
-        pthread_join(threads[m], NULL)
+    join_members(threads, team.size)
     for m in range(team.size):
         if team.failed[m] >= 0 and (failed < 0 or team.failed[m] < failed):
             failed = team.failed[m]
@@ -505,51 +432,12 @@ cdef inline bint run_gate(void* gate, Phase phase, StepAny* s, bint single,
     return s.error == 0
 
 
-cdef enum StepEnd:
-    GO_ON
-    STOP            # a gate has failed on some thread: every thread stops at this step
-    GO_ALONE        # from here on thread 0 runs every unit and the others leave
-
-
 cdef StepEnd end_of_step(Team* team, int index, Py_ssize_t t, bint failed,
                          bint alone) noexcept nogil:
     """Record this thread's failure at step t and meet the others at the step's barrier (unless
-    thread 0 is alone); say how the pass goes on."""
-    cdef int m
-    if failed and team.failed[index] < 0:
-        team.failed[index] = t
-    if alone:
-        return STOP if failed else GO_ON
-    if (index == 0 and not failed and team.alone_after < 0
-            and (t == team.alone_at or go_alone(team))):
-        team.alone_after = t        # the barrier publishes it: every thread reads it after
-    gk_barrier_wait(&team.barrier)
-    if index == 0 and team.started <= 0:
-        # Judge from the second barrier on: the first also waits for the slowest thread's
-        # share of the input projection (and for its start), which says nothing about later
-        # steps, and the others add their wait at it only after they pass it.
-        if team.started == 0:
-            team.started = -1
-        else:
-            team.started, team.waited_before = gk_now_ns(), gk_barrier_waited(&team.barrier)
-    for m in range(team.size):
-        if team.failed[m] >= 0:
-            return STOP
-    return GO_ALONE if team.alone_after == t else GO_ON
-
-
-cdef bint go_alone(Team* team) noexcept nogil:
-    """Whether the rest of the pass would be faster on thread 0 alone: whether the threads
-    together have waited at the barriers for more than (size - 1) / 2 of the time since the
-    judging began. On an idle machine they wait a few per cent of it (a step's imbalance); on a
-    busy one, another thread of the call is descheduled for milliseconds at a time and every
-    other thread waits for it, so that a team, which shares its CPUs with the other work, falls
-    behind one thread that has a CPU of its own (the others' waits are not work: with two
-    threads, waiting half the time makes the team no faster than one thread)."""
-    cdef long long elapsed = gk_now_ns() - team.started
-    if team.started <= 0 or elapsed < JUDGE_AFTER_NS:
-        return False
-    return 2 * (gk_barrier_waited(&team.barrier) - team.waited_before) > (team.size - 1) * elapsed
+    thread 0 is alone); say how the pass goes on (see gatekit/core/_team.pxd)."""
+    return meet_at_end_of_step(&team.pace, &team.barrier, team.size, team.failed, index, t,
+                               failed, alone, t == team.pace.alone_at)
 
 
 # ---------------------------------------------------------------------------------------------

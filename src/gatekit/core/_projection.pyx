@@ -18,7 +18,9 @@ The products run in gatekit's register tiles (_tiles.h). A call large enough for
 plan_crew) splits between threads: each computes its share of the H units of every block and
 of the gates, and its share of the P columns of the projection and of the carry, with two
 barriers per step; gates that mix units or wait at barriers of their own run the call on one
-thread.
+thread. At each step's last barrier thread 0 judges whether the crew has become slower than
+one thread would be (a busy machine: gatekit/core/_team.pxd), and if so carries on alone
+over every unit and column, the others leaving.
 
 Backward, with g_t = d/dSTM_t (P wide: dy_t plus what step t + 1 sent back), the gates see
 dSTM_t = g_t W_hr (the gradient of U_t ⊙ V_t), step t - 1 gets g_{t-1} += dz_t W[:, :P] (the
@@ -27,86 +29,33 @@ gates' finish and the weight gradients, each one product over all T * B rows:
 dW_hr = Σ_t g_t^T (U_t ⊙ V_t), dW[:, :P] = Σ_t dz_t^T STM_{t-1}, dW[:, P:] = Σ_t dz_t^T E_t,
 db = Σ_t dz_t, dx_t += dz_t W[:, P:].
 """
-from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, gemm,
-                                 gk_barrier, gk_barrier_wait)
+from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
+from gatekit.core._step cimport StepAny, step_layout
+from gatekit.core._team cimport (
+    MAX_TEAM, Pace, StepEnd, GO_ALONE, STOP, gk_barrier, gk_barrier_init, gk_barrier_wait,
+    gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
+    start_pace)
 
 from gatekit.core._gate import PythonGate
 
 __all__ = ["backward", "crew_size", "forward"]
 
 
-# The gates' step, untyped: StepFloat and StepDouble differ only in the type their data
-# pointers point to (as in gatekit.core._loop; _check_layout() asserts the layouts agree).
-cdef struct StepAny:
-    Extent e
-    void* z
-    const void* s_t
-    const void* STM_prev
-    const void* LTM_prev
-    const void* E_t
-    void* f_t
-    void* i_t
-    void* N_t
-    void* LTM_t
-    void* U_t
-    void* V_t
-    void* STM_t
-    void* work
-    void* dz
-    void* ds_t
-    const void* dSTM_t
-    void* df_t
-    void* di_t
-    void* dN_t
-    void* dU_t
-    void* dV_t
-    void* dLTM_t
-    void* dLTM_prev
-    void* dSTM_prev
-    void* dE_t
-    void** dparam
-    void* barrier
-    int error
-    const void* mem_prev
-    void* mem_t
-    void* dmem_t
-    void* dmem_prev
-    const void* product
-    void* post_product
-
-
 def _check_layout():
-    if not (sizeof(StepAny) == sizeof(StepFloat) == sizeof(StepDouble)):
-        raise ImportError("gatekit.core._projection: step structs disagree in layout")
+    """The offsets of the step's fields in the three structs (see gatekit/core/_step.pxd)."""
+    return step_layout("gatekit.core._projection")
 
 
 _check_layout()
 
+
 cdef enum:
     OUT_OF_MEMORY = -2      # what the loops return when a product could not allocate its panel
-    MAX_CREW = 16
     # As in gatekit.core._loop's plan: multiply-adds per call below which a second thread
     # costs more than it saves, and per step that each thread must have (a barrier costs about
     # a microsecond, a scheduler's wake-up tens of them).
     THREADED_CALL_WORK = 4194304
     THREAD_STEP_WORK = 32768
-
-cdef extern from "_tiles.h" nogil:
-    ctypedef struct gk_start:
-        pass
-    void gk_barrier_init(gk_barrier* barrier, int size)
-    void gk_start_init(gk_start* start)
-    int gk_wait_for_start(gk_start* start)
-    void gk_set_start(gk_start* start, int value)
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    ctypedef struct pthread_attr_t:
-        pass
-    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
-                       void* (*run)(void*) noexcept nogil, void* argument)
-    int pthread_join(pthread_t thread, void** result)
-
 
 def crew_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ssize_t P,
               Py_ssize_t KH, int threads, tuple gates):
@@ -126,7 +75,7 @@ cdef int plan_crew(Py_ssize_t T, Py_ssize_t B, Py_ssize_t D, Py_ssize_t H, Py_ss
     two barriers per step, where the call and each thread's share of a step are large
     enough (the thresholds of gatekit.core._loop)."""
     cdef Py_ssize_t step_work = B * KH * (P + D) + B * P * H
-    cdef Py_ssize_t crew = max(1, min(threads, MAX_CREW))
+    cdef Py_ssize_t crew = max(1, min(threads, MAX_TEAM))
     if not share:
         return 1
     while crew > 1 and (T * step_work < THREADED_CALL_WORK * crew
@@ -139,11 +88,12 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1
             floating[:, :, ::1] x, floating[:, ::1] stm0, floating[:, :, ::1] y,
             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
             floating[:, :, ::1] uv, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-            Py_ssize_t forget_preactivation, tuple reads, int threads=1):
+            Py_ssize_t forget_preactivation, tuple reads, int threads=1, Py_ssize_t alone_at=-1):
     """Run the projected cell over every step of ``x``; the caller puts the initial LTM in
     ltm[0]. Sequence b lasts ``lengths[b]`` steps (None: all T): from then on its memories
     stay as they were. Returns -1, the step at which a gate failed, or -2 if a product could
-    not allocate its scratch."""
+    not allocate its scratch. (``alone_at``: the step after which thread 0 goes on alone
+    whatever it measures, for the tests.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t P = stm0.shape[1], H = W_hr.shape[1], KH = W.shape[0], S = acts.shape[1]
     cdef Py_ssize_t first_input, recurrent_end
@@ -175,6 +125,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1
     set_up_crew(&crew, gate_list, T, B, D, H, P, KH, S, first_input, recurrent_end,
                 forget_preactivation, ends, floating is float,
                 plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
+    start_pace(&crew.pace, alone_at)
     crew.W, crew.bias, crew.W_hr, crew.x = &W[0, 0], &bias[0], &W_hr[0, 0], &x[0, 0, 0]
     crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]
     crew.ltm, crew.uv, crew.work = &ltm[0, 0, 0], &uv[0, 0, 0], &work[0, 0]
@@ -210,8 +161,9 @@ cdef struct Crew:
     int size
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
-    Py_ssize_t failed[MAX_CREW]     # the step at which each thread saw a gate fail, or -1
-    bint out_of_memory[MAX_CREW]
+    Pace pace                # whether, and after which step, thread 0 goes on alone
+    Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
+    bint out_of_memory[MAX_TEAM]
     void* gates[4]
     Py_ssize_t T, B, D, H, P, KH, S, first_input, recurrent_end, forget_preactivation
     const void* W
@@ -256,31 +208,20 @@ cdef inline void share(Py_ssize_t n, int size, int index, Py_ssize_t* start,
 cdef Py_ssize_t run_crew(Crew* crew) noexcept nogil:
     """Run the pass on crew.size threads, this one included (on this one alone if the system
     will not start another). Returns -1, -2 (out of memory) or the first failed step."""
-    cdef pthread_t threads[MAX_CREW]
-    cdef CrewMember members[MAX_CREW]
-    cdef int m, started = 1
+    cdef pthread_t threads[MAX_TEAM]
+    cdef CrewMember members[MAX_TEAM]
+    cdef int m, size = crew.size
     cdef Py_ssize_t failed = -1
-    for m in range(MAX_CREW):
+    for m in range(MAX_TEAM):
         crew.failed[m], crew.out_of_memory[m] = -1, False
-    gk_start_init(&crew.start)
-    gk_barrier_init(&crew.barrier, crew.size)
-    for m in range(1, crew.size):
         members[m].crew, members[m].index = crew, m
-        if pthread_create(&threads[m], NULL, crew_main, &members[m]) != 0:
-            break
-        started += 1
-    if started < crew.size:
-        # each share is fixed by the crew's size: those started leave, this thread runs alone
-        gk_set_start(&crew.start, -1)
-        for m in range(1, started):
-            pthread_join(threads[m], NULL)
-        crew.size = 1
+    gk_barrier_init(&crew.barrier, size)
+    # each share is fixed by the crew's size: if not all start, this thread runs alone
+    crew.size = start_members(&crew.start, threads, crew_main, members, sizeof(CrewMember), size)
+    if crew.size < size:
         gk_barrier_init(&crew.barrier, 1)
-    else:
-        gk_set_start(&crew.start, 1)
     crew_member(crew, 0)
-    for m in range(1, crew.size):
-        pthread_join(threads[m], NULL)
+    join_members(threads, crew.size)
     for m in range(crew.size):
         if crew.out_of_memory[m]:
             return OUT_OF_MEMORY
@@ -308,14 +249,29 @@ cdef inline void crew_member(Crew* crew, int index) noexcept nogil:
         forward_member(crew, index, <double*> NULL)
 
 
-cdef inline bint meet(Crew* crew, int index, Py_ssize_t t, bint failed) noexcept nogil:
-    """Record this thread's failure at step t, wait for the others; whether any has failed
-    (every thread then stops at this step)."""
-    cdef int m
+cdef inline bint meet(Crew* crew, int index, Py_ssize_t t, bint failed, bint alone) noexcept nogil:
+    """Record this thread's failure at step t, wait for the others (unless thread 0 is alone);
+    whether any has failed (every thread then stops at this step)."""
     if failed and crew.failed[index] < 0:
         crew.failed[index] = t
-    if crew.size > 1:
+    if crew.size > 1 and not alone:
         gk_barrier_wait(&crew.barrier)
+    return any_failed(crew)
+
+
+cdef inline StepEnd end_of_step(Crew* crew, int index, Py_ssize_t t, bint failed,
+                                bint alone) noexcept nogil:
+    """meet() at the step's last barrier, where thread 0 may decide to go on alone
+    (gatekit/core/_team.pxd)."""
+    cdef StepEnd end = meet_at_end_of_step(&crew.pace, &crew.barrier, crew.size, crew.failed,
+                                           index, t, failed, alone or crew.size == 1,
+                                           t == crew.pace.alone_at)
+    return STOP if any_failed(crew) else end
+
+
+cdef inline bint any_failed(Crew* crew) noexcept nogil:
+    """Whether a gate failed or a product ran out of memory on any thread."""
+    cdef int m
     for m in range(crew.size):
         if crew.failed[m] >= 0 or crew.out_of_memory[m]:
             return True
@@ -337,7 +293,8 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
     cdef floating* zt
     cdef const floating* STM_prev
     cdef floating* STM_t
-    cdef bint failed = False
+    cdef bint failed = False, alone = False
+    cdef StepEnd end
     cdef int ok = 0
     share(H, crew.size, index, &u0, &u1)
     share(P, crew.size, index, &p0, &p1)
@@ -373,7 +330,7 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
                             (<floating*> s.LTM_t)[j] = (<const floating*> s.LTM_prev)[j]
         if ok < 0:
             crew.out_of_memory[index] = True
-        if meet(crew, index, t, failed):
+        if meet(crew, index, t, failed, alone):
             return
         # The projection, this thread's columns: STM_t = (U_t ⊙ V_t) W_hr^T.
         if p1 > p0:
@@ -386,8 +343,14 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
                             STM_t[j] = STM_prev[j]
         if ok < 0:
             crew.out_of_memory[index] = True
-        if meet(crew, index, t, False):
+        end = end_of_step(crew, index, t, False, alone)
+        if end == STOP or (end == GO_ALONE and index > 0):
             return
+        if end == GO_ALONE:
+            # From here thread 0 computes every unit and every column, as one thread would.
+            alone = True
+            u0, u1, p0, p1 = 0, H, 0, P
+            s.e.u0, s.e.u1 = u0, u1
 
 
 cdef void backward_member(Crew* crew, int index, floating* precision) noexcept nogil:
@@ -410,7 +373,8 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
     cdef floating* g_t
     cdef floating* dLTM_t
     cdef floating* dLTM_prev
-    cdef bint failed = False
+    cdef bint failed = False, alone = False
+    cdef StepEnd end
     cdef int ok = 0
     share(H, crew.size, index, &u0, &u1)
     share(P, crew.size, index, &p0, &p1)
@@ -453,7 +417,7 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
                 for j in range(b * H + u0, b * H + u1):
                     dLTM_prev[j] = dLTM_t[j]
                     dLTM_t[j] = 0
-        if meet(crew, index, t, False):
+        if meet(crew, index, t, False, alone):
             return
         if u1 > u0:
             ok |= gemm(False, False, B, u1 - u0, P, <const floating*> g_t, P, W_hr + u0, H,
@@ -462,8 +426,13 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
                                    crew.dparams_stride, True)
         if ok < 0:
             crew.out_of_memory[index] = True
-        if meet(crew, index, t, failed):
+        end = end_of_step(crew, index, t, failed, alone)
+        if end == STOP or (end == GO_ALONE and index > 0):
             return
+        if end == GO_ALONE:
+            alone = True
+            u0, u1, p0, p1 = 0, H, 0, P
+            s.e.u0, s.e.u1 = u0, u1
         if crew.recurrent_end > 0 and p1 > p0:
             ok |= gemm(False, False, B, p1 - p0, crew.recurrent_end, <const floating*> dzt, KH,
                        W + p0, kdim, <floating> 1, carry + p0, P)
@@ -479,7 +448,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
              floating[::1] dbias, floating[:, ::1] dW_hr, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[:, :, ::1] dprojected,
              floating[:, :, ::1] scratch, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation, tuple reads, int threads=1):
+             Py_ssize_t forget_preactivation, tuple reads, int threads=1,
+             Py_ssize_t alone_at=-1):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, P); dstm (B, P) the gradient of the final STM, dltm[T % 2] that of the final
@@ -488,7 +458,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
     g), all added into (the caller zeroes them). dz (T, B, KH), dacts (5, T, B, H), work
     (T * B, H), dprojected (T, B, P) (g_t of every step) and scratch (2, B, H): any content.
     Returns -1, the step at which a gate failed (T for a failure in finish), or -2 if a
-    product could not allocate its scratch."""
+    product could not allocate its scratch. (``alone_at`` as in forward.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t P = stm0.shape[1], H = W_hr.shape[1], KH = W.shape[0]
     cdef Py_ssize_t first_input, recurrent_end
@@ -532,6 +502,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
     set_up_crew(&crew, gate_list, T, B, D, H, P, KH, T, first_input, recurrent_end,
                 forget_preactivation, ends, floating is float,
                 plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
+    start_pace(&crew.pace, alone_at)
     crew.backward = True
     crew.W, crew.W_hr, crew.x = &W[0, 0], &W_hr[0, 0], &x[0, 0, 0] if D > 0 else NULL
     crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]

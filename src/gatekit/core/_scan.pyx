@@ -28,92 +28,40 @@ and the recurrence is independent per unit, so the forward pass meets no barrier
 is sequential in T: on a CPU the B × units lanes of a step already fill the vectors, and a
 blocked scan over T would pass over the memories twice.) Backward meets three barriers a
 chunk: dx and the gates' finish need all units of the chunk's dz, and the next chunk reuses
-its scratch.
+its scratch. On a busy machine, where a descheduled thread makes the others wait at those
+barriers, thread 0 judges at each chunk's last barrier whether the team has become slower
+than it would be alone, and if so carries on alone (gatekit/core/_team.pxd); the forward
+pass, which never waits for another thread until the end of the call, has nothing to judge:
+a thread that loses its CPU delays its own units only, while the others go on.
 
 The tape is the time loop's (z (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y), so a tape
 of either path can be read back by either.
 """
 from libc.string cimport memset
-from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating, gemm
+from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
+from gatekit.core._step cimport StepAny, step_layout
+from gatekit.core._team cimport (
+    MAX_TEAM, Pace, GO_ALONE, gk_barrier, gk_barrier_init, gk_barrier_wait, gk_start,
+    gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members, start_pace)
 
 from gatekit.core._gate import PythonGate
 
 __all__ = ["backward", "chunk_steps", "forward", "team_size"]
 
 
-cdef extern from "_tiles.h" nogil:
-    ctypedef struct gk_start:
-        pass
-    ctypedef struct gk_barrier:
-        pass
-    void gk_barrier_init(gk_barrier* barrier, int size)
-    void gk_barrier_wait(gk_barrier* barrier)
-    void gk_start_init(gk_start* start)
-    int gk_wait_for_start(gk_start* start)
-    void gk_set_start(gk_start* start, int value)
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    ctypedef struct pthread_attr_t:
-        pass
-    int pthread_create(pthread_t* thread, const pthread_attr_t* attributes,
-                       void* (*run)(void*) noexcept nogil, void* argument)
-    int pthread_join(pthread_t thread, void** result)
-
-
 cdef enum:
     # Rows (steps × sequences) of one chunk: its z, gate outputs and memories of one thread's
     # units stay in that thread's cache (1 MiB of L2 here) from the product to the use gate.
     CHUNK_ROWS = 256
-    MAX_TEAM = 16
     # Units per thread are a multiple of this (whole vectors, whole panels of the products).
     UNIT_STEP = 16
     # Multiply-adds per thread below which one more thread costs more than it saves.
     THREAD_WORK = 4194304
 
 
-# The step handed to the gates, untyped: see the same struct in gatekit/core/_loop.pyx.
-cdef struct StepAny:
-    Extent e
-    void* z
-    const void* s_t
-    const void* STM_prev
-    const void* LTM_prev
-    const void* E_t
-    void* f_t
-    void* i_t
-    void* N_t
-    void* LTM_t
-    void* U_t
-    void* V_t
-    void* STM_t
-    void* work
-    void* dz
-    void* ds_t
-    const void* dSTM_t
-    void* df_t
-    void* di_t
-    void* dN_t
-    void* dU_t
-    void* dV_t
-    void* dLTM_t
-    void* dLTM_prev
-    void* dSTM_prev
-    void* dE_t
-    void** dparam
-    void* barrier
-    int error
-    const void* mem_prev
-    void* mem_t
-    void* dmem_t
-    void* dmem_prev
-    const void* product
-    void* post_product
-
-
 def _check_layout():
-    if not (sizeof(StepAny) == sizeof(StepFloat) == sizeof(StepDouble)):
-        raise ImportError("gatekit.core._scan: step structs disagree in layout")
+    """The offsets of the step's fields in the three structs (see gatekit/core/_step.pxd)."""
+    return step_layout("gatekit.core._scan")
 
 
 _check_layout()
@@ -127,9 +75,11 @@ cdef enum Phase:
 
 cdef struct Scan:
     int size                 # threads
+    gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier       # backward: the threads meet after each chunk's gates (see below)
     Py_ssize_t units         # units per thread (the last may have fewer)
     Phase phase
+    Pace pace                # backward: whether, and after which chunk, thread 0 goes on alone
     bint single
     void* gates[4]           # borrowed Gate objects, in role order
     Py_ssize_t T, B, D, H, KH, chunk, kept, forget_preactivation
@@ -204,6 +154,7 @@ cdef void set_up(Scan* sc, tuple gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D
     sc.forget_preactivation = forget_preactivation
     sc.dparams, sc.dparams_stride = NULL, 0
     sc.out_of_memory = sc.finish_failed = False
+    start_pace(&sc.pace, -1)
 
 
 cdef check_shape(str name, tuple shape, tuple expected):
@@ -219,7 +170,6 @@ cdef check_shape(str name, tuple shape, tuple expected):
 cdef struct Member:
     Scan* scan
     int index
-    gk_start* start
 
 
 cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
@@ -228,29 +178,18 @@ cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
     at which a gate failed."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
-    cdef gk_start start
-    cdef int m, started = 1
+    cdef int m, size = sc.size
     cdef Py_ssize_t failed = -1
     for m in range(sc.size):
         sc.failed[m] = -1
-    gk_start_init(&start)
-    for m in range(1, sc.size):
-        members[m].scan, members[m].index, members[m].start = sc, m, &start
-        if pthread_create(&threads[m], NULL, member_main, &members[m]) != 0:
-            break
-        started += 1
-    if started < sc.size:
-        # The others wait at barriers for threads that do not exist: this one takes every unit.
-        gk_set_start(&start, -1)
-        for m in range(1, started):
-            pthread_join(threads[m], NULL)
-        sc.size, sc.units, started = 1, sc.H, 1
-    else:
-        gk_set_start(&start, 1)
-    gk_barrier_init(&sc.barrier, sc.size)
+        members[m].scan, members[m].index = sc, m
+    gk_barrier_init(&sc.barrier, size)
+    sc.size = start_members(&sc.start, threads, member_main, members, sizeof(Member), size)
+    if sc.size < size:
+        sc.units = sc.H
+        gk_barrier_init(&sc.barrier, 1)
     run_member(sc, 0)
-    for m in range(1, started):
-        pthread_join(threads[m], NULL)
+    join_members(threads, sc.size)
     for m in range(sc.size):
         if sc.failed[m] >= 0 and (failed < 0 or sc.failed[m] < failed):
             failed = sc.failed[m]
@@ -259,7 +198,7 @@ cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
 
 cdef void* member_main(void* argument) noexcept nogil:
     cdef Member* member = <Member*> argument
-    if gk_wait_for_start(member.start) > 0:
+    if gk_wait_for_start(&member.scan.start) > 0:
         run_member(member.scan, member.index)
     return NULL
 
@@ -459,7 +398,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts, floating[:, :, :, ::1] drows,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation, int threads):
+             Py_ssize_t forget_preactivation, int threads, Py_ssize_t alone_at=-1):
     """The gradients of a scan (or of a time loop of the same cell) over its tape: z
     (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y (T, B, H).
 
@@ -468,7 +407,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     dx (zeroed by the caller) and the gates' extra parameter gradients at ``dparams[g]``.
     Scratch of one chunk's rows, C = min(T, chunk_steps(B)): dz (C, B, KH), dacts
     (5, C, B, H), drows (2, C, B, H) and work (C * B, H). Returns -1, or the first step of the
-    chunk at which a gate failed (T for a failure in finish)."""
+    chunk at which a gate failed (T for a failure in finish). (``alone_at``: a step after whose
+    chunk thread 0 goes on alone whatever it measures, for the tests.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = y.shape[2], KH = W.shape[0], C = min(T, max(1, CHUNK_ROWS // B))
     cdef Py_ssize_t failed
@@ -498,6 +438,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
         return -1
     set_up(&sc, gates, T, B, D, H, KH, T, forget_preactivation, threads, floating is float)
     sc.phase = BACKWARD
+    sc.pace.alone_at = alone_at
     sc.W = &W[0, 0] if KH > 0 else NULL
     sc.x, sc.y = &x[0, 0, 0], &y[0, 0, 0]
     sc.z = &z[0, 0, 0] if KH > 0 else NULL
@@ -535,10 +476,10 @@ cdef StepAny backward_step(Scan* sc, Py_ssize_t t0, Py_ssize_t steps, Py_ssize_t
     return s
 
 
-cdef bint meet(Scan* sc) noexcept nogil:
-    """Wait for the other threads; whether a gate has failed on any."""
+cdef bint meet(Scan* sc, bint alone) noexcept nogil:
+    """Wait for the other threads (unless thread 0 is alone); whether a gate has failed on any."""
     cdef int m
-    if sc.size > 1:
+    if sc.size > 1 and not alone:
         gk_barrier_wait(&sc.barrier)
     for m in range(sc.size):
         if sc.failed[m] >= 0:
@@ -552,8 +493,9 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     backward; then, once every thread has its units of the chunk's dz (a barrier), the gates'
     finish over the chunk's rows on thread 0 (a barrier), the weight gradients of its units'
     rows of W and its share of the chunk's rows of dx (a barrier before the next chunk reuses
-    the scratch). A thread whose gate failed still meets the others; they all stop at the
-    chunk's first barrier."""
+    the scratch, where thread 0 may decide to go on alone, doing every thread's part in turn
+    while the others leave). A thread whose gate failed still meets the others; they all stop
+    at the chunk's first barrier."""
     cdef Py_ssize_t T = sc.T, B = sc.B, D = sc.D, H = sc.H, KH = sc.KH, BH = B * H
     cdef Py_ssize_t CBH = sc.chunk * BH, kdim = H + D
     cdef Py_ssize_t blocks = KH // H if H > 0 else 0, chunk = sc.chunk
@@ -582,66 +524,68 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     cdef const floating* prev
     cdef floating* lane
     cdef StepAny s
-    cdef int g
-    cdef bint failed = False
-    unit_range(sc, index, &u0, &u1)
+    cdef int g, m
+    cdef bint failed = False, alone = False
     end = T
     while end > 0:
         t0 = ((end - 1) // chunk) * chunk
         steps = end - t0
         rows = steps * B
-        if u0 < u1 and not failed:
-            s = backward_step(sc, t0, steps, u0, u1, precision)
-            # The gates add into dz, dacts and dLTM_t: zero this thread's units of the chunk.
-            for r in range(rows):
-                for k in range(blocks):
-                    for j in range(r * KH + k * H + u0, r * KH + k * H + u1):
-                        dz[j] = 0
-                for k in range(5):
-                    lane = dacts + k * CBH + r * H
-                    for j in range(u0, u1):
-                        lane[j] = 0
-                for j in range(r * H + u0, r * H + u1):
-                    dL[j] = 0
-            # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
-            # final STM's gradient; past its end, nothing.
-            for t in range(steps):
-                for b in range(B):
-                    length = T if lengths == NULL else lengths[b]
-                    lane = dS + t * BH + b * H
-                    if t0 + t < length:
-                        for j in range(u0, u1):
-                            lane[j] = dy[(t0 + t) * BH + b * H + j]
-                        if t0 + t == length - 1:
-                            for j in range(u0, u1):
-                                lane[j] += dstm[b * H + j]
-                    else:
+        # Alone, thread 0 takes every thread's units, as each would have: the same bits.
+        for m in range(0 if alone else index, sc.size if alone else index + 1):
+            unit_range(sc, m, &u0, &u1)
+            if u0 < u1 and not failed:
+                s = backward_step(sc, t0, steps, u0, u1, precision)
+                # The gates add into dz, dacts and dLTM_t: zero the thread's units of the chunk.
+                for r in range(rows):
+                    for k in range(blocks):
+                        for j in range(r * KH + k * H + u0, r * KH + k * H + u1):
+                            dz[j] = 0
+                    for k in range(5):
+                        lane = dacts + k * CBH + r * H
                         for j in range(u0, u1):
                             lane[j] = 0
-            failed = not run_gate(sc, 3, BACKWARD, &s)
-            if not failed:
-                # The remember gate, step by step from the chunk's last: carry is dLTM_t.
-                for t in range(steps - 1, -1, -1):
-                    f = acts + (t0 + t) * BH
-                    i, n = f + T * BH, f + 2 * T * BH
-                    df = dacts + t * BH
-                    di, dn = df + CBH, df + 2 * CBH
-                    prev = ltm + (t0 + t) * BH
+                    for j in range(r * H + u0, r * H + u1):
+                        dL[j] = 0
+                # dSTM_t: nothing reads the STM, so only dy_t and, at a sequence's last step, the
+                # final STM's gradient; past its end, nothing.
+                for t in range(steps):
                     for b in range(B):
-                        if lengths == NULL or t0 + t < lengths[b]:
-                            lane = dL + t * BH
-                            for j in range(b * H + u0, b * H + u1):
-                                carry[j] += lane[j]
-                                df[j] += carry[j] * prev[j]
-                                di[j] += carry[j] * n[j]
-                                dn[j] += carry[j] * i[j]
-                                carry[j] = carry[j] * f[j]
-                for g in range(1, -1, -1):
-                    if not failed:
-                        failed = not run_gate(sc, g, BACKWARD, &s)
+                        length = T if lengths == NULL else lengths[b]
+                        lane = dS + t * BH + b * H
+                        if t0 + t < length:
+                            for j in range(u0, u1):
+                                lane[j] = dy[(t0 + t) * BH + b * H + j]
+                            if t0 + t == length - 1:
+                                for j in range(u0, u1):
+                                    lane[j] += dstm[b * H + j]
+                        else:
+                            for j in range(u0, u1):
+                                lane[j] = 0
+                failed = not run_gate(sc, 3, BACKWARD, &s)
+                if not failed:
+                    # The remember gate, step by step from the chunk's last: carry is dLTM_t.
+                    for t in range(steps - 1, -1, -1):
+                        f = acts + (t0 + t) * BH
+                        i, n = f + T * BH, f + 2 * T * BH
+                        df = dacts + t * BH
+                        di, dn = df + CBH, df + 2 * CBH
+                        prev = ltm + (t0 + t) * BH
+                        for b in range(B):
+                            if lengths == NULL or t0 + t < lengths[b]:
+                                lane = dL + t * BH
+                                for j in range(b * H + u0, b * H + u1):
+                                    carry[j] += lane[j]
+                                    df[j] += carry[j] * prev[j]
+                                    di[j] += carry[j] * n[j]
+                                    dn[j] += carry[j] * i[j]
+                                    carry[j] = carry[j] * f[j]
+                    for g in range(1, -1, -1):
+                        if not failed:
+                            failed = not run_gate(sc, g, BACKWARD, &s)
             if failed:
                 sc.failed[index] = t0
-        if meet(sc):
+        if meet(sc, alone):
             return
         if index == 0:
             # Each gate's finish over the chunk's rows, all units: the place for a gradient
@@ -652,29 +596,35 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
                     # Not in sc.failed: the others may still be reading that after the barrier.
                     sc.finish_failed = True
                     break
-        if sc.size > 1:
+        if sc.size > 1 and not alone:
             gk_barrier_wait(&sc.barrier)
         if sc.finish_failed:
             return
-        if KH > 0:
-            # dW[:, H:] += dz^T E and db += Σ dz over the chunk's rows, for this thread's
-            # units of every block
-            for k in range(blocks):
-                c = k * H + u0
-                if u0 < u1 and gemm(True, False, u1 - u0, D, rows, dz + c, KH,
-                                    x + t0 * B * D, D, 1, dW + c * kdim + H, kdim) != 0:
+        for m in range(0 if alone else index, sc.size if alone else index + 1):
+            unit_range(sc, m, &u0, &u1)
+            if KH > 0:
+                # dW[:, H:] += dz^T E and db += Σ dz over the chunk's rows, for this thread's
+                # units of every block
+                for k in range(blocks):
+                    c = k * H + u0
+                    if u0 < u1 and gemm(True, False, u1 - u0, D, rows, dz + c, KH,
+                                        x + t0 * B * D, D, 1, dW + c * kdim + H, kdim) != 0:
+                        sc.out_of_memory = True
+                    for r in range(rows):
+                        for j in range(c, k * H + u1):
+                            dbias[j] += dz[r * KH + j]
+                # dx += dz W[:, H:] for this thread's share of the chunk's rows
+                share = (rows + sc.size - 1) // sc.size
+                r0 = min(rows, m * share)
+                r1 = min(rows, r0 + share)
+                if r1 > r0 and gemm(False, False, r1 - r0, D, KH, dz + r0 * KH, KH, W + H, kdim,
+                                    1, dx + (t0 * B + r0) * D, D) != 0:
                     sc.out_of_memory = True
-                for r in range(rows):
-                    for j in range(c, k * H + u1):
-                        dbias[j] += dz[r * KH + j]
-            # dx += dz W[:, H:] for this thread's share of the chunk's rows
-            share = (rows + sc.size - 1) // sc.size
-            r0 = min(rows, index * share)
-            r1 = min(rows, r0 + share)
-            if r1 > r0 and gemm(False, False, r1 - r0, D, KH, dz + r0 * KH, KH, W + H, kdim, 1,
-                                dx + (t0 * B + r0) * D, D) != 0:
-                sc.out_of_memory = True
-        # Before the next chunk's gates reuse the scratch.
-        if sc.size > 1:
-            gk_barrier_wait(&sc.barrier)
+        # Before the next chunk's gates reuse the scratch; the barrier where thread 0 judges.
+        if sc.size > 1 and not alone and meet_at_end_of_step(
+                &sc.pace, &sc.barrier, sc.size, sc.failed, index, t0, False, False,
+                t0 <= sc.pace.alone_at < end) == GO_ALONE:
+            if index > 0:
+                return
+            alone = True
         end = t0
