@@ -34,6 +34,24 @@ def test_sgd_momentum_matches_heavy_ball_by_hand():
             np.testing.assert_allclose(params[name], expected[name], rtol=1e-13, atol=1e-15)
 
 
+def test_nesterov_momentum_tracks_sutskevers_look_ahead_point():
+    # On f(theta) = theta' A theta / 2, Sutskever et al. (2013) evaluate the gradient at the
+    # look-ahead point theta + mu v: v <- mu v - lr grad f(theta + mu v); theta <- theta + v.
+    # The optimizer's parameters are that look-ahead point.
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(4, 4))
+    A = A @ A.T / 4 + np.eye(4)
+    lr, mu = 0.05, 0.9
+    theta, v = rng.normal(size=4), np.zeros(4)
+    params = {"w": theta.copy()}
+    nesterov = optim.SGD(params, lr=lr, momentum=mu, nesterov=True)
+    for _ in range(25):
+        nesterov.step({"w": A @ params["w"]})
+        v = mu * v - lr * (A @ (theta + mu * v))
+        theta = theta + v
+        np.testing.assert_allclose(params["w"], theta + mu * v, rtol=1e-10, atol=1e-12)
+
+
 def test_adam_matches_kingma_ba_algorithm_1():
     params, gradients = _params_and_gradients()
     alpha, beta1, beta2, eps = 0.01, 0.9, 0.999, 1e-8

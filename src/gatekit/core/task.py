@@ -35,7 +35,15 @@ class Task:
         return f"{type(self).__name__}({arguments})"
 
     def sample(self, batch_size, rng):
+        """``batch_size`` training sequences ``(x, target)``, drawn with ``rng``."""
         raise NotImplementedError
+
+    def heldout(self, batch_size, rng):
+        """``batch_size`` sequences to evaluate on, that training never sees. A task that
+        generates its sequences draws fresh ones (this default: the chance that ``sample`` ever
+        drew the same is nil); a task on a finite data set overrides it to draw from its
+        held-out split, which ``sample`` never touches."""
+        return self.sample(batch_size, rng)
 
     def solved(self, outputs, target):
         raise NotImplementedError
