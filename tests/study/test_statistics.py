@@ -164,18 +164,48 @@ def test_summary_rows_test_each_variant_against_the_baseline():
     assert f"> {expected_p['nfg']:.2g} ({holm['nfg']:.2g})" in nfg
 
 
-def test_variance_explained_pools_the_variants_of_a_task():
+def test_variance_explained_per_variant_and_of_the_variant():
     records, finals, lrs = search_records()
     [entry] = compare.variance_explained(records)
-    rows = [{"lr": float(lrs[k]), "variant": v, "loss": float(finals[v][k])}
-            for k in range(8) for v in finals]
-    shares, chance = statistics.variance_shares(rows, ["lr", "variant"])
-    assert entry == {"task": "adding:100", "settings": "random search", "runs": 32,
-                     "shares": shares, "chance": chance}
+    # lr: the mean over variants of its share among that variant's 8 trials (2 bins of 4).
+    per_variant = [statistics.variance_shares(
+        [{"lr": float(lrs[k]), "loss": float(finals[v][k])} for k in range(8)], ["lr"])
+        for v in finals]
+    rows = [{"variant": v, "loss": float(finals[v][k])} for k in range(8) for v in finals]
+    [variant_share], [variant_chance] = (d.values() for d in
+                                         statistics.variance_shares(rows, ["variant"]))
+    assert entry["task"] == "adding:100" and entry["settings"] == "random search"
+    assert (entry["runs"], entry["trials"]) == (32, 8)
+    assert entry["shares"] == pytest.approx(
+        {"lr": np.mean([s["lr"] for s, _ in per_variant]), "variant": variant_share})
+    assert entry["chance"] == pytest.approx({"lr": 1 / 7, "variant": 3 / 31})
+    assert variant_chance == pytest.approx(3 / 31)
     text = compare.format_variance([entry])
     assert text.startswith("variance of the final loss explained, adding:100 (random search, "
-                           "32 runs): ")
-    assert f"variant {shares['variant']:.0%} (chance {chance['variant']:.0%})" in text
+                           "8 trials, 32 runs): ")
+    assert f"variant {variant_share:.0%} (chance {3 / 31:.0%})" in text
+
+
+def test_variance_explained_credits_only_the_hyperparameter_that_matters():
+    # The loss of every variant is a step function of lr's fifth (the 5 bins of 40 trials);
+    # the batch size was drawn too but does nothing. Pooled over variants, the batch size
+    # would take the credit of every difference between trials; within each variant it gets
+    # what chance gives it.
+    rng = np.random.default_rng(6)
+    lrs, batches = 10 ** rng.uniform(-4, -1, 40), rng.choice([16, 32, 64], 40)
+    fifth = np.argsort(np.argsort(lrs)) // 8
+    records = []
+    for v, offset in (("peephole", 0.0), ("nfg", 0.01)):
+        for k in range(40):
+            record = search_record(v, k, 0.1 - 0.02 * fifth[k] + offset, float(lrs[k]))
+            record["spec"]["batch_size"] = int(batches[k])
+            record["spec"]["search"]["space"]["batch_size"] = "choice:16,32,64"
+            records.append(record)
+    [entry] = compare.variance_explained(records)
+    assert entry["shares"]["lr"] == pytest.approx(1.0)
+    assert entry["shares"]["batch_size"] < 0.1
+    # Balanced: the variant's offset (variance 0.005^2) over it plus lr's (0.02^2 var(0..4)).
+    assert entry["shares"]["variant"] == pytest.approx(0.005 ** 2 / (0.005 ** 2 + 0.02 ** 2 * 2))
 
 
 def test_two_searches_in_one_folder_are_told_apart():

@@ -332,10 +332,14 @@ def _test_against_baseline(rows, finals_of, baseline):
 
 def variance_explained(records):
     """For each task and random search among ``records``, how much of the variance of the
-    final loss of its trials each searched hyperparameter explains, and the variant (when
-    there are several): :func:`gatekit.study.statistics.variance_shares` over the finished runs
-    of every variant together. A list of ``{"task", "settings", "runs", "shares": {factor:
-    share}, "chance": {factor: share by chance}}``."""
+    final loss each searched hyperparameter explains, and the variant (when there are
+    several), by :func:`gatekit.study.statistics.variance_shares` over the finished runs. A
+    hyperparameter's share (and its chance level) is the mean of its shares over the variants,
+    each over that variant's trials: the trials of one variant are independent draws, while
+    the runs of all variants of a trial share every value drawn, so pooling them would credit
+    each hyperparameter with all that differs between trials. The variant's share is over the
+    runs of all variants together. A list of ``{"task", "settings", "runs", "trials", "shares":
+    {factor: share}, "chance": {factor: share by chance}}``."""
     searches = _search_labels(records)
     pooled = {}
     for record in records:
@@ -349,13 +353,25 @@ def variance_explained(records):
              **{name: sweep.setting(spec, name) for name in spec["search"]["space"]}})
     entries = []
     for (task, settings), rows in pooled.items():
-        factors = [name for name in HYPERPARAMETERS if name in rows[0]]
-        if len({row["variant"] for row in rows}) > 1:
-            factors.append("variant")
-        shares, chances = statistics.variance_shares(rows, factors)
+        drawn = [name for name in HYPERPARAMETERS if name in rows[0]]
+        by_variant = {}
+        for row in rows:
+            by_variant.setdefault(row["variant"], []).append(row)
+        per_variant = [statistics.variance_shares(group, drawn) for group in by_variant.values()]
+        shares = {name: _mean([found[0][name] for found in per_variant]) for name in drawn}
+        chances = {name: _mean([found[1][name] for found in per_variant]) for name in drawn}
+        if len(by_variant) > 1:
+            share, chance = statistics.variance_shares(rows, ["variant"])
+            shares["variant"], chances["variant"] = share["variant"], chance["variant"]
         entries.append({"task": task, "settings": settings, "runs": len(rows),
+                        "trials": max(len(group) for group in by_variant.values()),
                         "shares": shares, "chance": chances})
     return entries
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def format_variance(entries):
@@ -366,7 +382,8 @@ def format_variance(entries):
                  f"(chance {_share(entry['chance'][f])})"
                  for f in sorted(entry["shares"], key=lambda f: -(entry["shares"][f] or 0))]
         lines.append(f"variance of the final loss explained, {entry['task']} "
-                     f"({entry['settings']}, {entry['runs']} runs): " + ", ".join(parts))
+                     f"({entry['settings']}, {entry['trials']} trials, {entry['runs']} runs): "
+                     + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -549,6 +566,8 @@ def plot(records, folder):
 def _plot_loss_against_lr(plt, task, groups, baseline, folder):
     """One panel per variant: final loss against learning rate, log-log, with the
     median of the runs in each fifth of the learning rates as a line."""
+    from matplotlib.ticker import NullFormatter
+
     by_variant = {}
     for _, group in groups:
         by_variant.setdefault(group[0]["spec"]["variant"], []).extend(group)
@@ -567,6 +586,7 @@ def _plot_loss_against_lr(plt, task, groups, baseline, folder):
                        color="tab:red", linewidth=1.4)
         panel.axhline(baseline, color="black", linestyle="--", linewidth=1)
         panel.set(xscale="log", yscale="log", title=f"{label} ({len(group)} runs)")
+        panel.xaxis.set_minor_formatter(NullFormatter())     # a label at every tick overlaps
         panel.title.set_fontsize(9)
         panel.grid(True, which="both", alpha=0.25)
     for panel in axes.flat[len(by_variant):]:

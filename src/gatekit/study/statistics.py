@@ -5,7 +5,8 @@ share of the variance of the loss that each hyperparameter explains.
 The variance share is a first-order, functional-ANOVA-style marginal (Hooker 2007; Hutter et
 al. 2014 as Greff et al. 2017 use it), estimated from the trials themselves rather than from a
 model fitted to them: the values a factor took are put into at most ``bins`` bins of about
-equal counts (a factor with that many distinct values or fewer: one bin per value), and its
+equal counts (by default 5, fewer for fewer than 20 runs: at least 4 runs a bin, and at least
+2 bins; a factor with that many distinct values or fewer: one bin per value), and its
 share is the variance of the bin means of the loss, weighted by the bins' counts, over the
 total variance of the loss (the correlation ratio, eta squared). A factor that explains nothing
 still gets about ``(k - 1) / (n - 1)`` by chance over n runs in k bins (the expected eta
@@ -65,7 +66,7 @@ def _bins(values, bins):
     return np.searchsorted(edges, values, side="right")
 
 
-def variance_shares(rows, factors, loss="loss", bins=5):
+def variance_shares(rows, factors, loss="loss", bins=None):
     """How much of the variance of ``row[loss]`` over ``rows`` each factor explains alone:
     ``({factor: share}, {factor: chance})``: each share in [0, 1] (see the module docstring),
     and the share that factor would get by chance if it explained nothing, ``(k - 1) / (n -
@@ -77,6 +78,8 @@ def variance_shares(rows, factors, loss="loss", bins=5):
     total = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
     if len(y) < 2 or total == 0.0:
         return dict.fromkeys(factors), dict.fromkeys(factors)
+    if bins is None:
+        bins = max(2, min(5, len(y) // 4))
     shares, chances = {}, {}
     for factor in factors:
         values = [row[factor] for row in rows]
