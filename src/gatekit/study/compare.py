@@ -672,7 +672,8 @@ def compare(variants, tasks=("adding",), *, seeds=None, search="grid", trials=No
                             {"runs": results}, baseline)
     if comparison.records:
         summary_settings = {"variants": list(variants), "tasks": [str(t) for t in task_list],
-                            "seeds": seeds, "search": search, "trials": trials,
+                            "seeds": 3 if seeds is None and search == "grid" else seeds,
+                            "search": search, "trials": trials,
                             "search_seed": search_seed, "baseline": baseline,
                             **{k: _jsonable(k, v) for k, v in settings.items()}}
         comparison.files["csv"] = os.path.join(out, "summary.csv")
