@@ -723,12 +723,13 @@ def folder_records(results, first=()):
 EPILOG = """\
 variants: a variant (gatekit.variants(): standard, course, literal, peephole, nig, nfg, nog,
   niaf, noaf, cifg, janet, gru, mingru, minlstm, mgu, mut1 (whose input_size must equal
-  hidden_size), and those of plugins), optionally with gates swapped:
+  hidden_size), slstm, layernorm, and those of plugins), optionally with gates swapped:
   standard+forget=peephole, course+learn=coupled+use=peephole (roles: forget, learn,
   remember, use; gate names: gatekit.gates()).
 tasks: NAME, NAME:LENGTH, or NAME:key=value,... with length, the task's options and any run
   setting for that task alone: adding:100, copy:length=50,steps=3000. Built in: adding,
-  reber, temporal_order, copy, nature_show (gatekit.tasks.names() lists plugins' tasks too).
+  reber, temporal_order, copy, nature_show, digits (real data: pip install 'gatekit[data]')
+  (gatekit.tasks.names() lists plugins' tasks too).
 values of --lr, --hidden-size, --batch-size, --momentum, --input-noise: numbers (several
   are a grid), or with --search random one distribution: uniform:LOW,HIGH,
   loguniform:LOW,HIGH, uniform-int:LOW,HIGH, loguniform-int:LOW,HIGH, choice:A,B,...
