@@ -11,7 +11,7 @@ __all__ = ["Task"]
 class Task:
     """Base class of the tasks: ``name``, ``length`` and the interface :mod:`gatekit.tasks`
     describes. Subclasses set ``name``, ``description``, ``default_length``, and implement
-    ``sample`` and ``solved``."""
+    ``sample`` and ``solved``; a task on a finite data set also ``heldout``."""
 
     name = None
     description = ""

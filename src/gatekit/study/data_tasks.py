@@ -73,7 +73,8 @@ class Digits(Task):
         return self._batch(first + rng.choice(count, size, replace=False))
 
     def sample(self, batch_size, rng):
-        """``x`` (8, B, 8) and the digits (B,), from the training images."""
+        """``x`` (8, B, 8) and the digits (B,), from the training images (at most all
+        1,437)."""
         return self._draw(0, self.training_images, batch_size, rng)
 
     def heldout(self, batch_size, rng):

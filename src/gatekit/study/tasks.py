@@ -5,9 +5,6 @@ as ``Task(length, **options)``. An instance has:
 
 - ``sample(batch_size, rng) -> (x, target)``: ``x`` (T, B, input_size) float64, the target in
   the form its ``loss`` takes; the same ``rng`` state gives the same batch;
-- ``heldout(batch_size, rng) -> (x, target)``: sequences to evaluate on that training never
-  sees: for these generated tasks, fresh draws of ``sample``; a task on a finite data set
-  (:mod:`gatekit.study.data_tasks`) draws them from its held-out split;
 - ``input_size``, ``output_size``: the model's input and output widths;
 - ``loss``: one of :mod:`gatekit.losses`, applied to the model's outputs (T, B, output_size);
 - ``baseline_loss``: the expected loss of the trivial predictor named in the task's docstring
