@@ -1,7 +1,8 @@
 """Correctness guards (untimed): the PyTorch and JAX versions that the suite times compute what
 gatekit's variant computes with the same parameters, at a small shape in float64 to 1e-10:
 outputs, final memories, and the gradients of sum(y * dy) with respect to x and every parameter.
-Issue 13's cells (gru, mgu, mut1, mingru, minlstm) likewise, as PyTorch Python loops, and gru as
+Issue 13's cells (gru, mgu, mut1, mingru, minlstm, slstm, layernorm) likewise, as PyTorch
+Python loops and JAX scans, their final memories included (slstm's m and n), and gru as
 torch.nn.GRU.
 
 They run with the timed suite disabled, in a few seconds:
@@ -12,7 +13,7 @@ import pytest
 
 from harness.cases import Case, inputs
 from harness.contenders import (LOOP_VARIANTS, NEEDS_D_EQUALS_H, NEW_CELLS, Unavailable,
-                                gatekit_cell)
+                                carried_memories, gatekit_cell)
 from harness.jax_contenders import import_jax, jax_callable, jax_loop
 from harness.torch_contenders import (import_torch, new_cell_parameters, torch_callable,
                                       torch_gru_model, torch_lstm_model, torch_loop_model)
@@ -34,8 +35,8 @@ def gatekit_run(variant):
         array[...] = rng.uniform(-0.8, 0.8, array.shape)
     x, dy = inputs(case, seed=3)
     x *= 1.5
-    y, (stm, ltm), tape = cell.forward(x, keep=True)
-    return cell, x, dy, (y, stm, ltm), cell.backward(tape, dy)
+    y, state, tape = cell.forward(x, keep=True)
+    return cell, x, dy, (y, *state), cell.backward(tape, dy)
 
 
 def expected_grads(cell, grads, blocks, extras):
@@ -133,19 +134,30 @@ def test_correct_jax_scan(variant):
         close(f"d{name}", grad, want[name])
 
 
+def close_memories(cell, got, state):
+    """The final memories of a peer (``got``) against gatekit's final ``state`` (STM, LTM, extra
+    memories): the STM alone where the cell's STM is its LTM (checked), else every one."""
+    names = ("STM", "LTM", *cell.memories)
+    assert len(state) == len(names)
+    if carried_memories(cell) == 1:
+        np.testing.assert_array_equal(state[0], state[1])
+    assert len(got) == carried_memories(cell), f"{len(got)} memories, expected {names}"
+    for name, array, want in zip(names, got, state):
+        close(f"final {name}", np.asarray(array), want)
+
+
 @pytest.mark.parametrize("variant", NEW_CELLS)
 def test_correct_torch_loop_of_issue_13s_cells(variant):
     torch = require(import_torch)
-    cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
-    np.testing.assert_array_equal(stm, ltm)         # one memory
+    cell, x, dy, (y, *state), grads = gatekit_run(variant)
     model = torch_loop_model(cell)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    y_t, (h_t, _) = torch_callable(model, xt, dyt, "forward")()
+    y_t, state_t = torch_callable(model, xt, dyt, "forward")()
     close("y", y_t.numpy(), y)
-    close("final STM", h_t.numpy(), stm)
+    close_memories(cell, [tensor.numpy() for tensor in state_t], state)
 
     got = torch_callable(model, xt, dyt, "fwdbwd")()
-    want = new_cell_parameters(grads, model.copies)
+    want = new_cell_parameters(grads, model)
     close("dx", got[0].numpy(), grads["x"])
     names = [name for name, _ in model.named_parameters()]
     assert sorted(names) == sorted(want)
@@ -181,12 +193,14 @@ def test_correct_torch_nn_gru():
 @pytest.mark.parametrize("variant", NEW_CELLS)
 def test_correct_jax_scan_of_issue_13s_cells(variant):
     jax = require(import_jax)
-    cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
+    cell, x, dy, (y, *state), grads = gatekit_run(variant)
     run, params = jax_loop(cell)
     xj, dyj = jax.numpy.asarray(x), jax.numpy.asarray(dy)
-    y_j, (h_j, _) = jax.jit(run)(params, xj)
+    y_j, state_j = jax.jit(run)(params, xj)
     close("y", y_j, y)
-    close("final STM", h_j, stm)
+    close_memories(cell, state_j, state)
+    forward, _ = jax_callable(run, params, xj, dyj, "forward")
+    close("y (compiled)", forward(), y)
     fwdbwd, _ = jax_callable(run, params, xj, dyj, "fwdbwd")
     dparams, dx = fwdbwd()
     close("dx", dx, grads["x"])

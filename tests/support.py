@@ -280,7 +280,99 @@ class PythonForget(gatekit.PythonGate):
         step.dz("f")[...] += step.df_t * f * (1 - f)
 
 
+class EventForget(gatekit.PythonGate):
+    """minGRU's forget factor, from a block that reads the event only."""
+    role, name, blocks = "forget", "py_event", ("f",)
+    reads = {"f": "event"}
+    outputs = ("s_t", "f_t")
+    definition = staticmethod(reference.forget_event)
+    backward_definition = staticmethod(reference.forget_event_backward)
+
+    def forward(self, step):
+        step.f_t[...] = sigmoid(step.z("f"))
+
+    def backward(self, step):
+        step.dz("f")[...] += step.df_t * step.f_t * (1 - step.f_t)
+
+
+class MinForget(gatekit.PythonGate):
+    """minLSTM's normalised forget factor, from two blocks that read the event only."""
+    role, name, blocks = "forget", "py_min", ("f", "i")
+    reads = {"f": "event", "i": "event"}
+    definition = staticmethod(reference.forget_min)
+    backward_definition = staticmethod(reference.forget_min_backward)
+
+    def forward(self, step):
+        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
+        step.f_t[...] = f / (f + i)
+
+    def backward(self, step):
+        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
+        total = (f + i) ** 2
+        step.dz("f")[...] += step.df_t * i / total * f * (1 - f)
+        step.dz("i")[...] -= step.df_t * f / total * i * (1 - i)
+
+
+class MinLearn(gatekit.PythonGate):
+    """minGRU's and minLSTM's candidate, N_t = z_n (no activation), i_t = 1 - f_t."""
+    role, name, blocks = "learn", "py_min", ("n",)
+    reads = {"n": "event"}
+    definition = staticmethod(reference.learn_min)
+    backward_definition = staticmethod(reference.learn_min_backward)
+
+    def forward(self, step):
+        step.N_t[...] = step.z("n")
+        step.i_t[...] = 1 - step.f_t
+
+    def backward(self, step):
+        step.dz("n")[...] += step.dN_t
+        step.df_t[...] -= step.di_t
+
+
+def registered_for_the_module(name, gates):
+    """A module-scoped, autouse fixture that registers ``gates`` under the plugin ``name`` for
+    the tests of one module."""
+    @pytest.fixture(scope="module", autouse=True, name=f"registered_for_{name}")
+    def registered():
+        registered_name = gatekit.register_plugin(make_plugin(gates=gates), name=name)
+        yield
+        gatekit.unregister_plugin(registered_name)
+
+    return registered
+
+
 # --- Threads and processes -------------------------------------------------------------------
+
+def steps_for_a_team(cell, B, threads, multiple=8):
+    """The fewest steps (a multiple of ``multiple``, up to 4096) with which a forward call of B
+    sequences of ``cell`` runs the tiled loop on ``threads`` threads."""
+    from gatekit.core.cell import _loop
+    KH = cell._weights.shape[0]
+    for T in range(multiple, 4097, multiple):
+        team, _ = _loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
+                             cell.dtype == np.float32)
+        if team == threads:
+            return T
+    raise AssertionError(f"no call of {B} sequences of {cell!r} runs on {threads} threads")
+
+
+class GoingAlone:
+    """The compiled loop as the cell sees it, with every pass told to go on with thread 0 alone
+    after step ``at`` (what a team does on a busy machine); monkeypatched in place of
+    ``gatekit.core.cell._loop``."""
+
+    def __init__(self, loop, at):
+        self._loop, self._at = loop, at
+
+    def forward(self, *arguments, **options):
+        return self._loop.forward(*arguments, alone_at=self._at, **options)
+
+    def backward(self, *arguments, **options):
+        return self._loop.backward(*arguments, alone_at=self._at, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
 
 THREAD_TIMEOUT = 60               # only so that a hung call fails instead of hanging the suite
 

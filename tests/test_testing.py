@@ -11,7 +11,7 @@ from gatekit.core import reference
 from gatekit.core.cell import _loop
 from gatekit.testing import GradcheckError, check_gate, gradcheck
 
-from support import make_plugin, random_inputs
+from support import make_plugin, random_inputs, steps_for_a_team
 
 # --- gradcheck's tolerance ------------------------------------------------------------------
 
@@ -71,20 +71,13 @@ def test_gradcheck_resolves_a_tiny_gradient():
 B, H, D = 16, 64, 3
 
 
-def threaded_steps(cell):
-    steps = 50
-    while _loop.plan(steps, B, D, H, cell._weights.shape[0], 2, cell.dtype == np.float32)[0] < 2:
-        steps *= 2
-    return steps
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("variant", ["standard", "course", "peephole", "literal", "janet"])
 def test_two_threads_give_one_threads_results_bit_for_bit(variant, dtype):
     # Each unit's arithmetic is the same whatever share of the units a thread computes, so the
     # split is invisible: not merely within rounding, but in every bit.
     one, two = (gatekit.Cell(D, H, variant, dtype=dtype, seed=4, threads=t) for t in (1, 2))
-    T = threaded_steps(two)
+    T = steps_for_a_team(two, B, 2)
     assert _loop.plan(T, B, D, H, two._weights.shape[0], 2, dtype == np.float32)[0] == 2
     rng = np.random.default_rng(5)
     x, dy = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))

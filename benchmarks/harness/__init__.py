@@ -18,11 +18,12 @@ threads spinning after a call do not slow the next library's threads):
 - ``gatekit-avx2``, ``gatekit-baseline``: ``standard`` on the kernels ``GATEKIT_KERNELS=avx2``
   and ``=baseline`` choose (read when gatekit is imported, so one process each).
 - ``torch``: ``torch.nn.LSTM`` (the fused kernel; forward under ``torch.no_grad()``, forward and
-  backward with autograd), and ``course``, ``peephole`` and ``cifg`` written the way a PyTorch
-  user writes a custom cell: a Python loop over time steps of torch ops, one ``Linear`` on
-  ``cat([h, x])`` for all gate blocks.
-- ``jax``: the same three variants as ``jax.jit`` of a ``jax.lax.scan`` loop; the compile time is
-  measured apart (``Prepared.info["compile_s"]``) and never timed with the call.
+  backward with autograd), ``torch.nn.GRU`` (ATen's per-step loop: PyTorch has no fused GRU on
+  CPU), and ``course``, ``peephole`` and ``cifg`` written the way a PyTorch user writes a custom
+  cell: a Python loop over time steps of torch ops, one ``Linear`` on ``cat([h, x])`` for all
+  gate blocks; issue 13's cells (``contenders.NEW_CELLS``) likewise.
+- ``jax``: the same variants and cells as ``jax.jit`` of a ``jax.lax.scan`` loop; the compile
+  time is measured apart (``Prepared.info["compile_s"]``) and never timed with the call.
 
 Parameters are copied from a gatekit cell of the same variant, so every contender of a group
 computes on the same numbers; ``benchmarks/test_correctness.py`` checks that they compute the

@@ -18,8 +18,8 @@ from harness.timing import Settings
 
 __all__ = ["BASELINE", "EXTRA_SHAPES", "LOOP_VARIANTS", "NEEDS_D_EQUALS_H", "NEW_CELLS",
            "ONE_THREAD", "Contender", "Prepared", "Unavailable", "builtin_variants",
-           "gatekit_callable", "gatekit_cell", "gatekit_contenders", "kernel_contender",
-           "prepare_gatekit", "stacked_parameters", "variant_applies"]
+           "carried_memories", "gatekit_callable", "gatekit_cell", "gatekit_contenders",
+           "kernel_contender", "prepare_gatekit", "stacked_parameters", "variant_applies"]
 
 #: The contender every ratio of a group is taken to, and the same on one thread.
 BASELINE = "gatekit-standard"
@@ -55,8 +55,16 @@ class Contender:
         return self.builder(case, settings)
 
 
-#: Issue 13's cells, in the report's order (slstm and layernorm join when their presets do).
-NEW_CELLS = ("gru", "mgu", "mut1", "mingru", "minlstm")
+#: Issue 13's cells, in the report's order.
+NEW_CELLS = ("gru", "mgu", "mut1", "mingru", "minlstm", "slstm", "layernorm")
+
+
+def carried_memories(cell):
+    """How many (B, H) memories ``cell`` carries from step to step: 1 where the STM is the LTM
+    (use gate ``memory``), else the STM, the LTM and its gates' extra memories (slstm's m, n)."""
+    return 1 if cell.gate_names["use"] == "memory" else 2 + len(cell.memories)
+
+
 #: Variants whose candidate adds tanh(E_t) to the H units: they run only where D = H.
 NEEDS_D_EQUALS_H = ("mut1",)
 #: The shapes beyond COMMON_SHAPES at which a variant runs (``standard`` runs at every shape).

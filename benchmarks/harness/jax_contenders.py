@@ -1,16 +1,21 @@
 """JAX's contenders: ``course``, ``peephole`` and ``cifg``, and issue 13's cells (``gru``,
-``mgu``, ``mut1``, ``mingru``, ``minlstm``) as ``jax.jit`` of a ``jax.lax.scan`` over time, with
-the parameters of gatekit's cell of that variant; compiled when built, the compile time kept apart
-from the timed call. JAX is imported when a contender is built: without it, each is
-:class:`~harness.contenders.Unavailable`."""
+``mgu``, ``mut1``, ``mingru``, ``minlstm``, ``slstm``, ``layernorm``) as ``jax.jit`` of a
+``jax.lax.scan`` over time, with the parameters of gatekit's cell of that variant; compiled when
+built, the compile time kept apart from the timed call. JAX is imported when a contender is
+built: without it, each is :class:`~harness.contenders.Unavailable`."""
 import time
 
 from harness.cases import inputs
 from harness.contenders import (LOOP_VARIANTS, NEW_CELLS, Contender, Prepared, Unavailable,
-                                gatekit_cell, stacked_parameters, variant_applies)
+                                carried_memories, gatekit_cell, stacked_parameters,
+                                variant_applies)
 
-__all__ = ["import_jax", "jax_callable", "jax_contenders", "jax_loop", "jax_new_cell_step",
-           "jax_step"]
+__all__ = ["LN_EPSILON", "import_jax", "jax_callable", "jax_contenders", "jax_loop",
+           "jax_new_cell_step", "jax_step"]
+
+
+#: ε of layernorm's normalisations, inside the square root: haste's (and torch.nn.LayerNorm's).
+LN_EPSILON = 1e-5
 
 
 def import_jax():
@@ -57,13 +62,20 @@ def jax_step(variant):
 
 
 def jax_new_cell_step(variant):
-    """One time step of one of issue 13's cells for ``jax.lax.scan``: ``(h, x_t) -> (h, h)``,
-    reading ``params`` under gatekit's names (W_f, b_f, W_r, ...), as REFERENCE.md writes the
-    cell; its one memory is ``h``."""
+    """One time step of one of issue 13's cells for ``jax.lax.scan``: ``(state, x_t) ->
+    (state, h)``, reading ``params`` under gatekit's names (W_f, b_f, W_r, ...), as REFERENCE.md
+    writes the cell. ``state`` is every memory the cell carries, in gatekit's order
+    (:func:`~harness.contenders.carried_memories`): ``(h,)`` for the one-memory cells,
+    ``(h, c)`` for layernorm, ``(h, c, m, n)`` for slstm."""
     jax = import_jax()
     jnp, sigmoid = jax.numpy, jax.nn.sigmoid
 
-    def step(p, h, x_t):
+    def layer_norm(v):
+        centred = v - v.mean(axis=-1, keepdims=True)
+        return centred / jnp.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + LN_EPSILON)
+
+    def step(p, state, x_t):
+        h = state[0]
         both = jnp.concatenate([h, x_t], axis=1)
         if variant == "gru":
             r = sigmoid(both @ p["W_r"].T + p["b_r"])
@@ -86,28 +98,51 @@ def jax_new_cell_step(variant):
             f = sigmoid(x_t @ p["W_f"].T + p["b_f"])
             i = sigmoid(x_t @ p["W_i"].T + p["b_i"])
             h = (f * h + i * (x_t @ p["W_n"].T + p["b_n"])) / (f + i)
+        elif variant == "slstm":
+            _, c, m, n = state
+            log_f = both @ p["W_f"].T + p["b_f"] + m
+            log_i = both @ p["W_i"].T + p["b_i"]
+            m = jnp.maximum(log_f, log_i)
+            f, i = jnp.exp(log_f - m), jnp.exp(log_i - m)
+            c = f * c + i * jnp.tanh(both @ p["W_n"].T + p["b_n"])
+            n = f * n + i
+            h = sigmoid(both @ p["W_v"].T + p["b_v"]) * c / n
+            return (h, c, m, n), h
+        elif variant == "layernorm":
+            _, c = state
+            z_x = jnp.concatenate([x_t @ p[f"W_x{k}"].T for k in "finv"], axis=1)
+            z_h = jnp.concatenate([h @ p[f"W_h{k}"].T for k in "finv"], axis=1)
+            a = (p["g_x"].reshape(-1) * layer_norm(z_x) + p["g_h"].reshape(-1) * layer_norm(z_h)
+                 + p["b"].reshape(-1))
+            a_f, a_i, a_n, a_v = jnp.split(a, 4, axis=1)
+            c = sigmoid(a_f) * c + sigmoid(a_i) * jnp.tanh(a_n)
+            h = sigmoid(a_v) * jnp.tanh(p["g_c"] * layer_norm(c) + p["b_c"])
+            return (h, c), h
         else:
             raise ValueError(f"no JAX version of variant {variant!r}")
-        return h, h
+        return (h,), h
     return step
 
 
 def jax_loop(cell):
-    """``(run, params)``: ``run(params, x) -> (y, (h, c))`` the variant of ``cell`` as a
+    """``(run, params)``: ``run(params, x) -> (y, state)`` the variant of ``cell`` as a
     ``jax.lax.scan`` over time (not jitted), and ``cell``'s parameters as JAX arrays (stacked
     as :func:`~harness.contenders.stacked_parameters` stacks them; issue 13's cells under
-    gatekit's names, with ``c`` = ``h``)."""
+    gatekit's names). ``state`` is ``(h, c)``; for issue 13's cells every memory the cell
+    carries, as :func:`jax_new_cell_step` has it."""
     jax = import_jax()
     jnp = jax.numpy
     H = cell.hidden_size
     if cell.variant in NEW_CELLS:
         params = {name: jnp.asarray(array) for name, array in cell.params.items()}
-        one_memory = jax_new_cell_step(cell.variant)
+        new_cell = jax_new_cell_step(cell.variant)
+        memories = carried_memories(cell)
 
         def run(params, x):
-            h, y = jax.lax.scan(lambda h, x_t: one_memory(params, h, x_t),
-                                jnp.zeros((x.shape[1], H), x.dtype), x)
-            return y, (h, h)
+            zero = jnp.zeros((x.shape[1], H), x.dtype)
+            state, y = jax.lax.scan(lambda state, x_t: new_cell(params, state, x_t),
+                                    (zero,) * memories, x)
+            return y, state
         return run, params
     params = {name: jnp.asarray(array) for name, array in stacked_parameters(cell).items()}
     step = jax_step(cell.variant)

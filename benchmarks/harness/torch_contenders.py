@@ -1,9 +1,9 @@
 """PyTorch's contenders: ``torch.nn.LSTM`` (the fused kernel) with the parameters of gatekit's
 ``standard`` and ``torch.nn.GRU`` with those of gatekit's ``gru``; ``course``, ``peephole`` and
-``cifg``, and issue 13's cells (``gru``, ``mgu``, ``mut1``, ``mingru``, ``minlstm``), written as a
-PyTorch user writes a custom cell, with the parameters of gatekit's cell of that variant. PyTorch
-is imported when a contender is built: without it, each is
-:class:`~harness.contenders.Unavailable`."""
+``cifg``, and issue 13's cells (``gru``, ``mgu``, ``mut1``, ``mingru``, ``minlstm``, ``slstm``,
+``layernorm``), written as a PyTorch user writes a custom cell, with the parameters of
+gatekit's cell of that variant. PyTorch is imported when a contender is built: without it, each
+is :class:`~harness.contenders.Unavailable`."""
 import numpy as np
 
 from harness.cases import COMMON_SHAPES, inputs
@@ -120,16 +120,19 @@ _NEW_CELLS = {}
 def torch_new_cells():
     """Issue 13's cells as a PyTorch user writes them: an ``nn.Module`` stepped in a Python loop,
     one ``Linear`` for the gate blocks that read ``cat([h, x_t])``, one for those that read
-    ``x_t`` only and one for a recurrent product of its own. Each module's ``copies`` maps its
-    parameters to the gatekit parameters stacked into them (rows, in order); the state is
-    ``(h, h)``, as gatekit's one-memory cells have it."""
+    ``x_t`` only and one for a recurrent product of its own (layernorm: one for ``x_t``, one for
+    ``h``, each with its ``LayerNorm``). Each module's ``copies`` maps its parameters to the
+    gatekit parameters stacked into them (rows, in order, then shaped as the parameter). Its
+    state is every memory it carries, in gatekit's order: ``(h,)`` for the one-memory cells,
+    ``(h, c)`` for layernorm, ``(h, c, m, n)`` for slstm."""
     if _NEW_CELLS:
         return _NEW_CELLS
     torch = import_torch()
     nn = torch.nn
 
-    class OneMemoryLoop(nn.Module):
+    class StateLoop(nn.Module):
         copies = {}
+        memories = 1            # how many (B, H) memories the state carries, h first
 
         def __init__(self, input_size, hidden_size, dtype=torch.float32):
             super().__init__()
@@ -137,14 +140,16 @@ def torch_new_cells():
             self.build(input_size, hidden_size, dtype)
 
         def forward(self, x, state=None):
-            h = x.new_zeros(x.shape[1], self.hidden_size) if state is None else state[0]
+            if state is None:
+                state = tuple(x.new_zeros(x.shape[1], self.hidden_size)
+                              for _ in range(self.memories))
             ys = []
             for t in range(x.shape[0]):
-                h = self.step(x[t], h)
-                ys.append(h)
-            return torch.stack(ys), (h, h)
+                state = self.step(x[t], *state)
+                ys.append(state[0])
+            return torch.stack(ys), state
 
-    class GRU(OneMemoryLoop):
+    class GRU(StateLoop):
         """r, f = σ(..) on [h, x]; n = tanh(W_n x + b_n + r ⊙ (W_hn h + b_hn));
         h = f ⊙ h + (1 - f) ⊙ n (f is torch.nn.GRU's z)."""
         copies = {"gates.weight": ("W_r", "W_f"), "gates.bias": ("b_r", "b_f"),
@@ -159,9 +164,9 @@ def torch_new_cells():
         def step(self, x_t, h):
             r, f = torch.sigmoid(self.gates(torch.cat([h, x_t], dim=1))).chunk(2, dim=1)
             n = torch.tanh(self.event(x_t) + r * self.recurrent(h))
-            return f * h + (1 - f) * n
+            return (f * h + (1 - f) * n,)
 
-    class MGU(OneMemoryLoop):
+    class MGU(StateLoop):
         """f = σ(W_f [h, x] + b_f), i = 1 - f (MGU's gate);
         n = tanh(W_hn (i ⊙ h) + W_n x + b_n); h = f ⊙ h + i ⊙ n."""
         copies = {"gate.weight": ("W_f",), "gate.bias": ("b_f",), "event.weight": ("W_n",),
@@ -175,9 +180,9 @@ def torch_new_cells():
         def step(self, x_t, h):
             f = torch.sigmoid(self.gate(torch.cat([h, x_t], dim=1)))
             i = 1 - f
-            return f * h + i * torch.tanh(self.recurrent(i * h) + self.event(x_t))
+            return (f * h + i * torch.tanh(self.recurrent(i * h) + self.event(x_t)),)
 
-    class MUT1(OneMemoryLoop):
+    class MUT1(StateLoop):
         """f = σ(W_f x + b_f) (1 - MUT1's z), r = σ(W_r [h, x] + b_r);
         n = tanh(W_hh (r ⊙ h) + tanh(x) + b_h); h = f ⊙ h + (1 - f) ⊙ n. D = H."""
         copies = {"event.weight": ("W_f",), "event.bias": ("b_f",), "gate.weight": ("W_r",),
@@ -193,9 +198,9 @@ def torch_new_cells():
             f = torch.sigmoid(self.event(x_t))
             r = torch.sigmoid(self.gate(torch.cat([h, x_t], dim=1)))
             n = torch.tanh(self.recurrent(r * h) + torch.tanh(x_t))
-            return f * h + (1 - f) * n
+            return (f * h + (1 - f) * n,)
 
-    class MinGRU(OneMemoryLoop):
+    class MinGRU(StateLoop):
         """f = σ(W_f x + b_f), n = W_n x + b_n; h = f ⊙ h + (1 - f) ⊙ n."""
         copies = {"event.weight": ("W_f", "W_n"), "event.bias": ("b_f", "b_n")}
 
@@ -205,9 +210,9 @@ def torch_new_cells():
         def step(self, x_t, h):
             z_f, n = self.event(x_t).chunk(2, dim=1)
             f = torch.sigmoid(z_f)
-            return f * h + (1 - f) * n
+            return (f * h + (1 - f) * n,)
 
-    class MinLSTM(OneMemoryLoop):
+    class MinLSTM(StateLoop):
         """f, i = σ(W_f x + b_f), σ(W_i x + b_i), n = W_n x + b_n;
         h = f / (f + i) ⊙ h + i / (f + i) ⊙ n."""
         copies = {"event.weight": ("W_f", "W_i", "W_n"), "event.bias": ("b_f", "b_i", "b_n")}
@@ -218,21 +223,67 @@ def torch_new_cells():
         def step(self, x_t, h):
             z_f, z_i, n = self.event(x_t).chunk(3, dim=1)
             f, i = torch.sigmoid(z_f), torch.sigmoid(z_i)
-            return (f * h + i * n) / (f + i)
+            return ((f * h + i * n) / (f + i),)
 
-    _NEW_CELLS.update(gru=GRU, mgu=MGU, mut1=MUT1, mingru=MinGRU, minlstm=MinLSTM)
-    # slstm: its module goes here when the preset lands (two more memories: the state of its
-    # forward is (h, c, n, m), and its ``copies`` names W_i, W_f, W_n, W_v like the LSTM's).
+    class SLSTM(StateLoop):
+        """xLSTM's sLSTM, stabilised: f̃, ĩ, z̃, õ on [h, x]; m = max(f̃ + m, ĩ),
+        f = exp(f̃ + m_prev - m), i = exp(ĩ - m); c = f ⊙ c + i ⊙ tanh(z̃), n = f ⊙ n + i,
+        h = σ(õ) ⊙ c / n."""
+        copies = {"gates.weight": ("W_f", "W_i", "W_n", "W_v"),
+                  "gates.bias": ("b_f", "b_i", "b_n", "b_v")}
+        memories = 4
+
+        def build(self, D, H, dtype):
+            self.gates = nn.Linear(H + D, 4 * H, dtype=dtype)
+
+        def step(self, x_t, h, c, m, n):
+            z_f, z_i, z_n, z_v = self.gates(torch.cat([h, x_t], dim=1)).chunk(4, dim=1)
+            log_f = z_f + m
+            m = torch.maximum(log_f, z_i)
+            f, i = torch.exp(log_f - m), torch.exp(z_i - m)
+            c = f * c + i * torch.tanh(z_n)
+            n = f * n + i
+            return torch.sigmoid(z_v) * c / n, c, m, n
+
+    class LayerNormLSTM(StateLoop):
+        """haste's LayerNormLSTM: a = LN(W_x x) + LN(W_h h) + b over the 4H pre-activations of
+        f, i, n, v (each LN with a gain and no shift); c = σ(a_f) ⊙ c + σ(a_i) ⊙ tanh(a_n),
+        h = σ(a_v) ⊙ tanh(LN(c)), LN(c) with a gain and a shift."""
+        copies = {"event.weight": ("W_xf", "W_xi", "W_xn", "W_xv"),
+                  "recurrent.weight": ("W_hf", "W_hi", "W_hn", "W_hv"),
+                  "event_norm.weight": ("g_x",), "recurrent_norm.weight": ("g_h",), "bias": ("b",),
+                  "memory_norm.weight": ("g_c",), "memory_norm.bias": ("b_c",)}
+        memories = 2
+
+        def build(self, D, H, dtype):
+            self.event = nn.Linear(D, 4 * H, bias=False, dtype=dtype)
+            self.recurrent = nn.Linear(H, 4 * H, bias=False, dtype=dtype)
+            self.event_norm = nn.LayerNorm(4 * H, bias=False, dtype=dtype)
+            self.recurrent_norm = nn.LayerNorm(4 * H, bias=False, dtype=dtype)
+            self.bias = nn.Parameter(torch.zeros(4 * H, dtype=dtype))
+            self.memory_norm = nn.LayerNorm(H, dtype=dtype)
+
+        def step(self, x_t, h, c):
+            a = (self.event_norm(self.event(x_t)) + self.recurrent_norm(self.recurrent(h))
+                 + self.bias)
+            a_f, a_i, a_n, a_v = a.chunk(4, dim=1)
+            c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_n)
+            return torch.sigmoid(a_v) * torch.tanh(self.memory_norm(c)), c
+
+    _NEW_CELLS.update(gru=GRU, mgu=MGU, mut1=MUT1, mingru=MinGRU, minlstm=MinLSTM, slstm=SLSTM,
+                      layernorm=LayerNormLSTM)
     return _NEW_CELLS
 
 
-def new_cell_parameters(cell, copies):
-    """The parameters of a module of :func:`torch_new_cells` from a gatekit ``cell`` of that
-    variant (or its gradients, a mapping of the same names): each module parameter the gatekit
-    arrays of ``copies`` stacked by rows, as NumPy arrays."""
+def new_cell_parameters(cell, model):
+    """The parameters of ``model``, a module of :func:`torch_new_cells`, from a gatekit ``cell``
+    of that variant (or its gradients, a mapping of the same names): each module parameter the
+    gatekit arrays its ``copies`` names stacked by rows, shaped as the parameter (layernorm's
+    gains, (4, H) in gatekit, are one LayerNorm's (4H,)), as NumPy arrays."""
     arrays = getattr(cell, "params", cell)
+    shapes = {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
     return {name: np.concatenate([np.asarray(arrays[symbol]) for symbol in symbols])
-            for name, symbols in copies.items()}
+            .reshape(shapes[name]) for name, symbols in model.copies.items()}
 
 
 def _torch_dtype(torch, dtype):
@@ -250,7 +301,7 @@ def torch_loop_model(cell):
                                                 dtype=_torch_dtype(torch, cell.dtype))
         parameters = dict(model.named_parameters())
         with torch.no_grad():
-            for name, array in new_cell_parameters(cell, model.copies).items():
+            for name, array in new_cell_parameters(cell, model).items():
                 parameters[name].copy_(torch.from_numpy(array))
         return model
     model = torch_cells()[cell.variant](cell.input_size, cell.hidden_size,

@@ -21,7 +21,8 @@ BENCHMARKS = str(Path(__file__).resolve().parents[2] / "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 from harness import command, machine, report, runner  # noqa: E402
 from harness.cases import Case  # noqa: E402
-from harness.contenders import Unavailable, builtin_variants  # noqa: E402
+from harness.contenders import (NEW_CELLS, Unavailable, builtin_variants,  # noqa: E402
+                                carried_memories, gatekit_cell)
 from harness.lineup import contenders  # noqa: E402
 
 RUN = str(Path(BENCHMARKS) / "run.py")
@@ -135,6 +136,12 @@ CELL_RESULTS = [
     result("S1sq float32 forward", "torch-loop-mut1", 40.0e-3),
     result("S6 float32 fwdbwd", "gatekit-standard", 1.0),
     result("S6 float32 fwdbwd", "gatekit-minlstm", 0.4),
+    result("S1 float32 fwdbwd", "gatekit-standard", 4.0e-3),
+    result("S1 float32 fwdbwd", "gatekit-slstm", 6.0e-3),
+    result("S1 float32 fwdbwd", "torch-loop-slstm", 0.3),
+    result("S3 float32 forward", "gatekit-slstm", 7.5e-3),
+    result("S1 float32 forward", "gatekit-layernorm", 2.0e-3),
+    result("S1 float32 forward", "torch-loop-layernorm", 0.1),
 ]
 
 
@@ -162,7 +169,46 @@ def test_issue_13_targets_hold_each_cell_against_its_peer_in_its_group():
     assert ratio(loop.format("gru"), "S1 float32 forward") == (pytest.approx(0.025), "met")
     assert ratio(loop.format("mut1"), "S1sq float32 forward") == (pytest.approx(0.075), "met")
     assert {what for what, _ in rows if "Python loop" in what} == {
-        loop.format(cell) for cell in ("gru", "mgu", "mut1", "mingru", "minlstm")}
+        loop.format(cell) for cell in ("gru", "mgu", "mut1", "mingru", "minlstm", "slstm",
+                                       "layernorm")}
+    # sLSTM against standard at S1 and S3 (<= 1.3) and against its PyTorch loop at S1 (<= 0.1).
+    slstm = "gatekit `slstm` / `standard`, same shape"
+    assert ratio(slstm, "S1 float32 fwdbwd") == (pytest.approx(1.5), "not met")
+    assert ratio(slstm, "S3 float32 forward") == (pytest.approx(1.25), "met")
+    assert rows[(slstm, "S3 float32 forward")]["limit"] == 1.3
+    assert {group for what, group in rows if what == slstm} == {
+        f"{shape} float32 {mode}" for shape in ("S1", "S3") for mode in ("forward", "fwdbwd")}
+    assert ratio(loop.format("slstm"), "S1 float32 fwdbwd") == (pytest.approx(0.02), "met")
+    assert ratio(loop.format("layernorm"), "S1 float32 forward") == (pytest.approx(0.02), "met")
+    assert rows[(loop.format("layernorm"), "S1 float32 forward")]["limit"] == 0.1
+
+
+def test_every_issue_target_has_both_its_contenders_in_its_group():
+    # A run of the target's shape times both sides of its ratio (mut1's PyTorch loop and
+    # standard at S1sq, say); otherwise the target would stay "not measured" whatever ran.
+    every = {c.id: c for c in contenders()}
+    for target in report.issue_targets():
+        for side in (target.numerator, target.denominator):
+            assert side in every, (target.what, side)
+            assert every[side].applies_to(target.case), (target.what, target.case.group, side)
+
+
+def test_each_of_issue_13s_cells_meets_a_pytorch_loop_and_a_jax_scan():
+    cells = ("gru", "mgu", "mut1", "mingru", "minlstm", "slstm", "layernorm")
+    assert NEW_CELLS == cells
+    every = {c.id: c for c in contenders()}
+    for cell in cells:
+        for peer, family in ((f"torch-loop-{cell}", "torch"), (f"jax-scan-{cell}", "jax")):
+            assert every[peer].family == family
+            shape = "S1sq" if cell == "mut1" else "S1"
+            assert every[peer].applies_to(Case.named(shape, mode="fwdbwd")), peer
+
+
+@pytest.mark.parametrize("variant, count", [("gru", 1), ("mut1", 1), ("minlstm", 1),
+                                            ("standard", 2), ("layernorm", 2), ("slstm", 4)])
+def test_peers_carry_the_memories_gatekit_carries(variant, count):
+    case = Case.custom((2, 1, 4, 4))
+    assert carried_memories(gatekit_cell(case, variant)) == count
 
 
 def test_the_d_equals_h_shapes_time_only_the_contenders_that_ask_for_them():

@@ -12,7 +12,8 @@ import pytest
 import gatekit
 from gatekit.core import reference
 from gatekit.testing import gradcheck
-from support import assert_close, needs, sigmoid
+from support import (EventForget, MinForget, MinLearn, assert_close, needs,
+                     registered_for_the_module, sigmoid)
 
 
 class ResetLearn(gatekit.PythonGate):
@@ -33,39 +34,6 @@ class ResetLearn(gatekit.PythonGate):
         step.dz("n")[...] += da
         step.dz("hn")[...] += da * r
         step.dz("r")[...] += da * step.z("hn") * r * (1 - r)
-        step.df_t[...] -= step.di_t
-
-
-class MinForget(gatekit.PythonGate):
-    """minLSTM's normalised forget factor, from two blocks that read the event only."""
-    role, name, blocks = "forget", "tr_min", ("f", "i")
-    reads = {"f": "event", "i": "event"}
-    definition = staticmethod(reference.forget_min)
-    backward_definition = staticmethod(reference.forget_min_backward)
-
-    def forward(self, step):
-        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
-        step.f_t[...] = f / (f + i)
-
-    def backward(self, step):
-        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
-        total = (f + i) ** 2
-        step.dz("f")[...] += step.df_t * i / total * f * (1 - f)
-        step.dz("i")[...] -= step.df_t * f / total * i * (1 - i)
-
-
-class MinLearn(gatekit.PythonGate):
-    role, name, blocks = "learn", "tr_min", ("n",)
-    reads = {"n": "event"}
-    definition = staticmethod(reference.learn_min)
-    backward_definition = staticmethod(reference.learn_min_backward)
-
-    def forward(self, step):
-        step.N_t[...] = step.z("n")
-        step.i_t[...] = 1 - step.f_t
-
-    def backward(self, step):
-        step.dz("n")[...] += step.dN_t
         step.df_t[...] -= step.di_t
 
 
@@ -117,42 +85,19 @@ class Mut1Learn(gatekit.PythonGate):
         step.df_t[...] -= step.di_t
 
 
-class EventForget(gatekit.PythonGate):
-    role, name, blocks = "forget", "tr_event", ("f",)
-    reads = {"f": "event"}
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget_event)
-    backward_definition = staticmethod(reference.forget_event_backward)
-
-    def forward(self, step):
-        step.f_t[...] = sigmoid(step.z("f"))
-
-    def backward(self, step):
-        step.dz("f")[...] += step.df_t * step.f_t * (1 - step.f_t)
-
-
-class _Gates:
-    @gatekit.hookimpl
-    def register_gates(self, register):
-        for gate in (ResetLearn, MinForget, MinLearn, MguLearn, Mut1Learn, EventForget):
-            register(gate)
-
-
 # The cells of REFERENCE.md's table, on one memory (use "memory": STM_t = LTM_t).
 CELLS = {
     "gru": {"learn": "tr_reset"},
-    "minlstm": {"forget": "tr_min", "learn": "tr_min"},
-    "mingru": {"forget": "tr_event", "learn": "tr_min"},
+    "minlstm": {"forget": "py_min", "learn": "py_min"},
+    "mingru": {"forget": "py_event", "learn": "py_min"},
     "mgu": {"learn": "tr_mgu"},
-    "mut1": {"forget": "tr_event", "learn": "tr_mut1"},
+    "mut1": {"forget": "py_event", "learn": "tr_mut1"},
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def gates():
-    name = gatekit.register_plugin(_Gates(), name="tests.core.test_block_reads")
-    yield
-    gatekit.unregister_plugin(name)
+gates = registered_for_the_module(
+    "tests.core.test_block_reads",
+    [ResetLearn, MinForget, MinLearn, MguLearn, Mut1Learn, EventForget])
 
 
 def make(kind, D, H, dtype=np.float64, seed=0, **options):

@@ -13,7 +13,7 @@ from gatekit.core.cell import _loop
 from gatekit.study import sweep, tasks
 from gatekit.testing import check_gate, gradcheck
 
-from support import assert_close, centred_difference, needs, sigmoid
+from support import assert_close, centred_difference, needs, sigmoid, steps_for_a_team
 
 PRESETS = ["gru", "mingru", "minlstm", "mgu", "mut1"]
 DTYPES = [np.float64, np.float32]
@@ -197,26 +197,13 @@ def test_gradient_of_the_one_memory_is_the_sum_of_its_two_halves(kind):
 
 # --- Threads --------------------------------------------------------------------------------------
 
-THREADED_CALL_WORK = 4194304     # T * B * KH * (H + D) per thread from which a call is threaded
-
-
-def threaded_steps(cell, B, threads):
-    """The fewest steps (a multiple of 8) with which the call runs on ``threads`` threads."""
-    KH = cell._weights.shape[0]
-    T = 8 * -(-THREADED_CALL_WORK * threads // (8 * B * KH * (cell.hidden_size + cell.input_size)))
-    team, _ = _loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
-                         cell.dtype == np.float32)
-    assert team == threads, f"{cell!r}: a call of {T} steps of {B} runs on {team} thread(s)"
-    return T
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("kind", PRESETS)
 def test_every_thread_of_a_call_computes_its_units(kind, threads, dtype):
     B, D, H = 16, 32, 48
     cell = make(kind, D, H, dtype=dtype, seed=11, threads=threads)
-    T = threaded_steps(cell, B, threads)
+    T = steps_for_a_team(cell, B, threads)
     x, state = one_memory_inputs(cell, T, B, seed=12)
     x *= dtype(0.5)
     y, (stm, ltm), tape = cell.forward(x, state, keep=True)

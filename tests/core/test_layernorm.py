@@ -9,11 +9,11 @@ import pytest
 
 import gatekit
 from gatekit.core import plugins, reference
-from gatekit.core.cell import _loop
 from gatekit.testing import check_gate, gradcheck
 from gatekit.core.plugins import PluginError
-from support import (assert_close, assert_matches_reference, dtype_id, make_plugin,
-                     numerical_gradient, random_inputs, rel_error, reverse_each, sigmoid)
+from support import (GoingAlone, assert_close, assert_matches_reference, dtype_id, make_plugin,
+                     numerical_gradient, random_inputs, rel_error, reverse_each, sigmoid,
+                     steps_for_a_team)
 
 DTYPES = [np.float64, np.float32]
 D, H = 3, 4
@@ -181,12 +181,8 @@ def threaded_call(dtype, team):
         cell.params[name] = rng.uniform(0.5, 1.5, cell.params[name].shape)
     for name in ("b", "b_c"):
         cell.params[name] = rng.uniform(-0.5, 0.5, cell.params[name].shape)
-    B, T = 64, 8
-    KH = cell._weights.shape[0]
-    while _loop.plan(T, B, 16, 48, KH, team, dtype == np.float32)[0] < team:
-        T *= 2
-    assert _loop.plan(T, B, 16, 48, KH, team, dtype == np.float32)[0] == team
-    return cell, T, B
+    B = 64
+    return cell, steps_for_a_team(cell, B, team), B
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -220,24 +216,6 @@ def test_threads(team, dtype):
         np.testing.assert_array_equal(grads[name], grads1[name], err_msg=name)
 
 
-class _GoingAlone:
-    """The compiled loop as the cell sees it, every pass told to go on with thread 0 alone
-    after step ``at`` (what a team does on a busy machine): the normalising gates then run
-    with all units and no barrier."""
-
-    def __init__(self, loop, at):
-        self._loop, self._at = loop, at
-
-    def forward(self, *arguments, **options):
-        return self._loop.forward(*arguments, alone_at=self._at, **options)
-
-    def backward(self, *arguments, **options):
-        return self._loop.backward(*arguments, alone_at=self._at, **options)
-
-    def __getattr__(self, name):
-        return getattr(self._loop, name)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     from gatekit.core import cell as cell_module
@@ -250,7 +228,7 @@ def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     solo.threads = 1
     y1, final1, tape1 = solo.forward(x, keep=True, lengths=lengths)
     grads1 = solo.backward(tape1, dy)
-    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, T // 2))
+    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, T // 2))
     y, final, tape = cell.forward(x, keep=True, lengths=lengths)
     grads = cell.backward(tape, dy)
     np.testing.assert_array_equal(y, y1)

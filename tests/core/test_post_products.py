@@ -17,7 +17,7 @@ from gatekit.core import reference
 from gatekit.core.plugins import PluginError
 from gatekit.testing import gradcheck
 
-from support import assert_close, assert_same_bits, make_plugin
+from support import assert_close, assert_same_bits, make_plugin, steps_for_a_team
 
 DTYPES = [np.float64, np.float32]
 # (variant, the gate that declares the product, its role, the parameter it names)
@@ -65,17 +65,6 @@ def test_the_built_in_gates_declare_their_product(variant, role, weight):
     assert all(not type(gate).products for gate in gatekit.Cell(4, 4, "standard").gates)
 
 
-def steps_on(cell, B, threads):
-    """Steps from which a call of B sequences runs on ``threads`` threads (whole multiples of 8)."""
-    KH = cell._weights.shape[0]
-    for T in range(8, 4096, 8):
-        team, _ = cell_module._loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
-                                         cell.dtype == np.float32)
-        if team == threads:
-            return T
-    raise AssertionError(f"no call of {B} sequences of {cell!r} runs on {threads} threads")
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("variant, role, weight", DECLARING)
@@ -85,7 +74,7 @@ def test_packed_product_matches_the_reference_and_the_gemm_path(register, varian
     B, D, H = 16, 20, 48
     cell = make(variant, D, H, dtype, threads)
     gemm_cell = make(variant, D, H, dtype, threads, **{role: f"gemm_{variant}"})
-    T = steps_on(cell, B, threads)
+    T = steps_for_a_team(cell, B, threads)
     x, state, dy = inputs(cell, T, B, seed=threads)
     lengths = np.random.default_rng(7).integers(T // 2, T + 1, size=B)
     lengths[0] = T
@@ -136,7 +125,7 @@ def test_going_alone_changes_no_bit(monkeypatch, variant, threads, at, dtype):
     B, D, H = 24, 24, 96
     team = make(variant, D, H, dtype, threads)
     solo = make(variant, D, H, dtype, threads=1)
-    T = max(steps_on(team, B, threads), at + 2)
+    T = max(steps_for_a_team(team, B, threads), at + 2)
     x, state, dy = inputs(team, T, B, seed=at + threads)
     want = run(solo, x, state, dy)
     monkeypatch.setattr(cell_module, "_loop", LoopGoingAlone(cell_module._loop, at))

@@ -15,7 +15,7 @@ from gatekit.core import reference
 from gatekit.core.cell import _loop
 from gatekit.testing import gradcheck
 
-from support import BUILTIN_VARIANTS, assert_close, assert_same_bits, input_size_for, \
+from support import BUILTIN_VARIANTS, GoingAlone, assert_close, assert_same_bits, input_size_for, \
     random_inputs, rel_error, sigmoid
 
 DTYPES = [np.float64, np.float32]
@@ -242,23 +242,6 @@ def test_one_two_and_three_threads_give_the_same_bits_and_the_reference(variant,
     assert_close(dtype, y[:12], y_ref, "y")
 
 
-class _GoingAlone:
-    """The compiled loop as the cell sees it, with every pass told to go on with thread 0 alone
-    after step ``at`` (what a team does on a busy machine)."""
-
-    def __init__(self, loop, at):
-        self._loop, self._at = loop, at
-
-    def forward(self, *arguments, **options):
-        return self._loop.forward(*arguments, alone_at=self._at, **options)
-
-    def backward(self, *arguments, **options):
-        return self._loop.backward(*arguments, alone_at=self._at, **options)
-
-    def __getattr__(self, name):
-        return getattr(self._loop, name)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=np.dtype)
 def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     from gatekit.core import cell as cell_module
@@ -273,7 +256,7 @@ def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     masks = team.draw_masks(T, B)
     y1, final1, tape = solo.forward(x, state, keep=True, lengths=lengths, masks=masks)
     grads1 = solo.backward(tape, dy)
-    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, 17))
+    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17))
     y, final, tape = team.forward(x, state, keep=True, lengths=lengths, masks=masks)
     grads = team.backward(tape, dy)
     assert_same_bits(y, y1, "y")
@@ -286,7 +269,7 @@ def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     y1, _, tape1 = twin.forward(x, state, keep=True, lengths=lengths)
     grads1 = twin.backward(tape1, dy)
     drawing = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=3, **BOTH)
-    monkeypatch.setattr(cell_module, "_loop", _GoingAlone(cell_module._loop, 17))
+    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17))
     y, _, tape = drawing.forward(x, state, keep=True, lengths=lengths)
     grads = drawing.backward(tape, dy)
     assert_same_bits(y, y1, "y (drawn masks)")

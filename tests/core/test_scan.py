@@ -14,73 +14,18 @@ import gatekit
 from gatekit.core import instruction_sets, reference
 from gatekit.core.cell import SCAN_ROWS
 from gatekit.testing import gradcheck
-from support import assert_close, sigmoid
+from support import (EventForget, MinForget, MinLearn, assert_close,
+                     registered_for_the_module, sigmoid)
 
 _scan = instruction_sets.load("_scan")
 
 
-class EventForget(gatekit.PythonGate):
-    role, name, blocks = "forget", "sc_event", ("f",)
-    reads = {"f": "event"}
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget_event)
-    backward_definition = staticmethod(reference.forget_event_backward)
-
-    def forward(self, step):
-        step.f_t[...] = sigmoid(step.z("f"))
-
-    def backward(self, step):
-        step.dz("f")[...] += step.df_t * step.f_t * (1 - step.f_t)
+registered_gates = registered_for_the_module("tests.core.test_scan",
+                                             [EventForget, MinForget, MinLearn])
 
 
-class MinForget(gatekit.PythonGate):
-    role, name, blocks = "forget", "sc_min", ("f", "i")
-    reads = {"f": "event", "i": "event"}
-    definition = staticmethod(reference.forget_min)
-    backward_definition = staticmethod(reference.forget_min_backward)
-
-    def forward(self, step):
-        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
-        step.f_t[...] = f / (f + i)
-
-    def backward(self, step):
-        f, i = sigmoid(step.z("f")), sigmoid(step.z("i"))
-        total = (f + i) ** 2
-        step.dz("f")[...] += step.df_t * i / total * f * (1 - f)
-        step.dz("i")[...] -= step.df_t * f / total * i * (1 - i)
-
-
-class MinLearn(gatekit.PythonGate):
-    role, name, blocks = "learn", "sc_min", ("n",)
-    reads = {"n": "event"}
-    definition = staticmethod(reference.learn_min)
-    backward_definition = staticmethod(reference.learn_min_backward)
-
-    def forward(self, step):
-        step.N_t[...] = step.z("n")
-        step.i_t[...] = 1 - step.f_t
-
-    def backward(self, step):
-        step.dz("n")[...] += step.dN_t
-        step.df_t[...] -= step.di_t
-
-
-class _Gates:
-    @gatekit.hookimpl
-    def register_gates(self, register):
-        for gate in (EventForget, MinForget, MinLearn):
-            register(gate)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered_gates():
-    name = gatekit.register_plugin(_Gates(), name="tests.core.test_scan")
-    yield
-    gatekit.unregister_plugin(name)
-
-
-PYTHON = {"mingru": {"forget": "sc_event", "learn": "sc_min", "use": "memory"},
-          "minlstm": {"forget": "sc_min", "learn": "sc_min", "use": "memory"}}
+PYTHON = {"mingru": {"forget": "py_event", "learn": "py_min", "use": "memory"},
+          "minlstm": {"forget": "py_min", "learn": "py_min", "use": "memory"}}
 KINDS = [("mingru", "python"), ("minlstm", "python"), ("mingru", "compiled"),
          ("minlstm", "compiled")]
 
@@ -139,16 +84,16 @@ def test_only_compositions_without_a_recurrent_read_can_scan():
     assert make("minlstm", "python", 3, 4)._scan_refusal is None
     assert make("mingru", "python", 3, 4)._scan_refusal is None
     # A forget gate that reads [STM_{t-1}, E_t]
-    cell = gatekit.Cell(3, 4, "standard", learn="sc_min", use="memory")
+    cell = gatekit.Cell(3, 4, "standard", learn="py_min", use="memory")
     assert "read the STM" in cell._scan_refusal
     assert not cell._takes_scan(1000, 100)
     with pytest.raises(ValueError, match="cannot run as a scan.*read the STM"):
-        gatekit.Cell(3, 4, "standard", learn="sc_min", use="memory", scan=True)
+        gatekit.Cell(3, 4, "standard", learn="py_min", use="memory", scan=True)
     with pytest.raises(ValueError, match="cannot run as a scan"):
         gatekit.Cell(3, 4).scan = True
     # A use gate whose V_t reads the STM.
-    assert "read the STM" in gatekit.Cell(3, 4, "standard", forget="sc_min",
-                                          learn="sc_min")._scan_refusal
+    assert "read the STM" in gatekit.Cell(3, 4, "standard", forget="py_min",
+                                          learn="py_min")._scan_refusal
     with pytest.raises(TypeError, match="scan must be None, True or False"):
         gatekit.Cell(3, 4, scan="yes")
 
@@ -423,7 +368,7 @@ def test_a_failing_gate_raises_through_the_scan():
 
     name = gatekit.register_plugin(Plugin(), name="tests.core.test_scan.failing")
     try:
-        cell = gatekit.Cell(3, 4, "standard", forget="sc_min", learn="sc_failing",
+        cell = gatekit.Cell(3, 4, "standard", forget="py_min", learn="sc_failing",
                             use="memory", scan=True)
         with pytest.raises(ArithmeticError, match="no"):
             cell(np.zeros((5, 2, 3), np.float32))

@@ -11,10 +11,10 @@ import pytest
 
 import gatekit
 from gatekit.core import plugins, reference
-from gatekit.core.cell import _loop
 from gatekit.io.saving import LoadError
 from gatekit.testing import check_gate, gradcheck
-from support import assert_close, dtype_id, numerical_gradient, rel_error, reverse_each, sigmoid
+from support import (assert_close, dtype_id, numerical_gradient, rel_error, reverse_each, sigmoid,
+                     steps_for_a_team)
 
 DTYPES = [np.float64, np.float32]
 D, H = 3, 4
@@ -233,12 +233,8 @@ def threaded_call(dtype, team):
     """A cell and a call of it that the plan gives ``team`` threads (3: 48 units are 3 panels
     of 16 in float32, 6 of 8 in float64)."""
     cell = gatekit.Cell(16, 48, "slstm", dtype=dtype, seed=8, threads=team)
-    B, T = 24, 8
-    KH = cell._weights.shape[0]
-    while _loop.plan(T, B, 16, 48, KH, team, dtype == np.float32)[0] < team:
-        T *= 2
-    assert _loop.plan(T, B, 16, 48, KH, team, dtype == np.float32)[0] == team
-    return cell, T, B
+    B = 24
+    return cell, steps_for_a_team(cell, B, team), B
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)

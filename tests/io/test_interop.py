@@ -5,71 +5,20 @@ backend), onnxruntime's LSTM operator, each when installed; and, always, each li
 equations written out here in NumPy from its documentation, run on hand-built weights in that
 library's own layout.
 """
-import importlib
-import os
-
 import numpy as np
 import pytest
 
 import gatekit
 from gatekit import interop
 
-from support import rel_error, reverse_each, sigmoid
+from interop_support import (KERAS_WARNING, TOLERANCES, assert_relatively_close, keras,
+                             keras_numpy, needs_keras, needs_ort, needs_torch, ort, run_layers,
+                             torch, torch_dtype)
+from support import rel_error, sigmoid
 
-
-def optional(name):
-    try:
-        return importlib.import_module(name)
-    except Exception:           # absent, or present but unable to start
-        return None
-
-
-torch = optional("torch")
-if "KERAS_BACKEND" not in os.environ:
-    os.environ["KERAS_BACKEND"] = "torch" if torch is not None else "numpy"
-keras = optional("keras")
-onnx = optional("onnx")
-ort = optional("onnxruntime")
-
-# Keras 3 on NumPy 2 warns about its own __array__ when reading weights; not ours to fix.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-needs_keras = pytest.mark.skipif(keras is None, reason="Keras is not installed")
-needs_ort = pytest.mark.skipif(ort is None or onnx is None,
-                               reason="onnx and onnxruntime are not installed")
+pytestmark = KERAS_WARNING
 
 REFUSED_BY_ONNX = ["course", "literal", "nig", "nfg", "nog", "niaf", "noaf", "janet"]
-TOLERANCES = [pytest.param(np.float64, 1e-10, id="f64"), pytest.param(np.float32, 1e-5, id="f32")]
-
-
-def assert_relatively_close(got, want, tol, what):
-    assert np.shape(got) == np.shape(want), what
-    assert rel_error(got, want) <= tol, f"{what}: relative error {rel_error(got, want):.2e}"
-
-
-def run_layered(step_fn, x, lengths, weights_per_direction, state=None):
-    """One layer in NumPy: each direction a per-step ``step_fn(weights, x_t, h, c)``; the
-    reverse direction runs on each sequence reversed within its length. ``x`` (T, B, D)."""
-    T, B, _ = x.shape
-    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    ys, hs, cs = [], [], []
-    for d, weights in enumerate(weights_per_direction):
-        seen = x if d == 0 else reverse_each(x, lengths)
-        H = weights["H"]
-        h = np.zeros((B, H)) if state is None else state[0][d].astype(np.float64)
-        c = np.zeros((B, H)) if state is None else state[1][d].astype(np.float64)
-        y = np.zeros((T, B, H))
-        for t in range(T):
-            h_new, c_new = step_fn(weights, seen[t].astype(np.float64), h, c)
-            live = (t < lengths)[:, None]
-            h, c = np.where(live, h_new, h), np.where(live, c_new, c)
-            y[t] = np.where(live, h, 0)
-        ys.append(y if d == 0 else reverse_each(y, lengths))
-        hs.append(h)
-        cs.append(c)
-    return np.concatenate(ys, axis=2), np.stack(hs), np.stack(cs)
 
 
 # --- PyTorch: its equations on hand-built state dicts (no torch needed) --------------------------
@@ -83,7 +32,7 @@ def torch_step(w, x, h, c):
 
 
 def torch_equations(state_dict, x, num_layers, bidirectional, lengths=None):
-    hs, cs = [], []
+    layers = []
     for layer in range(num_layers):
         directions = []
         for suffix in ("", "_reverse")[:2 if bidirectional else 1]:
@@ -91,10 +40,8 @@ def torch_equations(state_dict, x, num_layers, bidirectional, lengths=None):
                  for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
             w["H"] = w["weight_hh"].shape[1]
             directions.append(w)
-        x, h, c = run_layered(torch_step, x, lengths, directions)
-        hs.append(h)
-        cs.append(c)
-    return x, np.concatenate(hs), np.concatenate(cs)
+        layers.append(directions)
+    return run_layers(torch_step, x, layers, lengths, memories=2)
 
 
 def random_torch_state(rng, D, H, num_layers, bidirectional, dtype=np.float64):
@@ -152,7 +99,7 @@ def test_from_torch_lstmcell_state_dict():
     x = rng.standard_normal((4, 2, D))
     y, (h, c) = cell(x)
     w = {**state, "H": H}
-    y_want, h_want, c_want = run_layered(torch_step, x, None, [w])
+    y_want, h_want, c_want = run_layers(torch_step, x, [[w]], memories=2)
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(c, c_want[0], rtol=0, atol=1e-12)
     np.testing.assert_array_equal(interop.to_torch(cell)["weight_ih"], state["weight_ih"])
@@ -272,7 +219,7 @@ def test_converted_torch_lstm_matches_forward_and_gradients(config, ragged, with
                                                             tol):
     T, B, D, H = 7, 4, 3, 5
     torch.manual_seed(0)
-    tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    tdtype = torch_dtype(dtype)
     module = torch.nn.LSTM(D, H, **config, dtype=tdtype)
     lstm = interop.from_torch(module)
     assert lstm.dtype == dtype and lstm.batch_first == config.get("batch_first", False)
@@ -333,7 +280,7 @@ def test_converted_torch_lstm_matches_forward_and_gradients(config, ragged, with
 def test_converted_torch_lstmcell_matches_over_a_sequence(dtype, tol):
     T, B, D, H = 6, 3, 4, 5
     torch.manual_seed(1)
-    tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    tdtype = torch_dtype(dtype)
     module = torch.nn.LSTMCell(D, H, dtype=tdtype)
     cell = interop.from_torch(module)
     assert isinstance(cell, gatekit.Cell) and cell.dtype == dtype
@@ -437,13 +384,13 @@ def test_from_keras_runs_keras_equations_on_hand_built_weights():
     cell = interop.from_keras(weights)
     assert isinstance(cell, gatekit.Cell)
     x = rng.standard_normal((T, B, D))
-    y_want, _, c_want = run_layered(keras_step, x, None, [keras_dict(weights)])
+    y_want, _, c_want = run_layers(keras_step, x, [[keras_dict(weights)]], memories=2)
     y, (_, c) = cell(x)
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(c, c_want[0], rtol=0, atol=1e-12)
     # without a bias
     y_nobias, _ = interop.from_keras(weights[:2])(x)
-    y_want, _, _ = run_layered(keras_step, x, None, [keras_dict(weights[:2])])
+    y_want, _, _ = run_layers(keras_step, x, [[keras_dict(weights[:2])]], memories=2)
     np.testing.assert_allclose(y_nobias, y_want, rtol=0, atol=1e-12)
     # a bidirectional layer's six arrays, and a stack of two (batch-major, as Keras)
     second = random_keras_weights(rng, 2 * H, H) + random_keras_weights(rng, 2 * H, H)
@@ -452,12 +399,11 @@ def test_from_keras_runs_keras_equations_on_hand_built_weights():
     assert lstm.bidirectional and lstm.num_layers == 2 and lstm.batch_first
     lengths = np.array([5, 3])
     y, (h, c) = lstm(x.transpose(1, 0, 2), lengths=lengths)
-    mid, h0, c0 = run_layered(keras_step, x, lengths,
-                              [keras_dict(first[:3]), keras_dict(first[3:])])
-    top, h1, c1 = run_layered(keras_step, mid, lengths,
-                              [keras_dict(second[:3]), keras_dict(second[3:])])
+    top, h_want, _ = run_layers(keras_step, x, [[keras_dict(first[:3]), keras_dict(first[3:])],
+                                                [keras_dict(second[:3]), keras_dict(second[3:])]],
+                                lengths, memories=2)
     np.testing.assert_allclose(y, top.transpose(1, 0, 2), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(h, np.concatenate([h0, h1]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(h, h_want, rtol=0, atol=1e-12)
 
 
 def test_keras_round_trip_is_exact():
@@ -490,11 +436,6 @@ def test_bad_keras_weights_are_refused_by_name(weights, message):
 
 
 # --- Keras itself --------------------------------------------------------------------------------
-
-def keras_numpy(outputs):
-    return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
-            for o in outputs]
-
 
 @needs_keras
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
@@ -591,7 +532,7 @@ def onnx_step(w, x, h, c):
 
 def onnx_equations(layers, x, lengths=None, input_forget=None):
     """A stack of ONNX LSTM nodes on (T, B, D) input; ``input_forget`` overrides the layers'."""
-    hs, cs = [], []
+    stack = []
     for layer in layers:
         directions = []
         H = layer["R"].shape[2]
@@ -603,10 +544,8 @@ def onnx_equations(layers, x, lengths=None, input_forget=None):
                 "P": np.zeros(3 * H) if layer.get("P") is None else layer["P"][d], "H": H,
                 "input_forget": layer.get("input_forget", 0) if input_forget is None
                 else input_forget})
-        x, h, c = run_layered(onnx_step, x, lengths, directions)
-        hs.append(h)
-        cs.append(c)
-    return x, np.concatenate(hs), np.concatenate(cs)
+        stack.append(directions)
+    return run_layers(onnx_step, x, stack, lengths, memories=2)
 
 
 def random_onnx_layer(rng, D, H, directions, peepholes, input_forget):

@@ -5,9 +5,6 @@ hand-built weights in that library's own layout (always); and, when installed, P
 nn.GRU / nn.GRUCell (forward and autograd), Keras' GRU layers (torch backend) and onnxruntime's
 GRU operator; finite differences for a converted cell's gradients.
 """
-import importlib
-import os
-
 import numpy as np
 import pytest
 
@@ -15,67 +12,14 @@ import gatekit
 from gatekit import interop
 from gatekit.testing import gradcheck
 
-from support import rel_error, reverse_each, sigmoid
+from interop_support import (KERAS_WARNING, TOLERANCES, assert_relatively_close, keras,
+                             keras_numpy, needs_keras, needs_ort, needs_torch, ort, run_layers,
+                             torch, torch_dtype)
+from support import rel_error, sigmoid, steps_for_a_team
 
+pytestmark = KERAS_WARNING
 
-def optional(name):
-    try:
-        return importlib.import_module(name)
-    except Exception:           # absent, or present but unable to start
-        return None
-
-
-torch = optional("torch")
-if "KERAS_BACKEND" not in os.environ:
-    os.environ["KERAS_BACKEND"] = "torch" if torch is not None else "numpy"
-keras = optional("keras")
-onnx = optional("onnx")
-ort = optional("onnxruntime")
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
-needs_keras = pytest.mark.skipif(keras is None, reason="Keras is not installed")
-needs_ort = pytest.mark.skipif(ort is None or onnx is None,
-                               reason="onnx and onnxruntime are not installed")
-
-TOLERANCES = [pytest.param(np.float64, 1e-10, id="f64"), pytest.param(np.float32, 1e-5, id="f32")]
 GRU_GATES = {"forget": "standard", "learn": "reset", "remember": "standard", "use": "memory"}
-
-
-def assert_relatively_close(got, want, tol, what):
-    assert np.shape(got) == np.shape(want), what
-    assert rel_error(got, want) <= tol, f"{what}: relative error {rel_error(got, want):.2e}"
-
-
-def run_layered(step_fn, x, lengths, weights_per_direction, h0=None):
-    """One layer in NumPy: each direction a per-step ``step_fn(weights, x_t, h)``; the reverse
-    direction runs on each sequence reversed within its length. ``x`` (T, B, D)."""
-    T, B, _ = x.shape
-    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
-    ys, hs = [], []
-    for d, weights in enumerate(weights_per_direction):
-        seen = x if d == 0 else reverse_each(x, lengths)
-        H = weights["H"]
-        h = np.zeros((B, H)) if h0 is None else np.asarray(h0[d], np.float64)
-        y = np.zeros((T, B, H))
-        for t in range(T):
-            h_new = step_fn(weights, seen[t].astype(np.float64), h)
-            live = (t < lengths)[:, None]
-            h = np.where(live, h_new, h)
-            y[t] = np.where(live, h, 0)
-        ys.append(y if d == 0 else reverse_each(y, lengths))
-        hs.append(h)
-    return np.concatenate(ys, axis=2), np.stack(hs)
-
-
-def stacked(layers_of_directions, x, step_fn, lengths=None):
-    hs = []
-    for directions in layers_of_directions:
-        x, h = run_layered(step_fn, x, lengths, directions)
-        hs.append(h)
-    return x, np.concatenate(hs)
 
 
 def randomize(model, seed):
@@ -139,8 +83,8 @@ def test_from_torch_gru_state_dict_runs_pytorchs_equations(num_layers, bidirecti
     x = rng.standard_normal((T, B, D))
     lengths = np.array([6, 2, 4])
     y, (stm, ltm) = gru(x, lengths=lengths)
-    y_want, h_want = stacked(torch_directions(state, num_layers, bidirectional), x,
-                             torch_gru_step, lengths)
+    y_want, h_want = run_layers(torch_gru_step, x,
+                                torch_directions(state, num_layers, bidirectional), lengths)
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(stm, h_want, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(stm, ltm)       # one memory: STM_t = LTM_t
@@ -162,7 +106,7 @@ def test_torch_gru_round_trip_keeps_b_hn_apart_and_sums_the_other_biases():
         assert np.array_equal(state[key][2 * H:], gru.params[f"{cell}.b_hn"])
     # PyTorch's equations on the exported state compute what the gatekit layer computes
     x = np.random.default_rng(1).standard_normal((5, 2, 3))
-    y_want, _ = stacked(torch_directions(state, 2, True), x, torch_gru_step)
+    y_want, _ = run_layers(torch_gru_step, x, torch_directions(state, 2, True))
     np.testing.assert_allclose(gru(x)[0], y_want, rtol=0, atol=1e-12)
     back = interop.from_torch(state)
     assert back.variant == "gru"
@@ -178,7 +122,7 @@ def test_from_torch_grucell_state_dict_and_without_biases():
     assert isinstance(cell, gatekit.Cell) and cell.gate_names == GRU_GATES
     x = rng.standard_normal((4, 2, D))
     y, (stm, _) = cell(x)
-    y_want, h_want = run_layered(torch_gru_step, x, None, [{**state, "H": H}])
+    y_want, h_want = run_layers(torch_gru_step, x, [[{**state, "H": H}]])
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(stm, h_want[0], rtol=0, atol=1e-12)
     exported = interop.to_torch(cell)
@@ -268,10 +212,6 @@ TORCH_CONFIGS = [
 ]
 
 
-def torch_dtype(dtype):
-    return {np.float32: torch.float32, np.float64: torch.float64}[dtype]
-
-
 @needs_torch
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 @pytest.mark.parametrize("config, ragged, with_state, threads", TORCH_CONFIGS)
@@ -344,19 +284,6 @@ def _with_threads(model, threads):
     return again
 
 
-def steps_for_a_team(cell, B, threads):
-    """The fewest steps (up to 512) with which a forward call of B sequences of ``cell`` runs the
-    tiled loop on ``threads`` threads, or None."""
-    from gatekit.core.cell import _loop
-    KH = cell._weights.shape[0]
-    for T in range(1, 513):
-        team, _ = _loop.plan(T, B, cell.input_size, cell.hidden_size, KH, threads,
-                             cell.dtype == np.float32)
-        if team == threads:
-            return T
-    return None
-
-
 @needs_torch
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_converted_torch_gru_on_a_team_of_threads_matches_pytorch(threads):
@@ -365,7 +292,7 @@ def test_converted_torch_gru_on_a_team_of_threads_matches_pytorch(threads):
     torch.manual_seed(2)
     module = torch.nn.GRU(D, H, dtype=torch.float64)
     gru = _with_threads(interop.from_torch(module), threads)
-    T = steps_for_a_team(gru.cells["l0"], B, threads)
+    T = steps_for_a_team(gru.cells["l0"], B, threads, multiple=1)
     assert T is not None, f"no call of {B} sequences runs on {threads} threads"
     rng = np.random.default_rng(3)
     x, h0 = rng.standard_normal((T, B, D)), rng.standard_normal((1, B, H))
@@ -504,13 +431,13 @@ def test_from_keras_gru_runs_keras_equations_on_hand_built_weights():
     cell = interop.from_keras(weights)
     assert isinstance(cell, gatekit.Cell) and cell.variant == "gru"
     x = rng.standard_normal((T, B, D))
-    y_want, h_want = run_layered(keras_gru_step, x, None, [keras_dict(weights)])
+    y_want, h_want = run_layers(keras_gru_step, x, [[keras_dict(weights)]])
     y, (stm, _) = cell(x)
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(stm, h_want[0], rtol=0, atol=1e-12)
     y_nobias, _ = interop.from_keras(weights[:2])(x)
-    np.testing.assert_allclose(y_nobias, run_layered(keras_gru_step, x, None,
-                                                     [keras_dict(weights[:2])])[0],
+    np.testing.assert_allclose(y_nobias, run_layers(keras_gru_step, x,
+                                                    [[keras_dict(weights[:2])]])[0],
                                rtol=0, atol=1e-12)
     # a bidirectional stack of two (batch-major, as Keras), ragged
     first = weights + random_keras_gru_weights(rng, D, H)
@@ -519,9 +446,9 @@ def test_from_keras_gru_runs_keras_equations_on_hand_built_weights():
     assert gru.bidirectional and gru.num_layers == 2 and gru.batch_first and gru.variant == "gru"
     lengths = np.array([5, 3])
     y, (stm, _) = gru(x.transpose(1, 0, 2), lengths=lengths)
-    y_want, h_want = stacked([[keras_dict(first[:3]), keras_dict(first[3:])],
-                              [keras_dict(second[:3]), keras_dict(second[3:])]], x,
-                             keras_gru_step, lengths)
+    y_want, h_want = run_layers(keras_gru_step, x,
+                                [[keras_dict(first[:3]), keras_dict(first[3:])],
+                                 [keras_dict(second[:3]), keras_dict(second[3:])]], lengths)
     np.testing.assert_allclose(y, y_want.transpose(1, 0, 2), rtol=0, atol=1e-12)
     np.testing.assert_allclose(stm, h_want, rtol=0, atol=1e-12)
 
@@ -551,11 +478,6 @@ def test_bad_keras_gru_weights_are_refused_by_name(weights, message):
     w = random_keras_gru_weights(np.random.default_rng(8), 3, 4)
     with pytest.raises(ValueError, match=message):
         interop.from_keras(weights(w))
-
-
-def keras_numpy(outputs):
-    return [np.asarray(o.detach().cpu()) if hasattr(o, "detach") else np.asarray(o)
-            for o in outputs]
 
 
 @needs_keras
@@ -675,7 +597,7 @@ def test_from_onnx_gru_runs_the_operators_equations(directions):
     x = rng.standard_normal((T, B, D))
     lengths = None if directions == 1 else np.array([6, 3, 1])
     y, (stm, _) = model(x, lengths=lengths)
-    y_want, h_want = stacked(onnx_directions([layer]), x, onnx_gru_step, lengths)
+    y_want, h_want = run_layers(onnx_gru_step, x, onnx_directions([layer]), lengths)
     np.testing.assert_allclose(y, y_want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(np.reshape(stm, h_want.shape), h_want, rtol=0, atol=1e-12)
 
@@ -693,7 +615,7 @@ def test_to_onnx_of_a_gru_stack_and_back():
     x = rng.standard_normal((5, 3, 3))
     lengths = np.array([2, 5, 4])
     y, (stm, _) = gru(x.transpose(1, 0, 2), lengths=lengths)
-    y_want, h_want = stacked(onnx_directions(layers), x, onnx_gru_step, lengths)
+    y_want, h_want = run_layers(onnx_gru_step, x, onnx_directions(layers), lengths)
     np.testing.assert_allclose(y, y_want.transpose(1, 0, 2), rtol=0, atol=1e-12)
     np.testing.assert_allclose(stm, h_want, rtol=0, atol=1e-12)
     back = interop.from_onnx(layers)

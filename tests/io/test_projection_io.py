@@ -1,26 +1,14 @@
 """A projected STM (``proj_size``) across the library's borders: PyTorch's
 ``nn.LSTM(proj_size=P)`` both ways (its equations written out here on a state dict in its own
 layout, always; the module itself, forward and autograd, when installed), save and load."""
-import importlib
-
 import numpy as np
 import pytest
 
 import gatekit
 from gatekit import interop
 
+from interop_support import needs_torch, torch, torch_dtype
 from support import rel_error, sigmoid
-
-
-def optional(name):
-    try:
-        return importlib.import_module(name)
-    except Exception:           # absent, or present but unable to start
-        return None
-
-
-torch = optional("torch")
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
 
 def random_projected_state(rng, D, H, P, num_layers, bidirectional):
@@ -213,7 +201,7 @@ def test_converted_torch_projected_lstm_matches_forward_and_gradients(
         dtype, tol, num_layers, bidirectional, ragged):
     T, B, D, H, P = 7, 4, 3, 6, 4
     torch.manual_seed(0)
-    tdtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    tdtype = torch_dtype(dtype)
     module = torch.nn.LSTM(D, H, num_layers, bidirectional=bidirectional, proj_size=P,
                            dtype=tdtype)
     lstm = interop.from_torch(module)

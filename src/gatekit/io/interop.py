@@ -59,6 +59,7 @@ before the recurrent product, a different cell, and are refused.
 """
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -85,6 +86,33 @@ GRU_ONNX_ORDER = ("f", "r", "n")       # ONNX: z, r, h
 ONNX_GRU_ATTRIBUTES = {"hidden_size", "direction", "layout", "activations", "clip",
                        "activation_alpha", "activation_beta", "linear_before_reset"}
 ONNX_GRU_DEFAULT_ACTIVATIONS = ("sigmoid", "tanh")
+
+
+class _Kind(NamedTuple):
+    """What sets the converted cells apart, as data: one path converts both."""
+    variant: str
+    gates: dict
+    apart: tuple             # blocks whose recurrent part has its own weight and bias (W_hn)
+    torch_classes: tuple     # the torch.nn layer and cell
+    torch_order: tuple
+    keras_order: tuple
+    keras_biases: int        # 1: one bias (G H,); 2: input and recurrent bias (2, G H)
+    onnx_order: tuple
+    onnx_operator: str
+    onnx_inputs: tuple
+    onnx_attributes: frozenset
+    onnx_activations: tuple
+    onnx_flags: tuple        # attributes that choose gates, held alike by every layer of a stack
+
+
+_KINDS = {
+    "lstm": _Kind("standard", STANDARD, (), ("LSTM", "LSTMCell"), TORCH_ORDER, KERAS_ORDER, 1,
+                  ONNX_ORDER, "LSTM", ("W", "R", "B", "P"), frozenset(ONNX_ATTRIBUTES),
+                  ONNX_DEFAULT_ACTIVATIONS, ("input_forget",)),
+    "gru": _Kind("gru", GRU, ("n",), ("GRU", "GRUCell"), GRU_TORCH_ORDER, GRU_KERAS_ORDER, 2,
+                 GRU_ONNX_ORDER, "GRU", ("W", "R", "B"), frozenset(ONNX_GRU_ATTRIBUTES),
+                 ONNX_GRU_DEFAULT_ACTIVATIONS, ()),
+}
 
 _TORCH_LAYER_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?")
 _TORCH_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -141,51 +169,63 @@ def _kind(model, library):
         raise ValueError(f"{library} has no LSTM with a projected STM; this model has "
                          f"proj_size={model.proj_size}. Only PyTorch's (torch.nn.LSTM("
                          "proj_size=P)) converts")
-    if names == STANDARD:
-        return "lstm"
-    if names == GRU:
-        return "gru"
+    for kind, form in _KINDS.items():
+        if names == form.gates:
+            return kind
     odd = ", ".join(f"{role}={name!r}" for role, name in names.items() if name != "standard")
     raise ValueError(f"{library} runs only the standard LSTM cell and the GRU; this model has "
                      f"{odd} (variant {model.variant!r}). Only variant='standard' with standard "
                      f"gates or variant='gru' with the GRU's gates ({GRU}) converts")
 
 
-def _lstm_params(blocks):
-    """``blocks[k] = (W_rec (H, H), W_in (H, D), b (H,))`` as the parameters ``W_k``, ``b_k``."""
+def _split(W_in, W_rec, b_in, b_rec, order):
+    """Stacked arrays, blocks in ``order`` ((G H, D), (G H, H or P), (G H,), (G H,)), as
+    ``{block: (W_rec, W_in, b_in, b_rec)}``."""
+    H = W_in.shape[0] // len(order)
+    return {block: tuple(a[k * H:(k + 1) * H] for a in (W_rec, W_in, b_in, b_rec))
+            for k, block in enumerate(order)}
+
+
+def _params(blocks, kind):
+    """``{block: (W_rec, W_in, b_in, b_rec)}`` as gatekit's parameters: ``W_k`` = [W_rec, W_in]
+    and ``b_k`` the two biases summed, except in a block the cell keeps apart (the GRU's
+    candidate, whose recurrent part the reset gate multiplies, bias included): ``W_k``,
+    ``b_k`` the input part, ``W_hk``, ``b_hk`` the recurrent part."""
     params = {}
-    for block, (recurrent, inputs, bias) in blocks.items():
-        params[f"W_{block}"] = np.concatenate([recurrent, inputs], axis=1)
-        params[f"b_{block}"] = bias
+    for block, (W_rec, W_in, b_in, b_rec) in blocks.items():
+        if block in _KINDS[kind].apart:
+            params.update({f"W_{block}": W_in, f"b_{block}": b_in, f"W_h{block}": W_rec,
+                           f"b_h{block}": b_rec})
+        else:
+            params[f"W_{block}"] = np.concatenate([W_rec, W_in], axis=1)
+            params[f"b_{block}"] = _summed(b_in, b_rec)
     return params
 
 
-def _gru_params(W_in, W_rec, b_in, b_rec, order):
-    """A GRU's stacked (3H, D), (3H, H), (3H,), (3H,) arrays, blocks in ``order``, as gatekit's
-    ``gru`` parameters: the update and reset gates' two biases summed, since the reset gate
-    multiplies only the candidate's recurrent part, whose bias ``b_hn`` stays apart."""
-    H = W_rec.shape[1]
-    rows = {block: slice(k * H, (k + 1) * H) for k, block in enumerate(order)}
-    params = {}
-    for block in ("f", "r"):
-        params[f"W_{block}"] = np.concatenate([W_rec[rows[block]], W_in[rows[block]]], axis=1)
-        params[f"b_{block}"] = _summed(b_in[rows[block]], b_rec[rows[block]])
-    params.update(W_n=W_in[rows["n"]], b_n=b_in[rows["n"]], W_hn=W_rec[rows["n"]],
-                  b_hn=b_rec[rows["n"]])
-    return params
-
-
-def _gru_stack(cell, order):
-    """A GRU cell's parameters stacked in ``order``: W_in (3H, D), W_rec (3H, H), b_in (3H,),
-    b_rec (3H,), with the update and reset gates' whole bias in b_in (zeros in b_rec)."""
+def _blocks(cell, kind):
+    """A cell's parameters as ``{block: (W_rec, W_in, b_in, b_rec)}`` (the inverse of
+    :func:`_params`): the whole bias in ``b_in`` and zeros in ``b_rec``, except in a block kept
+    apart. With a projected STM of P features, ``W_rec`` is (H, P)."""
     H = cell.hidden_size
+    width = H if cell.proj_size is None else cell.proj_size
     p = {name: np.asarray(array) for name, array in cell.params.items()}
     zero = np.zeros(H, cell.dtype)
-    parts = ({"f": p["W_f"][:, H:], "r": p["W_r"][:, H:], "n": p["W_n"]},
-             {"f": p["W_f"][:, :H], "r": p["W_r"][:, :H], "n": p["W_hn"]},
-             {"f": p["b_f"], "r": p["b_r"], "n": p["b_n"]},
-             {"f": zero, "r": zero, "n": p["b_hn"]})
-    return tuple(np.concatenate([part[block] for block in order]) for part in parts)
+    blocks = {}
+    for block in _KINDS[kind].onnx_order:
+        if block in _KINDS[kind].apart:
+            blocks[block] = (p[f"W_h{block}"], p[f"W_{block}"], p[f"b_{block}"], p[f"b_h{block}"])
+        elif f"W_{block}" in p:       # a coupled cell has no W_i
+            blocks[block] = (p[f"W_{block}"][:, :width], p[f"W_{block}"][:, width:],
+                             p[f"b_{block}"], zero)
+    return blocks
+
+
+def _stack(blocks, order):
+    """``{block: (W_rec, W_in, b_in, b_rec)}`` stacked in ``order``: W_in (G H, D), W_rec
+    (G H, H or P), b_in (G H,), b_rec (G H,)."""
+    W_rec, W_in, b_in, b_rec = (np.concatenate([blocks[block][j] for block in order])
+                                for j in range(4))
+    return W_in, W_rec, b_in, b_rec
 
 
 def _fill(cell, params):
@@ -194,33 +234,12 @@ def _fill(cell, params):
         cell.params[name] = value
 
 
-def _split(W_in, W_rec, bias, order):
-    """PyTorch-like stacked (4H, D), (4H, H or P), (4H,) arrays as ``{block: (rec, in, b)}``."""
-    H = W_in.shape[0] // len(order)
-    return {block: (W_rec[k * H:(k + 1) * H], W_in[k * H:(k + 1) * H], bias[k * H:(k + 1) * H])
-            for k, block in enumerate(order)}
-
-
-def _stack(cell, order):
-    """A standard cell's blocks stacked in ``order``: (4H, D), (4H, H), (4H,) (with a projected
-    STM of P features, (4H, P))."""
-    H = cell.hidden_size if cell.proj_size is None else cell.proj_size
-    W = [np.asarray(cell.params[f"W_{block}"]) for block in order]
-    W_in = np.concatenate([w[:, H:] for w in W])
-    W_rec = np.concatenate([w[:, :H] for w in W])
-    bias = np.concatenate([np.asarray(cell.params[f"b_{block}"]) for block in order])
-    return W_in, W_rec, bias
-
-
 def _summed(*biases):
     """Biases added in float64 (then cast by the cell), so a float64 sum is exact to rounding."""
     return sum(np.asarray(b, dtype=np.float64) for b in biases)
 
 
 # --- PyTorch -------------------------------------------------------------------------------------
-
-_TORCH_KINDS = {"lstm": ("LSTM", "LSTMCell", 4), "gru": ("GRU", "GRUCell", 3)}
-
 
 def from_torch(source, *, dtype=None, num_layers=None, bidirectional=None, batch_first=None,
                dropout=None):
@@ -298,7 +317,7 @@ def _check_keys(arrays, expected, what):
 def _torch_blocks(arrays, suffix, D, H, where, kind, P=None):
     """Check one cell's PyTorch arrays and return its gatekit parameters and the arrays read
     (``P``: the projection's size, or None)."""
-    G = _TORCH_KINDS[kind][2]
+    G = len(_KINDS[kind].torch_order)
     W_ih = _to_numpy(arrays[f"weight_ih{suffix}"], f"weight_ih{suffix}")
     W_hh = _to_numpy(arrays[f"weight_hh{suffix}"], f"weight_hh{suffix}")
     _check_shape(f"weight_ih{suffix}", W_ih, (G * H, D), f"{G} * hidden_size, {where}")
@@ -316,10 +335,7 @@ def _torch_blocks(arrays, suffix, D, H, where, kind, P=None):
     else:
         biases = []
     b_ih, b_hh = biases or (np.zeros(G * H), np.zeros(G * H))
-    if kind == "gru":
-        params = _gru_params(W_ih, W_hh, b_ih, b_hh, GRU_TORCH_ORDER)
-    else:
-        params = _lstm_params(_split(W_ih, W_hh, _summed(b_ih, b_hh), TORCH_ORDER))
+    params = _params(_split(W_ih, W_hh, b_ih, b_hh, _KINDS[kind].torch_order), kind)
     if P is not None:
         params["W_hr"] = W_hr
         return params, [W_ih, W_hh, W_hr, *biases]
@@ -335,8 +351,8 @@ def _sizes(arrays, suffix=""):
         raise ValueError(f"{ih} has shape {W_ih.shape}; expected (4 * hidden_size, input_size) "
                          "for an LSTM or (3 * hidden_size, input_size) for a GRU")
     if W_hh.ndim == 2 and W_hh.shape[1] > 0 and W_hh.shape[0] == W_ih.shape[0]:
-        for kind, (_, _, G) in _TORCH_KINDS.items():
-            if W_hh.shape[0] == G * W_hh.shape[1]:
+        for kind, form in _KINDS.items():
+            if W_hh.shape[0] == len(form.torch_order) * W_hh.shape[1]:
                 return kind, W_hh.shape[1], W_ih.shape[1]
     raise ValueError(f"{hh} has shape {W_hh.shape}; expected (4 * hidden_size, hidden_size) for "
                      "an LSTM or (3 * hidden_size, hidden_size) for a GRU, with as many rows as "
@@ -356,10 +372,6 @@ def _projected_sizes(arrays):
     return "lstm", H, W_ih.shape[1], P
 
 
-def _variant(kind):
-    return "gru" if kind == "gru" else "standard"
-
-
 def _cell_from_torch(arrays, dtype):
     expected = ["weight_ih", "weight_hh"]
     if "bias_ih" in arrays or "bias_hh" in arrays:
@@ -367,9 +379,9 @@ def _cell_from_torch(arrays, dtype):
     if "weight_hh" not in arrays or "weight_ih" not in arrays:
         _check_keys(arrays, expected, "torch.nn.LSTMCell or GRUCell")
     kind, H, D = _sizes(arrays)
-    _check_keys(arrays, expected, f"torch.nn.{_TORCH_KINDS[kind][1]}")
+    _check_keys(arrays, expected, f"torch.nn.{_KINDS[kind].torch_classes[1]}")
     params, read = _torch_blocks(arrays, "", D, H, "input_size", kind)
-    cell = Cell(D, H, _variant(kind), dtype=_result_dtype(read, dtype, "the tensors"))
+    cell = Cell(D, H, _KINDS[kind].variant, dtype=_result_dtype(read, dtype, "the tensors"))
     _fill(cell, params)
     return cell
 
@@ -410,7 +422,7 @@ def _layers_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch
         kind, H, D, P = _projected_sizes(arrays)
     else:
         (kind, H, D), P = _sizes(arrays, "_l0"), None
-    _check_keys(arrays, expected, f"torch.nn.{_TORCH_KINDS[kind][0]}")
+    _check_keys(arrays, expected, f"torch.nn.{_KINDS[kind].torch_classes[0]}")
     directions = 2 if reverse else 1
     width, named = (H, "hidden_size") if P is None else (P, "proj_size")
     converted, read = {}, []
@@ -421,7 +433,7 @@ def _layers_from_torch(arrays, dtype, num_layers=None, bidirectional=None, batch
         converted[suffix], arrays_read = _torch_blocks(arrays, suffix, size, H, where, kind, P)
         read += arrays_read
     lstm = LSTM(D, H, found, bidirectional=reverse, batch_first=bool(batch_first),
-                variant=_variant(kind), dtype=_result_dtype(read, dtype, "the tensors"),
+                variant=_KINDS[kind].variant, dtype=_result_dtype(read, dtype, "the tensors"),
                 proj_size=P)
     lstm.dropout = 0.0 if dropout is None else float(dropout)
     for name, cell in lstm.cells.items():
@@ -443,15 +455,11 @@ def to_torch(model, module=None):
     ``dropout``, dtype) and returns it.
     """
     kind = _kind(model, "PyTorch")
-    layer_name, cell_name, _ = _TORCH_KINDS[kind]
+    layer_name, cell_name = _KINDS[kind].torch_classes
     state = {}
     for name, cell in _cells(model):
         suffix = f"_{name}" if name else ""
-        if kind == "gru":
-            W_in, W_rec, b_in, b_rec = _gru_stack(cell, GRU_TORCH_ORDER)
-        else:
-            W_in, W_rec, b_in = _stack(cell, TORCH_ORDER)
-            b_rec = np.zeros_like(b_in)
+        W_in, W_rec, b_in, b_rec = _stack(_blocks(cell, kind), _KINDS[kind].torch_order)
         state[f"weight_ih{suffix}"] = W_in
         state[f"weight_hh{suffix}"] = W_rec
         state[f"bias_ih{suffix}"] = b_in
@@ -514,7 +522,6 @@ def to_torch(model, module=None):
 
 _KERAS_KINDS = {"LSTM": ("lstm", "layer"), "LSTMCell": ("lstm", "cell"),
                 "GRU": ("gru", "layer"), "GRUCell": ("gru", "cell")}
-_KERAS_GATES = {"lstm": 4, "gru": 3}
 
 
 def _activation_name(function):
@@ -545,8 +552,8 @@ def _keras_weights_kind(weights, where):
     """``"lstm"`` or ``"gru"``, read off a weight list's recurrent_kernel: (H, 4H) or (H, 3H)."""
     recurrent = weights[1] if len(weights) > 1 else np.zeros(0)
     if recurrent.ndim == 2 and recurrent.shape[0] > 0:
-        for kind, G in _KERAS_GATES.items():
-            if recurrent.shape[1] == G * recurrent.shape[0]:
+        for kind, form in _KINDS.items():
+            if recurrent.shape[1] == len(form.keras_order) * recurrent.shape[0]:
                 return kind
     raise ValueError(f"{where} recurrent_kernel has shape {recurrent.shape}; expected (units, "
                      "4 * units) for an LSTM or (units, 3 * units) for a GRU")
@@ -600,27 +607,27 @@ def _keras_source(source, where):
 
 def _keras_blocks(weights, D, H, where, kind):
     """One direction's Keras weights as gatekit parameters."""
-    G = _KERAS_GATES[kind]
+    form = _KINDS[kind]
+    G = len(form.keras_order)
     kernel, recurrent = weights[0], weights[1]
     _check_shape(f"{where} kernel", kernel, (D, G * H), f"input size, {G} * units")
     _check_shape(f"{where} recurrent_kernel", recurrent, (H, G * H), f"units, {G} * units")
-    if kind == "lstm":
-        if len(weights) == 3:
-            bias = weights[2]
-            _check_shape(f"{where} bias", bias, (4 * H,), "4 * units")
-        else:
-            bias = np.zeros(4 * H)
-        return _lstm_params(_split(kernel.T, recurrent.T, bias, KERAS_ORDER))
     if len(weights) == 3:
         bias = weights[2]
-        if bias.shape == (3 * H,):
-            raise ValueError(f"{where} bias has shape {bias.shape}, a GRU with "
-                             "reset_after=False, which gatekit's GRU is not (it resets the "
-                             "recurrent product: reset_after=True, whose bias is (2, 3 * units))")
-        _check_shape(f"{where} bias", bias, (2, 3 * H), "2, 3 * units: input, recurrent bias")
+        if form.keras_biases == 1:
+            _check_shape(f"{where} bias", bias, (G * H,), f"{G} * units")
+        else:
+            if bias.shape == (G * H,):
+                raise ValueError(f"{where} bias has shape {bias.shape}, a GRU with "
+                                 "reset_after=False, which gatekit's GRU is not (it resets the "
+                                 "recurrent product: reset_after=True, whose bias is "
+                                 f"(2, {G} * units))")
+            _check_shape(f"{where} bias", bias, (2, G * H),
+                         f"2, {G} * units: input, recurrent bias")
     else:
-        bias = np.zeros((2, 3 * H))
-    return _gru_params(kernel.T, recurrent.T, bias[0], bias[1], GRU_KERAS_ORDER)
+        bias = np.zeros((2, G * H))
+    b_in, b_rec = (bias, np.zeros(G * H)) if bias.ndim == 1 else bias     # one bias: all input
+    return _params(_split(kernel.T, recurrent.T, b_in, b_rec, form.keras_order), kind)
 
 
 def from_keras(source, *, dtype=None, batch_first=True):
@@ -665,7 +672,7 @@ def from_keras(source, *, dtype=None, batch_first=True):
     bidirectional = len(stack[0]) == 2
     if any(len(directions) != len(stack[0]) for directions in stack):
         raise ValueError("every layer of the stack must be bidirectional, or none")
-    G = _KERAS_GATES[kind]
+    G = len(_KINDS[kind].keras_order)
     H = stack[0][0][1].shape[0] if stack[0][0][1].ndim == 2 else 0
     if H == 0 or stack[0][0][1].shape != (H, G * H):
         raise ValueError(f"layer 0 recurrent_kernel has shape {stack[0][0][1].shape}; expected "
@@ -682,10 +689,10 @@ def from_keras(source, *, dtype=None, batch_first=True):
     dtype = _result_dtype([w for directions in stack for weights in directions for w in weights],
                           dtype, "the Keras weights")
     if form == "cell":
-        model = Cell(D, H, _variant(kind), dtype=dtype)
+        model = Cell(D, H, _KINDS[kind].variant, dtype=dtype)
     else:
         model = LSTM(D, H, len(stack), bidirectional=bidirectional, batch_first=batch_first,
-                     variant=_variant(kind), dtype=dtype)
+                     variant=_KINDS[kind].variant, dtype=dtype)
     for (_, cell), params in zip(_cells(model), converted):
         _fill(cell, params)
     return model
@@ -706,11 +713,8 @@ def to_keras(model):
     kind = _kind(model, "Keras")
 
     def weights(cell):
-        if kind == "gru":
-            W_in, W_rec, b_in, b_rec = _gru_stack(cell, GRU_KERAS_ORDER)
-            bias = np.stack([b_in, b_rec])
-        else:
-            W_in, W_rec, bias = _stack(cell, KERAS_ORDER)
+        W_in, W_rec, b_in, b_rec = _stack(_blocks(cell, kind), _KINDS[kind].keras_order)
+        bias = b_in if _KINDS[kind].keras_biases == 1 else np.stack([b_in, b_rec])
         return [np.ascontiguousarray(W_in.T), np.ascontiguousarray(W_rec.T), bias]
 
     if isinstance(model, Cell):
@@ -723,12 +727,16 @@ def to_keras(model):
 
 # --- ONNX ----------------------------------------------------------------------------------------
 
-def _onnx_gates(model):
+def _onnx_kind(model):
+    """``"lstm"`` or ``"gru"``: the ONNX operator that computes ``model``; refuses the gate
+    compositions neither can express."""
     if model.proj_size is not None:
         raise ValueError(f"ONNX has no LSTM with a projected STM; this model has "
                          f"proj_size={model.proj_size}. Only PyTorch's (torch.nn.LSTM("
                          "proj_size=P)) converts")
     names = model.gate_names
+    if names == GRU:
+        return "gru"
     for role, allowed in ONNX_GATES.items():
         if names[role] not in allowed:
             raise ValueError(
@@ -736,28 +744,23 @@ def _onnx_gates(model):
                 f"{model.variant!r}): it runs the standard cell, with peepholes (P) and with "
                 "input_forget=1; the variants that convert are 'standard', 'peephole' and 'cifg' "
                 f"(allowed gates: {ONNX_GATES})")
-    return names
+    return "lstm"
 
 
-def _onnx_cell(cell, names):
-    """One direction's W (4H, D), R (4H, H), B (8H,) and P (3H,) or None."""
-    H = cell.hidden_size
-    p = cell.params
-    blocks = {k: (np.asarray(p[f"W_{k}"])[:, :H], np.asarray(p[f"W_{k}"])[:, H:],
-                  np.asarray(p[f"b_{k}"])) for k in ("f", "n", "v")}
+def _onnx_cell(cell, kind):
+    """One direction's W (G H, D), R (G H, H), B (2 G H,) and P (3H,) or None."""
+    names = cell.gate_names
+    blocks = _blocks(cell, kind)
     if names["learn"] == "coupled":
         # i_onnx = 1 - f_gatekit = σ(-(forget pre-activation)): the forget weights negated.
-        blocks["i"] = tuple(-a for a in blocks["f"])
-    else:
-        blocks["i"] = (np.asarray(p["W_i"])[:, :H], np.asarray(p["W_i"])[:, H:],
-                       np.asarray(p["b_i"]))
-    W = np.concatenate([blocks[k][1] for k in ONNX_ORDER])
-    R = np.concatenate([blocks[k][0] for k in ONNX_ORDER])
-    B = np.concatenate([np.concatenate([blocks[k][2] for k in ONNX_ORDER]),
-                        np.zeros(4 * H, cell.dtype)])
+        W_rec, W_in, b_in, b_rec = blocks["f"]
+        blocks["i"] = (-W_rec, -W_in, -b_in, b_rec)
+    W, R, b_in, b_rec = _stack(blocks, _KINDS[kind].onnx_order)
+    B = np.concatenate([b_in, b_rec])
     if "peephole" not in (names["forget"], names["learn"], names["use"]):
         return W, R, B, None
-    zero = np.zeros(H, cell.dtype)
+    p = cell.params
+    zero = np.zeros(cell.hidden_size, cell.dtype)
     peep = {"f": np.asarray(p["p_f"]) if "p_f" in p else zero,
             "v": np.asarray(p["p_v"]) if "p_v" in p else zero}
     if names["learn"] == "coupled":
@@ -765,23 +768,6 @@ def _onnx_cell(cell, names):
     else:
         peep["i"] = np.asarray(p["p_i"]) if "p_i" in p else zero
     return W, R, B, np.concatenate([peep[k] for k in ONNX_PEEPHOLE_ORDER])
-
-
-def _gru_to_onnx(model):
-    cells = [cell for _, cell in _cells(model)]
-    directions = model.directions if isinstance(model, LSTM) else 1
-    layers = []
-    for k in range(len(cells) // directions):
-        parts = [_gru_stack(cell, GRU_ONNX_ORDER)
-                 for cell in cells[k * directions:(k + 1) * directions]]
-        layers.append({"W": np.stack([part[0] for part in parts]),
-                       "R": np.stack([part[1] for part in parts]),
-                       "B": np.stack([np.concatenate(part[2:]) for part in parts]),
-                       "hidden_size": model.hidden_size,
-                       "direction": "bidirectional" if directions == 2 else "forward",
-                       "linear_before_reset": 1,
-                       "layout": int(isinstance(model, LSTM) and model.batch_first)})
-    return layers[0] if isinstance(model, Cell) else layers
 
 
 def to_onnx(model):
@@ -801,14 +787,16 @@ def to_onnx(model):
     no ``P`` nor ``input_forget``, and ``linear_before_reset=1``: the inputs of ONNX ``GRU``
     nodes.
     """
-    if model.gate_names == GRU:
-        return _gru_to_onnx(model)
-    names = _onnx_gates(model)
+    kind = _onnx_kind(model)
+    if kind == "gru":
+        attributes = {"linear_before_reset": 1}
+    else:
+        attributes = {"input_forget": int(model.gate_names["learn"] == "coupled")}
     cells = [cell for _, cell in _cells(model)]
     directions = model.directions if isinstance(model, LSTM) else 1
     layers = []
     for k in range(len(cells) // directions):
-        parts = [_onnx_cell(cell, names) for cell in cells[k * directions:(k + 1) * directions]]
+        parts = [_onnx_cell(cell, kind) for cell in cells[k * directions:(k + 1) * directions]]
         layer = {"W": np.stack([part[0] for part in parts]),
                  "R": np.stack([part[1] for part in parts]),
                  "B": np.stack([part[2] for part in parts])}
@@ -816,47 +804,60 @@ def to_onnx(model):
             layer["P"] = np.stack([part[3] for part in parts])
         layer.update(hidden_size=model.hidden_size,
                      direction="bidirectional" if directions == 2 else "forward",
-                     input_forget=int(names["learn"] == "coupled"),
-                     layout=int(isinstance(model, LSTM) and model.batch_first))
+                     **attributes, layout=int(isinstance(model, LSTM) and model.batch_first))
         layers.append(layer)
     return layers[0] if isinstance(model, Cell) else layers
 
 
-def _check_onnx_layer(layer, where):
-    if not isinstance(layer, Mapping):
-        raise TypeError(f"{where} must be a dict of ONNX LSTM inputs (W, R, B, P) and attributes; "
-                        f"got {type(layer).__name__}")
-    unknown = [key for key in layer if key not in {"W", "R", "B", "P"} | ONNX_ATTRIBUTES]
+def _check_onnx_layer(layer, where, kind):
+    """Refuse what gatekit's cell of ``kind`` does not compute; return the number of
+    directions, the flags (``input_forget``) and whether the layout is batch-major."""
+    form = _KINDS[kind]
+    unknown = [key for key in layer if key not in {*form.onnx_inputs, *form.onnx_attributes}]
     if unknown:
-        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; expected W, "
-                         f"R, optional B and P, and the attributes {sorted(ONNX_ATTRIBUTES)}")
+        inputs = form.onnx_inputs
+        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; expected "
+                         f"{', '.join(inputs[:2])}, optional {' and '.join(inputs[2:])}, and the "
+                         f"{form.onnx_operator} attributes {sorted(form.onnx_attributes)}")
     for key in ("W", "R"):
         if key not in layer:
             raise ValueError(f"{where} lacks {key!r}")
+    if kind == "gru":
+        reset = layer.get("linear_before_reset", 0)
+        if reset != 1:
+            raise ValueError(f"{where} has linear_before_reset={reset!r}"
+                             f"{'' if 'linear_before_reset' in layer else ' (ONNX default)'}: "
+                             "its reset gate multiplies the state before the recurrent product, "
+                             "a cell gatekit's GRU is not; gatekit converts "
+                             "linear_before_reset=1 (the form of PyTorch and cuDNN)")
     direction = layer.get("direction", "forward")
     if isinstance(direction, bytes):
         direction = direction.decode()
     if direction not in ("forward", "bidirectional"):
         raise ValueError(f"{where} has direction={direction!r}; gatekit runs 'forward' and "
-                         "'bidirectional' LSTMs (a lone reverse direction has no gatekit "
-                         "equivalent)")
+                         f"'bidirectional' {form.onnx_operator}s (a lone reverse direction has "
+                         "no gatekit equivalent)")
     directions = 2 if direction == "bidirectional" else 1
     activations = layer.get("activations")
     if activations is not None:
         got = tuple(a.decode() if isinstance(a, bytes) else str(a) for a in activations)
-        if tuple(a.lower() for a in got) != ONNX_DEFAULT_ACTIVATIONS * directions:
-            raise ValueError(f"{where} has activations={list(got)}; gatekit's cells use ONNX's "
-                             "defaults Sigmoid, Tanh, Tanh (per direction)")
+        if tuple(a.lower() for a in got) != form.onnx_activations * directions:
+            defaults = ", ".join(a.capitalize() for a in form.onnx_activations)
+            raise ValueError(f"{where} has activations={list(got)}; gatekit's "
+                             f"{form.onnx_operator} uses ONNX's defaults {defaults} (per "
+                             "direction)")
     if layer.get("clip") is not None:
         raise ValueError(f"{where} has clip={layer['clip']!r}; gatekit does not clip the "
                          "pre-activations")
-    input_forget = layer.get("input_forget", 0)
-    if input_forget not in (0, 1):
-        raise ValueError(f"{where} has input_forget={input_forget!r}; expected 0 or 1")
+    flags = []
+    for name in form.onnx_flags:
+        flags.append(layer.get(name, 0))
+        if flags[-1] not in (0, 1):
+            raise ValueError(f"{where} has {name}={flags[-1]!r}; expected 0 or 1")
     layout = layer.get("layout", 0)
     if layout not in (0, 1):
         raise ValueError(f"{where} has layout={layout!r}; expected 0 or 1")
-    return directions, bool(input_forget), bool(layout)
+    return directions, tuple(map(bool, flags)), bool(layout)
 
 
 def _is_onnx_gru(layer):
@@ -868,90 +869,10 @@ def _is_onnx_gru(layer):
     return len(R) == 3 and R[2] > 0 and R[1] == 3 * R[2]
 
 
-def _check_onnx_gru_layer(layer, where):
-    unknown = [key for key in layer if key not in {"W", "R", "B"} | ONNX_GRU_ATTRIBUTES]
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; expected W, "
-                         f"R, optional B, and the GRU attributes {sorted(ONNX_GRU_ATTRIBUTES)}")
-    for key in ("W", "R"):
-        if key not in layer:
-            raise ValueError(f"{where} lacks {key!r}")
-    reset = layer.get("linear_before_reset", 0)
-    if reset != 1:
-        raise ValueError(f"{where} has linear_before_reset={reset!r}"
-                         f"{'' if 'linear_before_reset' in layer else ' (ONNX default)'}: its "
-                         "reset gate multiplies the state before the recurrent product, a cell "
-                         "gatekit's GRU is not; gatekit converts linear_before_reset=1 (the "
-                         "form of PyTorch and cuDNN)")
-    direction = layer.get("direction", "forward")
-    if isinstance(direction, bytes):
-        direction = direction.decode()
-    if direction not in ("forward", "bidirectional"):
-        raise ValueError(f"{where} has direction={direction!r}; gatekit runs 'forward' and "
-                         "'bidirectional' GRUs (a lone reverse direction has no gatekit "
-                         "equivalent)")
-    directions = 2 if direction == "bidirectional" else 1
-    activations = layer.get("activations")
-    if activations is not None:
-        got = tuple(a.decode() if isinstance(a, bytes) else str(a) for a in activations)
-        if tuple(a.lower() for a in got) != ONNX_GRU_DEFAULT_ACTIVATIONS * directions:
-            raise ValueError(f"{where} has activations={list(got)}; gatekit's GRU uses ONNX's "
-                             "defaults Sigmoid, Tanh (per direction)")
-    if layer.get("clip") is not None:
-        raise ValueError(f"{where} has clip={layer['clip']!r}; gatekit does not clip the "
-                         "pre-activations")
-    layout = layer.get("layout", 0)
-    if layout not in (0, 1):
-        raise ValueError(f"{where} has layout={layout!r}; expected 0 or 1")
-    return directions, bool(layout)
-
-
-def _gru_from_onnx(layers, single, dtype, where):
-    checked = [_check_onnx_gru_layer(layer, where(k)) for k, layer in enumerate(layers)]
-    if len(set(checked)) != 1:
-        raise ValueError("every layer must have the same direction and layout")
-    directions, batch_major = checked[0]
-    R0 = _to_numpy(layers[0]["R"], f"{where(0)} R")
-    if R0.ndim != 3 or R0.shape[1] != 3 * R0.shape[2] or R0.shape[2] == 0:
-        raise ValueError(f"{where(0)} R has shape {R0.shape}; expected (num_directions, "
-                         "3 * hidden_size, hidden_size)")
-    H = R0.shape[2]
-    W0 = _to_numpy(layers[0]["W"], f"{where(0)} W")
-    if W0.ndim != 3 or W0.shape[2] == 0:
-        raise ValueError(f"{where(0)} W has shape {W0.shape}; expected (num_directions, "
-                         "3 * hidden_size, input_size)")
-    D = W0.shape[2]
-    converted, read = [], []
-    for k, layer in enumerate(layers):
-        if layer.get("hidden_size", H) != H:
-            raise ValueError(f"{where(k)} has hidden_size={layer['hidden_size']!r}, but R has "
-                             f"hidden size {H}")
-        size = D if k == 0 else directions * H
-        W = _to_numpy(layer["W"], f"{where(k)} W")
-        R = _to_numpy(layer["R"], f"{where(k)} R")
-        _check_shape(f"{where(k)} W", W, (directions, 3 * H, size),
-                     "num_directions, 3 * hidden_size, input size")
-        _check_shape(f"{where(k)} R", R, (directions, 3 * H, H),
-                     "num_directions, 3 * hidden_size, hidden_size")
-        read += [W, R]
-        if layer.get("B") is not None:
-            B = _to_numpy(layer["B"], f"{where(k)} B")
-            _check_shape(f"{where(k)} B", B, (directions, 6 * H),
-                         "num_directions, 6 * hidden_size")
-            read.append(B)
-        else:
-            B = np.zeros((directions, 6 * H))
-        converted += [_gru_params(W[d], R[d], B[d, :3 * H], B[d, 3 * H:], GRU_ONNX_ORDER)
-                      for d in range(directions)]
-    dtype = _result_dtype(read, dtype, "the ONNX arrays")
-    if single and directions == 1 and not batch_major:
-        model = Cell(D, H, "gru", dtype=dtype)
-    else:
-        model = LSTM(D, H, len(layers), bidirectional=directions == 2, variant="gru",
-                     batch_first=batch_major, dtype=dtype)
-    for (_, cell), params in zip(_cells(model), converted):
-        _fill(cell, params)
-    return model
+def _onnx_array(layer, key, shape, explanation, where):
+    array = _to_numpy(layer[key], f"{where} {key}")
+    _check_shape(f"{where} {key}", array, shape, explanation)
+    return array
 
 
 def from_onnx(source, *, dtype=None):
@@ -981,31 +902,32 @@ def from_onnx(source, *, dtype=None):
             raise TypeError(f"layer {k} must be a dict of ONNX LSTM or GRU inputs and "
                             f"attributes; got {type(layer).__name__}")
     grus = [_is_onnx_gru(layer) for layer in layers]
-    if any(grus):
-        where = (lambda k: "the ONNX GRU") if isinstance(source, Mapping) else (
-            lambda k: f"layer {k}")
-        if not all(grus):
-            raise ValueError("every layer must be a GRU or none: layers "
-                             f"{[k for k, gru in enumerate(grus) if not gru]} are LSTMs")
-        return _gru_from_onnx(layers, isinstance(source, Mapping), dtype, where)
-    where = (lambda k: "the ONNX LSTM") if isinstance(source, Mapping) else (
+    if any(grus) and not all(grus):
+        raise ValueError("every layer must be a GRU or none: layers "
+                         f"{[k for k, gru in enumerate(grus) if not gru]} are LSTMs")
+    kind = "gru" if grus[0] else "lstm"
+    form = _KINDS[kind]
+    G = len(form.onnx_order)
+    where = (lambda k: f"the ONNX {form.onnx_operator}") if isinstance(source, Mapping) else (
         lambda k: f"layer {k}")
-    checked = [_check_onnx_layer(layer, where(k)) for k, layer in enumerate(layers)]
-    if len({c for c in checked}) != 1:
-        raise ValueError("every layer must have the same direction, input_forget and layout")
-    directions, coupled, batch_major = checked[0]
+    checked = [_check_onnx_layer(layer, where(k), kind) for k, layer in enumerate(layers)]
+    if len(set(checked)) != 1:
+        raise ValueError("every layer must have the same "
+                         f"{', '.join(('direction',) + form.onnx_flags)} and layout")
+    directions, flags, batch_major = checked[0]
+    coupled = "input_forget" in form.onnx_flags and flags[0]
     peepholes = ["P" in layer and layer["P"] is not None for layer in layers]
     if len(set(peepholes)) != 1:
         raise ValueError("either every layer has peepholes P or none")
     R0 = _to_numpy(layers[0]["R"], f"{where(0)} R")
-    if R0.ndim != 3 or R0.shape[1] != 4 * R0.shape[2] or R0.shape[2] == 0:
+    if R0.ndim != 3 or R0.shape[1] != G * R0.shape[2] or R0.shape[2] == 0:
         raise ValueError(f"{where(0)} R has shape {R0.shape}; expected (num_directions, "
-                         "4 * hidden_size, hidden_size)")
+                         f"{G} * hidden_size, hidden_size)")
     H = R0.shape[2]
     W0 = _to_numpy(layers[0]["W"], f"{where(0)} W")
     if W0.ndim != 3 or W0.shape[2] == 0:
         raise ValueError(f"{where(0)} W has shape {W0.shape}; expected (num_directions, "
-                         "4 * hidden_size, input_size)")
+                         f"{G} * hidden_size, input_size)")
     D = W0.shape[2]
     converted, read = [], []
     for k, layer in enumerate(layers):
@@ -1013,28 +935,24 @@ def from_onnx(source, *, dtype=None):
             raise ValueError(f"{where(k)} has hidden_size={layer['hidden_size']!r}, but R has "
                              f"hidden size {H}")
         size = D if k == 0 else directions * H
-        W = _to_numpy(layer["W"], f"{where(k)} W")
-        R = _to_numpy(layer["R"], f"{where(k)} R")
-        _check_shape(f"{where(k)} W", W, (directions, 4 * H, size),
-                     "num_directions, 4 * hidden_size, input size")
-        _check_shape(f"{where(k)} R", R, (directions, 4 * H, H),
-                     "num_directions, 4 * hidden_size, hidden_size")
+        W = _onnx_array(layer, "W", (directions, G * H, size),
+                        f"num_directions, {G} * hidden_size, input size", where(k))
+        R = _onnx_array(layer, "R", (directions, G * H, H),
+                        f"num_directions, {G} * hidden_size, hidden_size", where(k))
         read += [W, R]
         if layer.get("B") is not None:
-            B = _to_numpy(layer["B"], f"{where(k)} B")
-            _check_shape(f"{where(k)} B", B, (directions, 8 * H),
-                         "num_directions, 8 * hidden_size")
+            B = _onnx_array(layer, "B", (directions, 2 * G * H),
+                            f"num_directions, {2 * G} * hidden_size", where(k))
             read.append(B)
         else:
-            B = np.zeros((directions, 8 * H))
+            B = np.zeros((directions, 2 * G * H))
         P = None
         if peepholes[0]:
-            P = _to_numpy(layer["P"], f"{where(k)} P")
-            _check_shape(f"{where(k)} P", P, (directions, 3 * H),
-                         "num_directions, 3 * hidden_size")
+            P = _onnx_array(layer, "P", (directions, 3 * H), "num_directions, 3 * hidden_size",
+                            where(k))
             read.append(P)
         for d in range(directions):
-            blocks = _split(W[d], R[d], _summed(B[d, :4 * H], B[d, 4 * H:]), ONNX_ORDER)
+            blocks = _split(W[d], R[d], B[d, :G * H], B[d, G * H:], form.onnx_order)
             peep = {} if P is None else {f"p_{block}": P[d, j * H:(j + 1) * H]
                                          for j, block in enumerate(ONNX_PEEPHOLE_ORDER)}
             if coupled:
@@ -1042,13 +960,13 @@ def from_onnx(source, *, dtype=None):
                 blocks["f"] = tuple(-np.asarray(a) for a in blocks.pop("i"))
                 if P is not None:
                     peep["p_f"] = -peep.pop("p_i")
-            converted.append((blocks, peep))
+            converted.append({**_params(blocks, kind), **peep})
     dtype = _result_dtype(read, dtype, "the ONNX arrays")
     gates = {}
     if peepholes[0]:
         variant = "cifg" if coupled else "peephole"
     else:
-        variant = "standard"
+        variant = form.variant
         if coupled:
             gates["learn"] = "coupled"
     if isinstance(source, Mapping) and directions == 1 and not batch_major:
@@ -1056,8 +974,8 @@ def from_onnx(source, *, dtype=None):
     else:
         model = LSTM(D, H, len(layers), bidirectional=directions == 2, variant=variant, **gates,
                      batch_first=batch_major, dtype=dtype)
-    for (_, cell), (blocks, peep) in zip(_cells(model), converted):
-        _fill(cell, {**_lstm_params(blocks), **peep})
+    for (_, cell), params in zip(_cells(model), converted):
+        _fill(cell, params)
     return model
 
 
