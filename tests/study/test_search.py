@@ -46,6 +46,8 @@ def test_values_and_distributions_parse(name, text, expected):
     ("lr", "loguniform:0.1,0.01", r"^lr must be loguniform:LOW,HIGH with LOW < HIGH; got"),
     ("lr", "uniform:0,0.1", r"^lr must be a number > 0, every value of 'uniform:0,0.1'; got 0$"),
     ("lr", -1, r"^lr must be a number > 0; got -1$"),
+    ("hidden_size", math.inf, r"^hidden_size must be an integer >= 1; got inf$"),
+    ("batch_size", "nan", r"^batch_size must be an integer >= 1; got 'nan'$"),
     ("hidden_size", "loguniform:16,128", r"^hidden_size must be an integer: use "
                                          r"loguniform-int:LOW,HIGH; got 'loguniform:16,128'$"),
     ("hidden_size", "12.5", r"^hidden_size must be an integer >= 1; got '12.5'$"),

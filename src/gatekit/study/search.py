@@ -19,7 +19,8 @@ A random search of N trials draws trial k's values (k = 0 .. N-1) from a generat
 ``(search seed, k, the hyperparameter's place in SEARCHED)``: trial k gets the same values for
 every variant and every task, a longer search keeps the trials of a shorter one, and changing
 one hyperparameter's distribution leaves the draws of the others as they were. Drawn reals are
-rounded to 4 significant digits, so a spec reads well and its key is the same on every machine.
+rounded to 4 significant digits, so that a spec reads well and a last-bit difference in ``exp``
+between machines does not change its key.
 """
 import math
 
@@ -49,11 +50,12 @@ def _domain(name):
 
 def _in_domain(name, value):
     integer, low, open_low, high = SEARCHED[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
         return False
     if integer and value != int(value):
         return False
-    return math.isfinite(value) and (value > low if open_low else value >= low) and value <= high
+    return (value > low if open_low else value >= low) and value <= high
 
 
 def _round(value):
