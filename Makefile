@@ -19,7 +19,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "setuptools>=77" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
 		pluggy pytest hypothesis pytest-benchmark threadpoolctl
-	$(BIN)/python -m pip install --quiet --no-build-isolation ".[test,bench,plot,distributed]"
+	$(BIN)/python -m pip install --quiet --no-build-isolation ".[test,bench,plot,distributed,data]"
 	$(foreach p,$(PLUGINS),$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps ./$(dir $(p)) &&) true
 	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed"; fi
 	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet keras==3.15.1 onnx==1.23.2 onnxruntime==1.32.0 \

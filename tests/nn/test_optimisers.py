@@ -8,7 +8,7 @@ import pytest
 
 from gatekit.nn import optimisers as optim
 
-from support import assert_params_equal
+from support import assert_params_equal, needs
 
 
 def _params_and_gradients(steps=4):
@@ -32,6 +32,40 @@ def test_sgd_momentum_matches_heavy_ball_by_hand():
             velocity[name] = mu * velocity[name] + g[name]
             expected[name] = expected[name] - lr * velocity[name]
             np.testing.assert_allclose(params[name], expected[name], rtol=1e-13, atol=1e-15)
+
+
+def test_nesterov_momentum_tracks_sutskevers_look_ahead_point():
+    # On f(theta) = theta' A theta / 2, Sutskever et al. (2013) evaluate the gradient at the
+    # look-ahead point theta + mu v: v <- mu v - lr grad f(theta + mu v); theta <- theta + v.
+    # The optimizer's parameters are that look-ahead point.
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(4, 4))
+    A = A @ A.T / 4 + np.eye(4)
+    lr, mu = 0.05, 0.9
+    theta, v = rng.normal(size=4), np.zeros(4)
+    params = {"w": theta.copy()}
+    nesterov = optim.SGD(params, lr=lr, momentum=mu, nesterov=True)
+    for _ in range(25):
+        nesterov.step({"w": A @ params["w"]})
+        v = mu * v - lr * (A @ (theta + mu * v))
+        theta = theta + v
+        np.testing.assert_allclose(params["w"], theta + mu * v, rtol=1e-10, atol=1e-12)
+
+
+def test_nesterov_momentum_matches_pytorch():
+    torch = needs("torch")
+    params, gradients = _params_and_gradients(steps=6)
+    tensors = {name: torch.tensor(p.copy(), requires_grad=True) for name, p in params.items()}
+    theirs = torch.optim.SGD(list(tensors.values()), lr=0.1, momentum=0.7, nesterov=True)
+    ours = optim.SGD(params, lr=0.1, momentum=0.7, nesterov=True)
+    for g in gradients:
+        ours.step({name: v.copy() for name, v in g.items()})
+        for name, tensor in tensors.items():
+            tensor.grad = torch.tensor(g[name])
+        theirs.step()
+        for name, tensor in tensors.items():
+            np.testing.assert_allclose(params[name], tensor.detach().numpy(), rtol=1e-12,
+                                       atol=1e-15)
 
 
 def test_adam_matches_kingma_ba_algorithm_1():

@@ -295,6 +295,28 @@ def test_train_clips_the_norm_of_the_parameter_gradients():
                                    err_msg=name)
 
 
+def test_input_noise_is_added_to_the_training_inputs():
+    batches, loss, sigma = regression_batches(), losses.MeanSquaredError(), 0.5
+    model = small_model(dtype=np.float64)
+    before = snapshot(model)
+    # The documented draws: the batch, then the noise, from the generator of the seed.
+    rng = np.random.default_rng(7)
+    x, target = batches(rng)
+    noisy = x + rng.normal(0.0, sigma, x.shape)
+    _, grads = model.loss_and_grads(noisy, target, loss)
+    _, clean_grads = model.loss_and_grads(x, target, loss)
+    training.train(model, batches, loss, optim.SGD(model.params, lr=1.0, momentum=0.0), 1,
+                   progress=False, seed=7, input_noise=sigma)
+    for name in model.params:
+        np.testing.assert_allclose(before[name] - model.params[name], grads[name],
+                                   rtol=1e-9, atol=1e-15, err_msg=name)
+    assert not np.allclose(grads["W_y"], clean_grads["W_y"])
+    with pytest.raises(ValueError, match=r"input_noise must be a standard deviation >= 0; "
+                                         r"got -1"):
+        training.train(model, batches, loss, optim.SGD(model.params), 1, progress=False,
+                       input_noise=-1)
+
+
 # ------------------------------------------------------------------------------------------
 # 3. progress
 

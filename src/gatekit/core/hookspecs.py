@@ -43,8 +43,9 @@ def register_tasks(register: Callable[[type], None]) -> None:
 
     :param register: call ``register(TaskClass)`` once per task. ``TaskClass`` derives from
         :class:`gatekit.tasks.Task`, has a ``name`` (an identifier) and is built as
-        ``TaskClass(length=None, **options)``; an instance has ``sample``, ``input_size``,
-        ``output_size``, ``loss``, ``baseline_loss`` and ``solved`` (see :mod:`gatekit.tasks`).
+        ``TaskClass(length=None, **options)``; an instance has ``sample``, ``heldout`` (a
+        task on a finite data set overrides it), ``input_size``, ``output_size``, ``loss``,
+        ``baseline_loss`` and ``solved`` (see :mod:`gatekit.tasks`).
         Names are unique across plugins; registering a name that another plugin already
         registered is an error naming both.
     """

@@ -11,7 +11,7 @@ __all__ = ["Task"]
 class Task:
     """Base class of the tasks: ``name``, ``length`` and the interface :mod:`gatekit.tasks`
     describes. Subclasses set ``name``, ``description``, ``default_length``, and implement
-    ``sample`` and ``solved``."""
+    ``sample`` and ``solved``; a task on a finite data set also ``heldout``."""
 
     name = None
     description = ""
@@ -35,7 +35,15 @@ class Task:
         return f"{type(self).__name__}({arguments})"
 
     def sample(self, batch_size, rng):
+        """``batch_size`` training sequences ``(x, target)``, drawn with ``rng``."""
         raise NotImplementedError
+
+    def heldout(self, batch_size, rng):
+        """``batch_size`` sequences to evaluate on, that training never sees. A task that
+        generates its sequences draws fresh ones (this default: the chance that ``sample`` ever
+        drew the same is nil); a task on a finite data set overrides it to draw from its
+        held-out split, which ``sample`` never touches."""
+        return self.sample(batch_size, rng)
 
     def solved(self, outputs, target):
         raise NotImplementedError

@@ -24,10 +24,13 @@ def clip_grad_norm(grads, max_norm):
 
 class SGD:
     """Stochastic gradient descent with (heavy-ball) momentum:
-    ``velocity = momentum * velocity + grad``; ``param -= lr * velocity``."""
+    ``velocity = momentum * velocity + grad``; ``param -= lr * velocity``. With ``nesterov``,
+    the step looks ahead along the velocity (Sutskever et al. 2013, in the form PyTorch uses,
+    the momentum of Greff et al.'s study): ``param -= lr * (grad + momentum * velocity)``."""
 
-    def __init__(self, params, lr=0.01, momentum=0.9):
+    def __init__(self, params, lr=0.01, momentum=0.9, nesterov=False):
         self.params, self.lr, self.momentum = params, lr, momentum
+        self.nesterov = bool(nesterov)
         self.velocity = {name: np.zeros_like(p) for name, p in params.items()}
         self.steps = 0
 
@@ -36,7 +39,10 @@ class SGD:
             velocity = self.velocity[name]
             velocity *= self.momentum
             velocity += grads[name]
-            param -= self.lr * velocity
+            if self.nesterov:
+                param -= self.lr * (grads[name] + self.momentum * velocity)
+            else:
+                param -= self.lr * velocity
         self.steps += 1
 
     def state_dict(self):

@@ -34,7 +34,7 @@ import numpy as np
 from gatekit.version import __version__
 from gatekit.core import plugins
 from gatekit.core._gate import ROLES
-from gatekit.core.cell import Cell
+from gatekit.core.cell import Cell, check_zoneout
 from gatekit.nn import initialisers, optimisers
 from gatekit.train import training
 from gatekit.study import tasks
@@ -42,7 +42,8 @@ from gatekit.study import tasks
 __all__ = ["code_digest", "DaskExecutor", "describe_run", "executor_for", "LocalExecutor",
            "make_cell", "make_spec", "normalize", "parse_variant", "provenance", "read_records",
            "read_results", "ResultsFile", "ResultsWarning", "run_key", "run_one", "run_sweep",
-           "RunsFailedWarning", "SPEC_DEFAULTS", "spec_key", "SweepProgress", "SweepResult"]
+           "RunsFailedWarning", "setting", "SPEC_DEFAULTS", "spec_key", "SweepProgress",
+           "SweepResult"]
 
 SPEC_DEFAULTS = {
     "steps": 2000,            # optimizer steps (at most; see stop_when_solved)
@@ -56,7 +57,22 @@ SPEC_DEFAULTS = {
     "eval_size": 256,         # held-out sequences, the same for every variant of a seed
     "solve_rate": 1.0,        # a run solves the task when this share of them is solved
     "stop_when_solved": False,
+    "optimizer": "adam",      # or "sgd" (heavy-ball momentum) or "nesterov" (Greff et al.'s)
+    "momentum": None,         # the SGD optimizers' (None: 0.9); Adam takes none
+    "input_noise": 0.0,       # std of Gaussian noise added to the training inputs
+    "zoneout": None,          # [z_c, z_h] of the cell in training (None: no zoneout)
+    "search": None,           # the random search a run is a trial of: {seed, trial, space}
 }
+# Settings newer than the results files they would change the keys of: a spec leaves them out
+# while they have their default, so runs recorded before them are still found.
+_LEFT_OUT_AT_DEFAULT = ("optimizer", "momentum", "input_noise", "zoneout", "search")
+OPTIMIZERS = ("adam", "sgd", "nesterov")
+
+
+def setting(spec, name):
+    """The setting ``name`` of a normalized ``spec``, its default where the spec leaves it
+    out."""
+    return spec.get(name, SPEC_DEFAULTS[name])
 
 
 # --- Variants: a variant name, optionally with gates swapped ---------------------------------
@@ -88,12 +104,13 @@ def parse_variant(text):
     return variant, overrides
 
 
-def make_cell(variant, input_size, hidden_size, dtype="float32", seed=None):
+def make_cell(variant, input_size, hidden_size, dtype="float32", seed=None, zoneout=None):
     # One thread per run: a sweep runs many at once (processes, Dask workers), and a run's own
     # threads would compete with the other runs' for the CPUs and wait at every step's barrier.
     variant, overrides = parse_variant(variant)
     return Cell(input_size, hidden_size, variant, dtype=np.dtype(dtype), seed=seed,
-                        threads=1, **overrides)
+                threads=1, zoneout=(0.0, 0.0) if zoneout is None else tuple(zoneout),
+                **overrides)
 
 
 # --- Specs, what else a run depends on, and their keys -----------------------------------------
@@ -140,6 +157,44 @@ def _check_settings(spec):
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64'; got {spec['dtype']!r}")
     checked["dtype"] = dtype
+    if spec["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got "
+                         f"{spec['optimizer']!r}")
+    if spec["momentum"] is not None:
+        if spec["optimizer"] == "adam":
+            raise ValueError(f"momentum is the SGD optimizers' (Adam's is its beta1): give "
+                             f"optimizer 'sgd' or 'nesterov' with it; got momentum="
+                             f"{spec['momentum']!r} with optimizer 'adam'")
+        checked["momentum"] = _real("momentum", spec["momentum"], 0, 1,
+                                    expected="a number in [0, 1], or None for 0.9")
+    checked["input_noise"] = _real("input_noise", spec["input_noise"], 0,
+                                   expected="a standard deviation >= 0")
+    if spec["zoneout"] is not None:
+        zoneout = [float(z) for z in check_zoneout(spec["zoneout"])]
+        checked["zoneout"] = zoneout if any(zoneout) else None     # (0, 0) is no zoneout
+    if spec["search"] is not None:
+        checked["search"] = _check_search(spec["search"], checked["seed"])
+    for name in _LEFT_OUT_AT_DEFAULT:
+        if checked[name] == SPEC_DEFAULTS[name]:
+            del checked[name]
+    return checked
+
+
+def _check_search(search, seed):
+    expected = ("a dict {'seed': integer >= 0, 'trial': the run's seed, 'space': {name: "
+                "distribution text}}")
+    valid = (isinstance(search, dict) and set(search) == {"seed", "trial", "space"}
+             and isinstance(search["space"], dict)
+             and all(isinstance(k, str) and isinstance(v, str)
+                     for k, v in search["space"].items()))
+    if not valid:
+        raise ValueError(f"search must be {expected}; got {search!r}")
+    checked = {"seed": _integer("search seed", search["seed"], 0),
+               "trial": _integer("search trial", search["trial"], 0),
+               "space": dict(sorted(search["space"].items()))}
+    if checked["trial"] != seed:
+        raise ValueError(f"trial {checked['trial']} of a search runs with seed "
+                         f"{checked['trial']}; got seed {seed}")
     return checked
 
 
@@ -163,6 +218,13 @@ def make_spec(variant, task, seed, **settings):
             raise ValueError(f"variant {variant!r} adds the event to the memory unit by unit, so "
                              f"hidden_size must be the task's input size ({size}); got "
                              f"hidden_size={spec['hidden_size']}")
+    if setting(spec, "zoneout") is not None:
+        # A cell of one memory takes only (z, z): better said now than by every run.
+        try:
+            make_cell(variant, tasks.make(**spec["task"]).input_size, spec["hidden_size"],
+                      zoneout=spec["zoneout"])
+        except ValueError as error:
+            raise ValueError(f"variant {variant!r}: {error}") from None
     return spec
 
 
@@ -285,31 +347,36 @@ def _cell_digest(cell):
 def run_one(spec):
     """Train the model a spec describes; return its result record (JSON values only).
 
-    The cell (and its readout) start from ``seed``; training batches come from a generator
-    seeded with ``[seed, 1]`` and the held-out evaluation batch from ``[seed, 2]``, so every
-    variant of a seed sees the same data. Every ``eval_every`` steps (and before the first) the
-    model is evaluated on the held-out batch: its loss and the share of sequences solved. The
-    run solves the task at the first evaluation where that share reaches ``solve_rate``;
+    The cell (and its readout) start from ``seed``; training batches come from the task's
+    ``sample`` with a generator seeded with ``[seed, 1]`` and the held-out evaluation batch from
+    its ``heldout`` with ``[seed, 2]``, so every variant of a seed sees the same data; the
+    ``input_noise`` added to the training inputs is drawn from ``seed``. Every
+    ``eval_every`` steps (and before the first) the model is evaluated on the held-out batch,
+    in eval mode (zoneout's expectation): its loss and the share of sequences solved. The run
+    solves the task at the first evaluation where that share reaches ``solve_rate``;
     ``sequences_to_solve`` is the number of training sequences seen by then."""
     spec = normalize(spec)
     origin = provenance(spec)
     started = time.perf_counter()
     task = tasks.make(**spec["task"])
     seed = spec["seed"]
-    cell = make_cell(spec["variant"], task.input_size, spec["hidden_size"], spec["dtype"], seed)
+    cell = make_cell(spec["variant"], task.input_size, spec["hidden_size"], spec["dtype"], seed,
+                     setting(spec, "zoneout"))
     if spec["forget_bias"] is not None and "b_f" in cell.params:
         initialisers.forget_bias(cell, spec["forget_bias"])
     model = training.Model(cell, task.output_size, seed=seed)
-    optimizer = optimisers.Adam(model.params, lr=spec["lr"])
+    optimizer = _optimizer(spec, model.params)
     train_rng = np.random.default_rng([seed, 1])
-    x_eval, target_eval = task.sample(spec["eval_size"], np.random.default_rng([seed, 2]))
+    x_eval, target_eval = task.heldout(spec["eval_size"], np.random.default_rng([seed, 2]))
     batch_size, steps, every = spec["batch_size"], spec["steps"], spec["eval_every"]
 
     def batches(_rng):
         return task.sample(batch_size, train_rng)
 
     def evaluate():
+        cell.eval()                 # zoneout's expectation, not a draw
         outputs = model(x_eval)
+        cell.train()
         loss, _ = task.loss(outputs, target_eval)
         return float(loss), float(np.mean(task.solved(outputs, target_eval)))
 
@@ -329,7 +396,8 @@ def run_one(spec):
     while done < steps and not (solved_at is not None and spec["stop_when_solved"]):
         chunk = min(every, steps - done)
         history = training.train(model, batches, task.loss, optimizer, chunk,
-                                 clip=spec["clip"], progress=False, seed=seed)
+                                 clip=spec["clip"], progress=False, seed=seed,
+                                 input_noise=setting(spec, "input_noise"))
         done += history.steps
         train_seconds += history.seconds
         losses.extend(history.losses)
@@ -364,6 +432,14 @@ def run_one(spec):
     }
 
 
+def _optimizer(spec, params):
+    name, momentum = setting(spec, "optimizer"), setting(spec, "momentum")
+    if name == "adam":
+        return optimisers.Adam(params, lr=spec["lr"])
+    return optimisers.SGD(params, lr=spec["lr"], momentum=0.9 if momentum is None else momentum,
+                          nesterov=name == "nesterov")
+
+
 def _failure_record(spec, key, error):
     """The record of a run that raised (or whose worker died): it counts as not done, so the
     next sweep runs it again, and the summary shows it as failed until then."""
@@ -377,7 +453,8 @@ def _finite_or_none(value):
 
 # --- The results file ------------------------------------------------------------------------
 
-_SPEC_FIELDS = ("variant", "task", "seed", *SPEC_DEFAULTS)
+_SPEC_FIELDS = ("variant", "task", "seed",
+                *(name for name in SPEC_DEFAULTS if name not in _LEFT_OUT_AT_DEFAULT))
 _RECORD_FIELDS = {
     "ok": ("final_loss", "baseline_loss", "solved", "sequences_to_solve", "step_seconds",
            "params", "curve"),

@@ -104,13 +104,16 @@ class Progress:
 
 
 def train(model, batches, loss, optimizer, steps, *, clip=None, target_loss=None,
-          checkpoint=None, checkpoint_every=100, resume=True, progress=True, seed=0):
+          checkpoint=None, checkpoint_every=100, resume=True, progress=True, seed=0,
+          input_noise=0.0):
     """Train ``model`` for ``steps`` optimizer steps and return a :class:`History`.
 
     ``batches(rng)`` returns one training batch ``(x, target)``; ``loss`` is one of
     :mod:`gatekit.losses`; ``optimizer`` one of :mod:`gatekit.optimisers` built on
     ``model.params``. ``clip`` caps the joint gradient norm. Training stops early once the
-    loss of a step is at most ``target_loss``.
+    loss of a step is at most ``target_loss``. ``input_noise`` is the standard deviation of
+    Gaussian noise added to every training input (a regulariser, as in Greff et al.'s study),
+    drawn from the generator of ``seed``, which ``batches`` is handed too.
 
     With ``checkpoint`` (a path), the model, the optimizer, the random generator and the loss
     history are saved every ``checkpoint_every`` steps and at the end; if the file exists and
@@ -118,6 +121,9 @@ def train(model, batches, loss, optimizer, steps, *, clip=None, target_loss=None
     training before the update is applied: the model keeps the parameters of the last finite
     step, the checkpoint on disk stays the last good one, and ``History.stopped`` says why.
     """
+    if isinstance(input_noise, bool) or not (np.isscalar(input_noise) and input_noise >= 0
+                                              and np.isfinite(input_noise)):
+        raise ValueError(f"input_noise must be a standard deviation >= 0; got {input_noise!r}")
     rng = np.random.default_rng(seed)
     history = History()
     if checkpoint is not None and resume and os.path.exists(checkpoint):
@@ -127,6 +133,8 @@ def train(model, batches, loss, optimizer, steps, *, clip=None, target_loss=None
     try:
         while history.steps < steps:
             x, target = batches(rng)
+            if input_noise:
+                x = x + rng.normal(0.0, input_noise, np.shape(x))
             value, grads = model.loss_and_grads(x, target, loss)
             norm = clip_grad_norm(grads, np.inf if clip is None else clip)
             if not (np.isfinite(value) and np.isfinite(norm)):
