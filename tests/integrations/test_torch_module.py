@@ -109,18 +109,18 @@ def test_cell_matches_the_reference(variant, dtype, tol):
 
 # --- torch.nn.LSTM and torch.nn.GRU, with the same weights ---------------------------------------
 
-@pytest.mark.parametrize("variant, torch_class", [("standard", "LSTM"), ("gru", "GRU")])
+@pytest.mark.parametrize("variant, torch_class, options", [
+    ("standard", "LSTM", {}), ("gru", "GRU", {}), ("standard", "LSTM", {"proj_size": 3})])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_layer_matches_torch_with_copied_weights(variant, torch_class, batch_first):
+def test_layer_matches_torch_with_copied_weights(variant, torch_class, options, batch_first):
     ours = gk.LSTM(D, H, 2, bidirectional=True, variant=variant, batch_first=batch_first,
-                   dtype=torch.float64, seed=3)
+                   dtype=torch.float64, seed=3, **options)
     theirs = getattr(torch.nn, torch_class)(D, H, 2, bidirectional=True, batch_first=batch_first,
-                                            dtype=torch.float64)
+                                            dtype=torch.float64, **options)
     theirs.load_state_dict(ours.torch_state_dict())
     x = _inputs(shape=(B, T, D) if batch_first else (T, B, D))
-    h0 = torch.randn(4, B, H, dtype=torch.float64)
+    h0 = torch.randn(4, B, options.get("proj_size", H), dtype=torch.float64)
     c0 = torch.randn(4, B, H, dtype=torch.float64)
-    state = h0 if variant == "gru" else (h0, c0)
     results = []
     for module in (ours, theirs):
         xs = x.clone().requires_grad_()
@@ -132,7 +132,6 @@ def test_layer_matches_torch_with_copied_weights(variant, torch_class, batch_fir
         loss.backward()
         results.append((y.detach(), [f.detach() for f in finals], xs.grad,
                         [s.grad for s in states]))
-    assert state is not None
     (y, finals, dx, dstates), (y_t, finals_t, dx_t, dstates_t) = results
     torch.testing.assert_close(y, y_t, atol=F64_ATOL, rtol=0)
     for ours_, theirs_ in zip(finals + [dx] + dstates, finals_t + [dx_t] + dstates_t):
@@ -276,7 +275,7 @@ def test_lengths_and_batch_first_match_separate_runs():
 
 def test_torch_compile_runs_and_matches_eager():
     model = _Model("standard")
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 6, 2)).astype(np.float32))
     eager = model(x)
     eager.sum().backward()
@@ -314,6 +313,15 @@ def test_bad_inputs_are_refused_by_name():
         meta(x)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         gk.Cell(D, H, dtype=torch.float16)
+
+
+def test_second_derivatives_are_refused_rather_than_wrong():
+    cell = gk.Cell(D, H, seed=0)
+    x = _inputs(torch.float32).requires_grad_()
+    y, _ = cell(x)
+    (dx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        dx.sum().backward()
 
 
 # --- the GIL ---------------------------------------------------------------------------------------
@@ -360,3 +368,4 @@ def test_the_example_trains(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "loss" in done.stdout
+

@@ -28,6 +28,7 @@ import copy
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from gatekit.core.cell import Cell as CoreCell
 from gatekit.io import interop
@@ -82,8 +83,8 @@ def _lengths(lengths):
 
 
 def _array(tensor):
-    """A gradient tensor as a NumPy array over its memory (resolving a lazy negation, which
-    NumPy cannot express)."""
+    """A CPU tensor as a NumPy array over its memory (resolving a lazy negation, which NumPy
+    cannot express)."""
     return tensor.detach().resolve_neg().numpy()
 
 
@@ -104,8 +105,8 @@ class _Loop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run, x, *tensors):
-        states = tuple(t.detach().numpy() for t in tensors[:run.states])
-        result = run.model.forward(x.detach().numpy(), states or None, keep=run.keep,
+        states = tuple(_array(t) for t in tensors[:run.states])
+        result = run.model.forward(_array(x), states or None, keep=run.keep,
                                    lengths=run.lengths)
         ctx.set_materialize_grads(False)
         ctx.run, ctx.tape = run, (result[2] if run.keep else None)
@@ -113,6 +114,7 @@ class _Loop(torch.autograd.Function):
         return (torch.from_numpy(result[0]), *(torch.from_numpy(s) for s in result[1]))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, *dfinal):
         run, tape = ctx.run, ctx.tape
         if tape is None:
@@ -215,22 +217,23 @@ class _Module(torch.nn.Module):
     def _final_state(self, model, final):
         """The final state as PyTorch returns it: ``h_n`` alone for a cell with one memory
         (``torch.nn.GRU``), else ``(h_n, c_n)`` and the extra memories."""
-        return final[0] if model.one_memory else final
+        return final[0] if self._cell(model).one_memory else final
 
     def _state_tensors(self, model, state):
         """The initial state as the model's inputs: ``()`` (zeros), or (stm, ltm, ...); a
         cell with one memory takes it alone, as ``torch.nn.GRU`` does, or as a pair."""
         if state is None:
             return ()
-        if model.one_memory and isinstance(state, torch.Tensor):
+        one_memory = self._cell(model).one_memory
+        if one_memory and isinstance(state, torch.Tensor):
             return (state, state)
         if isinstance(state, torch.Tensor) or not isinstance(state, (tuple, list)):
-            what = "h_0 (or a pair (h_0, h_0))" if model.one_memory else "a tuple (h_0, c_0)"
+            what = "h_0 (or a pair (h_0, h_0))" if one_memory else "a tuple (h_0, c_0)"
             raise TypeError(f"state must be {what} of tensors; got {type(state).__name__}")
         return tuple(state)
 
     def _state_gradient_names(self, model):
-        return ["stm0", "ltm0", *(f"{name}0" for name in model.memories)]
+        return ["stm0", "ltm0", *(f"{name}0" for name in self._cell(model).memories)]
 
     def extra_repr(self):
         return repr(self.gatekit)
@@ -288,6 +291,10 @@ class Cell(_Module):
     forward = torch.compiler.disable(forward)
 
     @staticmethod
+    def _cell(model):
+        return model
+
+    @staticmethod
     def _backward(model, tape, dy, dfinal):
         dstm, dltm, *dmemories = dfinal
         return model.backward(tape, dy, dstm, dltm, dmemories or None)
@@ -323,16 +330,15 @@ class LSTM(_Module):
 
     def forward(self, x, state=None, lengths=None):
         y, final = self._call(x, state, lengths)
-        return y, self._final_state(self.gatekit.cells["l0"], final)
+        return y, self._final_state(self.gatekit, final)
 
     forward = torch.compiler.disable(forward)
 
     @staticmethod
+    def _cell(model):
+        """The first cell, whose memories every cell of the layer has."""
+        return model.cells["l0"]
+
+    @staticmethod
     def _backward(model, tape, dy, dfinal):
         return model.backward(tape, dy, dfinal)
-
-    def _state_gradient_names(self, model):
-        return super()._state_gradient_names(model.cells["l0"])
-
-    def _state_tensors(self, model, state):
-        return super()._state_tensors(model.cells["l0"], state)
