@@ -319,7 +319,7 @@ def test_second_derivatives_are_refused_rather_than_wrong():
     cell = gk.Cell(D, H, seed=0)
     x = _inputs(torch.float32).requires_grad_()
     y, _ = cell(x)
-    (dx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (dx,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)   # dy = 2 y: in the graph
     with pytest.raises(RuntimeError, match="differentiate twice"):
         dx.sum().backward()
 
