@@ -41,7 +41,7 @@ def _flat(result):
     return (y, state) if isinstance(state, torch.Tensor) else (y, *state)
 
 
-# --- gradients: finite differences --------------------------------------------------------------
+# --- gradients: finite differences ---------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", gatekit.variants())
 def test_cell_passes_gradcheck_for_every_preset(variant):
@@ -288,7 +288,7 @@ def test_torch_compile_runs_and_matches_eager():
         torch.testing.assert_close(p.grad, grads[name], msg=name)
 
 
-# --- errors ----------------------------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------------
 
 def test_bad_inputs_are_refused_by_name():
     cell = gk.Cell(D, H, seed=0)
@@ -324,7 +324,7 @@ def test_second_derivatives_are_refused_rather_than_wrong():
         dx.sum().backward()
 
 
-# --- the GIL ---------------------------------------------------------------------------------------
+# --- the GIL -------------------------------------------------------------------------------------
 
 def test_a_long_call_lets_other_python_threads_run():
     """As the core's test (tests/core/test_threads.py): with a huge switch interval, the main
@@ -360,7 +360,7 @@ def test_a_long_call_lets_other_python_threads_run():
     assert observed[-1][1] == 100_000, f"the main thread never ran during the call: {observed}"
 
 
-# --- the example -----------------------------------------------------------------------------------
+# --- the example ---------------------------------------------------------------------------------
 
 def test_the_example_trains(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "examples" / "torch_model.py"),
