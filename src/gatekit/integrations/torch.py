@@ -198,6 +198,12 @@ class _Module(torch.nn.Module):
         """The torch dtype the module computes in (its parameters')."""
         return _TORCH_DTYPES[self._bound_model().dtype]
 
+    @torch.compiler.disable
+    def forward(self, x, state=None, lengths=None):
+        """``y`` and the final state, as the class says."""
+        y, final = self._call(x, state, lengths)
+        return y, self._final_state(self.gatekit, final)
+
     def _call(self, x, state, lengths):
         """Run the model: ``y`` and the final state as the model's forward returns them."""
         model = self._bound_model()
@@ -284,12 +290,6 @@ class Cell(_Module):
         model = CoreCell(input_size, hidden_size, variant, dtype=_numpy_dtype(dtype), **options)
         self._bind(model, {key: (self, key) for key in model.params})
 
-    def forward(self, x, state=None, lengths=None):
-        y, final = self._call(x, state, lengths)
-        return y, self._final_state(self.gatekit, final)
-
-    forward = torch.compiler.disable(forward)
-
     @staticmethod
     def _cell(model):
         return model
@@ -327,12 +327,6 @@ class LSTM(_Module):
     @property
     def batch_first(self):
         return self.gatekit.batch_first
-
-    def forward(self, x, state=None, lengths=None):
-        y, final = self._call(x, state, lengths)
-        return y, self._final_state(self.gatekit, final)
-
-    forward = torch.compiler.disable(forward)
 
     @staticmethod
     def _cell(model):
