@@ -5,9 +5,10 @@ gatekit's compiled loop, run through one ``torch.autograd.Function``.
 Memory. Each module runs a :class:`gatekit.Cell` or :class:`gatekit.LSTM`, its ``gatekit``
 attribute, and its parameters are ``torch.nn.Parameter`` s over that model's own buffers
 (``torch.from_numpy``): an optimiser's in-place step or ``load_state_dict`` changes what the loop
-computes, and a call copies no parameter. Inputs are read in place when they are contiguous CPU
-tensors (``tensor.numpy()`` shares their memory); outputs and gradients are the arrays gatekit
-returns, wrapped without a copy. A conversion that gives the parameters new tensors
+computes, and a call copies no parameter. Inputs reach gatekit without a copy when they are
+contiguous CPU tensors (``tensor.numpy()`` shares their memory; a tape keeps its own copy of
+``x``, as gatekit's always does); outputs and gradients are the arrays gatekit returns, wrapped
+without a copy. A conversion that gives the parameters new tensors
 (``module.double()``, ``load_state_dict(..., assign=True)``) is noticed at the next call, which
 moves their values into a model of their dtype and points the parameters at it again.
 
