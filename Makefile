@@ -22,6 +22,8 @@ $(VENV)/.installed: $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-build-isolation ".[test,bench,plot,distributed,data]"
 	$(foreach p,$(PLUGINS),$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps ./$(dir $(p)) &&) true
 	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet torch==2.13.0 || echo "torch not installed"; fi
+	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet jax==0.10.2 jaxlib==0.10.2 \
+		|| echo "jax not installed: the tests of gatekit.jax will be skipped"; fi
 	@if [ -n "$$CI" ]; then $(BIN)/python -m pip install --quiet keras==3.15.1 onnx==1.23.2 onnxruntime==1.32.0 \
 		|| echo "keras/onnx/onnxruntime not installed: their interop tests will be skipped"; fi
 	touch $@

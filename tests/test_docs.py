@@ -31,6 +31,8 @@ FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"<!--\s*(\w[\w ]*?)\s*:\s*(.*?)\s*-->\s*\n\s*\Z")
 # Modules that a Cython gate cimports: underscored, but the documented interface.
 PUBLIC_UNDERSCORED = {"gatekit.core._gate"}
+# The frameworks gatekit's integrations import (gatekit.torch, gatekit.jax), optional.
+OPTIONAL_FRAMEWORKS = {"torch", "jax"}
 
 
 class Block:
@@ -183,6 +185,11 @@ def _resolves(name):
                 target = getattr(target, attribute)
         except AttributeError:
             return False
+        except ImportError as error:
+            # gatekit.torch without torch, gatekit.jax without JAX: checked where it is installed.
+            if error.name in OPTIONAL_FRAMEWORKS:
+                return True
+            raise
         return True
     return False
 

@@ -3,6 +3,7 @@ from harness.cases import FAMILIES
 from harness.contenders import gatekit_contenders
 from harness.jax_contenders import jax_contenders
 from harness.torch_contenders import torch_contenders
+from harness.torch_module_contenders import torch_module_contenders
 
 __all__ = ["contenders"]
 
@@ -12,6 +13,7 @@ def contenders(families=FAMILIES):
     found = gatekit_contenders(families)
     if "torch" in families:
         found += torch_contenders()
+        found += torch_module_contenders()
     if "jax" in families:
         found += jax_contenders()
     return found

@@ -7,8 +7,9 @@ equations in :mod:`gatekit.reference`.
 The package is built in floors, each importing only the ones below it:
 ``core`` (gate interface, compiled loop, cell, reference, plugins) <- ``nn`` (layers,
 initialisers, losses, optimisers) <- ``io`` (files, saving, interop) <- ``train`` <- ``study``
-(tasks, sweeps, compare, pictures) <- ``cli``. What users call is re-exported here; modules
-beyond the cell and layer are imported on first use.
+(tasks, sweeps, compare, pictures) <- ``cli``; ``integrations`` (``gatekit.torch``,
+``gatekit.jax``) sit on ``io`` and below, and nothing imports them. What users call is
+re-exported here; modules beyond the cell and layer are imported on first use.
 """
 import importlib
 
@@ -32,12 +33,15 @@ _MODULES = {
     "tasks": "gatekit.study.tasks",
     "testing": "gatekit.testing",
 }
+# Modules that import another framework (an optional dependency): reached by name only, never
+# by ``from gatekit import *``.
+_INTEGRATIONS = {"torch": "gatekit.integrations.torch", "jax": "gatekit.integrations.jax"}
 # Names these modules had before, still accepted.
 _OLD_NAMES = {"init": "initialisers", "optim": "optimisers"}
 
 
 def __getattr__(name):
-    target = _MODULES.get(_OLD_NAMES.get(name, name))
+    target = _MODULES.get(_OLD_NAMES.get(name, name)) or _INTEGRATIONS.get(name)
     if target is None:
         raise AttributeError(f"module 'gatekit' has no attribute {name!r}")
     module = importlib.import_module(target)
@@ -46,7 +50,7 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_MODULES))
+    return sorted(set(globals()) | set(_MODULES) | set(_INTEGRATIONS))
 
 
 def get_include():
