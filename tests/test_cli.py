@@ -100,7 +100,7 @@ def test_a_bad_option_value_is_refused_before_anything_runs(args, option, tmp_pa
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    def broken(shape):
+    def broken(shape, names):
         raise TypeError("a bug")
 
     monkeypatch.setattr(gatekit.study.variants_table, "variant_rows", broken)
@@ -153,7 +153,7 @@ def test_bench_times_a_third_party_variant(monkeypatch, capsys, register):
     class ThirdParty:
         @gatekit.hookimpl
         def register_variants(self, register):
-            register("third_party", {"forget": "none"}, "a plugin's variant")
+            register("third_party", {"forget": "none"}, description="a plugin's variant")
 
     register(ThirdParty())
     _quick_rows(monkeypatch)
