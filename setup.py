@@ -28,6 +28,6 @@ VECTORISED = ("_builtin", "_loop", "_scan")
 extensions = [extension
               for name in ("_gate", "_builtin", "_loop", "_projection", "_scan", "_generated")
               for extension in building.extension(
-                  f"gatekit.core.{name}", f"src/gatekit/core/{name}.pyx", include_dirs=[CORE],
-                  vector=name in VECTORISED, gatekit_include=False)]
+                  f"gatekit.core.{name}", f"src/gatekit/core/{name}.pyx",
+                  vector=name in VECTORISED)]
 setup(ext_modules=extensions, options=building.options())

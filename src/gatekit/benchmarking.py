@@ -4,7 +4,7 @@ reference where it is fast enough, ``torch.nn.LSTM``), each built outside the ti
 
 The pytest plugin for gate authors (:mod:`gatekit.pytest_plugin`) and the project's own
 benchmark suite (``benchmarks/`` in the source tree) both time these; only the suite compares
-with JAX and with custom PyTorch cells. NumPy alone at import; PyTorch when asked for.
+with JAX and with custom PyTorch cells. PyTorch is imported when a PyTorch call is asked for.
 """
 import math
 import time

@@ -20,7 +20,9 @@ ratios go into each benchmark's ``extra_info``, saved by ``--benchmark-autosave`
 
 pytest-benchmark is optional: without it (or with ``--benchmark-disable``) the guard runs and
 every contender is built, and nothing is timed. PyTorch is optional too: without it the
-``torch`` contender is skipped. gatekit itself is imported only when the fixture is used.
+``torch`` contender is skipped. Loading the plugin imports the package gatekit, nothing more;
+what the fixture needs (cells, the reference, the guard, PyTorch) is imported when it is used.
+Do not also pass ``-p gatekit.pytest_plugin``: the entry point has loaded it already.
 """
 import pytest
 

@@ -76,13 +76,14 @@ def _write_vector_source(source, build):
 
 
 def extension(name, source, *, include_dirs=(), define_macros=(), vector=True, debug=None,
-              machine=None, gatekit_include=True, cythonize=True):
+              machine=None, cythonize=True):
     """The extensions of the Cython module ``name`` (dotted) compiled from ``source`` (a .pyx
     path relative to setup.py): the portable build, and one per instruction set of
     :func:`vector_builds` (``vector=False``: the portable one only), named ``<name>_avx2`` and
-    ``<name>_avx512``. ``include_dirs`` are searched after NumPy's and gatekit's own (which
-    holds ``gatekit/core/_gate.pxd``; ``gatekit_include=False`` leaves it out, for gatekit's
-    own build). ``debug``: None reads ``GATEKIT_DEBUG``; ``machine``: None is this one.
+    ``<name>_avx512``. ``include_dirs`` are searched after NumPy's and gatekit's own (this
+    folder: ``_gate.pxd`` and the headers it includes, installed or, for gatekit's own build,
+    in the source tree). ``debug``: None reads ``GATEKIT_DEBUG``; ``machine``: None is this
+    one.
 
     Returns what :func:`Cython.Build.cythonize` returns, ready for ``setup(ext_modules=...)``,
     or the :class:`setuptools.Extension` objects before Cython (``cythonize=False``).
@@ -91,10 +92,7 @@ def extension(name, source, *, include_dirs=(), define_macros=(), vector=True, d
     from setuptools import Extension
 
     debug = debug_requested() if debug is None else debug
-    includes = [numpy.get_include()]
-    if gatekit_include:
-        includes.append(str(INCLUDE))
-    includes.extend(str(folder) for folder in include_dirs)
+    includes = [numpy.get_include(), str(INCLUDE), *map(str, include_dirs)]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
               ("GATEKIT_DEBUG", "1" if debug else "0"), *define_macros]
 
