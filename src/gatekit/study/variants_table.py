@@ -41,8 +41,9 @@ def deviation(cell, x):
 
 
 def variant_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0, names=None):
-    """One row per registered variant (or per variant of ``names``, in that order): name, parameter count, µs per step in float32 and
-    float64 at ``shape`` (T, B, D, H), and the deviation from the reference at ``check_shape``.
+    """One row per registered variant (or per variant of ``names``, in that order): name,
+    parameter count, µs per step in float32 and float64 at ``shape`` (T, B, D, H), and the
+    deviation from the reference at ``check_shape``.
     A variant whose event must be as wide as its memory (MUT1) reads D = H entries."""
     T, B, D, H = shape
     rng = np.random.default_rng(seed)
