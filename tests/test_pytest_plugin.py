@@ -104,7 +104,8 @@ def test_fixtures_parametrise_cases_and_contenders(author):
 
 def test_the_marker_gives_the_shapes(author):
     result = author.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider",
-                              "--gatekit-contenders", "gate", "--gatekit-modes", "forward")
+                                         "--gatekit-contenders", "gate", "--gatekit-modes",
+                                         "forward")
     assert [line.split("::")[1] for line in result.outlines if "::" in line] == [
         "test_bench_halved[12x2x3x4-float32-forward-gate]",
         "test_bench_wrong[12x2x3x4-float32-forward-gate]"]
@@ -126,7 +127,7 @@ def test_a_bad_option_is_refused_naming_it(author, option, value, expected):
 
 def test_the_guard_fails_a_gate_that_is_not_its_definition(author):
     result = author.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-disable",
-                              "--gatekit-contenders", "gate,standard")
+                                         "--gatekit-contenders", "gate,standard")
     outcomes = result.parseoutcomes()
     # halved: gate and standard, forward and fwdbwd, all pass; wrong: all four fail.
     assert outcomes.get("passed") == 4 and outcomes.get("failed") == 4
@@ -137,8 +138,8 @@ def test_the_guard_fails_a_gate_that_is_not_its_definition(author):
 
 
 def test_disabled_benchmarks_check_and_build_without_timing(author):
-    result = author.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-disable", "-k", "halved",
-                              "-rs")
+    result = author.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-disable", "-k",
+                                         "halved", "-rs")
     outcomes = result.parseoutcomes()
     skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
     torch_missing = any("PyTorch is not installed" in line for line in skipped)
@@ -150,10 +151,11 @@ def test_disabled_benchmarks_check_and_build_without_timing(author):
 
 def test_ratios_are_printed_and_autosaved(author, tmp_path):
     storage = tmp_path / "storage"
-    result = author.runpytest_subprocess("-p", "no:cacheprovider", "-k", "halved", "--gatekit-modes",
-                              "forward", "--gatekit-contenders", "gate,reference,standard",
-                              "--benchmark-autosave", f"--benchmark-storage=file://{storage}",
-                              "--benchmark-min-rounds=1")
+    result = author.runpytest_subprocess("-p", "no:cacheprovider", "-k", "halved",
+                                         "--gatekit-modes", "forward", "--gatekit-contenders",
+                                         "gate,reference,standard", "--benchmark-autosave",
+                                         f"--benchmark-storage=file://{storage}",
+                                         "--benchmark-min-rounds=1")
     assert result.parseoutcomes().get("passed") == 3
     (saved,) = storage.rglob("*.json")
     benchmarks = {b["extra_info"]["contender"]: b for b in json.loads(saved.read_text())
@@ -182,8 +184,8 @@ def test_ratios_are_printed_and_autosaved(author, tmp_path):
 
 
 def test_without_pytest_benchmark_the_guard_still_runs(author):
-    result = author.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark", "-rs",
-                              "--gatekit-contenders", "gate")
+    result = author.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:benchmark",
+                                         "-rs", "--gatekit-contenders", "gate")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 2 and outcomes.get("skipped") == 2
     assert "pytest-benchmark is not installed: the gate was checked, nothing timed" in \

@@ -239,10 +239,11 @@ def check_against_reference(variant="standard", *, input_size=5, hidden_size=4, 
     loop against the same cell in :mod:`gatekit.reference`, in float64, with every parameter
     drawn from U(-0.8, 0.8) (so that gates initialised to zero, peepholes say, are checked
     too): the outputs and final memories to 1e-10, and the gradients of a random projection of
-    the outputs, with respect to every parameter and the input, to 1e-9 relative (1e-12 absolute
-    for a gradient that is all but zero) against the reference backward (against centred finite differences where a gate has no
-    ``backward_definition``; not at all where the cell is not differentiable). A cell whose
-    gates need ``input_size == hidden_size`` is checked so.
+    the outputs, with respect to every parameter and the input, to 1e-9 relative (1e-12
+    absolute for a gradient that is all but zero) against the reference backward (against
+    centred finite differences where a gate has no ``backward_definition``; not at all where
+    the cell is not differentiable). A cell whose gates need ``input_size == hidden_size`` is
+    checked so.
 
     The guard the pytest plugin runs before it times a gate. Raises :class:`GradcheckError`
     naming the first quantity that differs; returns the cell it checked."""
