@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatekit.core import instruction_sets
+from gatekit.core.building import OPTIMISE as CORE_OPTIMISE, VECTOR_BUILDS
 from gatekit.version import __version__
 
 __all__ = ["build", "cache_dir", "CACHE_ENV", "CompileError", "Kernels"]
@@ -31,15 +32,9 @@ __all__ = ["build", "cache_dir", "CACHE_ENV", "CompileError", "Kernels"]
 CACHE_ENV = "GATEKIT_CACHE_DIR"
 HEADERS = ("_fastmath.h", "_generated.h")
 INCLUDE = Path(__file__).parent
-# The core's own flags (setup.py): -fno-trapping-math lets the selects vectorise; sqrt needs
-# no errno.
-OPTIMISE = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared"]
-FLAGS = {
-    "baseline": [],
-    "avx2": ["-mavx2", "-mfma"],
-    "avx512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma",
-               "-mprefer-vector-width=512"],
-}
+# The core's own flags (core/building.py), and: sqrt needs no errno; a shared library.
+OPTIMISE = [*CORE_OPTIMISE, "-fno-math-errno", "-fPIC", "-shared"]
+FLAGS = {"baseline": [], **{name: vector for name, (_, vector) in VECTOR_BUILDS.items()}}
 
 
 class CompileError(RuntimeError):
