@@ -59,10 +59,6 @@ def build_gate(cls, compile=None):
 
 
 def _build(cls, compile):
-    if not cls.block_biases:
-        raise equation.UnsupportedOperation(
-            f"gate {cls.name!r}: an equation gate's blocks have biases (reference.linear "
-            "adds b_k); block_biases = False is for compiled gates")
     try:
         traced = equation.trace(cls)
     except equation.UnsupportedOperation:
@@ -72,6 +68,8 @@ def _build(cls, compile):
     attributes = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                   "__doc__": cls.__doc__, "built_from": cls}
     if traced is not None:
+        if cls.backward_definition is None:
+            attributes["backward_definition"] = staticmethod(traced.backward_definition(cls))
         attributes.update({
             "definition_hash": traced.fingerprint,
             # A gate that reads these unit by unit needs them H wide (see Gate.stm_by_unit
@@ -93,6 +91,13 @@ def _build(cls, compile):
         return type(cls.__name__, (TracedPythonGate,),
                     {**declared, **attributes, "traced": traced, "seeded": seeded,
                      "gradients": gradients})
+    scalars = [name for name in traced.parameters if tuple(cls.params[name]) == ()]
+    if scalars:
+        raise equation.UnsupportedOperation(
+            f"gate {cls.name!r}: the parameter {scalars[0]} of shape () is traced but not "
+            "compiled (each thread of a compiled gate sums the gradient of its own units; a "
+            "number shared by all units would need their sums summed); give it shape ('H',), "
+            "or register the gate with compile=False")
     source = codegen.generate(traced)
     kernels = compiler.build(source, f"{cls.role}-{cls.name}", codegen.SYMBOLS)
     return type(cls.__name__, (cls,), {**attributes, "kernels": kernels})
@@ -109,7 +114,8 @@ class DefinitionPythonGate(PythonGate):
         for name in inspect.signature(cls.definition).parameters:
             block = name[2:] if name[:2] in ("W_", "b_") else None
             if block in cls.blocks:
-                known[name] = _Weight(step.z(block)) if name[0] == "W" else _BIAS
+                known[name] = (_Weight(step.z(block), cls.block_biases) if name[0] == "W"
+                               else _BIAS)
             elif name in cls.params:
                 known[name] = self.arrays[name]
             else:
@@ -121,18 +127,19 @@ class DefinitionPythonGate(PythonGate):
 
 class _Weight:
     """A block's weight W_k: ``[STM_prev, E_t] @ W_k.T + b_k`` (or the event's, or the
-    STM's product) is the loop's pre-activation ``z``."""
+    STM's product; without ``+ b_k`` for a gate whose blocks have no biases) is the loop's
+    pre-activation ``z``."""
     __array_ufunc__ = None          # NumPy hands ``array @ W.T`` to __rmatmul__
 
-    def __init__(self, z):
-        self.z = z
+    def __init__(self, z, biased):
+        self.z, self.biased = z, biased
 
     @property
     def T(self):
         return self
 
     def __rmatmul__(self, rows):
-        return self
+        return self if self.biased else self.z
 
     def __add__(self, bias):
         if bias is not _BIAS:
@@ -172,7 +179,7 @@ class TracedPythonGate(DefinitionPythonGate):
             if name.startswith("z:"):
                 step.dz(name[2:])[...] += gradient
             elif name in step.dparams:
-                # Summed over rows, once broadcast (it may not depend on the row).
-                step.dparams[name][...] += np.broadcast_to(gradient, step.f_t.shape).sum(axis=0)
+                step.dparams[name][...] += equation.parameter_gradient(
+                    gradient, step.f_t.shape, step.dparams[name].ndim)
             else:
                 getattr(step, f"d{name}")[...] += gradient
