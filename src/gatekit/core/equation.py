@@ -622,7 +622,7 @@ class Traced:
         they reach, ``[(input name, node)]``. The nodes are added to the graph once; it is
         then only read, by any number of threads."""
         graph = self.graph
-        seeded = [name for name in self.outputs if name != "s_t"]
+        seeded = [name for name in self.outputs if name != "s_t" and not self.passes_on(name)]
         seeds = [(self.outputs[name], graph.input(f"d:{name}")) for name in seeded]
         inputs = sorted(self.inputs.items(), key=lambda item: item[1])
         gradients = differentiate(graph, seeds, {node for _, node in inputs})
@@ -677,6 +677,12 @@ class Traced:
              for name in arguments])
         backward_definition.__qualname__ = f"{cls.__qualname__}.backward_definition"
         return backward_definition
+
+    def passes_on(self, name):
+        """Whether the output ``name`` is the input of that name, unchanged (sLSTM's learn gate
+        passes i_t on): the step holds one array for both, and one gradient, which whatever
+        comes after has already added to; it is neither written nor seeded."""
+        return self.outputs[name] == self.inputs.get(name)
 
     @property
     def fingerprint(self):
