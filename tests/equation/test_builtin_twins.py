@@ -81,3 +81,17 @@ def test_twin_matches_its_handwritten_gate(traced, variant, overrides, dtype, to
         # of the input gate), where a relative error measures nothing.
         scale = max(np.linalg.norm(want[name]), 1.0)
         assert np.linalg.norm(got[name] - want[name]) < 10 * tolerance * scale, name
+
+
+def test_write_source_of_a_builtin_gate(tmp_path, traced):
+    """The build-time path: a built-in gate's definition written out as C, the very source
+    its twin's library in the build cache was compiled from."""
+    from gatekit.core import compiler
+    from gatekit.core.equation_gate import write_source
+    builtin = gatekit.Cell(4, 4, "standard").gates[0]
+    path = tmp_path / "forget_standard.c"
+    source = write_source(type(builtin), path)
+    assert path.read_text() == source.text and "gk_backward_double" in source.text
+    cached = list(compiler.cache_dir().glob("forget-standard_twin-*.c"))
+    assert cached and all(c.read_text() == source.text for c in cached)
+    assert [p.name for p in tmp_path.iterdir()] == ["forget_standard.c"]

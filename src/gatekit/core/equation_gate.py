@@ -11,6 +11,7 @@ on the step's arrays, and evaluates the traced gradients with NumPy in backward 
 outside the traced subset then runs forward only).
 """
 import inspect
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from gatekit.core import codegen, compiler, equation
 from gatekit.core._gate import PythonGate
 from gatekit.core._generated import GeneratedGate
 
-__all__ = ["build_gate", "EquationGate"]
+__all__ = ["build_gate", "EquationGate", "write_source"]
 
 # What a gate declares, copied onto the Python gate of compile=False.
 DECLARATIONS = ("role", "name", "blocks", "reads", "params", "memories", "init", "outputs",
@@ -91,6 +92,13 @@ def _build(cls, compile):
         return type(cls.__name__, (TracedPythonGate,),
                     {**declared, **attributes, "traced": traced, "seeded": seeded,
                      "gradients": gradients})
+    source = _generate(cls, traced)
+    kernels = compiler.build(source, f"{cls.role}-{cls.name}", codegen.SYMBOLS)
+    return type(cls.__name__, (cls,), {**attributes, "kernels": kernels})
+
+
+def _generate(cls, traced):
+    """The C of the traced gate ``cls``, or the reason it has none."""
     scalars = [name for name in traced.parameters if tuple(cls.params[name]) == ()]
     if scalars:
         raise equation.UnsupportedOperation(
@@ -98,9 +106,17 @@ def _build(cls, compile):
             "compiled (each thread of a compiled gate sums the gradient of its own units; a "
             "number shared by all units would need their sums summed); give it shape ('H',), "
             "or register the gate with compile=False")
-    source = codegen.generate(traced)
-    kernels = compiler.build(source, f"{cls.role}-{cls.name}", codegen.SYMBOLS)
-    return type(cls.__name__, (cls,), {**attributes, "kernels": kernels})
+    return codegen.generate(traced)
+
+
+def write_source(cls, path):
+    """Write the C generated from the definition of ``cls`` (an ``EquationGate``, or any gate
+    whose definition traces) to ``path``, atomically, and return its ``codegen.Source``, whose
+    slots say what each kernel's arrays are: the step a ``setup.py`` would take to build a
+    gate from its definition ahead of time rather than into the build cache."""
+    source = _generate(cls, equation.trace(cls))
+    compiler.write_atomically(Path(path), source.text)
+    return source
 
 
 class DefinitionPythonGate(PythonGate):
