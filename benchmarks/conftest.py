@@ -6,12 +6,13 @@ import json
 
 import pytest
 
+from gatekit.benchmarking import Settings
+
 from harness.cases import (DEFAULT_SHAPES, FAMILIES, LOADS, SHAPES, Case, cases, group_name,
                            parse_list)
 from harness.contenders import Contender
 from harness.lineup import contenders
 from harness.machine import environment
-from harness.timing import Settings
 
 
 def pytest_addoption(parser):

@@ -4,14 +4,15 @@ group per case and load.
 Each test builds its contender's callable outside the timing (inputs, parameters, JAX's
 compilation), warms it up with a call that also estimates its duration, then times it in
 pytest-benchmark's pedantic mode with rounds planned from that estimate
-(``harness.timing.plan_rounds``): short calls get many rounds, the long ones at the big shapes as
-few as one, so the whole suite stays within minutes.
+(``gatekit.benchmarking.plan_rounds``): short calls get many rounds, the long ones at the big
+shapes as few as one, so the whole suite stays within minutes.
 """
 import pytest
 
+from gatekit.benchmarking import estimate_seconds, plan_rounds
+
 from harness.cases import group_name
 from harness.contenders import Unavailable
-from harness.timing import estimate_seconds, plan_rounds
 
 
 def test_bench(benchmark, case, contender, settings, load):

@@ -100,7 +100,7 @@ def test_a_bad_option_value_is_refused_before_anything_runs(args, option, tmp_pa
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
-    def broken(shape):
+    def broken(shape, names):
         raise TypeError("a bug")
 
     monkeypatch.setattr(gatekit.study.variants_table, "variant_rows", broken)
@@ -108,28 +108,65 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         cli.main(["variants"])
 
 
-def test_presets_is_the_old_name_of_variants():
-    # The same subcommand under two names: running the table twice to compare would only time
-    # every variant twice.
+def test_presets_and_bench_are_names_of_variants():
+    # The same subcommand under three names (presets, its old one; bench, what the table does):
+    # three tables would only time every variant three times.
     parser = cli.build_parser()
-    old, new = (parser.parse_args([command, "--shape", "4,2,3,5"])
-                for command in ("presets", "variants"))
-    assert old.run is new.run is cli.variants
-    assert old.shape == new.shape == (4, 2, 3, 5)
+    old, new, bench = (parser.parse_args([command, "--shape", "4,2,3,5"])
+                       for command in ("presets", "variants", "bench"))
+    assert old.run is new.run is bench.run is cli.variants
+    assert old.shape == new.shape == bench.shape == (4, 2, 3, 5)
 
 
 def test_variants_prints_a_row_per_variant(monkeypatch, capsys):
-    # Timed once each, and checked against the reference at a small shape: what is under test
-    # is the command, not the speed (the table's own check shape is for a person reading it).
-    timed, rows = variants_table.median_seconds, variants_table.variant_rows
-    monkeypatch.setattr(variants_table, "median_seconds",
-                        lambda function: timed(function, repeats=1, min_time=0))
-    monkeypatch.setattr(variants_table, "variant_rows",
-                        lambda shape: rows(shape, check_shape=(4, 2, 3, 5)))
+    # (The table's own check shape is for a person reading it.)
+    _quick_rows(monkeypatch)
     assert cli.main(["variants", "--shape", "4,2,3,5"]) == 0
     printed = [line.split() for line in capsys.readouterr().out.splitlines()]
     names = {row[0] for row in printed if len(row) == 6}
     assert set(gatekit.variants()) <= names and {"standard", "janet"} <= names
+
+
+def _quick_rows(monkeypatch):
+    """The table's rows timed once each and checked at a small shape: what is under test is
+    the command, not the speed."""
+    timed, rows = variants_table.median_seconds, variants_table.variant_rows
+    monkeypatch.setattr(variants_table, "median_seconds",
+                        lambda function: timed(function, repeats=1, min_time=0))
+    monkeypatch.setattr(variants_table, "variant_rows",
+                        lambda shape, names: rows(shape, check_shape=(4, 2, 3, 5), names=names))
+
+
+def printed_variants(capsys):
+    return [line.split()[0] for line in capsys.readouterr().out.splitlines()
+            if len(line.split()) == 6 and line.split()[1].isdigit()]
+
+
+def test_bench_times_the_variants_asked_for(monkeypatch, capsys):
+    _quick_rows(monkeypatch)
+    assert cli.main(["bench", "--shape", "4,2,3,5", "--variant", "janet", "--variant",
+                     "standard"]) == 0
+    assert printed_variants(capsys) == ["janet", "standard"]
+
+
+def test_bench_times_a_third_party_variant(monkeypatch, capsys, register):
+    class ThirdParty:
+        @gatekit.hookimpl
+        def register_variants(self, register):
+            register("third_party", {"forget": "none"}, description="a plugin's variant")
+
+    register(ThirdParty())
+    _quick_rows(monkeypatch)
+    assert cli.main(["bench", "--shape", "4,2,3,5"]) == 0
+    names = printed_variants(capsys)
+    assert "third_party" in names and names == gatekit.variants()
+
+
+def test_bench_refuses_an_unknown_variant(capsys):
+    assert cli.main(["bench", "--variant", "standard", "--variant", "nosuch"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("gatekit bench: --variant: unknown variant 'nosuch'")
+    assert "standard" in error
 
 
 def test_version(tmp_path):

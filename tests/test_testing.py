@@ -9,7 +9,7 @@ import gatekit
 from gatekit.core import plugins
 from gatekit.core import reference
 from gatekit.core.cell import _loop
-from gatekit.testing import GradcheckError, check_gate, gradcheck
+from gatekit.testing import GradcheckError, check_against_reference, check_gate, gradcheck
 
 from support import make_plugin, random_inputs, steps_for_a_team
 
@@ -52,6 +52,40 @@ def test_gradcheck_fails_a_tiny_wrong_gradient(register):
     x, state = random_inputs(cell, 5, 2, seed=9)
     with pytest.raises(GradcheckError, match="W_f|b_f"):
         gradcheck(cell, x, state)
+
+
+# --- check_against_reference (the pytest plugin's guard) -----------------------------------
+
+@pytest.mark.parametrize("variant", gatekit.variants())
+def test_every_registered_variant_matches_the_reference(variant):
+    cell = check_against_reference(variant)
+    assert cell.dtype == np.float64 and cell.variant == variant
+
+
+class TwiceTheDefinedGradient(TwiceTheForgetGradient):
+    """The same wrong backward pass, with a NumPy backward definition to hold it to."""
+    name = "twice_the_defined_gradient"
+    backward_definition = staticmethod(reference.forget_backward)
+
+
+class OffForward(TwiceTheForgetGradient):
+    """A forward pass 0.1% off its definition."""
+    name = "off_forward"
+
+    def forward(self, step):
+        step.f_t[...] = 0.999 * reference.sigmoid(step.z("f"))
+
+
+@pytest.mark.parametrize("gate, message", [
+    (TwiceTheForgetGradient, "W_f|b_f"),            # against finite differences
+    (TwiceTheDefinedGradient, "the compiled gradient of '(W_f|b_f|W_n|b_n|W_i|b_i|W_v|b_v|x)' "
+                              "differs from gatekit.reference's"),
+    (OffForward, r"standard\+forget=off_forward: the compiled outputs differ from "
+                 "gatekit.reference by up to")])
+def test_check_against_reference_fails_a_wrong_gate(register, gate, message):
+    register(make_plugin(gates=[gate]), name=f"test-{gate.name}")
+    with pytest.raises(GradcheckError, match=message):
+        check_against_reference("standard", forget=gate.name)
 
 
 def test_gradcheck_resolves_a_tiny_gradient():

@@ -32,7 +32,9 @@ same outputs and gradients as gatekit.
 The modules, by what each does:
 
 - :mod:`harness.cases`: shapes, dtypes, modes, families and loads; the cases and their inputs.
-- :mod:`harness.timing`: how long each benchmark is timed (settings, rounds).
+- :mod:`gatekit.benchmarking` (in gatekit, shared with its pytest plugin for gate authors):
+  the shapes, the case and its inputs, how long each benchmark is timed (settings, rounds),
+  the calls of a gatekit cell, of the NumPy reference and of ``torch.nn.LSTM``.
 - :mod:`harness.contenders`: what a contender is, and gatekit's contenders;
   :mod:`harness.torch_contenders`, :mod:`harness.jax_contenders`: PyTorch's and JAX's;
   :mod:`harness.lineup`: all of them, in the report's order.

@@ -5,10 +5,11 @@ exit status 2."""
 import argparse
 import sys
 
+from gatekit.benchmarking import Settings
+
 from harness.cases import DEFAULT_SHAPES, FAMILIES, SHAPES
 from harness.report import load_run, render, result_files, write_text
 from harness.runner import run
-from harness.timing import Settings
 
 __all__ = ["PROG", "add_arguments", "main", "report"]
 

@@ -3,18 +3,17 @@
 ``standard`` on one thread and on each capped kernel build, the example plugins and the NumPy
 reference. PyTorch's and JAX's are in :mod:`harness.torch_contenders` and
 :mod:`harness.jax_contenders`; they take their parameters from :func:`gatekit_cell`."""
-import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from gatekit.core import plugins, reference
+from gatekit.benchmarking import (Prepared, Settings, Unavailable, gatekit_callable,
+                                  reference_callable)
+from gatekit.core import plugins
 from gatekit.core.cell import Cell
 
 from harness.cases import COMMON_SHAPES, FAMILIES, KERNEL_FAMILIES, SEED, inputs
-from harness.timing import Settings
 
 __all__ = ["BASELINE", "EXTRA_SHAPES", "LOOP_VARIANTS", "NEEDS_D_EQUALS_H", "NEW_CELLS",
            "ONE_THREAD", "Contender", "Prepared", "Unavailable", "builtin_variants",
@@ -27,17 +26,6 @@ ONE_THREAD = "gatekit-standard-1thread"
 #: ``standard`` with zoneout and recurrent dropout, in training (new masks at every call).
 REGULARISED = "gatekit-standard-regularised"
 REGULARISERS = {"zoneout": (0.1, 0.05), "recurrent_dropout": 0.25}
-
-
-class Unavailable(Exception):
-    """A contender cannot run for this case (library not installed, too slow...): the reason."""
-
-
-@dataclass
-class Prepared:
-    """A zero-argument callable that runs one case, and what is known about how it was built."""
-    fn: object
-    info: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,18 +86,6 @@ def gatekit_cell(case, variant="standard", seed=SEED, **options):
     return Cell(case.D, case.H, variant, dtype=case.dtype, seed=seed, **options)
 
 
-def gatekit_callable(cell, x, dy, mode):
-    """The zero-argument call that times ``cell`` on ``x``: ``cell(x)``, or forward with a tape
-    then backward of ``dy``."""
-    if mode == "forward":
-        return lambda: cell(x)
-
-    def forward_backward():
-        _, _, tape = cell.forward(x, keep=True)
-        return cell.backward(tape, dy)
-    return forward_backward
-
-
 def prepare_gatekit(case, variant="standard", seed=SEED, **options):
     """``options``: more arguments of :class:`Cell` (gates by role, ``threads``)."""
     cell = gatekit_cell(case, variant, seed, **options)
@@ -168,23 +144,7 @@ def _reference_builder(case, settings):
         raise Unavailable("the reference is timed forward only")
     cell = gatekit_cell(case)
     x, _ = inputs(case)
-    reference.forward(cell, x[:1])
-    # Time the first steps, more of them until the probe lasts long enough to extrapolate.
-    probe = min(case.T, 4)
-    while True:
-        elapsed = math.inf
-        for _ in range(2):                       # the faster of two: a noisy machine is slower
-            start = time.perf_counter()
-            reference.forward(cell, x[:probe])
-            elapsed = min(elapsed, time.perf_counter() - start)
-        estimate = elapsed * case.T / probe
-        if elapsed >= 0.05 or probe == case.T or estimate > 4 * settings.reference_limit:
-            break
-        probe = min(case.T, probe * 4)
-    if estimate > settings.reference_limit:
-        raise Unavailable(f"one reference call would take ~{estimate:.1f} s here (estimated from "
-                          f"{probe} steps), over the {settings.reference_limit:g} s limit")
-    return Prepared(lambda: reference.forward(cell, x), {"estimated_s": estimate})
+    return reference_callable(cell, x, settings.reference_limit)
 
 
 def kernel_contender(build):

@@ -11,10 +11,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from gatekit.benchmarking import Settings
+
 from harness.cases import FAMILIES, KERNEL_FAMILIES, LOADS, SHAPES, parse_list, process_name
 from harness.machine import cpu_load, cpu_times, others_share
 from harness.report import load_run, render, write_text
-from harness.timing import Settings
 
 __all__ = ["SUITE", "child_environ", "run"]
 

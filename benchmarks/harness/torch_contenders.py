@@ -6,6 +6,8 @@ gatekit's cell of that variant. PyTorch is imported when a contender is built: w
 is :class:`~harness.contenders.Unavailable`."""
 import numpy as np
 
+from gatekit.benchmarking import import_torch, torch_callable, torch_dtype, torch_lstm_model
+
 from harness.cases import COMMON_SHAPES, inputs
 from harness.contenders import (LOOP_VARIANTS, NEW_CELLS, Contender, Prepared, Unavailable,
                                 gatekit_cell, stacked_parameters, variant_applies)
@@ -18,15 +20,6 @@ __all__ = ["TORCH_BASELINE", "TORCH_GRU", "import_torch", "new_cell_parameters",
 TORCH_BASELINE = "torch-nn-LSTM"
 #: ``torch.nn.GRU``: the peer of gatekit's ``gru``.
 TORCH_GRU = "torch-nn-GRU"
-
-
-def import_torch():
-    """The ``torch`` module, or :class:`~harness.contenders.Unavailable` saying how to get it."""
-    try:
-        import torch
-    except ImportError:
-        raise Unavailable("PyTorch is not installed (pip install torch)") from None
-    return torch
 
 
 _TORCH_CELLS = {}
@@ -286,10 +279,6 @@ def new_cell_parameters(cell, model):
             .reshape(shapes[name]) for name, symbols in model.copies.items()}
 
 
-def _torch_dtype(torch, dtype):
-    return {"float32": torch.float32, "float64": torch.float64}[np.dtype(dtype).name]
-
-
 def torch_loop_model(cell):
     """The custom PyTorch cell of ``cell.variant`` (course, peephole or cifg) with ``cell``'s
     parameters copied in (:func:`~harness.contenders.stacked_parameters`): ``gates`` takes ``W``
@@ -298,14 +287,14 @@ def torch_loop_model(cell):
     torch = import_torch()
     if cell.variant in NEW_CELLS:
         model = torch_new_cells()[cell.variant](cell.input_size, cell.hidden_size,
-                                                dtype=_torch_dtype(torch, cell.dtype))
+                                                dtype=torch_dtype(torch, cell.dtype))
         parameters = dict(model.named_parameters())
         with torch.no_grad():
             for name, array in new_cell_parameters(cell, model).items():
                 parameters[name].copy_(torch.from_numpy(array))
         return model
     model = torch_cells()[cell.variant](cell.input_size, cell.hidden_size,
-                                        dtype=_torch_dtype(torch, cell.dtype))
+                                        dtype=torch_dtype(torch, cell.dtype))
     stacked = {name: torch.from_numpy(array) for name, array in stacked_parameters(cell).items()}
     with torch.no_grad():
         model.gates.weight.copy_(stacked.pop("W"))
@@ -315,26 +304,6 @@ def torch_loop_model(cell):
             model.use.bias.copy_(stacked.pop("b_u"))
         for name, tensor in stacked.items():
             getattr(model, name).copy_(tensor)
-    return model
-
-
-def torch_lstm_model(cell):
-    """``torch.nn.LSTM`` with the parameters of a gatekit ``standard`` cell: PyTorch's blocks
-    i, f, g, o are gatekit's i, f, n, v; ``weight_hh_l0`` takes the STM columns, ``weight_ih_l0``
-    the input columns, ``bias_ih_l0`` the biases and ``bias_hh_l0`` zeros."""
-    torch = import_torch()
-    if cell.gate_names != {"forget": "standard", "learn": "standard", "remember": "standard",
-                           "use": "standard"}:
-        raise ValueError(f"torch.nn.LSTM runs the standard cell; got {cell!r}")
-    H, p = cell.hidden_size, cell.params
-    W = np.concatenate([p["W_i"], p["W_f"], p["W_n"], p["W_v"]])
-    b = np.concatenate([p["b_i"], p["b_f"], p["b_n"], p["b_v"]])
-    model = torch.nn.LSTM(cell.input_size, H, dtype=_torch_dtype(torch, cell.dtype))
-    with torch.no_grad():
-        model.weight_hh_l0.copy_(torch.from_numpy(np.ascontiguousarray(W[:, :H])))
-        model.weight_ih_l0.copy_(torch.from_numpy(np.ascontiguousarray(W[:, H:])))
-        model.bias_ih_l0.copy_(torch.from_numpy(b))
-        model.bias_hh_l0.zero_()
     return model
 
 
@@ -351,30 +320,12 @@ def torch_gru_model(cell):
     weight_hh = np.concatenate([p["W_r"][:, :H], p["W_f"][:, :H], p["W_hn"]])
     bias_ih = np.concatenate([p["b_r"], p["b_f"], p["b_n"]])
     bias_hh = np.concatenate([np.zeros(2 * H, cell.dtype), p["b_hn"]])
-    model = torch.nn.GRU(cell.input_size, H, dtype=_torch_dtype(torch, cell.dtype))
+    model = torch.nn.GRU(cell.input_size, H, dtype=torch_dtype(torch, cell.dtype))
     with torch.no_grad():
         for name, array in (("weight_ih_l0", weight_ih), ("weight_hh_l0", weight_hh),
                             ("bias_ih_l0", bias_ih), ("bias_hh_l0", bias_hh)):
             getattr(model, name).copy_(torch.from_numpy(np.ascontiguousarray(array)))
     return model
-
-
-def torch_callable(model, x, dy, mode):
-    """Forward under ``torch.no_grad()``; or forward, the loss ``sum(y * dy)`` and
-    ``torch.autograd.grad`` of it with respect to ``x`` and every parameter."""
-    torch = import_torch()
-    if mode == "forward":
-        def forward():
-            with torch.no_grad():
-                return model(x)
-        return forward
-    x = x.detach().requires_grad_(True)
-    wrt = [x, *model.parameters()]
-
-    def forward_backward():
-        y, _ = model(x)
-        return torch.autograd.grad((y * dy).sum(), wrt)
-    return forward_backward
 
 
 def _torch_prepare(case, model_of):

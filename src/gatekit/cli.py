@@ -9,6 +9,7 @@ import numpy as np
 
 from gatekit.version import __version__
 from gatekit.core._gate import ROLES
+from gatekit.core import plugins
 from gatekit.core.cell import Cell
 from gatekit.core.plugins import PluginError
 from gatekit.nn import initialisers, optimisers
@@ -82,7 +83,12 @@ def _message(error):
 # --- Subcommands ------------------------------------------------------------------------------
 
 def variants(args):
-    rows = variants_table.variant_rows(shape=args.shape)
+    registered = plugins.variants()
+    unknown = [name for name in args.variant or () if name not in registered]
+    if unknown:
+        raise ValueError(f"--variant: unknown variant {', '.join(map(repr, unknown))}; "
+                         f"registered: {', '.join(registered)}")
+    rows = variants_table.variant_rows(shape=args.shape, names=args.variant)
     print(variants_table.format_table(rows, args.shape))
 
 
@@ -339,9 +345,12 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"gatekit {__version__}",
                         help="print gatekit's version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
-    table = commands.add_parser("variants", aliases=["presets"],
-                                help="time every variant and check it against the reference "
-                                     "equations")
+    table = commands.add_parser("variants", aliases=["presets", "bench"],
+                                help="time every registered variant (plugins' included) and "
+                                     "check it against the reference equations")
+    table.add_argument("--variant", action="append", metavar="NAME",
+                       help="time this variant only (repeat the option for more; default: "
+                            "every registered variant, `gatekit.variants()`)")
     table.add_argument("--shape", type=_shape, default=(200, 16, 32, 64), metavar="T,B,D,H",
                        help="sequence length, batch, input size and units of the timed runs "
                             "(default 200,16,32,64)")

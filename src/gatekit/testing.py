@@ -8,7 +8,8 @@ from gatekit.core import reference
 from gatekit.core._gate import PythonGate
 from gatekit.core.cell import Cell
 
-__all__ = ["check_gate", "FORWARD_TOLERANCES", "gradcheck", "GradcheckError", "GradcheckResult"]
+__all__ = ["check_against_reference", "check_gate", "FORWARD_TOLERANCES", "gradcheck",
+           "GradcheckError", "GradcheckResult"]
 
 
 class GradcheckError(AssertionError):
@@ -230,6 +231,63 @@ def check_gate(gate, variant="standard", *, input_size=3, hidden_size=4, steps=6
 # absolute floor for outputs near zero (a sigmoid times a tanh can be ~1e-6).
 FORWARD_TOLERANCES = ((np.float64, dict(rtol=0, atol=1e-10)),
                       (np.float32, dict(rtol=1e-4, atol=1e-5)))
+
+
+def check_against_reference(variant="standard", *, input_size=5, hidden_size=4, steps=7,
+                            batch=3, seed=0, **gates):
+    """The cell of ``variant`` (with ``gates``, role: name, swapped in) computed by the compiled
+    loop against the same cell in :mod:`gatekit.reference`, in float64, with every parameter
+    drawn from U(-0.8, 0.8) (so that gates initialised to zero, peepholes say, are checked
+    too): the outputs and final memories to 1e-10, and the gradients of a random projection of
+    the outputs, with respect to every parameter and the input, to 1e-9 relative (1e-12
+    absolute for a gradient that is all but zero) against the reference backward (against
+    centred finite differences where a gate has no ``backward_definition``; not at all where
+    the cell is not differentiable). A cell whose gates need ``input_size == hidden_size`` is
+    checked so.
+
+    The guard the pytest plugin runs before it times a gate. Raises :class:`GradcheckError`
+    naming the first quantity that differs; returns the cell it checked."""
+    from gatekit.core import plugins
+    from gatekit.core.cell import _differentiable
+
+    H, T, B = hidden_size, steps, batch
+    square = any(cls.input_size_is_hidden_size
+                 for cls in plugins.registry().compose(variant, gates))
+    D = H if square else input_size
+    cell = Cell(D, H, variant, dtype=np.float64, seed=seed, **gates)
+    rng = np.random.default_rng(seed)
+    for array in cell.params.values():
+        array[...] = rng.uniform(-0.8, 0.8, array.shape)
+    x = 1.5 * rng.standard_normal((T, B, D))
+    label = "+".join([variant] + [f"{role}={name}" for role, name in sorted(gates.items())])
+    y, final = cell(x)
+    y_ref, final_ref = reference.forward(cell, x, dtype=np.float64)
+    names = ("STM", "LTM") + cell.memories
+    for what, got, want in [("outputs", y, y_ref)] + list(zip(names, final, final_ref)):
+        error = float(np.max(np.abs(got - want)))
+        if not error <= FORWARD_TOLERANCES[0][1]["atol"]:
+            raise GradcheckError(f"{label}: the compiled {what} differ from gatekit.reference "
+                                 f"by up to {error:.3g} (float64; tolerance 1e-10)")
+    if not all(_differentiable(type(gate)) for gate in cell.gates):
+        return cell
+    if any(type(gate).backward_definition is None for gate in cell.gates):
+        gradcheck(cell, x)
+        return cell
+    dy = rng.standard_normal((T, B, H))
+    _, _, tape = cell.forward(x, keep=True)
+    got = cell.backward(tape, dy)
+    want = reference.backward(cell, x, dy)
+    for key in sorted(cell.params.keys() | {"x"}):
+        # Relative, with an absolute floor for a gradient that is zero but for rounding (sLSTM's
+        # b_i: its stabiliser cancels it).
+        difference = float(np.linalg.norm(got[key] - want[key]))
+        if not difference <= 1e-12 + 1e-9 * max(np.linalg.norm(got[key]),
+                                                np.linalg.norm(want[key])):
+            raise GradcheckError(f"{label}: the compiled gradient of {key!r} differs from "
+                                 f"gatekit.reference's by {difference:.3g} (norm; "
+                                 f"{_relative_error(got[key], want[key]):.3g} relative; "
+                                 "float64, tolerance 1e-12 + 1e-9 relative)")
+    return cell
 
 
 def _matches_definition(gate, cell, x, state, tol, where):

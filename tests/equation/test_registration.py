@@ -85,6 +85,27 @@ def test_a_block_weight_outside_linear_is_refused(register_gate):
         register_gate(Peek)
 
 
+def test_a_gate_with_its_own_product_is_refused(register_gate):
+    """A product over H of the gate's own (H, H) weight (what a Cython gate declares in
+    ``products``, the loop computing it on packed panels) is refused, naming the parameter,
+    its shape and the line."""
+    class Mixing(gatekit.EquationGate):
+        role, name, blocks = "use", "mixing_eq", ("v",)
+        params = {"W_u": ("H", "H")}
+
+        @staticmethod
+        def definition(STM_prev, E_t, LTM_t, W_v, b_v, W_u):
+            U_t = np.tanh(LTM_t @ W_u.T)
+            V_t = reference.sigmoid(reference.linear(W_v, STM_prev, E_t, b_v))
+            return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
+    with pytest.raises(UnsupportedOperation,
+                       match=r"the parameter W_u of shape \('H', 'H'\) \(only per-unit "
+                             r"parameters, shape \('H',\), and scalars, shape \(\), are traced\)"
+                             r" is not in the subset gatekit compiles \(.*, line \d+, in "):
+        register_gate(Mixing)
+    assert "mixing_eq" not in gatekit.gates()["use"]
+
+
 def test_compile_false_keeps_a_python_gate(register_gate):
     class Slow(gatekit.EquationGate):
         role, name, blocks = "forget", "slow_eq", ("f",)

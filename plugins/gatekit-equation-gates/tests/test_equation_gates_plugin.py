@@ -21,6 +21,8 @@ def test_registered_through_its_entry_point_as_a_compiled_gate():
     assert entry.plugin == "equation_gates" and entry.cls.built_from is UseLecunTanh
     assert entry.cls.kernels is not None and not issubclass(entry.cls, gatekit.PythonGate)
     assert "lecun_tanh" in gatekit.variants()
+    # No backward written: the reference's is derived from the traced definition.
+    assert UseLecunTanh.backward_definition is None and entry.cls.backward_definition
 
 
 def test_check_gate():

@@ -75,7 +75,8 @@ def generate(traced):
     inputs = sorted(traced.inputs.items(), key=lambda item: item[1])
     forward_reads = [(node, input_slot(name, parameters)[0]) for name, node in inputs]
     writes = [(node, slot, "=") for name, node in traced.outputs.items()
-              for slot in [output_slot(name)[0]] if slot is not None]
+              for slot in [output_slot(name)[0]]
+              if slot is not None and not traced.passes_on(name)]
 
     seeded, gradients = traced.gradients()
     seed_reads = [(graph.input(f"d:{name}"), output_slot(name)[1]) for name in seeded]

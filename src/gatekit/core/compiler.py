@@ -24,22 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatekit.core import instruction_sets
+from gatekit.core.building import OPTIMISE as CORE_OPTIMISE, VECTOR_BUILDS
 from gatekit.version import __version__
 
-__all__ = ["build", "cache_dir", "CACHE_ENV", "CompileError", "Kernels"]
+__all__ = ["build", "cache_dir", "CACHE_ENV", "CompileError", "Kernels", "write_atomically"]
 
 CACHE_ENV = "GATEKIT_CACHE_DIR"
 HEADERS = ("_fastmath.h", "_generated.h")
 INCLUDE = Path(__file__).parent
-# The core's own flags (setup.py): -fno-trapping-math lets the selects vectorise; sqrt needs
-# no errno.
-OPTIMISE = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fPIC", "-shared"]
-FLAGS = {
-    "baseline": [],
-    "avx2": ["-mavx2", "-mfma"],
-    "avx512": ["-mavx512f", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx2", "-mfma",
-               "-mprefer-vector-width=512"],
-}
+# The core's own flags (core/building.py), and: sqrt needs no errno; a shared library.
+OPTIMISE = [*CORE_OPTIMISE, "-fno-math-errno", "-fPIC", "-shared"]
+FLAGS = {"baseline": [], **{name: vector for name, (_, vector) in VECTOR_BUILDS.items()}}
 
 
 class CompileError(RuntimeError):
@@ -100,7 +95,7 @@ def build(source, name, symbols):
         return kernels
     folder.mkdir(parents=True, exist_ok=True)
     c_file = stem.with_suffix(".c")
-    _write_atomically(c_file, source.text)
+    write_atomically(c_file, source.text)
     if identity is None:
         raise CompileError(f"no C compiler: {command[0] if command else '$CC'!r} was not found "
                            f"(set CC to one); the generated source is {c_file}")
@@ -119,7 +114,9 @@ def build(source, name, symbols):
     return kernels
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename, so that another
+    process never reads half a file."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     partial.write_text(text)
     os.replace(partial, path)

@@ -19,7 +19,9 @@ What the step offers, and what the definition's arguments are bound to:
 - ``STM_prev``, ``LTM_prev`` and ``E_t`` (unit by unit: a gate that uses ``E_t`` so needs
   ``input_size == hidden_size``), the outputs of earlier gates (``f_t``, ``s_t``, ``i_t``...),
   the memories (``n_prev``; ``n_t`` of an earlier gate), all (B, H);
-- its parameters of shape ``("H",)``, one number per unit; Python numbers;
+- its parameters of shape ``("H",)``, one number per unit, or ``()``, one number for every
+  unit (``compile=False`` only: a compiled kernel's threads each sum their units' share of a
+  gradient, and a scalar's gradient would need all of them summed once more); Python numbers;
 - ``H`` (an input named so), the number of units, for a mean over units.
 """
 import hashlib
@@ -33,7 +35,8 @@ import numpy as np
 
 from gatekit.core import reference
 
-__all__ = ["differentiate", "Graph", "trace", "Traced", "UnsupportedOperation"]
+__all__ = ["differentiate", "Graph", "parameter_gradient", "trace", "Traced",
+           "UnsupportedOperation"]
 
 class UnsupportedOperation(TypeError):
     """A definition uses something the tracer cannot compile (raised at registration)."""
@@ -323,7 +326,7 @@ def _operand(tracer, value, what):
             tracer.refuse(f"{what} on arrays of another tracing")
         return value.node
     if isinstance(value, _Partial):
-        tracer.refuse(f"{what} of {value.describe()}")
+        return _operand(tracer, value.unbiased_preactivation(), what)
     if isinstance(value, (numbers.Real, np.generic)) and not isinstance(value, (bool, np.bool_)):
         return tracer.graph.const(float(value))
     if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
@@ -503,7 +506,18 @@ class _Partial(_Traced):
             return _Partial(self.tracer, "product", other.block, "both")
         return super().__matmul__(other)
 
+    def unbiased_preactivation(self):
+        """The block's pre-activation, if this is its product and its gate's blocks have no
+        biases (``block_biases = False``); otherwise refused."""
+        if self.kind == "product" and not self.tracer.cls.block_biases:
+            return self.tracer.block_preactivation(self.block, self.reads)
+        self.tracer.refuse(f"using {self.describe()}")
+
     def _combine(self, name, inputs):
+        if not self.tracer.cls.block_biases:
+            inputs = [x.unbiased_preactivation() if isinstance(x, _Partial) else x
+                      for x in inputs]
+            return _apply(self.tracer, name, inputs)
         kinds = {x.kind: x for x in inputs if isinstance(x, _Partial)}
         if name == "add" and set(kinds) == {"product", "bias"} and len(inputs) == 2:
             product, bias = kinds["product"], kinds["bias"]
@@ -608,17 +622,112 @@ class Traced:
         they reach, ``[(input name, node)]``. The nodes are added to the graph once; it is
         then only read, by any number of threads."""
         graph = self.graph
-        seeded = [name for name in self.outputs if name != "s_t"]
+        seeded = [name for name in self.outputs if name != "s_t" and not self.passes_on(name)]
         seeds = [(self.outputs[name], graph.input(f"d:{name}")) for name in seeded]
         inputs = sorted(self.inputs.items(), key=lambda item: item[1])
         gradients = differentiate(graph, seeds, {node for _, node in inputs})
         return seeded, [(name, gradients[node]) for name, node in inputs if node in gradients]
+
+    def backward_definition(self, cls):
+        """The reference backward of the gate ``cls`` this traces, for
+        ``gatekit.reference.backward``: the traced gradients evaluated in NumPy (as the
+        ``compile=False`` gate evaluates them), each block's ``dz`` taken through its
+        ``reference.linear`` to ``dW_k``, ``db_k``, ``dSTM_prev`` and ``dE_t``. A function whose
+        signature names what it reads, like any ``backward_definition``."""
+        seeded, gradients = self.gradients()
+        graph, outputs = self.graph, self.outputs
+        blocks = [name[2:] for name in self.inputs if name.startswith("z:")]
+        if "s_t" in outputs:               # what later gates sent to s_t reaches the block's dz
+            blocks = list(dict.fromkeys([cls.blocks[0], *blocks]))
+        reads = {block: cls.block_reads(block) for block in blocks}
+        arguments = [name for name in self.inputs if not name.startswith("z:")]
+        for block in blocks:
+            arguments += [f"W_{block}"] + ([f"b_{block}"] if cls.block_biases else [])
+            arguments += _LINEAR_READS[reads[block]]
+        arguments += [f"d{name}" for name in seeded] + (["ds_t"] if "s_t" in outputs else [])
+        arguments = list(dict.fromkeys(arguments))
+
+        def backward_definition(**known):
+            values = {name: known[name] for name in self.inputs if not name.startswith("z:")}
+            for block in blocks:
+                values[f"z:{block}"] = _preactivation(cls, block, known)
+            values.update({f"d:{name}": known[f"d{name}"] for name in seeded})
+            # Every seed is a (B, H) gradient; a gate without one has nothing to send back.
+            rows_by_units = np.shape(known[f"d{seeded[0]}"]) if seeded else (0, 0)
+            values["H"] = rows_by_units[-1]
+            results = graph.evaluate([node for _, node in gradients], values)
+            dz = {block: 0.0 for block in blocks}
+            if "s_t" in outputs:
+                dz[cls.blocks[0]] = known["ds_t"]
+            contributions = []
+            for (name, _), gradient in zip(gradients, results):
+                if name.startswith("z:"):
+                    dz[name[2:]] = dz[name[2:]] + gradient
+                elif name in cls.params:
+                    contributions.append({f"d{name}": parameter_gradient(
+                        gradient, rows_by_units, np.ndim(known[name]))})
+                else:
+                    contributions.append({f"d{name}": gradient})
+            for block, gradient in dz.items():
+                contributions.append(_linear_backward(cls, block, gradient, known))
+            return reference.merge(*contributions)
+
+        backward_definition.__signature__ = inspect.Signature(
+            [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+             for name in arguments])
+        backward_definition.__qualname__ = f"{cls.__qualname__}.backward_definition"
+        return backward_definition
+
+    def passes_on(self, name):
+        """Whether the output ``name`` is the input of that name, unchanged (sLSTM's learn gate
+        passes i_t on): the step holds one array for both, and one gradient, which whatever
+        comes after has already added to; it is neither written nor seeded."""
+        return self.outputs[name] == self.inputs.get(name)
 
     @property
     def fingerprint(self):
         """A hash of what the definition computes: its outputs' expressions, by name."""
         names = sorted(self.outputs)
         return self.graph.fingerprint([self.outputs[name] for name in names], names)
+
+
+def parameter_gradient(gradient, rows_by_units, ndim):
+    """The gradient of a parameter (``ndim`` 1: per unit, 0: a scalar) from that of its use in
+    every row and unit: summed over what shares it, once broadcast (the traced gradient may
+    depend on neither the row nor the unit)."""
+    full = np.broadcast_to(gradient, rows_by_units)
+    return full.sum(axis=0) if ndim else full.sum()
+
+
+# What reference.linear of a block reads, by what the block reads.
+_LINEAR_READS = {"both": ["STM_prev", "E_t"], "event": ["E_t"], "STM": ["STM_prev"]}
+
+
+def _preactivation(cls, block, known):
+    """Block ``block``'s pre-activation from the step's quantities ``known``, as in
+    ``gatekit.reference``."""
+    W, reads = known[f"W_{block}"], cls.block_reads(block)
+    columns = np.concatenate([known[name] for name in _LINEAR_READS[reads]], axis=-1)
+    z = columns @ W.T
+    return z + known[f"b_{block}"] if cls.block_biases else z
+
+
+def _linear_backward(cls, block, dz, known):
+    """The gradients of block ``block``'s pre-activation's weight, bias and inputs, given its
+    gradient ``dz``."""
+    W, reads = known[f"W_{block}"], cls.block_reads(block)
+    read = _LINEAR_READS[reads]
+    dz = np.broadcast_to(dz, np.shape(known[read[0]])[:-1] + (W.shape[0],))
+    columns = np.concatenate([known[name] for name in read], axis=-1)
+    gradients = {f"dW_{block}": dz.T @ columns}
+    if cls.block_biases:
+        gradients[f"db_{block}"] = dz.sum(axis=0)
+    d_columns, start = dz @ W, 0
+    for name in read:
+        width = np.shape(known[name])[-1]
+        gradients[f"d{name}"] = d_columns[:, start:start + width]
+        start += width
+    return gradients
 
 
 def trace(cls):
@@ -637,9 +746,10 @@ def trace(cls):
         if block in cls.blocks:
             arguments[name] = _Partial(tracer, "weight" if name[0] == "W" else "bias", block)
         elif name in params:
-            if tuple(params[name]) != ("H",):
+            if tuple(params[name]) not in (("H",), ()):
                 tracer.refuse(f"the parameter {name} of shape {tuple(params[name])} (only "
-                              "per-unit parameters, shape ('H',), are traced)")
+                              "per-unit parameters, shape ('H',), and scalars, shape (), are "
+                              "traced)")
             arguments[name] = Symbol(tracer, tracer.graph.input(name), name)
         elif name in ("STM_prev", "LTM_prev", "E_t") or name.endswith(("_t", "_prev")):
             arguments[name] = Symbol(tracer, tracer.graph.input(name), name)

@@ -11,6 +11,7 @@ on the step's arrays, and evaluates the traced gradients with NumPy in backward 
 outside the traced subset then runs forward only).
 """
 import inspect
+from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from gatekit.core import codegen, compiler, equation
 from gatekit.core._gate import PythonGate
 from gatekit.core._generated import GeneratedGate
 
-__all__ = ["build_gate", "EquationGate"]
+__all__ = ["build_gate", "EquationGate", "write_source"]
 
 # What a gate declares, copied onto the Python gate of compile=False.
 DECLARATIONS = ("role", "name", "blocks", "reads", "params", "memories", "init", "outputs",
@@ -59,10 +60,6 @@ def build_gate(cls, compile=None):
 
 
 def _build(cls, compile):
-    if not cls.block_biases:
-        raise equation.UnsupportedOperation(
-            f"gate {cls.name!r}: an equation gate's blocks have biases (reference.linear "
-            "adds b_k); block_biases = False is for compiled gates")
     try:
         traced = equation.trace(cls)
     except equation.UnsupportedOperation:
@@ -72,6 +69,8 @@ def _build(cls, compile):
     attributes = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
                   "__doc__": cls.__doc__, "built_from": cls}
     if traced is not None:
+        if cls.backward_definition is None:
+            attributes["backward_definition"] = staticmethod(traced.backward_definition(cls))
         attributes.update({
             "definition_hash": traced.fingerprint,
             # A gate that reads these unit by unit needs them H wide (see Gate.stm_by_unit
@@ -93,9 +92,31 @@ def _build(cls, compile):
         return type(cls.__name__, (TracedPythonGate,),
                     {**declared, **attributes, "traced": traced, "seeded": seeded,
                      "gradients": gradients})
-    source = codegen.generate(traced)
+    source = _generate(cls, traced)
     kernels = compiler.build(source, f"{cls.role}-{cls.name}", codegen.SYMBOLS)
     return type(cls.__name__, (cls,), {**attributes, "kernels": kernels})
+
+
+def _generate(cls, traced):
+    """The C of the traced gate ``cls``, or the reason it has none."""
+    scalars = [name for name in traced.parameters if tuple(cls.params[name]) == ()]
+    if scalars:
+        raise equation.UnsupportedOperation(
+            f"gate {cls.name!r}: the parameter {scalars[0]} of shape () is traced but not "
+            "compiled (each thread of a compiled gate sums the gradient of its own units; a "
+            "number shared by all units would need their sums summed); give it shape ('H',), "
+            "or register the gate with compile=False")
+    return codegen.generate(traced)
+
+
+def write_source(cls, path):
+    """Write the C generated from the definition of ``cls`` (an ``EquationGate``, or any gate
+    whose definition traces) to ``path``, atomically, and return its ``codegen.Source``, whose
+    slots say what each kernel's arrays are: the step a ``setup.py`` would take to build a
+    gate from its definition ahead of time rather than into the build cache."""
+    source = _generate(cls, equation.trace(cls))
+    compiler.write_atomically(Path(path), source.text)
+    return source
 
 
 class DefinitionPythonGate(PythonGate):
@@ -109,7 +130,8 @@ class DefinitionPythonGate(PythonGate):
         for name in inspect.signature(cls.definition).parameters:
             block = name[2:] if name[:2] in ("W_", "b_") else None
             if block in cls.blocks:
-                known[name] = _Weight(step.z(block)) if name[0] == "W" else _BIAS
+                known[name] = (_Weight(step.z(block), cls.block_biases) if name[0] == "W"
+                               else _BIAS)
             elif name in cls.params:
                 known[name] = self.arrays[name]
             else:
@@ -121,18 +143,19 @@ class DefinitionPythonGate(PythonGate):
 
 class _Weight:
     """A block's weight W_k: ``[STM_prev, E_t] @ W_k.T + b_k`` (or the event's, or the
-    STM's product) is the loop's pre-activation ``z``."""
+    STM's product; without ``+ b_k`` for a gate whose blocks have no biases) is the loop's
+    pre-activation ``z``."""
     __array_ufunc__ = None          # NumPy hands ``array @ W.T`` to __rmatmul__
 
-    def __init__(self, z):
-        self.z = z
+    def __init__(self, z, biased):
+        self.z, self.biased = z, biased
 
     @property
     def T(self):
         return self
 
     def __rmatmul__(self, rows):
-        return self
+        return self if self.biased else self.z
 
     def __add__(self, bias):
         if bias is not _BIAS:
@@ -172,7 +195,7 @@ class TracedPythonGate(DefinitionPythonGate):
             if name.startswith("z:"):
                 step.dz(name[2:])[...] += gradient
             elif name in step.dparams:
-                # Summed over rows, once broadcast (it may not depend on the row).
-                step.dparams[name][...] += np.broadcast_to(gradient, step.f_t.shape).sum(axis=0)
+                step.dparams[name][...] += equation.parameter_gradient(
+                    gradient, step.f_t.shape, step.dparams[name].ndim)
             else:
                 getattr(step, f"d{name}")[...] += gradient

@@ -40,9 +40,10 @@ def deviation(cell, x):
     return max(float(np.max(np.abs(a - b))) for a, b in ((y, y_ref), (ltm, ltm_ref)))
 
 
-def variant_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0):
-    """One row per registered variant: name, parameter count, µs per step in float32 and
-    float64 at ``shape`` (T, B, D, H), and the deviation from the reference at ``check_shape``.
+def variant_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0, names=None):
+    """One row per registered variant (or per variant of ``names``, in that order): name,
+    parameter count, µs per step in float32 and float64 at ``shape`` (T, B, D, H), and the
+    deviation from the reference at ``check_shape``.
     A variant whose event must be as wide as its memory (MUT1) reads D = H entries."""
     T, B, D, H = shape
     rng = np.random.default_rng(seed)
@@ -53,7 +54,7 @@ def variant_rows(shape=(200, 16, 32, 64), check_shape=(30, 4, 32, 64), seed=0):
                 square_rng.standard_normal((*check_shape[:2], check_shape[3])))
     registry = plugins.registry()
     rows = []
-    for name in plugins.variants():
+    for name in names or plugins.variants():
         square = any(cls.input_size_is_hidden_size for cls in registry.compose(name, {}))
         timed, checked = x_square if square else (x_timed, x_check)
         row = {"variant": name}

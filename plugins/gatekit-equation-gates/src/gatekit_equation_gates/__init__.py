@@ -12,7 +12,7 @@ compiled code and no build step. gatekit finds this module through the entry poi
 import numpy as np
 
 import gatekit
-from gatekit.core.reference import linear, linear_backward, merge, sigmoid
+from gatekit.core.reference import linear, sigmoid
 
 __all__ = ["UseLecunTanh"]
 
@@ -29,15 +29,6 @@ class UseLecunTanh(gatekit.EquationGate):
         U_t = SCALE * np.tanh(SLOPE * LTM_t)
         V_t = sigmoid(linear(W_v, STM_prev, E_t, b_v))
         return {"U_t": U_t, "V_t": V_t, "STM_t": U_t * V_t}
-
-    @staticmethod
-    def backward_definition(STM_prev, E_t, LTM_t, V_t, dSTM_t, W_v):
-        """Written out, for gatekit.reference.backward (the compiled backward is generated):
-        dU/dLTM = 1.7159 · 2/3 · (1 - tanh²(2/3 LTM_t)), dV/dz_v = V (1 - V)."""
-        squashed = np.tanh(SLOPE * LTM_t)
-        dz_v = dSTM_t * SCALE * squashed * V_t * (1 - V_t)
-        return merge(linear_backward(dz_v, W_v, STM_prev, E_t, "v"),
-                     {"dLTM_t": dSTM_t * V_t * SCALE * SLOPE * (1 - squashed ** 2)})
 
 
 @gatekit.hookimpl
