@@ -8,6 +8,10 @@ reference's result to rounding: the time loop, the projected loop (forward and b
 the scan (backward: its forward pass has no barrier to wait at, so nothing to judge).
 """
 import functools
+import json
+import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ import gatekit
 from gatekit.core import cell as cell_module
 from gatekit.core import reference
 
-from support import assert_close, assert_same_bits, make_plugin
+from support import assert_close, assert_same_bits, child_env, make_plugin
 
 UseStandard = type(gatekit.Cell(1, 1, "standard").gates[3])
 
@@ -115,6 +119,78 @@ def test_the_scan_going_alone_changes_no_bit(monkeypatch, variant, threads, at, 
     # going alone gives the bits of the team that does not, rather than those of one thread.
     assert_going_alone_changes_no_bit(monkeypatch, "_scan", at, team, team, x, state, dy, rng,
                                       passes=("backward",))
+
+
+# A team whose threads the system will not start: thread 0 runs the pass from the start, with
+# every unit. A child process is denied them: glibc gives a thread a stack of the stack limit,
+# here 4 GiB, and the child leaves itself 1 GiB of address space. Each loop's call of three
+# threads (at the sizes the tests above split between threads) must then give one thread's bits.
+UNSTARTED = [("standard", dict(), (T, B, D, H)),
+             ("standard", dict(proj_size=PP), (PT, PB, PD, PH)),
+             ("minlstm", dict(scan=True), (ST, SB, SD, SH))]
+
+WITHOUT_THREADS = """
+import json, resource, sys, threading
+import numpy as np
+import gatekit
+
+with open("/proc/self/status") as status:
+    used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS,
+                   (used + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    threading.Thread(target=lambda: None).start()
+except RuntimeError:
+    pass
+else:
+    sys.exit(3)                     # threads start here after all: nothing to test
+folder = sys.argv[1]
+for k, (variant, options, _) in enumerate(json.loads(sys.argv[2])):
+    given = np.load(f"{folder}/inputs{k}.npz")
+    cell = gatekit.Cell(given["x"].shape[2], given["ltm0"].shape[1], variant, seed=5, threads=3,
+                        **options)
+    y, final, tape = cell.forward(given["x"], (given["stm0"], given["ltm0"]), keep=True)
+    grads = cell.backward(tape, given["dy"])
+    np.savez(f"{folder}/outputs{k}.npz", y=y, stm=final[0], ltm=final[1],
+             **{f"d{name}": grad for name, grad in grads.items()})
+"""
+
+
+def test_a_team_the_system_will_not_start_runs_on_one_thread(tmp_path):
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the child reads its address space from /proc")
+    _, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if hard != resource.RLIM_INFINITY and hard < 4 << 30:
+        pytest.skip(f"the stack limit cannot be raised to 4 GiB (hard limit {hard})")
+    solos = []
+    for k, (variant, options, (T_, B_, D_, H_)) in enumerate(UNSTARTED):
+        solo = gatekit.Cell(D_, H_, variant, seed=5, threads=1, **options)
+        rng = np.random.default_rng(k)
+        P_ = options.get("proj_size", H_)
+        given = dict(x=rng.standard_normal((T_, B_, D_)), stm0=rng.uniform(-1, 1, (B_, P_)),
+                     ltm0=rng.uniform(-1, 1, (B_, H_)), dy=rng.standard_normal((T_, B_, P_)))
+        if variant == "minlstm":
+            given["stm0"] = given["ltm0"].copy()        # one memory: the STM is the LTM
+        np.savez(tmp_path / f"inputs{k}.npz", **given)
+        solos.append((solo, given))
+
+    def four_gib_stacks():
+        resource.setrlimit(resource.RLIMIT_STACK, (4 << 30, hard))
+
+    child = subprocess.run([sys.executable, "-c", WITHOUT_THREADS, str(tmp_path),
+                            json.dumps(UNSTARTED)], env=child_env(), preexec_fn=four_gib_stacks,
+                           capture_output=True, text=True, timeout=300)
+    if child.returncode == 3:
+        pytest.skip("this system starts threads with stacks larger than the address space left")
+    assert child.returncode == 0, child.stderr
+    for k, (solo, given) in enumerate(solos):
+        x, state, dy = given["x"], (given["stm0"], given["ltm0"]), given["dy"]
+        y, (stm, ltm), grads = run(solo, x, state, dy)
+        with np.load(tmp_path / f"outputs{k}.npz") as team:
+            assert set(team.files) == {"y", "stm", "ltm", *(f"d{name}" for name in grads)}
+            assert_same_run((team["y"], (team["stm"], team["ltm"]),
+                             {name: team[f"d{name}"] for name in grads}), (y, (stm, ltm), grads))
+        assert_run_matches_the_reference(solo, x, state, dy, solo.dtype)
 
 
 def assert_going_alone_changes_no_bit(monkeypatch, loop, at, team, baseline, x, state, dy, rng,

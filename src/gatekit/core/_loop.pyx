@@ -41,7 +41,7 @@ Each section starts with what it offers and goes on with what that calls.
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, StepEnd, GO_ON, STOP, GO_ALONE, gk_barrier, gk_barrier_init, gk_barrier_wait,
+    MAX_TEAM, Pace, StepEnd, GO_ON, STOP, GO_ALONE, gk_barrier, gk_barrier_wait,
     gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
     start_pace)
 from libc.stdint cimport uint32_t
@@ -314,14 +314,12 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
             run_member(team, m)
         return -1
     start_pace(&team.pace, team.pace.alone_at)
-    gk_barrier_init(&team.barrier, team.size)
     for m in range(team.size):
         team.failed[m] = -1
         members[m].team, members[m].index = team, m
-    team.size = start_members(&team.start, threads, member_main, members, sizeof(Member), size)
-    if team.size < size:
-        team.units = team.H
-        gk_barrier_init(&team.barrier, 1)
+    if start_members(&team.start, &team.barrier, threads, member_main, members,
+                     sizeof(Member), size) < size:
+        team.size, team.units = 1, team.H
     run_member(team, 0)
     join_members(threads, team.size)
     for m in range(team.size):

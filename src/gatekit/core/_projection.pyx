@@ -32,7 +32,7 @@ db = Σ_t dz_t, dx_t += dz_t W[:, P:].
 from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, StepEnd, GO_ALONE, STOP, gk_barrier, gk_barrier_init, gk_barrier_wait,
+    MAX_TEAM, Pace, StepEnd, GO_ALONE, STOP, gk_barrier, gk_barrier_wait,
     gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
     start_pace)
 
@@ -215,11 +215,10 @@ cdef Py_ssize_t run_crew(Crew* crew) noexcept nogil:
     for m in range(MAX_TEAM):
         crew.failed[m], crew.out_of_memory[m] = -1, False
         members[m].crew, members[m].index = crew, m
-    gk_barrier_init(&crew.barrier, size)
     # each share is fixed by the crew's size: if not all start, this thread runs alone
-    crew.size = start_members(&crew.start, threads, crew_main, members, sizeof(CrewMember), size)
-    if crew.size < size:
-        gk_barrier_init(&crew.barrier, 1)
+    if start_members(&crew.start, &crew.barrier, threads, crew_main, members,
+                     sizeof(CrewMember), size) < size:
+        crew.size = 1
     crew_member(crew, 0)
     join_members(threads, crew.size)
     for m in range(crew.size):

@@ -41,7 +41,7 @@ from libc.string cimport memset
 from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, GO_ALONE, gk_barrier, gk_barrier_init, gk_barrier_wait, gk_start,
+    MAX_TEAM, Pace, GO_ALONE, gk_barrier, gk_barrier_wait, gk_start,
     gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members, start_pace)
 
 from gatekit.core._gate import PythonGate
@@ -183,11 +183,9 @@ cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
     for m in range(sc.size):
         sc.failed[m] = -1
         members[m].scan, members[m].index = sc, m
-    gk_barrier_init(&sc.barrier, size)
-    sc.size = start_members(&sc.start, threads, member_main, members, sizeof(Member), size)
-    if sc.size < size:
-        sc.units = sc.H
-        gk_barrier_init(&sc.barrier, 1)
+    if start_members(&sc.start, &sc.barrier, threads, member_main, members, sizeof(Member),
+                     size) < size:
+        sc.size, sc.units = 1, sc.H
     run_member(sc, 0)
     join_members(threads, sc.size)
     for m in range(sc.size):

@@ -39,14 +39,21 @@ cdef enum:
 ctypedef void* (*MemberMain)(void*) noexcept nogil
 
 
-cdef inline int start_members(gk_start* start, pthread_t* threads, MemberMain main,
-                              void* members, size_t member_size, int size) noexcept nogil:
+cdef inline int start_members(gk_start* start, gk_barrier* barrier, pthread_t* threads,
+                              MemberMain main, void* members, size_t member_size,
+                              int size) noexcept nogil:
     """Start threads 1 .. size - 1, thread m on main(members + m * member_size) (the caller
-    fills the members first; each waits on ``start`` before it runs). Returns the threads the
-    pass runs on, this one included: ``size``, or 1 if the system would not start them all,
-    and then those started have been told to leave and joined (the shares are fixed by the
-    team's size: this thread takes every unit)."""
+    fills the members first; each waits on ``start`` before it runs), meeting at ``barrier``.
+    Returns the threads the pass runs on, this one included: ``size`` (the members are then
+    running: the caller writes nothing they read), or 1 if the system would not start them
+    all; then those started have been told to leave and joined, and ``barrier`` waits for
+    this thread alone (the shares are fixed by the team's size: this thread takes every
+    unit)."""
     cdef int m, started = 1
+    # Before any thread exists: a member released early reaches the barrier as soon as its
+    # share of the first chunk or step is done, maybe before this thread runs again; the
+    # barrier (in the caller's struct, on its stack) must not hold what the stack held before.
+    gk_barrier_init(barrier, size)
     gk_start_init(start)
     for m in range(1, size):
         if pthread_create(&threads[m], NULL, main, <char*> members + m * member_size) != 0:
@@ -55,6 +62,7 @@ cdef inline int start_members(gk_start* start, pthread_t* threads, MemberMain ma
     if started < size:
         gk_set_start(start, -1)
         join_members(threads, started)
+        gk_barrier_init(barrier, 1)
         return 1
     gk_set_start(start, 1)
     return size
@@ -110,8 +118,11 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
             pace.started = -1
         else:
             pace.started, pace.waited_before = gk_now_ns(), gk_barrier_waited(barrier)
+    # Only failures at step t: a thread past this barrier may already have recorded one at
+    # its next step (thread 0 alone, or a member racing ahead), which the others must not
+    # read as a reason to stop here, where the rest still expect them at that next barrier.
     for m in range(size):
-        if failures[m] >= 0:
+        if failures[m] == t:
             return STOP
     return GO_ALONE if pace.alone_after == t else GO_ON
 
