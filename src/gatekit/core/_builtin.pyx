@@ -9,8 +9,12 @@ tanh' = 1 - tanh²), so the pre-activations need not be kept.
 """
 from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, exp_, sigmoid,
                                  tanh_, gemm, out_of_memory, post_gate_product, sync)
-from gatekit.core import reference
+from gatekit.core._generated cimport GeneratedGate, gk_generated_kernel
+from gatekit.core import codegen, derived, reference
+from gatekit.core.building import VECTOR_BUILDS
+from gatekit.core.compiler import Kernels
 from libc.math cimport sqrt
+import json
 
 __all__ = ["BUILTIN_GATES", "matmul"]
 
@@ -834,28 +838,6 @@ cdef inline void layernorm_use_backward(floating* dLTM_t, floating* dU_t, floati
             dLTM_t[b * H + j] += rstd * (g_c[j] * du[j] - s1 - ((ltm[j] - mean) * rstd) * s2)
 
 
-cdef class ForgetStandard(Gate):
-    role, name, blocks = "forget", "standard", ("f",)
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget)
-    backward_definition = staticmethod(reference.forget_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        sigmoid_rows(s.f_t, s.z + self.offset, <float*> NULL, s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        sigmoid_rows(s.f_t, s.z + self.offset, <double*> NULL, s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> NULL, s.LTM_prev,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> NULL, s.LTM_prev,
-                              <double*> NULL, <double*> NULL, &s.e)
-
-
 cdef class ForgetPeephole(Gate):
     role, name, blocks = "forget", "peephole", ("f",)
     params = {"p_f": ("H",)}
@@ -898,16 +880,6 @@ cdef class ForgetNone(Gate):
         pass
 
 
-cdef class ForgetEvent(ForgetStandard):
-    """f_t = σ(W_f E_t + b_f): the forget factor of minGRU and MUT1 (1 - their update gate z)."""
-    role, name, blocks = "forget", "event", ("f",)
-    reads = {"f": "event"}
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget_event)
-    backward_definition = staticmethod(reference.forget_event_backward)
-    differentiable = True
-
-
 cdef class ForgetMin(Gate):
     """minLSTM's normalised forget factor f_t = σ(z_f) / (σ(z_f) + σ(z_i)), both blocks reading
     the event only (its learn gate `min` takes i_t = 1 - f_t, minLSTM's normalised i)."""
@@ -933,31 +905,6 @@ cdef class ForgetMin(Gate):
 
 
 # --- Learn (blocks: n combines, i ignores) --------------------------------------------------------
-
-cdef class LearnStandard(Gate):
-    role, name, blocks = "learn", "standard", ("n", "i")
-    definition = staticmethod(reference.learn)
-    backward_definition = staticmethod(reference.learn_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
-                              <double*> NULL, <double*> NULL, &s.e)
-
 
 cdef class LearnPeephole(Gate):
     role, name, blocks = "learn", "peephole", ("n", "i")
@@ -1253,51 +1200,7 @@ cdef class LearnMut1(Gate):
             out_of_memory(self, &s.error)
 
 
-# --- Remember -------------------------------------------------------------------------------------
-
-cdef class RememberStandard(Gate):
-    role, name = "remember", "standard"
-    definition = staticmethod(reference.remember)
-    backward_definition = staticmethod(reference.remember_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
-                               s.N_t, s.i_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
-                               s.N_t, s.i_t, &s.e)
-
-
 # --- Use (block v: the sigmoid factor V_t) --------------------------------------------------------
-
-cdef class UseStandard(Gate):
-    role, name, blocks = "use", "standard", ("v",)
-    definition = staticmethod(reference.use)
-    backward_definition = staticmethod(reference.use_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, True, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, True, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <float*> NULL, <float*> NULL, True, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <double*> NULL, <double*> NULL, True, &s.e)
-
 
 cdef class UsePeephole(Gate):
     role, name, blocks = "use", "peephole", ("v",)
@@ -1663,6 +1566,63 @@ cdef class UseLayernorm(Gate):
     cdef void backward_double(self, StepDouble* s) noexcept nogil:
         layernorm_use_backward(s.dLTM_t, s.dU_t, s.dV_t, s.dparam[0], s.dparam[1], s.dSTM_t,
                                s.U_t, s.V_t, s.LTM_t, <double*> self.param[0], s.barrier, &s.e)
+
+
+# --- Built from their definitions (gatekit.core.derived) ----------------------------------------
+# These gates' kernels are generated from their NumPy definitions when gatekit is built, into
+# the header this includes; their classes are made here from gatekit.core.derived's
+# declarations. The gates above stay hand-written, each for the reason its comment gives.
+
+cdef extern from "_derived.h" nogil:
+    ctypedef struct gk_derived_kernel:
+        const char* symbol
+        gk_generated_kernel kernel
+    const gk_derived_kernel* GK_DERIVED_KERNELS
+    const char* GK_DERIVED_SLOTS
+
+_DERIVED_SLOTS = json.loads(GK_DERIVED_SLOTS.decode())
+
+
+def _derived_kernels():
+    cdef Py_ssize_t n = 0
+    found = {}
+    while GK_DERIVED_KERNELS[n].symbol != NULL:
+        found[GK_DERIVED_KERNELS[n].symbol.decode()] = n
+        n += 1
+    return found
+
+
+_DERIVED_KERNELS = _derived_kernels()
+# This module's instruction set: it is compiled once for each (gatekit.core.instruction_sets).
+_BUILD = next((build for build in VECTOR_BUILDS if __name__.endswith(f"_{build}")), "baseline")
+
+
+cdef class DerivedGate(GeneratedGate):
+    """A built-in gate whose kernels, generated from its definition, are linked into this
+    module: the compiled gate of the equation gates, finding them here rather than in a
+    shared library."""
+
+    def _open(self, library, symbols):
+        for k, symbol in enumerate(symbols):
+            if symbol not in _DERIVED_KERNELS:
+                raise ImportError(f"{library} has no function {symbol}")
+            self.run[k] = GK_DERIVED_KERNELS[<Py_ssize_t> _DERIVED_KERNELS[symbol]].kernel
+
+
+def _derived(class_name):
+    slots = _DERIVED_SLOTS[class_name]
+    kernels = Kernels(__name__, codegen.symbols(derived.prefix(class_name)),
+                      tuple(map(tuple, slots["forward"])), tuple(map(tuple, slots["backward"])),
+                      _BUILD)
+    return type(class_name, (DerivedGate,),
+                {**derived.declarations(class_name), "kernels": kernels, "__module__": __name__})
+
+
+ForgetStandard = _derived("ForgetStandard")
+ForgetEvent = _derived("ForgetEvent")
+LearnStandard = _derived("LearnStandard")
+RememberStandard = _derived("RememberStandard")
+UseStandard = _derived("UseStandard")
 
 
 BUILTIN_GATES = (

@@ -25,14 +25,6 @@ cdef extern from "<dlfcn.h>" nogil:
     int RTLD_NOW
     int RTLD_LOCAL
 
-cdef extern from "_generated.h" nogil:
-    enum: GK_GENERATED_MAX_ARRAYS
-    ctypedef struct gk_generated_args:
-        Py_ssize_t B, H, u0, u1
-        void* array[GK_GENERATED_MAX_ARRAYS]
-        Py_ssize_t stride[GK_GENERATED_MAX_ARRAYS]
-    ctypedef void (*gk_generated_kernel)(const gk_generated_args* args) noexcept nogil
-
 #: The step fields a generated kernel may take, in the order of their codes. ``z`` and ``dz``
 #: are keyed by a block of the gate; the ``mem_`` kinds by a memory's name; ``param`` and
 #: ``dparam`` by one of the gate's parameters.
@@ -52,12 +44,6 @@ cdef class GeneratedGate(Gate):
     (``gatekit.core.equation`` does)."""
     differentiable = True
     kernels = None
-    cdef void* handle
-    cdef gk_generated_kernel run[4]          # forward float, forward double, backward float, double
-    cdef int count[2]                        # arrays of the forward and backward kernels
-    cdef bint syncs_first                    # a gate that sums over units: see `call`
-    cdef int kind[2][GK_GENERATED_MAX_ARRAYS]
-    cdef Py_ssize_t key[2][GK_GENERATED_MAX_ARRAYS]
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,
                  columns=None, memories=None):
@@ -87,6 +73,8 @@ cdef class GeneratedGate(Gate):
                     self.key[direction][k] = 0
 
     def _open(self, library, symbols):
+        """Find the kernels ``symbols`` in ``library``, keeping it open (a subclass whose
+        kernels are linked in finds them there instead)."""
         handle = dlopen(os.fsencode(library), RTLD_NOW | RTLD_LOCAL)
         if handle == NULL:
             raise ImportError(f"cannot load the generated gate {library}: "

@@ -21,10 +21,21 @@ parameter's gradient is summed over rows, into the thread's units.
 """
 import math
 
-__all__ = ["generate", "Source", "SYMBOLS"]
+__all__ = ["generate", "HEADERS", "Source", "symbols", "SYMBOLS"]
 
-#: The names of the four kernels, in the order the gate holds them.
-SYMBOLS = ("gk_forward_float", "gk_forward_double", "gk_backward_float", "gk_backward_double")
+#: What the generated C includes.
+HEADERS = ('#include "_fastmath.h"', '#include "_generated.h"')
+KERNELS = ("forward_float", "forward_double", "backward_float", "backward_double")
+
+
+def symbols(prefix="gk_"):
+    """The names of the four kernels of a source generated with ``prefix``, in the order the
+    gate holds them."""
+    return tuple(prefix + kernel for kernel in KERNELS)
+
+
+#: The names of the four kernels of an equation gate's library.
+SYMBOLS = symbols()
 
 ROLE_QUANTITIES = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t", "STM_t")
 _STEP_INPUTS = ("STM_prev", "LTM_prev", "E_t", "s_t") + ROLE_QUANTITIES
@@ -68,8 +79,11 @@ def output_slot(name):
     return ("mem_t", name[:-2]), ("dmem_t", name[:-2])
 
 
-def generate(traced):
-    """The C of the gate ``traced`` (an ``equation.Traced``) describes."""
+def generate(traced, prefix="gk_", storage="", headers=True):
+    """The C of the gate ``traced`` (an ``equation.Traced``) describes: its kernels are
+    :func:`symbols` of ``prefix``, declared ``storage`` (``"static "`` for many gates' kernels
+    compiled into a module, each kept to it), after the ``HEADERS`` unless ``headers`` is
+    False."""
     graph = traced.graph
     parameters = set(traced.parameters)
     inputs = sorted(traced.inputs.items(), key=lambda item: item[1])
@@ -82,10 +96,12 @@ def generate(traced):
     seed_reads = [(graph.input(f"d:{name}"), output_slot(name)[1]) for name in seeded]
     adds = [(node, input_slot(name, parameters)[1], "+=") for name, node in gradients]
     backward_reads = forward_reads + seed_reads
-    parts = ['#include "_fastmath.h"', '#include "_generated.h"', ""]
+    parts = [*HEADERS, ""] if headers else []
     for dtype in ("float", "double"):
-        parts.append(_kernel(graph, f"forward_{dtype}", dtype, forward_reads, writes))
-        parts.append(_kernel(graph, f"backward_{dtype}", dtype, backward_reads, adds))
+        for direction, reads, written in (("forward", forward_reads, writes),
+                                          ("backward", backward_reads, adds)):
+            parts.append(_kernel(graph, f"{prefix}{direction}_{dtype}", dtype, reads, written,
+                                 storage))
     return Source("\n".join(parts), [slot for _, slot in forward_reads] + [s for _, s, _ in writes],
                   [slot for _, slot in backward_reads] + [s for _, s, _ in adds])
 
@@ -137,8 +153,8 @@ def _expression(graph, node, dtype):
     raise AssertionError(f"no C for {op}")          # pragma: no cover
 
 
-def _kernel(graph, name, dtype, reads, writes):
-    """``gk_<name>``: the rows loop, calling ``<name>_row`` on each row's slices. The row
+def _kernel(graph, name, dtype, reads, writes, storage):
+    """``<name>``: the rows loop, calling ``<name>_row`` on each row's slices. The row
     function first computes the row's sums over units, each in a loop over all H units (in
     one order, so every thread gets the same bits), nested sums first, then its units."""
     roots = [node for node, _, _ in writes]
@@ -159,7 +175,7 @@ def _kernel(graph, name, dtype, reads, writes):
            f"{', '.join(parameters)}) {{\n" + "\n".join(lines) + "\n}\n")
     calls = ", ".join(f"({'const ' if k < len(reads) else ''}{dtype}*) args->array[{k}] "
                       f"+ b * args->stride[{k}]" for k in range(len(parameters)))
-    kernel = (f"void gk_{name}(const gk_generated_args* args) {{\n"
+    kernel = (f"{storage}void {name}(const gk_generated_args* args) {{\n"
               f"    const ptrdiff_t B = args->B, H = args->H, u0 = args->u0, u1 = args->u1;\n"
               f"    for (ptrdiff_t b = 0; b < B; ++b)\n"
               f"        {name}_row(H, u0, u1{', ' if calls else ''}{calls});\n}}\n")

@@ -1,0 +1,98 @@
+"""The built-in gates built from their definitions: one source of truth.
+
+A built-in gate whose NumPy definition (``gatekit.reference``) compiles to kernels as fast as
+hand-written ones (issue 14: forward and backward within 5 %, measured by
+benchmarks/twins.py) has no hand-written kernels. Its declarations are stated here, in
+:data:`GATES`, once; from them:
+
+- at build time, ``setup.py`` (which cannot import gatekit: its ``__init__`` imports the
+  compiled modules, so it loads this module and the pure-Python ones it imports by their
+  paths) traces each definition (``gatekit.core.equation``), generates its four kernels
+  (``gatekit.core.codegen``: float and double, forward and backward) and writes them, all
+  gates in one C header (:func:`header`), to the build folder, never to the source tree nor to
+  git: what is compiled is what the generator writes today, so there is nothing to keep in
+  step. ``_builtin.pyx`` includes that header, so the kernels are compiled into each build of
+  ``_builtin`` (portable, AVX2, AVX-512) with its flags and linked statically: no compiler,
+  no build cache, no ``dlopen`` at run time. The header also holds each gate's slots (what
+  each array of a kernel is), as JSON.
+- at run time, ``_builtin`` makes each gate's class from the same declarations
+  (:func:`declarations`) on its ``DerivedGate``, the compiled gate of the equation gates
+  (``gatekit.core._generated.GeneratedGate``, whose argument struct it fills from the slots)
+  with the kernels found in that module rather than in a shared library.
+
+The generated C has no bounds checks, in the ``GATEKIT_DEBUG=1`` build too: it is compiled
+there without optimisation, and its reads are held by the suite to the reference's results.
+
+What stays hand-written in ``_builtin.pyx``, and why, is said there, gate by gate.
+"""
+import json
+
+from gatekit.core import codegen, equation, reference
+from gatekit.core.declared import Declarations
+
+__all__ = ["declarations", "GATES", "header", "HEADER", "prefix", "traced_class"]
+
+#: The file the build writes the kernels to (in its build folder).
+HEADER = "_derived.h"
+
+#: The declarations of each built-in gate built from its definition, by class name.
+GATES = {
+    "ForgetStandard": dict(role="forget", name="standard", blocks=("f",),
+                           outputs=("s_t", "f_t"), definition=reference.forget,
+                           backward_definition=reference.forget_backward),
+    "ForgetEvent": dict(role="forget", name="event", blocks=("f",), reads={"f": "event"},
+                        outputs=("s_t", "f_t"), definition=reference.forget_event,
+                        backward_definition=reference.forget_event_backward,
+                        __doc__="f_t = σ(W_f E_t + b_f): the forget factor of minGRU and MUT1 "
+                                "(1 - their update gate z)."),
+    "LearnStandard": dict(role="learn", name="standard", blocks=("n", "i"),
+                          definition=reference.learn,
+                          backward_definition=reference.learn_backward),
+    "RememberStandard": dict(role="remember", name="standard", definition=reference.remember,
+                             backward_definition=reference.remember_backward),
+    "UseStandard": dict(role="use", name="standard", blocks=("v",), definition=reference.use,
+                        backward_definition=reference.use_backward),
+}
+
+_FUNCTIONS = ("definition", "backward_definition")
+
+
+def declarations(class_name):
+    """The class attributes of the built-in gate ``class_name`` of :data:`GATES`."""
+    declared = dict(GATES[class_name])
+    declared.update({name: staticmethod(declared[name]) for name in _FUNCTIONS
+                     if name in declared})
+    return declared
+
+
+def traced_class(class_name):
+    """The declarations of ``class_name`` as a class the tracer reads, without the compiled
+    core."""
+    return type(class_name, (Declarations,), declarations(class_name))
+
+
+def prefix(class_name):
+    """The prefix of the names of the kernels of ``class_name`` (``codegen.symbols``)."""
+    return f"gk_{GATES[class_name]['role']}_{GATES[class_name]['name']}_"
+
+
+def header():
+    """The C header of every gate of :data:`GATES`: its kernels, declared static; the table
+    ``GK_DERIVED_KERNELS`` of their names and addresses, ended by a NULL name; and
+    ``GK_DERIVED_SLOTS``, a JSON object giving each gate's forward and backward slots, by
+    class name."""
+    parts = ["/* Written by setup.py from gatekit.core.derived: do not edit. */",
+             *codegen.HEADERS, ""]
+    table, slots = [], {}
+    for class_name in GATES:
+        source = codegen.generate(equation.trace(traced_class(class_name)),
+                                  prefix(class_name), storage="static ", headers=False)
+        parts.append(source.text)
+        table += [f'    {{"{symbol}", {symbol}}},' for symbol in codegen.symbols(prefix(class_name))]
+        slots[class_name] = {"forward": source.forward_slots, "backward": source.backward_slots}
+    text = json.dumps(slots, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"')
+    parts += ["typedef struct { const char* symbol; gk_generated_kernel kernel; } "
+              "gk_derived_kernel;",
+              "static const gk_derived_kernel GK_DERIVED_KERNELS[] = {", *table,
+              "    {NULL, NULL}", "};", f'static const char GK_DERIVED_SLOTS[] = "{text}";', ""]
+    return "\n".join(parts)
