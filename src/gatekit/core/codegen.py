@@ -7,12 +7,16 @@ computed once. The body is a function of restrict pointers, one per array (the r
 with ``#pragma GCC ivdep`` on the unit loop: GCC vectorises it with gatekit's own branch-free
 exp, sigmoid and tanh (``_fastmath.h``), which it inlines.
 
-What backward keeps and what it recomputes: the forward kernel writes only the gate's outputs,
-and backward recomputes, unit by unit, whatever it needs of the forward expression from the
-step's kept inputs (the blocks' pre-activations in ``z``, the earlier gates' outputs, the
-memories, the parameters). That costs a few flops per unit against the step's matrix product,
-needs no scratch, and is more accurate than recovering an intermediate from an output (the
-floored forget gate's note in plugins/gatekit-floored-forget).
+What backward keeps and what it recomputes: it reads what forward wrote of the role's
+quantities the step keeps for backward (``KEPT``: ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``,
+``V_t``; the hand-written gates read them too) wherever its gradients use that very node (σ(z)
+of a sigmoid's derivative, tanh(z) of a tanh's), and recomputes, unit by unit, whatever else it
+needs of the forward expression from the step's kept inputs (the blocks' pre-activations in
+``z``, the earlier gates' outputs, the memories, the parameters). Reading an output costs a
+load where recomputing it costs an exp; the rest costs a few flops per unit against the step's
+matrix product, needs no scratch, and is more accurate than recovering an intermediate from an
+output (the floored forget gate's note in plugins/gatekit-floored-forget). ``STM_t`` is never
+read back (under zoneout the step holds the zoned STM there), nor a gate's extra memories.
 
 The arrays a kernel takes are listed as ``(kind, key)`` slots (``_generated.pyx``'s
 ``SLOT_KINDS``): the gradients of a gate's outputs are read where the step holds them, and the
@@ -38,6 +42,8 @@ def symbols(prefix="gk_"):
 SYMBOLS = symbols()
 
 ROLE_QUANTITIES = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t", "STM_t")
+#: The outputs backward reads back rather than recomputing (see the module's docstring).
+KEPT = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t")
 _STEP_INPUTS = ("STM_prev", "LTM_prev", "E_t", "s_t") + ROLE_QUANTITIES
 
 # (float, double) names of each function of one argument.
@@ -95,7 +101,12 @@ def generate(traced, prefix="gk_", storage="", headers=True):
     seeded, gradients = traced.gradients()
     seed_reads = [(graph.input(f"d:{name}"), output_slot(name)[1]) for name in seeded]
     adds = [(node, input_slot(name, parameters)[1], "+=") for name, node in gradients]
-    backward_reads = forward_reads + seed_reads
+    roots = [node for node, _, _ in adds]
+    used = set(graph.needed(roots))
+    kept_reads = [(node, slot) for node, slot, _ in writes
+                  if slot[0] in KEPT and node in used and graph.nodes[node][0] != "input"]
+    used = _reached(graph, roots, {node for node, _ in kept_reads}, into_sums=True)
+    backward_reads = [read for read in forward_reads + kept_reads if read[0] in used] + seed_reads
     parts = [*HEADERS, ""] if headers else []
     for dtype in ("float", "double"):
         for direction, reads, written in (("forward", forward_reads, writes),
@@ -189,15 +200,9 @@ def _loop(start, end, body):
 
 def _body(graph, roots, loaded, dtype):
     """One local per node ``roots`` need, in order; a sum over units is the row's ``s<node>``,
-    computed before."""
-    body, seen, stack = [], set(), list(roots)
-    while stack:                            # the nodes needed, not looking into sums
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            if graph.nodes[node][0] != "sum":
-                stack.extend(graph.nodes[node][1])
-    for node in sorted(seen):
+    computed before; a node ``loaded`` is read, not computed."""
+    body = []
+    for node in sorted(_reached(graph, roots, loaded, into_sums=False)):
         op, _, value = graph.nodes[node]
         kind = "int" if op in ("lt", "le", "gt", "ge") else dtype
         if node in loaded:
@@ -211,6 +216,19 @@ def _body(graph, roots, loaded, dtype):
         else:
             body.append(f"        const {kind} v{node} = {_expression(graph, node, dtype)};")
     return body
+
+
+def _reached(graph, roots, loaded, into_sums):
+    """The nodes ``roots`` need, not looking into what is ``loaded`` nor, unless
+    ``into_sums``, into sums over units."""
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            if node not in loaded and (into_sums or graph.nodes[node][0] != "sum"):
+                stack.extend(graph.nodes[node][1])
+    return seen
 
 
 def _levels(graph, sums):
