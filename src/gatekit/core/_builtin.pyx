@@ -809,8 +809,11 @@ cdef extern from "_derived.h" nogil:
         gk_generated_kernel kernel
     const gk_derived_kernel* GK_DERIVED_KERNELS
     const char* GK_DERIVED_SLOTS
+    const char* GK_DERIVED_FINGERPRINT
 
 _DERIVED_SLOTS = json.loads(GK_DERIVED_SLOTS.decode())
+#: What gatekit.core.derived generated for this build (derived.fingerprint() of its header).
+DERIVED_FINGERPRINT = GK_DERIVED_FINGERPRINT.decode()
 
 
 def _derived_kernels():

@@ -25,12 +25,13 @@ there without optimisation, and its reads are held by the suite to the reference
 
 What stays hand-written in ``_builtin.pyx``, and why, is said there, gate by gate.
 """
+import hashlib
 import json
 
 from gatekit.core import codegen, equation, reference
 from gatekit.core.declared import Declarations
 
-__all__ = ["declarations", "GATES", "header", "HEADER", "prefix", "traced_class"]
+__all__ = ["declarations", "fingerprint", "GATES", "header", "HEADER", "prefix", "traced_class"]
 
 #: The file the build writes the kernels to (in its build folder).
 HEADER = "_derived.h"
@@ -148,9 +149,20 @@ def prefix(class_name):
 
 def header():
     """The C header of every gate of :data:`GATES`: its kernels, declared static; the table
-    ``GK_DERIVED_KERNELS`` of their names and addresses, ended by a NULL name; and
-    ``GK_DERIVED_SLOTS``, a JSON object giving each gate's forward and backward slots, by
-    class name."""
+    ``GK_DERIVED_KERNELS`` of their names and addresses, ended by a NULL name;
+    ``GK_DERIVED_SLOTS``, a JSON object giving each gate's forward and backward slots, by class
+    name; and ``GK_DERIVED_FINGERPRINT``, the :func:`fingerprint` of all that, by which a
+    build is known to hold what the generator writes today."""
+    body = _body()
+    return body + f'static const char GK_DERIVED_FINGERPRINT[] = "{fingerprint(body)}";\n'
+
+
+def fingerprint(body=None):
+    """A hash of the header's kernels, table and slots (by default, as generated now)."""
+    return hashlib.sha256((_body() if body is None else body).encode()).hexdigest()
+
+
+def _body():
     parts = ["/* Written by setup.py from gatekit.core.derived: do not edit. */",
              *codegen.HEADERS, ""]
     table, slots = [], {}
@@ -158,7 +170,8 @@ def header():
         source = codegen.generate(equation.trace(traced_class(class_name)),
                                   prefix(class_name), storage="static ", headers=False)
         parts.append(source.text)
-        table += [f'    {{"{symbol}", {symbol}}},' for symbol in codegen.symbols(prefix(class_name))]
+        table += [f'    {{"{symbol}", {symbol}}},'
+                  for symbol in codegen.symbols(prefix(class_name))]
         slots[class_name] = {"forward": source.forward_slots, "backward": source.backward_slots}
     text = json.dumps(slots, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"')
     parts += ["typedef struct { const char* symbol; gk_generated_kernel kernel; } "
