@@ -9,7 +9,9 @@ library, its four functions and, for each direction, the arrays the kernel takes
 or a parameter. Each call fills a small argument struct (``_generated.h``: the rows, the units
 and the pointers with their row strides) from the step and calls the kernel through a pointer
 found with ``dlsym``, without the GIL, on every thread of the call. The library stays open as
-long as a gate uses it.
+long as a gate uses it. The built-in gates built from their definitions are this gate too,
+with their kernels linked into their module instead (``_builtin.pyx``'s ``DerivedGate``, through
+``_generated.pxd``).
 """
 import os
 
