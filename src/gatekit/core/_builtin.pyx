@@ -532,7 +532,7 @@ cdef inline void layernorm_use_backward(floating* dLTM_t, floating* dU_t, floati
             dLTM_t[b * H + j] += rstd * (g_c[j] * du[j] - s1 - ((ltm[j] - mean) * rstd) * s2)
 
 
-# --- Hand-written: what the generator cannot yet build ---------------------------------------------
+# --- Hand-written: what the generator cannot yet build --------------------------------------------
 # Every other built-in gate is built from its definition (gatekit.core.derived, below).
 
 cdef class ForgetPeephole(Gate):
@@ -856,10 +856,9 @@ globals().update({class_name: _derived(class_name) for class_name in derived.GAT
 
 
 BUILTIN_GATES = tuple(globals()[class_name] for class_name in (
-
     "ForgetStandard", "ForgetPeephole", "ForgetNone", "ForgetEvent", "ForgetMin",
-    "LearnStandard", "LearnPeephole", "LearnNoIgnore", "LearnLinear", "LearnLinearPeephole", "LearnCoupled",
-    "LearnJanet", "LearnMin", "LearnReset", "LearnMgu", "LearnMut1",
+    "LearnStandard", "LearnPeephole", "LearnNoIgnore", "LearnLinear", "LearnLinearPeephole",
+    "LearnCoupled", "LearnJanet", "LearnMin", "LearnReset", "LearnMgu", "LearnMut1",
     "RememberStandard",
     "UseStandard", "UsePeephole", "UseLinear", "UseLinearPeephole", "UseNoOutputGate", "UseMemory",
     "UseLiteral", "UseCourse",
