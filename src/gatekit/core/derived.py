@@ -1,8 +1,8 @@
 """The built-in gates built from their definitions: one source of truth.
 
 A built-in gate whose NumPy definition (``gatekit.reference``) compiles to kernels as fast as
-hand-written ones (issue 14: forward and backward within 5 %, measured by
-benchmarks/twins.py) has no hand-written kernels. Its declarations are stated here, in
+hand-written ones (issue 14: forward and backward within 5 %, measured gate by gate by
+``benchmarks/twins.py --per-gate``) has no hand-written kernels. Its declarations are stated here, in
 :data:`GATES`, once; from them:
 
 - at build time, ``setup.py`` (which cannot import gatekit: its ``__init__`` imports the
@@ -14,7 +14,8 @@ benchmarks/twins.py) has no hand-written kernels. Its declarations are stated he
   step. ``_builtin.pyx`` includes that header, so the kernels are compiled into each build of
   ``_builtin`` (portable, AVX2, AVX-512) with its flags and linked statically: no compiler,
   no build cache, no ``dlopen`` at run time. The header also holds each gate's slots (what
-  each array of a kernel is), as JSON.
+  each array of a kernel is), as JSON, and a fingerprint of it all, which the tests compare
+  with what the generator writes from the source tree (tests/equation/test_derived.py).
 - at run time, ``_builtin`` makes each gate's class from the same declarations
   (:func:`declarations`) on its ``DerivedGate``, the compiled gate of the equation gates
   (``gatekit.core._generated.GeneratedGate``, whose argument struct it fills from the slots)
