@@ -306,15 +306,12 @@ def test_long_sequence_on_two_threads():
 
 # --- What the tape keeps (keep=True): pre-activations, gate outputs and memories ---------------
 
-# A gate with a peephole leaves its full pre-activation in its block of z: the product plus
-# p ⊙ memory (sigmoid_rows in gatekit/core/_builtin.pyx).
+# The forget gate with a peephole passes on s_t, its full pre-activation, in its block of z:
+# the product plus p_f ⊙ LTM_{t-1}. Every other block of z holds the loop's product (the
+# peepholes of the learn and use gates, built from their definitions, leave it as it is).
 # (role, gate, block): (parameter, memory).
 PEEPHOLE_TERMS = {
     ("forget", "peephole", "f"): ("p_f", "LTM_prev"),
-    ("learn", "peephole", "i"): ("p_i", "LTM_prev"),
-    ("learn", "linear_peephole", "i"): ("p_i", "LTM_prev"),
-    ("use", "peephole", "v"): ("p_v", "LTM_t"),
-    ("use", "linear_peephole", "v"): ("p_v", "LTM_t"),
 }
 ACTS = ("f_t", "i_t", "N_t", "U_t", "V_t")
 

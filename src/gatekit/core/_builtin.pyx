@@ -2,19 +2,26 @@
 same hook a third-party plugin uses; each names its NumPy definition in ``gatekit.reference``,
 which the tests hold it to.
 
-The kernels work row by row on units [u0, u1), in plain loops over contiguous memory that the
-compiler can vectorise. A gate's two methods of each kind (float, double) call the same fused
-kernel; backward kernels take derivatives from the forward outputs (σ' = σ(1 - σ),
-tanh' = 1 - tanh²), so the pre-activations need not be kept.
+Most are built from that definition (``gatekit.core.derived``): their kernels are generated
+when gatekit is built and compiled into this module, and their classes made at its end from
+the declarations stated there. The gates written here by hand are those the generator cannot
+yet build, each with a comment saying why. Their kernels work row by row on units [u0, u1), in
+plain loops over contiguous memory that the compiler can vectorise. A gate's two methods of
+each kind (float, double) call the same fused kernel; backward kernels take derivatives from
+the forward outputs (σ' = σ(1 - σ), tanh' = 1 - tanh²), so the pre-activations need not be
+kept.
 """
-from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, exp_, sigmoid,
+from gatekit.core._gate cimport (Gate, Extent, StepFloat, StepDouble, floating, sigmoid,
                                  tanh_, gemm, out_of_memory, post_gate_product, sync)
-from gatekit.core import reference
+from gatekit.core._generated cimport GeneratedGate, gk_generated_kernel
+from gatekit.core import codegen, derived, reference
+from gatekit.core.building import VECTOR_BUILDS
+from gatekit.core.compiler import Kernels
 from libc.math cimport sqrt
+import json
 
 __all__ = ["BUILTIN_GATES", "matmul"]
 
-cdef double JANET_BETA = reference.JANET_BETA
 cdef double LN_EPSILON = reference.LN_EPSILON
 
 
@@ -48,41 +55,6 @@ cdef inline void tanh_rows(floating* out, const floating* z, Py_ssize_t ldz,
             out[b * H + j] = tanh_(z[b * ldz + j])
 
 
-cdef inline void copy_rows(floating* out, const floating* a, Py_ssize_t lda,
-                           Extent* e) noexcept nogil:
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j
-    for b in range(B):
-        for j in range(u0, u1):
-            out[b * H + j] = a[b * lda + j]
-
-
-cdef inline void fill_rows(floating* out, floating value, Extent* e) noexcept nogil:
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j
-    for b in range(B):
-        for j in range(u0, u1):
-            out[b * H + j] = value
-
-
-cdef inline void one_minus_rows(floating* out, const floating* a, Extent* e) noexcept nogil:
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j
-    for b in range(B):
-        for j in range(u0, u1):
-            out[b * H + j] = 1 - a[b * H + j]
-
-
-cdef inline void janet_ignore_rows(floating* i_t, const floating* s_t, Extent* e) noexcept nogil:
-    """i_t = 1 - σ(s_t - β)"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j
-    cdef floating beta = <floating> JANET_BETA
-    for b in range(B):
-        for j in range(u0, u1):
-            i_t[b * H + j] = 1 - sigmoid(s_t[b * ldz + j] - beta)
-
-
 cdef inline void product_rows(floating* out, const floating* a, const floating* c,
                               Extent* e) noexcept nogil:
     cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
@@ -90,17 +62,6 @@ cdef inline void product_rows(floating* out, const floating* a, const floating* 
     for b in range(B):
         for j in range(u0, u1):
             out[b * H + j] = a[b * H + j] * c[b * H + j]
-
-
-cdef inline void remember_rows(floating* LTM_t, const floating* LTM_prev, const floating* f_t,
-                               const floating* N_t, const floating* i_t, Extent* e) noexcept nogil:
-    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            LTM_t[k] = LTM_prev[k] * f_t[k] + N_t[k] * i_t[k]
 
 
 cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
@@ -125,45 +86,6 @@ cdef inline int course_use(floating* U_t, floating* V_t, floating* STM_t, floati
     sigmoid_rows(V_t, z_v, <const floating*> NULL, <const floating*> NULL, e)
     product_rows(STM_t, U_t, V_t, e)
     return 0
-
-
-cdef inline void gated_output(floating* U_t, floating* V_t, floating* STM_t, floating* z_v,
-                              const floating* LTM_t, const floating* p_v, bint squash,
-                              Extent* e) noexcept nogil:
-    """U_t = tanh(LTM_t) (or LTM_t), V_t = σ(z_v + p_v ⊙ LTM_t), STM_t = U_t ⊙ V_t"""
-    cdef Py_ssize_t H = e.H
-    if squash:
-        tanh_rows(U_t, LTM_t, H, e)
-    else:
-        copy_rows(U_t, LTM_t, H, e)
-    sigmoid_rows(V_t, z_v, p_v, LTM_t, e)
-    product_rows(STM_t, U_t, V_t, e)
-
-
-# --- Kernels of the one-memory cells (GRU, minGRU, minLSTM) -------------------------------------
-
-cdef inline void min_forget_rows(floating* f_t, const floating* z_f, const floating* z_i,
-                                 Extent* e) noexcept nogil:
-    """minLSTM: f_t = σ(z_f) / (σ(z_f) + σ(z_i))"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j
-    cdef floating keep, take
-    for b in range(B):
-        for j in range(u0, u1):
-            keep = sigmoid(z_f[b * ldz + j])
-            take = sigmoid(z_i[b * ldz + j])
-            f_t[b * H + j] = keep / (keep + take)
-
-
-cdef inline void reset_learn_rows(floating* N_t, const floating* z_r, const floating* z_n,
-                                  const floating* z_hn, Extent* e) noexcept nogil:
-    """GRU's candidate: N_t = tanh(z_n + σ(z_r) ⊙ z_hn)"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * ldz + j
-            N_t[b * H + j] = tanh_(z_n[k] + sigmoid(z_r[k]) * z_hn[k])
 
 
 # --- Kernels of the candidates with a second recurrent product (MGU, MUT1) ----------------------
@@ -241,27 +163,6 @@ cdef inline void sigmoid_backward_rows(floating* dz, const floating* out, const 
                 dmemory[k] += dzb[j] * peephole[j]
 
 
-cdef inline void tanh_backward_rows(floating* dz, Py_ssize_t ldz, const floating* out,
-                                    const floating* dout, Extent* e) noexcept nogil:
-    """out = tanh(z): dz += dout ⊙ (1 - out²)"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            dz[b * ldz + j] += dout[k] * (1 - out[k] * out[k])
-
-
-cdef inline void add_rows(floating* out, Py_ssize_t ldo, const floating* a, floating sign,
-                          Extent* e) noexcept nogil:
-    """out += sign * a"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j
-    for b in range(B):
-        for j in range(u0, u1):
-            out[b * ldo + j] += sign * a[b * H + j]
-
-
 cdef inline void product_backward_rows(floating* da, floating* dc, const floating* a,
                                        const floating* c, const floating* dout,
                                        Extent* e) noexcept nogil:
@@ -273,48 +174,6 @@ cdef inline void product_backward_rows(floating* da, floating* dc, const floatin
             k = b * H + j
             da[k] += dout[k] * c[k]
             dc[k] += dout[k] * a[k]
-
-
-cdef inline void janet_ignore_backward_rows(floating* ds_t, const floating* i_t,
-                                            const floating* di_t, Extent* e) noexcept nogil:
-    """i_t = 1 - σ(s_t - β): ds_t += -di_t ⊙ i_t(1 - i_t)"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            ds_t[b * ldz + j] -= di_t[k] * i_t[k] * (1 - i_t[k])
-
-
-cdef inline void remember_backward_rows(floating* dLTM_prev, floating* df_t, floating* dN_t,
-                                        floating* di_t, const floating* dLTM_t,
-                                        const floating* LTM_prev, const floating* f_t,
-                                        const floating* N_t, const floating* i_t,
-                                        Extent* e) noexcept nogil:
-    """LTM_t = LTM_{t-1} ⊙ f_t + N_t ⊙ i_t"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            dLTM_prev[k] += dLTM_t[k] * f_t[k]
-            df_t[k] += dLTM_t[k] * LTM_prev[k]
-            dN_t[k] += dLTM_t[k] * i_t[k]
-            di_t[k] += dLTM_t[k] * N_t[k]
-
-
-cdef inline void gated_output_backward(floating* dz_v, floating* dLTM_t, floating* dU_t,
-                                       floating* dV_t, const floating* U_t, const floating* V_t,
-                                       const floating* LTM_t, const floating* dSTM_t,
-                                       const floating* p_v, floating* dp_v, bint squash,
-                                       Extent* e) noexcept nogil:
-    cdef Py_ssize_t H = e.H
-    product_backward_rows(dU_t, dV_t, U_t, V_t, dSTM_t, e)
-    if squash:
-        tanh_backward_rows(dLTM_t, H, U_t, dU_t, e)
-    else:
-        add_rows(dLTM_t, H, dU_t, 1, e)
-    sigmoid_backward_rows(dz_v, V_t, dV_t, p_v, LTM_t, dp_v, dLTM_t, e)
 
 
 cdef inline int course_use_backward(floating* dz_v, floating* dU_t, floating* dV_t,
@@ -359,165 +218,6 @@ cdef inline int course_use_finish(floating* dW_u, floating* db_u, const floating
         for j in range(H):
             db_u[j] += dU_pre[r * H + j]
     return 0
-
-
-# --- sLSTM (xLSTM, Beck et al. 2024): exponential gates, stabiliser m, normaliser n -----------
-# Each loop writes one array: a loop that writes several, each of which might overlap what it
-# reads, needs more run-time overlap checks than the compiler makes, and stays scalar (the
-# exponentials then cost more than the step's products at small H). Recomputing a cheap
-# quantity in two loops costs less.
-
-cdef inline void slstm_forget_rows(floating* f_t, floating* i_t, floating* m_t,
-                                   const floating* m_prev, const floating* z_f,
-                                   const floating* z_i, Extent* e) noexcept nogil:
-    """m_t = max(f̃ + m_{t-1}, ĩ), f_t = exp(f̃ + m_{t-1} - m_t), i_t = exp(ĩ - m_t)"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j
-    cdef floating log_f
-    cdef const floating* zf
-    cdef const floating* zi
-    cdef const floating* mp
-    cdef floating* m
-    for b in range(B):
-        zf, zi, mp, m = z_f + b * ldz, z_i + b * ldz, m_prev + b * H, m_t + b * H
-        for j in range(u0, u1):
-            log_f = zf[j] + mp[j]
-            m[j] = log_f if log_f >= zi[j] else zi[j]
-        for j in range(u0, u1):
-            f_t[b * H + j] = exp_(zf[j] + mp[j] - m[j])
-        for j in range(u0, u1):
-            i_t[b * H + j] = exp_(zi[j] - m[j])
-
-
-cdef inline floating slstm_dlog(bint forget_side, floating dm_t, floating df_t, floating di_t,
-                                floating f_t, floating i_t, floating log_f,
-                                floating log_i) noexcept nogil:
-    """The gradient of log f_t (forget_side) or of log i_t: its own, through its exp, and what
-    reaches m_t (its own, less f_t's and i_t's through their exp) if the max took its value from
-    this side (the forget side at a tie, as forward's >=)."""
-    cdef floating dlog_f = df_t * f_t, dlog_i = di_t * i_t
-    cdef floating dm = dm_t - dlog_f - dlog_i
-    if forget_side:
-        return dlog_f + dm if log_f >= log_i else dlog_f
-    return dlog_i if log_f >= log_i else dlog_i + dm
-
-
-cdef inline void slstm_forget_backward_rows(floating* dz_f, floating* dz_i, floating* dm_prev,
-                                            const floating* dm_t, const floating* df_t,
-                                            const floating* di_t, const floating* f_t,
-                                            const floating* i_t, const floating* m_prev,
-                                            const floating* z_f, const floating* z_i,
-                                            Extent* e) noexcept nogil:
-    """dz_f and dm_prev get d log f_t, dz_i d log i_t (see slstm_dlog)."""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            dz_f[b * ldz + j] += slstm_dlog(True, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
-                                            z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
-        for j in range(u0, u1):
-            k = b * H + j
-            dm_prev[k] += slstm_dlog(True, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
-                                     z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
-        for j in range(u0, u1):
-            k = b * H + j
-            dz_i[b * ldz + j] += slstm_dlog(False, dm_t[k], df_t[k], di_t[k], f_t[k], i_t[k],
-                                            z_f[b * ldz + j] + m_prev[k], z_i[b * ldz + j])
-
-
-cdef inline void slstm_use_rows(floating* n_t, floating* U_t, floating* V_t, floating* STM_t,
-                                const floating* n_prev, const floating* f_t,
-                                const floating* i_t, const floating* LTM_t,
-                                const floating* z_v, Extent* e) noexcept nogil:
-    """n_t = f_t ⊙ n_{t-1} + i_t, U_t = LTM_t / n_t, V_t = σ(z_v), STM_t = U_t ⊙ V_t"""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            n_t[k] = f_t[k] * n_prev[k] + i_t[k]
-        for j in range(u0, u1):
-            k = b * H + j
-            U_t[k] = LTM_t[k] / n_t[k]
-        for j in range(u0, u1):
-            V_t[b * H + j] = sigmoid(z_v[b * ldz + j])
-        for j in range(u0, u1):
-            k = b * H + j
-            STM_t[k] = U_t[k] * V_t[k]
-
-
-cdef inline floating slstm_dn(floating dn_t, floating dSTM_t, floating U_t, floating V_t,
-                              floating n_t) noexcept nogil:
-    """d n_t: its own gradient and U_t's through U_t = LTM_t / n_t."""
-    return dn_t - (dSTM_t * V_t) * U_t / n_t
-
-
-cdef inline void slstm_use_backward_rows(floating* dz_v, floating* dLTM_t, floating* dU_t,
-                                         floating* dV_t, floating* df_t, floating* di_t,
-                                         floating* dn_prev, const floating* dn_t,
-                                         const floating* dSTM_t, const floating* U_t,
-                                         const floating* V_t, const floating* n_t,
-                                         const floating* n_prev, const floating* f_t,
-                                         Extent* e) noexcept nogil:
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * H + j
-            dU_t[k] += dSTM_t[k] * V_t[k]
-        for j in range(u0, u1):
-            k = b * H + j
-            dV_t[k] += dSTM_t[k] * U_t[k]
-        for j in range(u0, u1):
-            k = b * H + j
-            dz_v[b * ldz + j] += (dSTM_t[k] * U_t[k]) * V_t[k] * (1 - V_t[k])
-        for j in range(u0, u1):
-            k = b * H + j
-            dLTM_t[k] += (dSTM_t[k] * V_t[k]) / n_t[k]
-        for j in range(u0, u1):
-            k = b * H + j
-            df_t[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k]) * n_prev[k]
-        for j in range(u0, u1):
-            k = b * H + j
-            di_t[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k])
-        for j in range(u0, u1):
-            k = b * H + j
-            dn_prev[k] += slstm_dn(dn_t[k], dSTM_t[k], U_t[k], V_t[k], n_t[k]) * f_t[k]
-
-
-cdef inline void min_forget_backward_rows(floating* dz_f, floating* dz_i, const floating* z_f,
-                                          const floating* z_i, const floating* f_t,
-                                          const floating* df_t, Extent* e) noexcept nogil:
-    """f_t = a / (a + c), a = σ(z_f), c = σ(z_i): ∂f_t/∂z_f = f_t (1 - f_t)(1 - a) and
-    ∂f_t/∂z_i = -f_t (1 - f_t)(1 - c), so the quotient's square is never formed."""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k
-    cdef floating shared
-    for b in range(B):
-        for j in range(u0, u1):
-            k = b * ldz + j
-            shared = df_t[b * H + j] * f_t[b * H + j] * (1 - f_t[b * H + j])
-            dz_f[k] += shared * (1 - sigmoid(z_f[k]))
-            dz_i[k] -= shared * (1 - sigmoid(z_i[k]))
-
-
-cdef inline void reset_learn_backward_rows(floating* dz_r, floating* dz_n, floating* dz_hn,
-                                           const floating* z_r, const floating* z_hn,
-                                           const floating* N_t, const floating* dN_t,
-                                           Extent* e) noexcept nogil:
-    """N_t = tanh(z_n + r ⊙ z_hn), r = σ(z_r), recomputed from z (the tape keeps it)."""
-    cdef Py_ssize_t B = e.B, H = e.H, u0 = e.u0, u1 = e.u1, ldz = e.ldz
-    cdef Py_ssize_t b, j, k, m
-    cdef floating da, r
-    for b in range(B):
-        for j in range(u0, u1):
-            k, m = b * ldz + j, b * H + j
-            da = dN_t[m] * (1 - N_t[m] * N_t[m])
-            r = sigmoid(z_r[k])
-            dz_n[k] += da
-            dz_hn[k] += da * r
-            dz_r[k] += da * z_hn[k] * r * (1 - r)
 
 
 # The backward of a gated candidate leaves in dN_t the gradient of its pre-activation and, once
@@ -604,8 +304,6 @@ cdef inline int gated_candidate_finish(floating* dW, floating* db, const floatin
                 db[j] += dN_pre[r * H + j]
     return 0
 
-
-# --- Forget ---------------------------------------------------------------------------------------
 
 # --- Kernels of the LayerNorm LSTM ---------------------------------------------------------------
 # Its normalisations mix units: each thread waits (sync) until every thread has written what a
@@ -834,29 +532,12 @@ cdef inline void layernorm_use_backward(floating* dLTM_t, floating* dU_t, floati
             dLTM_t[b * H + j] += rstd * (g_c[j] * du[j] - s1 - ((ltm[j] - mean) * rstd) * s2)
 
 
-cdef class ForgetStandard(Gate):
-    role, name, blocks = "forget", "standard", ("f",)
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget)
-    backward_definition = staticmethod(reference.forget_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        sigmoid_rows(s.f_t, s.z + self.offset, <float*> NULL, s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        sigmoid_rows(s.f_t, s.z + self.offset, <double*> NULL, s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <float*> NULL, s.LTM_prev,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        sigmoid_backward_rows(s.dz + self.offset, s.f_t, s.df_t, <double*> NULL, s.LTM_prev,
-                              <double*> NULL, <double*> NULL, &s.e)
-
+# --- Hand-written: what the generator cannot yet build --------------------------------------------
+# Every other built-in gate is built from its definition (gatekit.core.derived, below).
 
 cdef class ForgetPeephole(Gate):
+    # Hand-written: it passes on s_t = z_f + p_f ⊙ LTM_{t-1}, left in its block of z, and the
+    # tracer takes an s_t only as the block's pre-activation itself (the loop's, untouched).
     role, name, blocks = "forget", "peephole", ("f",)
     params = {"p_f": ("H",)}
     outputs = ("s_t", "f_t")
@@ -879,289 +560,11 @@ cdef class ForgetPeephole(Gate):
                               s.dparam[0], s.dLTM_prev, &s.e)
 
 
-cdef class ForgetNone(Gate):
-    role, name = "forget", "none"
-    definition = staticmethod(reference.forget_none)
-    backward_definition = staticmethod(reference.forget_none_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        fill_rows(s.f_t, 1, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        fill_rows(s.f_t, 1, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        pass
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        pass
-
-
-cdef class ForgetEvent(ForgetStandard):
-    """f_t = σ(W_f E_t + b_f): the forget factor of minGRU and MUT1 (1 - their update gate z)."""
-    role, name, blocks = "forget", "event", ("f",)
-    reads = {"f": "event"}
-    outputs = ("s_t", "f_t")
-    definition = staticmethod(reference.forget_event)
-    backward_definition = staticmethod(reference.forget_event_backward)
-    differentiable = True
-
-
-cdef class ForgetMin(Gate):
-    """minLSTM's normalised forget factor f_t = σ(z_f) / (σ(z_f) + σ(z_i)), both blocks reading
-    the event only (its learn gate `min` takes i_t = 1 - f_t, minLSTM's normalised i)."""
-    role, name, blocks = "forget", "min", ("f", "i")
-    reads = {"f": "event", "i": "event"}
-    definition = staticmethod(reference.forget_min)
-    backward_definition = staticmethod(reference.forget_min_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        min_forget_rows(s.f_t, s.z + self.column[0], s.z + self.column[1], &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        min_forget_rows(s.f_t, s.z + self.column[0], s.z + self.column[1], &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        min_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                 s.z + self.column[0], s.z + self.column[1], s.f_t, s.df_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        min_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                 s.z + self.column[0], s.z + self.column[1], s.f_t, s.df_t, &s.e)
-
-
 # --- Learn (blocks: n combines, i ignores) --------------------------------------------------------
 
-cdef class LearnStandard(Gate):
-    role, name, blocks = "learn", "standard", ("n", "i")
-    definition = staticmethod(reference.learn)
-    backward_definition = staticmethod(reference.learn_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
-                              <double*> NULL, <double*> NULL, &s.e)
-
-
-cdef class LearnPeephole(Gate):
-    role, name, blocks = "learn", "peephole", ("n", "i")
-    params = {"p_i": ("H",)}
-    definition = staticmethod(reference.learn_peephole)
-    backward_definition = staticmethod(reference.learn_peephole_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> self.param[0], s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
-                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
-                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
-
-
-cdef class LearnNoIgnore(Gate):
-    role, name, blocks = "learn", "no_ignore", ("n",)
-    definition = staticmethod(reference.learn_no_ignore)
-    backward_definition = staticmethod(reference.learn_no_ignore_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        fill_rows(s.i_t, 1, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        fill_rows(s.i_t, 1, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-
-
-cdef class LearnLinear(Gate):
-    role, name, blocks = "learn", "linear", ("n", "i")
-    definition = staticmethod(reference.learn_linear)
-    backward_definition = staticmethod(reference.learn_linear_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> NULL, s.LTM_prev,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> NULL, s.LTM_prev,
-                              <double*> NULL, <double*> NULL, &s.e)
-
-
-cdef class LearnLinearPeephole(Gate):
-    role, name, blocks = "learn", "linear_peephole", ("n", "i")
-    params = {"p_i": ("H",)}
-    definition = staticmethod(reference.learn_linear_peephole)
-    backward_definition = staticmethod(reference.learn_linear_peephole_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <float*> self.param[0], s.LTM_prev, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.i_t, s.z + self.offset + s.e.H, <double*> self.param[0], s.LTM_prev, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <float*> self.param[0],
-                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.i_t, s.di_t, <double*> self.param[0],
-                              s.LTM_prev, s.dparam[0], s.dLTM_prev, &s.e)
-
-
-cdef class LearnCoupled(Gate):
-    role, name, blocks = "learn", "coupled", ("n",)
-    definition = staticmethod(reference.learn_coupled)
-    backward_definition = staticmethod(reference.learn_coupled_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-
-cdef class LearnJanet(Gate):
-    role, name, blocks = "learn", "janet", ("n",)
-    definition = staticmethod(reference.learn_janet)
-    backward_definition = staticmethod(reference.learn_janet_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        janet_ignore_rows(s.i_t, s.s_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        janet_ignore_rows(s.i_t, s.s_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-        janet_ignore_backward_rows(s.ds_t, s.i_t, s.di_t, &s.e)
-
-
-cdef class LearnMin(Gate):
-    """minGRU's and minLSTM's: N_t = W_n E_t + b_n (linear, the event only), i_t = 1 - f_t."""
-    role, name, blocks = "learn", "min", ("n",)
-    reads = {"n": "event"}
-    definition = staticmethod(reference.learn_min)
-    backward_definition = staticmethod(reference.learn_min_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        copy_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        add_rows(s.dz + self.offset, s.e.ldz, s.dN_t, 1, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-
-cdef class LearnReset(Gate):
-    """GRU's candidate as torch.nn.GRU computes it: N_t = tanh(z_n + σ(z_r) ⊙ z_hn) with z_n
-    reading the event only and z_hn the STM only (the reset gate scales the recurrent part,
-    its bias b_hn included), i_t = 1 - f_t."""
-    role, name, blocks = "learn", "reset", ("r", "n", "hn")
-    reads = {"n": "event", "hn": "STM"}
-    definition = staticmethod(reference.learn_reset)
-    backward_definition = staticmethod(reference.learn_reset_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        reset_learn_rows(s.N_t, s.z + self.column[0], s.z + self.column[1], s.z + self.column[2],
-                         &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        reset_learn_rows(s.N_t, s.z + self.column[0], s.z + self.column[1], s.z + self.column[2],
-                         &s.e)
-        one_minus_rows(s.i_t, s.f_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        reset_learn_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                  s.dz + self.column[2], s.z + self.column[0],
-                                  s.z + self.column[2], s.N_t, s.dN_t, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        reset_learn_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                  s.dz + self.column[2], s.z + self.column[0],
-                                  s.z + self.column[2], s.N_t, s.dN_t, &s.e)
-        add_rows(s.df_t, s.e.H, s.di_t, -1, &s.e)
-
-
 cdef class LearnMgu(Gate):
+    # Hand-written: its own product over units, W_hn of shape (H, H), which the tracer refuses
+    # (the generated kernels are elementwise, with sums over units at most).
     """MGU's candidate: i_t = 1 - f_t (MGU's one gate), N_t = tanh(W_hn (i_t ⊙ STM_{t-1}) + z_n)
     with z_n reading the event only: a second recurrent product that waits for the gate."""
     role, name, blocks = "learn", "mgu", ("n",)
@@ -1206,6 +609,7 @@ cdef class LearnMgu(Gate):
 
 
 cdef class LearnMut1(Gate):
+    # Hand-written: its own product over units, W_hh of shape (H, H) (as LearnMgu).
     """MUT1's candidate: N_t = tanh(W_hh (σ(z_r) ⊙ STM_{t-1}) + tanh(E_t) + b_h), i_t = 1 - f_t;
     tanh(E_t) joins the memory unit by unit, so the event has as many entries as the memory."""
     role, name, blocks = "learn", "mut1", ("r",)
@@ -1253,198 +657,10 @@ cdef class LearnMut1(Gate):
             out_of_memory(self, &s.error)
 
 
-# --- Remember -------------------------------------------------------------------------------------
-
-cdef class RememberStandard(Gate):
-    role, name = "remember", "standard"
-    definition = staticmethod(reference.remember)
-    backward_definition = staticmethod(reference.remember_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        remember_rows(s.LTM_t, s.LTM_prev, s.f_t, s.N_t, s.i_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
-                               s.N_t, s.i_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        remember_backward_rows(s.dLTM_prev, s.df_t, s.dN_t, s.di_t, s.dLTM_t, s.LTM_prev, s.f_t,
-                               s.N_t, s.i_t, &s.e)
-
-
 # --- Use (block v: the sigmoid factor V_t) --------------------------------------------------------
 
-cdef class UseStandard(Gate):
-    role, name, blocks = "use", "standard", ("v",)
-    definition = staticmethod(reference.use)
-    backward_definition = staticmethod(reference.use_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, True, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, True, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <float*> NULL, <float*> NULL, True, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <double*> NULL, <double*> NULL, True, &s.e)
-
-
-cdef class UsePeephole(Gate):
-    role, name, blocks = "use", "peephole", ("v",)
-    params = {"p_v": ("H",)}
-    definition = staticmethod(reference.use_peephole)
-    backward_definition = staticmethod(reference.use_peephole_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], True,
-                     &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], True,
-                     &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <float*> self.param[0], s.dparam[0], True, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <double*> self.param[0], s.dparam[0], True, &s.e)
-
-
-cdef class UseLinear(Gate):
-    role, name, blocks = "use", "linear", ("v",)
-    definition = staticmethod(reference.use_linear)
-    backward_definition = staticmethod(reference.use_linear_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> NULL, False, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> NULL, False, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <float*> NULL, <float*> NULL, False, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <double*> NULL, <double*> NULL, False, &s.e)
-
-
-cdef class UseLinearPeephole(Gate):
-    role, name, blocks = "use", "linear_peephole", ("v",)
-    params = {"p_v": ("H",)}
-    definition = staticmethod(reference.use_linear_peephole)
-    backward_definition = staticmethod(reference.use_linear_peephole_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <float*> self.param[0], False,
-                     &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        gated_output(s.U_t, s.V_t, s.STM_t, s.z + self.offset, s.LTM_t, <double*> self.param[0], False,
-                     &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <float*> self.param[0], s.dparam[0], False, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        gated_output_backward(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.U_t, s.V_t, s.LTM_t,
-                              s.dSTM_t, <double*> self.param[0], s.dparam[0], False, &s.e)
-
-
-cdef class UseNoOutputGate(Gate):
-    role, name = "use", "no_output_gate"
-    definition = staticmethod(reference.use_no_output_gate)
-    backward_definition = staticmethod(reference.use_no_output_gate_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
-        fill_rows(s.V_t, 1, &s.e)
-        copy_rows(s.STM_t, s.U_t, s.e.H, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
-        fill_rows(s.V_t, 1, &s.e)
-        copy_rows(s.STM_t, s.U_t, s.e.H, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dLTM_t, s.e.H, s.U_t, s.dSTM_t, &s.e)
-
-
-cdef class UseMemory(Gate):
-    role, name = "use", "memory"
-    stm_is_ltm = True
-    definition = staticmethod(reference.use_memory)
-    backward_definition = staticmethod(reference.use_memory_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        copy_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
-        fill_rows(s.V_t, 1, &s.e)
-        copy_rows(s.STM_t, s.LTM_t, s.e.H, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        copy_rows(s.U_t, s.LTM_t, s.e.H, &s.e)
-        fill_rows(s.V_t, 1, &s.e)
-        copy_rows(s.STM_t, s.LTM_t, s.e.H, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        add_rows(s.dLTM_t, s.e.H, s.dSTM_t, 1, &s.e)
-
-
-cdef class UseLiteral(Gate):
-    role, name, blocks = "use", "literal", ("u", "v")
-    definition = staticmethod(reference.use_literal)
-    backward_definition = staticmethod(reference.use_literal_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.U_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.V_t, s.z + self.offset + s.e.H, <float*> NULL, s.LTM_t, &s.e)
-        product_rows(s.STM_t, s.U_t, s.V_t, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.U_t, s.z + self.offset, s.e.ldz, &s.e)
-        sigmoid_rows(s.V_t, s.z + self.offset + s.e.H, <double*> NULL, s.LTM_t, &s.e)
-        product_rows(s.STM_t, s.U_t, s.V_t, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <float*> NULL, s.LTM_t,
-                              <float*> NULL, <float*> NULL, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        product_backward_rows(s.dU_t, s.dV_t, s.U_t, s.V_t, s.dSTM_t, &s.e)
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.U_t, s.dU_t, &s.e)
-        sigmoid_backward_rows(s.dz + self.offset + s.e.H, s.V_t, s.dV_t, <double*> NULL, s.LTM_t,
-                              <double*> NULL, <double*> NULL, &s.e)
-
-
 cdef class UseCourse(Gate):
+    # Hand-written: its own product over units, W_u of shape (H, H) (as LearnMgu).
     role, name, blocks = "use", "course", ("v",)
     params = {"W_u": ("H", "H"), "b_u": ("H",)}
     products = ("W_u",)
@@ -1488,93 +704,10 @@ cdef class UseCourse(Gate):
             out_of_memory(self, &s.error)
 
 
-cdef class ForgetSlstm(Gate):
-    """sLSTM's exponential forget and input gates and their stabiliser m, computed together:
-    the learn gate passes i_t on."""
-    role, name, blocks = "forget", "slstm", ("f", "i")
-    memories = ("m",)
-    outputs = ("f_t", "i_t")
-    definition = staticmethod(reference.forget_slstm)
-    backward_definition = staticmethod(reference.forget_slstm_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
-        slstm_forget_rows(s.f_t, s.i_t, s.mem_t + m, s.mem_prev + m, s.z + self.column[0],
-                          s.z + self.column[1], &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
-        slstm_forget_rows(s.f_t, s.i_t, s.mem_t + m, s.mem_prev + m, s.z + self.column[0],
-                          s.z + self.column[1], &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
-        slstm_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                   s.dmem_prev + m, s.dmem_t + m, s.df_t, s.di_t, s.f_t, s.i_t,
-                                   s.mem_prev + m, s.z + self.column[0], s.z + self.column[1],
-                                   &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        cdef Py_ssize_t m = self.memory[0] * s.e.B * s.e.H
-        slstm_forget_backward_rows(s.dz + self.column[0], s.dz + self.column[1],
-                                   s.dmem_prev + m, s.dmem_t + m, s.df_t, s.di_t, s.f_t, s.i_t,
-                                   s.mem_prev + m, s.z + self.column[0], s.z + self.column[1],
-                                   &s.e)
-
-
-cdef class LearnSlstm(Gate):
-    """sLSTM's cell input N_t = tanh(z̃); i_t is the forget gate's (already in place)."""
-    role, name, blocks = "learn", "slstm", ("n",)
-    definition = staticmethod(reference.learn_slstm)
-    backward_definition = staticmethod(reference.learn_slstm_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        tanh_rows(s.N_t, s.z + self.offset, s.e.ldz, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        tanh_backward_rows(s.dz + self.offset, s.e.ldz, s.N_t, s.dN_t, &s.e)
-
-
-cdef class UseSlstm(Gate):
-    """sLSTM's output, normalised by the memory n: STM_t = σ(õ) ⊙ LTM_t / n_t."""
-    role, name, blocks = "use", "slstm", ("v",)
-    memories = ("n",)
-    definition = staticmethod(reference.use_slstm)
-    backward_definition = staticmethod(reference.use_slstm_backward)
-    differentiable = True
-
-    cdef void forward_float(self, StepFloat* s) noexcept nogil:
-        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
-        slstm_use_rows(s.mem_t + n, s.U_t, s.V_t, s.STM_t, s.mem_prev + n, s.f_t, s.i_t,
-                       s.LTM_t, s.z + self.offset, &s.e)
-
-    cdef void forward_double(self, StepDouble* s) noexcept nogil:
-        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
-        slstm_use_rows(s.mem_t + n, s.U_t, s.V_t, s.STM_t, s.mem_prev + n, s.f_t, s.i_t,
-                       s.LTM_t, s.z + self.offset, &s.e)
-
-    cdef void backward_float(self, StepFloat* s) noexcept nogil:
-        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
-        slstm_use_backward_rows(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.df_t, s.di_t,
-                                s.dmem_prev + n, s.dmem_t + n, s.dSTM_t, s.U_t, s.V_t,
-                                s.mem_t + n, s.mem_prev + n, s.f_t, &s.e)
-
-    cdef void backward_double(self, StepDouble* s) noexcept nogil:
-        cdef Py_ssize_t n = self.memory[0] * s.e.B * s.e.H
-        slstm_use_backward_rows(s.dz + self.offset, s.dLTM_t, s.dU_t, s.dV_t, s.df_t, s.di_t,
-                                s.dmem_prev + n, s.dmem_t + n, s.dSTM_t, s.U_t, s.V_t,
-                                s.mem_t + n, s.mem_prev + n, s.f_t, &s.e)
-
-
 cdef class ForgetLayernorm(Gate):
+    # Hand-written, as the learn and use gates of the LayerNorm LSTM: its parameters of one
+    # row per block, (4, H), are not traced, and its definition computes the other gates'
+    # outputs (i_t, N_t, V_t), which the tracer takes only from the gate of their role.
     """The LayerNorm LSTM's four pre-activations, normalised jointly, product by product: its
     blocks are the input (x·) and recurrent (h·) parts of f, i, n and v, without biases; it
     writes f_t, i_t, N_t and V_t (the learn and use gates take theirs from it)."""
@@ -1665,16 +798,73 @@ cdef class UseLayernorm(Gate):
                                s.U_t, s.V_t, s.LTM_t, <double*> self.param[0], s.barrier, &s.e)
 
 
-BUILTIN_GATES = (
-    ForgetStandard, ForgetPeephole, ForgetNone, ForgetEvent, ForgetMin,
-    LearnStandard, LearnPeephole, LearnNoIgnore, LearnLinear, LearnLinearPeephole, LearnCoupled,
-    LearnJanet, LearnMin, LearnReset, LearnMgu, LearnMut1,
-    RememberStandard,
-    UseStandard, UsePeephole, UseLinear, UseLinearPeephole, UseNoOutputGate, UseMemory,
-    UseLiteral, UseCourse,
-    ForgetSlstm, LearnSlstm, UseSlstm,
-    ForgetLayernorm, LearnLayernorm, UseLayernorm,
-)
+# --- Built from their definitions (gatekit.core.derived) ----------------------------------------
+# These gates' kernels are generated from their NumPy definitions when gatekit is built, into
+# the header this includes; their classes are made here from gatekit.core.derived's
+# declarations. The gates above stay hand-written, each for the reason its comment gives.
+
+cdef extern from "_derived.h" nogil:
+    ctypedef struct gk_derived_kernel:
+        const char* symbol
+        gk_generated_kernel kernel
+    const gk_derived_kernel* GK_DERIVED_KERNELS
+    const char* GK_DERIVED_SLOTS
+    const char* GK_DERIVED_FINGERPRINT
+
+_DERIVED_SLOTS = json.loads(GK_DERIVED_SLOTS.decode())
+#: What gatekit.core.derived generated for this build (derived.fingerprint() of its header).
+DERIVED_FINGERPRINT = GK_DERIVED_FINGERPRINT.decode()
+
+
+def _derived_kernels():
+    cdef Py_ssize_t n = 0
+    found = {}
+    while GK_DERIVED_KERNELS[n].symbol != NULL:
+        found[GK_DERIVED_KERNELS[n].symbol.decode()] = n
+        n += 1
+    return found
+
+
+_DERIVED_KERNELS = _derived_kernels()
+# This module's instruction set: it is compiled once for each (gatekit.core.instruction_sets).
+_BUILD = next((build for build in VECTOR_BUILDS if __name__.endswith(f"_{build}")), "baseline")
+
+
+cdef class DerivedGate(GeneratedGate):
+    """A built-in gate whose kernels, generated from its definition, are linked into this
+    module: the compiled gate of the equation gates, finding them here rather than in a
+    shared library."""
+
+    def _open(self, library, symbols):
+        for k, symbol in enumerate(symbols):
+            if symbol not in _DERIVED_KERNELS:
+                raise ImportError(f"{library} has no function {symbol}")
+            self.run[k] = GK_DERIVED_KERNELS[<Py_ssize_t> _DERIVED_KERNELS[symbol]].kernel
+
+
+def _derived(class_name):
+    slots = _DERIVED_SLOTS[class_name]
+    kernels = Kernels(__name__, codegen.symbols(derived.prefix(class_name)),
+                      tuple(map(tuple, slots["forward"])), tuple(map(tuple, slots["backward"])),
+                      _BUILD)
+    return type(class_name, (DerivedGate,),
+                {**derived.declarations(class_name), "kernels": kernels, "__module__": __name__})
+
+
+# As module attributes, like the hand-written gates.
+globals().update({class_name: _derived(class_name) for class_name in derived.GATES})
+
+
+BUILTIN_GATES = tuple(globals()[class_name] for class_name in (
+    "ForgetStandard", "ForgetPeephole", "ForgetNone", "ForgetEvent", "ForgetMin",
+    "LearnStandard", "LearnPeephole", "LearnNoIgnore", "LearnLinear", "LearnLinearPeephole",
+    "LearnCoupled", "LearnJanet", "LearnMin", "LearnReset", "LearnMgu", "LearnMut1",
+    "RememberStandard",
+    "UseStandard", "UsePeephole", "UseLinear", "UseLinearPeephole", "UseNoOutputGate", "UseMemory",
+    "UseLiteral", "UseCourse",
+    "ForgetSlstm", "LearnSlstm", "UseSlstm",
+    "ForgetLayernorm", "LearnLayernorm", "UseLayernorm",
+))
 
 
 def matmul(bint trans_a, bint trans_b, floating[:, ::1] A, floating[:, ::1] B, floating beta,

@@ -136,6 +136,9 @@ cimport numpy as cnp
 
 cnp.import_array()
 
+from gatekit.core import declared
+from gatekit.core.declared import ROLE_OUTPUTS
+
 cdef extern from *:
     """
     #ifndef GATEKIT_DEBUG
@@ -184,12 +187,6 @@ def has_avx512():
     return bool(gk_has_avx512())
 
 ROLES = ("forget", "learn", "remember", "use")
-ROLE_OUTPUTS = {
-    "forget": ("f_t",),
-    "learn": ("i_t", "N_t"),
-    "remember": ("LTM_t",),
-    "use": ("U_t", "V_t", "STM_t"),
-}
 MAX_PARAMS = 8
 MAX_BLOCKS = 8
 MAX_MEMORIES = 4
@@ -259,18 +256,9 @@ cdef class Gate:
         cdef Py_ssize_t k
         return tuple([self.memory[k] for k in range(len(type(self).memory_defaults()))])
 
-    @classmethod
-    def memory_defaults(cls):
-        """Its memories' initial values, ``{name: number}``, in declared order."""
-        memories = cls.memories
-        if isinstance(memories, dict):
-            return {name: float(value) for name, value in memories.items()}
-        return {name: 0.0 for name in memories}
-
-    @classmethod
-    def block_reads(cls, block):
-        """What block ``block`` reads: ``"both"`` ([STM_{t-1}, E_t]), ``"event"`` or ``"STM"``."""
-        return cls.reads.get(block, "both")
+    # What the declarations mean (gatekit.core.declared: readable before anything is built).
+    memory_defaults = classmethod(declared.memory_defaults)
+    block_reads = classmethod(declared.block_reads)
 
     @classmethod
     def shapes(cls, input_size, hidden_size):
@@ -288,12 +276,7 @@ cdef class Gate:
                                  for dim in dims)
         return shapes
 
-    @classmethod
-    def provides(cls):
-        """The quantities this gate produces."""
-        outputs = tuple(cls.outputs) if cls.outputs is not None else ROLE_OUTPUTS[cls.role]
-        return outputs + tuple(f"{name}_t" for name in cls.memory_defaults()
-                               if f"{name}_t" not in outputs)
+    provides = classmethod(declared.provides)
 
     def bind(self, arrays):
         """Point the gate at its extra parameters (``arrays[name]`` for each name of ``params``,

@@ -9,7 +9,9 @@ library, its four functions and, for each direction, the arrays the kernel takes
 or a parameter. Each call fills a small argument struct (``_generated.h``: the rows, the units
 and the pointers with their row strides) from the step and calls the kernel through a pointer
 found with ``dlsym``, without the GIL, on every thread of the call. The library stays open as
-long as a gate uses it.
+long as a gate uses it. The built-in gates built from their definitions are this gate too,
+with their kernels linked into their module instead (``_builtin.pyx``'s ``DerivedGate``, through
+``_generated.pxd``).
 """
 import os
 
@@ -24,14 +26,6 @@ cdef extern from "<dlfcn.h>" nogil:
     char* dlerror()
     int RTLD_NOW
     int RTLD_LOCAL
-
-cdef extern from "_generated.h" nogil:
-    enum: GK_GENERATED_MAX_ARRAYS
-    ctypedef struct gk_generated_args:
-        Py_ssize_t B, H, u0, u1
-        void* array[GK_GENERATED_MAX_ARRAYS]
-        Py_ssize_t stride[GK_GENERATED_MAX_ARRAYS]
-    ctypedef void (*gk_generated_kernel)(const gk_generated_args* args) noexcept nogil
 
 #: The step fields a generated kernel may take, in the order of their codes. ``z`` and ``dz``
 #: are keyed by a block of the gate; the ``mem_`` kinds by a memory's name; ``param`` and
@@ -52,12 +46,6 @@ cdef class GeneratedGate(Gate):
     (``gatekit.core.equation`` does)."""
     differentiable = True
     kernels = None
-    cdef void* handle
-    cdef gk_generated_kernel run[4]          # forward float, forward double, backward float, double
-    cdef int count[2]                        # arrays of the forward and backward kernels
-    cdef bint syncs_first                    # a gate that sums over units: see `call`
-    cdef int kind[2][GK_GENERATED_MAX_ARRAYS]
-    cdef Py_ssize_t key[2][GK_GENERATED_MAX_ARRAYS]
 
     def __init__(self, Py_ssize_t input_size, Py_ssize_t hidden_size, Py_ssize_t offset=0,
                  columns=None, memories=None):
@@ -87,6 +75,8 @@ cdef class GeneratedGate(Gate):
                     self.key[direction][k] = 0
 
     def _open(self, library, symbols):
+        """Find the kernels ``symbols`` in ``library``, keeping it open (a subclass whose
+        kernels are linked in finds them there instead)."""
         handle = dlopen(os.fsencode(library), RTLD_NOW | RTLD_LOCAL)
         if handle == NULL:
             raise ImportError(f"cannot load the generated gate {library}: "

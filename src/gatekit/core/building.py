@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 __all__ = ["DEBUG_ENV", "DEBUG_FLAGS", "OPTIMISE", "VECTOR_BUILDS", "debug_requested",
-           "directives", "extension", "options", "vector_builds"]
+           "directives", "extension", "generated_folder", "options", "vector_builds"]
 
 #: GATEKIT_DEBUG=1 builds with bounds, wraparound and initialisation checks on and no
 #: optimisation, for a test suite to run against at least once.
@@ -57,6 +57,12 @@ def _build_folder(debug):
     return "build/debug" if debug else "build/release"
 
 
+def generated_folder(debug=None):
+    """Where a build writes the C it generates (gatekit.core.derived), in its build folder."""
+    debug = debug_requested() if debug is None else debug
+    return Path(_build_folder(debug)) / "generated"
+
+
 def options(debug=None):
     """``setup(options=...)``: the build folder of the release or the debug build."""
     debug = debug_requested() if debug is None else debug
@@ -75,15 +81,16 @@ def _write_vector_source(source, build):
     return target.as_posix()
 
 
-def extension(name, source, *, include_dirs=(), define_macros=(), vector=True, debug=None,
-              machine=None, cythonize=True):
+def extension(name, source, *, include_dirs=(), define_macros=(), depends=(), vector=True,
+              debug=None, machine=None, cythonize=True):
     """The extensions of the Cython module ``name`` (dotted) compiled from ``source`` (a .pyx
     path relative to setup.py): the portable build, and one per instruction set of
     :func:`vector_builds` (``vector=False``: the portable one only), named ``<name>_avx2`` and
     ``<name>_avx512``. ``include_dirs`` are searched after NumPy's and gatekit's own (this
     folder: ``_gate.pxd`` and the headers it includes, installed or, for gatekit's own build,
-    in the source tree). ``debug``: None reads ``GATEKIT_DEBUG``; ``machine``: None is this
-    one.
+    in the source tree). ``depends``: files whose change rebuilds it (headers it includes
+    that Cython does not see). ``debug``: None reads ``GATEKIT_DEBUG``; ``machine``: None is
+    this one.
 
     Returns what :func:`Cython.Build.cythonize` returns, ready for ``setup(ext_modules=...)``,
     or the :class:`setuptools.Extension` objects before Cython (``cythonize=False``).
@@ -98,6 +105,7 @@ def extension(name, source, *, include_dirs=(), define_macros=(), vector=True, d
 
     def one(module, path, extra=()):
         return Extension(module, [str(path)], include_dirs=includes, define_macros=macros,
+                         depends=[str(path) for path in depends],
                          extra_compile_args=DEBUG_FLAGS if debug else OPTIMISE + list(extra))
 
     built = [one(name, source)]

@@ -7,12 +7,16 @@ computed once. The body is a function of restrict pointers, one per array (the r
 with ``#pragma GCC ivdep`` on the unit loop: GCC vectorises it with gatekit's own branch-free
 exp, sigmoid and tanh (``_fastmath.h``), which it inlines.
 
-What backward keeps and what it recomputes: the forward kernel writes only the gate's outputs,
-and backward recomputes, unit by unit, whatever it needs of the forward expression from the
-step's kept inputs (the blocks' pre-activations in ``z``, the earlier gates' outputs, the
-memories, the parameters). That costs a few flops per unit against the step's matrix product,
-needs no scratch, and is more accurate than recovering an intermediate from an output (the
-floored forget gate's note in plugins/gatekit-floored-forget).
+What backward keeps and what it recomputes: it reads what forward wrote of the role's
+quantities the step keeps for backward (``KEPT``: ``f_t``, ``i_t``, ``N_t``, ``LTM_t``, ``U_t``,
+``V_t``; the hand-written gates read them too) wherever its gradients use that very node (σ(z)
+of a sigmoid's derivative, tanh(z) of a tanh's), and recomputes, unit by unit, whatever else it
+needs of the forward expression from the step's kept inputs (the blocks' pre-activations in
+``z``, the earlier gates' outputs, the memories, the parameters). Reading an output costs a
+load where recomputing it costs an exp; the rest costs a few flops per unit against the step's
+matrix product, needs no scratch, and is more accurate than recovering an intermediate from an
+output (the floored forget gate's note in plugins/gatekit-floored-forget). ``STM_t`` is never
+read back (under zoneout the step holds the zoned STM there), nor a gate's extra memories.
 
 The arrays a kernel takes are listed as ``(kind, key)`` slots (``_generated.pyx``'s
 ``SLOT_KINDS``): the gradients of a gate's outputs are read where the step holds them, and the
@@ -21,12 +25,25 @@ parameter's gradient is summed over rows, into the thread's units.
 """
 import math
 
-__all__ = ["generate", "Source", "SYMBOLS"]
+__all__ = ["generate", "HEADERS", "Source", "symbols", "SYMBOLS"]
 
-#: The names of the four kernels, in the order the gate holds them.
-SYMBOLS = ("gk_forward_float", "gk_forward_double", "gk_backward_float", "gk_backward_double")
+#: What the generated C includes.
+HEADERS = ('#include "_fastmath.h"', '#include "_generated.h"')
+KERNELS = ("forward_float", "forward_double", "backward_float", "backward_double")
+
+
+def symbols(prefix="gk_"):
+    """The names of the four kernels of a source generated with ``prefix``, in the order the
+    gate holds them."""
+    return tuple(prefix + kernel for kernel in KERNELS)
+
+
+#: The names of the four kernels of an equation gate's library.
+SYMBOLS = symbols()
 
 ROLE_QUANTITIES = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t", "STM_t")
+#: The outputs backward reads back rather than recomputing (see the module's docstring).
+KEPT = ("f_t", "i_t", "N_t", "LTM_t", "U_t", "V_t")
 _STEP_INPUTS = ("STM_prev", "LTM_prev", "E_t", "s_t") + ROLE_QUANTITIES
 
 # (float, double) names of each function of one argument.
@@ -68,8 +85,11 @@ def output_slot(name):
     return ("mem_t", name[:-2]), ("dmem_t", name[:-2])
 
 
-def generate(traced):
-    """The C of the gate ``traced`` (an ``equation.Traced``) describes."""
+def generate(traced, prefix="gk_", storage="", headers=True):
+    """The C of the gate ``traced`` (an ``equation.Traced``) describes: its kernels are
+    :func:`symbols` of ``prefix``, declared ``storage`` (``"static "`` for many gates' kernels
+    compiled into a module, each kept to it), after the ``HEADERS`` unless ``headers`` is
+    False."""
     graph = traced.graph
     parameters = set(traced.parameters)
     inputs = sorted(traced.inputs.items(), key=lambda item: item[1])
@@ -81,11 +101,18 @@ def generate(traced):
     seeded, gradients = traced.gradients()
     seed_reads = [(graph.input(f"d:{name}"), output_slot(name)[1]) for name in seeded]
     adds = [(node, input_slot(name, parameters)[1], "+=") for name, node in gradients]
-    backward_reads = forward_reads + seed_reads
-    parts = ['#include "_fastmath.h"', '#include "_generated.h"', ""]
+    roots = [node for node, _, _ in adds]
+    used = set(graph.needed(roots))
+    kept_reads = [(node, slot) for node, slot, _ in writes
+                  if slot[0] in KEPT and node in used and graph.nodes[node][0] != "input"]
+    used = _reached(graph, roots, {node for node, _ in kept_reads}, into_sums=True)
+    backward_reads = [read for read in forward_reads + kept_reads if read[0] in used] + seed_reads
+    parts = [*HEADERS, ""] if headers else []
     for dtype in ("float", "double"):
-        parts.append(_kernel(graph, f"forward_{dtype}", dtype, forward_reads, writes))
-        parts.append(_kernel(graph, f"backward_{dtype}", dtype, backward_reads, adds))
+        for direction, reads, written in (("forward", forward_reads, writes),
+                                          ("backward", backward_reads, adds)):
+            parts.append(_kernel(graph, f"{prefix}{direction}_{dtype}", dtype, reads, written,
+                                 storage))
     return Source("\n".join(parts), [slot for _, slot in forward_reads] + [s for _, s, _ in writes],
                   [slot for _, slot in backward_reads] + [s for _, s, _ in adds])
 
@@ -137,8 +164,8 @@ def _expression(graph, node, dtype):
     raise AssertionError(f"no C for {op}")          # pragma: no cover
 
 
-def _kernel(graph, name, dtype, reads, writes):
-    """``gk_<name>``: the rows loop, calling ``<name>_row`` on each row's slices. The row
+def _kernel(graph, name, dtype, reads, writes, storage):
+    """``<name>``: the rows loop, calling ``<name>_row`` on each row's slices. The row
     function first computes the row's sums over units, each in a loop over all H units (in
     one order, so every thread gets the same bits), nested sums first, then its units."""
     roots = [node for node, _, _ in writes]
@@ -159,7 +186,7 @@ def _kernel(graph, name, dtype, reads, writes):
            f"{', '.join(parameters)}) {{\n" + "\n".join(lines) + "\n}\n")
     calls = ", ".join(f"({'const ' if k < len(reads) else ''}{dtype}*) args->array[{k}] "
                       f"+ b * args->stride[{k}]" for k in range(len(parameters)))
-    kernel = (f"void gk_{name}(const gk_generated_args* args) {{\n"
+    kernel = (f"{storage}void {name}(const gk_generated_args* args) {{\n"
               f"    const ptrdiff_t B = args->B, H = args->H, u0 = args->u0, u1 = args->u1;\n"
               f"    for (ptrdiff_t b = 0; b < B; ++b)\n"
               f"        {name}_row(H, u0, u1{', ' if calls else ''}{calls});\n}}\n")
@@ -173,15 +200,9 @@ def _loop(start, end, body):
 
 def _body(graph, roots, loaded, dtype):
     """One local per node ``roots`` need, in order; a sum over units is the row's ``s<node>``,
-    computed before."""
-    body, seen, stack = [], set(), list(roots)
-    while stack:                            # the nodes needed, not looking into sums
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            if graph.nodes[node][0] != "sum":
-                stack.extend(graph.nodes[node][1])
-    for node in sorted(seen):
+    computed before; a node ``loaded`` is read, not computed."""
+    body = []
+    for node in sorted(_reached(graph, roots, loaded, into_sums=False)):
         op, _, value = graph.nodes[node]
         kind = "int" if op in ("lt", "le", "gt", "ge") else dtype
         if node in loaded:
@@ -195,6 +216,19 @@ def _body(graph, roots, loaded, dtype):
         else:
             body.append(f"        const {kind} v{node} = {_expression(graph, node, dtype)};")
     return body
+
+
+def _reached(graph, roots, loaded, into_sums):
+    """The nodes ``roots`` need, not looking into what is ``loaded`` nor, unless
+    ``into_sums``, into sums over units."""
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            if node not in loaded and (into_sums or graph.nodes[node][0] != "sum"):
+                stack.extend(graph.nodes[node][1])
+    return seen
 
 
 def _levels(graph, sums):

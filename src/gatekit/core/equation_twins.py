@@ -4,8 +4,10 @@
 hand-written ones. A gate whose definition the tracer refuses has no twin; :func:`twins` says
 why, in the tracer's own words.
 
-This is the measurement that decides which hand-written kernels the generator can replace
-(issue 14); nothing registers the twins unless asked (:func:`register_twins`).
+This is the measurement that decided which hand-written kernels the generator replaces
+(``gatekit.core.derived``: every gate with a twin); a twin, loaded from the build cache, now
+runs the same generated C as its built-in gate, linked in. Nothing registers the twins unless
+asked (:func:`register_twins`).
 """
 from gatekit.core import equation, instruction_sets, plugins
 from gatekit.core.equation_gate import DECLARATIONS, EquationGate
