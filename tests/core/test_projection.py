@@ -9,7 +9,7 @@ import gatekit
 from gatekit.core import reference
 from gatekit.testing import gradcheck
 
-from support import F32_ATOL, F32_RTOL, F64_ATOL
+from support import F32_ATOL, F32_RTOL, F64_ATOL, make_plugin, run_in_threads
 
 
 def sigmoid(x):
@@ -416,3 +416,33 @@ def test_gates_with_barriers_of_their_own_run_the_call_on_one_thread():
     y, _ = cell(x, state)
     ref_y, _ = reference.forward(cell, x, state)
     np.testing.assert_allclose(y, ref_y, atol=F64_ATOL, rtol=0)
+
+
+class HollowForget(gatekit.Gate):
+    """A compiled gate (a Python subclass of Gate, not PythonGate) with no forward: every
+    thread of the crew finds it fails at the first step."""
+    role, name, blocks = "forget", "projection_hollow_forget", ("f",)
+    outputs = ("s_t", "f_t")
+    definition = staticmethod(reference.forget)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_gate_failing_in_a_crew_raises_and_does_not_hang(register, threads):
+    from gatekit.core import _projection
+    register(make_plugin(gates=[HollowForget]), name="test-projection-hollow")
+    T, B, D, H, P = 60, 16, 16, 64, 30
+    cell = gatekit.Cell(D, H, proj_size=P, forget=HollowForget.name, seed=33, threads=threads)
+    assert _projection.crew_size(T, B, D, H, P, 4 * H, threads, cell.gates) == threads
+    x, state = inputs(cell, T, B, seed=34)
+    for keep in (False, True):                       # twice: the error is not left behind
+        with pytest.raises(NotImplementedError, match="computes nothing") as info:
+            run_in_threads([lambda: cell.forward(x, state, keep=keep)])
+        assert any("forget gate" in note and "at time step 0" in note
+                   for note in getattr(info.value, "__notes__", [])), info.value
+    # The crew still runs a good cell afterwards, on threads.
+    good = gatekit.Cell(D, H, proj_size=P, seed=33, threads=threads)
+    y, (stm, ltm) = run_in_threads([lambda: good(x, state)])[0]
+    expected_y, expected_h, expected_c = projected_lstm(params64(good), x, *state)
+    for got, want in ((y, expected_y), (stm, expected_h), (ltm, expected_c)):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+

@@ -164,6 +164,7 @@ cdef struct Crew:
     Pace pace                # whether, and after which step, thread 0 goes on alone
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     bint out_of_memory[MAX_TEAM]
+    Py_ssize_t stop_tag[MAX_TEAM]   # the barrier before which each thread saw either, or -1
     void* gates[4]
     Py_ssize_t T, B, D, H, P, KH, S, first_input, recurrent_end, forget_preactivation
     const void* W
@@ -213,7 +214,7 @@ cdef Py_ssize_t run_crew(Crew* crew) noexcept nogil:
     cdef int m, size = crew.size
     cdef Py_ssize_t failed = -1
     for m in range(MAX_TEAM):
-        crew.failed[m], crew.out_of_memory[m] = -1, False
+        crew.failed[m], crew.out_of_memory[m], crew.stop_tag[m] = -1, False, -1
         members[m].crew, members[m].index = crew, m
     # each share is fixed by the crew's size: if not all start, this thread runs alone
     if start_members(&crew.start, &crew.barrier, threads, crew_main, members,
@@ -253,26 +254,38 @@ cdef inline bint meet(Crew* crew, int index, Py_ssize_t t, bint failed, bint alo
     whether any has failed (every thread then stops at this step)."""
     if failed and crew.failed[index] < 0:
         crew.failed[index] = t
+    note_stop(crew, index, 2 * t, failed)
     if crew.size > 1 and not alone:
         gk_barrier_wait(&crew.barrier)
-    return any_failed(crew)
+    return stops_at(crew, 2 * t)
 
 
 cdef inline StepEnd end_of_step(Crew* crew, int index, Py_ssize_t t, bint failed,
                                 bint alone) noexcept nogil:
     """meet() at the step's last barrier, where thread 0 may decide to go on alone
     (gatekit/core/_team.pxd)."""
+    note_stop(crew, index, 2 * t + 1, failed)
     cdef StepEnd end = meet_at_end_of_step(&crew.pace, &crew.barrier, crew.size, crew.failed,
                                            index, t, failed, alone or crew.size == 1,
                                            t == crew.pace.alone_at)
-    return STOP if any_failed(crew) else end
+    return STOP if stops_at(crew, 2 * t + 1) else end
 
 
-cdef inline bint any_failed(Crew* crew) noexcept nogil:
-    """Whether a gate failed or a product ran out of memory on any thread."""
+# A step has two barriers, tagged 2t (its first) and 2t + 1 (its last). Each thread tags the
+# barrier it reaches after a gate failed or a product ran out of memory, and every thread,
+# past a barrier, stops only for that barrier's tag: a thread already past it may have tagged
+# the next one, where the others must still meet it.
+
+cdef inline void note_stop(Crew* crew, int index, Py_ssize_t tag, bint failed) noexcept nogil:
+    if (failed or crew.out_of_memory[index]) and crew.stop_tag[index] < 0:
+        crew.stop_tag[index] = tag
+
+
+cdef inline bint stops_at(Crew* crew, Py_ssize_t tag) noexcept nogil:
+    """Whether a thread tagged barrier ``tag``: every thread stops after it."""
     cdef int m
     for m in range(crew.size):
-        if crew.failed[m] >= 0 or crew.out_of_memory[m]:
+        if crew.stop_tag[m] == tag:
             return True
     return False
 
