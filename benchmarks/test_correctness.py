@@ -54,6 +54,15 @@ def close(name, got, want):
     assert error <= TOLERANCE, f"{name}: differs from gatekit by {error:.3g}"
 
 
+def close_layer_forward(model, xt, dyt, y, stm, ltm):
+    """The outputs and final memories of a one-layer model shaped as ``torch.nn.LSTM``
+    (``(h_n, c_n)`` with a layer axis) against gatekit's."""
+    y_t, (h_t, c_t) = torch_callable(model, xt, dyt, "forward")()
+    close("y", y_t.numpy(), y)
+    close("final STM", h_t[0].numpy(), stm)
+    close("final LTM", c_t[0].numpy(), ltm)
+
+
 def require(loader):
     """What ``loader`` gives (``import_torch``, ``import_jax``, a cell of a variant), or skip
     with the reason it is unavailable."""
@@ -93,10 +102,7 @@ def test_correct_torch_nn_lstm():
     cell, x, dy, (y, stm, ltm), grads = gatekit_run("standard")
     model = torch_lstm_model(cell)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    y_t, (h_t, c_t) = torch_callable(model, xt, dyt, "forward")()
-    close("y", y_t.numpy(), y)
-    close("final STM", h_t[0].numpy(), stm)
-    close("final LTM", c_t[0].numpy(), ltm)
+    close_layer_forward(model, xt, dyt, y, stm, ltm)
 
     got = dict(zip(["x"] + [name for name, _ in model.named_parameters()],
                    torch_callable(model, xt, dyt, "fwdbwd")()))

@@ -5,7 +5,7 @@ import pytest
 
 from harness.torch_contenders import import_torch, torch_callable
 from harness.torch_module_contenders import MODULE_VARIANTS, gatekit_torch_model
-from test_correctness import close, gatekit_run, require
+from test_correctness import close, close_layer_forward, gatekit_run, require
 
 pytestmark = pytest.mark.correctness
 
@@ -16,10 +16,7 @@ def test_correct_gatekit_torch_module(variant):
     cell, x, dy, (y, stm, ltm), grads = gatekit_run(variant)
     model = gatekit_torch_model(cell)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-    y_t, (h_t, c_t) = torch_callable(model, xt, dyt, "forward")()
-    close("y", y_t.numpy(), y)
-    close("final STM", h_t[0].numpy(), stm)
-    close("final LTM", c_t[0].numpy(), ltm)
+    close_layer_forward(model, xt, dyt, y, stm, ltm)
     got = torch_callable(model, xt, dyt, "fwdbwd")()
     close("dx", got[0].numpy(), grads["x"])
     names = [name for name, _ in model.named_parameters()]
