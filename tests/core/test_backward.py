@@ -10,6 +10,7 @@ Oracles:
 Every comparison of gradients is per gradient and relative in norm (``support.rel_error``), so
 one tolerance serves gradients of every scale.
 """
+import gc
 import re
 
 import numpy as np
@@ -78,7 +79,7 @@ def assert_gradients_match(cell, got, want, tol, x_shape):
     assert set(got) == expected_names
     assert set(want) >= expected_names
     shapes = {name: array.shape for name, array in cell.params.items()}
-    shapes.update(x=(T, B, D), stm0=(B, H), ltm0=(B, H))
+    shapes.update(x=(T, B, D), stm0=(B, cell.proj_size or H), ltm0=(B, H))
     shapes.update({f"{name}0": (B, H) for name in cell.memories})
     errors = {}
     for name in sorted(expected_names):
@@ -523,6 +524,38 @@ def test_tape_is_unaffected_by_caller_changing_its_inputs(changed, dtype):
     got = cell.backward(tape, dy, dstm, dltm)
     tol = F64_TOL if dtype == np.float64 else F32_TOL
     assert_gradients_match(cell, got, want, tol, x.shape)
+
+
+# A tape's memory goes back to its cell when the tape and every view of it are gone (a training
+# step's next tape reuses those pages), and never while any of them is alive.
+TAPE_PATHS = {"loop": {}, "projected": {"proj_size": 3}, "scan": {"variant": "minlstm", "scan": True}}
+
+
+@pytest.mark.parametrize("path", TAPE_PATHS)
+def test_a_tape_in_use_keeps_its_memory_and_a_dropped_one_lends_it_again(path):
+    options = dict(TAPE_PATHS[path])
+    variant = options.pop("variant", "standard")
+    cell = gatekit.Cell(3, 4, variant, **options, dtype=np.float64, seed=21)
+    rng = np.random.default_rng(21)
+    first, second = rng.standard_normal((2, 7, 2, 3))
+    dy = rng.standard_normal((7, 2, options.get("proj_size", 4)))
+    want = reference.backward(cell, first, dy)
+    _, _, tape = cell.forward(first, keep=True)
+    z = tape.z                                  # a view the caller holds on to
+    address, z_first = z.__array_interface__["data"][0], z.copy()
+    _, _, other = cell.forward(second, keep=True)
+    assert other.z.__array_interface__["data"][0] != address
+    assert_gradients_match(cell, cell.backward(tape, dy), want, F64_TOL, first.shape)
+    del tape
+    gc.collect()
+    _, _, third = cell.forward(second, keep=True)
+    np.testing.assert_array_equal(z, z_first)   # the view kept the first tape's memory
+    assert third.z.__array_interface__["data"][0] != address
+    del z
+    gc.collect()
+    _, _, fourth = cell.forward(first, keep=True)
+    assert fourth.z.__array_interface__["data"][0] == address
+    assert_gradients_match(cell, cell.backward(fourth, dy), want, F64_TOL, first.shape)
 
 
 # --- 7. No stale buffers: a gradient at one step only --------------------------------------------

@@ -1,9 +1,10 @@
 """A threaded call whose thread 0 goes on alone part-way (what it does when the machine is
-busy and the team's barrier waits say one thread would be faster).
+busy and the team's barrier waits say one thread would be faster), and calls the others back
+later (once it has been alone for a while).
 
-The switch depends on timing, so these tests make it happen at a chosen step through the
-compiled loops' ``alone_at`` argument, and check that the rest of the pass, now run by thread 0
-over every thread's share, gives the same bits as one thread from the start, and the
+Both switches depend on timing, so these tests make them happen at chosen steps through the
+compiled loops' ``alone_at`` and ``back_at`` arguments, and check that the pass, run in part by
+thread 0 over every thread's share, gives the same bits as one thread from the start, and the
 reference's result to rounding: the time loop, the projected loop (forward and backward) and
 the scan (backward: its forward pass has no barrier to wait at, so nothing to judge).
 """
@@ -33,13 +34,14 @@ class MixingUse(UseStandard):
 
 
 class LoopGoingAlone:
-    """``gatekit.core.cell``'s view of a compiled loop, with each of its ``passes`` told to go
-    alone after step ``at``."""
+    """``gatekit.core.cell``'s view of a compiled loop, with each pass named in ``steps`` told
+    the steps at which to go alone and to call the others back: ``{"forward": {"alone_at": 3,
+    "back_at": 9}, ...}``."""
 
-    def __init__(self, loop, at, passes=("forward", "backward")):
+    def __init__(self, loop, steps):
         self._loop = loop
-        for name in passes:
-            setattr(self, name, functools.partial(getattr(loop, name), alone_at=at))
+        for name, options in steps.items():
+            setattr(self, name, functools.partial(getattr(loop, name), **options))
 
     def __getattr__(self, name):
         return getattr(self._loop, name)
@@ -71,7 +73,45 @@ def test_going_alone_changes_no_bit(monkeypatch, register, variant, use, threads
     x = rng.standard_normal((T, B, D)).astype(dtype)
     state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     dy = rng.standard_normal((T, B, H)).astype(dtype)
-    assert_going_alone_changes_no_bit(monkeypatch, "_loop", at, team, solo, x, state, dy, rng)
+    assert_going_alone_changes_no_bit(monkeypatch, "_loop", alone_after(at), team, solo, x,
+                                      state, dy, rng)
+
+
+def alone_after(at, passes=("forward", "backward")):
+    return {name: {"alone_at": at} for name in passes}
+
+
+def alone_between(first, last, steps, passes=("forward", "backward")):
+    """Alone from after step ``first`` to after step ``first + steps`` of the forward pass, and
+    of the backward pass (which runs from the last step) from ``last`` to ``last - steps``."""
+    between = {"forward": {"alone_at": first, "back_at": first + steps},
+               "backward": {"alone_at": last, "back_at": last - steps}}
+    return {name: between[name] for name in passes}
+
+
+# One step alone is the narrowest window: a thread left behind may not yet have read that it
+# is, when thread 0 calls it back. Repeated, so that a race there has many chances to show.
+SPANS = [pytest.param(1, 20, id="1-step"), pytest.param(11, 1, id="11-steps")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("steps, repeats", SPANS)
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("variant, use", [("standard", None), ("course", None),
+                                          ("standard", "alone_mixing_use")],
+                         ids=["standard", "course-syncs", "mixing-use"])
+def test_going_alone_and_back_changes_no_bit(monkeypatch, register, variant, use, threads,
+                                             steps, repeats, dtype):
+    register(make_plugin(gates=[MixingUse]), name="test-alone-mixing")
+    overrides = {"use": use} if use else {}
+    team = gatekit.Cell(D, H, variant, dtype=dtype, seed=4, threads=threads, **overrides)
+    solo = gatekit.Cell(D, H, variant, dtype=dtype, seed=4, threads=1, **overrides)
+    rng = np.random.default_rng(steps + threads)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    state = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    assert_going_alone_changes_no_bit(monkeypatch, "_loop", alone_between(6, T - 7, steps),
+                                      team, solo, x, state, dy, rng, repeats)
 
 
 # The projected loop: 60 steps of 16 sequences, H = 64 units and P = 30 projected (not a
@@ -92,8 +132,24 @@ def test_the_projected_loop_going_alone_changes_no_bit(monkeypatch, threads, at,
     state = (rng.standard_normal((PB, PP)).astype(dtype),
              rng.standard_normal((PB, PH)).astype(dtype))
     dy = rng.standard_normal((PT, PB, PP)).astype(dtype)
-    assert_going_alone_changes_no_bit(monkeypatch, "_projection", at, team, solo, x, state, dy,
-                                      rng)
+    assert_going_alone_changes_no_bit(monkeypatch, "_projection", alone_after(at), team, solo,
+                                      x, state, dy, rng)
+
+
+@pytest.mark.parametrize("steps, repeats", SPANS)
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_projected_loop_going_alone_and_back_changes_no_bit(monkeypatch, threads, steps,
+                                                                repeats):
+    team = gatekit.Cell(PD, PH, proj_size=PP, dtype=np.float32, seed=6, threads=threads)
+    solo = gatekit.Cell(PD, PH, proj_size=PP, dtype=np.float32, seed=6, threads=1)
+    rng = np.random.default_rng(steps + threads)
+    x = rng.standard_normal((PT, PB, PD)).astype(np.float32)
+    state = (rng.standard_normal((PB, PP)).astype(np.float32),
+             rng.standard_normal((PB, PH)).astype(np.float32))
+    dy = rng.standard_normal((PT, PB, PP)).astype(np.float32)
+    assert_going_alone_changes_no_bit(monkeypatch, "_projection",
+                                      alone_between(9, PT - 10, steps), team, solo, x, state, dy,
+                                      rng, repeats)
 
 
 # The scan: 128 steps of 16 sequences in chunks of 16 steps, 48 units on 3 threads of 16.
@@ -117,8 +173,25 @@ def test_the_scan_going_alone_changes_no_bit(monkeypatch, variant, threads, at, 
     # The scan's weight gradients are products over each thread's units, which round
     # differently from one product over all: thread 0 alone does each thread's in turn, so
     # going alone gives the bits of the team that does not, rather than those of one thread.
-    assert_going_alone_changes_no_bit(monkeypatch, "_scan", at, team, team, x, state, dy, rng,
-                                      passes=("backward",))
+    assert_going_alone_changes_no_bit(monkeypatch, "_scan", alone_after(at, ("backward",)),
+                                      team, team, x, state, dy, rng)
+
+
+@pytest.mark.parametrize("chunks, repeats", [pytest.param(1, 20, id="1-chunk"),
+                                             pytest.param(3, 1, id="3-chunks")])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_the_scan_going_alone_and_back_changes_no_bit(monkeypatch, threads, chunks, repeats):
+    team = gatekit.Cell(SD, SH, "minlstm", dtype=np.float32, seed=8, threads=threads, scan=True)
+    rng = np.random.default_rng(chunks + threads)
+    x = rng.standard_normal((ST, SB, SD)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (SB, SH)).astype(np.float32)
+    dy = rng.standard_normal((ST, SB, SH)).astype(np.float32)
+    C = cell_module._scan.chunk_steps(SB)
+    # Alone after the chunk of step T - 1 - C (the second from the end), back after the
+    # chunk ``chunks`` further on (the scan's judge meets at each chunk's last barrier).
+    steps = alone_between(0, ST - 1 - C, chunks * C, passes=("backward",))
+    assert_going_alone_changes_no_bit(monkeypatch, "_scan", steps, team, team, x,
+                                      (h0, h0.copy()), dy, rng, repeats)
 
 
 # A team whose threads the system will not start: thread 0 runs the pass from the start, with
@@ -193,18 +266,19 @@ def test_a_team_the_system_will_not_start_runs_on_one_thread(tmp_path):
         assert_run_matches_the_reference(solo, x, state, dy, solo.dtype)
 
 
-def assert_going_alone_changes_no_bit(monkeypatch, loop, at, team, baseline, x, state, dy, rng,
-                                      passes=("forward", "backward")):
-    """``team``'s runs, with the ``passes`` of its compiled ``loop`` going alone after step
-    ``at``, give the bits of ``baseline``'s, on whole and ragged batches; and the equations."""
+def assert_going_alone_changes_no_bit(monkeypatch, loop, steps, team, baseline, x, state, dy,
+                                      rng, repeats=1):
+    """``team``'s runs, with the passes of its compiled ``loop`` going alone (and back) at
+    ``steps`` (see LoopGoingAlone), give the bits of ``baseline``'s, on whole and ragged
+    batches, ``repeats`` times; and the equations."""
     T, B = x.shape[:2]
     lengths = rng.integers(T // 2, T + 1, size=B)
     lengths[0] = T
     want = [run(baseline, x, state, dy), run(baseline, x, state, dy, lengths)]
-    monkeypatch.setattr(cell_module, loop,
-                        LoopGoingAlone(getattr(cell_module, loop), at, passes=passes))
-    for ragged, expected in enumerate(want):
-        assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
+    monkeypatch.setattr(cell_module, loop, LoopGoingAlone(getattr(cell_module, loop), steps))
+    for _ in range(repeats):
+        for ragged, expected in enumerate(want):
+            assert_same_run(run(team, x, state, dy, lengths if ragged else None), expected)
     assert_run_matches_the_reference(team, x, state, dy, x.dtype)
 
 

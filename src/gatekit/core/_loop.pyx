@@ -27,7 +27,7 @@ The file reads top-down:
 
 - the plan: which loop a call runs, and how its units are split between threads;
 - the team: the threads of one call, the barrier that keeps them in step, a thread's share of
-  the gates of a step, and thread 0 going on alone when the team would be slower;
+  the gates of a step, and thread 0 going on alone while the team would be slower;
 - the forward pass: ``forward``, the plain loop (calls too small to be worth packing the
   weights), then a thread's part of the tiled loop;
 - the backward pass: the recurrence it computes, ``backward``, a thread's part of the time loop,
@@ -41,9 +41,9 @@ Each section starts with what it offers and goes on with what that calls.
 from gatekit.core._gate cimport Gate, Extent, StepFloat, StepDouble, floating
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, StepEnd, GO_ON, STOP, GO_ALONE, gk_barrier, gk_barrier_wait,
-    gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
-    start_pace)
+    MAX_TEAM, Pace, StepEnd, GO_ON, STOP, GO_ALONE, TEAM_AGAIN, end_pace, gk_barrier,
+    gk_barrier_wait, gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t,
+    start_members, start_pace, wait_to_be_called)
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 import numpy as np
@@ -208,7 +208,7 @@ cdef struct Team:
     int size                 # threads running the pass (1 for the plain loop)
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
-    Pace pace                # whether, and after which step, thread 0 goes on alone
+    Pace pace                # whether, and after which step, thread 0 is on its own
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
@@ -264,7 +264,7 @@ cdef struct Member:
 cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t B,
                      Py_ssize_t D, Py_ssize_t H, Py_ssize_t KH, Py_ssize_t kept,
                      Py_ssize_t forget_preactivation, tuple reads, Py_ssize_t alone_at,
-                     bint single) except -1:
+                     Py_ssize_t back_at, bint single) except -1:
     """The sizes and the gates of a call, for the team of ``P`` (one thread, this one, if P has
     none); the caller points the team at the buffers. Only a team of several threads splits
     the units, so only it reads each gate's mixes_units and syncs (Python attributes: the plain
@@ -281,7 +281,7 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
     team.size, team.units, team.single = max(1, P.team), P.units, single
     team.T, team.B, team.D, team.H, team.KH, team.kept = T, B, D, H, KH, kept
     team.forget_preactivation = forget_preactivation
-    start_pace(&team.pace, alone_at)
+    start_pace(&team.pace, alone_at, back_at)
     team.dparams, team.dparams_stride = NULL, 0
     team.M, team.mem, team.dmem = 0, NULL, NULL
     team.regularised, team.rate_ltm, team.rate_stm = False, 0, 0
@@ -303,17 +303,17 @@ cdef int set_up_team(Team* team, tuple gates, Plan* P, Py_ssize_t T, Py_ssize_t 
 cdef Py_ssize_t run_team(Team* team) noexcept nogil:
     """Run the pass on ``team.size`` threads, this one included (on this one alone if
     the system will not start another). Returns -1, or the first step at which a gate failed.
-    The weight gradients after a backward pass that went alone run on this thread too: each
+    The weight gradients after a backward pass that ended alone run on this thread too: each
     thread's part is its own rows, so this thread runs them one after another."""
     cdef pthread_t threads[MAX_TEAM]
     cdef Member members[MAX_TEAM]
     cdef int m, size = team.size
     cdef Py_ssize_t failed = -1
-    if team.phase == WEIGHTS and team.pace.alone_after >= 0:
+    if team.phase == WEIGHTS and team.pace.alone:
         for m in range(team.size):
             run_member(team, m)
         return -1
-    start_pace(&team.pace, team.pace.alone_at)
+    start_pace(&team.pace, team.pace.alone_at, team.pace.back_at)
     for m in range(team.size):
         team.failed[m] = -1
         members[m].team, members[m].index = team, m
@@ -321,6 +321,7 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
                      sizeof(Member), size) < size:
         team.size, team.units = 1, team.H
     run_member(team, 0)
+    end_pace(&team.pace)
     join_members(threads, team.size)
     for m in range(team.size):
         if team.failed[m] >= 0 and (failed < 0 or team.failed[m] < failed):
@@ -477,11 +478,12 @@ cdef Layout layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t KH, bint
 def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, ::1] x,
             floating[:, ::1] stm0, floating[:, :, ::1] y, floating[::1] workspace, bint keep,
             const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-            int threads, Py_ssize_t alone_at=-1, Py_ssize_t memories=0,
+            int threads, Py_ssize_t alone_at=-1, Py_ssize_t back_at=-1, Py_ssize_t memories=0,
             tuple regularisers=None):
     """Run the cell over every step of ``x``, on up to ``threads`` threads. Returns -1, or the
     step at which a gate failed. (``alone_at``: the step after which thread 0 goes on alone
-    whatever it measures, so that the tests can reach that path.) ``memories``: how many extra
+    whatever it measures, so that the tests can reach that path; ``back_at``, a later step
+    after which it calls the others back whatever the time.) ``memories``: how many extra
     memories the gates keep; the caller puts their initial values in mem[0] of the workspace.
     ``regularisers``: zoneout and recurrent dropout, or None (see :func:`regulariser_buffers`).
 
@@ -513,7 +515,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, :, 
         raise ValueError(f"workspace holds {workspace.shape[0]} numbers; this call needs {L.size}")
     cdef floating* base = &workspace[0]
     set_up_team(&team, gates, &P, T, B, D, H, KH, L.kept, forget_preactivation, reads, alone_at,
-                single)
+                back_at, single)
     team.phase = FORWARD
     team.W = &W[0, 0] if KH > 0 else NULL
     team.bias = &bias[0] if KH > 0 else NULL
@@ -615,9 +617,9 @@ cdef inline void add_products(floating* out, Py_ssize_t ldo, const floating* a, 
 
 cdef void forward_member(Team* team, int index, floating* precision) noexcept nogil:
     """Thread ``index``'s part of the tiled forward pass: units [u0, u1) of every block and
-    every gate (all units of a gate that mixes them, on thread 0), one barrier per step; from
-    the step at which thread 0 goes alone, thread 0 runs every unit over every thread's
-    panels."""
+    every gate (all units of a gate that mixes them, on thread 0), one barrier per step; while
+    thread 0 is alone, it runs every unit over every thread's panels, and the others wait to be
+    called back."""
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
     cdef Py_ssize_t u0, u1
@@ -669,7 +671,8 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
                 product(rows, x + r * D, D, D, NULL, 0, 0, panel, bias + column,
                         z + r * KH + column, KH, min(nr, u1 - u))
                 panel += D * nr
-    for t in range(T):
+    t = 0
+    while t < T:
         zt = z + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
                       <floating*> team.y, <const floating*> team.stm0, x,
@@ -690,11 +693,19 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             if team.M > 0:
                 hold_finished_memories(&s, team.M, team.lengths, <floating*> NULL)
         end = end_of_step(team, index, t, failed, alone)
-        if end == STOP or (end == GO_ALONE and index > 0):
+        if end == STOP:
             break
-        if end == GO_ALONE:
+        if end == GO_ALONE and index > 0:
+            t = wait_to_be_called(&team.pace)
+            if t < 0:
+                break
+        elif end == GO_ALONE:
             alone = True
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
+        elif end == TEAM_AGAIN:
+            alone = False
+            s.e.u0, s.e.u1, s.barrier = u0, u1, &team.barrier
+        t += 1
 
 
 cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
@@ -835,7 +846,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[::1] scratch,
              const Py_ssize_t[::1] lengths, Py_ssize_t forget_preactivation, tuple reads,
-             int threads, Py_ssize_t alone_at=-1, floating[:, :, :, ::1] mem=None,
+             int threads, Py_ssize_t alone_at=-1, Py_ssize_t back_at=-1,
+             floating[:, :, :, ::1] mem=None,
              floating[:, :, :, ::1] dmem=None, tuple regularisers=None):
     """Backpropagation through time over a tape the forward pass kept (S = T), with the
     ``regularisers`` of the forward pass that kept it, or None.
@@ -848,7 +860,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     :func:`backward_scratch` numbers.
     Steps after a sequence's length (``lengths`` may be None: all T) pass its gradients through
     untouched and ignore its dy.
-    Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at`` likewise).
+    Runs on up to ``threads`` threads, as :func:`forward` does (``alone_at``, ``back_at``
+    likewise: steps in the order this pass takes them, from the last).
     The gates' extra memories, if any: ``mem`` (T + 1, M, B, H) from the tape, and ``dmem``
     (2, M, B, H), in: dmem[T % 2] the gradients of their final values; out: dmem[0], those of
     their initial values.
@@ -903,7 +916,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     # Without blocks there is nothing to multiply (P has no threads): the time loop still runs
     # the gates, on this thread.
     set_up_team(&team, gates, &P, T, B, D, H, KH, acts.shape[1], forget_preactivation, reads,
-                alone_at, single)
+                alone_at, back_at, single)
     team.phase = BACKWARD
     team.W = &W[0, 0] if KH > 0 else NULL
     team.z = &z[0, 0, 0] if KH > 0 else NULL
@@ -941,8 +954,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
 cdef void backward_member(Team* team, int index, floating* precision) noexcept nogil:
     """Thread ``index``'s part of the backward time loop: units [u0, u1) of every gate (all
     units of a gate that mixes them, on thread 0) and of the carry to STM_{t-1}, one barrier
-    per step (all of dz[t] must be there before the carry reads it); from the step at which
-    thread 0 goes alone, thread 0 runs every unit."""
+    per step (all of dz[t] must be there before the carry reads it); while thread 0 is alone,
+    it runs every unit, and the others wait to be called back."""
     cdef Py_ssize_t T = team.T, B = team.B, H = team.H, KH = team.KH, BH = team.B * team.H
     cdef Py_ssize_t nr = panel_width(floating is float)
     cdef Py_ssize_t u0, u1
@@ -979,7 +992,8 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             panel += recurrent_end * nr
     if team.post.W != NULL:
         pack_product(team, index, <floating*> NULL)
-    for t in range(T - 1, -1, -1):
+    t = T - 1
+    while t >= 0:
         if KH > 0:
             zt, dzt = z + t * B * KH, dz + t * B * KH
         point_at_step(&s, t, zt, <floating*> team.acts, team.kept, <floating*> team.ltm,
@@ -1024,18 +1038,30 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             start_memory_gradients(&s, team.M, team.lengths, <floating*> NULL)
         failed = run_shared_gates(team, index, BACKWARD, &s, failed, alone)
         end = end_of_step(team, index, t, failed, alone)
-        if end == STOP or (end == GO_ALONE and index > 0):
+        if end == STOP:
             break
-        if end == GO_ALONE:
+        if end == GO_ALONE and index > 0:
+            # Called back after step t (before its carry, which every thread does on its units).
+            t = wait_to_be_called(&team.pace)
+            if t < 0:
+                break
+            if KH > 0:
+                dzt = dz + t * B * KH
+        elif end == GO_ALONE:
             alone = True
             u0, u1 = 0, H
             s.e.u0, s.e.u1, s.barrier = 0, H, NULL
+        elif end == TEAM_AGAIN:
+            alone = False
+            unit_range(team, index, &u0, &u1)
+            s.e.u0, s.e.u1, s.barrier = u0, u1, &team.barrier
         if recurrent_end > 0:
             # carry[:, u0:u1] += dz[t] @ W[:, u0:u1]; alone, thread 0 takes every thread's units
             for m in range(0 if alone else index, team.size if alone else index + 1):
                 add_carry(team, m, dzt, inner)
         if team.regularised:
             unmask_carry(team, u0, u1, carry, inner)
+        t -= 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ of the gates, and its share of the P columns of the projection and of the carry,
 barriers per step; gates that mix units or wait at barriers of their own run the call on one
 thread. At each step's last barrier thread 0 judges whether the crew has become slower than
 one thread would be (a busy machine: gatekit/core/_team.pxd), and if so carries on alone
-over every unit and column, the others leaving.
+over every unit and column for a while, the others waiting to be called back.
 
 Backward, with g_t = d/dSTM_t (P wide: dy_t plus what step t + 1 sent back), the gates see
 dSTM_t = g_t W_hr (the gradient of U_t ⊙ V_t), step t - 1 gets g_{t-1} += dz_t W[:, :P] (the
@@ -32,9 +32,9 @@ db = Σ_t dz_t, dx_t += dz_t W[:, P:].
 from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, StepEnd, GO_ALONE, STOP, gk_barrier, gk_barrier_wait,
+    MAX_TEAM, Pace, StepEnd, GO_ALONE, STOP, TEAM_AGAIN, end_pace, gk_barrier, gk_barrier_wait,
     gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
-    start_pace)
+    start_pace, wait_to_be_called)
 
 from gatekit.core._gate import PythonGate
 
@@ -88,12 +88,14 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1
             floating[:, :, ::1] x, floating[:, ::1] stm0, floating[:, :, ::1] y,
             floating[:, :, ::1] z, floating[:, :, :, ::1] acts, floating[:, :, ::1] ltm,
             floating[:, :, ::1] uv, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-            Py_ssize_t forget_preactivation, tuple reads, int threads=1, Py_ssize_t alone_at=-1):
+            Py_ssize_t forget_preactivation, tuple reads, int threads=1, Py_ssize_t alone_at=-1,
+            Py_ssize_t back_at=-1):
     """Run the projected cell over every step of ``x``; the caller puts the initial LTM in
     ltm[0]. Sequence b lasts ``lengths[b]`` steps (None: all T): from then on its memories
     stay as they were. Returns -1, the step at which a gate failed, or -2 if a product could
     not allocate its scratch. (``alone_at``: the step after which thread 0 goes on alone
-    whatever it measures, for the tests.)"""
+    whatever it measures, for the tests; ``back_at``, a later step after which it calls the
+    others back whatever the time.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t P = stm0.shape[1], H = W_hr.shape[1], KH = W.shape[0], S = acts.shape[1]
     cdef Py_ssize_t first_input, recurrent_end
@@ -125,7 +127,7 @@ def forward(tuple gates, floating[:, ::1] W, floating[::1] bias, floating[:, ::1
     set_up_crew(&crew, gate_list, T, B, D, H, P, KH, S, first_input, recurrent_end,
                 forget_preactivation, ends, floating is float,
                 plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
-    start_pace(&crew.pace, alone_at)
+    start_pace(&crew.pace, alone_at, back_at)
     crew.W, crew.bias, crew.W_hr, crew.x = &W[0, 0], &bias[0], &W_hr[0, 0], &x[0, 0, 0]
     crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]
     crew.ltm, crew.uv, crew.work = &ltm[0, 0, 0], &uv[0, 0, 0], &work[0, 0]
@@ -161,7 +163,7 @@ cdef struct Crew:
     int size
     gk_start start           # 1 once every thread exists; -1 if one could not be started
     gk_barrier barrier
-    Pace pace                # whether, and after which step, thread 0 goes on alone
+    Pace pace                # whether, and after which step, thread 0 is on its own
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
     bint out_of_memory[MAX_TEAM]
     Py_ssize_t stop_tag[MAX_TEAM]   # the barrier before which each thread saw either, or -1
@@ -221,6 +223,7 @@ cdef Py_ssize_t run_crew(Crew* crew) noexcept nogil:
                      sizeof(CrewMember), size) < size:
         crew.size = 1
     crew_member(crew, 0)
+    end_pace(&crew.pace)
     join_members(threads, crew.size)
     for m in range(crew.size):
         if crew.out_of_memory[m]:
@@ -262,8 +265,8 @@ cdef inline bint meet(Crew* crew, int index, Py_ssize_t t, bint failed, bint alo
 
 cdef inline StepEnd end_of_step(Crew* crew, int index, Py_ssize_t t, bint failed,
                                 bint alone) noexcept nogil:
-    """meet() at the step's last barrier, where thread 0 may decide to go on alone
-    (gatekit/core/_team.pxd)."""
+    """meet() at the step's last barrier, where thread 0 may decide to go on alone, or alone
+    to call the others back (gatekit/core/_team.pxd)."""
     note_stop(crew, index, 2 * t + 1, failed)
     cdef StepEnd end = meet_at_end_of_step(&crew.pace, &crew.barrier, crew.size, crew.failed,
                                            index, t, failed, alone or crew.size == 1,
@@ -324,7 +327,8 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
                 ok |= gemm(False, True, T * B, u1 - u0, D, x, D, W + (k * H + u0) * kdim + P,
                            kdim, <floating> 1, z + k * H + u0, KH)
     crew.out_of_memory[index] = ok < 0
-    for t in range(T):
+    t = 0
+    while t < T:
         zt = z + t * B * KH
         STM_prev = stm0 if t == 0 else y + (t - 1) * BP
         STM_t = y + t * BP
@@ -356,13 +360,23 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
         if ok < 0:
             crew.out_of_memory[index] = True
         end = end_of_step(crew, index, t, False, alone)
-        if end == STOP or (end == GO_ALONE and index > 0):
+        if end == STOP:
             return
-        if end == GO_ALONE:
+        if end == GO_ALONE and index > 0:
+            t = wait_to_be_called(&crew.pace)
+            if t < 0:
+                return
+        elif end == GO_ALONE:
             # From here thread 0 computes every unit and every column, as one thread would.
             alone = True
             u0, u1, p0, p1 = 0, H, 0, P
             s.e.u0, s.e.u1 = u0, u1
+        elif end == TEAM_AGAIN:
+            alone = False
+            share(H, crew.size, index, &u0, &u1)
+            share(P, crew.size, index, &p0, &p1)
+            s.e.u0, s.e.u1 = u0, u1
+        t += 1
 
 
 cdef void backward_member(Crew* crew, int index, floating* precision) noexcept nogil:
@@ -393,7 +407,8 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
     cdef StepAny s = blank_step(B, H, D, KH, crew.work)
     s.e.u0, s.e.u1 = u0, u1
     s.dSTM_t, s.dSTM_prev = dSTM_t, unread
-    for t in range(T - 1, -1, -1):
+    t = T - 1
+    while t >= 0:
         zt, dzt = <floating*> crew.z + t * B * KH, dz + t * B * KH
         g_t = <floating*> crew.dprojected + t * BP
         point_at_step(&s, t, zt, <floating*> crew.acts, T, <floating*> crew.ltm,
@@ -439,17 +454,29 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
         if ok < 0:
             crew.out_of_memory[index] = True
         end = end_of_step(crew, index, t, failed, alone)
-        if end == STOP or (end == GO_ALONE and index > 0):
+        if end == STOP:
             return
-        if end == GO_ALONE:
+        if end == GO_ALONE and index > 0:
+            # Called back after step t, before its carry (every thread does its columns).
+            t = wait_to_be_called(&crew.pace)
+            if t < 0:
+                return
+            dzt = dz + t * B * KH
+        elif end == GO_ALONE:
             alone = True
             u0, u1, p0, p1 = 0, H, 0, P
+            s.e.u0, s.e.u1 = u0, u1
+        elif end == TEAM_AGAIN:
+            alone = False
+            share(H, crew.size, index, &u0, &u1)
+            share(P, crew.size, index, &p0, &p1)
             s.e.u0, s.e.u1 = u0, u1
         if crew.recurrent_end > 0 and p1 > p0:
             ok |= gemm(False, False, B, p1 - p0, crew.recurrent_end, <const floating*> dzt, KH,
                        W + p0, kdim, <floating> 1, carry + p0, P)
             if ok < 0:
                 crew.out_of_memory[index] = True
+        t -= 1
 
 
 def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:, :, ::1] x,
@@ -461,7 +488,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
              size_t[:, ::1] dparams, floating[:, ::1] work, floating[:, :, ::1] dprojected,
              floating[:, :, ::1] scratch, const Py_ssize_t[::1] lengths,
              Py_ssize_t forget_preactivation, tuple reads, int threads=1,
-             Py_ssize_t alone_at=-1):
+             Py_ssize_t alone_at=-1, Py_ssize_t back_at=-1):
     """Backpropagation through time over a tape the forward pass kept (S = T).
 
     In: dy (T, B, P); dstm (B, P) the gradient of the final STM, dltm[T % 2] that of the final
@@ -470,7 +497,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
     g), all added into (the caller zeroes them). dz (T, B, KH), dacts (5, T, B, H), work
     (T * B, H), dprojected (T, B, P) (g_t of every step) and scratch (2, B, H): any content.
     Returns -1, the step at which a gate failed (T for a failure in finish), or -2 if a
-    product could not allocate its scratch. (``alone_at`` as in forward.)"""
+    product could not allocate its scratch. (``alone_at``, ``back_at`` as in forward, in this
+    pass's order of steps, from the last.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t P = stm0.shape[1], H = W_hr.shape[1], KH = W.shape[0]
     cdef Py_ssize_t first_input, recurrent_end
@@ -514,7 +542,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, ::1] W_hr, floating[:,
     set_up_crew(&crew, gate_list, T, B, D, H, P, KH, T, first_input, recurrent_end,
                 forget_preactivation, ends, floating is float,
                 plan_crew(T, B, D, H, P, KH, threads, gates_share(gates)))
-    start_pace(&crew.pace, alone_at)
+    start_pace(&crew.pace, alone_at, back_at)
     crew.backward = True
     crew.W, crew.W_hr, crew.x = &W[0, 0], &W_hr[0, 0], &x[0, 0, 0] if D > 0 else NULL
     crew.stm0, crew.y, crew.z, crew.acts = &stm0[0, 0], &y[0, 0, 0], &z[0, 0, 0], &acts[0, 0, 0, 0]

@@ -30,7 +30,7 @@ blocked scan over T would pass over the memories twice.) Backward meets three ba
 chunk: dx and the gates' finish need all units of the chunk's dz, and the next chunk reuses
 its scratch. On a busy machine, where a descheduled thread makes the others wait at those
 barriers, thread 0 judges at each chunk's last barrier whether the team has become slower
-than it would be alone, and if so carries on alone (gatekit/core/_team.pxd); the forward
+than it would be alone, and if so carries on alone for a while (gatekit/core/_team.pxd); the forward
 pass, which never waits for another thread until the end of the call, has nothing to judge:
 a thread that loses its CPU delays its own units only, while the others go on.
 
@@ -41,8 +41,9 @@ from libc.string cimport memset
 from gatekit.core._gate cimport Gate, StepFloat, StepDouble, floating, gemm
 from gatekit.core._step cimport StepAny, step_layout
 from gatekit.core._team cimport (
-    MAX_TEAM, Pace, GO_ALONE, gk_barrier, gk_barrier_wait, gk_start,
-    gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members, start_pace)
+    MAX_TEAM, Pace, StepEnd, GO_ALONE, TEAM_AGAIN, end_pace, gk_barrier, gk_barrier_wait,
+    gk_start, gk_wait_for_start, join_members, meet_at_end_of_step, pthread_t, start_members,
+    start_pace, wait_to_be_called)
 
 from gatekit.core._gate import PythonGate
 
@@ -79,7 +80,7 @@ cdef struct Scan:
     gk_barrier barrier       # backward: the threads meet after each chunk's gates (see below)
     Py_ssize_t units         # units per thread (the last may have fewer)
     Phase phase
-    Pace pace                # backward: whether, and after which chunk, thread 0 goes on alone
+    Pace pace                # backward: whether, and after which chunk, thread 0 is on its own
     bint single
     void* gates[4]           # borrowed Gate objects, in role order
     Py_ssize_t T, B, D, H, KH, chunk, kept, forget_preactivation
@@ -154,7 +155,7 @@ cdef void set_up(Scan* sc, tuple gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t D
     sc.forget_preactivation = forget_preactivation
     sc.dparams, sc.dparams_stride = NULL, 0
     sc.out_of_memory = sc.finish_failed = False
-    start_pace(&sc.pace, -1)
+    start_pace(&sc.pace, -1, -1)
 
 
 cdef check_shape(str name, tuple shape, tuple expected):
@@ -187,6 +188,7 @@ cdef Py_ssize_t run_team(Scan* sc) noexcept nogil:
                      size) < size:
         sc.size, sc.units = 1, sc.H
     run_member(sc, 0)
+    end_pace(&sc.pace)
     join_members(threads, sc.size)
     for m in range(sc.size):
         if sc.failed[m] >= 0 and (failed < 0 or sc.failed[m] < failed):
@@ -396,7 +398,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
              floating[:, :, ::1] dz, floating[:, :, :, ::1] dacts, floating[:, :, :, ::1] drows,
              floating[:, ::1] dW, floating[::1] dbias, floating[:, :, ::1] dx,
              size_t[:, ::1] dparams, floating[:, ::1] work, const Py_ssize_t[::1] lengths,
-             Py_ssize_t forget_preactivation, int threads, Py_ssize_t alone_at=-1):
+             Py_ssize_t forget_preactivation, int threads, Py_ssize_t alone_at=-1,
+             Py_ssize_t back_at=-1):
     """The gradients of a scan (or of a time loop of the same cell) over its tape: z
     (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y (T, B, H).
 
@@ -406,7 +409,8 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     Scratch of one chunk's rows, C = min(T, chunk_steps(B)): dz (C, B, KH), dacts
     (5, C, B, H), drows (2, C, B, H) and work (C * B, H). Returns -1, or the first step of the
     chunk at which a gate failed (T for a failure in finish). (``alone_at``: a step after whose
-    chunk thread 0 goes on alone whatever it measures, for the tests.)"""
+    chunk thread 0 goes on alone whatever it measures, for the tests; ``back_at``, a step of a
+    later chunk, after which it calls the others back whatever the time.)"""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], D = x.shape[2]
     cdef Py_ssize_t H = y.shape[2], KH = W.shape[0], C = min(T, max(1, CHUNK_ROWS // B))
     cdef Py_ssize_t failed
@@ -437,6 +441,7 @@ def backward(tuple gates, floating[:, ::1] W, floating[:, :, ::1] x, floating[:,
     set_up(&sc, gates, T, B, D, H, KH, T, forget_preactivation, threads, floating is float)
     sc.phase = BACKWARD
     sc.pace.alone_at = alone_at
+    sc.pace.back_at = -1 if back_at < 0 else back_at - back_at % C    # its chunk's first step
     sc.W = &W[0, 0] if KH > 0 else NULL
     sc.x, sc.y = &x[0, 0, 0], &y[0, 0, 0]
     sc.z = &z[0, 0, 0] if KH > 0 else NULL
@@ -492,8 +497,8 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     finish over the chunk's rows on thread 0 (a barrier), the weight gradients of its units'
     rows of W and its share of the chunk's rows of dx (a barrier before the next chunk reuses
     the scratch, where thread 0 may decide to go on alone, doing every thread's part in turn
-    while the others leave). A thread whose gate failed still meets the others; they all stop
-    at the chunk's first barrier."""
+    while the others wait to be called back). A thread whose gate failed still meets the
+    others; they all stop at the chunk's first barrier."""
     cdef Py_ssize_t T = sc.T, B = sc.B, D = sc.D, H = sc.H, KH = sc.KH, BH = B * H
     cdef Py_ssize_t CBH = sc.chunk * BH, kdim = H + D
     cdef Py_ssize_t blocks = KH // H if H > 0 else 0, chunk = sc.chunk
@@ -524,6 +529,7 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
     cdef StepAny s
     cdef int g, m
     cdef bint failed = False, alone = False
+    cdef StepEnd after
     end = T
     while end > 0:
         t0 = ((end - 1) // chunk) * chunk
@@ -619,10 +625,15 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
                                     1, dx + (t0 * B + r0) * D, D) != 0:
                     sc.out_of_memory = True
         # Before the next chunk's gates reuse the scratch; the barrier where thread 0 judges.
-        if sc.size > 1 and not alone and meet_at_end_of_step(
-                &sc.pace, &sc.barrier, sc.size, sc.failed, index, t0, False, False,
-                t0 <= sc.pace.alone_at < end) == GO_ALONE:
-            if index > 0:
-                return
-            alone = True
+        if sc.size > 1:
+            after = meet_at_end_of_step(&sc.pace, &sc.barrier, sc.size, sc.failed, index, t0,
+                                        False, alone, t0 <= sc.pace.alone_at < end)
+            if after == GO_ALONE and index > 0:
+                t0 = wait_to_be_called(&sc.pace)     # the chunk after which this thread resumes
+                if t0 < 0:
+                    return
+            elif after == GO_ALONE:
+                alone = True
+            elif after == TEAM_AGAIN:
+                alone = False
         end = t0

@@ -6,7 +6,11 @@
 # another process holds a core, a thread of the call is descheduled for milliseconds at a time
 # and every other thread waits for it at the next barrier. So thread 0 measures those waits at
 # the barriers where the loop lets it, and past a threshold (would_go_faster_alone) runs the
-# rest of the pass alone, over every thread's share, while the others leave.
+# pass alone, over every thread's share, while the others wait, asleep. A busy spell is often
+# short (another library's threads spin for milliseconds after their own work: PyTorch's
+# OpenMP threads do, around a gatekit.torch module), so after a while thread 0 calls the others
+# back at the end of a step (call_back), and the team is judged afresh; each time it goes
+# alone again in the same pass, thread 0 waits longer before the next call.
 
 from gatekit.core._gate cimport gk_barrier, gk_barrier_wait
 
@@ -19,6 +23,8 @@ cdef extern from "_tiles.h" nogil:
     void gk_start_init(gk_start* start)
     int gk_wait_for_start(gk_start* start)
     void gk_set_start(gk_start* start, int value)
+    long long gk_wait_while(int* address, int value, int* sleepers)
+    void gk_signal(int* word, int* sleepers)
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
@@ -34,6 +40,15 @@ cdef enum:
     # How long a call runs as a team before thread 0 judges, from the time the team has waited
     # at its barriers, whether one thread would be faster (see would_go_faster_alone).
     JUDGE_AFTER_NS = 2000000
+    # How long thread 0 first runs alone before it calls the others back; ALONE_GROWTH times as
+    # long after each call, up to ALONE_AT_MOST_NS. Each call costs a judging of the team (on a
+    # busy machine, 2 ms or more at about the speed of one thread), so on a machine that stays
+    # busy the calls must be few: three in a pass of 100 ms, then one a second. (Measured at
+    # T = 200, B = 32, H = 256 beside one CPU-bound process, 2 ms growing 4 times cost 3 % over
+    # never calling back, 4 ms growing 2 times 8 %.)
+    ALONE_FIRST_NS = 2000000
+    ALONE_GROWTH = 4
+    ALONE_AT_MOST_NS = 1000000000
 
 
 ctypedef void* (*MemberMain)(void*) noexcept nogil
@@ -79,19 +94,34 @@ cdef inline void join_members(pthread_t* threads, int size) noexcept nogil:
 cdef enum StepEnd:
     GO_ON
     STOP            # a gate has failed on some thread: every thread stops at this step
-    GO_ALONE        # from here on thread 0 runs every unit and the others leave
+    GO_ALONE        # from here thread 0 runs every unit; the others wait (wait_to_be_called)
+    TEAM_AGAIN      # thread 0, alone, has called the others back: from here, its own units
 
 
 cdef struct Pace:            # thread 0's view of the team's speed, over one pass
     long long started        # gk_now_ns() when judging began; 0 before the first judging
                              # barrier, -1 between it and the second
     long long waited_before  # the barrier's waits until then
-    Py_ssize_t alone_after   # the step after whose barrier thread 0 carries on alone, or -1
+    Py_ssize_t alone_after   # the step after whose barrier thread 0 last went on alone, or -1
+                             # (changed only before a barrier every thread meets: the others
+                             # read it after, while thread 0 may already have called them back)
+    bint alone               # thread 0 is on its own (thread 0's to read)
     Py_ssize_t alone_at      # a step at which thread 0 goes alone whatever it measures (tests)
+    Py_ssize_t back_at       # a step after which thread 0, alone, calls the others back
+                             # whatever the time (tests); -1: when it has been alone long enough
+    long long alone_since    # gk_now_ns() when thread 0 last went on alone
+    long long alone_for      # how long it stays alone before it calls the others back
+    int calls                # thread 0's calls to the waiting threads (back, or to leave)
+    int calls_when_alone     # calls when thread 0 last went alone: the others wait for a new one
+    int sleepers             # waiting threads asleep on ``calls``
+    Py_ssize_t resume_after  # a call's step: the others resume after its end; -1: they leave
 
 
-cdef inline void start_pace(Pace* pace, Py_ssize_t alone_at) noexcept nogil:
+cdef inline void start_pace(Pace* pace, Py_ssize_t alone_at, Py_ssize_t back_at) noexcept nogil:
     pace.started, pace.waited_before, pace.alone_after, pace.alone_at = 0, 0, -1, alone_at
+    pace.alone = False
+    pace.back_at, pace.alone_since, pace.alone_for = back_at, 0, ALONE_FIRST_NS
+    pace.calls, pace.calls_when_alone, pace.sleepers, pace.resume_after = 0, 0, 0, -1
 
 
 cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int size,
@@ -100,15 +130,26 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
     """Record thread ``index``'s failure at step t in ``failures`` (the step each thread saw a
     gate fail at, or -1) and meet the others at ``barrier`` (unless thread 0 is alone); say how
     the pass goes on. Before the barrier thread 0 decides whether to go alone after it, at step
-    t where ``forced`` (the tests' hook), or where its waits say the team is slower."""
+    t where ``forced`` (the tests' hook), or where its waits say the team is slower. Alone, it
+    calls the others back after step t (TEAM_AGAIN) once it has been alone long enough."""
     cdef int m
     if failed and failures[index] < 0:
         failures[index] = t
     if alone:
-        return STOP if failed else GO_ON
-    if (index == 0 and not failed and pace.alone_after < 0
+        if failed:
+            return STOP
+        # (A pass on one thread is ``alone`` too, with nobody to call: pace.alone is not set.)
+        if pace.alone and (
+                t == pace.back_at
+                or (pace.back_at < 0 and gk_now_ns() - pace.alone_since >= pace.alone_for)):
+            call_back(pace, t)
+            return TEAM_AGAIN
+        return GO_ON
+    if (index == 0 and not failed and not pace.alone
             and (forced or would_go_faster_alone(pace, barrier, size))):
         pace.alone_after = t        # the barrier publishes it: every thread reads it after
+        pace.calls_when_alone = pace.calls
+        pace.alone = True
     gk_barrier_wait(barrier)
     if index == 0 and pace.started <= 0:
         # Judge from the second barrier on: the first also waits for the slowest thread's
@@ -124,7 +165,35 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
     for m in range(size):
         if failures[m] == t:
             return STOP
-    return GO_ALONE if pace.alone_after == t else GO_ON
+    if pace.alone_after != t:
+        return GO_ON
+    if index == 0:
+        pace.alone_since = gk_now_ns()
+    return GO_ALONE
+
+
+cdef inline void call_back(Pace* pace, Py_ssize_t t) noexcept nogil:
+    """Thread 0, alone: call the others back; they resume after step t, on their own units, and
+    the team is judged afresh (from the second barrier on, as at the start of a pass)."""
+    pace.alone, pace.started, pace.resume_after = False, 0, t
+    pace.alone_for = min(ALONE_GROWTH * pace.alone_for, <long long> ALONE_AT_MOST_NS)
+    gk_signal(&pace.calls, &pace.sleepers)
+
+
+cdef inline Py_ssize_t wait_to_be_called(Pace* pace) noexcept nogil:
+    """A thread thread 0 left (GO_ALONE): wait, asleep after a short spin, until thread 0 calls
+    it back (the step after whose end it resumes) or ends the pass (-1: leave). Thread 0 cannot
+    call twice before this thread has met it again: it calls only while alone, and goes alone
+    only at a barrier every thread meets."""
+    gk_wait_while(&pace.calls, pace.calls_when_alone, &pace.sleepers)
+    return pace.resume_after
+
+
+cdef inline void end_pace(Pace* pace) noexcept nogil:
+    """Thread 0, at the end of its pass: if it ended alone, the others leave."""
+    if pace.alone:
+        pace.resume_after = -1
+        gk_signal(&pace.calls, &pace.sleepers)
 
 
 cdef inline bint would_go_faster_alone(Pace* pace, gk_barrier* barrier, int size) noexcept nogil:

@@ -453,6 +453,14 @@ static inline long long gk_barrier_waited(gk_barrier* barrier) {
     return __atomic_load_n(&barrier->waited, __ATOMIC_RELAXED);
 }
 
+/* Thread 0 of a call, having gone on alone, calls the threads it left behind back, or tells
+ * them the pass is over: it changes *word, which they wait on (gk_wait_while). */
+static void gk_signal(int* word, int* sleepers) {
+    __atomic_add_fetch(word, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(sleepers, __ATOMIC_SEQ_CST) > 0)
+        gk_wake_all(word);
+}
+
 /* The threads of a call wait until the caller has started them all (1), or could not (-1:
  * they leave, and the caller runs the loop alone). */
 typedef struct {

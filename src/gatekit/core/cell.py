@@ -5,6 +5,7 @@ import inspect
 import math
 import numbers
 import os
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -308,10 +309,12 @@ class _Spares:
     """Scratch arrays a cell reuses from one call to the next. Freeing megabytes after each call
     and asking for them again at the next costs a page fault per 4 KiB (the C library hands large
     blocks back to the system): at T = 1000, B = 1, H = 64 that took six times as long as the
-    computation. A call takes a buffer out and puts it back when done, so two threads calling
-    one cell at once never share one (the second allocates its own)."""
+    computation, and at T = 200, B = 32, H = 256 the faults of a fresh tape made a two-thread
+    forward pass as slow as one thread (the threads queue for the process's page table and wait
+    for each other at every step). A call takes a buffer out and puts it back when done, so two
+    threads calling one cell at once never share one (the second allocates its own)."""
 
-    LIMIT = 64 << 20        # bytes; larger ones are not kept: their faults are a small share
+    LIMIT = 256 << 20       # bytes; larger ones are not kept: their faults are a small share
 
     def __init__(self):
         self._free = {}
@@ -325,6 +328,17 @@ class _Spares:
     def give(self, name, buffer):
         if buffer.nbytes <= self.LIMIT:
             self._free[name] = buffer
+
+    def lend(self, name, size, dtype):
+        """A buffer taken as ``take`` does that comes back when the last array viewing it is
+        gone: a tape's, which its caller keeps as long as they like (a training step drops it
+        after backward, so the next step's tape reuses its pages)."""
+        buffer = self.take(name, size, dtype)
+        # Views of an array over a memoryview keep that memoryview alive, not the buffer: its
+        # end is when no view of the loan remains.
+        loan = np.frombuffer(memoryview(buffer), dtype)
+        weakref.finalize(loan.base, self.give, name, buffer).atexit = False
+        return loan
 
 
 class Tape:
@@ -697,8 +711,8 @@ class Cell:
         single = self.dtype == np.float32
         size, layout = _loop.workspace_layout(T, B, self.input_size, H, KH, keep, threads, single,
                                               M)
-        # Without a tape the workspace is scratch, reused; a tape keeps its own.
-        workspace = np.empty(size, self.dtype) if keep else self._spares.take(
+        # Without a tape the workspace is scratch, reused; a tape keeps its own until it is gone.
+        workspace = self._spares.lend("tape", size, self.dtype) if keep else self._spares.take(
             "workspace", size, self.dtype)
 
         def buffer(name):
@@ -744,20 +758,27 @@ class Cell:
         H, P, KH = self.hidden_size, self.proj_size, self._weights.shape[0]
         kept = T if keep else 1
         y = np.empty((T, B, P), self.dtype)
-        z = np.empty((T, B, KH), self.dtype)
-        acts = np.empty((5, kept, B, H), self.dtype)
-        ltm = np.empty((kept + 1, B, H), self.dtype)
-        uv = np.empty((kept, B, H), self.dtype)
+        shapes = ((T, B, KH), (5, kept, B, H), (kept + 1, B, H), (kept, B, H), (B, H))
+        sizes = [math.prod(shape) for shape in shapes]
+        workspace = self._spares.lend("tape", sum(sizes), self.dtype) if keep else (
+            self._spares.take("workspace", sum(sizes), self.dtype))
+        starts = np.cumsum([0] + sizes)
+        z, acts, ltm, uv, work = (workspace[start:start + size].reshape(shape)
+                                  for start, size, shape in zip(starts, sizes, shapes))
         ltm[0] = ltm0
-        failed = _projection.forward(self.gates, self._weights, self._bias, self._projection, x,
-                                     stm0, y, z, acts, ltm, uv, np.empty((B, H), self.dtype),
-                                     lengths, self._forget_preactivation, self._reads,
-                                     self._call_threads())
-        if failed == -2:
-            raise MemoryError("the projected loop could not allocate a product's scratch")
-        if failed >= 0:
-            self._raise_gate_error(failed)
-        final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        try:
+            failed = _projection.forward(self.gates, self._weights, self._bias, self._projection,
+                                         x, stm0, y, z, acts, ltm, uv, work, lengths,
+                                         self._forget_preactivation, self._reads,
+                                         self._call_threads())
+            if failed == -2:
+                raise MemoryError("the projected loop could not allocate a product's scratch")
+            if failed >= 0:
+                self._raise_gate_error(failed)
+            final = (y[-1].copy() if T else stm0.copy(), ltm[T % len(ltm)].copy())
+        finally:
+            if not keep:
+                self._spares.give("workspace", workspace)
         tape = None
         if keep:
             tape = Tape(self, x, stm0, z, acts, ltm, y, lengths)
@@ -773,8 +794,8 @@ class Cell:
         S = T if keep else min(T, _scan.chunk_steps(B))
         chunk = min(T, _scan.chunk_steps(B))
         sizes = (S * B * KH, 5 * S * B * H, (S + 1) * B * H, chunk * B * H)
-        workspace = np.empty(sum(sizes), self.dtype) if keep else self._spares.take(
-            "workspace", sum(sizes), self.dtype)
+        workspace = self._spares.lend("tape", sum(sizes), self.dtype) if keep else (
+            self._spares.take("workspace", sum(sizes), self.dtype))
         ends = np.cumsum(sizes)
         buffers = {"z": workspace[:ends[0]].reshape(S, B, KH),
                    "acts": workspace[ends[0]:ends[1]].reshape(5, S, B, H),
