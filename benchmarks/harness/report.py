@@ -109,10 +109,14 @@ CELLS_VS_STANDARD = {"mgu": (("S1", "S3"), 1.3), "mut1": (("S1sq", "S6"), 1.3),
 #: ``gru`` against ``torch.nn.GRU``: (shape, mode) -> limit.
 GRU_VS_TORCH = {("S1", "forward"): 0.8, ("S3", "forward"): 1.2, ("S1", "fwdbwd"): 0.8,
                 ("S3", "fwdbwd"): 1.3}
+#: Issue 15's: ``gatekit.torch.LSTM`` of ``peephole`` inside a PyTorch training step (forward +
+#: backward) against the same cell as a PyTorch module stepped in a loop, by shape.
+MODULE_VS_LOOP = {"S1": 0.1, "S3": 0.5}
 
 
 def issue_targets():
-    """The robustness issue's targets and issue 13's (its cells), float32."""
+    """The robustness issue's targets, issue 13's (its cells) and issue 15's (the PyTorch
+    module), float32."""
     both_modes = ("forward", "fwdbwd")
     found = [Target("default threads / `threads=1`, one CPU-bound process beside", BASELINE,
                     ONE_THREAD, Case.named(shape, mode=mode), "busy", 1.2)
@@ -141,6 +145,13 @@ def issue_targets():
                      Case.named("S1sq" if variant in NEEDS_D_EQUALS_H else "S1", mode=mode),
                      None, 0.1)
               for variant in NEW_CELLS for mode in both_modes]
+    found += [Target("`gatekit.torch.LSTM` `peephole` / the same cell as a PyTorch module in a "
+                     "loop", "gatekit-torch-peephole", "torch-loop-peephole",
+                     Case.named(shape, mode="fwdbwd"), None, limit)
+              for shape, limit in MODULE_VS_LOOP.items()]
+    found += [Target("`gatekit.torch.LSTM` `standard` / `torch.nn.LSTM`, same load",
+                     "gatekit-torch-standard", TORCH_BASELINE, Case.named("S1", mode=mode), None,
+                     1.0) for mode in both_modes]
     return found
 
 

@@ -183,6 +183,29 @@ def test_issue_13_targets_hold_each_cell_against_its_peer_in_its_group():
     assert rows[(loop.format("layernorm"), "S1 float32 forward")]["limit"] == 0.1
 
 
+def test_issue_15_targets_hold_the_torch_module_against_the_loop_and_nn_lstm():
+    results = [result("S1 float32 fwdbwd", "gatekit-torch-peephole", 5.0e-3),
+               result("S1 float32 fwdbwd", "torch-loop-peephole", 0.25),
+               result("S3 float32 fwdbwd", "gatekit-torch-peephole", 0.15),
+               result("S3 float32 fwdbwd", "torch-loop-peephole", 0.25),
+               result("S1 float32 forward", "gatekit-torch-standard", 3.0e-3),
+               result("S1 float32 forward", "torch-nn-LSTM", 2.5e-3)]
+    rows = {(row["what"], row["group"]): row for row in report.target_rows(results)}
+
+    def read(what, group):
+        row = rows[(what, group)]
+        return row["ratio"], row["limit"], row["verdict"]
+
+    loop = "`gatekit.torch.LSTM` `peephole` / the same cell as a PyTorch module in a loop"
+    assert read(loop, "S1 float32 fwdbwd") == (pytest.approx(0.02), 0.1, "met")
+    assert read(loop, "S3 float32 fwdbwd") == (pytest.approx(0.6), 0.5, "not met")
+    assert {group for what, group in rows if what == loop} == {"S1 float32 fwdbwd",
+                                                               "S3 float32 fwdbwd"}
+    lstm = "`gatekit.torch.LSTM` `standard` / `torch.nn.LSTM`, same load"
+    assert read(lstm, "S1 float32 forward") == (pytest.approx(1.2), 1.0, "not met")
+    assert read(lstm, "S1 float32 fwdbwd")[2] == "not measured"
+
+
 def test_every_issue_target_has_both_its_contenders_in_its_group():
     # A run of the target's shape times both sides of its ratio (mut1's PyTorch loop and
     # standard at S1sq, say); otherwise the target would stay "not measured" whatever ran.

@@ -528,7 +528,8 @@ def test_tape_is_unaffected_by_caller_changing_its_inputs(changed, dtype):
 
 # A tape's memory goes back to its cell when the tape and every view of it are gone (a training
 # step's next tape reuses those pages), and never while any of them is alive.
-TAPE_PATHS = {"loop": {}, "projected": {"proj_size": 3}, "scan": {"variant": "minlstm", "scan": True}}
+TAPE_PATHS = {"loop": {}, "projected": {"proj_size": 3},
+              "scan": {"variant": "minlstm", "scan": True}}
 
 
 @pytest.mark.parametrize("path", TAPE_PATHS)
