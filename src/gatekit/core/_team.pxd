@@ -111,6 +111,9 @@ cdef struct Pace:            # thread 0's view of the team's speed, over one pas
                              # whatever the time (tests); -1: when it has been alone long enough
     long long alone_since    # gk_now_ns() when thread 0 last went on alone
     long long alone_for      # how long it stays alone before it calls the others back
+    Py_ssize_t alone_steps   # steps (barriers it did not meet) thread 0 ran since then
+    long long alone_step_ns  # its time per step alone, measured when it last called back; 0
+    Py_ssize_t team_steps    # steps the team ran since its judging began
     int calls                # thread 0's calls to the waiting threads (back, or to leave)
     int calls_when_alone     # calls when thread 0 last went alone: the others wait for a new one
     int sleepers             # waiting threads asleep on ``calls``
@@ -121,6 +124,7 @@ cdef inline void start_pace(Pace* pace, Py_ssize_t alone_at, Py_ssize_t back_at)
     pace.started, pace.waited_before, pace.alone_after, pace.alone_at = 0, 0, -1, alone_at
     pace.alone = False
     pace.back_at, pace.alone_since, pace.alone_for = back_at, 0, ALONE_FIRST_NS
+    pace.alone_steps, pace.alone_step_ns, pace.team_steps = 0, 0, 0
     pace.calls, pace.calls_when_alone, pace.sleepers, pace.resume_after = 0, 0, 0, -1
 
 
@@ -138,6 +142,7 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
     if alone:
         if failed:
             return STOP
+        pace.alone_steps += 1
         # (A pass on one thread is ``alone`` too, with nobody to call: pace.alone is not set.)
         if pace.alone and (
                 t == pace.back_at
@@ -145,6 +150,8 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
             call_back(pace, t)
             return TEAM_AGAIN
         return GO_ON
+    if index == 0 and pace.started > 0:
+        pace.team_steps += 1
     if (index == 0 and not failed and not pace.alone
             and (forced or would_go_faster_alone(pace, barrier, size))):
         pace.alone_after = t        # the barrier publishes it: every thread reads it after
@@ -159,6 +166,7 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
             pace.started = -1
         else:
             pace.started, pace.waited_before = gk_now_ns(), gk_barrier_waited(barrier)
+            pace.team_steps = 0
     # Only failures at step t: a thread past this barrier may already have recorded one at
     # its next step (thread 0 alone, or a member racing ahead), which the others must not
     # read as a reason to stop here, where the rest still expect them at that next barrier.
@@ -168,13 +176,16 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
     if pace.alone_after != t:
         return GO_ON
     if index == 0:
-        pace.alone_since = gk_now_ns()
+        pace.alone_since, pace.alone_steps = gk_now_ns(), 0
     return GO_ALONE
 
 
 cdef inline void call_back(Pace* pace, Py_ssize_t t) noexcept nogil:
     """Thread 0, alone: call the others back; they resume after step t, on their own units, and
-    the team is judged afresh (from the second barrier on, as at the start of a pass)."""
+    the team is judged afresh (from the second barrier on, as at the start of a pass), now also
+    against thread 0's time per step alone."""
+    if pace.alone_steps > 0:
+        pace.alone_step_ns = (gk_now_ns() - pace.alone_since) // pace.alone_steps
     pace.alone, pace.started, pace.resume_after = False, 0, t
     pace.alone_for = min(ALONE_GROWTH * pace.alone_for, <long long> ALONE_AT_MOST_NS)
     gk_signal(&pace.calls, &pace.sleepers)
@@ -203,8 +214,16 @@ cdef inline bint would_go_faster_alone(Pace* pace, gk_barrier* barrier, int size
     busy one, another thread of the call is descheduled for milliseconds at a time and every
     other thread waits for it, so that a team, which shares its CPUs with the other work, falls
     behind one thread that has a CPU of its own (the others' waits are not work: with two
-    threads, waiting half the time makes the team no faster than one thread)."""
+    threads, waiting half the time makes the team no faster than one thread).
+    Once thread 0 has been alone in the pass, it knows its time per step alone: a team called
+    back is also judged by its own time per step, from its second step on, so that on a machine
+    that stays busy a call back costs a few steps rather than JUDGE_AFTER_NS."""
     cdef long long elapsed = gk_now_ns() - pace.started
-    if pace.started <= 0 or elapsed < JUDGE_AFTER_NS:
+    if pace.started <= 0:
+        return False
+    if pace.alone_step_ns > 0 and pace.team_steps >= 2 and (
+            elapsed > pace.alone_step_ns * pace.team_steps):
+        return True
+    if elapsed < JUDGE_AFTER_NS:
         return False
     return 2 * (gk_barrier_waited(barrier) - pace.waited_before) > (size - 1) * elapsed
