@@ -358,17 +358,22 @@ def steps_for_a_team(cell, B, threads, multiple=8):
 
 class GoingAlone:
     """The compiled loop as the cell sees it, with every pass told to go on with thread 0 alone
-    after step ``at`` (what a team does on a busy machine); monkeypatched in place of
+    after step ``at`` (what a team does on a busy machine) and, given ``back``, to call the
+    others back that many steps later (forward: after step at + back; backward, which runs
+    from the last step: after step at - back); monkeypatched in place of
     ``gatekit.core.cell._loop``."""
 
-    def __init__(self, loop, at):
+    def __init__(self, loop, at, back=None):
         self._loop, self._at = loop, at
+        self._back = (-1, -1) if back is None else (at + back, at - back)
 
     def forward(self, *arguments, **options):
-        return self._loop.forward(*arguments, alone_at=self._at, **options)
+        return self._loop.forward(*arguments, alone_at=self._at, back_at=self._back[0],
+                                  **options)
 
     def backward(self, *arguments, **options):
-        return self._loop.backward(*arguments, alone_at=self._at, **options)
+        return self._loop.backward(*arguments, alone_at=self._at, back_at=self._back[1],
+                                   **options)
 
     def __getattr__(self, name):
         return getattr(self._loop, name)

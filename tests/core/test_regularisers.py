@@ -242,8 +242,9 @@ def test_one_two_and_three_threads_give_the_same_bits_and_the_reference(variant,
     assert_close(dtype, y[:12], y_ref, "y")
 
 
+@pytest.mark.parametrize("back", [None, 1, 9], ids=["alone", "back-after-1", "back-after-9"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=np.dtype)
-def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
+def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype, back):
     from gatekit.core import cell as cell_module
     D, H, T, B = 24, 96, 40, 24
     team = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=3, **BOTH)
@@ -256,7 +257,7 @@ def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     masks = team.draw_masks(T, B)
     y1, final1, tape = solo.forward(x, state, keep=True, lengths=lengths, masks=masks)
     grads1 = solo.backward(tape, dy)
-    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17))
+    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17, back))
     y, final, tape = team.forward(x, state, keep=True, lengths=lengths, masks=masks)
     grads = team.backward(tape, dy)
     assert_same_bits(y, y1, "y")
@@ -269,7 +270,7 @@ def test_thread_zero_going_on_alone_changes_no_bit(monkeypatch, dtype):
     y1, _, tape1 = twin.forward(x, state, keep=True, lengths=lengths)
     grads1 = twin.backward(tape1, dy)
     drawing = gatekit.Cell(D, H, "course", dtype=dtype, seed=37, threads=3, **BOTH)
-    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17))
+    monkeypatch.setattr(cell_module, "_loop", GoingAlone(cell_module._loop, 17, back))
     y, _, tape = drawing.forward(x, state, keep=True, lengths=lengths)
     grads = drawing.backward(tape, dy)
     assert_same_bits(y, y1, "y (drawn masks)")

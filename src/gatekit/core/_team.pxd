@@ -41,11 +41,11 @@ cdef enum:
     # at its barriers, whether one thread would be faster (see would_go_faster_alone).
     JUDGE_AFTER_NS = 2000000
     # How long thread 0 first runs alone before it calls the others back; ALONE_GROWTH times as
-    # long after each call, up to ALONE_AT_MOST_NS. Each call costs a judging of the team (on a
-    # busy machine, 2 ms or more at about the speed of one thread), so on a machine that stays
-    # busy the calls must be few: three in a pass of 100 ms, then one a second. (Measured at
-    # T = 200, B = 32, H = 256 beside one CPU-bound process, 2 ms growing 4 times cost 3 % over
-    # never calling back, 4 ms growing 2 times 8 %.)
+    # long after each call, up to ALONE_AT_MOST_NS. On a machine that stays busy each call costs
+    # a judging of the team, a few steps at less than one thread's speed (would_go_faster_alone),
+    # so the calls must be few: three in a pass of 100 ms, then one a second. (At T = 200,
+    # B = 32, H = 256 beside one CPU-bound process, judged by the waits only, 2 ms growing 4
+    # times cost 3 % over never calling back, 4 ms growing 2 times 8 %.)
     ALONE_FIRST_NS = 2000000
     ALONE_GROWTH = 4
     ALONE_AT_MOST_NS = 1000000000
