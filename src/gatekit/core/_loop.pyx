@@ -55,6 +55,9 @@ __all__ = ["backward", "backward_scratch", "forward", "plan", "regulariser_buffe
 
 
 cdef extern from "_tiles.h" nogil:
+    Py_ssize_t gk_claim(Py_ssize_t* counter)
+    void gk_raise(int* flag)
+    int gk_raised(int* flag)
     void gk_pack_float(float* panel, const float* w, Py_ssize_t column_stride,
                        Py_ssize_t l_stride, Py_ssize_t k, Py_ssize_t n)
     void gk_pack_double(double* panel, const double* w, Py_ssize_t column_stride,
@@ -210,6 +213,10 @@ cdef struct Team:
     gk_barrier barrier
     Pace pace                # whether, and after which step, thread 0 is on its own
     Py_ssize_t failed[MAX_TEAM]     # the step at which each thread saw a gate fail, or -1
+    # Forward: each thread's chunks of rows of the input projection, claimed by whichever
+    # thread gets to them (see project_inputs), and whether it has packed its panels.
+    Py_ssize_t next_chunk[MAX_TEAM]
+    int packed[MAX_TEAM]
     void* gates[4]           # borrowed Gate objects, in role order
     bint mixes[4]            # the gate must see all units: one thread runs it, between barriers
     int syncs[4]             # barriers the gate waits at itself, per step (gates that share work)
@@ -315,7 +322,7 @@ cdef Py_ssize_t run_team(Team* team) noexcept nogil:
         return -1
     start_pace(&team.pace, team.pace.alone_at, team.pace.back_at)
     for m in range(team.size):
-        team.failed[m] = -1
+        team.failed[m], team.next_chunk[m], team.packed[m] = -1, 0, False
         members[m].team, members[m].index = team, m
     if start_members(&team.start, &team.barrier, threads, member_main, members,
                      sizeof(Member), size) < size:
@@ -623,11 +630,10 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
     cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
     cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D
     cdef Py_ssize_t u0, u1
-    cdef Py_ssize_t t, k, u, r, j, rows, column, blocks = KH // H
+    cdef Py_ssize_t t, k, u, blocks = KH // H
     cdef Py_ssize_t first_block = team.first_input // H, recurrent_blocks = team.recurrent_end // H
     unit_range(team, index, &u0, &u1)
     cdef const floating* W = <const floating*> team.W
-    cdef const floating* bias = <const floating*> team.bias
     cdef const floating* x = <const floating*> team.x
     cdef floating* z = <floating*> team.z
     cdef floating* zt
@@ -655,22 +661,10 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             panel += H * nr
     if team.post.W != NULL:
         pack_product(team, index, <floating*> NULL)
-    # The input projection of every step first, z = bias + E @ W[:, H:].T (its own columns),
-    # in products of INPUT_ROWS rows: per step, only the recurrent weights are read again.
-    # Blocks that read the STM only start from their bias.
-    for r in range(T * B):
-        for k in range(first_block):
-            for j in range(k * H + u0, k * H + u1):
-                z[r * KH + j] = bias[j]
-    for r from 0 <= r < T * B by INPUT_ROWS:
-        rows = min(INPUT_ROWS, T * B - r)
-        for k in range(first_block, blocks):
-            panel = own + k * block_panels * D
-            for u from u0 <= u < u1 by nr:
-                column = k * H + u
-                product(rows, x + r * D, D, D, NULL, 0, 0, panel, bias + column,
-                        z + r * KH + column, KH, min(nr, u1 - u))
-                panel += D * nr
+    gk_raise(&team.packed[index])
+    project_inputs(team, index, <floating*> NULL)
+    if team.size > 1:
+        gk_barrier_wait(&team.barrier)      # every column of z is there before the steps
     t = 0
     while t < T:
         zt = z + t * B * KH
@@ -696,7 +690,7 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
         if end == STOP:
             break
         if end == GO_ALONE and index > 0:
-            t = wait_to_be_called(&team.pace)
+            t = wait_to_be_called(&team.pace, t)
             if t < 0:
                 break
         elif end == GO_ALONE:
@@ -706,6 +700,49 @@ cdef void forward_member(Team* team, int index, floating* precision) noexcept no
             alone = False
             s.e.u0, s.e.u1, s.barrier = u0, u1, &team.barrier
         t += 1
+
+
+cdef void project_inputs(Team* team, int index, floating* precision) noexcept nogil:
+    """The input projection of every step, before the steps: z = bias + E @ W[:, H:].T, in
+    chunks of INPUT_ROWS rows (per step, only the recurrent weights are read again), each
+    over one thread's columns and panels. Blocks that read the STM only start from their bias.
+    Thread ``index`` takes the chunks of its own columns first, then those the others have
+    not claimed yet (over panels they have packed): a thread that shares its CPU with another
+    process for a while (or with PyTorch's spinning threads, after its operations) slows the
+    call by its share of the work, not by all of it. The same bits whoever computes a chunk."""
+    cdef Py_ssize_t T = team.T, B = team.B, D = team.D, H = team.H, KH = team.KH
+    cdef Py_ssize_t nr = panel_width(floating is float), kdim = H + D, blocks = KH // H
+    cdef Py_ssize_t first_block = team.first_input // H
+    cdef Py_ssize_t chunks = (T * B + INPUT_ROWS - 1) // INPUT_ROWS
+    cdef Py_ssize_t u0, u1, chunk, r, rows, k, u, j, column, block_panels
+    cdef const floating* bias = <const floating*> team.bias
+    cdef const floating* x = <const floating*> team.x
+    cdef floating* z = <floating*> team.z
+    cdef floating* panel
+    cdef int n, m
+    for n in range(team.size):
+        m = (index + n) % team.size
+        if m != index and not gk_raised(&team.packed[m]):
+            continue                        # its owner will do its chunks
+        unit_range(team, m, &u0, &u1)
+        block_panels = panel_count(u1 - u0, nr) * nr
+        while True:
+            chunk = gk_claim(&team.next_chunk[m])
+            if chunk >= chunks:
+                break
+            r = chunk * INPUT_ROWS
+            rows = min(INPUT_ROWS, T * B - r)
+            for j in range(r, r + rows):
+                for k in range(first_block):
+                    for column in range(k * H + u0, k * H + u1):
+                        z[j * KH + column] = bias[column]
+            panel = <floating*> team.panels + m * blocks * team.units * kdim
+            for k in range(first_block, blocks):
+                for u from u0 <= u < u1 by nr:
+                    column = k * H + u
+                    product(rows, x + r * D, D, D, NULL, 0, 0,
+                            panel + k * block_panels * D + (u - u0) * D, bias + column,
+                            z + r * KH + column, KH, min(nr, u1 - u))
 
 
 cdef void add_recurrent(Team* team, int member, const floating* STM_prev,
@@ -1042,7 +1079,7 @@ cdef void backward_member(Team* team, int index, floating* precision) noexcept n
             break
         if end == GO_ALONE and index > 0:
             # Called back after step t (before its carry, which every thread does on its units).
-            t = wait_to_be_called(&team.pace)
+            t = wait_to_be_called(&team.pace, t)
             if t < 0:
                 break
             if KH > 0:

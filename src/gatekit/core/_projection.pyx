@@ -363,7 +363,7 @@ cdef void forward_member(Crew* crew, int index, floating* precision) noexcept no
         if end == STOP:
             return
         if end == GO_ALONE and index > 0:
-            t = wait_to_be_called(&crew.pace)
+            t = wait_to_be_called(&crew.pace, t)
             if t < 0:
                 return
         elif end == GO_ALONE:
@@ -458,7 +458,7 @@ cdef void backward_member(Crew* crew, int index, floating* precision) noexcept n
             return
         if end == GO_ALONE and index > 0:
             # Called back after step t, before its carry (every thread does its columns).
-            t = wait_to_be_called(&crew.pace)
+            t = wait_to_be_called(&crew.pace, t)
             if t < 0:
                 return
             dzt = dz + t * B * KH

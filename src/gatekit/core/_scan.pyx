@@ -629,7 +629,7 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
             after = meet_at_end_of_step(&sc.pace, &sc.barrier, sc.size, sc.failed, index, t0,
                                         False, alone, t0 <= sc.pace.alone_at < end)
             if after == GO_ALONE and index > 0:
-                t0 = wait_to_be_called(&sc.pace)     # the chunk after which this thread resumes
+                t0 = wait_to_be_called(&sc.pace, t0)     # the chunk after which this thread resumes
                 if t0 < 0:
                     return
             elif after == GO_ALONE:

@@ -102,9 +102,14 @@ cdef struct Pace:            # thread 0's view of the team's speed, over one pas
     long long started        # gk_now_ns() when judging began; 0 before the first judging
                              # barrier, -1 between it and the second
     long long waited_before  # the barrier's waits until then
-    Py_ssize_t alone_after   # the step after whose barrier thread 0 last went on alone, or -1
-                             # (changed only before a barrier every thread meets: the others
-                             # read it after, while thread 0 may already have called them back)
+    # The steps after whose barriers thread 0 went on alone (or -1), and which of its going
+    # alone each was (1, 2...): the last two, at episodes % 2. A thread that has just passed
+    # such a barrier reads them, while thread 0 may already have called it back and decided,
+    # before the next barrier, to go alone again; it cannot decide twice before that thread
+    # meets it at a barrier again, so the step that thread looks for is still there.
+    Py_ssize_t alone_after[2]
+    int alone_episode[2]
+    int episodes
     bint alone               # thread 0 is on its own (thread 0's to read)
     Py_ssize_t alone_at      # a step at which thread 0 goes alone whatever it measures (tests)
     Py_ssize_t back_at       # a step after which thread 0, alone, calls the others back
@@ -114,18 +119,20 @@ cdef struct Pace:            # thread 0's view of the team's speed, over one pas
     Py_ssize_t alone_steps   # steps (barriers it did not meet) thread 0 ran since then
     long long alone_step_ns  # its time per step alone, measured when it last called back; 0
     Py_ssize_t team_steps    # steps the team ran since its judging began
-    int calls                # thread 0's calls to the waiting threads (back, or to leave)
-    int calls_when_alone     # calls when thread 0 last went alone: the others wait for a new one
+    int calls                # thread 0's calls to the waiting threads (back, or to leave):
+                             # one per going alone, so the call of episode e makes it e
     int sleepers             # waiting threads asleep on ``calls``
     Py_ssize_t resume_after  # a call's step: the others resume after its end; -1: they leave
 
 
 cdef inline void start_pace(Pace* pace, Py_ssize_t alone_at, Py_ssize_t back_at) noexcept nogil:
-    pace.started, pace.waited_before, pace.alone_after, pace.alone_at = 0, 0, -1, alone_at
-    pace.alone = False
+    pace.started, pace.waited_before, pace.alone_at = 0, 0, alone_at
+    pace.alone_after[0] = pace.alone_after[1] = -1
+    pace.alone_episode[0] = pace.alone_episode[1] = 0
+    pace.episodes, pace.alone = 0, False
     pace.back_at, pace.alone_since, pace.alone_for = back_at, 0, ALONE_FIRST_NS
     pace.alone_steps, pace.alone_step_ns, pace.team_steps = 0, 0, 0
-    pace.calls, pace.calls_when_alone, pace.sleepers, pace.resume_after = 0, 0, 0, -1
+    pace.calls, pace.sleepers, pace.resume_after = 0, 0, -1
 
 
 cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int size,
@@ -154,8 +161,10 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
         pace.team_steps += 1
     if (index == 0 and not failed and not pace.alone
             and (forced or would_go_faster_alone(pace, barrier, size))):
-        pace.alone_after = t        # the barrier publishes it: every thread reads it after
-        pace.calls_when_alone = pace.calls
+        # The barrier publishes it: every thread reads it after.
+        pace.episodes += 1
+        pace.alone_after[pace.episodes % 2] = t
+        pace.alone_episode[pace.episodes % 2] = pace.episodes
         pace.alone = True
     gk_barrier_wait(barrier)
     if index == 0 and pace.started <= 0:
@@ -173,7 +182,7 @@ cdef inline StepEnd meet_at_end_of_step(Pace* pace, gk_barrier* barrier, int siz
     for m in range(size):
         if failures[m] == t:
             return STOP
-    if pace.alone_after != t:
+    if pace.alone_after[0] != t and pace.alone_after[1] != t:
         return GO_ON
     if index == 0:
         pace.alone_since, pace.alone_steps = gk_now_ns(), 0
@@ -191,12 +200,17 @@ cdef inline void call_back(Pace* pace, Py_ssize_t t) noexcept nogil:
     gk_signal(&pace.calls, &pace.sleepers)
 
 
-cdef inline Py_ssize_t wait_to_be_called(Pace* pace) noexcept nogil:
-    """A thread thread 0 left (GO_ALONE): wait, asleep after a short spin, until thread 0 calls
-    it back (the step after whose end it resumes) or ends the pass (-1: leave). Thread 0 cannot
-    call twice before this thread has met it again: it calls only while alone, and goes alone
-    only at a barrier every thread meets."""
-    gk_wait_while(&pace.calls, pace.calls_when_alone, &pace.sleepers)
+cdef inline Py_ssize_t wait_to_be_called(Pace* pace, Py_ssize_t t) noexcept nogil:
+    """A thread thread 0 left after step t (GO_ALONE): wait, asleep after a short spin, until
+    thread 0 calls it back (the step after whose end it resumes) or ends the pass (-1: leave).
+    Thread 0 cannot call twice before this thread has met it again: it calls only while
+    alone, and goes alone only at a barrier every thread meets; so ``calls`` is that going
+    alone's episode, or one less until the call."""
+    cdef int k, episode = 0
+    for k in range(2):
+        if pace.alone_after[k] == t:
+            episode = pace.alone_episode[k]
+    gk_wait_while(&pace.calls, episode - 1, &pace.sleepers)
     return pace.resume_after
 
 

@@ -461,6 +461,20 @@ static void gk_signal(int* word, int* sleepers) {
         gk_wake_all(word);
 }
 
+/* Shares of work claimed at run time: the next one of *counter (each claimed once). */
+static inline ptrdiff_t gk_claim(ptrdiff_t* counter) {
+    return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+}
+
+/* A flag one thread raises once what it wrote before is there for the others to read. */
+static inline void gk_raise(int* flag) {
+    __atomic_store_n(flag, 1, __ATOMIC_RELEASE);
+}
+
+static inline int gk_raised(int* flag) {
+    return __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+}
+
 /* The threads of a call wait until the caller has started them all (1), or could not (-1:
  * they leave, and the caller runs the loop alone). */
 typedef struct {
