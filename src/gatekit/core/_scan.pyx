@@ -30,9 +30,10 @@ blocked scan over T would pass over the memories twice.) Backward meets three ba
 chunk: dx and the gates' finish need all units of the chunk's dz, and the next chunk reuses
 its scratch. On a busy machine, where a descheduled thread makes the others wait at those
 barriers, thread 0 judges at each chunk's last barrier whether the team has become slower
-than it would be alone, and if so carries on alone for a while (gatekit/core/_team.pxd); the forward
-pass, which never waits for another thread until the end of the call, has nothing to judge:
-a thread that loses its CPU delays its own units only, while the others go on.
+than it would be alone, and if so carries on alone for a while (gatekit/core/_team.pxd);
+the forward pass, which never waits for another thread until the end of the call, has
+nothing to judge: a thread that loses its CPU delays its own units only, while the others go
+on.
 
 The tape is the time loop's (z (T, B, KH), acts (5, T, B, H), ltm (T + 1, B, H), y), so a tape
 of either path can be read back by either.
@@ -629,7 +630,8 @@ cdef void backward_member(Scan* sc, int index, floating* precision) noexcept nog
             after = meet_at_end_of_step(&sc.pace, &sc.barrier, sc.size, sc.failed, index, t0,
                                         False, alone, t0 <= sc.pace.alone_at < end)
             if after == GO_ALONE and index > 0:
-                t0 = wait_to_be_called(&sc.pace, t0)     # the chunk after which this thread resumes
+                # Called back: this thread resumes after the chunk that starts at t0.
+                t0 = wait_to_be_called(&sc.pace, t0)
                 if t0 < 0:
                     return
             elif after == GO_ALONE:
